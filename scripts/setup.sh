@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Installs, idempotently, what ftd's build and tests need: Debian packages (gRPC, protobuf,
+# Abseil, prometheus-cpp, civetweb, SQLite, nlohmann-json, CLI11, yaml-cpp, spdlog, Oniguruma,
+# GoogleTest) and Python packages (torch matching the GPU machine, transformers, safetensors,
+# pytest). A re-run with everything installed takes a few seconds.
+set -euo pipefail
+
+DEBS="build-essential cmake ninja-build ccache pkg-config git
+libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev grpc-proto
+libabsl-dev prometheus-cpp-dev libcivetweb-dev nlohmann-json3-dev libsqlite3-dev sqlite3
+libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libonig-dev libgtest-dev libgmock-dev
+golang-github-gogo-googleapis-dev prometheus yamllint tmux curl"
+
+TORCH_WANT=${FTD_TORCH_VERSION:-2.11.0}
+PIP_PKGS="transformers safetensors pytest numpy pyyaml jsonschema tokenizers"
+
+log() { printf '[setup] %s\n' "$*"; }
+sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=""
+for p in $DEBS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  log "installing Debian packages:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  sudo_ apt-get update -q >/dev/null
+  sudo_ apt-get install -y -q --no-install-recommends $missing >/dev/null
+else
+  log "Debian packages: all present"
+fi
+
+PY=${PYTHON:-python3}
+have_torch=$($PY -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
+if [ "$have_torch" != "$TORCH_WANT" ] && [ -z "${FTD_ACCEPT_TORCH:-}" ]; then
+  if $PY -m pip install -q "torch==$TORCH_WANT"; then
+    log "installed torch $TORCH_WANT"
+  else
+    # Nearest 2.x the registry serves, newest first.
+    alt=$($PY -m pip index versions torch 2>/dev/null | sed -n 's/^Available versions: //p' | tr ',' '\n' |
+          tr -d ' ' | grep '^2\.' | head -1)
+    [ -n "$alt" ] || { log "no torch 2.x available"; exit 1; }
+    log "torch==$TORCH_WANT is not served; installing the nearest: torch==$alt"
+    $PY -m pip install -q "torch==$alt"
+  fi
+else
+  log "torch ${have_torch:-?}: present"
+fi
+
+need_pip=""
+for m in $PIP_PKGS; do
+  mod=$m; [ "$m" = pyyaml ] && mod=yaml
+  $PY -c "import $mod" 2>/dev/null || need_pip="$need_pip $m"
+done
+if [ -n "$need_pip" ]; then
+  log "installing Python packages:$need_pip"
+  $PY -m pip install -q $need_pip
+else
+  log "Python packages: all present"
+fi
