@@ -107,6 +107,12 @@ def test_lint_catches_a_broken_chart(tmp_path):
     assert report["errors"] or any(m["severity"] >= 3 for m in report["messages"])
 
 
+def test_lint_applies_the_values_schema():
+    """Values given to lint reach it: a schema violation is a lint error."""
+    report = helm.lint(CHART, {"image": {"tag": "latest"}}, strict=True)
+    assert any("/image/tag" in e for e in report["errors"])
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_rendered_objects_match_kubernetes_schemas(variant):
     rendered = render(VARIANTS[variant])
