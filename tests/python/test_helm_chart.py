@@ -609,3 +609,15 @@ def test_labels_follow_kubernetes_recommendations():
         for key in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                     "app.kubernetes.io/managed-by", "helm.sh/chart"]:
             assert key in labels, f"{obj['kind']} {obj['metadata']['name']} lacks {key}"
+
+
+def test_packaged_chart_carries_the_dashboard_and_renders(tmp_path):
+    """`helm package`: the archive holds the dashboard and schema (not the examples) and renders."""
+    import tarfile
+    archive = helm.package(CHART, destination=tmp_path)
+    names = set(tarfile.open(archive).getnames())
+    assert {"ftd/dashboards/ftd-dashboard.json", "ftd/values.schema.json", "ftd/Chart.yaml"} <= names
+    assert not [n for n in names if n.startswith("ftd/examples/")]
+    with helm.Chart.load_archive(pathlib.Path(archive).read_bytes()) as chart:
+        manifests = chart.render({}, name=RELEASE, namespace=NAMESPACE)
+    assert "grafana_dashboard" in manifests["ftd/templates/grafana-dashboard.yaml"]
