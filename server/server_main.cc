@@ -1,16 +1,74 @@
-// ftd: entry point. The full command line arrives with its issue; for now it reports its
-// version so that the build, packaging and probes have a binary to call.
+// ftd: the coordinator daemon. Flags may also come from a config file (--config, TOML/INI:
+// `data-dir = "/var/lib/ftd"`). SIGHUP re-reads the tokens file; SIGINT/SIGTERM stop it.
+#include <signal.h>
+
 #include <cstdio>
 #include <cstring>
 
+#include "CLI/CLI.hpp"
 #include "common/version.h"
 #include "ftd/v1/jobs.pb.h"
+#include "server/daemon.h"
+#include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
-  if (argc > 1 && (std::strcmp(argv[1], "--version") == 0 || std::strcmp(argv[1], "version") == 0)) {
-    std::printf("ftd %s (api %s)\n", ftd::kVersion, ftd::v1::FineTuneJob::descriptor()->full_name().c_str());
-    return 0;
+  ftd::server::DaemonOptions options;
+  CLI::App app{"ftd: the fine-tuning coordinator (job API over gRPC and REST)"};
+  app.set_config("--config", "", "read flags from a TOML/INI file");
+  app.set_version_flag("--version", std::string("ftd ") + ftd::kVersion + " (api " +
+                                        ftd::v1::FineTuneJob::descriptor()->file()->package() + ")");
+  app.add_option("--data-dir", options.data_dir, "directory of the job store (created if absent)")
+      ->required();
+  app.add_option("--grpc-listen", options.grpc_listen, "HOST:PORT for gRPC")->capture_default_str();
+  app.add_option("--http-listen", options.http_listen, "HOST:PORT for REST/JSON")
+      ->capture_default_str();
+  app.add_option("--tokens-file", options.tokens_file, "`TOKEN TENANT ROLE` per line; SIGHUP re-reads")
+      ->required();
+  app.add_option("--tls-cert", options.tls_cert_file, "PEM certificate chain (with --tls-key)");
+  app.add_option("--tls-key", options.tls_key_file, "PEM private key (with --tls-cert)");
+  app.add_option("--model-root", options.model_roots, "base models must lie under one of these");
+  app.add_option("--data-root", options.data_roots, "datasets must lie under one of these");
+  app.add_option("--output-root", options.output_roots,
+                 "outputs must lie under one of these (default: DATA_DIR/outputs)");
+  app.add_option("--max-world-size", options.limits.max_world_size)->capture_default_str();
+  app.add_option("--max-seq-len", options.limits.max_seq_len)->capture_default_str();
+  app.add_option("--max-request-bytes", options.max_request_bytes)->capture_default_str();
+  app.add_option("--http-threads", options.http_threads,
+                 "civetweb worker threads (each open SSE watch holds one)")
+      ->capture_default_str();
+  app.add_flag("--local-worker", options.local_worker, "run a worker in this process");
+  CLI11_PARSE(app, argc, argv);
+
+  // Signals are taken synchronously by this thread; every thread started from here on
+  // inherits the blocked mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGHUP);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  absl::StatusOr<std::unique_ptr<ftd::server::Daemon>> daemon = ftd::server::Daemon::Start(options);
+  if (!daemon.ok()) {
+    spdlog::critical("ftd: {}", daemon.status().ToString());
+    return 1;
   }
-  std::fprintf(stderr, "usage: ftd --version\n");
-  return 2;
+  // Machine-readable for supervisors and tests that pass port 0.
+  std::printf("ftd ready grpc_port=%d http_port=%d\n", (*daemon)->grpc_port(),
+              (*daemon)->http_port());
+  std::fflush(stdout);
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig == SIGHUP) {
+      (*daemon)->ReloadTokens().IgnoreError();  // logged; the old tokens stay
+      continue;
+    }
+    spdlog::info("ftd: {} received, shutting down", strsignal(sig));
+    break;
+  }
+  (*daemon)->Shutdown();
+  (*daemon)->Wait();
+  return 0;
 }

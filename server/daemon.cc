@@ -1,0 +1,158 @@
+#include "server/daemon.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "server/job_recovery.h"
+#include "spdlog/spdlog.h"
+
+namespace ftd::server {
+namespace {
+
+absl::Status MakeDirectory(const std::string& path, const char* flag) {
+  if (::mkdir(path.c_str(), 0750) == 0 || errno == EEXIST) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(flag, " ", path, ": cannot create directory: ", std::strerror(errno)));
+}
+
+constexpr char kJobServiceName[] = "ftd.v1.JobService";
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& options) {
+  std::unique_ptr<Daemon> d(new Daemon());
+  d->options_ = options;
+  if (options.data_dir.empty()) return absl::InvalidArgumentError("--data-dir is required");
+  if (options.tokens_file.empty()) return absl::InvalidArgumentError("--tokens-file is required");
+  FTD_RETURN_IF_ERROR(MakeDirectory(options.data_dir, "--data-dir"));
+
+  // Two daemons on one store would interleave job ids and watchers; refuse the second.
+  const std::string lock_path = options.data_dir + "/ftd.lock";
+  d->lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+  if (d->lock_fd_ < 0 || ::flock(d->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--data-dir ", options.data_dir, " is in use by another ftd (", lock_path, ")"));
+  }
+
+  FTD_ASSIGN_OR_RETURN(d->tokens_, TokenRegistry::LoadFromFile(options.tokens_file));
+
+  ValidatorConfig vc;
+  vc.model_roots = options.model_roots;
+  vc.data_roots = options.data_roots;
+  vc.output_roots = options.output_roots;
+  if (vc.output_roots.empty()) {
+    const std::string outputs = options.data_dir + "/outputs";
+    FTD_RETURN_IF_ERROR(MakeDirectory(outputs, "--data-dir"));
+    vc.output_roots.push_back(outputs);
+  }
+  vc.limits = options.limits;
+  FTD_ASSIGN_OR_RETURN(SpecValidator validator, SpecValidator::Create(vc));
+  d->validator_ = std::make_unique<SpecValidator>(std::move(validator));
+
+  FTD_ASSIGN_OR_RETURN(d->store_, SqliteJobStore::Open(options.data_dir + "/jobs.db"));
+  d->manager_ = std::make_unique<JobManager>(d->store_.get(), &d->hub_);
+  d->api_ = std::make_unique<JobApi>(d->manager_.get(), d->validator_.get(), d->tokens_.get());
+
+  // gRPC: JobService, health (NOT_SERVING until replayed) and reflection.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  const bool tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  if (tls) {
+    if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+      return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
+    }
+    grpc::SslServerCredentialsOptions ssl;
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    FTD_ASSIGN_OR_RETURN(pair.private_key, ReadFileToString(options.tls_key_file));
+    FTD_ASSIGN_OR_RETURN(pair.cert_chain, ReadFileToString(options.tls_cert_file));
+    ssl.pem_key_cert_pairs.push_back(std::move(pair));
+    creds = grpc::SslServerCredentials(ssl);
+  } else {
+    creds = grpc::InsecureServerCredentials();
+  }
+  d->grpc_service_ = std::make_unique<GrpcJobService>(d->api_.get());
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.grpc_listen, creds, &d->grpc_port_);
+  builder.RegisterService(d->grpc_service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_request_bytes));
+  d->grpc_server_ = builder.BuildAndStart();
+  if (d->grpc_server_ == nullptr || d->grpc_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot serve gRPC on --grpc-listen ",
+                                               options.grpc_listen));
+  }
+  grpc::HealthCheckServiceInterface* health = d->grpc_server_->GetHealthCheckService();
+  health->SetServingStatus(false);
+  health->SetServingStatus(kJobServiceName, false);
+
+  RestGatewayOptions rest;
+  rest.listen = options.http_listen;
+  rest.tls_cert_file = options.tls_cert_file;
+  rest.tls_key_file = options.tls_key_file;
+  rest.tls_scratch_dir = options.data_dir;
+  rest.num_threads = options.http_threads;
+  rest.max_request_bytes = options.max_request_bytes;
+  FTD_ASSIGN_OR_RETURN(d->rest_, RestGateway::Start(rest, d->api_.get()));
+
+  spdlog::info("ftd: gRPC{} on port {}, HTTP{} on port {}; replaying {}", tls ? "+TLS" : "",
+               d->grpc_port_, d->rest_->tls() ? "S" : "", d->rest_->port(),
+               options.data_dir + "/jobs.db");
+  FTD_ASSIGN_OR_RETURN(RecoveryReport report, RecoverJobs(d->manager_.get()));
+  spdlog::info("ftd: store replayed: {} jobs, {} events; {} requeued, {} cancelled", report.jobs,
+               report.events, report.requeued, report.cancelled);
+  if (options.local_worker) {
+    spdlog::warn("ftd: --local-worker: no worker implementation exists yet; jobs stay QUEUED");
+  }
+  d->api_->SetReady(true);
+  health->SetServingStatus(true);
+  health->SetServingStatus(kJobServiceName, true);
+  return d;
+}
+
+Daemon::~Daemon() {
+  Shutdown();
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+void Daemon::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (api_ != nullptr) api_->SetReady(false);
+  if (grpc_server_ != nullptr) {
+    grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    grpc_server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));
+  }
+  if (rest_ != nullptr) rest_->Stop();
+}
+
+void Daemon::Wait() {
+  if (grpc_server_ != nullptr) grpc_server_->Wait();
+}
+
+absl::Status Daemon::ReloadTokens() {
+  absl::Status st = tokens_->Reload();
+  if (st.ok()) {
+    spdlog::info("ftd: reloaded {} tokens from {}", tokens_->size(), tokens_->path());
+  } else {
+    spdlog::error("ftd: tokens not reloaded, the previous ones stay active: {}", st.ToString());
+  }
+  return st;
+}
+
+}  // namespace ftd::server

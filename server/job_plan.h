@@ -1,0 +1,47 @@
+// The resolved plan of a validated JobSpec: world size, data-parallel degree, gradient
+// accumulation and an estimate of peak memory per GPU.
+//
+// Memory estimate (bytes per GPU), from the base model's config.json:
+//   P_e = expert parameters (MoE layers x experts x 3·H·F_moe), P_d = all other parameters.
+//   Experts are sharded over ep (never gathered); dense parameters over the world (ZeRO):
+//   s_w = world if zero_stage >= 3 else 1, s_g = world if >= 2, s_o = world if >= 1.
+//   weights    2·(P_d/s_w + P_e/ep)     bf16
+//   grads      2·(P_d/s_g + P_e/ep)     bf16
+//   optimizer 12·(P_d/s_o + P_e/ep)     fp32 master + Adam m, v
+//   activations per micro batch of T = micro_batch·seq_len tokens (Korthikanti et al. 2022,
+//     flash attention, no s² term): 34·H·T per layer; with activation checkpointing
+//     2·H·T per layer (the saved layer inputs) + 34·H·T for the layer being recomputed;
+//     plus 4·V·T for fp32 logits.
+// It ignores allocator fragmentation, communication buffers and routing imbalance: a lower
+// bound to plan with, not a promise.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "ftd/v1/jobs.pb.h"
+
+namespace ftd::server {
+
+struct ModelSize {
+  int64_t expert_parameters = 0;
+  int64_t dense_parameters = 0;
+  int64_t hidden_size = 0;
+  int64_t num_layers = 0;
+  int64_t vocab_size = 0;
+  int64_t total() const { return expert_parameters + dense_parameters; }
+};
+
+// Parameter counts from an HF config.json's text (Qwen3-MoE, Mixtral, DeepSeek-V2/3 and dense
+// Llama-style field names). INVALID_ARGUMENT naming the missing or bad field.
+absl::StatusOr<ModelSize> CountParameters(const std::string& config_json);
+
+// Bytes per GPU by the formula above.
+int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec);
+
+// The plan of a validated, normalized spec. Reads <base_model>/config.json when it exists;
+// otherwise memory_bytes_per_gpu is 0 and a note says why.
+ftd::v1::JobPlan PlanJob(const ftd::v1::JobSpec& spec);
+
+}  // namespace ftd::server

@@ -1,0 +1,354 @@
+#include "server/rest_gateway.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "ftd/v1/jobs.grpc.pb.h"
+#include "google/protobuf/util/json_util.h"
+#include "server/http_status.h"
+#include "spdlog/spdlog.h"
+
+namespace ftd::server {
+namespace {
+
+using google::protobuf::Message;
+
+std::string JsonEscape(absl::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      default:
+        if (c < 0x20) {
+          out += absl::StrCat("\\u00", absl::Hex(c, absl::kZeroPad2));
+        } else {
+          out.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> ToJson(const Message& message) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = false;
+  auto st = google::protobuf::util::MessageToJsonString(message, &json, options);
+  if (!st.ok()) return absl::InternalError(absl::StrCat("JSON encoding: ", st.ToString()));
+  return json;
+}
+
+bool WriteAll(mg_connection* conn, absl::string_view data) {
+  return mg_write(conn, data.data(), data.size()) == static_cast<int>(data.size());
+}
+
+template <typename Request, typename Response>
+std::function<absl::StatusOr<std::unique_ptr<Message>>(const Principal&, const Message&)> Bind(
+    JobApi* api, absl::StatusOr<Response> (JobApi::*fn)(const Principal&, const Request&)) {
+  return [api, fn](const Principal& who,
+                   const Message& request) -> absl::StatusOr<std::unique_ptr<Message>> {
+    FTD_ASSIGN_OR_RETURN(Response response,
+                         (api->*fn)(who, static_cast<const Request&>(request)));
+    return std::make_unique<Response>(std::move(response));
+  };
+}
+
+}  // namespace
+
+int RestGateway::SendJson(mg_connection* conn, int http_status, const std::string& json,
+                          const std::string& extra_headers) {
+  mg_printf(conn,
+            "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+            "Cache-Control: no-store\r\n%s\r\n",
+            http_status, HttpReasonPhrase(http_status), json.size(), extra_headers.c_str());
+  WriteAll(conn, json);
+  return http_status;
+}
+
+int RestGateway::SendError(mg_connection* conn, const absl::Status& status) {
+  int http = HttpStatusFromCode(status.code());
+  std::string headers;
+  if (status.code() == absl::StatusCode::kUnauthenticated) {
+    headers = "WWW-Authenticate: Bearer realm=\"ftd\"\r\n";
+  }
+  if (status.code() == absl::StatusCode::kUnimplemented &&
+      absl::StrContains(status.message(), "is not allowed")) {
+    http = 405;
+  }
+  if (status.code() == absl::StatusCode::kResourceExhausted &&
+      absl::StrContains(status.message(), "request body")) {
+    http = 413;
+  }
+  const std::string body =
+      absl::StrCat("{\"code\":", static_cast<int>(status.code()), ",\"status\":\"",
+                   absl::StatusCodeToString(status.code()), "\",\"message\":\"",
+                   JsonEscape(status.message()), "\"}");
+  return SendJson(conn, http, body, headers);
+}
+
+absl::StatusOr<std::unique_ptr<RestGateway>> RestGateway::Start(const RestGatewayOptions& options,
+                                                                JobApi* api) {
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName("ftd.v1.JobService");
+  if (service == nullptr) return absl::InternalError("ftd.v1.JobService is not linked in");
+  FTD_ASSIGN_OR_RETURN(HttpRuleRouter router, HttpRuleRouter::Create(service));
+  std::unique_ptr<RestGateway> gateway(new RestGateway(api, std::move(router), options));
+  FTD_RETURN_IF_ERROR(gateway->BindHandlers());
+
+  std::string ports = options.listen;
+  std::string pem_path;
+  const bool tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  if (tls) {
+    if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+      return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
+    }
+    if (mg_check_feature(2) == 0) {
+      return absl::FailedPreconditionError("this civetweb was built without TLS support");
+    }
+    // civetweb takes one PEM holding both the key and the certificate chain.
+    FTD_ASSIGN_OR_RETURN(std::string key, ReadFileToString(options.tls_key_file));
+    FTD_ASSIGN_OR_RETURN(std::string cert, ReadFileToString(options.tls_cert_file));
+    pem_path = absl::StrCat(options.tls_scratch_dir, "/https-key-and-cert.pem");
+    const mode_t old_mask = ::umask(077);
+    absl::Status written = WriteFileAtomically(pem_path, absl::StrCat(key, "\n", cert));
+    ::umask(old_mask);
+    FTD_RETURN_IF_ERROR(written);
+    ports += "s";
+  }
+  const std::string threads = absl::StrCat(options.num_threads);
+  std::vector<const char*> civet_options = {
+      "listening_ports", ports.c_str(),  "num_threads",        threads.c_str(),
+      "request_timeout_ms", "60000",     "enable_keep_alive",  "yes",
+      "tcp_nodelay", "1"};
+  if (tls) {
+    civet_options.insert(civet_options.end(), {"ssl_certificate", pem_path.c_str(),
+                                               "ssl_protocol_version", "4"});  // TLS 1.2+
+  }
+  civet_options.push_back(nullptr);
+  mg_callbacks callbacks;
+  std::memset(&callbacks, 0, sizeof(callbacks));
+  callbacks.log_message = [](const mg_connection*, const char* message) {
+    spdlog::warn("http: {}", message);
+    return 1;
+  };
+  mg_init_library(tls ? MG_FEATURES_TLS : 0);
+  gateway->ctx_ = mg_start(&callbacks, gateway.get(), civet_options.data());
+  if (gateway->ctx_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot serve HTTP", tls ? "S" : "", " on ",
+                                               options.listen, " (address in use, or bad TLS files)"));
+  }
+  gateway->tls_ = tls;
+  mg_server_port server_ports[4];
+  int n = mg_get_server_ports(gateway->ctx_, 4, server_ports);
+  if (n > 0) gateway->port_ = server_ports[0].port;
+
+  gateway->AddHandler("/v1", [gw = gateway.get()](mg_connection* conn) { return gw->HandleApi(conn); });
+  gateway->AddHandler("/healthz", [](mg_connection* conn) {
+    return SendJson(conn, 200, "{\"status\":\"SERVING\"}");
+  });
+  gateway->AddHandler("/readyz", [api](mg_connection* conn) {
+    return api->ready() ? SendJson(conn, 200, "{\"status\":\"SERVING\"}")
+                        : SendJson(conn, 503, "{\"status\":\"NOT_SERVING\"}");
+  });
+  return gateway;
+}
+
+RestGateway::~RestGateway() { Stop(); }
+
+void RestGateway::Stop() {
+  if (stopping_.exchange(true)) return;
+  {
+    absl::MutexLock lock(&mu_);
+    for (JobWatch* watch : open_watches_) watch->Interrupt();
+  }
+  if (ctx_ != nullptr) mg_stop(ctx_);  // waits for handler threads
+  ctx_ = nullptr;
+}
+
+void RestGateway::AddHandler(const std::string& uri, Handler handler) {
+  absl::MutexLock lock(&mu_);
+  handlers_.push_back(std::make_unique<Handler>(std::move(handler)));
+  mg_set_request_handler(ctx_, uri.c_str(), &RestGateway::Trampoline, handlers_.back().get());
+}
+
+int RestGateway::Trampoline(mg_connection* conn, void* handler) {
+  return (*static_cast<Handler*>(handler))(conn);
+}
+
+absl::Status RestGateway::BindHandlers() {
+  unary_handlers_["CreateJob"] = Bind(api_, &JobApi::CreateJob);
+  unary_handlers_["GetJob"] = Bind(api_, &JobApi::GetJob);
+  unary_handlers_["ListJobs"] = Bind(api_, &JobApi::ListJobs);
+  unary_handlers_["CancelJob"] = Bind(api_, &JobApi::CancelJob);
+  unary_handlers_["ListJobEvents"] = Bind(api_, &JobApi::ListJobEvents);
+  unary_handlers_["ListCheckpoints"] = Bind(api_, &JobApi::ListCheckpoints);
+  // Every annotated method must be served: a new RPC in the proto cannot silently 404.
+  for (const HttpRoute& route : router_.routes()) {
+    if (route.method->server_streaming()) {
+      if (route.method->name() != "WatchJob") {
+        return absl::InternalError(absl::StrCat("no REST streaming handler for ",
+                                                route.method->full_name()));
+      }
+      continue;
+    }
+    if (!unary_handlers_.count(route.method->name())) {
+      return absl::InternalError(absl::StrCat("no REST handler for ", route.method->full_name()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> RestGateway::ReadBody(mg_connection* conn) {
+  const mg_request_info* info = mg_get_request_info(conn);
+  if (info->content_length > options_.max_request_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request body of ", info->content_length, " bytes exceeds the limit of ",
+        options_.max_request_bytes));
+  }
+  std::string body;
+  char buf[16384];
+  for (;;) {
+    int n = mg_read(conn, buf, sizeof(buf));
+    if (n <= 0) break;
+    body.append(buf, static_cast<size_t>(n));
+    if (static_cast<int64_t>(body.size()) > options_.max_request_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "request body exceeds the limit of ", options_.max_request_bytes, " bytes"));
+    }
+  }
+  return body;
+}
+
+int RestGateway::HandleApi(mg_connection* conn) {
+  const mg_request_info* info = mg_get_request_info(conn);
+  const std::string verb = info->request_method != nullptr ? info->request_method : "";
+  const std::string path = info->local_uri != nullptr ? info->local_uri : "";
+
+  absl::StatusOr<RouteMatch> match = router_.Match(verb, path);
+  if (!match.ok()) return SendError(conn, match.status());
+  const HttpRoute& route = *match->route;
+
+  const char* authorization = mg_get_header(conn, "Authorization");
+  absl::StatusOr<Principal> who = api_->Authenticate(authorization != nullptr ? authorization : "");
+  if (!who.ok()) return SendError(conn, who.status());
+
+  std::unique_ptr<Message> request(
+      google::protobuf::MessageFactory::generated_factory()
+          ->GetPrototype(route.method->input_type())
+          ->New());
+  absl::Status parsed = [&]() -> absl::Status {
+    if (route.body == "*") {
+      FTD_ASSIGN_OR_RETURN(std::string body, ReadBody(conn));
+      if (!body.empty()) {
+        google::protobuf::util::JsonParseOptions options;
+        options.ignore_unknown_fields = false;
+        auto st = google::protobuf::util::JsonStringToMessage(body, request.get(), options);
+        if (!st.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat("body: ", st.message().ToString()));
+        }
+      }
+      if (info->query_string != nullptr && info->query_string[0] != '\0') {
+        return absl::InvalidArgumentError(
+            absl::StrCat(route.method->name(), " takes its fields in the body, not the query"));
+      }
+    } else if (info->query_string != nullptr) {
+      FTD_ASSIGN_OR_RETURN(auto params, ParseQueryString(info->query_string));
+      for (const auto& [key, value] : params) {
+        FTD_RETURN_IF_ERROR(SetFieldFromString(request.get(), key, value));
+      }
+    }
+    // Path variables last: they name the resource and win over the body.
+    for (const auto& [field, value] : match->variables) {
+      google::protobuf::Message* m = request.get();
+      const auto* fd = m->GetDescriptor()->FindFieldByName(field);
+      if (fd != nullptr && !fd->is_repeated() &&
+          fd->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_STRING) {
+        m->GetReflection()->ClearField(m, fd);
+      }
+      FTD_RETURN_IF_ERROR(SetFieldFromString(m, field, value));
+    }
+    return absl::OkStatus();
+  }();
+  if (!parsed.ok()) return SendError(conn, parsed);
+
+  if (route.method->server_streaming()) {
+    auto& watch_request = static_cast<ftd::v1::WatchJobRequest&>(*request);
+    const char* last_event_id = mg_get_header(conn, "Last-Event-ID");
+    int64_t resume = 0;
+    if (watch_request.after_seq() == 0 && last_event_id != nullptr &&
+        absl::SimpleAtoi(last_event_id, &resume)) {
+      watch_request.set_after_seq(resume);
+    }
+    return ServeWatch(conn, *who, watch_request);
+  }
+  absl::StatusOr<std::unique_ptr<Message>> response =
+      unary_handlers_.at(route.method->name())(*who, *request);
+  if (!response.ok()) return SendError(conn, response.status());
+  absl::StatusOr<std::string> json = ToJson(**response);
+  if (!json.ok()) return SendError(conn, json.status());
+  return SendJson(conn, 200, *json);
+}
+
+int RestGateway::ServeWatch(mg_connection* conn, const Principal& who,
+                            const ftd::v1::WatchJobRequest& request) {
+  absl::StatusOr<std::unique_ptr<JobWatch>> opened = api_->WatchJob(who, request, nullptr);
+  if (!opened.ok()) return SendError(conn, opened.status());
+  std::unique_ptr<JobWatch> watch = *std::move(opened);
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return SendError(conn, absl::UnavailableError("shutting down"));
+    open_watches_.insert(watch.get());
+  }
+  mg_printf(conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            "Connection: close\r\nX-Accel-Buffering: no\r\n\r\n");
+  absl::Time last_write = absl::Now();
+  for (;;) {
+    absl::StatusOr<std::optional<ftd::v1::JobEvent>> next = watch->Next();
+    if (!next.ok()) {
+      WriteAll(conn, absl::StrCat("event: error\ndata: ", JsonEscape(next.status().ToString()), "\n\n"));
+      break;
+    }
+    if (next->has_value()) {
+      const ftd::v1::JobEvent& event = **next;
+      absl::StatusOr<std::string> json = ToJson(event);
+      if (!json.ok()) break;
+      const char* kind = event.kind_case() == ftd::v1::JobEvent::kStatus       ? "status"
+                         : event.kind_case() == ftd::v1::JobEvent::kMetrics    ? "metrics"
+                         : event.kind_case() == ftd::v1::JobEvent::kCheckpoint ? "checkpoint"
+                                                                               : "message";
+      if (!WriteAll(conn, absl::StrCat("id: ", event.seq(), "\nevent: ", kind, "\ndata: ", *json,
+                                       "\n\n"))) {
+        break;
+      }
+      last_write = absl::Now();
+      if (watch->finished()) break;
+      continue;
+    }
+    if (watch->interrupted()) break;
+    watch->Wait(absl::Seconds(1));
+    if (absl::Now() - last_write >= options_.sse_keepalive) {
+      // A comment line: keeps proxies from timing out and detects a closed client.
+      if (!WriteAll(conn, ": keepalive\n\n")) break;
+      last_write = absl::Now();
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    open_watches_.erase(watch.get());
+  }
+  return 200;
+}
+
+}  // namespace ftd::server

@@ -1,0 +1,302 @@
+#include "server/spec_validator.h"
+
+#include <limits.h>
+#include <stdlib.h>
+
+#include <cmath>
+#include <memory>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/status_macros.h"
+
+namespace ftd::server {
+namespace {
+
+absl::Status FieldError(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+template <typename T>
+absl::Status CheckRange(absl::string_view field, T value, T lo, T hi) {
+  if (value < lo || value > hi) {
+    return FieldError(field, absl::StrCat("must be in [", lo, ", ", hi, "], got ", value));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckFinite(absl::string_view field, double value, double lo, double hi) {
+  if (!std::isfinite(value) || value < lo || value > hi) {
+    return FieldError(field, absl::StrCat("must be a finite number in [", lo, ", ", hi, "], got ",
+                                          value));
+  }
+  return absl::OkStatus();
+}
+
+// Fills an empty enumeration-like string with its default (noting it) and checks membership.
+absl::Status CheckChoice(absl::string_view field, std::string* value,
+                         const std::vector<std::string>& choices, std::vector<std::string>* notes) {
+  if (value->empty()) {
+    *value = choices.front();
+    notes->push_back(absl::StrCat(field, " defaulted to ", choices.front()));
+    return absl::OkStatus();
+  }
+  for (const std::string& c : choices) {
+    if (*value == c) return absl::OkStatus();
+  }
+  return FieldError(field, absl::StrCat("must be one of ", absl::StrJoin(choices, ", "),
+                                        "; got `", absl::CEscape(value->substr(0, 64)), "`"));
+}
+
+bool IsPrintable(absl::string_view s) {
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) return false;
+  }
+  return true;
+}
+
+bool IsWithin(const std::string& path, const std::string& root) {
+  if (root == "/") return true;
+  return path == root || (absl::StartsWith(path, root) && path[root.size()] == '/');
+}
+
+// realpath() of the longest existing prefix of `abs_path` (which has no `..`), with the
+// missing remainder appended: symlinks in the existing part are resolved, so a link that
+// points outside a root is caught even when the target file does not exist yet.
+absl::StatusOr<std::string> CanonicalizeExistingPrefix(const std::string& abs_path) {
+  std::vector<std::string> parts = absl::StrSplit(abs_path, '/', absl::SkipEmpty());
+  for (size_t keep = parts.size() + 1; keep-- > 0;) {
+    std::string prefix = "/" + absl::StrJoin(parts.begin(), parts.begin() + keep, "/");
+    char resolved[PATH_MAX];
+    if (::realpath(prefix.c_str(), resolved) != nullptr) {
+      std::string out = resolved;
+      for (size_t i = keep; i < parts.size(); ++i) {
+        if (out != "/") out += "/";
+        out += parts[i];
+      }
+      return out;
+    }
+  }
+  return absl::InternalError("cannot resolve /");
+}
+
+}  // namespace
+
+absl::StatusOr<SpecValidator> SpecValidator::Create(const ValidatorConfig& config) {
+  ValidatorConfig canonical = config;
+  auto resolve = [](std::vector<std::string>* roots, absl::string_view flag) -> absl::Status {
+    for (std::string& root : *roots) {
+      char resolved[PATH_MAX];
+      if (::realpath(root.c_str(), resolved) == nullptr) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(flag, " ", root, ": does not exist or is not accessible"));
+      }
+      root = resolved;
+    }
+    return absl::OkStatus();
+  };
+  FTD_RETURN_IF_ERROR(resolve(&canonical.model_roots, "--model-root"));
+  FTD_RETURN_IF_ERROR(resolve(&canonical.data_roots, "--data-root"));
+  FTD_RETURN_IF_ERROR(resolve(&canonical.output_roots, "--output-root"));
+  return SpecValidator(std::move(canonical));
+}
+
+absl::StatusOr<std::string> SpecValidator::ConfinePath(const std::string& field,
+                                                       const std::string& path,
+                                                       const std::vector<std::string>& roots) const {
+  if (path.empty()) return FieldError(field, "is required");
+  if (static_cast<int>(path.size()) > config_.limits.max_path_length) {
+    return FieldError(field, absl::StrCat("longer than ", config_.limits.max_path_length, " bytes"));
+  }
+  if (!IsPrintable(path)) return FieldError(field, "contains control characters");
+  std::string local = path;
+  if (absl::StartsWith(local, "file://")) {
+    local = local.substr(7);
+  } else if (local.find("://") != std::string::npos) {
+    return FieldError(field, "only local paths and file:// URIs are supported");
+  }
+  for (absl::string_view part : absl::StrSplit(local, '/')) {
+    if (part == "..") return FieldError(field, "must not contain `..`");
+  }
+  if (roots.empty()) return FieldError(field, "no root is configured for this kind of path");
+  if (local.empty() || local[0] != '/') local = absl::StrCat(roots.front(), "/", local);
+  FTD_ASSIGN_OR_RETURN(std::string canonical, CanonicalizeExistingPrefix(local));
+  for (const std::string& root : roots) {
+    if (IsWithin(canonical, root)) return canonical;
+  }
+  return FieldError(field, absl::StrCat("`", absl::CEscape(path.substr(0, 256)),
+                                        "` resolves outside the allowed roots (",
+                                        absl::StrJoin(roots, ", "), ")"));
+}
+
+absl::Status SpecValidator::ValidateLabels(
+    const google::protobuf::Map<std::string, std::string>& labels) const {
+  if (static_cast<int>(labels.size()) > config_.limits.max_labels) {
+    return FieldError("labels", absl::StrCat("at most ", config_.limits.max_labels, " labels"));
+  }
+  for (const auto& [key, value] : labels) {
+    const std::string field = absl::StrCat("labels[", absl::CEscape(key.substr(0, 64)), "]");
+    bool ok = !key.empty() && key.size() <= 63 &&
+              (absl::ascii_islower(key[0]) || absl::ascii_isdigit(key[0]));
+    for (char c : key) {
+      ok = ok && (absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '.' || c == '_' ||
+                  c == '/' || c == '-');
+    }
+    if (!ok) return FieldError(field, "key must match [a-z0-9][a-z0-9._/-]{0,62}");
+    if (value.size() > 256 || !IsPrintable(value)) {
+      return FieldError(field, "value must be at most 256 printable characters");
+    }
+    for (unsigned char c : value) {
+      if (c >= 0x80) return FieldError(field, "value must be printable ASCII");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SpecValidator::ValidateRequestId(const std::string& request_id) {
+  if (request_id.size() > 128) return FieldError("request_id", "longer than 128 characters");
+  for (char c : request_id) {
+    if (!(absl::ascii_isalnum(c) || c == '.' || c == '_' || c == ':' || c == '-')) {
+      return FieldError("request_id", "must be characters of [A-Za-z0-9._:-]");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SpecValidator::ValidateAndNormalize(ftd::v1::JobSpec* spec,
+                                                 std::vector<std::string>* notes) const {
+  const ValidationLimits& lim = config_.limits;
+
+  FTD_ASSIGN_OR_RETURN(std::string base_model,
+                       ConfinePath("spec.base_model", spec->base_model(), config_.model_roots));
+  spec->set_base_model(base_model);
+
+  auto* ds = spec->mutable_datasets();
+  FTD_ASSIGN_OR_RETURN(std::string train,
+                       ConfinePath("spec.datasets.train", ds->train(), config_.data_roots));
+  ds->set_train(train);
+  if (!ds->validation().empty()) {
+    FTD_ASSIGN_OR_RETURN(std::string validation, ConfinePath("spec.datasets.validation",
+                                                             ds->validation(), config_.data_roots));
+    ds->set_validation(validation);
+  }
+  FTD_RETURN_IF_ERROR(CheckChoice("spec.datasets.format", ds->mutable_format(),
+                                  {"jsonl_tokens", "messages", "prompt_completion", "text"}, notes));
+
+  if (spec->method() == "lora") {
+    return FieldError("spec.method", "lora is not supported yet; use full");
+  }
+  FTD_RETURN_IF_ERROR(CheckChoice("spec.method", spec->mutable_method(), {"full"}, notes));
+
+  // Resources first: batch divisibility and ep_size depend on the world size.
+  auto* res = spec->mutable_resources();
+  if (res->nodes() == 0) {
+    res->set_nodes(1);
+    notes->push_back("spec.resources.nodes defaulted to 1");
+  }
+  FTD_RETURN_IF_ERROR(CheckRange("spec.resources.nodes", res->nodes(), 1, lim.max_nodes));
+  FTD_RETURN_IF_ERROR(
+      CheckRange("spec.resources.gpus_per_node", res->gpus_per_node(), 1, lim.max_gpus_per_node));
+  const int64_t world = int64_t{res->nodes()} * res->gpus_per_node();
+  if (world > lim.max_world_size) {
+    return FieldError("spec.resources", absl::StrCat("world size nodes x gpus_per_node = ", world,
+                                                     " exceeds the limit of ", lim.max_world_size));
+  }
+
+  auto* hp = spec->mutable_hyperparameters();
+  FTD_RETURN_IF_ERROR(CheckRange<int64_t>("spec.hyperparameters.max_steps", hp->max_steps(), 0,
+                                          int64_t{1} << 40));
+  FTD_RETURN_IF_ERROR(CheckRange("spec.hyperparameters.epochs", hp->epochs(), 0, 100000));
+  if (hp->max_steps() == 0 && hp->epochs() == 0) {
+    return FieldError("spec.hyperparameters.max_steps", "max_steps or epochs must be positive");
+  }
+  FTD_RETURN_IF_ERROR(CheckRange("spec.hyperparameters.micro_batch", hp->micro_batch(), 1, 65536));
+  FTD_RETURN_IF_ERROR(
+      CheckRange("spec.hyperparameters.global_batch", hp->global_batch(), 1, 1 << 24));
+  if (hp->global_batch() % (int64_t{hp->micro_batch()} * world) != 0) {
+    return FieldError("spec.hyperparameters.global_batch",
+                      absl::StrCat("must be a multiple of micro_batch x world size = ",
+                                   int64_t{hp->micro_batch()} * world, ", got ", hp->global_batch()));
+  }
+  FTD_RETURN_IF_ERROR(CheckRange("spec.hyperparameters.seq_len", hp->seq_len(), 1, lim.max_seq_len));
+  if (!std::isfinite(hp->lr()) || hp->lr() <= 0 || hp->lr() > 1) {
+    return FieldError("spec.hyperparameters.lr",
+                      absl::StrCat("must be a finite number in (0, 1], got ", hp->lr()));
+  }
+  FTD_RETURN_IF_ERROR(CheckChoice("spec.hyperparameters.schedule", hp->mutable_schedule(),
+                                  {"cosine", "linear", "constant"}, notes));
+  FTD_RETURN_IF_ERROR(
+      CheckRange("spec.hyperparameters.warmup_steps", hp->warmup_steps(), 0, 1 << 30));
+  if (hp->max_steps() > 0 && hp->warmup_steps() > hp->max_steps()) {
+    return FieldError("spec.hyperparameters.warmup_steps",
+                      absl::StrCat("exceeds max_steps (", hp->max_steps(), ")"));
+  }
+  FTD_RETURN_IF_ERROR(CheckFinite("spec.hyperparameters.weight_decay", hp->weight_decay(), 0, 10));
+  FTD_RETURN_IF_ERROR(CheckFinite("spec.hyperparameters.grad_clip", hp->grad_clip(), 0, 1e6));
+
+  auto* par = spec->mutable_parallelism();
+  if (par->ep_size() == 0) {
+    par->set_ep_size(1);
+    notes->push_back("spec.parallelism.ep_size defaulted to 1");
+  }
+  FTD_RETURN_IF_ERROR(
+      CheckRange<int64_t>("spec.parallelism.ep_size", par->ep_size(), 1, world));
+  if (world % par->ep_size() != 0) {
+    return FieldError("spec.parallelism.ep_size",
+                      absl::StrCat("must divide the world size ", world, ", got ", par->ep_size()));
+  }
+  FTD_RETURN_IF_ERROR(CheckRange("spec.parallelism.zero_stage", par->zero_stage(), 0, 3));
+
+  auto* be = spec->mutable_backends();
+  FTD_RETURN_IF_ERROR(
+      CheckChoice("spec.backends.attention", be->mutable_attention(), {"sdpa", "flash", "cudnn"}, notes));
+  FTD_RETURN_IF_ERROR(
+      CheckChoice("spec.backends.experts", be->mutable_experts(), {"grouped_mm", "loop"}, notes));
+  FTD_RETURN_IF_ERROR(CheckChoice("spec.backends.dispatcher", be->mutable_dispatcher(),
+                                  {"alltoall", "fused"}, notes));
+  FTD_RETURN_IF_ERROR(
+      CheckChoice("spec.backends.gate", be->mutable_gate(), {"real", "balanced"}, notes));
+
+  const auto& ck = spec->checkpointing();
+  FTD_RETURN_IF_ERROR(
+      CheckRange("spec.checkpointing.every_n_steps", ck.every_n_steps(), 0, 1 << 30));
+  FTD_RETURN_IF_ERROR(CheckRange("spec.checkpointing.keep_last", ck.keep_last(), 0, 10000));
+
+  const auto& sc = spec->scheduling();
+  FTD_RETURN_IF_ERROR(CheckRange("spec.scheduling.priority", sc.priority(), -1000, 1000));
+  FTD_RETURN_IF_ERROR(CheckRange<int64_t>("spec.scheduling.max_runtime_seconds",
+                                          sc.max_runtime_seconds(), 0, int64_t{366} * 86400));
+  FTD_RETURN_IF_ERROR(CheckRange("spec.scheduling.max_restarts", sc.max_restarts(), 0, 1000));
+
+  if (!spec->output().empty()) {
+    FTD_ASSIGN_OR_RETURN(std::string output,
+                         ConfinePath("spec.output", spec->output(), config_.output_roots));
+    spec->set_output(output);
+  }
+
+  const std::string& hook = spec->webhook_url();
+  if (!hook.empty()) {
+    if (static_cast<int>(hook.size()) > lim.max_string_length) {
+      return FieldError("spec.webhook_url", absl::StrCat("longer than ", lim.max_string_length, " bytes"));
+    }
+    absl::string_view rest;
+    if (absl::StartsWith(hook, "https://")) {
+      rest = absl::string_view(hook).substr(8);
+    } else if (absl::StartsWith(hook, "http://")) {
+      rest = absl::string_view(hook).substr(7);
+    } else {
+      return FieldError("spec.webhook_url", "must be an http:// or https:// URL");
+    }
+    absl::string_view host = rest.substr(0, rest.find_first_of("/?#"));
+    bool ok = !host.empty();
+    for (char c : hook) ok = ok && c > 0x20 && c < 0x7f;
+    if (!ok) return FieldError("spec.webhook_url", "must have a host and no spaces or control characters");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ftd::server
