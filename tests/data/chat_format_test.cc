@@ -1,0 +1,107 @@
+#include "engine/data/chat_format.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/data/test_tokenizer_util.h"
+
+namespace ftd::data {
+namespace {
+
+using testing::TestTokenizerSpec;
+
+struct FamilyCase {
+  const char* name;
+  std::vector<std::string> specials;
+  const char* template_marker;
+  const char* eos;
+  ChatFamily family;
+  const char* assistant_end;  // the end-of-turn token trained with the last assistant turn
+};
+
+class ChatFormatTest : public ::testing::TestWithParam<FamilyCase> {};
+
+const std::vector<ChatMessage> kConversation = {
+    {"system", "Be brief."},
+    {"user", "hello world"},
+    {"assistant", "the thing"},
+    {"user", "again\n\nplease"},
+    {"assistant", " hello  world"},
+};
+
+TEST_P(ChatFormatTest, DetectsFamilyMasksAssistantTurnsAndMatchesWholeStringEncoding) {
+  const FamilyCase& c = GetParam();
+  TestTokenizerSpec spec;
+  spec.special_tokens = c.specials;
+  auto tokenizer = Tokenizer::FromFile(testing::WriteTokenizerDir(c.name, spec, c.eos, c.template_marker));
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  auto family = DetectChatFamily(**tokenizer);
+  ASSERT_TRUE(family.ok()) << family.status();
+  EXPECT_EQ(*family, c.family);
+  auto formatter = ChatFormatter::Create(tokenizer->get());
+  ASSERT_TRUE(formatter.ok()) << formatter.status();
+  auto document = (*formatter)->Format(kConversation);
+  ASSERT_TRUE(document.ok()) << document.status();
+  ASSERT_EQ(document->input_ids.size(), document->labels.size());
+
+  // Encoding piecewise equals encoding the rendered text (specials split out as HF does).
+  const std::string rendered = (*formatter)->Render(kConversation);
+  EXPECT_EQ(document->input_ids, (*tokenizer)->Encode(rendered, /*add_special_tokens=*/false)) << rendered;
+
+  // The trained tokens decode to exactly the assistant contents and their end tokens.
+  std::vector<int32_t> trained;
+  for (size_t i = 0; i < document->labels.size(); ++i) {
+    if (document->labels[i] != kIgnoreLabel) {
+      EXPECT_EQ(document->labels[i], document->input_ids[i]);
+      trained.push_back(document->labels[i]);
+    }
+  }
+  const std::string trained_text = (*tokenizer)->Decode(trained, false);
+  const std::string first_reply = c.family == ChatFamily::kLlama3 ? "the thing" : "the thing";
+  EXPECT_EQ(trained_text.find(first_reply), 0u) << trained_text;
+  EXPECT_NE(trained_text.find(c.assistant_end), std::string::npos) << trained_text;
+  EXPECT_EQ(trained_text.find("Be brief"), std::string::npos);
+  EXPECT_EQ(trained_text.find("please"), std::string::npos);
+  EXPECT_EQ(trained_text.find("assistant"), std::string::npos) << "role headers are never trained";
+  // The last trained token is the final end-of-turn marker.
+  EXPECT_EQ(trained.back(), *(*tokenizer)->TokenToId(c.assistant_end));
+
+  // train_on_all_turns trains user content too.
+  ChatFormatOptions all;
+  all.train_on_all_turns = true;
+  auto all_formatter = ChatFormatter::Create(tokenizer->get(), std::nullopt, all);
+  ASSERT_TRUE(all_formatter.ok());
+  auto all_document = (*all_formatter)->Format(kConversation);
+  ASSERT_TRUE(all_document.ok());
+  size_t all_trained = 0;
+  for (int32_t label : all_document->labels) all_trained += label != kIgnoreLabel;
+  EXPECT_GT(all_trained, trained.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Families, ChatFormatTest,
+    ::testing::Values(
+        FamilyCase{"chatml", {"<|im_start|>", "<|im_end|>", "<|endoftext|>"}, "<|im_start|>", "<|im_end|>",
+                   ChatFamily::kChatMl, "<|im_end|>"},
+        FamilyCase{"llama3",
+                   {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"},
+                   "<|start_header_id|>", "<|eot_id|>", ChatFamily::kLlama3, "<|eot_id|>"},
+        FamilyCase{"deepseek",
+                   {"<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"},
+                   "<｜User｜>", "<｜end▁of▁sentence｜>", ChatFamily::kDeepSeekV3, "<｜end▁of▁sentence｜>"},
+        FamilyCase{"harmony", {"<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>"}, "<|channel|>",
+                   "<|return|>", ChatFamily::kHarmony, "<|return|>"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(ChatFormatErrorsTest, MissingMarkerIsNamed) {
+  TestTokenizerSpec spec;
+  spec.special_tokens = {"<|im_start|>"};  // no <|im_end|>
+  auto tokenizer = Tokenizer::FromJson(testing::MakeTokenizerJson(spec), "");
+  ASSERT_TRUE(tokenizer.ok());
+  auto formatter = ChatFormatter::Create(tokenizer->get(), ChatFamily::kChatMl);
+  ASSERT_FALSE(formatter.ok());
+  EXPECT_THAT(formatter.status().message(), ::testing::HasSubstr("\"<|im_end|>\" is not in the vocabulary"));
+  EXPECT_EQ(DetectChatFamily(**tokenizer).status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace ftd::data
