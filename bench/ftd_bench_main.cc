@@ -1,0 +1,132 @@
+// ftd-bench: training throughput of the engine on one device, printed as one JSON line with
+// the keys of the HF v5 baseline (bench/hf_v5_baseline.py) plus mfu and the gate used.
+// Optimizer as the baseline: bf16 parameters, bf16 AdamW moments, no master copy, lr 1e-5,
+// its step inside the timer.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <CLI/CLI.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "engine/model/config.h"
+#include "engine/model/hf_checkpoint.h"
+#include "engine/model/transformer.h"
+#include "engine/train/optimizer.h"
+#include "engine/util/device_memory.h"
+#include "nlohmann/json.hpp"
+
+using namespace ftd::engine;
+
+namespace {
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+int Fail(const absl::Status& s) {
+  std::cerr << "error: " << s.message() << "\n";
+  return 1;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ftd-bench: engine training throughput (one JSON line)"};
+  std::string preset = "qwen3-30b-a3b", model_dir, gate = "real", device = "auto";
+  int64_t layers = 4, seq = 4096, batch = 1, steps = 8, warmup = 3;
+  bool ckpt = false;
+  app.add_option("--preset", preset)->capture_default_str();
+  app.add_option("--layers", layers)->capture_default_str();
+  app.add_option("--seq", seq)->capture_default_str();
+  app.add_option("--batch", batch)->capture_default_str();
+  app.add_option("--steps", steps)->capture_default_str();
+  app.add_option("--warmup", warmup)->capture_default_str();
+  app.add_option("--gate", gate, "real | balanced")->capture_default_str();
+  app.add_option("--model", model_dir, "start from this HF checkpoint instead of a random init");
+  app.add_option("--device", device, "auto | cpu | cuda")->capture_default_str();
+  app.add_flag("--ckpt", ckpt, "activation checkpointing");
+  CLI11_PARSE(app, argc, argv);
+
+  absl::StatusOr<ModelConfig> config = model_dir.empty() ? PresetConfig(preset) : LoadModelConfig(model_dir);
+  if (!config.ok()) return Fail(config.status());
+  if (model_dir.empty() && layers > 0) config->num_hidden_layers = layers;
+  const bool cuda = device == "cuda" || (device == "auto" && at::hasCUDA());
+  ModelOptions options;
+  options.device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  options.dtype = at::kBFloat16;
+  options.gate = gate == "balanced" ? GateMode::kBalanced : GateMode::kReal;
+  options.activation_checkpointing = ckpt;
+
+  absl::StatusOr<ModelWeights> weights = model_dir.empty() ? absl::StatusOr<ModelWeights>(InitRandomWeights(*config, options, 0))
+                                                           : LoadHfWeights(model_dir, *config, options);
+  if (!weights.ok()) return Fail(weights.status());
+  EnableGradients(*weights);
+  auto model = MoeTransformer::Create(*config, options, std::move(*weights));
+  if (!model.ok()) return Fail(model.status());
+  auto params = (*model)->Parameters();
+  int64_t n_params = 0;
+  for (auto& p : params) n_params += p.tensor->numel();
+  AdamWConfig adam;
+  auto opt = AdamW::Create(params, PrecisionPolicy::kBf16Pure, adam);
+  if (!opt.ok()) return Fail(opt.status());
+
+  // The baseline's inputs: torch.randint(0, V, (B, S), generator=manual_seed(1234)).
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
+  at::Tensor ids = at::randint(0, config->vocab_size, {batch, seq}, gen, at::kLong).to(options.device);
+  Batch b{ids, ShiftLabels(ids), {}, {}};
+
+  std::vector<double> fwd, bwd, tot;
+  std::vector<double> losses;
+  auto now = [] { return std::chrono::steady_clock::now(); };
+  auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+  for (int64_t i = 0; i < warmup + steps; ++i) {
+    if (i == warmup) ResetPeakMemory();
+    DeviceSynchronize();
+    auto t0 = now();
+    ForwardResult r = (*model)->Forward(b, false);
+    at::Tensor loss = r.loss_sum / static_cast<double>(std::max<int64_t>(1, r.num_targets));
+    DeviceSynchronize();
+    auto t1 = now();
+    losses.push_back(loss.item<double>());
+    loss.backward();
+    DeviceSynchronize();
+    auto t2 = now();
+    (*opt)->Step(1e-5);
+    (*opt)->ZeroGrad();
+    DeviceSynchronize();
+    auto t3 = now();
+    if (i >= warmup) {
+      fwd.push_back(secs(t0, t1));
+      bwd.push_back(secs(t1, t2));
+      tot.push_back(secs(t0, t3));
+    }
+  }
+  const double step_s = Median(tot);
+  const double tokens = static_cast<double>(batch * seq);
+  const double tflops = config->TrainingFlopsPerToken(seq) * tokens / step_s / 1e12;
+  std::vector<double> first(losses.begin(), losses.begin() + std::min<size_t>(5, losses.size()));
+  for (double& l : first) l = std::round(l * 1e5) / 1e5;
+  nlohmann::json j = {{"impl", "ftd"},
+                      {"gate", gate},
+                      {"ckpt", ckpt},
+                      {"layers", config->num_hidden_layers},
+                      {"seq", seq},
+                      {"batch", batch},
+                      {"params", n_params},
+                      {"tps", std::round(tokens / step_s)},
+                      {"fwd_ms", std::round(Median(fwd) * 1e4) / 10},
+                      {"bwd_ms", std::round(Median(bwd) * 1e4) / 10},
+                      {"step_ms", std::round(step_s * 1e4) / 10},
+                      {"tflops", std::round(tflops * 10) / 10},
+                      {"mfu", cuda ? std::round(tflops / 989.0 * 1000) / 1000 : 0.0},
+                      {"peak_gib", std::round(PeakMemoryBytes() / double(1ull << 30) * 100) / 100},
+                      {"losses", first},
+                      {"device", cuda ? "cuda" : "cpu"},
+                      {"optimizer_in_timer", true}};
+  std::cout << j.dump() << std::endl;
+  return 0;
+}

@@ -1,0 +1,97 @@
+#include "engine/model/moe.h"
+
+#include <ATen/ATen.h>
+
+namespace ftd::engine {
+
+Routing Route(const at::Tensor& x, const at::Tensor& router_weight, const ModelConfig& c, GateMode gate) {
+  const int64_t T = x.size(0), E = c.num_experts, k = c.num_experts_per_tok;
+  Routing r;
+  r.logits = at::linear(x.to(at::kFloat), router_weight.to(at::kFloat));  // [T, E]
+  if (gate == GateMode::kBalanced) {
+    auto long_opts = x.options().dtype(at::kLong);
+    at::Tensor t = at::arange(T, long_opts).unsqueeze(1);
+    at::Tensor j = at::arange(k, long_opts).unsqueeze(0);
+    r.experts = (t * k + j).remainder(E);
+    r.weights = at::full({T, k}, 1.0 / static_cast<double>(k), x.options());
+    return r;
+  }
+  at::Tensor scores = c.router_scoring == RouterScoring::kSoftmax ? at::softmax(r.logits, -1)
+                                                                  : at::sigmoid(r.logits);
+  auto [top_values, top_index] = scores.topk(k, -1);
+  if (c.norm_topk_prob) top_values = top_values / top_values.sum(-1, /*keepdim=*/true);
+  r.weights = top_values.to(x.scalar_type());
+  r.experts = top_index;
+  return r;
+}
+
+Permutation PermuteByExpert(const Routing& routing, int64_t num_experts) {
+  const int64_t k = routing.experts.size(1);
+  at::Tensor flat = routing.experts.reshape({-1});
+  auto [sorted, order] = flat.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  Permutation p;
+  p.token_index = order.div(k, "floor");
+  p.weights = routing.weights.reshape({-1}).index_select(0, order);
+  p.counts = at::bincount(flat, {}, num_experts);
+  return p;
+}
+
+at::Tensor GroupedMatmul(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& counts) {
+  if (rows.is_cuda() && rows.scalar_type() == at::kBFloat16) {
+    // offs[-1] must equal rows: rows past it would be left uninitialised.
+    at::Tensor offs = counts.cumsum(0).to(at::kInt);
+    return at::_grouped_mm(rows, w, offs);
+  }
+  at::Tensor counts_cpu = counts.to(at::kCPU);
+  std::vector<int64_t> sizes(counts_cpu.data_ptr<int64_t>(), counts_cpu.data_ptr<int64_t>() + counts_cpu.numel());
+  std::vector<at::Tensor> parts = rows.split_with_sizes(sizes, 0);
+  std::vector<at::Tensor> outs;
+  outs.reserve(parts.size());
+  for (size_t e = 0; e < parts.size(); ++e) {
+    if (sizes[e] == 0) continue;
+    outs.push_back(at::mm(parts[e], w.select(0, static_cast<int64_t>(e))));
+  }
+  if (outs.empty()) return at::zeros({0, w.size(2)}, rows.options()) + 0 * w.sum();
+  return at::cat(outs, 0);
+}
+
+at::Tensor ExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights, const at::Tensor& counts,
+                          const MoeWeights& w) {
+  const int64_t F = w.down.size(1);
+  at::Tensor h = GroupedMatmul(rows, w.gate_up, counts);  // [N, 2F]
+  at::Tensor act = at::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F) * row_weights.unsqueeze(-1);
+  return GroupedMatmul(act, w.down, counts);  // [N, H]
+}
+
+MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& c, GateMode gate,
+                   const ExpertDispatch& dispatch) {
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
+  at::Tensor flat = x.reshape({B * S, H});
+  Routing routing = Route(flat, w.router, c, gate);
+  Permutation perm = PermuteByExpert(routing, c.num_experts);
+  at::Tensor rows = flat.index_select(0, perm.token_index);  // [T*k, H]
+  at::Tensor y = dispatch ? dispatch(rows, perm.weights, perm.counts, w)
+                          : ExpertsForward(rows, perm.weights, perm.counts, w);
+  at::Tensor out = at::zeros_like(flat).index_add(0, perm.token_index, y);
+  return {out.view({B, S, H}), routing.logits, perm.counts};
+}
+
+at::Tensor LoadBalancingLoss(const std::vector<at::Tensor>& router_logits, int64_t E, int64_t top_k) {
+  at::Tensor tokens_per_expert;
+  at::Tensor prob_per_expert;
+  int64_t rows = 0;
+  for (const at::Tensor& logits : router_logits) {
+    at::Tensor probs = at::softmax(logits.to(at::kFloat), -1);
+    at::Tensor selected = std::get<1>(probs.topk(top_k, -1));
+    at::Tensor counts = at::zeros({E}, probs.options()).index_add(
+        0, selected.reshape({-1}), at::ones({selected.numel()}, probs.options()));
+    at::Tensor psum = probs.sum(0);
+    tokens_per_expert = tokens_per_expert.defined() ? tokens_per_expert + counts : counts;
+    prob_per_expert = prob_per_expert.defined() ? prob_per_expert + psum : psum;
+    rows += logits.size(0);
+  }
+  if (!tokens_per_expert.defined()) return {};
+  return (tokens_per_expert / rows * (prob_per_expert / rows)).sum() * E;
+}
+
+}  // namespace ftd::engine

@@ -1,0 +1,79 @@
+// The decoder-only MoE transformer: embedding -> layers (attention + MoE or dense MLP) -> norm
+// -> lm_head, with the loss as HF computes it.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "engine/model/config.h"
+#include "engine/model/moe.h"
+#include "engine/model/weights.h"
+
+namespace ftd::engine {
+
+struct ModelOptions {
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;   // parameter and activation dtype
+  GateMode gate = GateMode::kReal;
+  bool activation_checkpointing = false;
+  // The experts this rank holds: [expert_begin, expert_begin + expert_count). -1: all.
+  int64_t expert_begin = 0;
+  int64_t expert_count = -1;
+};
+
+// One micro-batch. targets are already shifted: targets[b, i] is the token position i
+// predicts (-100: no loss), so packed documents and masks need no further shifting.
+struct Batch {
+  at::Tensor input_ids;     // [B, S] int64
+  at::Tensor targets;       // [B, S] int64, -100 = ignore
+  at::Tensor position_ids;  // [B, S] int64 or undefined (0..S-1)
+  at::Tensor segment_ids;   // [B, S] int64 document ids for packed batches, or undefined
+};
+
+// HF's convention (labels = inputs, shifted inside the loss) as targets.
+at::Tensor ShiftLabels(const at::Tensor& labels);
+
+struct ForwardResult {
+  at::Tensor logits;         // [B, S, V] fp32, only when asked for
+  at::Tensor loss_sum;       // scalar fp32: sum of token cross-entropies over valid targets
+  int64_t num_targets = 0;   // valid targets in the batch
+  at::Tensor aux_loss;       // scalar fp32 (load balancing), undefined when not configured
+  std::vector<at::Tensor> expert_counts;  // per MoE layer, [E]
+};
+
+class MoeTransformer {
+ public:
+  // Weights must already match the config (see hf_checkpoint.h to load or initialise them).
+  static absl::StatusOr<std::unique_ptr<MoeTransformer>> Create(const ModelConfig& config,
+                                                                const ModelOptions& options,
+                                                                ModelWeights weights);
+
+  ForwardResult Forward(const Batch& batch, bool return_logits);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }
+  ModelWeights& weights() { return weights_; }
+  std::vector<NamedParam> Parameters() { return ListParameters(weights_); }
+  void SetExpertDispatch(ExpertDispatch dispatch) { dispatch_ = std::move(dispatch); }
+
+ private:
+  MoeTransformer(const ModelConfig& config, const ModelOptions& options, ModelWeights weights);
+  // One decoder layer: [B, S, H] -> [B, S, H]; router logits and counts appended for MoE layers.
+  at::Tensor Layer(int64_t index, const at::Tensor& h, const struct AttentionContext& ctx,
+                   std::vector<at::Tensor>* router_logits, std::vector<at::Tensor>* counts);
+
+  ModelConfig config_;
+  ModelOptions options_;
+  ModelWeights weights_;
+  at::Tensor inv_freq_;
+  double rope_scaling_ = 1.0;
+  ExpertDispatch dispatch_;
+};
+
+// Checks every tensor of `w` against the config's shapes; errors name the tensor.
+absl::Status ValidateWeights(const ModelConfig& config, const ModelOptions& options, const ModelWeights& w);
+
+}  // namespace ftd::engine

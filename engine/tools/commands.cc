@@ -1,0 +1,261 @@
+#include "engine/tools/commands.h"
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <unistd.h>
+#include <memory>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <CLI/CLI.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "engine/io/safetensors.h"
+#include "engine/model/config.h"
+#include "engine/model/hf_checkpoint.h"
+#include "engine/model/transformer.h"
+#include "engine/train/trainer.h"
+#include "nlohmann/json.hpp"
+
+namespace ftd::engine {
+namespace {
+
+struct InitModelArgs {
+  std::string preset = "tiny";
+  int64_t layers = 0;
+  int64_t experts = 0;
+  uint64_t seed = 0;
+  std::string dtype = "bf16";
+  std::string out;
+};
+struct ForwardArgs {
+  std::string model, input, out, device = "cpu", dtype = "fp32";
+  bool grads = false;
+};
+struct ResaveArgs {
+  std::string model, out;
+  uint64_t max_shard_bytes = 5ull << 30;
+};
+struct TrainArgs {
+  std::string spec;
+  bool resume = false;
+  int64_t stop_after = 0;
+};
+struct CopyArgs {
+  std::string in, out;
+  uint64_t max_shard_bytes = 5ull << 30;
+};
+struct InspectArgs {
+  std::string dir;
+  bool json = false;
+};
+
+InitModelArgs g_init;
+ForwardArgs g_forward;
+TrainArgs g_train;
+CopyArgs g_copy;
+InspectArgs g_inspect;
+ResaveArgs g_resave;
+
+int Fail(const absl::Status& status) {
+  std::cerr << "error: " << status.message() << "\n";
+  return 1;
+}
+
+absl::Status InitModel(const InitModelArgs& a) {
+  FTD_ASSIGN_OR_RETURN(ModelConfig config, PresetConfig(a.preset));
+  if (a.layers > 0) config.num_hidden_layers = a.layers;
+  if (a.experts > 0) {
+    config.num_experts = a.experts;
+    config.num_experts_per_tok = std::min(config.num_experts_per_tok, a.experts);
+  }
+  if (a.dtype != "bf16" && a.dtype != "fp32") return absl::InvalidArgumentError("--dtype must be bf16 or fp32");
+  at::ScalarType dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  config.dtype = DtypeName(dtype);
+  ModelOptions options;
+  options.dtype = dtype;
+  ModelWeights weights = InitRandomWeights(config, options, a.seed);
+  FTD_RETURN_IF_ERROR(SaveHfCheckpoint(a.out, config, weights, options, dtype));
+  std::cout << absl::StrFormat("wrote %s: preset %s, %d layers, %d experts, %.1fM parameters, %s\n", a.out, a.preset,
+                               config.num_hidden_layers, config.num_experts, config.TotalParameters() / 1e6,
+                               config.dtype);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> ReadIdsJson(const std::string& path) {
+  FTD_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_array() || j.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": expected a JSON array of token id arrays"));
+  }
+  const size_t S = j[0].is_array() ? j[0].size() : 0;
+  if (S == 0) return absl::InvalidArgumentError(absl::StrCat(path, ": row 0 must be a non-empty array of ids"));
+  at::Tensor ids = at::empty({static_cast<int64_t>(j.size()), static_cast<int64_t>(S)}, at::kLong);
+  auto acc = ids.accessor<int64_t, 2>();
+  for (size_t b = 0; b < j.size(); ++b) {
+    if (!j[b].is_array() || j[b].size() != S) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": row ", b, " must have ", S, " ids like row 0"));
+    }
+    for (size_t i = 0; i < S; ++i) {
+      if (!j[b][i].is_number_integer()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": row ", b, " item ", i, " is not an integer"));
+      }
+      acc[b][i] = j[b][i].get<int64_t>();
+    }
+  }
+  return ids;
+}
+
+absl::Status Forward(const ForwardArgs& a) {
+  FTD_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(a.model));
+  FTD_ASSIGN_OR_RETURN(at::Tensor ids, ReadIdsJson(a.input));
+  if (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= config.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(a.input, ": token ids must be in [0, ", config.vocab_size, ")"));
+  }
+  ModelOptions options;
+  if (a.device == "cuda") {
+    if (!at::hasCUDA()) return absl::FailedPreconditionError("--device cuda: no GPU is visible");
+    options.device = at::Device(at::kCUDA, 0);
+  } else if (a.device != "cpu") {
+    return absl::InvalidArgumentError("--device must be cpu or cuda");
+  }
+  if (a.dtype != "fp32" && a.dtype != "bf16") return absl::InvalidArgumentError("--dtype must be fp32 or bf16");
+  options.dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  FTD_ASSIGN_OR_RETURN(ModelWeights weights, LoadHfWeights(a.model, config, options));
+  if (a.grads) EnableGradients(weights);
+  FTD_ASSIGN_OR_RETURN(auto model, MoeTransformer::Create(config, options, std::move(weights)));
+  c10::AutoGradMode grad_mode(a.grads);
+  Batch batch;
+  batch.input_ids = ids.to(options.device);
+  batch.targets = ShiftLabels(batch.input_ids);
+  ForwardResult r = model->Forward(batch, /*return_logits=*/true);
+  at::Tensor loss = r.loss_sum / static_cast<double>(std::max<int64_t>(1, r.num_targets));
+  if (r.aux_loss.defined()) loss = loss + config.router_aux_loss_coef * r.aux_loss;
+  std::vector<std::pair<std::string, at::Tensor>> tensors = {
+      {"logits", r.logits.detach().to(at::kCPU).contiguous()},
+      {"loss", loss.detach().to(at::kCPU, at::kFloat).reshape({})}};
+  if (a.grads) {
+    loss.backward();
+    // Gradients in HF naming: the weights' structure with each tensor replaced by its grad.
+    ModelWeights grads = model->weights();
+    for (NamedParam& p : ListParameters(grads)) *p.tensor = p.tensor->grad();
+    if (grads.tied) grads.lm_head = grads.embed;
+    for (auto& [name, t] : ToHfTensors(grads, config, options, at::kFloat)) tensors.emplace_back("grad." + name, t);
+  }
+  std::filesystem::path out(a.out);
+  std::string dir = out.parent_path().empty() ? "." : out.parent_path().string();
+  std::string tmp_dir = absl::StrCat(dir, "/.forward-", ::getpid());
+  FTD_RETURN_IF_ERROR(SaveSafetensors(tmp_dir, tensors));
+  std::error_code ec;
+  std::filesystem::rename(tmp_dir + "/model.safetensors", out, ec);
+  std::filesystem::remove_all(tmp_dir);
+  if (ec) return absl::InternalError(absl::StrCat("cannot write ", a.out, ": ", ec.message()));
+  std::cout << absl::StrFormat("loss %.8f\n", loss.item<double>());
+  return absl::OkStatus();
+}
+
+absl::Status Resave(const ResaveArgs& a) {
+  FTD_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(a.model));
+  ModelOptions options;
+  options.dtype = DtypeFromName(config.dtype);
+  FTD_ASSIGN_OR_RETURN(ModelWeights weights, LoadHfWeights(a.model, config, options));
+  FTD_RETURN_IF_ERROR(ValidateWeights(config, options, weights));
+  FTD_RETURN_IF_ERROR(SaveHfCheckpoint(a.out, config, weights, options, options.dtype, a.max_shard_bytes));
+  std::cout << "wrote " << a.out << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Train(const TrainArgs& a) {
+  FTD_ASSIGN_OR_RETURN(TrainSpec spec, LoadTrainSpec(a.spec));
+  TrainOptions options;
+  options.resume = a.resume;
+  options.stop_after = a.stop_after;
+  FTD_ASSIGN_OR_RETURN(std::string final_dir, RunTraining(spec, options, std::cout));
+  std::cout << "final checkpoint: " << final_dir << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Inspect(const InspectArgs& a) {
+  FTD_ASSIGN_OR_RETURN(ModelConfig c, LoadModelConfig(a.dir));
+  uint64_t bytes = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(a.dir, ec)) {
+    if (e.is_regular_file()) bytes += e.file_size();
+  }
+  nlohmann::json j = {{"family", c.model_type},        {"architecture", c.architecture},
+                      {"layers", c.num_hidden_layers}, {"moe_layers", c.NumMoeLayers()},
+                      {"experts", c.num_experts},      {"experts_per_token", c.num_experts_per_tok},
+                      {"hidden_size", c.hidden_size},  {"vocab_size", c.vocab_size},
+                      {"parameters_total", c.TotalParameters()}, {"parameters_active", c.ActiveParameters()},
+                      {"dtype", c.dtype},              {"size_on_disk_bytes", bytes}};
+  if (a.json) {
+    std::cout << j.dump(2) << "\n";
+  } else {
+    for (auto& [k, v] : j.items()) std::cout << absl::StrFormat("%-20s %s\n", k, v.dump());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void RegisterCommands(CLI::App& app) {
+  auto* init = app.add_subcommand("init-model", "Write a random-init HF checkpoint from a preset");
+  init->add_option("--preset", g_init.preset, "tiny | qwen3-30b-a3b")->capture_default_str();
+  init->add_option("--layers", g_init.layers, "Override the number of layers");
+  init->add_option("--experts", g_init.experts, "Override the number of experts");
+  init->add_option("--seed", g_init.seed, "Random seed")->capture_default_str();
+  init->add_option("--dtype", g_init.dtype, "bf16 | fp32")->capture_default_str();
+  init->add_option("--out", g_init.out, "Output directory")->required();
+
+  auto* fwd = app.add_subcommand("forward", "Logits and loss of token ids (labels = inputs)");
+  fwd->add_option("--model", g_forward.model, "HF model directory")->required();
+  fwd->add_option("--input", g_forward.input, "ids.json: [[ids...], ...], equal lengths")->required();
+  fwd->add_option("--out", g_forward.out, "Output .safetensors (logits [B,S,V] fp32, loss)")->required();
+  fwd->add_option("--device", g_forward.device, "cpu | cuda")->capture_default_str();
+  fwd->add_option("--dtype", g_forward.dtype, "fp32 | bf16")->capture_default_str();
+  fwd->add_flag("--grads", g_forward.grads, "Also write every parameter's gradient (grad.<HF name>)");
+
+  auto* resave = app.add_subcommand("resave", "Load an HF checkpoint into the engine and save it again");
+  resave->add_option("--model", g_resave.model, "HF model directory")->required();
+  resave->add_option("--out", g_resave.out, "Output directory")->required();
+  resave->add_option("--max-shard-bytes", g_resave.max_shard_bytes, "Shard size limit")->capture_default_str();
+
+  auto* train = app.add_subcommand("train", "Train one rank from a job spec (YAML or JSON)");
+  train->add_option("--spec", g_train.spec, "Job spec file")->required();
+  train->add_flag("--resume", g_train.resume, "Continue from the newest checkpoint under the output");
+  train->add_option("--stop-after", g_train.stop_after, "Stop after N optimizer steps in this run");
+
+  auto* copy = app.add_subcommand("st-copy", "Read a safetensors checkpoint and write it again");
+  copy->add_option("in", g_copy.in, "Input file or directory")->required();
+  copy->add_option("out", g_copy.out, "Output directory")->required();
+  copy->add_option("--max-shard-bytes", g_copy.max_shard_bytes, "Shard size limit")->capture_default_str();
+
+  auto* inspect = app.add_subcommand("inspect", "Describe an HF MoE checkpoint");
+  inspect->add_option("dir", g_inspect.dir, "Model directory")->required();
+  inspect->add_flag("--json", g_inspect.json, "JSON output");
+}
+
+int RunSelectedCommand(CLI::App& app) {
+  absl::Status status;
+  if (app.got_subcommand("init-model")) {
+    status = InitModel(g_init);
+  } else if (app.got_subcommand("forward")) {
+    status = Forward(g_forward);
+  } else if (app.got_subcommand("train")) {
+    status = Train(g_train);
+  } else if (app.got_subcommand("st-copy")) {
+    status = CopySafetensors(g_copy.in, g_copy.out, g_copy.max_shard_bytes);
+  } else if (app.got_subcommand("resave")) {
+    status = Resave(g_resave);
+  } else if (app.got_subcommand("inspect")) {
+    status = Inspect(g_inspect);
+  }
+  return status.ok() ? 0 : Fail(status);
+}
+
+}  // namespace ftd::engine

@@ -1,0 +1,142 @@
+#include "engine/train/optimizer.h"
+
+#include <cmath>
+#include <map>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "engine/io/safetensors.h"
+
+namespace ftd::engine {
+
+absl::StatusOr<PrecisionPolicy> ParsePrecisionPolicy(const std::string& name) {
+  if (name.empty() || name == "fp32_master" || name == "fp32") return PrecisionPolicy::kFp32Master;
+  if (name == "bf16" || name == "bf16_pure") return PrecisionPolicy::kBf16Pure;
+  return absl::InvalidArgumentError(
+      absl::StrCat("precision \"", name, "\" is not one of fp32_master, bf16_pure"));
+}
+
+bool DecaysWeight(const std::string& name) {
+  return !absl::StrContains(name, "norm") && !absl::EndsWith(name, ".bias");
+}
+
+absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(std::vector<NamedParam> params, PrecisionPolicy policy,
+                                                     const AdamWConfig& config) {
+  std::unique_ptr<AdamW> opt(new AdamW(policy, config));
+  for (NamedParam& p : params) {
+    const at::Tensor& t = *p.tensor;
+    if (!t.defined() || !t.requires_grad()) {
+      return absl::InvalidArgumentError(absl::StrCat("parameter ", p.name, " does not require gradients"));
+    }
+    Slot s;
+    s.param = p;
+    s.decay = DecaysWeight(p.name);
+    bool separate_master = policy == PrecisionPolicy::kFp32Master && t.scalar_type() != at::kFloat;
+    s.master = separate_master ? t.detach().to(at::kFloat).clone() : t;
+    auto moment_opts = s.master.options().requires_grad(false);
+    s.exp_avg = at::zeros(s.master.sizes(), moment_opts);
+    s.exp_avg_sq = at::zeros(s.master.sizes(), moment_opts);
+    s.step = at::zeros({}, s.master.options().dtype(at::kFloat).requires_grad(false));
+    opt->slots_.push_back(std::move(s));
+  }
+  return opt;
+}
+
+void AdamW::Step(double lr) {
+  c10::NoGradGuard no_grad;
+  ++steps_;
+  // Parameters are grouped by (decay, dtype, device): one fused launch per group.
+  for (bool decay : {true, false}) {
+    std::vector<at::Tensor> params, grads, avgs, sqs, steps;
+    std::vector<Slot*> group;
+    for (Slot& s : slots_) {
+      at::Tensor g = s.param.tensor->grad();
+      if (s.decay != decay || !g.defined()) continue;
+      params.push_back(s.master);
+      grads.push_back(g.scalar_type() == s.master.scalar_type() ? g : g.to(s.master.scalar_type()));
+      avgs.push_back(s.exp_avg);
+      sqs.push_back(s.exp_avg_sq);
+      steps.push_back(s.step);
+      group.push_back(&s);
+    }
+    if (params.empty()) continue;
+    at::_foreach_add_(steps, 1.0);
+    // Fused kernels need one dtype and device per call: split if the group mixes them.
+    std::map<std::pair<int, std::string>, std::vector<size_t>> by_kind;
+    for (size_t i = 0; i < params.size(); ++i) {
+      by_kind[{static_cast<int>(params[i].scalar_type()), params[i].device().str()}].push_back(i);
+    }
+    for (const auto& [kind, idx] : by_kind) {
+      std::vector<at::Tensor> p, g, a, q, st;
+      for (size_t i : idx) {
+        p.push_back(params[i]);
+        g.push_back(grads[i]);
+        a.push_back(avgs[i]);
+        q.push_back(sqs[i]);
+        st.push_back(steps[i]);
+      }
+      at::_fused_adamw_(p, g, a, q, /*max_exp_avg_sqs=*/{}, st, lr, config_.beta1, config_.beta2,
+                        decay ? config_.weight_decay : 0.0, config_.eps, /*amsgrad=*/false,
+                        /*maximize=*/false, std::nullopt, std::nullopt);
+    }
+    for (Slot* s : group) {
+      if (!s->master.is_same(*s->param.tensor)) s->param.tensor->copy_(s->master);
+    }
+  }
+}
+
+void AdamW::ZeroGrad() {
+  for (Slot& s : slots_) s.param.tensor->mutable_grad() = at::Tensor();
+}
+
+std::vector<std::pair<std::string, at::Tensor>> AdamW::StateTensors() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const Slot& s : slots_) {
+    out.emplace_back("exp_avg." + s.param.name, s.exp_avg.detach().to(at::kCPU));
+    out.emplace_back("exp_avg_sq." + s.param.name, s.exp_avg_sq.detach().to(at::kCPU));
+    if (!s.master.is_same(*s.param.tensor)) out.emplace_back("master." + s.param.name, s.master.to(at::kCPU));
+  }
+  return out;
+}
+
+absl::Status AdamW::LoadState(const SafetensorsReader& reader, int64_t steps) {
+  c10::NoGradGuard no_grad;
+  for (Slot& s : slots_) {
+    auto shape = s.master.sizes().vec();
+    FTD_ASSIGN_OR_RETURN(at::Tensor avg, reader.Load("exp_avg." + s.param.name, shape));
+    FTD_ASSIGN_OR_RETURN(at::Tensor sq, reader.Load("exp_avg_sq." + s.param.name, shape));
+    s.exp_avg.copy_(avg);
+    s.exp_avg_sq.copy_(sq);
+    if (!s.master.is_same(*s.param.tensor)) {
+      FTD_ASSIGN_OR_RETURN(at::Tensor master, reader.Load("master." + s.param.name, shape));
+      s.master.copy_(master);
+      s.param.tensor->copy_(s.master);
+    }
+    s.step.fill_(static_cast<double>(steps));
+  }
+  steps_ = steps;
+  return absl::OkStatus();
+}
+
+double ClipGradNorm(const std::vector<NamedParam>& params, double max_norm) {
+  c10::NoGradGuard no_grad;
+  std::vector<at::Tensor> grads;
+  for (const NamedParam& p : params) {
+    if (p.tensor->grad().defined()) grads.push_back(p.tensor->grad());
+  }
+  if (grads.empty()) return 0.0;
+  std::vector<at::Tensor> norms;
+  for (const at::Tensor& g : grads) norms.push_back(g.to(at::kFloat).norm());
+  at::Tensor total = at::stack(norms).norm();
+  if (max_norm > 0) {
+    at::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
+    for (at::Tensor& g : grads) g.mul_(coef.to(g.scalar_type()));
+  }
+  return total.item<double>();
+}
+
+}  // namespace ftd::engine

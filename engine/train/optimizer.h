@@ -1,0 +1,70 @@
+// AdamW with a precision policy, stepping every parameter with LibTorch's fused multi-tensor
+// AdamW kernel (one launch per parameter group on CUDA; the vectorised loop on CPU).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "engine/model/weights.h"
+
+namespace ftd::engine {
+
+class SafetensorsReader;
+
+enum class PrecisionPolicy {
+  kFp32Master,  // fp32 master weights and fp32 moments (default); params may be bf16
+  kBf16Pure,    // bf16 parameters and bf16 moments, no master copy (HF/NeMo benchmark setting)
+};
+absl::StatusOr<PrecisionPolicy> ParsePrecisionPolicy(const std::string& name);
+
+struct AdamWConfig {
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+};
+
+// Whether a parameter gets weight decay: not norms, not biases (HF Trainer's convention).
+bool DecaysWeight(const std::string& name);
+
+class AdamW {
+ public:
+  static absl::StatusOr<std::unique_ptr<AdamW>> Create(std::vector<NamedParam> params, PrecisionPolicy policy,
+                                                       const AdamWConfig& config);
+
+  // One update with learning rate `lr` from the parameters' .grad().
+  void Step(double lr);
+  // Drops every gradient (frees the memory).
+  void ZeroGrad();
+  int64_t steps() const { return steps_; }
+
+  // State for resumption: "<kind>.<param name>" tensors (exp_avg, exp_avg_sq, master) on CPU.
+  std::vector<std::pair<std::string, at::Tensor>> StateTensors() const;
+  absl::Status LoadState(const SafetensorsReader& reader, int64_t steps);
+
+ private:
+  struct Slot {
+    NamedParam param;
+    at::Tensor master;  // fp32 master (the param itself when it is already fp32 or policy is pure)
+    at::Tensor exp_avg, exp_avg_sq, step;
+    bool decay = true;
+  };
+  AdamW(PrecisionPolicy policy, const AdamWConfig& config) : policy_(policy), config_(config) {}
+
+  PrecisionPolicy policy_;
+  AdamWConfig config_;
+  std::vector<Slot> slots_;
+  int64_t steps_ = 0;
+};
+
+// Global L2 norm of all gradients (fp32); scales them so that the norm is at most max_norm
+// when max_norm > 0. Returns the norm before clipping.
+double ClipGradNorm(const std::vector<NamedParam>& params, double max_norm);
+
+}  // namespace ftd::engine

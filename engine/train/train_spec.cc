@@ -1,0 +1,105 @@
+#include "engine/train/train_spec.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+
+namespace ftd::engine {
+namespace {
+
+// Reads `node[key]` into `out` when present; a value of the wrong type names `path.key`.
+template <typename T>
+absl::Status Read(const YAML::Node& node, const char* key, const std::string& path, T* out) {
+  if (!node || !node.IsMap()) return absl::OkStatus();
+  YAML::Node v = node[key];
+  if (!v || v.IsNull()) return absl::OkStatus();
+  try {
+    *out = v.as<T>();
+  } catch (const YAML::Exception&) {
+    return absl::InvalidArgumentError(absl::StrCat(path.empty() ? "" : path + ".", key, ": invalid value \"",
+                                                   v.IsScalar() ? v.Scalar() : std::string("<non-scalar>"), "\""));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Positive(const char* field, int64_t v) {
+  if (v <= 0) return absl::InvalidArgumentError(absl::StrCat(field, " must be positive (got ", v, ")"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ":", e.mark.line + 1, ": ", e.msg));
+  }
+  if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat(source, ": the spec must be a mapping"));
+  TrainSpec s;
+  auto prefix = [&](absl::Status st) {
+    return st.ok() ? st : absl::InvalidArgumentError(absl::StrCat(source, ": ", st.message()));
+  };
+  FTD_RETURN_IF_ERROR(prefix(Read(root, "base_model", "", &s.base_model)));
+  FTD_RETURN_IF_ERROR(prefix(Read(root, "output", "", &s.output)));
+  FTD_RETURN_IF_ERROR(prefix(Read(root, "precision", "", &s.precision)));
+  FTD_RETURN_IF_ERROR(prefix(Read(root, "device", "", &s.device)));
+  FTD_RETURN_IF_ERROR(prefix(Read(root, "dtype", "", &s.dtype)));
+  FTD_RETURN_IF_ERROR(prefix(Read(root, "log_every", "", &s.log_every)));
+  YAML::Node data = root["datasets"];
+  FTD_RETURN_IF_ERROR(prefix(Read(data, "train", "datasets", &s.train_data)));
+  FTD_RETURN_IF_ERROR(prefix(Read(data, "format", "datasets", &s.data_format)));
+  YAML::Node hp = root["hyperparameters"];
+  const std::string h = "hyperparameters";
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "max_steps", h, &s.max_steps)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "epochs", h, &s.epochs)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "global_batch", h, &s.global_batch)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "micro_batch", h, &s.micro_batch)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "seq_len", h, &s.seq_len)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "lr", h, &s.lr)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "schedule", h, &s.schedule)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "warmup_steps", h, &s.warmup_steps)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "weight_decay", h, &s.weight_decay)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "grad_clip", h, &s.grad_clip)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "adam_beta1", h, &s.adam_beta1)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "adam_beta2", h, &s.adam_beta2)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "adam_eps", h, &s.adam_eps)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "seed", h, &s.seed)));
+  YAML::Node par = root["parallelism"];
+  FTD_RETURN_IF_ERROR(prefix(Read(par, "ep_size", "parallelism", &s.ep_size)));
+  FTD_RETURN_IF_ERROR(prefix(Read(par, "zero_stage", "parallelism", &s.zero_stage)));
+  FTD_RETURN_IF_ERROR(prefix(Read(par, "activation_checkpointing", "parallelism", &s.activation_checkpointing)));
+  FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "gate", "backends", &s.gate)));
+  YAML::Node ck = root["checkpointing"];
+  FTD_RETURN_IF_ERROR(prefix(Read(ck, "every_n_steps", "checkpointing", &s.checkpoint_every)));
+  FTD_RETURN_IF_ERROR(prefix(Read(ck, "keep_last", "checkpointing", &s.keep_last)));
+
+  auto bad = [&](const std::string& msg) { return absl::InvalidArgumentError(absl::StrCat(source, ": ", msg)); };
+  if (s.base_model.empty()) return bad("base_model is required");
+  if (s.train_data.empty()) return bad("datasets.train is required");
+  if (s.output.empty()) return bad("output is required");
+  if (s.max_steps <= 0 && s.epochs <= 0) return bad("hyperparameters.max_steps or hyperparameters.epochs must be set");
+  FTD_RETURN_IF_ERROR(prefix(Positive("hyperparameters.global_batch", s.global_batch)));
+  FTD_RETURN_IF_ERROR(prefix(Positive("hyperparameters.micro_batch", s.micro_batch)));
+  FTD_RETURN_IF_ERROR(prefix(Positive("hyperparameters.seq_len", s.seq_len)));
+  FTD_RETURN_IF_ERROR(prefix(Positive("parallelism.ep_size", s.ep_size)));
+  if (s.lr <= 0) return bad("hyperparameters.lr must be positive");
+  if (s.grad_clip < 0) return bad("hyperparameters.grad_clip must be >= 0");
+  if (s.gate != "real" && s.gate != "balanced") return bad("backends.gate must be real or balanced");
+  if (s.device != "auto" && s.device != "cpu" && s.device != "cuda") return bad("device must be auto, cpu or cuda");
+  if (s.dtype != "auto" && s.dtype != "fp32" && s.dtype != "bf16") return bad("dtype must be auto, fp32 or bf16");
+  if (s.data_format != "tokens" && s.data_format != "jsonl_tokens") {
+    return bad("datasets.format \"" + s.data_format + "\" is not supported by this engine build (tokens)");
+  }
+  return s;
+}
+
+absl::StatusOr<TrainSpec> LoadTrainSpec(const std::string& path) {
+  FTD_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  return ParseTrainSpec(text, path);
+}
+
+}  // namespace ftd::engine

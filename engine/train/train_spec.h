@@ -1,0 +1,46 @@
+// The training spec of one rank (`ftd-train train --spec job.yaml`). Field names follow
+// proto/ftd/v1/jobs.proto's JobSpec (snake_case), so the coordinator's spec, dumped as JSON,
+// is a valid file here (YAML is a superset of JSON). Engine-only fields: precision, device.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace ftd::engine {
+
+struct TrainSpec {
+  std::string base_model;       // HF directory
+  std::string train_data;       // datasets.train: JSONL
+  std::string data_format = "tokens";  // datasets.format
+  std::string output;           // checkpoints go to OUTPUT/checkpoint-<step>
+  int64_t max_steps = 0;
+  int64_t epochs = 0;           // used when max_steps is 0
+  int64_t global_batch = 8;     // sequences per optimizer step, over all data-parallel ranks
+  int64_t micro_batch = 1;      // sequences per forward/backward on one rank
+  int64_t seq_len = 2048;
+  double lr = 1e-5;
+  std::string schedule = "cosine";
+  int64_t warmup_steps = 0;
+  double weight_decay = 0.0;
+  double grad_clip = 1.0;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  uint64_t seed = 0;
+  int64_t ep_size = 1;
+  int64_t zero_stage = 0;
+  bool activation_checkpointing = false;
+  std::string gate = "real";    // backends.gate: real | balanced
+  int64_t checkpoint_every = 0; // checkpointing.every_n_steps (0: only at the end)
+  int64_t keep_last = 0;        // checkpointing.keep_last (0: keep all)
+  std::string precision = "fp32_master";  // fp32_master | bf16_pure
+  std::string device = "auto";            // auto | cpu | cuda
+  std::string dtype = "auto";             // parameter dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+  int64_t log_every = 1;
+};
+
+// Parses YAML (or JSON) text; errors name the field (e.g. "hyperparameters.seq_len").
+absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::string& source);
+absl::StatusOr<TrainSpec> LoadTrainSpec(const std::string& path);
+
+}  // namespace ftd::engine

@@ -1,0 +1,66 @@
+#include "kernels/swiglu.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace ftd::kernels {
+
+bool CudaKernelsAvailable() {
+#ifdef FTD_WITH_CUDA
+  return at::hasCUDA();
+#else
+  return false;
+#endif
+}
+
+at::Tensor WeightedSwigluForwardReference(const at::Tensor& h, const at::Tensor& w) {
+  const int64_t F = h.size(-1) / 2;
+  at::Tensor g = h.narrow(-1, 0, F).to(at::kFloat), u = h.narrow(-1, F, F).to(at::kFloat);
+  return (at::silu(g) * u * w.to(at::kFloat).unsqueeze(-1)).to(h.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardReference(const at::Tensor& dout, const at::Tensor& h,
+                                                                   const at::Tensor& w) {
+  const int64_t F = h.size(-1) / 2;
+  at::Tensor g = h.narrow(-1, 0, F).to(at::kFloat), u = h.narrow(-1, F, F).to(at::kFloat);
+  at::Tensor d = dout.to(at::kFloat), wf = w.to(at::kFloat).unsqueeze(-1);
+  at::Tensor s = at::sigmoid(g);
+  at::Tensor silu = g * s;
+  at::Tensor dg = d * u * wf * s * (1 + g * (1 - s));
+  at::Tensor du = d * silu * wf;
+  at::Tensor dw = (d * silu * u).sum(-1);
+  return {at::cat({dg, du}, -1).to(h.scalar_type()), dw.to(w.scalar_type())};
+}
+
+namespace {
+
+struct WeightedSwigluFunction : public torch::autograd::Function<WeightedSwigluFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h, const at::Tensor& w) {
+    ctx->save_for_backward({h, w});
+#ifdef FTD_WITH_CUDA
+    if (h.is_cuda()) return WeightedSwigluForwardCuda(h, w);
+#endif
+    return WeightedSwigluForwardReference(h, w);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    at::Tensor dout = grads[0].contiguous();
+#ifdef FTD_WITH_CUDA
+    if (dout.is_cuda()) {
+      auto [dh, dw] = WeightedSwigluBackwardCuda(dout, saved[0], saved[1]);
+      return {dh, dw};
+    }
+#endif
+    auto [dh, dw] = WeightedSwigluBackwardReference(dout, saved[0], saved[1]);
+    return {dh, dw};
+  }
+};
+
+}  // namespace
+
+at::Tensor WeightedSwiglu(const at::Tensor& h, const at::Tensor& w) {
+  return WeightedSwigluFunction::apply(h.contiguous(), w.contiguous());
+}
+
+}  // namespace ftd::kernels

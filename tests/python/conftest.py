@@ -1,0 +1,33 @@
+"""Shared fixtures: where the built binaries are, and skipping when they are not built."""
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def build_dir() -> pathlib.Path:
+    d = pathlib.Path(os.environ.get("FTD_BUILD_DIR", ROOT / "build"))
+    return d if d.is_absolute() else ROOT / d
+
+
+def binary(name: str) -> pathlib.Path:
+    return build_dir() / "bin" / name
+
+
+@pytest.fixture(scope="session")
+def ftd_train():
+    path = binary("ftd-train")
+    if not path.exists():
+        pytest.skip(f"{path} is not built (build the engine first)")
+    return path
+
+
+def run(cmd, **kw):
+    """Runs a command, failing the test with its output when it fails."""
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if res.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
