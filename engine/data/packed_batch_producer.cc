@@ -49,8 +49,7 @@ void PackedBatchProducer::Run() {
       } else {
         mine = packer_->PaddingSample();
       }
-      mine->next_position = group.back().next_position;
-      if (options_.shard_index >= static_cast<int32_t>(group.size())) mine->next_position = packer_->position();
+      mine->next_position = group.back().next_position;  // the same on every rank
     }
     absl::MutexLock lock(&mutex_);
     if (!error.ok() || !mine) {
