@@ -1,0 +1,400 @@
+// JobStore (real SQLite files), the state machine, tokens, spec validation and the plan.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <set>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/job_manager.h"
+#include "server/job_plan.h"
+#include "server/job_state_machine.h"
+#include "server/job_watch.h"
+#include "server/spec_validator.h"
+#include "server/sqlite_connection.h"
+#include "server/sqlite_job_store.h"
+#include "server/time_util.h"
+#include "server/token_registry.h"
+#include "tests/server/server_test_util.h"
+
+namespace ftd::server {
+namespace {
+
+using ::testing::HasSubstr;
+using ftd::testing::TestEnv;
+using ftd::v1::FineTuneJob;
+using ftd::v1::JobEvent;
+
+NewJob MakeJob(const std::string& id, const std::string& tenant, int64_t create_us,
+               const std::string& request_id = "", const std::string& hash = "h") {
+  NewJob n;
+  n.job.set_id(id);
+  n.job.set_tenant(tenant);
+  n.job.mutable_status()->set_state(ftd::v1::QUEUED);
+  n.job.mutable_create_time()->set_seconds(create_us / 1000000);
+  n.job.mutable_create_time()->set_nanos(static_cast<int>(create_us % 1000000) * 1000);
+  n.request_id = request_id;
+  n.spec_hash = hash;
+  *n.first_event.mutable_status() = n.job.status();
+  return n;
+}
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ::mkdir(env_.data_dir().c_str(), 0755);
+    auto store = SqliteJobStore::Open(path());
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+  }
+  std::string path() const { return env_.data_dir() + "/jobs.db"; }
+  TestEnv env_;
+  std::unique_ptr<SqliteJobStore> store_;
+};
+
+TEST_F(StoreTest, CreateGetAndIdempotencyByTenantAndRequestId) {
+  auto a = store_->CreateJob(MakeJob("j1", "t1", 1000, "req-1", "hash-1"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(a->created);
+  ASSERT_EQ(a->events.size(), 1u);
+  EXPECT_EQ(a->events[0].seq(), 1);
+  // Same tenant + request id: the stored job comes back with its hash, nothing is written.
+  auto again = store_->CreateJob(MakeJob("j2", "t1", 2000, "req-1", "hash-2"));
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->created);
+  EXPECT_EQ(again->job.id(), "j1");
+  EXPECT_EQ(again->existing_spec_hash, "hash-1");
+  // Another tenant may use the same request id.
+  auto other = store_->CreateJob(MakeJob("j3", "t2", 3000, "req-1", "hash-1"));
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(other->created);
+  EXPECT_EQ(*store_->CountJobs(), 2);
+  EXPECT_EQ(store_->GetJob("j2").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(store_->GetJob("nope").status().message()), HasSubstr("nope"));
+}
+
+TEST_F(StoreTest, ListPaginatesNewestFirstWithFilters) {
+  for (int i = 0; i < 25; ++i) {
+    NewJob n = MakeJob(absl::StrCat("j", 100 + i), i % 2 ? "odd" : "even", 1000 + i);
+    (*n.job.mutable_labels())["team"] = i % 3 == 0 ? "nlp" : "vision";
+    ASSERT_TRUE(store_->CreateJob(n).ok());
+  }
+  JobQuery q;
+  q.page_size = 10;
+  std::vector<std::string> seen;
+  for (int pages = 0;; ++pages) {
+    ASSERT_LT(pages, 5);
+    auto page = store_->ListJobs(q);
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (const auto& j : page->jobs) seen.push_back(j.id());
+    if (page->next_page_token.empty()) break;
+    q.page_token = page->next_page_token;
+  }
+  ASSERT_EQ(seen.size(), 25u);
+  EXPECT_EQ(seen.front(), "j124");
+  EXPECT_EQ(seen.back(), "j100");
+  EXPECT_EQ(std::set<std::string>(seen.begin(), seen.end()).size(), 25u);
+
+  JobQuery filtered;
+  filtered.tenant = "even";
+  filtered.labels = {{"team", "nlp"}};
+  filtered.page_size = 100;
+  auto page = store_->ListJobs(filtered);
+  ASSERT_TRUE(page.ok());
+  // even i in [0,25) with i % 3 == 0: 0, 6, 12, 18, 24.
+  ASSERT_EQ(page->jobs.size(), 5u);
+  for (const auto& j : page->jobs) {
+    EXPECT_EQ(j.tenant(), "even");
+    EXPECT_EQ(j.labels().at("team"), "nlp");
+  }
+  JobQuery bad;
+  bad.page_token = "not-a-token";
+  EXPECT_EQ(store_->ListJobs(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(StoreTest, UpdateAppendsEventsWithSequenceNumbersAndAbortsOnError) {
+  ASSERT_TRUE(store_->CreateJob(MakeJob("j1", "t", 1)).ok());
+  auto up = store_->UpdateJob(
+      "j1",
+      [](FineTuneJob& job, std::vector<JobEvent>& events) {
+        job.mutable_status()->set_state(ftd::v1::STARTING);
+        events.emplace_back().set_message("a");
+        events.emplace_back().set_message("b");
+        return absl::OkStatus();
+      },
+      Durability::kSynchronous);
+  ASSERT_TRUE(up.ok()) << up.status();
+  EXPECT_EQ(up->events[1].seq(), 3);
+  EXPECT_EQ(up->job.etag(), "2");
+  auto failed = store_->UpdateJob(
+      "j1",
+      [](FineTuneJob& job, std::vector<JobEvent>& events) {
+        job.mutable_status()->set_state(ftd::v1::FAILED);
+        events.emplace_back().set_message("lost");
+        return absl::FailedPreconditionError("no");
+      },
+      Durability::kProcessCrashSafe);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->GetJob("j1")->status().state(), ftd::v1::STARTING);
+  auto events = store_->ReadEvents("j1", 0, 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 3u);
+  EXPECT_EQ((*events)[2].message(), "b");
+  auto page = store_->ListEvents("j1", 2, "");
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->events.size(), 2u);
+  auto page2 = store_->ListEvents("j1", 2, page->next_page_token);
+  ASSERT_TRUE(page2.ok());
+  ASSERT_EQ(page2->events.size(), 1u);
+  EXPECT_EQ(page2->events[0].seq(), 3);
+  EXPECT_TRUE(page2->next_page_token.empty());
+  // A token of one job's events does not page another's.
+  ASSERT_TRUE(store_->CreateJob(MakeJob("j2", "t", 2)).ok());
+  EXPECT_EQ(store_->ListEvents("j2", 2, page->next_page_token).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(StoreTest, SchemaVersionIsRecordedAndNewerSchemasAreRefused) {
+  EXPECT_EQ(*store_->SchemaVersion(), SqliteJobStore::kSchemaVersion);
+  ASSERT_TRUE(store_->CreateJob(MakeJob("j1", "t", 1)).ok());
+  store_.reset();
+  // Reopening migrates nothing and keeps the data.
+  auto reopened = SqliteJobStore::Open(path());
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ(*(*reopened)->CountJobs(), 1);
+  reopened->reset();
+  {
+    auto conn = SqliteConnection::Open(path());
+    ASSERT_TRUE(conn.ok());
+    ASSERT_TRUE((*conn)->Exec("INSERT INTO schema_version VALUES(99)").ok());
+  }
+  auto refused = SqliteJobStore::Open(path());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("schema version 99"));
+}
+
+TEST_F(StoreTest, QueuePositionOrdersByPriorityThenAge) {
+  NewJob low = MakeJob("low", "t", 1);
+  NewJob high = MakeJob("high", "t", 5);
+  high.job.mutable_spec()->mutable_scheduling()->set_priority(10);
+  NewJob later = MakeJob("later", "t", 9);
+  for (auto* n : {&low, &high, &later}) ASSERT_TRUE(store_->CreateJob(*n).ok());
+  EXPECT_EQ(*store_->QueuePosition(*store_->GetJob("high")), 1);
+  EXPECT_EQ(*store_->QueuePosition(*store_->GetJob("low")), 2);
+  EXPECT_EQ(*store_->QueuePosition(*store_->GetJob("later")), 3);
+}
+
+TEST_F(StoreTest, ManagerDrivesTheStateMachineAndWatchSeesEveryEventInOrder) {
+  EventHub hub;
+  JobManager manager(store_.get(), &hub);
+  auto created = manager.Create(MakeJob("j1", "t", 1));
+  ASSERT_TRUE(created.ok());
+  auto watch = JobWatch::Open(store_.get(), &hub, "j1", 0, nullptr);
+  ASSERT_TRUE(watch.ok());
+  // Illegal: QUEUED -> RUNNING skips STARTING.
+  EXPECT_EQ(manager.Transition("j1", ftd::v1::RUNNING, {}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(manager.Transition("j1", ftd::v1::STARTING, {}).ok());
+  ASSERT_TRUE(manager.Transition("j1", ftd::v1::RUNNING, {}).ok());
+  ftd::v1::JobStatus::Progress progress;
+  progress.set_step(5);
+  ftd::v1::JobMetrics metrics;
+  metrics.set_loss(2.5);
+  ASSERT_TRUE(manager.RecordProgress("j1", progress, metrics).ok());
+  ftd::v1::Checkpoint ckpt;
+  ckpt.set_step(5);
+  ckpt.set_path("/out/step-5");
+  ASSERT_TRUE(manager.AddCheckpoint("j1", ckpt).ok());
+  ASSERT_TRUE(manager.Transition("j1", ftd::v1::SUCCEEDED, {}).ok());
+  EXPECT_EQ(manager.Cancel("j1", "").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(manager.RecordProgress("j1", progress, metrics).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  std::vector<int64_t> seqs;
+  std::vector<JobEvent::KindCase> kinds;
+  for (int i = 0; i < 20 && !(*watch)->finished(); ++i) {
+    auto next = (*watch)->Next();
+    ASSERT_TRUE(next.ok());
+    if (!next->has_value()) break;
+    seqs.push_back((*next)->seq());
+    kinds.push_back((*next)->kind_case());
+  }
+  EXPECT_EQ(seqs, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(kinds.back(), JobEvent::kStatus);
+  EXPECT_TRUE((*watch)->finished());
+  EXPECT_EQ(store_->GetJob("j1")->status().checkpoints_size(), 1);
+}
+
+TEST(StateMachineTest, LegalTransitionsOnly) {
+  using namespace ftd::v1;
+  EXPECT_TRUE(IsLegalTransition(QUEUED, STARTING));
+  EXPECT_TRUE(IsLegalTransition(QUEUED, CANCELLED));
+  EXPECT_TRUE(IsLegalTransition(RUNNING, QUEUED));
+  EXPECT_TRUE(IsLegalTransition(CANCELLING, CANCELLED));
+  EXPECT_FALSE(IsLegalTransition(QUEUED, RUNNING));
+  EXPECT_FALSE(IsLegalTransition(QUEUED, SUCCEEDED));
+  for (JobState terminal : {SUCCEEDED, FAILED, CANCELLED}) {
+    EXPECT_TRUE(IsTerminalState(terminal));
+    for (int to = 0; to <= 7; ++to) EXPECT_FALSE(IsLegalTransition(terminal, JobState(to)));
+    EXPECT_EQ(CancelTarget(terminal).status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_EQ(*CancelTarget(QUEUED), CANCELLED);
+  EXPECT_EQ(*CancelTarget(RUNNING), CANCELLING);
+}
+
+TEST(TokenRegistryTest, ParsesCommentsRejectsBadLinesAndReloads) {
+  TestEnv env;
+  auto registry = TokenRegistry::LoadFromFile(env.tokens_file());
+  ASSERT_TRUE(registry.ok()) << registry.status();
+  EXPECT_EQ((*registry)->size(), 3u);
+  auto admin = (*registry)->Authenticate(absl::StrCat("Bearer ", ftd::testing::kTokenAdmin));
+  ASSERT_TRUE(admin.ok());
+  EXPECT_TRUE(admin->is_admin());
+  EXPECT_EQ(admin->tenant, "ops");
+  EXPECT_EQ((*registry)->Authenticate("Bearer wrong-token-0000000").status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ((*registry)->Authenticate(ftd::testing::kTokenA).status().code(),
+            absl::StatusCode::kUnauthenticated);  // no "Bearer "
+
+  auto bad_role = TokenRegistry::Parse("tok-0123456789abcdef t root\n", "f");
+  EXPECT_THAT(std::string(bad_role.status().message()), HasSubstr("f:1: role must be"));
+  auto short_line = TokenRegistry::Parse("# c\n\ntok-0123456789abcdef t\n", "f");
+  EXPECT_THAT(std::string(short_line.status().message()), HasSubstr("f:3:"));
+  auto dup = TokenRegistry::Parse("tok-0123456789abcdef a user\ntok-0123456789abcdef b user\n", "f");
+  EXPECT_THAT(std::string(dup.status().message()), HasSubstr("f:2: token appears twice"));
+
+  // A broken file on reload keeps the old tokens; a good one replaces them.
+  { std::ofstream(env.tokens_file()) << "garbage\n"; }
+  EXPECT_FALSE((*registry)->Reload().ok());
+  EXPECT_TRUE((*registry)->Authenticate(absl::StrCat("Bearer ", ftd::testing::kTokenA)).ok());
+  { std::ofstream(env.tokens_file()) << "brand-new-token-0123 newco user\n"; }
+  ASSERT_TRUE((*registry)->Reload().ok());
+  EXPECT_FALSE((*registry)->Authenticate(absl::StrCat("Bearer ", ftd::testing::kTokenA)).ok());
+  EXPECT_EQ((*registry)->Authenticate("Bearer brand-new-token-0123")->tenant, "newco");
+}
+
+class ValidatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ValidatorConfig config;
+    config.model_roots = {env_.model_root()};
+    config.data_roots = {env_.data_root()};
+    config.output_roots = {env_.data_root()};
+    auto v = SpecValidator::Create(config);
+    ASSERT_TRUE(v.ok()) << v.status();
+    validator_ = std::make_unique<SpecValidator>(*std::move(v));
+  }
+  std::string Error(ftd::v1::JobSpec spec) {
+    std::vector<std::string> notes;
+    absl::Status st = validator_->ValidateAndNormalize(&spec, &notes);
+    return st.ok() ? "OK" : std::string(st.message());
+  }
+  TestEnv env_;
+  std::unique_ptr<SpecValidator> validator_;
+};
+
+TEST_F(ValidatorTest, AcceptsTheValidSpecAndAppliesDefaults) {
+  ftd::v1::JobSpec spec = ftd::testing::ValidSpec(env_);
+  spec.clear_backends();
+  std::vector<std::string> notes;
+  ASSERT_TRUE(validator_->ValidateAndNormalize(&spec, &notes).ok());
+  EXPECT_EQ(spec.backends().gate(), "real");
+  EXPECT_EQ(spec.method(), "full");
+  EXPECT_THAT(notes, ::testing::Contains(HasSubstr("spec.backends.gate defaulted to real")));
+}
+
+TEST_F(ValidatorTest, NamesTheFieldOfEveryViolation) {
+  auto spec = [&] { return ftd::testing::ValidSpec(env_); };
+  auto s = spec();
+  s.mutable_hyperparameters()->set_seq_len(0);
+  EXPECT_THAT(Error(s), HasSubstr("spec.hyperparameters.seq_len"));
+  s = spec();
+  s.mutable_hyperparameters()->set_seq_len(1 << 20);
+  EXPECT_THAT(Error(s), HasSubstr("spec.hyperparameters.seq_len: must be in [1, 131072]"));
+  s = spec();
+  s.mutable_hyperparameters()->set_lr(std::nan(""));
+  EXPECT_THAT(Error(s), HasSubstr("spec.hyperparameters.lr"));
+  s = spec();
+  s.mutable_hyperparameters()->set_global_batch(12);  // not a multiple of 1 x 8
+  EXPECT_THAT(Error(s), HasSubstr("spec.hyperparameters.global_batch"));
+  s = spec();
+  s.mutable_parallelism()->set_ep_size(3);
+  EXPECT_THAT(Error(s), HasSubstr("spec.parallelism.ep_size"));
+  s = spec();
+  s.mutable_resources()->set_nodes(1000);
+  s.mutable_resources()->set_gpus_per_node(16);
+  EXPECT_THAT(Error(s), HasSubstr("spec.resources: world size"));
+  s = spec();
+  s.mutable_backends()->set_gate("random");
+  EXPECT_THAT(Error(s), HasSubstr("spec.backends.gate: must be one of real, balanced"));
+  s = spec();
+  s.set_method("lora");
+  EXPECT_THAT(Error(s), HasSubstr("spec.method"));
+  s = spec();
+  s.set_webhook_url("ftp://x");
+  EXPECT_THAT(Error(s), HasSubstr("spec.webhook_url"));
+  s = spec();
+  s.mutable_hyperparameters()->set_max_steps(0);
+  s.mutable_hyperparameters()->set_epochs(0);
+  EXPECT_THAT(Error(s), HasSubstr("spec.hyperparameters.max_steps"));
+  s = spec();
+  s.mutable_scheduling()->set_priority(5000);
+  EXPECT_THAT(Error(s), HasSubstr("spec.scheduling.priority"));
+}
+
+TEST_F(ValidatorTest, ConfinesPathsToRootsThroughDotDotAndSymlinks) {
+  auto s = ftd::testing::ValidSpec(env_);
+  s.set_base_model(env_.model_root() + "/../datasets");
+  EXPECT_THAT(Error(s), HasSubstr("spec.base_model: must not contain `..`"));
+  s = ftd::testing::ValidSpec(env_);
+  s.set_base_model("/etc");
+  EXPECT_THAT(Error(s), HasSubstr("spec.base_model: `/etc` resolves outside the allowed roots"));
+  // A symlink inside the root that points out of it.
+  ASSERT_EQ(::symlink("/etc", (env_.model_root() + "/escape").c_str()), 0);
+  s = ftd::testing::ValidSpec(env_);
+  s.set_base_model(env_.model_root() + "/escape/passwd");
+  EXPECT_THAT(Error(s), HasSubstr("resolves outside the allowed roots"));
+  s = ftd::testing::ValidSpec(env_);
+  s.mutable_datasets()->set_train("s3://bucket/x");
+  EXPECT_THAT(Error(s), HasSubstr("spec.datasets.train: only local paths"));
+  // Relative paths resolve under the first root; not-yet-existing ones are fine.
+  s = ftd::testing::ValidSpec(env_);
+  s.mutable_datasets()->set_train("future/train.jsonl");
+  std::vector<std::string> notes;
+  ASSERT_TRUE(validator_->ValidateAndNormalize(&s, &notes).ok());
+  char real_root[PATH_MAX];
+  ASSERT_NE(::realpath(env_.data_root().c_str(), real_root), nullptr);
+  EXPECT_EQ(s.datasets().train(), std::string(real_root) + "/future/train.jsonl");
+}
+
+TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
+  // Qwen3-30B-A3B's config.json fields: about 30.5 B parameters.
+  auto size = CountParameters(R"({"hidden_size": 2048, "num_hidden_layers": 48,
+      "vocab_size": 151936, "num_attention_heads": 32, "num_key_value_heads": 4,
+      "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768,
+      "num_experts": 128, "tie_word_embeddings": false})");
+  ASSERT_TRUE(size.ok()) << size.status();
+  EXPECT_NEAR(double(size->total()) / 1e9, 30.5, 0.2);
+  ftd::v1::JobSpec spec;
+  spec.mutable_resources()->set_nodes(1);
+  spec.mutable_resources()->set_gpus_per_node(8);
+  spec.mutable_parallelism()->set_ep_size(8);
+  spec.mutable_parallelism()->set_zero_stage(2);
+  spec.mutable_parallelism()->set_activation_checkpointing(true);
+  spec.mutable_hyperparameters()->set_micro_batch(1);
+  spec.mutable_hyperparameters()->set_seq_len(4096);
+  const double pd = double(size->dense_parameters), pe = double(size->expert_parameters) / 8;
+  const double expected = 2 * (pd + pe) + 2 * (pd / 8 + pe) + 12 * (pd / 8 + pe) +
+                          48 * 2 * 2048.0 * 4096 + 34 * 2048.0 * 4096 + 4 * 151936.0 * 4096;
+  EXPECT_NEAR(double(EstimateMemoryPerGpu(*size, spec)), expected, 2.0);
+  EXPECT_EQ(CountParameters("[]").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(CountParameters("{\"hidden_size\": 8}").status().message()),
+              HasSubstr("num_hidden_layers"));
+}
+
+}  // namespace
+}  // namespace ftd::server
