@@ -1,6 +1,8 @@
 #include "common/file_util.h"
 
 #include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -75,6 +77,14 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& dat
     return st;
   }
   return FsyncDirectory(DirName(path));
+}
+
+absl::Status RemoveTree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return absl::OkStatus();
+  auto remove_one = [](const char* p, const struct stat*, int, struct FTW*) -> int { return ::remove(p); };
+  if (::nftw(path.c_str(), remove_one, 16, FTW_DEPTH | FTW_PHYS) != 0) return ErrnoError("cannot remove", path);
+  return absl::OkStatus();
 }
 
 }  // namespace ftd

@@ -17,4 +17,8 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& dat
 // fsync of a directory, so that a rename inside it is durable.
 absl::Status FsyncDirectory(const std::string& dir);
 
+// Removes a file or a directory tree (no error when it does not exist). Written with nftw:
+// libtorch.so exports std::filesystem::remove_all symbols that crash when interposed.
+absl::Status RemoveTree(const std::string& path);
+
 }  // namespace ftd

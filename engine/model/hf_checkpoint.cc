@@ -201,7 +201,7 @@ absl::Status SaveHfCheckpoint(const std::string& dir, const ModelConfig& config,
   fs::path tmp = target;
   tmp += absl::StrCat(".tmp-", ::getpid());
   std::error_code ec;
-  fs::remove_all(tmp, ec);
+  FTD_RETURN_IF_ERROR(RemoveTree(tmp.string()));
   fs::create_directories(tmp, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
   ModelConfig saved = config;
@@ -217,7 +217,7 @@ absl::Status SaveHfCheckpoint(const std::string& dir, const ModelConfig& config,
     fs::rename(target, old, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot move aside ", dir, ": ", ec.message()));
     fs::rename(tmp, target, ec);
-    fs::remove_all(old);
+    FTD_RETURN_IF_ERROR(RemoveTree(old.string()));
   } else {
     fs::rename(tmp, target, ec);
   }

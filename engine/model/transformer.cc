@@ -174,9 +174,13 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
       std::vector<at::Tensor> params;
       CollectLayerParams(weights_.layers[l], &params);
       // Router logits and counts are captured during the first (no-grad) pass only.
-      auto fn = [this, l, &ctx, &router_logits, &result](const at::Tensor& in) {
+      // The closure outlives Forward (backward recomputes through it): it holds the context
+      // by value, and the outputs only during the first, no-grad pass inside Forward.
+      std::vector<at::Tensor>* logits_out = &router_logits;
+      std::vector<at::Tensor>* counts_out = &result.expert_counts;
+      auto fn = [this, l, ctx, logits_out, counts_out](const at::Tensor& in) {
         bool first = !at::GradMode::is_enabled();
-        return Layer(l, in, ctx, first ? &router_logits : nullptr, first ? &result.expert_counts : nullptr);
+        return Layer(l, in, ctx, first ? logits_out : nullptr, first ? counts_out : nullptr);
       };
       h = CheckpointedLayer::apply(h, at::TensorList(params), LayerFn(fn))[0];
     } else {

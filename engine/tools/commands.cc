@@ -153,7 +153,7 @@ absl::Status Forward(const ForwardArgs& a) {
   FTD_RETURN_IF_ERROR(SaveSafetensors(tmp_dir, tensors));
   std::error_code ec;
   std::filesystem::rename(tmp_dir + "/model.safetensors", out, ec);
-  std::filesystem::remove_all(tmp_dir);
+  (void)RemoveTree(tmp_dir);
   if (ec) return absl::InternalError(absl::StrCat("cannot write ", a.out, ": ", ec.message()));
   std::cout << absl::StrFormat("loss %.8f\n", loss.item<double>());
   return absl::OkStatus();

@@ -64,7 +64,7 @@ void PruneCheckpoints(const std::string& output, int64_t keep_last) {
     if (std::regex_match(name, m, kName)) found.emplace_back(std::stoll(m[1]), entry.path());
   }
   std::sort(found.begin(), found.end());
-  for (size_t i = 0; i + keep_last < found.size(); ++i) fs::remove_all(found[i].second, ec);
+  for (size_t i = 0; i + keep_last < found.size(); ++i) (void)RemoveTree(found[i].second.string());
 }
 
 void CopyTokenizerFiles(const std::string& from, const std::string& to) {

@@ -47,3 +47,22 @@ TEST(FileUtil, WriteIntoMissingDirectoryFails) {
 
 }  // namespace
 }  // namespace ftd
+
+namespace ftd {
+namespace {
+
+TEST(FileUtil, RemoveTreeRemovesNestedDirectoriesAndIgnoresMissing) {
+  char tmpl[] = "/tmp/ftd_rmtree_XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  ASSERT_EQ(::mkdir((dir + "/a").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((dir + "/a/b").c_str(), 0755), 0);
+  ASSERT_TRUE(WriteFileAtomically(dir + "/a/b/f.txt", "x").ok());
+  ASSERT_TRUE(WriteFileAtomically(dir + "/g.txt", "y").ok());
+  EXPECT_TRUE(RemoveTree(dir).ok());
+  struct stat st;
+  EXPECT_NE(::stat(dir.c_str(), &st), 0);
+  EXPECT_TRUE(RemoveTree(dir).ok());  // already gone
+}
+
+}  // namespace
+}  // namespace ftd

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include "common/file_util.h"
 #include "engine/io/safetensors.h"
 #include "engine/model/config.h"
 #include "engine/model/hf_checkpoint.h"
@@ -24,7 +25,7 @@ namespace fs = std::filesystem;
 
 std::string TempDir(const std::string& name) {
   fs::path p = fs::temp_directory_path() / ("ftd_model_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
+  EXPECT_TRUE(RemoveTree(p.string()).ok());
   fs::create_directories(p);
   return p.string();
 }
