@@ -13,17 +13,24 @@ bool CudaKernelsAvailable() {
 #endif
 }
 
+namespace {
+// The math dtype of the references: fp32 for 16-bit inputs (as the kernels), else the input's.
+at::ScalarType MathType(const at::Tensor& t) { return at::promote_types(t.scalar_type(), at::kFloat); }
+}  // namespace
+
 at::Tensor WeightedSwigluForwardReference(const at::Tensor& h, const at::Tensor& w) {
   const int64_t F = h.size(-1) / 2;
-  at::Tensor g = h.narrow(-1, 0, F).to(at::kFloat), u = h.narrow(-1, F, F).to(at::kFloat);
-  return (at::silu(g) * u * w.to(at::kFloat).unsqueeze(-1)).to(h.scalar_type());
+  const auto m = MathType(h);
+  at::Tensor g = h.narrow(-1, 0, F).to(m), u = h.narrow(-1, F, F).to(m);
+  return (at::silu(g) * u * w.to(m).unsqueeze(-1)).to(h.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardReference(const at::Tensor& dout, const at::Tensor& h,
                                                                    const at::Tensor& w) {
   const int64_t F = h.size(-1) / 2;
-  at::Tensor g = h.narrow(-1, 0, F).to(at::kFloat), u = h.narrow(-1, F, F).to(at::kFloat);
-  at::Tensor d = dout.to(at::kFloat), wf = w.to(at::kFloat).unsqueeze(-1);
+  const auto m = MathType(h);
+  at::Tensor g = h.narrow(-1, 0, F).to(m), u = h.narrow(-1, F, F).to(m);
+  at::Tensor d = dout.to(m), wf = w.to(m).unsqueeze(-1);
   at::Tensor s = at::sigmoid(g);
   at::Tensor silu = g * s;
   at::Tensor dg = d * u * wf * s * (1 + g * (1 - s));
