@@ -105,7 +105,6 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   rest.listen = options.http_listen;
   rest.tls_cert_file = options.tls_cert_file;
   rest.tls_key_file = options.tls_key_file;
-  rest.tls_scratch_dir = options.data_dir;
   rest.num_threads = options.http_threads;
   rest.max_request_bytes = options.max_request_bytes;
   FTD_ASSIGN_OR_RETURN(d->rest_, RestGateway::Start(rest, d->api_.get()));

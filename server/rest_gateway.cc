@@ -10,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "common/file_util.h"
 #include "common/status_macros.h"
 #include "ftd/v1/jobs.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -106,52 +105,40 @@ absl::StatusOr<std::unique_ptr<RestGateway>> RestGateway::Start(const RestGatewa
   std::unique_ptr<RestGateway> gateway(new RestGateway(api, std::move(router), options));
   FTD_RETURN_IF_ERROR(gateway->BindHandlers());
 
-  std::string ports = options.listen;
-  std::string pem_path;
   const bool tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
-  if (tls) {
-    if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
-      return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
-    }
-    if (mg_check_feature(2) == 0) {
-      return absl::FailedPreconditionError("this civetweb was built without TLS support");
-    }
-    // civetweb takes one PEM holding both the key and the certificate chain.
-    FTD_ASSIGN_OR_RETURN(std::string key, ReadFileToString(options.tls_key_file));
-    FTD_ASSIGN_OR_RETURN(std::string cert, ReadFileToString(options.tls_cert_file));
-    pem_path = absl::StrCat(options.tls_scratch_dir, "/https-key-and-cert.pem");
-    const mode_t old_mask = ::umask(077);
-    absl::Status written = WriteFileAtomically(pem_path, absl::StrCat(key, "\n", cert));
-    ::umask(old_mask);
-    FTD_RETURN_IF_ERROR(written);
-    ports += "s";
+  if (tls && (options.tls_cert_file.empty() || options.tls_key_file.empty())) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
   }
+  // With TLS, civetweb serves plaintext on loopback only, behind the TlsTerminator (see
+  // tls_terminator.h for why civetweb's own TLS is not used).
+  const std::string ports = tls ? "127.0.0.1:0" : options.listen;
   const std::string threads = absl::StrCat(options.num_threads);
-  std::vector<const char*> civet_options = {
-      "listening_ports", ports.c_str(),  "num_threads",        threads.c_str(),
-      "request_timeout_ms", "60000",     "enable_keep_alive",  "yes",
-      "tcp_nodelay", "1"};
-  if (tls) {
-    civet_options.insert(civet_options.end(), {"ssl_certificate", pem_path.c_str(),
-                                               "ssl_protocol_version", "4"});  // TLS 1.2+
-  }
-  civet_options.push_back(nullptr);
+  const char* civet_options[] = {"listening_ports", ports.c_str(), "num_threads", threads.c_str(),
+                                 "request_timeout_ms", "60000", "enable_keep_alive", "yes",
+                                 "tcp_nodelay", "1", nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));
   callbacks.log_message = [](const mg_connection*, const char* message) {
     spdlog::warn("http: {}", message);
     return 1;
   };
-  mg_init_library(tls ? MG_FEATURES_TLS : 0);
-  gateway->ctx_ = mg_start(&callbacks, gateway.get(), civet_options.data());
+  mg_init_library(0);
+  gateway->ctx_ = mg_start(&callbacks, gateway.get(), civet_options);
   if (gateway->ctx_ == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot serve HTTP", tls ? "S" : "", " on ",
-                                               options.listen, " (address in use, or bad TLS files)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve HTTP on ", ports, " (address in use or not an IPv4 HOST:PORT)"));
   }
-  gateway->tls_ = tls;
   mg_server_port server_ports[4];
   int n = mg_get_server_ports(gateway->ctx_, 4, server_ports);
   if (n > 0) gateway->port_ = server_ports[0].port;
+  if (tls) {
+    FTD_ASSIGN_OR_RETURN(gateway->tls_terminator_,
+                         TlsTerminator::Start(options.listen, options.tls_cert_file,
+                                              options.tls_key_file, gateway->port_,
+                                              /*max_connections=*/4 * options.num_threads));
+    gateway->port_ = gateway->tls_terminator_->port();
+    gateway->tls_ = true;
+  }
 
   gateway->AddHandler("/v1", [gw = gateway.get()](mg_connection* conn) { return gw->HandleApi(conn); });
   gateway->AddHandler("/healthz", [](mg_connection* conn) {
@@ -172,6 +159,7 @@ void RestGateway::Stop() {
     absl::MutexLock lock(&mu_);
     for (JobWatch* watch : open_watches_) watch->Interrupt();
   }
+  if (tls_terminator_ != nullptr) tls_terminator_->Stop();
   if (ctx_ != nullptr) mg_stop(ctx_);  // waits for handler threads
   ctx_ = nullptr;
 }

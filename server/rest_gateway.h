@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "server/http_rule_router.h"
 #include "server/job_api.h"
+#include "server/tls_terminator.h"
 
 namespace ftd::server {
 
@@ -28,8 +29,6 @@ struct RestGatewayOptions {
   // PEM files; both set: HTTPS only.
   std::string tls_cert_file;
   std::string tls_key_file;
-  // Where the combined key+certificate PEM civetweb wants is written (mode 0600).
-  std::string tls_scratch_dir;
   int num_threads = 64;  // each open SSE stream holds one
   int64_t max_request_bytes = 1 << 20;
   absl::Duration sse_keepalive = absl::Seconds(15);
@@ -80,6 +79,7 @@ class RestGateway {
   std::map<std::string, UnaryHandler> unary_handlers_;  // by method name; set before start
 
   mg_context* ctx_ = nullptr;
+  std::unique_ptr<TlsTerminator> tls_terminator_;
   int port_ = 0;
   bool tls_ = false;
   std::atomic<bool> stopping_{false};
