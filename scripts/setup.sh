@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, idempotently, what ftd's build and tests need: Debian packages (gRPC, protobuf,
 # Abseil, prometheus-cpp, civetweb, SQLite, nlohmann-json, CLI11, yaml-cpp, spdlog, Oniguruma,
-# GoogleTest) and Python packages (torch matching the GPU machine, transformers, safetensors,
+# GoogleTest, Gloo's headers, which c10d's ProcessGroupGloo.hpp includes and the torch wheel
+# lacks) and Python packages (torch matching the GPU machine, transformers, safetensors,
 # pytest). A re-run with everything installed takes a few seconds.
 set -euo pipefail
 
@@ -9,7 +10,8 @@ DEBS="build-essential cmake ninja-build ccache pkg-config git
 libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev grpc-proto
 libabsl-dev prometheus-cpp-dev libcivetweb-dev nlohmann-json3-dev libsqlite3-dev sqlite3
 libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libonig-dev libgtest-dev libgmock-dev
-golang-github-gogo-googleapis-dev prometheus yamllint tmux curl libssl-dev openssl"
+golang-github-gogo-googleapis-dev prometheus yamllint tmux curl libssl-dev openssl
+libgloo-dev"
 
 TORCH_WANT=${FTD_TORCH_VERSION:-2.11.0}
 PIP_PKGS="transformers safetensors pytest numpy pyyaml jsonschema tokenizers"
