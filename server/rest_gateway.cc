@@ -1,8 +1,11 @@
 #include "server/rest_gateway.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <thread>
 
 #include <cstring>
 
@@ -131,6 +134,7 @@ absl::StatusOr<std::unique_ptr<RestGateway>> RestGateway::Start(const RestGatewa
   mg_server_port server_ports[4];
   int n = mg_get_server_ports(gateway->ctx_, 4, server_ports);
   if (n > 0) gateway->port_ = server_ports[0].port;
+  gateway->civet_port_ = gateway->port_;
   if (tls) {
     FTD_ASSIGN_OR_RETURN(gateway->tls_terminator_,
                          TlsTerminator::Start(options.listen, options.tls_cert_file,
@@ -160,7 +164,25 @@ void RestGateway::Stop() {
     for (JobWatch* watch : open_watches_) watch->Interrupt();
   }
   if (tls_terminator_ != nullptr) tls_terminator_->Stop();
-  if (ctx_ != nullptr) mg_stop(ctx_);  // waits for handler threads
+  if (ctx_ == nullptr) return;
+  // civetweb's listener notices the stop only when its poll() returns, which takes up to two
+  // seconds when idle; a connection to the listener wakes it at once.
+  std::atomic<bool> stopped{false};
+  std::thread waker([this, &stopped] {
+    while (!stopped.load()) {
+      int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(static_cast<uint16_t>(civet_port_));
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+      ::close(fd);
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  });
+  mg_stop(ctx_);  // waits for handler threads
+  stopped = true;
+  waker.join();
   ctx_ = nullptr;
 }
 

@@ -80,7 +80,8 @@ class RestGateway {
 
   mg_context* ctx_ = nullptr;
   std::unique_ptr<TlsTerminator> tls_terminator_;
-  int port_ = 0;
+  int port_ = 0;        // what clients connect to
+  int civet_port_ = 0;  // civetweb's own listener (differs from port_ behind TLS)
   bool tls_ = false;
   std::atomic<bool> stopping_{false};
 
