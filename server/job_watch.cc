@@ -30,7 +30,14 @@ JobWatch::~JobWatch() { subscription_.reset(); }  // no listener call runs after
 void JobWatch::OnLiveEvent(const JobEvent& event) {
   {
     absl::MutexLock lock(&mu_);
-    live_.push_back(event);
+    if (live_.size() >= kMaxLiveEvents) {
+      // A consumer this far behind reads from the store instead: memory stays bounded and
+      // nothing is lost, since every published event is already committed.
+      live_.clear();
+      caught_up_ = false;
+    } else {
+      live_.push_back(event);
+    }
   }
   if (wakeup_) wakeup_();
 }

@@ -52,6 +52,7 @@ class JobWatch {
   void OnLiveEvent(const ftd::v1::JobEvent& event);
 
   static constexpr int kStoreBatch = 256;
+  static constexpr size_t kMaxLiveEvents = 4096;
 
   JobStore* const store_;
   const std::string job_id_;

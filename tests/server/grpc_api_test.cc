@@ -311,6 +311,42 @@ TEST_F(GrpcApiTest, WatchOfAQueuedJobDeliversTheCancel) {
   EXPECT_EQ(live[2].status().state(), ftd::v1::CANCELLED);
 }
 
+TEST_F(GrpcApiTest, ManyWatchersSeeEveryEventOnceAndInOrderUnderConcurrentWriters) {
+  const std::string id = CreateJob(kTokenA);
+  constexpr int kWatchers = 64, kWriters = 4, kPerWriter = 60;
+  std::vector<std::vector<ftd::v1::JobEvent>> seen(kWatchers);
+  std::vector<grpc::Status> statuses(kWatchers);
+  std::vector<std::thread> watchers;
+  for (int w = 0; w < kWatchers; ++w) {
+    // Half start from the beginning, half from the current state.
+    watchers.emplace_back([&, w] {
+      seen[w] = ReadWatch(stub_.get(), kTokenA, id, w % 2 ? 0 : 1, 1000, &statuses[w]);
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  std::vector<std::thread> writers;
+  for (int t = 0; t < kWriters; ++t) {
+    writers.emplace_back([&, t] {
+      for (int i = 0; i < kPerWriter; ++i) {
+        ASSERT_TRUE(daemon_->jobs()->AppendMessage(id, absl::StrCat("w", t, "-", i)).ok());
+      }
+    });
+  }
+  for (auto& t : writers) t.join();
+  ftd::v1::FineTuneJob job;
+  ASSERT_TRUE(Cancel(kTokenA, id, &job).ok());
+  for (auto& t : watchers) t.join();
+  const int64_t last = 1 + kWriters * kPerWriter + 2;  // QUEUED, messages, reason, CANCELLED
+  for (int w = 0; w < kWatchers; ++w) {
+    EXPECT_TRUE(statuses[w].ok()) << w << ": " << statuses[w].error_message();
+    ASSERT_FALSE(seen[w].empty());
+    // Gap-free and ordered, from seq 2 (after_seq=1) or 1 (the QUEUED state) to the end.
+    const int64_t first = w % 2 ? 1 : 2;
+    ASSERT_EQ(seen[w].size(), size_t(last - first + 1)) << w;
+    for (size_t k = 0; k < seen[w].size(); ++k) EXPECT_EQ(seen[w][k].seq(), first + int64_t(k));
+  }
+}
+
 TEST_F(GrpcApiTest, UnauthenticatedCallsAndCrossTenantAccessAreRejected) {
   const std::string id = CreateJob(kTokenA);
   ftd::v1::FineTuneJob job;

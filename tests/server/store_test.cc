@@ -229,6 +229,31 @@ TEST_F(StoreTest, ManagerDrivesTheStateMachineAndWatchSeesEveryEventInOrder) {
   EXPECT_EQ(store_->GetJob("j1")->status().checkpoints_size(), 1);
 }
 
+TEST_F(StoreTest, AWatchFarBehindFallsBackToTheStoreWithoutLosingEvents) {
+  EventHub hub;
+  JobManager manager(store_.get(), &hub);
+  ASSERT_TRUE(manager.Create(MakeJob("j1", "t", 1)).ok());
+  int wakeups = 0;
+  auto watch = JobWatch::Open(store_.get(), &hub, "j1", 0, [&] { ++wakeups; });
+  ASSERT_TRUE(watch.ok());
+  // More live events than a watch buffers, with nobody consuming.
+  constexpr int kEvents = 5000;
+  for (int i = 0; i < kEvents; ++i) {
+    ftd::v1::JobStatus::Progress p;
+    p.set_step(i);
+    ASSERT_TRUE(manager.RecordProgress("j1", p, ftd::v1::JobMetrics()).ok());
+  }
+  EXPECT_EQ(wakeups, kEvents);
+  int64_t expected = 1;
+  for (;;) {
+    auto next = (*watch)->Next();
+    ASSERT_TRUE(next.ok());
+    if (!next->has_value()) break;
+    ASSERT_EQ((*next)->seq(), expected++);
+  }
+  EXPECT_EQ(expected, kEvents + 2);
+}
+
 TEST(StateMachineTest, LegalTransitionsOnly) {
   using namespace ftd::v1;
   EXPECT_TRUE(IsLegalTransition(QUEUED, STARTING));
