@@ -112,12 +112,13 @@ absl::StatusOr<ftd::v1::CreateJobResponse> JobApi::CreateJob(
     coded.SetSerializationDeterministic(true);
     canonical.SerializeToCodedStream(&coded);
   }
+  const std::string spec_hash = Sha256Hex(bytes);
   NewJob new_job;
   new_job.job = job;
   new_job.request_id = request.request_id();
-  new_job.spec_hash = Sha256Hex(bytes);
+  new_job.spec_hash = spec_hash;
   FTD_ASSIGN_OR_RETURN(CreateOutcome outcome, manager_->Create(std::move(new_job)));
-  if (!outcome.created && outcome.existing_spec_hash != Sha256Hex(bytes)) {
+  if (!outcome.created && outcome.existing_spec_hash != spec_hash) {
     return absl::AlreadyExistsError(absl::StrCat(
         "request_id ", request.request_id(), " was already used for job ", outcome.job.id(),
         " with a different spec or labels"));
