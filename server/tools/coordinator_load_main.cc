@@ -326,7 +326,7 @@ int main(int argc, char** argv) {
   std::printf("WatchJob: %d streams still open at the end (the %d watchers of the %d cancelled "
               "jobs saw their streams end), %ld events received\n",
               still_open, cancels * watchers / watched_jobs, cancels, events);
-  std::printf("live watch delivery latency ms (commit time -> client): p50 %.2f  p99 %.2f  max %.2f "
+  std::printf("live watch delivery latency ms (event time -> client): p50 %.2f  p99 %.2f  max %.2f "
               "(n=%zu)\n",
               d.p50, d.p99, d.max, d.n);
   if (daemon_pid > 0) {

@@ -1,12 +1,17 @@
 // The real `ftd` binary is SIGKILLed with jobs in every state and restarted on the same
 // --data-dir: every job and every event is still there, acknowledged creates included.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <atomic>
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -199,6 +204,64 @@ TEST(CrashRecoveryTest, KillDashNineLosesNothingAcknowledged) {
   Snapshot again = TakeSnapshot(MakeStub(third->grpc_port).get());
   EXPECT_EQ(again.jobs.size(), after.jobs.size());
   KillHard(*third);
+}
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(CrashRecoveryTest, HealthIsNotServingWhileTheStoreIsReplayed) {
+  TestEnv env;
+  ::mkdir(env.data_dir().c_str(), 0755);
+  constexpr int kRunning = 400;  // each is requeued, one fsync'd transaction apiece
+  {
+    auto store = server::SqliteJobStore::Open(env.data_dir() + "/jobs.db");
+    ASSERT_TRUE(store.ok());
+    for (int i = 0; i < kRunning; ++i) {
+      server::NewJob n;
+      n.job.set_id(absl::StrCat("job-running-", i));
+      n.job.set_tenant("tenant-a");
+      n.job.mutable_status()->set_state(ftd::v1::RUNNING);
+      *n.job.mutable_create_time() = server::ToProtoTime(absl::Now());
+      *n.first_event.mutable_status() = n.job.status();
+      ASSERT_TRUE((*store)->CreateJob(n).ok());
+    }
+  }
+  const int grpc_port = FreePort(), http_port = FreePort();
+  std::vector<std::string> args = DaemonArgs(env);
+  args[3] = absl::StrCat("127.0.0.1:", grpc_port);
+  args[5] = absl::StrCat("127.0.0.1:", http_port);
+  std::atomic<bool> done{false};
+  std::set<int> grpc_seen, readyz_seen;
+  std::thread prober([&] {
+    while (!done) {
+      grpc_seen.insert(HealthCheck(grpc_port, ""));
+      auto r = HttpCall(http_port, "GET", "/readyz");
+      if (r.ok()) readyz_seen.insert(r->status);
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  });
+  auto d = SpawnDaemon(args);
+  done = true;
+  prober.join();
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(grpc_seen.count(2)) << "never saw NOT_SERVING during the replay";
+  EXPECT_TRUE(readyz_seen.count(503));
+  EXPECT_EQ(HealthCheck(grpc_port, ""), 1);
+  EXPECT_EQ(HealthCheck(grpc_port, "ftd.v1.JobService"), 1);
+  EXPECT_EQ(HttpCall(http_port, "GET", "/readyz")->status, 200);
+  auto queued = HttpCall(http_port, "GET", "/v1/jobs?states=QUEUED&pageSize=300", "", kTokenA);
+  ASSERT_TRUE(queued.ok());
+  EXPECT_NE(JsonGet(queued->body, "nextPageToken"), "");  // more than 300 requeued
+  KillHard(*d);
 }
 
 TEST(CrashRecoveryTest, SecondDaemonOnTheSameDataDirIsRefusedAndSighupReloadsTokens) {
