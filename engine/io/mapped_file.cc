@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -43,6 +44,17 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
     data = static_cast<const uint8_t*>(addr);
   }
   return absl::WrapUnique(new MappedFile(path, fd, data, size));
+}
+
+void MappedFile::Prefault(size_t offset, size_t size) const {
+#ifdef MADV_POPULATE_READ
+  if (data_ == nullptr || size == 0 || offset >= size_) return;
+  size = std::min(size, size_ - offset);
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uintptr_t begin = reinterpret_cast<uintptr_t>(data_ + offset) & ~(page - 1);
+  uintptr_t end = reinterpret_cast<uintptr_t>(data_ + offset + size);
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
+#endif
 }
 
 MappedFile::~MappedFile() {

@@ -24,6 +24,11 @@ class MappedFile {
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
+  // Maps the pages of [offset, offset + size) in one call before they are read, instead of one
+  // page fault per 4 KiB page (several times faster for a large tensor). A hint only: kernels
+  // without MADV_POPULATE_READ (before Linux 5.14) fall back to faulting pages in on access.
+  void Prefault(size_t offset, size_t size) const;
+
  private:
   MappedFile(std::string path, int fd, const uint8_t* data, size_t size)
       : path_(std::move(path)), fd_(fd), data_(data), size_(size) {}

@@ -223,6 +223,7 @@ absl::StatusOr<const uint8_t*> SafetensorsReader::TensorBytes(const std::string&
   if (!file.mapping.ok()) {
     return WithContext(file.mapping.status(), absl::StrCat("loading tensor \"", name, "\""));
   }
+  (*file.mapping)->Prefault(file.data_start + entry.info.begin, entry.info.end - entry.info.begin);
   return (*file.mapping)->data() + file.data_start + entry.info.begin;
 }
 

@@ -106,6 +106,10 @@ absl::StatusOr<std::vector<PlannedTensor>> PlanTensors(
     if (!tensor.defined()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\" is undefined"));
     }
+    if (tensor.layout() != at::kStrided) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor \"", name, "\" is not dense: only strided tensors can be saved"));
+    }
     auto dtype = SafetensorsDtypeToString(tensor.scalar_type());
     if (!dtype.ok()) {
       return absl::InvalidArgumentError(

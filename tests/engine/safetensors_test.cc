@@ -336,6 +336,7 @@ TEST_F(SafetensorsTest, WriterRejectsWhatItCannotStore) {
   expect_invalid({{"undefined.weight", at::Tensor()}}, "\"undefined.weight\" is undefined");
   expect_invalid({{"__metadata__", at::ones({1})}}, "__metadata__");
   expect_invalid({{"c", at::ones({2}, at::kComplexFloat)}}, "\"c\"");
+  expect_invalid({{"sparse", at::ones({2, 2}).to_sparse()}}, "\"sparse\" is not dense");
   SafetensorsWriteOptions zero;
   zero.max_shard_bytes = 0;
   EXPECT_EQ(SaveSafetensors(Path("out"), {{"w", at::ones({1})}}, zero).code(),
