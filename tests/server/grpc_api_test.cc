@@ -1,4 +1,5 @@
 // Every JobService RPC over real gRPC on loopback, against an in-process daemon.
+#include <atomic>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -238,9 +239,12 @@ TEST_F(GrpcApiTest, EventsAndCheckpointsArePagedAndListed) {
 }
 
 // Reads events from a WatchJob stream on a thread until it ends or `n` arrive.
+// `first_received` (optional) is incremented when the first event arrives: tests wait for it
+// before generating events, so "from the current state" is well defined.
 std::vector<ftd::v1::JobEvent> ReadWatch(ftd::v1::JobService::Stub* stub, const std::string& token,
                                          const std::string& id, int64_t after_seq, int n,
-                                         grpc::Status* final_status) {
+                                         grpc::Status* final_status,
+                                         std::atomic<int>* first_received = nullptr) {
   grpc::ClientContext ctx;
   Authorize(&ctx, token);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
@@ -250,19 +254,28 @@ std::vector<ftd::v1::JobEvent> ReadWatch(ftd::v1::JobService::Stub* stub, const 
   auto reader = stub->WatchJob(&ctx, req);
   std::vector<ftd::v1::JobEvent> events;
   ftd::v1::JobEvent e;
-  while (static_cast<int>(events.size()) < n && reader->Read(&e)) events.push_back(e);
+  while (static_cast<int>(events.size()) < n && reader->Read(&e)) {
+    events.push_back(e);
+    if (events.size() == 1 && first_received != nullptr) first_received->fetch_add(1);
+  }
   if (static_cast<int>(events.size()) >= n) ctx.TryCancel();
   *final_status = reader->Finish();
   return events;
+}
+
+void WaitUntil(const std::atomic<int>& counter, int value) {
+  for (int i = 0; i < 1000 && counter.load() < value; ++i) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_GE(counter.load(), value) << "watchers did not start";
 }
 
 TEST_F(GrpcApiTest, WatchStreamsLiveEventsEndsAtTerminalStateAndResumes) {
   const std::string id = CreateJob(kTokenA);
   std::vector<ftd::v1::JobEvent> live;
   grpc::Status live_status;
-  std::thread watcher([&] { live = ReadWatch(stub_.get(), kTokenA, id, 0, 100, &live_status); });
-  // Let the watcher subscribe, then generate events.
-  absl::SleepFor(absl::Milliseconds(300));
+  std::atomic<int> started{0};
+  std::thread watcher(
+      [&] { live = ReadWatch(stub_.get(), kTokenA, id, 0, 100, &live_status, &started); });
+  WaitUntil(started, 1);
   auto* jobs = daemon_->jobs();
   ASSERT_TRUE(jobs->Transition(id, ftd::v1::STARTING, {}).ok());
   ASSERT_TRUE(jobs->Transition(id, ftd::v1::RUNNING, {}).ok());
@@ -300,8 +313,9 @@ TEST_F(GrpcApiTest, WatchOfAQueuedJobDeliversTheCancel) {
   const std::string id = CreateJob(kTokenA);
   std::vector<ftd::v1::JobEvent> live;
   grpc::Status status;
-  std::thread watcher([&] { live = ReadWatch(stub_.get(), kTokenA, id, 0, 100, &status); });
-  absl::SleepFor(absl::Milliseconds(300));
+  std::atomic<int> started{0};
+  std::thread watcher([&] { live = ReadWatch(stub_.get(), kTokenA, id, 0, 100, &status, &started); });
+  WaitUntil(started, 1);
   ftd::v1::FineTuneJob job;
   ASSERT_TRUE(Cancel(kTokenA, id, &job).ok());
   watcher.join();
@@ -317,13 +331,17 @@ TEST_F(GrpcApiTest, ManyWatchersSeeEveryEventOnceAndInOrderUnderConcurrentWriter
   std::vector<std::vector<ftd::v1::JobEvent>> seen(kWatchers);
   std::vector<grpc::Status> statuses(kWatchers);
   std::vector<std::thread> watchers;
+  std::atomic<int> started{0};
   for (int w = 0; w < kWatchers; ++w) {
     // Half start from the beginning, half from the current state.
     watchers.emplace_back([&, w] {
-      seen[w] = ReadWatch(stub_.get(), kTokenA, id, w % 2 ? 0 : 1, 1000, &statuses[w]);
+      seen[w] = ReadWatch(stub_.get(), kTokenA, id, w % 2 ? 0 : 1, 1000, &statuses[w], &started);
     });
   }
-  absl::SleepFor(absl::Milliseconds(300));
+  // Odd watchers start at the current state (QUEUED, seq 1) and even ones after seq 1: wait
+  // until the odd ones have it, and give the even ones (no first event yet) time to subscribe.
+  WaitUntil(started, kWatchers / 2);
+  absl::SleepFor(absl::Milliseconds(200));
   std::vector<std::thread> writers;
   for (int t = 0; t < kWriters; ++t) {
     writers.emplace_back([&, t] {
