@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/model/layers.h"
+#include "engine/model/linear_cross_entropy.h"
 
 namespace ftd::engine {
 
@@ -150,7 +151,8 @@ at::Tensor MoeTransformer::Layer(int64_t index, const at::Tensor& h, const Atten
   at::Tensor x = h + Attention(RmsNorm(h, L.input_norm, config_.rms_norm_eps), L.attn, config_, ctx);
   at::Tensor normed = RmsNorm(x, L.post_attn_norm, config_.rms_norm_eps);
   if (!L.is_moe) return x + DenseMlp(normed, L.mlp);
-  MoeOutput moe = MoeBlock(normed, L.moe, config_, options_.gate, dispatch_);
+  MoeOutput moe = token_dispatch_ ? MoeBlockByToken(normed, L.moe, config_, options_.gate, token_dispatch_)
+                                  : MoeBlock(normed, L.moe, config_, options_.gate, dispatch_);
   if (router_logits) router_logits->push_back(moe.router_logits);
   if (counts) counts->push_back(moe.expert_counts);
   return x + moe.out;
@@ -188,10 +190,14 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
     }
   }
   h = RmsNorm(h, weights_.norm, config_.rms_norm_eps);
-  at::Tensor logits = at::linear(h, weights_.lm_head).to(at::kFloat);  // [B, S, V]
+  at::Tensor logits;
+  if (return_logits) logits = at::linear(h, weights_.lm_head).to(at::kFloat);  // [B, S, V]
   if (batch.targets.defined()) {
     at::Tensor targets = batch.targets.reshape({-1});
-    result.loss_sum = at::cross_entropy_loss(logits.view({B * S, -1}), targets, {}, at::Reduction::Sum, -100);
+    result.loss_sum =
+        return_logits
+            ? at::cross_entropy_loss(logits.view({B * S, -1}), targets, {}, at::Reduction::Sum, -100)
+            : LinearCrossEntropySum(h.reshape({B * S, -1}), weights_.lm_head, targets, options_.loss_chunk_tokens);
     result.num_targets = targets.ne(-100).sum().item<int64_t>();
   }
   if (config_.output_router_logits && config_.router_aux_loss_coef != 0 && !router_logits.empty()) {

@@ -22,6 +22,8 @@ struct ModelOptions {
   // The experts this rank holds: [expert_begin, expert_begin + expert_count). -1: all.
   int64_t expert_begin = 0;
   int64_t expert_count = -1;
+  // Tokens per chunk of the fused linear cross-entropy (training path, no full logits).
+  int64_t loss_chunk_tokens = 1024;
 };
 
 // One micro-batch. targets are already shifted: targets[b, i] is the token position i
@@ -58,6 +60,8 @@ class MoeTransformer {
   ModelWeights& weights() { return weights_; }
   std::vector<NamedParam> Parameters() { return ListParameters(weights_); }
   void SetExpertDispatch(ExpertDispatch dispatch) { dispatch_ = std::move(dispatch); }
+  // Token-level dispatch (expert parallelism); when set it replaces the expert dispatch.
+  void SetTokenDispatch(TokenDispatch dispatch) { token_dispatch_ = std::move(dispatch); }
 
  private:
   MoeTransformer(const ModelConfig& config, const ModelOptions& options, ModelWeights weights);
@@ -71,6 +75,7 @@ class MoeTransformer {
   at::Tensor inv_freq_;
   double rope_scaling_ = 1.0;
   ExpertDispatch dispatch_;
+  TokenDispatch token_dispatch_;
 };
 
 // Checks every tensor of `w` against the config's shapes; errors name the tensor.

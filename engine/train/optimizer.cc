@@ -10,6 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+#ifdef FTD_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace ftd::engine {
 
@@ -87,6 +94,84 @@ void AdamW::Step(double lr) {
       if (!s->master.is_same(*s->param.tensor)) s->param.tensor->copy_(s->master);
     }
   }
+}
+
+struct AdamW::SideStream {
+#ifdef FTD_WITH_CUDA
+  explicit SideStream(c10::DeviceIndex device) : stream(c10::cuda::getStreamFromPool(false, device)) {}
+  c10::cuda::CUDAStream stream;
+#endif
+};
+
+class StepInBackwardHook : public torch::autograd::PostAccumulateGradHook {
+ public:
+  StepInBackwardHook(AdamW* opt, size_t slot) : opt_(opt), slot_(slot) {}
+  void operator()(const torch::autograd::Variable&) override {
+    opt_->StepSlot(opt_->slots_[slot_], opt_->backward_lr_);
+  }
+
+ private:
+  AdamW* opt_;
+  size_t slot_;
+};
+
+void AdamW::StepSlot(Slot& s, double lr) {
+  c10::NoGradGuard no_grad;
+  at::Tensor& param = *s.param.tensor;
+  at::Tensor grad = param.grad();
+  if (!grad.defined()) return;
+  auto update = [&] {
+    at::Tensor g = grad.scalar_type() == s.master.scalar_type() ? grad : grad.to(s.master.scalar_type());
+    s.step.add_(1.0);
+    at::_fused_adamw_({s.master}, {g}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, config_.beta1, config_.beta2,
+                      s.decay ? config_.weight_decay : 0.0, config_.eps, false, false, std::nullopt, std::nullopt);
+    if (!s.master.is_same(param)) param.copy_(s.master);
+  };
+#ifdef FTD_WITH_CUDA
+  if (side_ && param.is_cuda()) {
+    // The side stream waits for the gradient, then updates while backward continues.
+    at::cuda::CUDAEvent ready;
+    ready.record(c10::cuda::getCurrentCUDAStream(param.device().index()));
+    ready.block(side_->stream);
+    {
+      c10::cuda::CUDAStreamGuard guard(side_->stream);
+      update();
+    }
+    grad.record_stream(side_->stream);  // its memory is reused only after the update ran
+    param.mutable_grad() = at::Tensor();
+    return;
+  }
+#endif
+  update();
+  param.mutable_grad() = at::Tensor();
+}
+
+void AdamW::EnableStepInBackward() {
+  if (step_in_backward_) return;
+  step_in_backward_ = true;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const at::Tensor& t = *slots_[i].param.tensor;
+#ifdef FTD_WITH_CUDA
+    if (t.is_cuda() && !side_) side_ = std::make_shared<SideStream>(t.device().index());
+#endif
+    torch::autograd::impl::set_post_acc_grad_hooks(t, std::make_unique<StepInBackwardHook>(this, i));
+  }
+}
+
+void AdamW::BeginStepInBackward(double lr) {
+  backward_lr_ = lr;
+  ++steps_;
+}
+
+void AdamW::FinishStepInBackward() {
+#ifdef FTD_WITH_CUDA
+  if (side_) {
+    // The next forward reads the updated parameters: the compute stream waits for the updates.
+    at::cuda::CUDAEvent done;
+    done.record(side_->stream);
+    done.block(c10::cuda::getCurrentCUDAStream(side_->stream.device_index()));
+  }
+#endif
 }
 
 void AdamW::ZeroGrad() {

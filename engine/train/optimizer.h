@@ -42,6 +42,17 @@ class AdamW {
   void Step(double lr);
   // Drops every gradient (frees the memory).
   void ZeroGrad();
+
+  // The optimizer fused into backward: each parameter is stepped, and its gradient freed, by a
+  // post-accumulate-grad hook as soon as its gradient is complete, so the gradients never all
+  // exist at once. On CUDA the updates run on a side stream, overlapping the backward GEMMs.
+  // Valid only without gradient accumulation and without global-norm clipping (the update
+  // cannot wait for the global norm). Between BeginStepInBackward(lr) and FinishStepInBackward(),
+  // run exactly one backward().
+  void EnableStepInBackward();
+  void BeginStepInBackward(double lr);
+  void FinishStepInBackward();
+  bool step_in_backward() const { return step_in_backward_; }
   int64_t steps() const { return steps_; }
 
   // State for resumption: "<kind>.<param name>" tensors (exp_avg, exp_avg_sq, master) on CPU.
@@ -56,11 +67,18 @@ class AdamW {
     bool decay = true;
   };
   AdamW(PrecisionPolicy policy, const AdamWConfig& config) : policy_(policy), config_(config) {}
+  // One parameter's update from its gradient (the in-backward path).
+  void StepSlot(Slot& slot, double lr);
+  friend class StepInBackwardHook;
 
   PrecisionPolicy policy_;
   AdamWConfig config_;
   std::vector<Slot> slots_;
   int64_t steps_ = 0;
+  bool step_in_backward_ = false;
+  double backward_lr_ = 0.0;
+  struct SideStream;
+  std::shared_ptr<SideStream> side_;  // CUDA side stream and events (null on CPU)
 };
 
 // Global L2 norm of all gradients (fp32); scales them so that the norm is at most max_norm

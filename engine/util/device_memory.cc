@@ -1,5 +1,7 @@
 #include "engine/util/device_memory.h"
 
+#include <ATen/Context.h>
+
 #ifdef FTD_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -11,14 +13,20 @@ namespace ftd::engine {
 namespace {
 constexpr size_t kAggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
 }
-void ResetPeakMemory() { c10::cuda::CUDACachingAllocator::resetPeakStats(c10::cuda::current_device()); }
+void ResetPeakMemory() {
+  if (at::hasCUDA()) c10::cuda::CUDACachingAllocator::resetPeakStats(c10::cuda::current_device());
+}
 int64_t PeakMemoryBytes() {
+  if (!at::hasCUDA()) return 0;
   return c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device()).allocated_bytes[kAggregate].peak;
 }
 int64_t ReservedMemoryBytes() {
+  if (!at::hasCUDA()) return 0;
   return c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device()).reserved_bytes[kAggregate].current;
 }
-void DeviceSynchronize() { c10::cuda::device_synchronize(); }
+void DeviceSynchronize() {
+  if (at::hasCUDA()) c10::cuda::device_synchronize();
+}
 #else
 void DeviceSynchronize() {}
 void ResetPeakMemory() {}

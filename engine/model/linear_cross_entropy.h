@@ -1,0 +1,19 @@
+// Cross-entropy of a linear head without the full [tokens, vocab] fp32 logits: the tokens are
+// processed in chunks, and each chunk's gradients (dh, dW) are computed in the forward pass
+// (the loss is the last node, so its incoming gradient is a scalar applied in backward). The
+// same three GEMMs as a plain head (logits, dh, dW), no recomputation, and at most one chunk of
+// fp32 logits alive.
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+namespace ftd::engine {
+
+// Sum over valid targets (target != -100) of -log softmax(h @ W^T)[target]. h [N, H], W [V, H],
+// targets [N] int64. Returns a scalar fp32 tensor; differentiable in h and W.
+at::Tensor LinearCrossEntropySum(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
+                                 int64_t chunk_tokens = 1024);
+
+}  // namespace ftd::engine
