@@ -5,14 +5,6 @@
 
 namespace ftd::kernels {
 
-bool CudaKernelsAvailable() {
-#ifdef FTD_WITH_CUDA
-  return at::hasCUDA();
-#else
-  return false;
-#endif
-}
-
 namespace {
 // The math dtype of the references: fp32 for 16-bit inputs (as the kernels), else the input's.
 at::ScalarType MathType(const at::Tensor& t) { return at::promote_types(t.scalar_type(), at::kFloat); }

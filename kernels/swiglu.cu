@@ -1,66 +1,96 @@
-// CUDA kernels of kernels/swiglu.h. Forward: elementwise, vectorised over the row. Backward:
-// one block per row (the routing-weight gradient is a row reduction).
-#include <ATen/ATen.h>
+// CUDA kernels of kernels/swiglu.h. One warp per row of F outputs; lanes move 16-byte vectors
+// of the gate half, the up half and the output (scalar accesses when F or the alignment do not
+// allow it). Backward: the routing-weight gradient is the warp's sum, no shared memory.
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "kernels/cuda_utils.cuh"
 #include "kernels/swiglu.h"
 
 namespace ftd::kernels {
 namespace {
 
-template <typename T>
-__device__ __forceinline__ float ToFloat(T v) { return static_cast<float>(v); }
+using cuda::Load;
+using cuda::Store;
+using cuda::ToFloat;
+using cuda::Vec;
 
-template <typename T>
-__global__ void SwigluForwardKernel(const T* __restrict__ h, const T* __restrict__ w, T* __restrict__ out,
-                                    int64_t rows, int64_t F) {
-  const int64_t total = rows * F;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / F, f = i - r * F;
-    const float g = ToFloat(h[r * 2 * F + f]);
-    const float u = ToFloat(h[r * 2 * F + F + f]);
-    const float silu = g / (1.f + __expf(-g));
-    out[i] = static_cast<T>(silu * u * ToFloat(w[r]));
+constexpr int kWarpsPerBlock = 8;
+
+__device__ __forceinline__ float SigmoidFast(float g) { return 1.f / (1.f + __expf(-g)); }
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock) SwigluForwardKernel(const T* __restrict__ h,
+                                                                           const T* __restrict__ w,
+                                                                           T* __restrict__ out, int64_t rows,
+                                                                           int64_t F) {
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kWarpsPerBlock) {
+    const float wr = ToFloat(w[r]);
+    const T* hr = h + r * 2 * F;
+    T* orow = out + r * F;
+#pragma unroll 2
+    for (int64_t f = static_cast<int64_t>(threadIdx.x) * VEC; f < F; f += 32 * VEC) {
+      const Vec<T, VEC> gv = Load<T, VEC>(hr + f);
+      const Vec<T, VEC> uv = Load<T, VEC>(hr + F + f);
+      Vec<T, VEC> o;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const float g = ToFloat(gv.v[i]);
+        o.v[i] = static_cast<T>(g * SigmoidFast(g) * ToFloat(uv.v[i]) * wr);
+      }
+      Store<T, VEC>(orow + f, o);
+    }
   }
 }
 
-template <typename T>
-__global__ void SwigluBackwardKernel(const T* __restrict__ dout, const T* __restrict__ h, const T* __restrict__ w,
-                                     T* __restrict__ dh, T* __restrict__ dw, int64_t F) {
-  const int64_t r = blockIdx.x;
-  const float wr = ToFloat(w[r]);
-  const T* hr = h + r * 2 * F;
-  const T* dr = dout + r * F;
-  T* dhr = dh + r * 2 * F;
-  float acc = 0.f;
-  for (int64_t f = threadIdx.x; f < F; f += blockDim.x) {
-    const float g = ToFloat(hr[f]), u = ToFloat(hr[F + f]), d = ToFloat(dr[f]);
-    const float s = 1.f / (1.f + __expf(-g));
-    const float silu = g * s;
-    dhr[f] = static_cast<T>(d * u * wr * s * (1.f + g * (1.f - s)));
-    dhr[F + f] = static_cast<T>(d * silu * wr);
-    acc += d * silu * u;
-  }
-  // Block reduction of the routing-weight gradient.
-  __shared__ float warp_sums[32];
-  for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_down_sync(0xffffffff, acc, offset);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_sums[warp] = acc;
-  __syncthreads();
-  if (warp == 0) {
-    acc = lane < (blockDim.x + 31) / 32 ? warp_sums[lane] : 0.f;
-    for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_down_sync(0xffffffff, acc, offset);
-    if (lane == 0) dw[r] = static_cast<T>(acc);
+template <typename T, int VEC>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock) SwigluBackwardKernel(const T* __restrict__ dout,
+                                                                            const T* __restrict__ h,
+                                                                            const T* __restrict__ w,
+                                                                            T* __restrict__ dh, T* __restrict__ dw,
+                                                                            int64_t rows, int64_t F) {
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kWarpsPerBlock) {
+    const float wr = ToFloat(w[r]);
+    const T* hr = h + r * 2 * F;
+    const T* dr = dout + r * F;
+    T* dhr = dh + r * 2 * F;
+    float acc = 0.f;
+#pragma unroll 2
+    for (int64_t f = static_cast<int64_t>(threadIdx.x) * VEC; f < F; f += 32 * VEC) {
+      const Vec<T, VEC> gv = Load<T, VEC>(hr + f);
+      const Vec<T, VEC> uv = Load<T, VEC>(hr + F + f);
+      const Vec<T, VEC> dv = Load<T, VEC>(dr + f);
+      Vec<T, VEC> dg, du;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const float g = ToFloat(gv.v[i]), u = ToFloat(uv.v[i]), d = ToFloat(dv.v[i]);
+        const float s = SigmoidFast(g);
+        const float silu = g * s;
+        dg.v[i] = static_cast<T>(d * u * wr * s * (1.f + g * (1.f - s)));
+        du.v[i] = static_cast<T>(d * silu * wr);
+        acc += d * silu * u;
+      }
+      Store<T, VEC>(dhr + f, dg);
+      Store<T, VEC>(dhr + F + f, du);
+    }
+    acc = cuda::WarpSum(acc);
+    if (threadIdx.x == 0) dw[r] = static_cast<T>(acc);
   }
 }
 
 void CheckInputs(const at::Tensor& h, const at::Tensor& w) {
   TORCH_CHECK(h.is_cuda() && w.is_cuda(), "WeightedSwiglu: CUDA tensors expected");
-  TORCH_CHECK(h.dim() == 2 && h.size(1) % 2 == 0, "WeightedSwiglu: h must be [N, 2F]");
-  TORCH_CHECK(w.dim() == 1 && w.size(0) == h.size(0), "WeightedSwiglu: w must be [N]");
+  TORCH_CHECK(h.dim() == 2 && h.size(1) % 2 == 0, "WeightedSwiglu: h must be [N, 2F], got ", h.sizes());
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == h.size(0), "WeightedSwiglu: w must be [N], got ", w.sizes());
   TORCH_CHECK(h.scalar_type() == w.scalar_type(), "WeightedSwiglu: h and w must share a dtype");
+}
+
+int64_t GridFor(int64_t rows) {
+  return std::max<int64_t>(1, std::min<int64_t>(cuda::CeilDiv(rows, kWarpsPerBlock), 32LL * cuda::NumSms()));
 }
 
 }  // namespace
@@ -68,35 +98,44 @@ void CheckInputs(const at::Tensor& h, const at::Tensor& w) {
 at::Tensor WeightedSwigluForwardCuda(const at::Tensor& h_in, const at::Tensor& w_in) {
   CheckInputs(h_in, w_in);
   c10::cuda::CUDAGuard guard(h_in.device());
-  at::Tensor h = h_in.contiguous(), w = w_in.contiguous();
+  const at::Tensor h = h_in.contiguous(), w = w_in.contiguous();
   const int64_t rows = h.size(0), F = h.size(1) / 2;
   at::Tensor out = at::empty({rows, F}, h.options());
   if (rows == 0 || F == 0) return out;
-  const int threads = 256;
-  const int64_t blocks = std::min<int64_t>((rows * F + threads - 1) / threads, 65535LL * 8);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "swiglu_fwd", [&] {
-    SwigluForwardKernel<scalar_t><<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        h.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, F);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  cuda::DispatchFloatTypes(h.scalar_type(), "swiglu_fwd", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const bool vec = cuda::CanVectorize(h, F) && cuda::Aligned16(out.data_ptr());
+    auto* kernel = vec ? SwigluForwardKernel<scalar_t, cuda::kVec16<scalar_t>> : SwigluForwardKernel<scalar_t, 1>;
+    kernel<<<GridFor(rows), dim3(32, kWarpsPerBlock), 0, stream>>>(h.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                                                   out.data_ptr<scalar_t>(), rows, F);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardCuda(const at::Tensor& dout_in, const at::Tensor& h_in,
                                                               const at::Tensor& w_in) {
   CheckInputs(h_in, w_in);
+  TORCH_CHECK(dout_in.dim() == 2 && dout_in.size(0) == h_in.size(0) && dout_in.size(1) * 2 == h_in.size(1) &&
+                  dout_in.scalar_type() == h_in.scalar_type(),
+              "WeightedSwiglu backward: dout must be [N, F] in h's dtype");
   c10::cuda::CUDAGuard guard(h_in.device());
-  at::Tensor h = h_in.contiguous(), w = w_in.contiguous(), dout = dout_in.contiguous();
+  const at::Tensor h = h_in.contiguous(), w = w_in.contiguous(), dout = dout_in.contiguous();
   const int64_t rows = h.size(0), F = h.size(1) / 2;
   at::Tensor dh = at::empty_like(h), dw = at::empty_like(w);
   if (rows == 0) return {dh, dw};
-  const int threads = F >= 512 ? 512 : 128;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "swiglu_bwd", [&] {
-    SwigluBackwardKernel<scalar_t><<<rows, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        dout.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
-        dw.data_ptr<scalar_t>(), F);
+  if (F == 0) return {dh, dw.zero_()};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  cuda::DispatchFloatTypes(h.scalar_type(), "swiglu_bwd", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const bool vec = cuda::CanVectorize(h, F) && cuda::CanVectorize(dout, F) && cuda::Aligned16(dh.data_ptr());
+    auto* kernel = vec ? SwigluBackwardKernel<scalar_t, cuda::kVec16<scalar_t>> : SwigluBackwardKernel<scalar_t, 1>;
+    kernel<<<GridFor(rows), dim3(32, kWarpsPerBlock), 0, stream>>>(dout.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                                                                   w.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
+                                                                   dw.data_ptr<scalar_t>(), rows, F);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dh, dw};
 }
 

@@ -7,6 +7,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "kernels/kernels_available.h"
+
 namespace ftd::kernels {
 
 // Differentiable op: the CUDA kernels on CUDA tensors when built with CUDA, else the reference.
@@ -22,8 +24,5 @@ std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardReference(const at::Ten
 at::Tensor WeightedSwigluForwardCuda(const at::Tensor& h, const at::Tensor& w);
 std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardCuda(const at::Tensor& dout, const at::Tensor& h,
                                                               const at::Tensor& w);
-
-// Whether this build has the CUDA kernels and a GPU is visible.
-bool CudaKernelsAvailable();
 
 }  // namespace ftd::kernels

@@ -1,0 +1,190 @@
+// ftd-kernel-bench: times each fused kernel at the Qwen3-30B-A3B shapes (T = 4096 tokens,
+// H = 2048, 32 q / 4 kv heads of 128, E = 128, k = 8, F = 768) and prints one JSON line per
+// kernel: forward and backward median times over 20 runs (CUDA events, after warm-up, L2
+// flushed before each run), the bytes each moves at minimum, the achieved GB/s and its share of
+// the H100's 3.35 TB/s, and the ATen reference's forward time for comparison.
+// Without a GPU (or without the CUDA kernels in the build) it says so and exits 0.
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <nlohmann/json.hpp>
+
+#include "kernels/expert_sort.h"
+#include "kernels/permute_rows.h"
+#include "kernels/rms_norm.h"
+#include "kernels/rope.h"
+#include "kernels/router.h"
+#include "kernels/swiglu.h"
+
+#ifdef FTD_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#endif
+
+namespace ftd::kernels {
+namespace {
+
+constexpr double kHbmBytesPerSecond = 3.35e12;  // H100 SXM HBM3
+
+#ifdef FTD_WITH_CUDA
+
+// Median milliseconds of fn over 20 timed runs after 5 warm-ups; L2 (50 MB) flushed before each.
+double MedianMs(const std::function<void()>& fn) {
+  static at::Tensor flush = at::empty({int64_t{256} << 20}, at::TensorOptions().device(at::kCUDA).dtype(at::kByte));
+  for (int i = 0; i < 5; ++i) fn();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<double> ms;
+  for (int i = 0; i < 20; ++i) {
+    flush.fill_(static_cast<uint8_t>(i));
+    cudaEventRecord(start, stream);
+    fn();
+    cudaEventRecord(stop, stream);
+    cudaEventSynchronize(stop);
+    float t = 0;
+    cudaEventElapsedTime(&t, start, stop);
+    ms.push_back(t);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(ms.begin(), ms.end());
+  return (ms[9] + ms[10]) / 2;
+}
+
+void Report(const std::string& kernel, const std::string& shape, double fwd_bytes, double fwd_ms, double bwd_bytes,
+            double bwd_ms, double ref_fwd_ms) {
+  auto gbps = [](double bytes, double ms) { return bytes / (ms * 1e-3) / 1e9; };
+  nlohmann::json j;
+  j["kernel"] = kernel;
+  j["shape"] = shape;
+  j["fwd_ms"] = fwd_ms;
+  j["fwd_gbps"] = gbps(fwd_bytes, fwd_ms);
+  j["fwd_pct_hbm"] = 100.0 * gbps(fwd_bytes, fwd_ms) * 1e9 / kHbmBytesPerSecond;
+  if (bwd_ms > 0) {
+    j["bwd_ms"] = bwd_ms;
+    j["bwd_gbps"] = gbps(bwd_bytes, bwd_ms);
+    j["bwd_pct_hbm"] = 100.0 * gbps(bwd_bytes, bwd_ms) * 1e9 / kHbmBytesPerSecond;
+  }
+  j["ref_fwd_ms"] = ref_fwd_ms;
+  j["ref_speedup"] = ref_fwd_ms / fwd_ms;
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+}
+
+int Run() {
+  c10::NoGradGuard no_grad;
+  const int64_t T = 4096, H = 2048, D = 128, Hq = 32, Hkv = 4, E = 128, k = 8, F = 768;
+  const double b16 = 2, f32 = 4, i64 = 8;
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  auto fp = bf.dtype(at::kFloat);
+  at::manual_seed(0);
+
+  {  // RMSNorm over the hidden size.
+    at::Tensor x = at::randn({T, H}, bf), w = at::randn({H}, bf), dy = at::randn({T, H}, bf);
+    at::Tensor rstd = std::get<2>(RmsNormForwardCuda(x, {}, w, 1e-6));
+    const double fwd = MedianMs([&] { RmsNormForwardCuda(x, {}, w, 1e-6); });
+    const double bwd = MedianMs([&] { RmsNormBackwardCuda(dy, {}, x, w, rstd); });
+    const double ref = MedianMs([&] { RmsNormForwardReference(x, w, 1e-6); });
+    Report("rms_norm", "4096x2048 bf16", 2 * T * H * b16 + T * f32, fwd, 3 * T * H * b16 + T * f32, bwd, ref);
+  }
+  {  // Residual add + RMSNorm (the decoder layer's post-attention norm).
+    at::Tensor x = at::randn({T, H}, bf), r = at::randn({T, H}, bf), w = at::randn({H}, bf);
+    at::Tensor dy = at::randn({T, H}, bf), ds = at::randn({T, H}, bf);
+    auto [y, sum, rstd] = RmsNormForwardCuda(x, r, w, 1e-6);
+    const double fwd = MedianMs([&] { RmsNormForwardCuda(x, r, w, 1e-6); });
+    const double bwd = MedianMs([&] { RmsNormBackwardCuda(dy, ds, sum, w, rstd); });
+    const double ref = MedianMs([&] { RmsNormForwardReference(x + r, w, 1e-6); });
+    Report("add_rms_norm", "4096x2048 bf16", 4 * T * H * b16 + T * f32, fwd, 4 * T * H * b16 + T * f32, bwd, ref);
+  }
+  at::Tensor cos, sin;
+  {
+    at::Tensor inv = 1.0 / at::pow(1e6, at::arange(0, D, 2, fp) / D);
+    at::Tensor f = at::arange(T, fp).view({1, T, 1}) * inv;
+    at::Tensor emb = at::cat({f, f}, -1);
+    cos = emb.cos().to(at::kBFloat16);
+    sin = emb.sin().to(at::kBFloat16);
+  }
+  for (int64_t heads : {Hq, Hkv}) {  // q/k RMSNorm over head_dim fused with RoPE, and RoPE alone.
+    const std::string shape = "1x4096x" + std::to_string(heads) + "x128 bf16";
+    at::Tensor x = at::randn({1, T, heads, D}, bf), w = at::randn({D}, bf), dy = at::randn({1, T, heads, D}, bf);
+    const double n = static_cast<double>(T * heads * D), cs = 2.0 * T * D * b16;
+    at::Tensor rstd = std::get<1>(RopeForwardCuda(x, cos, sin, w, 1e-6));
+    double fwd = MedianMs([&] { RopeForwardCuda(x, cos, sin, w, 1e-6); });
+    double bwd = MedianMs([&] { RopeBackwardCuda(dy, cos, sin, x, w, rstd); });
+    double ref = MedianMs([&] { RopeReference(std::get<0>(RmsNormForwardReference(x, w, 1e-6)), cos, sin); });
+    Report("qk_norm_rope", shape, 2 * n * b16 + cs, fwd, 3 * n * b16 + cs, bwd, ref);
+    fwd = MedianMs([&] { RopeForwardCuda(x, cos, sin, {}, 0); });
+    bwd = MedianMs([&] { RopeBackwardCuda(dy, cos, sin, {}, {}, {}); });
+    ref = MedianMs([&] { RopeReference(x, cos, sin); });
+    Report("rope", shape, 2 * n * b16 + cs, fwd, 2 * n * b16 + cs, bwd, ref);
+  }
+  at::Tensor experts;
+  {  // Fused router: softmax, top-8 of 128, renormalise, counts.
+    at::Tensor logits = at::randn({T, E}, fp);
+    RouterOptions o{k, RouterScore::kSoftmax, true, 1.0, at::kBFloat16};
+    RouterOutput r = RouterTopKForwardCuda(logits, {}, o);
+    experts = r.experts;
+    at::Tensor dw = at::randn({T, k}, bf);
+    const double fwd = MedianMs([&] { RouterTopKForwardCuda(logits, {}, o); });
+    const double bwd = MedianMs([&] { RouterTopKBackwardCuda(dw, logits, r.experts, o); });
+    // The engine's ATen path: softmax, topk, renormalise, bincount.
+    const double ref = MedianMs([&] {
+      auto [v, i] = at::softmax(logits, -1).topk(k, -1);
+      (v / v.sum(-1, true)).to(at::kBFloat16);
+      at::bincount(i.reshape({-1}), {}, E);
+    });
+    Report("router_topk", "4096x128 fp32 k=8", T * E * f32 + T * k * (b16 + i64), fwd,
+           T * E * f32 * 2 + T * k * (b16 + i64), bwd, ref);
+  }
+  ExpertOrder order;
+  {  // Counting sort of the (token, slot) pairs by expert.
+    order = SortByExpertCuda(experts, E);
+    const double fwd = MedianMs([&] { SortByExpertCuda(experts, E); });
+    const double ref = MedianMs([&] { SortByExpertReference(experts, E); });
+    Report("expert_sort", "4096x8 E=128", T * k * i64 * 3, fwd, 0, 0, ref);
+  }
+  {  // Permute rows into expert order, and the k-way unpermute-sum back (each the other's backward).
+    at::Tensor x = at::randn({T, H}, bf), y = at::randn({T * k, H}, bf);
+    const double bytes = 2.0 * T * k * H * b16;
+    const double fwd = MedianMs([&] { PermuteRowsCuda(x, order.order, k); });
+    const double bwd = MedianMs([&] { UnpermuteSumCuda(y, order.inverse, k); });
+    const double ref = MedianMs([&] { PermuteRowsReference(x, order.order, k); });
+    Report("permute_rows", "4096x2048 -> 32768x2048 bf16", bytes, fwd, T * k * H * b16 + T * H * b16, bwd, ref);
+    const double uref = MedianMs([&] { UnpermuteSumReference(y, order.inverse, k); });
+    Report("unpermute_sum", "32768x2048 -> 4096x2048 bf16", T * k * H * b16 + T * H * b16, bwd, bytes, fwd, uref);
+  }
+  {  // SwiGLU with the routing weight folded in.
+    const int64_t N = T * k;
+    at::Tensor h = at::randn({N, 2 * F}, bf), w = at::rand({N}, bf), dout = at::randn({N, F}, bf);
+    const double fwd = MedianMs([&] { WeightedSwigluForwardCuda(h, w); });
+    const double bwd = MedianMs([&] { WeightedSwigluBackwardCuda(dout, h, w); });
+    const double ref = MedianMs([&] { WeightedSwigluForwardReference(h, w); });
+    Report("weighted_swiglu", "32768x1536 bf16", 3.0 * N * F * b16 + N * b16, fwd, 5.0 * N * F * b16 + 2 * N * b16,
+           bwd, ref);
+  }
+  return 0;
+}
+
+#endif  // FTD_WITH_CUDA
+
+}  // namespace
+}  // namespace ftd::kernels
+
+int main() {
+  if (!ftd::kernels::CudaKernelsAvailable()) {
+    std::printf("{\"skipped\": \"ftd-kernel-bench needs the CUDA kernels (FTD_WITH_CUDA) and a visible GPU\"}\n");
+    return 0;
+  }
+#ifdef FTD_WITH_CUDA
+  return ftd::kernels::Run();
+#else
+  return 0;
+#endif
+}
