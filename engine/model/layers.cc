@@ -4,13 +4,40 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/rms_norm.h"
+#include "kernels/rope.h"
+
 namespace ftd::engine {
 
+namespace {
+// The fused kernels serve CUDA tensors in builds that have them; CPU keeps the ATen code.
+bool OnKernelDevice(const at::Tensor& t) {
+#ifdef FTD_WITH_CUDA
+  return t.is_cuda();
+#else
+  (void)t;
+  return false;
+#endif
+}
+}  // namespace
+
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (OnKernelDevice(x) && kernels::RmsNormCudaSupports(x, weight)) return kernels::RmsNorm(x, weight, eps);
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
   xf = xf * at::rsqrt(variance + eps);
   return weight * xf.to(x.scalar_type());
+}
+
+std::pair<at::Tensor, at::Tensor> AddRmsNorm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                                             double eps) {
+  if (OnKernelDevice(x) && kernels::RmsNormCudaSupports(x, weight) && residual.sizes() == x.sizes() &&
+      residual.scalar_type() == x.scalar_type()) {
+    auto [normed, sum] = kernels::AddRmsNorm(x, residual, weight, eps);
+    return {normed, sum};
+  }
+  at::Tensor sum = x + residual;
+  return {RmsNorm(sum, weight, eps), sum};
 }
 
 std::pair<at::Tensor, double> RopeInverseFrequencies(const ModelConfig& c) {
@@ -68,6 +95,12 @@ std::pair<at::Tensor, at::Tensor> RopeCosSin(const at::Tensor& inv_freq, double 
 }
 
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (OnKernelDevice(x)) {
+    at::Tensor bshd = x.transpose(1, 2);  // [B, S, heads, D]
+    if (bshd.is_contiguous() && kernels::RopeCudaSupports(bshd, cos, sin, {})) {
+      return kernels::Rope(bshd, cos, sin).transpose(1, 2);
+    }
+  }
   const int64_t half = x.size(-1) / 2;
   at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
   return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
@@ -87,12 +120,19 @@ at::Tensor Attention(const at::Tensor& x, const AttentionWeights& w, const Model
   at::Tensor q = at::linear(x, w.q_proj, w.q_bias).view({B, S, c.num_attention_heads, D});
   at::Tensor k = at::linear(x, w.k_proj, w.k_bias).view({B, S, c.num_key_value_heads, D});
   at::Tensor v = at::linear(x, w.v_proj, w.v_bias).view({B, S, c.num_key_value_heads, D});
-  if (c.qk_norm) {
-    q = RmsNorm(q, w.q_norm, c.rms_norm_eps);
-    k = RmsNorm(k, w.k_norm, c.rms_norm_eps);
+  if (c.qk_norm && OnKernelDevice(q) && kernels::RopeCudaSupports(q, ctx.cos, ctx.sin, w.q_norm) &&
+      kernels::RopeCudaSupports(k, ctx.cos, ctx.sin, w.k_norm)) {
+    // One read and one write per tensor for norm + rotation; the layout stays [B, S, heads, D].
+    q = kernels::RmsNormRope(q, w.q_norm, c.rms_norm_eps, ctx.cos, ctx.sin).transpose(1, 2);
+    k = kernels::RmsNormRope(k, w.k_norm, c.rms_norm_eps, ctx.cos, ctx.sin).transpose(1, 2);
+  } else {
+    if (c.qk_norm) {
+      q = RmsNorm(q, w.q_norm, c.rms_norm_eps);
+      k = RmsNorm(k, w.k_norm, c.rms_norm_eps);
+    }
+    q = ApplyRope(q.transpose(1, 2), ctx.cos, ctx.sin);  // [B, Hq, S, D]
+    k = ApplyRope(k.transpose(1, 2), ctx.cos, ctx.sin);  // [B, Hkv, S, D]
   }
-  q = ApplyRope(q.transpose(1, 2), ctx.cos, ctx.sin);  // [B, Hq, S, D]
-  k = ApplyRope(k.transpose(1, 2), ctx.cos, ctx.sin);  // [B, Hkv, S, D]
   v = v.transpose(1, 2);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   at::Tensor out;

@@ -12,8 +12,14 @@
 
 namespace ftd::engine {
 
-// HF RMSNorm: normalise in fp32, cast back, then scale. x [..., D], weight [D].
+// HF RMSNorm: normalise in fp32, cast back, then scale. x [..., D], weight [D]. On CUDA the
+// fused kernel (kernels/rms_norm.h); on CPU the ATen formula.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// The decoder layer's residual add fused with the next norm: returns (RmsNorm(x + residual),
+// x + residual), one pass on CUDA.
+std::pair<at::Tensor, at::Tensor> AddRmsNorm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                                             double eps);
 
 // Inverse frequencies [head_dim/2] fp32 and the attention scaling of the config's rope type.
 std::pair<at::Tensor, double> RopeInverseFrequencies(const ModelConfig& config);
@@ -22,7 +28,8 @@ std::pair<at::Tensor, double> RopeInverseFrequencies(const ModelConfig& config);
 std::pair<at::Tensor, at::Tensor> RopeCosSin(const at::Tensor& inv_freq, double attention_scaling,
                                              const at::Tensor& position_ids, at::ScalarType dtype);
 
-// x [B, heads, S, D] rotated by cos/sin [B, S, D].
+// x [B, heads, S, D] rotated by cos/sin [B, S, D]. On CUDA, when x is the heads-transposed view
+// of a contiguous [B, S, heads, D] tensor (as in Attention), the fused kernel.
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 // Optional restrictions on attention beyond causality: tokens attend only within their
@@ -36,6 +43,7 @@ struct AttentionContext {
 at::Tensor PackedCausalMask(const at::Tensor& segment_ids);
 
 // Self-attention: x [B, S, H] -> [B, S, H]. GQA through SDPA's enable_gqa (K/V not repeated).
+// On CUDA the q/k norm and RoPE run as one fused kernel per tensor (kernels/rope.h).
 at::Tensor Attention(const at::Tensor& x, const AttentionWeights& w, const ModelConfig& config,
                      const AttentionContext& ctx);
 

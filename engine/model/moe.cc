@@ -1,8 +1,28 @@
 #include "engine/model/moe.h"
 
+#include <algorithm>
+#include <limits>
+
 #include <ATen/ATen.h>
 
+#include "kernels/expert_sort.h"
+#include "kernels/permute_rows.h"
+#include "kernels/router.h"
+#include "kernels/swiglu.h"
+
 namespace ftd::engine {
+
+namespace {
+// The fused kernels serve CUDA tensors in builds that have them; CPU keeps the ATen code.
+bool OnKernelDevice(const at::Tensor& t) {
+#ifdef FTD_WITH_CUDA
+  return t.is_cuda();
+#else
+  (void)t;
+  return false;
+#endif
+}
+}  // namespace
 
 Routing Route(const at::Tensor& x, const at::Tensor& router_weight, const ModelConfig& c, GateMode gate) {
   const int64_t T = x.size(0), E = c.num_experts, k = c.num_experts_per_tok;
@@ -16,8 +36,28 @@ Routing Route(const at::Tensor& x, const at::Tensor& router_weight, const ModelC
     r.weights = at::full({T, k}, 1.0 / static_cast<double>(k), x.options());
     return r;
   }
-  at::Tensor scores = c.router_scoring == RouterScoring::kSoftmax ? at::softmax(r.logits, -1)
-                                                                  : at::sigmoid(r.logits);
+  if (gate == GateMode::kReal && OnKernelDevice(x) && E <= 1024 && k <= 32) {
+    // One kernel: scores, top-k (ties to the lower expert), renormalisation and the counts.
+    kernels::RouterOptions o;
+    o.top_k = k;
+    o.score = c.router_scoring == RouterScoring::kSoftmax ? kernels::RouterScore::kSoftmax
+                                                          : kernels::RouterScore::kSigmoid;
+    o.renormalize = c.norm_topk_prob;
+    o.weight_dtype = x.scalar_type();
+    kernels::RouterOutput out = kernels::RouterTopK(r.logits, {}, o);
+    r.weights = out.weights;
+    r.experts = out.experts;
+    r.counts = out.counts;
+    return r;
+  }
+  at::Tensor gate_logits = r.logits;
+  if (gate == GateMode::kSkewFirstK || gate == GateMode::kSkewLowerHalf) {
+    const int64_t allowed = gate == GateMode::kSkewFirstK ? k : std::max(k, E / 2);
+    at::Tensor excluded = at::arange(E, x.options().dtype(at::kLong)).ge(allowed);
+    gate_logits = r.logits.masked_fill(excluded, -std::numeric_limits<float>::infinity());
+  }
+  at::Tensor scores = c.router_scoring == RouterScoring::kSoftmax ? at::softmax(gate_logits, -1)
+                                                                  : at::sigmoid(gate_logits);
   auto [top_values, top_index] = scores.topk(k, -1);
   if (c.norm_topk_prob) top_values = top_values / top_values.sum(-1, /*keepdim=*/true);
   r.weights = top_values.to(x.scalar_type());
@@ -27,6 +67,17 @@ Routing Route(const at::Tensor& x, const at::Tensor& router_weight, const ModelC
 
 Permutation PermuteByExpert(const Routing& routing, int64_t num_experts) {
   const int64_t k = routing.experts.size(1);
+  if (OnKernelDevice(routing.experts) && num_experts <= 1024) {
+    // Counting sort: the same stable order as the sort below, plus its inverse for UnpermuteSum.
+    kernels::ExpertOrder o = kernels::SortByExpert(routing.experts, num_experts);
+    Permutation p;
+    p.order = o.order;
+    p.inverse = o.inverse;
+    p.token_index = o.order.div(k, "floor");
+    p.weights = routing.weights.reshape({-1}).index_select(0, o.order);
+    p.counts = o.counts;
+    return p;
+  }
   at::Tensor flat = routing.experts.reshape({-1});
   auto [sorted, order] = flat.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
   Permutation p;
@@ -59,6 +110,9 @@ at::Tensor ExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights,
                           const MoeWeights& w) {
   const int64_t F = w.down.size(1);
   at::Tensor h = GroupedMatmul(rows, w.gate_up, counts);  // [N, 2F]
+  if (OnKernelDevice(h) && h.scalar_type() == row_weights.scalar_type()) {
+    return GroupedMatmul(kernels::WeightedSwiglu(h, row_weights), w.down, counts);
+  }
   at::Tensor act = at::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F) * row_weights.unsqueeze(-1);
   return GroupedMatmul(act, w.down, counts);  // [N, H]
 }
@@ -69,11 +123,24 @@ MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& 
   at::Tensor flat = x.reshape({B * S, H});
   Routing routing = Route(flat, w.router, c, gate);
   Permutation perm = PermuteByExpert(routing, c.num_experts);
-  at::Tensor rows = flat.index_select(0, perm.token_index);  // [T*k, H]
+  const int64_t k = routing.experts.size(1);
+  const bool fused = perm.order.defined();  // CUDA: gather and k-way sum kernels, each the other's backward
+  at::Tensor rows = fused ? kernels::PermuteRows(flat, perm.order, perm.inverse, k)
+                          : flat.index_select(0, perm.token_index);  // [T*k, H]
   at::Tensor y = dispatch ? dispatch(rows, perm.weights, perm.counts, w)
                           : ExpertsForward(rows, perm.weights, perm.counts, w);
-  at::Tensor out = at::zeros_like(flat).index_add(0, perm.token_index, y);
+  at::Tensor out = fused ? kernels::UnpermuteSum(y, perm.order, perm.inverse, k)
+                         : at::zeros_like(flat).index_add(0, perm.token_index, y);
   return {out.view({B, S, H}), routing.logits, perm.counts};
+}
+
+MoeOutput MoeBlockByToken(const at::Tensor& x, const MoeWeights& w, const ModelConfig& c, GateMode gate,
+                          const TokenDispatch& dispatch) {
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
+  at::Tensor flat = x.reshape({B * S, H});
+  Routing routing = Route(flat, w.router, c, gate);
+  at::Tensor out = dispatch(flat, routing, w);
+  return {out.view({B, S, H}), routing.logits, at::bincount(routing.experts.reshape({-1}), {}, c.num_experts)};
 }
 
 at::Tensor LoadBalancingLoss(const std::vector<at::Tensor>& router_logits, int64_t E, int64_t top_k) {

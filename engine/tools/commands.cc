@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "engine/dist/launcher.h"
 #include "engine/io/safetensors.h"
 #include "engine/model/config.h"
 #include "engine/model/hf_checkpoint.h"
@@ -46,6 +47,12 @@ struct TrainArgs {
   bool resume = false;
   int64_t stop_after = 0;
 };
+struct LaunchArgs {
+  int nproc = 1;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 0;
+  std::vector<std::string> command;
+};
 struct CopyArgs {
   std::string in, out;
   uint64_t max_shard_bytes = 5ull << 30;
@@ -61,6 +68,7 @@ TrainArgs g_train;
 CopyArgs g_copy;
 InspectArgs g_inspect;
 ResaveArgs g_resave;
+LaunchArgs g_launch;
 
 int Fail(const absl::Status& status) {
   std::cerr << "error: " << status.message() << "\n";
@@ -180,6 +188,18 @@ absl::Status Train(const TrainArgs& a) {
   return absl::OkStatus();
 }
 
+absl::Status Launch(const LaunchArgs& a) {
+  LaunchOptions o;
+  o.nproc = a.nproc;
+  o.master_addr = a.master_addr;
+  o.master_port = a.master_port;
+  o.args = a.command;
+  std::error_code ec;
+  o.program = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+  if (ec) return absl::InternalError(absl::StrCat("cannot find this program's path: ", ec.message()));
+  return LaunchLocalRanks(o, std::cout);
+}
+
 absl::Status Inspect(const InspectArgs& a) {
   FTD_ASSIGN_OR_RETURN(ModelConfig c, LoadModelConfig(a.dir));
   uint64_t bytes = 0;
@@ -230,6 +250,14 @@ void RegisterCommands(CLI::App& app) {
   train->add_flag("--resume", g_train.resume, "Continue from the newest checkpoint under the output");
   train->add_option("--stop-after", g_train.stop_after, "Stop after N optimizer steps in this run");
 
+  auto* launch = app.add_subcommand(
+      "launch", "Run N local ranks of an ftd-train command with the distributed environment, e.g. "
+                "launch --nproc 4 -- train --spec job.yaml");
+  launch->add_option("--nproc", g_launch.nproc, "Number of ranks")->required();
+  launch->add_option("--master-addr", g_launch.master_addr, "Rendezvous address")->capture_default_str();
+  launch->add_option("--master-port", g_launch.master_port, "Rendezvous port (0: a free one)")->capture_default_str();
+  launch->add_option("command", g_launch.command, "The ftd-train subcommand and its arguments, after --")->required();
+
   auto* copy = app.add_subcommand("st-copy", "Read a safetensors checkpoint and write it again");
   copy->add_option("in", g_copy.in, "Input file or directory")->required();
   copy->add_option("out", g_copy.out, "Output directory")->required();
@@ -252,6 +280,8 @@ int RunSelectedCommand(CLI::App& app) {
     status = CopySafetensors(g_copy.in, g_copy.out, g_copy.max_shard_bytes);
   } else if (app.got_subcommand("resave")) {
     status = Resave(g_resave);
+  } else if (app.got_subcommand("launch")) {
+    status = Launch(g_launch);
   } else if (app.got_subcommand("inspect")) {
     status = Inspect(g_inspect);
   }

@@ -88,7 +88,9 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   FTD_RETURN_IF_ERROR(prefix(Positive("parallelism.ep_size", s.ep_size)));
   if (s.lr <= 0) return bad("hyperparameters.lr must be positive");
   if (s.grad_clip < 0) return bad("hyperparameters.grad_clip must be >= 0");
-  if (s.gate != "real" && s.gate != "balanced") return bad("backends.gate must be real or balanced");
+  if (s.gate != "real" && s.gate != "balanced" && s.gate != "skew_first_k" && s.gate != "skew_lower_half") {
+    return bad("backends.gate must be real or balanced (or the test gates skew_first_k, skew_lower_half)");
+  }
   if (s.device != "auto" && s.device != "cpu" && s.device != "cuda") return bad("device must be auto, cpu or cuda");
   if (s.dtype != "auto" && s.dtype != "fp32" && s.dtype != "bf16") return bad("dtype must be auto, fp32 or bf16");
   if (s.data_format != "tokens" && s.data_format != "jsonl_tokens") {

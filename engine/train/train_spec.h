@@ -30,7 +30,7 @@ struct TrainSpec {
   int64_t ep_size = 1;
   int64_t zero_stage = 0;
   bool activation_checkpointing = false;
-  std::string gate = "real";    // backends.gate: real | balanced
+  std::string gate = "real";    // backends.gate: real | balanced (tests: skew_first_k | skew_lower_half)
   int64_t checkpoint_every = 0; // checkpointing.every_n_steps (0: only at the end)
   int64_t keep_last = 0;        // checkpointing.keep_last (0: keep all)
   std::string precision = "fp32_master";  // fp32_master | bf16_pure

@@ -6,11 +6,21 @@
 #include <regex>
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#ifdef FTD_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "engine/dist/dist_checkpoint.h"
+#include "engine/dist/dist_env.h"
+#include "engine/dist/expert_parallel.h"
+#include "engine/dist/memory_accounting.h"
+#include "engine/dist/process_groups.h"
+#include "engine/dist/zero_optimizer.h"
 #include "engine/io/safetensors.h"
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/transformer.h"
@@ -30,6 +40,8 @@ struct ResumePoint {
   std::string dir;
   int64_t step = 0;
   DataPosition position;
+  int64_t world_size = 1;
+  int64_t ep_size = 1;
 };
 
 // The newest OUTPUT/checkpoint-N that has a complete training state.
@@ -47,7 +59,8 @@ std::optional<ResumePoint> FindResumePoint(const std::string& output) {
     auto j = nlohmann::json::parse(*state, nullptr, false);
     if (j.is_discarded()) continue;
     ResumePoint p{entry.path().string(), j.value("step", int64_t{0}),
-                  {j.value("epoch", int64_t{0}), j.value("index", int64_t{0})}};
+                  {j.value("epoch", int64_t{0}), j.value("index", int64_t{0})},
+                  j.value("world_size", int64_t{1}), j.value("ep_size", int64_t{1})};
     if (!best || p.step > best->step) best = p;
   }
   return best;
@@ -76,119 +89,265 @@ void CopyTokenizerFiles(const std::string& from, const std::string& to) {
   }
 }
 
+absl::StatusOr<GateMode> GateFromName(const std::string& name) {
+  if (name == "real") return GateMode::kReal;
+  if (name == "balanced") return GateMode::kBalanced;
+  if (name == "skew_first_k") return GateMode::kSkewFirstK;
+  if (name == "skew_lower_half") return GateMode::kSkewLowerHalf;
+  return absl::InvalidArgumentError(absl::StrCat("backends.gate \"", name, "\" is unknown"));
+}
+
+// Everything a rank trains with, built once.
+struct RankSetup {
+  DistEnv env;
+  std::unique_ptr<ProcessGroups> groups;
+  ModelConfig config;
+  ModelOptions options;
+  bool cuda = false;
+  std::unique_ptr<MoeTransformer> model;
+  std::unique_ptr<ExpertParallelDispatch> dispatch;
+  std::vector<NamedParam> dense, experts;
+  std::unique_ptr<ShardedAdamW> dense_optimizer;
+  std::unique_ptr<AdamW> expert_optimizer;
+};
+
+// One optimizer step's collective bookkeeping: the summed gradients' global norm (every
+// parameter counted once), clipping, and the update of both optimizers.
+absl::StatusOr<double> ReduceClipAndStep(RankSetup& s, double grad_clip, double lr) {
+  c10::NoGradGuard no_grad;
+  FTD_RETURN_IF_ERROR(s.dense_optimizer->ReduceGradients());
+  // Expert gradients: summed over the ranks that hold the same experts.
+  std::vector<at::Tensor> expert_grads;
+  for (NamedParam& p : s.experts) {
+    if (!p.tensor->grad().defined()) p.tensor->mutable_grad() = at::zeros_like(*p.tensor);
+    expert_grads.push_back(p.tensor->grad());
+  }
+  if (!expert_grads.empty() && s.groups->replicas->size() > 1) {
+    std::vector<at::Tensor> flat_parts;
+    for (const at::Tensor& g : expert_grads) flat_parts.push_back(g.reshape({-1}).to(at::kFloat));
+    at::Tensor flat = at::cat(flat_parts);
+    FTD_RETURN_IF_ERROR(s.groups->replicas->AllReduce({flat}));
+    int64_t offset = 0;
+    for (at::Tensor& g : expert_grads) {
+      g.view({-1}).copy_(flat.narrow(0, offset, g.numel()));
+      offset += g.numel();
+    }
+  }
+  at::Tensor expert_sq = at::zeros({}, at::TensorOptions().device(s.options.device).dtype(at::kFloat));
+  for (const at::Tensor& g : expert_grads) expert_sq = expert_sq + g.to(at::kFloat).square().sum();
+  // Each expert's gradient lives on num_replicas ranks: count it once.
+  at::Tensor total_sq = (s.dense_optimizer->SliceSquaredNorm() + expert_sq / s.groups->mesh.num_replicas())
+                            .to(at::kDouble).reshape({1});
+  FTD_RETURN_IF_ERROR(s.groups->world->AllReduce({total_sq}));
+  const double norm = std::sqrt(total_sq.item<double>());
+  if (grad_clip > 0) {
+    at::Tensor coef = at::full({}, std::min(1.0, grad_clip / (norm + 1e-6)), at::TensorOptions().dtype(at::kFloat));
+    s.dense_optimizer->ScaleGradients(coef);
+    for (at::Tensor& g : expert_grads) g.mul_(coef.to(g.device(), g.scalar_type()));
+  }
+  FTD_RETURN_IF_ERROR(s.dense_optimizer->Step(lr));
+  if (!s.experts.empty()) {
+    s.expert_optimizer->Step(lr);
+    s.expert_optimizer->ZeroGrad();
+  }
+  return norm;
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOptions& options, std::ostream& log) {
-  FTD_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(spec.base_model));
-  const bool cuda = spec.device == "cuda" || (spec.device == "auto" && at::hasCUDA());
+  RankSetup s;
+  FTD_ASSIGN_OR_RETURN(s.env, DistEnvFromEnvironment());
+  const int rank = s.env.rank, world = s.env.world_size;
+  auto rank_error = [rank, world](const absl::Status& st) {
+    return absl::Status(st.code(), absl::StrCat("rank ", rank, "/", world, ": ", st.message()));
+  };
+  FTD_ASSIGN_OR_RETURN(s.config, LoadModelConfig(spec.base_model));
+  const ModelConfig& config = s.config;
+  s.cuda = spec.device == "cuda" || (spec.device == "auto" && at::hasCUDA());
   if (spec.device == "cuda" && !at::hasCUDA()) return absl::FailedPreconditionError("device: cuda requested but no GPU is visible");
-  ModelOptions mo;
-  mo.device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  mo.dtype = spec.dtype == "bf16" ? at::kBFloat16 : spec.dtype == "fp32" ? at::kFloat : (cuda ? at::kBFloat16 : at::kFloat);
-  mo.gate = spec.gate == "balanced" ? GateMode::kBalanced : GateMode::kReal;
+  ModelOptions& mo = s.options;
+  if (s.cuda) {
+    const int index = s.env.local_rank % std::max<int>(1, static_cast<int>(at::getNumGPUs()));
+    mo.device = at::Device(at::kCUDA, index);
+#ifdef FTD_WITH_CUDA
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
+#endif
+  }
+  mo.dtype = spec.dtype == "bf16" ? at::kBFloat16 : spec.dtype == "fp32" ? at::kFloat : (s.cuda ? at::kBFloat16 : at::kFloat);
+  FTD_ASSIGN_OR_RETURN(mo.gate, GateFromName(spec.gate));
   mo.activation_checkpointing = spec.activation_checkpointing;
-  if (spec.ep_size != 1) return absl::UnimplementedError("parallelism.ep_size > 1 needs a distributed launch (WORLD_SIZE > 1)");
   const at::ScalarType save_dtype = DtypeFromName(config.dtype);
   FTD_ASSIGN_OR_RETURN(PrecisionPolicy policy, ParsePrecisionPolicy(spec.precision));
-
-  // Data.
-  FTD_ASSIGN_OR_RETURN(std::vector<TokenSequence> data, ReadTokenJsonl(spec.train_data, config.vocab_size));
-  const int64_t per_step = spec.global_batch;
-  if (per_step % spec.micro_batch != 0) {
+  if (spec.global_batch % (static_cast<int64_t>(world) * spec.micro_batch) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("hyperparameters.global_batch (", spec.global_batch,
-                                                   ") must be a multiple of micro_batch (", spec.micro_batch, ")"));
+                                                   ") must be a multiple of micro_batch (", spec.micro_batch,
+                                                   ") times the number of ranks (", world, ")"));
   }
+
+  // Process groups and the layout.
+  auto groups = CreateProcessGroups(s.env, static_cast<int>(spec.ep_size), config.num_experts,
+                                    s.cuda ? CommBackend::kNccl : CommBackend::kGloo);
+  if (!groups.ok()) return rank_error(groups.status());
+  s.groups = std::move(*groups);
+  const ParallelMesh& mesh = s.groups->mesh;
+  Communicator& world_group = *s.groups->world;
+  mo.expert_begin = mesh.expert_begin();
+  mo.expert_count = mesh.experts_per_rank();
+
+  // Data: every rank reads the same order and takes its own slice of each global batch.
+  FTD_ASSIGN_OR_RETURN(std::vector<TokenSequence> data, ReadTokenJsonl(spec.train_data, config.vocab_size));
+  const int64_t per_step = spec.global_batch, per_rank = spec.global_batch / world;
   const int64_t total_steps =
       spec.max_steps > 0 ? spec.max_steps
                          : spec.epochs * ((static_cast<int64_t>(data.size()) + per_step - 1) / per_step);
   FTD_ASSIGN_OR_RETURN(LrSchedule schedule, LrSchedule::Create(spec.schedule, spec.lr, spec.warmup_steps, total_steps));
 
-  // Weights: the newest resumable checkpoint, else the base model.
+  // Where to start: every rank must pick the same checkpoint.
   std::optional<ResumePoint> resume = options.resume ? FindResumePoint(spec.output) : std::nullopt;
+  {
+    at::Tensor found = at::full({2}, resume ? static_cast<double>(resume->step) : -1.0,
+                                at::TensorOptions().dtype(at::kDouble).device(world_group.device()));
+    found[1].mul_(-1);
+    if (absl::Status st = world_group.AllReduce({found}, ReduceKind::kMax); !st.ok()) return rank_error(st);
+    at::Tensor cpu = found.to(at::kCPU);
+    const double mine = resume ? static_cast<double>(resume->step) : -1.0;
+    if (cpu[0].item<double>() != mine || -cpu[1].item<double>() != mine) {
+      return rank_error(absl::FailedPreconditionError(absl::StrCat(
+          "ranks disagree on the checkpoint to resume from under ", spec.output,
+          " (is the output directory on a filesystem every rank shares?)")));
+    }
+  }
+  if (resume && (resume->world_size != world || resume->ep_size != spec.ep_size)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        resume->dir, " was written by ", resume->world_size, " ranks with ep_size ", resume->ep_size,
+        "; resuming needs the same layout (this run: ", world, " ranks, ep_size ", spec.ep_size, ")"));
+  }
   const std::string weights_dir = resume ? resume->dir : spec.base_model;
+  // Straight into shards: this rank reads the dense tensors and its own experts only.
   FTD_ASSIGN_OR_RETURN(ModelWeights weights, LoadHfWeights(weights_dir, config, mo));
   EnableGradients(weights);
-  FTD_ASSIGN_OR_RETURN(std::unique_ptr<MoeTransformer> model, MoeTransformer::Create(config, mo, std::move(weights)));
-  std::vector<NamedParam> params = model->Parameters();
+  FTD_ASSIGN_OR_RETURN(s.model, MoeTransformer::Create(config, mo, std::move(weights)));
+  s.dispatch = std::make_unique<ExpertParallelDispatch>(s.groups->ep.get(), config.num_experts);
+  s.model->SetTokenDispatch(s.dispatch->AsTokenDispatch());
+  for (NamedParam& p : s.model->Parameters()) (p.expert ? s.experts : s.dense).push_back(p);
   AdamWConfig adam{spec.adam_beta1, spec.adam_beta2, spec.adam_eps, spec.weight_decay};
-  FTD_ASSIGN_OR_RETURN(std::unique_ptr<AdamW> optimizer, AdamW::Create(params, policy, adam));
+  FTD_ASSIGN_OR_RETURN(s.dense_optimizer, ShardedAdamW::Create(s.dense, &world_group, policy, adam));
+  FTD_ASSIGN_OR_RETURN(s.expert_optimizer, AdamW::Create(s.experts, policy, adam));
 
   int64_t step = 0;
   DataPosition position;
   if (resume) {
-    FTD_ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(resume->dir + "/training_state/optimizer.safetensors"));
-    FTD_RETURN_IF_ERROR(optimizer->LoadState(*reader, resume->step));
+    std::string state_file = absl::StrCat(resume->dir, "/training_state/", RankStateFileName(rank, world));
+    absl::Status loaded = [&]() -> absl::Status {
+      FTD_ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(state_file));
+      FTD_RETURN_IF_ERROR(s.dense_optimizer->LoadState(*reader, resume->step));
+      return s.expert_optimizer->LoadState(*reader, resume->step);
+    }();
+    if (!loaded.ok()) return rank_error(loaded);
     step = resume->step;
     position = resume->position;
-    log << "resumed from " << resume->dir << " at step " << step << " (epoch " << position.epoch << ", sample "
-        << position.index << ")\n";
-  } else if (options.resume) {
+    if (rank == 0) {
+      log << "resumed from " << resume->dir << " at step " << step << " (epoch " << position.epoch << ", sample "
+          << position.index << ")\n";
+    }
+  } else if (options.resume && rank == 0) {
     log << "no checkpoint to resume under " << spec.output << "; starting from " << spec.base_model << "\n";
   }
   std::error_code ec;
   fs::create_directories(spec.output, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create output ", spec.output, ": ", ec.message()));
 
-  const int64_t params_total = config.TotalParameters();
-  log << absl::StrFormat("model %s: %d layers, %d experts (top-%d), %.1fM parameters (%.1fM active); "
-                         "device %s, dtype %s, precision %s, gate %s; %d samples, %d steps\n",
-                         config.model_type, config.num_hidden_layers, config.num_experts,
-                         config.num_experts_per_tok, params_total / 1e6, config.ActiveParameters() / 1e6,
-                         cuda ? "cuda" : "cpu", DtypeName(mo.dtype), spec.precision, spec.gate, data.size(),
-                         total_steps);
+  if (rank == 0) {
+    log << absl::StrFormat("model %s: %d layers, %d experts (top-%d), %.1fM parameters (%.1fM active); "
+                           "device %s, dtype %s, precision %s, gate %s; %d samples, %d steps\n",
+                           config.model_type, config.num_hidden_layers, config.num_experts,
+                           config.num_experts_per_tok, config.TotalParameters() / 1e6,
+                           config.ActiveParameters() / 1e6, s.cuda ? "cuda" : "cpu", DtypeName(mo.dtype),
+                           spec.precision, spec.gate, data.size(), total_steps);
+    log << absl::StrFormat("parallel: %d ranks (%s), dp %d, ep %d (%d experts per rank), %d expert replicas; "
+                           "ZeRO-2 over dp; %d sequences per rank per step in micro-batches of %d\n",
+                           world, CommBackendName(s.groups->backend), world, mesh.ep_size(),
+                           mesh.experts_per_rank(), mesh.num_replicas(), per_rank, spec.micro_batch);
+  }
+  RankMemory memory = AccountRankMemory(s.model->Parameters(), policy, s.dense_optimizer->StateBytes(),
+                                        s.dense_optimizer->slice_numel() * 4);
+  log << FormatRankMemory(memory, rank, world) << "\n";
   log.flush();
 
   SampleOrder order(static_cast<int64_t>(data.size()), spec.seed);
   std::string last_checkpoint;
   auto save = [&](int64_t at_step) -> absl::Status {
     std::string dir = absl::StrCat(spec.output, "/checkpoint-", at_step);
-    FTD_RETURN_IF_ERROR(SaveHfCheckpoint(dir, config, model->weights(), mo, save_dtype));
-    // The resumable state beside the HF files (optimizer moments, masters, data position).
-    std::string state_dir = dir + "/training_state";
-    fs::create_directories(state_dir, ec);
-    FTD_RETURN_IF_ERROR(SaveSafetensors(state_dir, optimizer->StateTensors()));
-    fs::rename(state_dir + "/model.safetensors", state_dir + "/optimizer.safetensors", ec);
-    if (ec) return absl::InternalError(absl::StrCat("cannot write ", state_dir, ": ", ec.message()));
-    nlohmann::json st = {{"step", at_step}, {"epoch", position.epoch}, {"index", position.index},
-                         {"seed", spec.seed}, {"total_steps", total_steps}};
-    FTD_RETURN_IF_ERROR(WriteFileAtomically(state_dir + "/trainer_state.json", st.dump(2)));
-    CopyTokenizerFiles(spec.base_model, dir);
-    PruneCheckpoints(spec.output, spec.keep_last);
+    DistCheckpointParts parts;
+    parts.config = &config;
+    parts.weights = &s.model->weights();
+    parts.options = &mo;
+    parts.dtype = save_dtype;
+    parts.rank_state = s.dense_optimizer->StateTensors();
+    for (auto& t : s.expert_optimizer->StateTensors()) parts.rank_state.push_back(std::move(t));
+    nlohmann::json st = {{"step", at_step},          {"epoch", position.epoch},    {"index", position.index},
+                         {"seed", spec.seed},        {"total_steps", total_steps}, {"world_size", world},
+                         {"ep_size", mesh.ep_size()}};
+    parts.finalize = [&](const std::string& tmp) -> absl::Status {
+      FTD_RETURN_IF_ERROR(WriteFileAtomically(tmp + "/training_state/trainer_state.json", st.dump(2)));
+      CopyTokenizerFiles(spec.base_model, tmp);
+      return absl::OkStatus();
+    };
+    FTD_RETURN_IF_ERROR(SaveDistributedCheckpoint(dir, mesh, world_group, std::move(parts)));
+    if (rank == 0) {
+      PruneCheckpoints(spec.output, spec.keep_last);
+      log << "checkpoint " << dir << "\n";
+    }
     last_checkpoint = dir;
-    log << "checkpoint " << dir << "\n";
     return absl::OkStatus();
   };
 
+  auto f64 = at::TensorOptions().dtype(at::kDouble).device(world_group.device());
   int64_t steps_this_run = 0;
   while (step < total_steps) {
     auto t0 = std::chrono::steady_clock::now();
-    if (cuda) ResetPeakMemory();
+    if (s.cuda) ResetPeakMemory();
     std::vector<int64_t> ids = order.Take(per_step, &position);
     std::vector<MicroBatchTensors> micro;
-    int64_t targets_total = 0, tokens = 0;
-    for (int64_t m = 0; m < per_step / spec.micro_batch; ++m) {
+    int64_t targets_local = 0, tokens_local = 0;
+    for (int64_t m = 0; m < per_rank / spec.micro_batch; ++m) {
       std::vector<const TokenSequence*> seqs;
-      for (int64_t i = 0; i < spec.micro_batch; ++i) seqs.push_back(&data[ids[m * spec.micro_batch + i]]);
+      for (int64_t i = 0; i < spec.micro_batch; ++i) {
+        seqs.push_back(&data[ids[rank * per_rank + m * spec.micro_batch + i]]);
+      }
       MicroBatchTensors mb = CollateMicroBatch(seqs, spec.seq_len);
-      targets_total += mb.targets.ne(-100).sum().item<int64_t>();
-      tokens += mb.input_ids.numel();
+      targets_local += mb.targets.ne(-100).sum().item<int64_t>();
+      tokens_local += mb.input_ids.numel();
       micro.push_back(std::move(mb));
     }
-    double loss_value = 0;
-    const double num_micro = static_cast<double>(micro.size());
-    for (MicroBatchTensors& mb : micro) {
-      Batch batch{mb.input_ids.to(mo.device), mb.targets.to(mo.device), {}, {}};
-      ForwardResult fr = model->Forward(batch, /*return_logits=*/false);
-      // Mean over every valid target of the global batch, as one big batch would give.
-      at::Tensor loss = fr.loss_sum / static_cast<double>(std::max<int64_t>(1, targets_total));
-      if (fr.aux_loss.defined()) loss = loss + config.router_aux_loss_coef * fr.aux_loss / num_micro;
-      loss.backward();
-      loss_value += loss.item<double>();
+    // The loss is normalised by the global number of targets, so the summed gradients equal
+    // those of one process on the whole global batch.
+    at::Tensor counts = at::tensor({static_cast<double>(targets_local), static_cast<double>(tokens_local)}, f64);
+    if (absl::Status st = world_group.AllReduce({counts}); !st.ok()) return rank_error(st);
+    at::Tensor counts_cpu = counts.to(at::kCPU);
+    const int64_t targets_total = static_cast<int64_t>(counts_cpu[0].item<double>());
+    const int64_t tokens = static_cast<int64_t>(counts_cpu[1].item<double>());
+    const double num_micro_global = static_cast<double>(spec.global_batch / spec.micro_batch);
+
+    double loss_local = 0;
+    try {
+      for (MicroBatchTensors& mb : micro) {
+        Batch batch{mb.input_ids.to(mo.device), mb.targets.to(mo.device), {}, {}};
+        ForwardResult fr = s.model->Forward(batch, /*return_logits=*/false);
+        at::Tensor loss = fr.loss_sum / static_cast<double>(std::max<int64_t>(1, targets_total));
+        if (fr.aux_loss.defined()) loss = loss + config.router_aux_loss_coef * fr.aux_loss / num_micro_global;
+        loss.backward();
+        loss_local += loss.item<double>();
+      }
+    } catch (const std::exception& e) {
+      return rank_error(absl::UnavailableError(absl::StrCat("step ", step + 1, ": ", ExceptionMessage(e))));
     }
-    const double grad_norm = ClipGradNorm(params, spec.grad_clip);
+    auto grad_norm = ReduceClipAndStep(s, spec.grad_clip, schedule.At(step));
+    if (!grad_norm.ok()) return rank_error(grad_norm.status());
+    at::Tensor loss_sum = at::full({1}, loss_local, f64);
+    if (absl::Status st = world_group.AllReduce({loss_sum}); !st.ok()) return rank_error(st);
     const double lr = schedule.At(step);
-    optimizer->Step(lr);
-    optimizer->ZeroGrad();
     ++step;
     ++steps_this_run;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -196,27 +355,33 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
     StepReport r;
     r.step = step;
     r.total_steps = total_steps;
-    r.loss = loss_value;
-    r.grad_norm = grad_norm;
+    r.loss = loss_sum.item<double>();
+    r.grad_norm = *grad_norm;
     r.lr = lr;
     r.tokens = tokens;
     r.step_seconds = seconds;
     r.tokens_per_second = tokens / seconds;
-    r.tflops_per_gpu = config.TrainingFlopsPerToken(spec.seq_len) * tokens / seconds / 1e12;
-    r.mfu = cuda ? r.tflops_per_gpu / kPeakTflops : 0.0;
+    r.tflops_per_gpu = config.TrainingFlopsPerToken(spec.seq_len) * tokens / seconds / world / 1e12;
+    r.mfu = s.cuda ? r.tflops_per_gpu / kPeakTflops : 0.0;
     r.epoch = position.epoch;
-    r.peak_memory_bytes = cuda ? PeakMemoryBytes() : 0;
-    if (spec.log_every > 0 && (step % spec.log_every == 0 || step == total_steps)) {
-      log << absl::StrFormat("step %d/%d loss %.6f grad_norm %.4f lr %.3e tokens/s %.1f step_time %.3fs\n", step,
-                             total_steps, r.loss, r.grad_norm, r.lr, r.tokens_per_second, r.step_seconds);
+    r.peak_memory_bytes = s.cuda ? PeakMemoryBytes() : 0;
+    r.all_to_all_seconds = s.dispatch->TakeAllToAllSeconds();
+    if (rank == 0 && spec.log_every > 0 && (step % spec.log_every == 0 || step == total_steps)) {
+      log << absl::StrFormat("step %d/%d loss %.6f grad_norm %.4f lr %.3e tokens/s %.1f step_time %.3fs a2a %.3fs\n",
+                             step, total_steps, r.loss, r.grad_norm, r.lr, r.tokens_per_second, r.step_seconds,
+                             r.all_to_all_seconds);
       log.flush();
     }
     if (options.on_step) options.on_step(r);
     const bool last = step == total_steps;
-    if (last || (spec.checkpoint_every > 0 && step % spec.checkpoint_every == 0)) FTD_RETURN_IF_ERROR(save(step));
+    if (last || (spec.checkpoint_every > 0 && step % spec.checkpoint_every == 0)) {
+      if (absl::Status st = save(step); !st.ok()) return rank_error(st);
+    }
     if (options.stop_after > 0 && steps_this_run >= options.stop_after && !last) {
-      if (spec.checkpoint_every <= 0 || step % spec.checkpoint_every != 0) FTD_RETURN_IF_ERROR(save(step));
-      log << "stopping after " << steps_this_run << " steps as asked\n";
+      if (spec.checkpoint_every <= 0 || step % spec.checkpoint_every != 0) {
+        if (absl::Status st = save(step); !st.ok()) return rank_error(st);
+      }
+      if (rank == 0) log << "stopping after " << steps_this_run << " steps as asked\n";
       break;
     }
   }

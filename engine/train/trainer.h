@@ -1,5 +1,10 @@
-// The training loop of one rank: load the HF checkpoint, run optimizer steps over the dataset
-// (gradient accumulation, clipping, schedule), write HF checkpoints and the resumable state.
+// The training loop of one rank of a (possibly one-rank) distributed run, configured by the
+// launch environment (engine/dist/dist_env.h): every rank trains on its own slice of each global
+// batch (data parallelism over the world), experts are sharded over ep groups (expert
+// parallelism, all-to-all token dispatch), the dense parameters' optimizer state is sharded
+// over the world (ZeRO-2). Loads the HF checkpoint straight into shards, runs optimizer steps
+// (gradient accumulation, global-norm clipping, schedule) whose losses equal one process
+// training on the whole global batch, and writes HF checkpoints plus the resumable state.
 #pragma once
 
 #include <functional>
@@ -19,6 +24,7 @@ struct StepReport {
   double grad_norm = 0;
   double lr = 0;
   int64_t tokens = 0;          // input tokens processed in the step (all ranks)
+  double all_to_all_seconds = 0;  // this rank's time in expert-parallel token exchanges
   double step_seconds = 0;
   double tokens_per_second = 0;
   double tflops_per_gpu = 0;

@@ -1,0 +1,77 @@
+// ZeRO-2 AdamW for the dense (replicated) parameters over the data-parallel group. The dense
+// parameters are laid end to end in one flat index space, padded to a multiple of the group
+// size; rank r owns the slice [r*S, (r+1)*S). Per step: the full gradients are reduce-scattered
+// (summed) into the rank's fp32 slice, AdamW updates the rank's master weights and moments for
+// that slice only, and the updated slices are all-gathered back into every rank's parameters.
+// The update equals AdamW's (engine/train/optimizer.h) on the summed gradients.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "engine/dist/communicator.h"
+#include "engine/model/weights.h"
+#include "engine/train/optimizer.h"
+
+namespace ftd::engine {
+
+class SafetensorsReader;
+
+class ShardedAdamW {
+ public:
+  // All params must share one dtype and device and require gradients.
+  static absl::StatusOr<std::unique_ptr<ShardedAdamW>> Create(std::vector<NamedParam> params, Communicator* dp,
+                                                              PrecisionPolicy policy, const AdamWConfig& config);
+
+  // Sums the gradients over the group into this rank's slice and drops the full gradients. A
+  // parameter without a gradient on some ranks counts as zeros there; one without a gradient on
+  // every rank is left out of this step (as AdamW skips it).
+  absl::Status ReduceGradients();
+  // Sum of squares of this rank's slice of the summed gradients (fp32 scalar tensor).
+  at::Tensor SliceSquaredNorm() const;
+  // Multiplies the reduced slice by `coef` (a scalar tensor), for global-norm clipping.
+  void ScaleGradients(const at::Tensor& coef);
+  // AdamW on the slice, then all-gathers the updated weights into the parameters.
+  absl::Status Step(double lr);
+
+  // Resumable state of this rank's slice: "zero.<exp_avg|exp_avg_sq|master>" [S] and the
+  // layout ("zero.layout": numel of each parameter, then the group size) that must match on load.
+  std::vector<std::pair<std::string, at::Tensor>> StateTensors() const;
+  absl::Status LoadState(const SafetensorsReader& reader, int64_t steps);
+
+  int64_t total_numel() const { return total_numel_; }
+  int64_t slice_numel() const { return slice_numel_; }
+  // Bytes of this rank's optimizer state (master slice and both moments).
+  int64_t StateBytes() const;
+
+ private:
+  struct Segment {
+    size_t param;          // index into params_
+    int64_t slice_offset;  // where in the slice
+    int64_t param_offset;  // where in the flattened parameter
+    int64_t length;
+    at::Tensor step;       // AdamW's step count for this piece
+  };
+  at::Tensor Layout() const;
+  ShardedAdamW(Communicator* dp, PrecisionPolicy policy, const AdamWConfig& config)
+      : dp_(dp), policy_(policy), config_(config) {}
+
+  Communicator* dp_;
+  PrecisionPolicy policy_;
+  AdamWConfig config_;
+  std::vector<NamedParam> params_;
+  std::vector<int64_t> offsets_;  // flat offset of each parameter
+  std::vector<bool> decay_;
+  std::vector<bool> stepped_;     // the parameter has a gradient on some rank this step
+  int64_t total_numel_ = 0, slice_numel_ = 0;
+  std::vector<Segment> segments_;
+  at::Tensor master_, exp_avg_, exp_avg_sq_, grad_;  // [S] each
+};
+
+}  // namespace ftd::engine
