@@ -11,12 +11,12 @@ at::Tensor Int64Row(const std::vector<int32_t>& values) {
 
 }  // namespace
 
-at::Tensor SegmentIdsFromCuSeqlens(const std::vector<int32_t>& cu_seqlens, int64_t seq_len) {
+std::vector<int64_t> SegmentIdsFromCuSeqlens(const std::vector<int32_t>& cu_seqlens, int64_t seq_len) {
   std::vector<int64_t> ids(static_cast<size_t>(seq_len), 0);
   for (size_t doc = 0; doc + 1 < cu_seqlens.size(); ++doc) {
     for (int64_t i = cu_seqlens[doc]; i < cu_seqlens[doc + 1] && i < seq_len; ++i) ids[i] = static_cast<int64_t>(doc);
   }
-  return at::tensor(ids, at::kLong);
+  return ids;
 }
 
 Batch BatchFromPackedSamples(const std::vector<data::PackedSample>& samples, at::Device device) {
@@ -26,7 +26,7 @@ Batch BatchFromPackedSamples(const std::vector<data::PackedSample>& samples, at:
     inputs.push_back(Int64Row(s.input_ids));
     targets.push_back(Int64Row(s.labels));
     positions.push_back(Int64Row(s.position_ids));
-    segments.push_back(SegmentIdsFromCuSeqlens(s.cu_seqlens, seq_len));
+    segments.push_back(at::tensor(SegmentIdsFromCuSeqlens(s.cu_seqlens, seq_len), at::kLong));
   }
   Batch batch;
   batch.input_ids = at::stack(inputs).to(device);        // [B, S]

@@ -17,7 +17,7 @@ namespace ftd::engine {
 // the same length (the packer guarantees it).
 Batch BatchFromPackedSamples(const std::vector<data::PackedSample>& samples, at::Device device);
 
-// Document id of each position from cu_seqlens [0, end_1, ..., S]: [S] int64.
-at::Tensor SegmentIdsFromCuSeqlens(const std::vector<int32_t>& cu_seqlens, int64_t seq_len);
+// Document id of each position from cu_seqlens [0, end_1, ..., S]: seq_len entries.
+std::vector<int64_t> SegmentIdsFromCuSeqlens(const std::vector<int32_t>& cu_seqlens, int64_t seq_len);
 
 }  // namespace ftd::engine

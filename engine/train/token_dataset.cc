@@ -83,22 +83,50 @@ std::vector<int64_t> SampleOrder::Take(int64_t count, DataPosition* pos) {
 
 MicroBatchTensors CollateMicroBatch(const std::vector<const TokenSequence*>& seqs, int64_t seq_len) {
   int64_t S = 0;
-  for (const TokenSequence* s : seqs) S = std::max<int64_t>(S, std::min<int64_t>(seq_len, s->input_ids.size()));
+  bool any_packed = false;
+  for (const TokenSequence* s : seqs) {
+    S = std::max<int64_t>(S, std::min<int64_t>(seq_len, s->input_ids.size()));
+    any_packed = any_packed || s->packed();
+  }
   const int64_t B = static_cast<int64_t>(seqs.size());
   at::Tensor ids = at::zeros({B, S}, at::kLong);
   at::Tensor targets = at::full({B, S}, -100, at::kLong);
   auto id_acc = ids.accessor<int64_t, 2>();
   auto tgt_acc = targets.accessor<int64_t, 2>();
+  MicroBatchTensors out;
+  if (any_packed) {
+    // Unpacked rows and padding: one document from position 0; padding is a segment of its own.
+    out.position_ids = at::arange(S, at::kLong).repeat({B, 1});
+    out.segment_ids = at::zeros({B, S}, at::kLong);
+  }
   for (int64_t b = 0; b < B; ++b) {
     const TokenSequence& s = *seqs[b];
     const int64_t n = std::min<int64_t>(seq_len, s.input_ids.size());
     const std::vector<int64_t>& labels = s.labels.empty() ? s.input_ids : s.labels;
     for (int64_t i = 0; i < n; ++i) {
       id_acc[b][i] = s.input_ids[i];
-      if (i + 1 < n) tgt_acc[b][i] = labels[i + 1];
+      if (s.packed()) {
+        tgt_acc[b][i] = s.targets[i];
+      } else if (i + 1 < n) {
+        tgt_acc[b][i] = labels[i + 1];
+      }
+    }
+    if (any_packed) {
+      auto pos_acc = out.position_ids.accessor<int64_t, 2>();
+      auto seg_acc = out.segment_ids.accessor<int64_t, 2>();
+      for (int64_t i = 0; i < S; ++i) {
+        if (s.packed() && i < n) {
+          pos_acc[b][i] = s.position_ids[i];
+          seg_acc[b][i] = s.segment_ids[i];
+        } else if (i >= n) {
+          seg_acc[b][i] = -1;  // padding never attends to the row's tokens
+        }
+      }
     }
   }
-  return {ids, targets};
+  out.input_ids = ids;
+  out.targets = targets;
+  return out;
 }
 
 }  // namespace ftd::engine

@@ -15,6 +15,11 @@ namespace ftd::engine {
 struct TokenSequence {
   std::vector<int64_t> input_ids;
   std::vector<int64_t> labels;  // empty: labels = input_ids (HF convention, shifted in the loss)
+  // Packed rows (engine/train/training_data.h): several documents in one row. When set, these
+  // have input_ids' length and `labels` is unused: targets are already shifted, positions
+  // restart per document and segment ids keep attention inside each document.
+  std::vector<int64_t> targets, position_ids, segment_ids;
+  bool packed() const { return !targets.empty(); }
 };
 
 // Reads every line; errors name the file, the 1-based line and the reason. Ids must be in
@@ -45,9 +50,13 @@ class SampleOrder {
 
 // Right-padded micro-batch of sequences truncated to seq_len: input_ids [B, S] (pad 0) and
 // targets [B, S] (shifted labels; -100 at padding and at each sequence's last position).
+// With packed rows also position_ids and segment_ids [B, S] (undefined otherwise; padding rows
+// of a mixed batch get positions 0.. and a segment of their own).
 struct MicroBatchTensors {
   at::Tensor input_ids;
   at::Tensor targets;
+  at::Tensor position_ids;
+  at::Tensor segment_ids;
 };
 MicroBatchTensors CollateMicroBatch(const std::vector<const TokenSequence*>& seqs, int64_t seq_len);
 

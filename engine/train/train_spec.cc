@@ -1,5 +1,8 @@
 #include "engine/train/train_spec.h"
 
+#include <algorithm>
+#include <iterator>
+
 #include <yaml-cpp/yaml.h>
 
 #include "absl/strings/str_cat.h"
@@ -93,8 +96,11 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   }
   if (s.device != "auto" && s.device != "cpu" && s.device != "cuda") return bad("device must be auto, cpu or cuda");
   if (s.dtype != "auto" && s.dtype != "fp32" && s.dtype != "bf16") return bad("dtype must be auto, fp32 or bf16");
-  if (s.data_format != "tokens" && s.data_format != "jsonl_tokens") {
-    return bad("datasets.format \"" + s.data_format + "\" is not supported by this engine build (tokens)");
+  if (s.data_format == "jsonl_tokens") s.data_format = "tokens";
+  static const char* const kFormats[] = {"tokens", "input_ids", "auto", "messages", "chat", "prompt_completion", "text"};
+  if (std::find(std::begin(kFormats), std::end(kFormats), s.data_format) == std::end(kFormats)) {
+    return bad("datasets.format \"" + s.data_format +
+               "\" is not one of tokens|input_ids|auto|messages|chat|prompt_completion|text");
   }
   return s;
 }

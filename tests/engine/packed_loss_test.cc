@@ -124,8 +124,7 @@ TEST(PackedLoss, WithoutSegmentsDocumentsLeak) {
 }
 
 TEST(PackedLoss, SegmentIdsFollowCuSeqlens) {
-  at::Tensor ids = SegmentIdsFromCuSeqlens({0, 3, 5, 8}, 8);
-  EXPECT_TRUE(at::equal(ids, at::tensor(std::vector<int64_t>{0, 0, 0, 1, 1, 2, 2, 2}, at::kLong)));
+  EXPECT_EQ(SegmentIdsFromCuSeqlens({0, 3, 5, 8}, 8), (std::vector<int64_t>{0, 0, 0, 1, 1, 2, 2, 2}));
 }
 
 }  // namespace
