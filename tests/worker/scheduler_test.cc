@@ -1,0 +1,257 @@
+// The scheduler against a real SQLite store and JobManager, with workers simulated by calling
+// Register/Heartbeat directly (the real ftd-worker is exercised by tests/python/test_worker.py).
+#include "server/scheduler.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "server/sqlite_job_store.h"
+#include "server/time_util.h"
+
+namespace ftd::server {
+namespace {
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/ftd-sched-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    OpenScheduler();
+  }
+  void TearDown() override {
+    sched_.reset();
+    manager_.reset();
+    store_.reset();
+    ftd::RemoveTree(dir_).IgnoreError();
+  }
+  void OpenScheduler() {
+    sched_.reset();
+    manager_.reset();
+    store_.reset();
+    auto store = SqliteJobStore::Open(dir_ + "/jobs.db");
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    manager_ = std::make_unique<JobManager>(store_.get(), &hub_);
+    SchedulerOptions o;
+    o.heartbeat_timeout = absl::Seconds(30);
+    o.adopt_grace = absl::Seconds(30);
+    auto s = Scheduler::Create(manager_.get(), o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    sched_ = *std::move(s);
+  }
+
+  std::string AddJob(int nodes, int per_node, int priority = 0, int max_restarts = 0) {
+    NewJob n;
+    n.job.set_id(absl::StrCat("job-", ++next_id_));
+    n.job.set_tenant("t");
+    n.job.mutable_spec()->mutable_resources()->set_nodes(nodes);
+    n.job.mutable_spec()->mutable_resources()->set_gpus_per_node(per_node);
+    n.job.mutable_spec()->mutable_scheduling()->set_priority(priority);
+    n.job.mutable_spec()->mutable_scheduling()->set_max_restarts(max_restarts);
+    n.job.mutable_spec()->set_output("/tmp/out");
+    n.job.mutable_status()->set_state(ftd::v1::QUEUED);
+    *n.job.mutable_create_time() = ToProtoTime(absl::Now() + absl::Microseconds(next_id_));
+    n.spec_hash = n.job.id();
+    EXPECT_TRUE(manager_->Create(n).ok());
+    return n.job.id();
+  }
+
+  std::string Register(const std::string& name, int slots,
+                       const std::vector<ftd::v1::RankProcess>& ranks = {}) {
+    ftd::v1::RegisterRequest r;
+    r.set_name(name);
+    r.set_address("127.0.0.1");
+    r.mutable_resources()->set_cpu_slots(slots);
+    for (const auto& p : ranks) *r.add_ranks() = p;
+    auto resp = sched_->Register(r);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    sessions_[name] = resp->session_id();
+    return resp->session_id();
+  }
+
+  ftd::v1::HeartbeatResponse Beat(const std::string& name, const std::vector<ftd::v1::RankProcess>& ranks,
+                                  const std::vector<ftd::v1::RankReport>& reports = {}) {
+    ftd::v1::HeartbeatRequest h;
+    h.set_name(name);
+    h.set_session_id(sessions_[name]);
+    for (const auto& p : ranks) *h.add_ranks() = p;
+    for (const auto& r : reports) *h.add_reports() = r;
+    auto resp = sched_->Heartbeat(h);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return resp.ok() ? *resp : ftd::v1::HeartbeatResponse();
+  }
+
+  static ftd::v1::RankProcess Proc(const std::string& job, int attempt, int rank, bool exited = false,
+                                   int code = 0) {
+    ftd::v1::RankProcess p;
+    p.mutable_key()->set_job_id(job);
+    p.mutable_key()->set_attempt(attempt);
+    p.mutable_key()->set_rank(rank);
+    p.set_state(exited ? ftd::v1::RANK_EXITED : ftd::v1::RANK_RUNNING);
+    p.set_exit_code(code);
+    return p;
+  }
+
+  ftd::v1::FineTuneJob Job(const std::string& id) { return *store_->GetJob(id); }
+
+  std::string dir_;
+  EventHub hub_;
+  std::unique_ptr<SqliteJobStore> store_;
+  std::unique_ptr<JobManager> manager_;
+  std::unique_ptr<Scheduler> sched_;
+  std::map<std::string, std::string> sessions_;
+  int next_id_ = 0;
+};
+
+TEST_F(SchedulerTest, GangStartsRunsAndSucceeds) {
+  const std::string id = AddJob(2, 2);
+  Register("a", 2);
+  Register("b", 2);
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::STARTING);
+  auto ra = Beat("a", {});
+  ASSERT_EQ(ra.start_size(), 1);
+  EXPECT_EQ(ra.start(0).ranks_size(), 2);
+  EXPECT_EQ(ra.start(0).world_size(), 4);
+  EXPECT_EQ(ra.start(0).master_addr(), "127.0.0.1");
+  EXPECT_GT(ra.start(0).master_port(), 0);
+  auto rb = Beat("b", {});
+  ASSERT_EQ(rb.start_size(), 1);
+  EXPECT_EQ(rb.start(0).ranks(0).rank(), 2);
+  EXPECT_EQ(rb.start(0).master_port(), ra.start(0).master_port());
+  // Level-triggered: not started yet -> asked again.
+  EXPECT_EQ(Beat("a", {}).start_size(), 1);
+  Beat("a", {Proc(id, 0, 0), Proc(id, 0, 1)});
+  Beat("b", {Proc(id, 0, 2), Proc(id, 0, 3)});
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  // Progress from rank 0, a checkpoint (twice: recorded once).
+  ftd::v1::RankReport step;
+  step.set_seq(1);
+  *step.mutable_key() = Proc(id, 0, 0).key();
+  step.mutable_step()->mutable_progress()->set_step(3);
+  step.mutable_step()->mutable_metrics()->set_loss(2.5);
+  ftd::v1::RankReport ck;
+  ck.set_seq(2);
+  *ck.mutable_key() = Proc(id, 0, 0).key();
+  ck.mutable_checkpoint()->set_step(3);
+  ck.mutable_checkpoint()->set_path("/tmp/out/checkpoint-3");
+  auto r = Beat("a", {Proc(id, 0, 0), Proc(id, 0, 1)}, {step, ck});
+  EXPECT_EQ(r.ack_seq(), 2);
+  Beat("a", {Proc(id, 0, 0), Proc(id, 0, 1)}, {step, ck});  // a resend: ignored
+  EXPECT_EQ(Job(id).status().progress().step(), 3);
+  EXPECT_DOUBLE_EQ(Job(id).status().metrics().loss(), 2.5);
+  EXPECT_EQ(Job(id).status().checkpoints_size(), 1);
+  // All exit 0.
+  auto fa = Beat("a", {Proc(id, 0, 0, true), Proc(id, 0, 1, true)});
+  EXPECT_EQ(fa.forget_size(), 2);
+  Beat("b", {Proc(id, 0, 2, true), Proc(id, 0, 3, true)});
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::SUCCEEDED);
+}
+
+TEST_F(SchedulerTest, StaleReportsAreFencedAndStaleRanksStopped) {
+  const std::string id = AddJob(1, 1, 0, /*max_restarts=*/2);
+  Register("a", 1);
+  sched_->Tick();
+  Beat("a", {});
+  Beat("a", {Proc(id, 0, 0)});
+  // The rank crashes: the attempt fails and the job is requeued as attempt 1.
+  Beat("a", {Proc(id, 0, 0, true, 3)});
+  auto job = Job(id);
+  EXPECT_EQ(job.status().state(), ftd::v1::QUEUED);
+  EXPECT_EQ(job.status().attempt(), 1);
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::STARTING);
+  // A zombie of attempt 0 shows up running: told to stop; its progress is not recorded.
+  ftd::v1::RankReport step;
+  step.set_seq(10);
+  *step.mutable_key() = Proc(id, 0, 0).key();
+  step.mutable_step()->mutable_progress()->set_step(99);
+  auto r = Beat("a", {Proc(id, 0, 0)}, {step});
+  ASSERT_EQ(r.stop_size(), 1);
+  EXPECT_EQ(r.stop(0).ranks(0).attempt(), 0);
+  ASSERT_EQ(r.start_size(), 1);
+  EXPECT_EQ(r.start(0).attempt(), 1);
+  EXPECT_NE(Job(id).status().progress().step(), 99);
+}
+
+TEST_F(SchedulerTest, OutOfRestartsFailsWithTheReason) {
+  const std::string id = AddJob(1, 1, 0, /*max_restarts=*/0);
+  Register("a", 1);
+  sched_->Tick();
+  Beat("a", {});
+  ftd::v1::RankProcess p = Proc(id, 0, 0, true, 0);
+  p.set_term_signal(9);
+  p.add_tail("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB");
+  Beat("a", {p});
+  auto job = Job(id);
+  EXPECT_EQ(job.status().state(), ftd::v1::FAILED);
+  EXPECT_EQ(job.status().error().code(), "OOM");
+  EXPECT_NE(job.status().error().message().find("signal 9"), std::string::npos);
+}
+
+TEST_F(SchedulerTest, UnknownSessionMustRegisterAgain) {
+  ftd::v1::HeartbeatRequest h;
+  h.set_name("ghost");
+  h.set_session_id("nope");
+  EXPECT_EQ(sched_->Heartbeat(h).status().code(), absl::StatusCode::kFailedPrecondition);
+  Register("a", 1);
+  const std::string old = sessions_["a"];
+  Register("a", 1);  // a newer session replaces it
+  h.set_name("a");
+  h.set_session_id(old);
+  EXPECT_EQ(sched_->Heartbeat(h).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(SchedulerTest, StrictPriorityThenFifoWithoutPartialPlacement) {
+  Register("a", 2);
+  Register("b", 2);
+  const std::string low = AddJob(3, 1, 0);
+  const std::string high = AddJob(3, 1, 5);
+  const std::string small = AddJob(1, 1, 0);  // fits next to high, but queued behind low
+  const std::string huge = AddJob(1, 8, 9);   // fits no worker: waits, blocks nobody
+  sched_->Tick();
+  EXPECT_EQ(Job(high).status().state(), ftd::v1::STARTING);
+  EXPECT_EQ(Job(low).status().state(), ftd::v1::QUEUED);
+  EXPECT_EQ(Job(small).status().state(), ftd::v1::QUEUED);
+  EXPECT_EQ(Job(huge).status().state(), ftd::v1::QUEUED);
+  int busy = 0;
+  for (const WorkerInfo& w : sched_->workers().Snapshot()) busy += w.busy_slots;
+  EXPECT_EQ(busy, 3);
+}
+
+TEST_F(SchedulerTest, RestartAdoptsRunningAttempt) {
+  const std::string id = AddJob(2, 1);
+  Register("a", 1);
+  Register("b", 1);
+  sched_->Tick();
+  Beat("a", {});
+  Beat("b", {});
+  Beat("a", {Proc(id, 0, 0)});
+  Beat("b", {Proc(id, 0, 1)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+
+  OpenScheduler();  // the coordinator restarts
+  auto report = sched_->Recover();
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->requeued, 0);
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  Register("a", 1, {Proc(id, 0, 0)});
+  EXPECT_EQ(Beat("a", {Proc(id, 0, 0)}).start_size(), 0);  // nothing restarted
+  Register("b", 1, {Proc(id, 0, 1)});
+  Beat("b", {Proc(id, 0, 1)});
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  EXPECT_EQ(Job(id).status().attempt(), 0);
+  Beat("a", {Proc(id, 0, 0, true)});
+  Beat("b", {Proc(id, 0, 1, true)});
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::SUCCEEDED);
+}
+
+}  // namespace
+}  // namespace ftd::server
