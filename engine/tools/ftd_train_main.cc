@@ -8,16 +8,20 @@
 
 #include <CLI/CLI.hpp>
 
+#include "engine/data/tokenize_command.h"
 #include "engine/tools/commands.h"
 
 int main(int argc, char** argv) {
+  // tokenize has its own flag parser (engine/data/tokenize_command.h), shared with ftd-tokenize.
+  if (argc > 1 && std::strcmp(argv[1], "tokenize") == 0) return ftd::data::RunTokenizeCommand(argc - 1, argv + 1);
   CLI::App app{"ftd-train: the ftd training engine (one rank) and model tools"};
   app.require_subcommand(1);
   ftd::engine::RegisterCommands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    const int code = app.exit(e);  // prints help, or the usage error
+    return code == 0 ? 0 : 2;      // exit codes: 0 success, 1 failure, 2 bad usage or spec
   }
   return ftd::engine::RunSelectedCommand(app);
 }

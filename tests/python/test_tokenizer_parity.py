@@ -79,7 +79,11 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 BUILD_DIR = pathlib.Path(os.environ.get("FTD_BUILD_DIR", "build"))
 if not BUILD_DIR.is_absolute():
     BUILD_DIR = REPO / BUILD_DIR
-BINARY = BUILD_DIR / "bin" / "ftd-tokenize"
+# `ftd-train tokenize` (the user-facing command); `ftd-tokenize` is the same code without LibTorch,
+# for builds without the engine.
+BINARY = BUILD_DIR / "bin" / "ftd-train"
+if not BINARY.exists():
+    BINARY = BUILD_DIR / "bin" / "ftd-tokenize"
 
 pytestmark = pytest.mark.skipif(
     not BINARY.exists(),
