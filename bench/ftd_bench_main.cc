@@ -12,6 +12,8 @@
 #include <c10/core/GradMode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <CLI/CLI.hpp>
+#include <torch/csrc/autograd/profiler_kineto.h>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/config.h"
@@ -51,6 +53,8 @@ int main(int argc, char** argv) {
   app.add_option("--device", device, "auto | cpu | cuda")->capture_default_str();
   app.add_flag("--ckpt", ckpt, "activation checkpointing");
   app.add_flag("--no-optimizer-in-backward", no_opt_in_bwd, "step the optimizer after backward instead of inside it");
+  std::string profile_out;
+  app.add_option("--profile", profile_out, "after the timed steps, profile one step and write a per-kernel table here");
   app.add_option("--loss-chunk", loss_chunk, "tokens per chunk of the fused linear cross-entropy")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -75,6 +79,7 @@ int main(int argc, char** argv) {
   int64_t n_params = 0;
   for (auto& p : params) n_params += p.tensor->numel();
   AdamWConfig adam;
+  adam.weight_decay = 0.01;  // torch.optim.AdamW's default, as the baseline uses
   auto opt = AdamW::Create(params, PrecisionPolicy::kBf16Pure, adam);
   if (!opt.ok()) return Fail(opt.status());
   const bool opt_in_bwd = !no_opt_in_bwd;
@@ -114,6 +119,50 @@ int main(int argc, char** argv) {
       fwd.push_back(secs(t0, t1));
       bwd.push_back(secs(t1, t2));
       tot.push_back(secs(t0, t3));
+    }
+  }
+  if (!profile_out.empty() && cuda) {
+    namespace prof = torch::autograd::profiler;
+    using torch::profiler::impl::ActivityType;
+    std::set<ActivityType> acts = {ActivityType::CPU, ActivityType::CUDA};
+    prof::prepareProfiler(torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::KINETO), acts);
+    DeviceSynchronize();
+    prof::enableProfiler(torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::KINETO), acts);
+    auto p0 = now();
+    ForwardResult r = (*model)->Forward(b, false);
+    at::Tensor loss = r.loss_sum / static_cast<double>(std::max<int64_t>(1, r.num_targets));
+    if (opt_in_bwd) (*opt)->BeginStepInBackward(1e-5);
+    loss.backward();
+    if (opt_in_bwd) {
+      (*opt)->FinishStepInBackward();
+    } else {
+      (*opt)->Step(1e-5);
+      (*opt)->ZeroGrad();
+    }
+    DeviceSynchronize();
+    const double wall_ms = secs(p0, now()) * 1e3;
+    auto result = prof::disableProfiler();
+    // GPU time per kernel name, summed over the step.
+    std::map<std::string, std::pair<double, int>> per_kernel;
+    double gpu_ms = 0;
+    for (const auto& e : result->events()) {
+      if (e.deviceType() != c10::DeviceType::CUDA) continue;
+      const double ms = e.durationNs() / 1e6;
+      auto& slot = per_kernel[e.name().substr(0, 110)];
+      slot.first += ms;
+      slot.second += 1;
+      gpu_ms += ms;
+    }
+    std::vector<std::pair<double, std::string>> rows;
+    for (auto& [name, v] : per_kernel) rows.push_back({v.first, absl::StrCat(v.second, "x ", name)});
+    std::sort(rows.rbegin(), rows.rend());
+    FILE* f = std::fopen(profile_out.c_str(), "w");
+    if (f) {
+      std::fprintf(f, "profiled step: wall %.1f ms, GPU kernel time %.1f ms (summed over streams)\n", wall_ms, gpu_ms);
+      for (size_t i = 0; i < rows.size() && i < 60; ++i) {
+        std::fprintf(f, "%8.2f ms %5.1f%%  %s\n", rows[i].first, 100 * rows[i].first / gpu_ms, rows[i].second.c_str());
+      }
+      std::fclose(f);
     }
   }
   const double step_s = Median(tot);

@@ -11,9 +11,13 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/core/GradMode.h>
 #include <nlohmann/json.hpp>
 
+#include "engine/model/linear_cross_entropy.h"
+#include "kernels/adamw.h"
+#include "kernels/cross_entropy.h"
 #include "kernels/expert_sort.h"
 #include "kernels/permute_rows.h"
 #include "kernels/rms_norm.h"
@@ -77,6 +81,8 @@ void Report(const std::string& kernel, const std::string& shape, double fwd_byte
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
 }
+
+void RunLibraryOps();
 
 int Run() {
   c10::NoGradGuard no_grad;
@@ -169,7 +175,127 @@ int Run() {
     Report("weighted_swiglu", "32768x1536 bf16", 3.0 * N * F * b16 + N * b16, fwd, 5.0 * N * F * b16 + 2 * N * b16,
            bwd, ref);
   }
+  RunLibraryOps();
   return 0;
+}
+
+// Achieved TFLOP/s of a matrix op against the measured dense bf16 ceiling (~800 on H100).
+void ReportFlops(const std::string& op, const std::string& shape, double flops, double ms) {
+  nlohmann::json j;
+  j["op"] = op;
+  j["shape"] = shape;
+  j["ms"] = ms;
+  j["tflops"] = flops / (ms * 1e-3) / 1e12;
+  j["pct_989"] = 100.0 * flops / (ms * 1e-3) / 989e12;
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+}
+
+// The library ops on the hot path: attention backends (GQA, causal), grouped GEMM, the fused
+// linear cross-entropy and the fused AdamW step.
+void RunLibraryOps() {
+  const int64_t T = 4096, H = 2048, D = 128, Hq = 32, Hkv = 4, E = 128, k = 8, F = 768, V = 151936;
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  // Causal attention fwd: 2 GEMMs of 2*S*S*D per head, halved by the mask; bwd 2.5x that.
+  const double attn_fwd_flops = 4.0 * T * T * D * Hq / 2;
+  auto& ctx = at::globalContext();
+  struct Backend {
+    const char* name;
+    bool flash, efficient, cudnn, math;
+  };
+  for (const Backend& b : {Backend{"flash", true, false, false, false}, Backend{"efficient", false, true, false, false},
+                           Backend{"cudnn", false, false, true, false}}) {
+    ctx.setSDPUseFlash(b.flash);
+    ctx.setSDPUseMemEfficient(b.efficient);
+    ctx.setSDPUseCuDNN(b.cudnn);
+    ctx.setSDPUseMath(b.math);
+    for (bool gqa : {true, false}) {
+      try {
+        at::Tensor q = at::randn({1, Hq, T, D}, bf).requires_grad_(true);
+        at::Tensor kk = at::randn({1, gqa ? Hkv : Hq, T, D}, bf).requires_grad_(true);
+        at::Tensor v = at::randn({1, gqa ? Hkv : Hq, T, D}, bf).requires_grad_(true);
+        at::Tensor dout = at::randn({1, Hq, T, D}, bf);
+        c10::AutoGradMode grad(true);
+        const double fwd = MedianMs([&] {
+          c10::NoGradGuard ng;
+          at::scaled_dot_product_attention(q, kk, v, {}, 0.0, true, {}, gqa);
+        });
+        const double fb = MedianMs([&] {
+          at::Tensor o = at::scaled_dot_product_attention(q, kk, v, {}, 0.0, true, {}, gqa);
+          o.backward(dout);
+        });
+        ReportFlops(std::string("sdpa_") + b.name + (gqa ? "_gqa" : "_mha") + "_fwd", "1x32x4096x128 causal",
+                    attn_fwd_flops, fwd);
+        ReportFlops(std::string("sdpa_") + b.name + (gqa ? "_gqa" : "_mha") + "_fwd+bwd", "1x32x4096x128 causal",
+                    3.5 * attn_fwd_flops, fb);
+      } catch (const std::exception& e) {
+        nlohmann::json j = {{"op", std::string("sdpa_") + b.name + (gqa ? "_gqa" : "_mha")},
+                            {"error", std::string(e.what()).substr(0, 160)}};
+        std::printf("%s\n", j.dump().c_str());
+      }
+    }
+  }
+  ctx.setSDPUseFlash(true);
+  ctx.setSDPUseMemEfficient(true);
+  ctx.setSDPUseCuDNN(true);
+  ctx.setSDPUseMath(true);
+  {  // Expert GEMMs at the real router's row counts (random logits, top-8 of 128).
+    at::Tensor logits = at::randn({T, E}, bf.dtype(at::kFloat));
+    RouterOutput r = RouterTopKForwardCuda(logits, {}, RouterOptions{k, RouterScore::kSoftmax, true, 1.0, at::kBFloat16});
+    at::Tensor offs = r.counts.cumsum(0).to(at::kInt);
+    const int64_t N = T * k;
+    at::Tensor x = at::randn({N, H}, bf), wgu = at::randn({E, H, 2 * F}, bf) * 0.02, wd = at::randn({E, F, H}, bf) * 0.02;
+    at::Tensor a = at::randn({N, F}, bf), dy = at::randn({N, H}, bf), dh = at::randn({N, 2 * F}, bf);
+    ReportFlops("grouped_mm_gate_up", "32768x2048 @ 128x2048x1536", 2.0 * N * H * 2 * F,
+                MedianMs([&] { at::_grouped_mm(x, wgu, offs); }));
+    ReportFlops("grouped_mm_down", "32768x768 @ 128x768x2048", 2.0 * N * F * H, MedianMs([&] { at::_grouped_mm(a, wd, offs); }));
+    ReportFlops("grouped_mm_down_dX", "32768x2048 @ 128x2048x768", 2.0 * N * F * H,
+                MedianMs([&] { at::_grouped_mm(dy, wd.transpose(1, 2), offs); }));
+    ReportFlops("grouped_mm_down_dW", "(768x32768 @ 32768x2048) x128", 2.0 * N * F * H,
+                MedianMs([&] { at::_grouped_mm(a.t(), dy, offs); }));
+    ReportFlops("grouped_mm_gate_up_dW", "(2048x32768 @ 32768x1536) x128", 2.0 * N * H * 2 * F,
+                MedianMs([&] { at::_grouped_mm(x.t(), dh, offs); }));
+    ReportFlops("dense_mm_ref", "32768x2048 @ 2048x1536", 2.0 * N * H * 2 * F,
+                MedianMs([&] { at::mm(x, wgu.select(0, 0)); }));
+  }
+  {  // Fused linear cross-entropy (forward computes both gradients), lm_head 151936x2048.
+    at::Tensor h = (at::randn({T, H}, bf)).requires_grad_(true);
+    at::Tensor w = (at::randn({V, H}, bf) * 0.02).requires_grad_(true);
+    at::Tensor t = at::randint(0, V, {T}, bf.dtype(at::kLong));
+    c10::AutoGradMode grad(true);
+    for (int64_t chunk : {1024, 2048, 4096}) {
+      const double ms = MedianMs([&] { ftd::engine::LinearCrossEntropySum(h, w, t, chunk); });
+      ReportFlops("linear_ce_fwd+bwd_chunk" + std::to_string(chunk), "4096x2048 @ 2048x151936", 6.0 * T * H * V, ms);
+    }
+  }
+  {  // Cross-entropy rows over one chunk of bf16 lm_head logits, gradient written in place.
+    const int64_t n = 1024;
+    at::Tensor logits = at::randn({n, V}, bf) * 3, work = at::empty_like(logits);
+    at::Tensor t = at::randint(0, V, {n}, bf.dtype(at::kLong));
+    const double ms = MedianMs([&] {
+      work.copy_(logits);
+      CrossEntropyRowsInPlaceCuda(work, t, -100);
+    });
+    const double copy_ms = MedianMs([&] { work.copy_(logits); });
+    const double ref = MedianMs([&] { CrossEntropyRowsReference(logits, t, -100); });
+    // Two reads and one write of the row (the copy that refreshes the input is timed apart).
+    Report("cross_entropy_rows", "1024x151936 bf16", 3.0 * n * V * 2, ms - copy_ms, 0, 0, ref);
+  }
+  {  // Fused AdamW over one bf16 tensor of 311M elements (an embedding): reads p, g, m, v, writes p, m, v.
+    const int64_t n = V * H;
+    at::Tensor p = at::randn({n}, bf), g = at::randn({n}, bf), m = at::randn({n}, bf) * 0.01, v = at::rand({n}, bf);
+    at::Tensor step = at::zeros({}, bf.dtype(at::kFloat));
+    const double ms = MedianMs([&] {
+      at::_fused_adamw_({p}, {g}, {m}, {v}, {}, {step}, 1e-5, 0.9, 0.95, 0.0, 1e-8, false, false, std::nullopt, std::nullopt);
+    });
+    at::Tensor p2 = p.clone(), m2 = m.clone(), v2 = v.clone();
+    const double ours = MedianMs([&] { AdamWStepCuda(p2, g, m2, v2, step, AdamWHyper{1e-5, 0.9, 0.999, 0.01, 1e-8}); });
+    Report("adamw_step", "311M bf16 params", 7.0 * n * 2, ours, 0, 0, ms);
+    const double bytes = 7.0 * n * 2;
+    nlohmann::json j = {{"op", "fused_adamw_bf16"}, {"shape", "311M params"}, {"ms", ms}, {"gbps", bytes / (ms * 1e-3) / 1e9},
+                        {"pct_hbm", 100.0 * bytes / (ms * 1e-3) / kHbmBytesPerSecond}};
+    std::printf("%s\n", j.dump().c_str());
+  }
 }
 
 #endif  // FTD_WITH_CUDA

@@ -46,7 +46,7 @@ at::Tensor RouterTopKBackwardReference(const at::Tensor& dweights, const at::Ten
                                        const RouterOptions& o) {
   at::Tensor p = Scores(logits, o.score);
   at::Tensor v = p.gather(-1, experts);  // [T, k] chosen scores
-  at::Tensor dw = dweights.to(at::kFloat);
+  at::Tensor dw = dweights.to(p.scalar_type());  // p is fp32 or wider (double in tests)
   at::Tensor dv;
   if (o.renormalize) {
     at::Tensor z = v.sum(-1, /*keepdim=*/true);
@@ -67,11 +67,13 @@ struct RouterTopKFunction : public torch::autograd::Function<RouterTopKFunction>
                                                 bool renormalize, double scale, int64_t weight_dtype) {
     RouterOptions o{top_k, static_cast<RouterScore>(score), renormalize, scale,
                     static_cast<at::ScalarType>(weight_dtype)};
+    // An empty bias stands for "no bias": autograd cannot take an undefined tensor as an input.
+    const at::Tensor b = bias.numel() == 0 ? at::Tensor() : bias;
     RouterOutput r;
 #ifdef FTD_WITH_CUDA
-    if (logits.is_cuda()) r = RouterTopKForwardCuda(logits, bias, o);
+    if (logits.is_cuda()) r = RouterTopKForwardCuda(logits, b, o);
 #endif
-    if (!r.weights.defined()) r = RouterTopKReference(logits, bias, o);
+    if (!r.weights.defined()) r = RouterTopKReference(logits, b, o);
     ctx->save_for_backward({logits, r.experts});
     ctx->saved_data["top_k"] = top_k;
     ctx->saved_data["score"] = score;
@@ -104,7 +106,8 @@ struct RouterTopKFunction : public torch::autograd::Function<RouterTopKFunction>
 
 RouterOutput RouterTopK(const at::Tensor& logits, const at::Tensor& bias, const RouterOptions& o) {
   CheckRouterInputs(logits, bias, o);
-  auto outs = RouterTopKFunction::apply(logits.contiguous(), bias.defined() ? bias.contiguous() : bias, o.top_k,
+  auto outs = RouterTopKFunction::apply(logits.contiguous(),
+                                        bias.defined() ? bias.contiguous() : at::empty({0}, logits.options()), o.top_k,
                                         static_cast<int64_t>(o.score), o.renormalize, o.scale,
                                         static_cast<int64_t>(o.weight_dtype));
   return {outs[0], outs[1], outs[2]};

@@ -4,6 +4,8 @@
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "kernels/cross_entropy.h"
+
 namespace ftd::engine {
 namespace {
 
@@ -23,6 +25,16 @@ struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCross
       const int64_t n = std::min(chunk, N - start);
       at::Tensor hc = h.narrow(0, start, n);
       at::Tensor tc = targets.narrow(0, start, n);
+      if (need_grad && kernels::CrossEntropyRowsCudaSupports(hc, tc) && h.scalar_type() == weight.scalar_type()) {
+        // CUDA: logits [n, V] in the activation dtype (as HF's lm_head), one kernel for the
+        // fp32 loss and softmax - onehot written over the logits, then the two gradient GEMMs.
+        at::Tensor logits = at::mm(hc, weight.t());
+        loss += kernels::CrossEntropyRowsInPlaceCuda(logits, tc, -100).sum();
+        at::Tensor dh_chunk = dh.narrow(0, start, n);
+        at::mm_out(dh_chunk, logits, weight);
+        dw.addmm_(logits.t(), hc);
+        continue;
+      }
       at::Tensor logits = at::mm(hc, weight.t()).to(at::kFloat);  // [n, V]
       at::Tensor valid = tc.ne(-100);
       at::Tensor safe_t = tc.clamp_min(0).unsqueeze(1);

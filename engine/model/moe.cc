@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include "engine/model/expert_mlp.h"
 #include "kernels/expert_sort.h"
 #include "kernels/permute_rows.h"
 #include "kernels/router.h"
@@ -125,6 +126,11 @@ MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& 
   Permutation perm = PermuteByExpert(routing, c.num_experts);
   const int64_t k = routing.experts.size(1);
   const bool fused = perm.order.defined();  // CUDA: gather and k-way sum kernels, each the other's backward
+  if (fused && !dispatch && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
+    // One op from gather to k-way sum, saving only h for backward (engine/model/expert_mlp.h).
+    at::Tensor out = ExpertMlpRecompute(flat, perm.order, perm.inverse, perm.weights, perm.counts, w.gate_up, w.down, k);
+    return {out.view({B, S, H}), routing.logits, perm.counts};
+  }
   at::Tensor rows = fused ? kernels::PermuteRows(flat, perm.order, perm.inverse, k)
                           : flat.index_select(0, perm.token_index);  // [T*k, H]
   at::Tensor y = dispatch ? dispatch(rows, perm.weights, perm.counts, w)

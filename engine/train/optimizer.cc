@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
+#include "kernels/adamw.h"
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #ifdef FTD_WITH_CUDA
@@ -123,8 +124,14 @@ void AdamW::StepSlot(Slot& s, double lr) {
   auto update = [&] {
     at::Tensor g = grad.scalar_type() == s.master.scalar_type() ? grad : grad.to(s.master.scalar_type());
     s.step.add_(1.0);
-    at::_fused_adamw_({s.master}, {g}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, config_.beta1, config_.beta2,
-                      s.decay ? config_.weight_decay : 0.0, config_.eps, false, false, std::nullopt, std::nullopt);
+    if (kernels::AdamWCudaSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step)) {
+      // One vectorised pass (kernels/adamw.h): the same arithmetic at nearer HBM bandwidth.
+      kernels::AdamWStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step,
+                             {lr, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps});
+    } else {
+      at::_fused_adamw_({s.master}, {g}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, config_.beta1, config_.beta2,
+                        s.decay ? config_.weight_decay : 0.0, config_.eps, false, false, std::nullopt, std::nullopt);
+    }
     if (!s.master.is_same(param)) param.copy_(s.master);
   };
 #ifdef FTD_WITH_CUDA

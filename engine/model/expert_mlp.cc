@@ -1,0 +1,89 @@
+#include "engine/model/expert_mlp.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "kernels/permute_rows.h"
+#include "kernels/swiglu.h"
+
+namespace ftd::engine {
+
+#ifdef FTD_WITH_CUDA
+namespace {
+
+struct ExpertMlpFunction : public torch::autograd::Function<ExpertMlpFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& order,
+                            const at::Tensor& inverse, const at::Tensor& row_weights, const at::Tensor& offs,
+                            const at::Tensor& gate_up, const at::Tensor& down, int64_t k) {
+    at::Tensor rows = kernels::PermuteRowsCuda(x, order, k);                 // [N, H]
+    at::Tensor h = at::_grouped_mm(rows, gate_up, offs);                     // [N, 2F]
+    rows = at::Tensor();
+    at::Tensor act = kernels::WeightedSwigluForwardCuda(h, row_weights);    // [N, F]
+    at::Tensor y = at::_grouped_mm(act, down, offs);                         // [N, H]
+    act = at::Tensor();
+    ctx->save_for_backward({x, order, inverse, row_weights, offs, gate_up, down, h});
+    ctx->saved_data["k"] = k;
+    return kernels::UnpermuteSumCuda(y, inverse, k);                         // [T, H]
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &order = s[1], &inverse = s[2], &w = s[3], &offs = s[4], &gate_up = s[5],
+                     &down = s[6], &h = s[7];
+    const int64_t k = ctx->saved_data["k"].toInt();
+    at::Tensor dy = kernels::PermuteRowsCuda(grads[0].contiguous(), order, k);  // [N, H]
+    at::Tensor d_down, d_gate_up, dx, dw;
+    {
+      at::Tensor act = kernels::WeightedSwigluForwardCuda(h, w);  // recomputed
+      d_down = at::_grouped_mm(act.t(), dy, offs);                // [E, F, H]
+    }
+    at::Tensor dact = at::_grouped_mm(dy, down.transpose(1, 2), offs);  // [N, F]
+    dy = at::Tensor();
+    at::Tensor dh;
+    std::tie(dh, dw) = kernels::WeightedSwigluBackwardCuda(dact, h, w);  // [N, 2F], [N]
+    dact = at::Tensor();
+    {
+      at::Tensor rows = kernels::PermuteRowsCuda(x, order, k);  // recomputed
+      d_gate_up = at::_grouped_mm(rows.t(), dh, offs);            // [E, H, 2F]
+    }
+    at::Tensor drows = at::_grouped_mm(dh, gate_up.transpose(1, 2), offs);  // [N, H]
+    dx = kernels::UnpermuteSumCuda(drows, inverse, k);                      // [T, H]
+    return {dx, at::Tensor(), at::Tensor(), dw, at::Tensor(), d_gate_up, d_down, at::Tensor()};
+  }
+};
+
+}  // namespace
+#endif
+
+bool ExpertMlpRecomputeSupports(const at::Tensor& x, const at::Tensor& row_weights, const at::Tensor& gate_up) {
+#ifdef FTD_WITH_CUDA
+  return x.is_cuda() && x.scalar_type() == at::kBFloat16 && row_weights.scalar_type() == at::kBFloat16 &&
+         gate_up.scalar_type() == at::kBFloat16;
+#else
+  (void)x;
+  (void)row_weights;
+  (void)gate_up;
+  return false;
+#endif
+}
+
+at::Tensor ExpertMlpRecompute(const at::Tensor& x, const at::Tensor& order, const at::Tensor& inverse,
+                              const at::Tensor& row_weights, const at::Tensor& counts, const at::Tensor& gate_up,
+                              const at::Tensor& down, int64_t k) {
+  TORCH_CHECK(ExpertMlpRecomputeSupports(x, row_weights, gate_up), "ExpertMlpRecompute: needs bf16 CUDA tensors");
+#ifdef FTD_WITH_CUDA
+  // offs[-1] == T*k: every row is covered (rows past offs[-1] would be left uninitialised).
+  at::Tensor offs = counts.cumsum(0).to(at::kInt);
+  return ExpertMlpFunction::apply(x.contiguous(), order, inverse, row_weights.contiguous(), offs, gate_up, down, k);
+#else
+  (void)order;
+  (void)inverse;
+  (void)counts;
+  (void)down;
+  (void)k;
+  return {};
+#endif
+}
+
+}  // namespace ftd::engine

@@ -1,0 +1,47 @@
+#include "kernels/adamw.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+
+namespace ftd::kernels {
+
+void AdamWStepReference(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                        const at::Tensor& exp_avg_sq, const at::Tensor& step, const AdamWHyper& h) {
+  const double st = step.item<double>();
+  const double bc1 = 1 - std::pow(h.beta1, st), bc2 = 1 - std::pow(h.beta2, st);
+  at::Tensor p = param.to(at::kFloat), g = grad.to(at::kFloat);
+  at::Tensor m = exp_avg.to(at::kFloat), v = exp_avg_sq.to(at::kFloat);
+  p = p - p * static_cast<float>(h.lr * h.weight_decay);
+  m = m * static_cast<float>(h.beta1) + g * static_cast<float>(1 - h.beta1);
+  v = v * static_cast<float>(h.beta2) + g * g * static_cast<float>(1 - h.beta2);
+  at::Tensor denom = v.sqrt() / static_cast<float>(std::sqrt(bc2)) + static_cast<float>(h.eps);
+  p = p - m / denom * static_cast<float>(h.lr / bc1);
+  param.copy_(p);
+  exp_avg.copy_(m);
+  exp_avg_sq.copy_(v);
+}
+
+bool AdamWCudaSupports(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                       const at::Tensor& exp_avg_sq, const at::Tensor& step) {
+#ifdef FTD_WITH_CUDA
+  const auto dt = param.scalar_type();
+  if (dt != at::kBFloat16 && dt != at::kFloat) return false;
+  for (const at::Tensor* t : {&param, &grad, &exp_avg, &exp_avg_sq}) {
+    if (!t->is_cuda() || !t->is_contiguous() || t->scalar_type() != dt || t->numel() != param.numel() ||
+        t->device() != param.device()) {
+      return false;
+    }
+  }
+  return step.is_cuda() && step.device() == param.device() && step.numel() == 1 && step.scalar_type() == at::kFloat;
+#else
+  (void)param;
+  (void)grad;
+  (void)exp_avg;
+  (void)exp_avg_sq;
+  (void)step;
+  return false;
+#endif
+}
+
+}  // namespace ftd::kernels

@@ -1,0 +1,32 @@
+// One AdamW step on one parameter, in place, with the arithmetic of PyTorch's fused AdamW
+// (torch.optim.AdamW(fused=True), the baseline's optimizer): in fp32 on the stored values,
+//   p *= 1 - lr * wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)
+// with `step` a one-element fp32 tensor on the parameter's device, already incremented.
+// CUDA: one pass, 16-byte vectors of all four tensors (7 of the parameter's sizes in bytes
+// moved); ATen's fused kernel reaches about half of HBM bandwidth on bf16 tensors.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "kernels/kernels_available.h"
+
+namespace ftd::kernels {
+
+struct AdamWHyper {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, weight_decay = 0.0, eps = 1e-8;
+};
+
+// Plain ATen formula in fp32 (the stored tensors are updated in place).
+void AdamWStepReference(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                        const at::Tensor& exp_avg_sq, const at::Tensor& step, const AdamWHyper& h);
+
+// CUDA tensors, contiguous, param/grad/moments of one dtype (bf16 or fp32), step fp32 [1] or [].
+bool AdamWCudaSupports(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                       const at::Tensor& exp_avg_sq, const at::Tensor& step);
+
+// FTD_WITH_CUDA only; on the current stream.
+void AdamWStepCuda(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                   const at::Tensor& exp_avg_sq, const at::Tensor& step, const AdamWHyper& h);
+
+}  // namespace ftd::kernels
