@@ -552,6 +552,8 @@ void Scheduler::ScheduleQueue(absl::Time now) {
   absl::flat_hash_map<std::string, std::string> address;
   for (const WorkerInfo& w : registry_.Snapshot()) {
     total.push_back({w.name, w.total_slots});
+    // A worker that skipped heartbeats may be gone: place nothing on it until it is heard.
+    if (now - w.last_heartbeat > 3 * options_.heartbeat_interval) continue;
     free.push_back({w.name, w.total_slots - w.busy_slots});
     address[w.name] = w.address;
   }

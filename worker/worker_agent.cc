@@ -256,7 +256,11 @@ void WorkerAgent::StartRanks(const ftd::v1::StartRanks& start) {
   std::string json;
   google::protobuf::util::JsonPrintOptions jo;
   jo.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(start.spec(), &json, jo);
+  ftd::v1::JobSpec spec = start.spec();
+  // The API's default name for token-id JSONL (jobs.proto) is not the engine's: leave the
+  // format to the engine's detection.
+  if (spec.datasets().format() == "jsonl_tokens") spec.mutable_datasets()->clear_format();
+  (void)google::protobuf::util::MessageToJsonString(spec, &json, jo);
   const bool gpu = resources_.gpus_size() > 0;
   if (!json.empty() && json.back() == '}') {
     json.pop_back();
