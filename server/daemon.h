@@ -15,6 +15,8 @@
 #include "server/job_api.h"
 #include "server/job_manager.h"
 #include "server/rest_gateway.h"
+#include "server/scheduler.h"
+#include "server/scheduler_local_worker.h"
 #include "server/spec_validator.h"
 #include "server/sqlite_job_store.h"
 #include "server/token_registry.h"
@@ -35,6 +37,8 @@ struct DaemonOptions {
   int64_t max_request_bytes = 1 << 20;
   int http_threads = 64;
   bool local_worker = false;
+  int local_worker_slots = 0;  // 0: the worker decides
+  SchedulerOptions scheduler;  // workers, heartbeats, restarts (scheduler.h)
 };
 
 class Daemon {
@@ -60,6 +64,8 @@ class Daemon {
   JobStore* store() { return store_.get(); }
   EventHub* events() { return &hub_; }
   RestGateway* http() { return rest_.get(); }
+  // Workers and their slots (WorkerRegistry::Snapshot for gauges).
+  Scheduler* scheduler() { return scheduler_.get(); }
 
  private:
   Daemon() = default;
@@ -73,6 +79,10 @@ class Daemon {
   std::unique_ptr<JobManager> manager_;
   std::unique_ptr<JobApi> api_;
   std::unique_ptr<GrpcJobService> grpc_service_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<grpc::Service> worker_service_;
+  std::unique_ptr<grpc::Service> log_service_;
+  std::unique_ptr<LocalWorker> local_worker_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int grpc_port_ = 0;
   std::unique_ptr<RestGateway> rest_;

@@ -36,8 +36,34 @@ int main(int argc, char** argv) {
   app.add_option("--http-threads", options.http_threads,
                  "civetweb worker threads (each open SSE watch holds one)")
       ->capture_default_str();
-  app.add_flag("--local-worker", options.local_worker, "run a worker in this process");
+  app.add_flag("--local-worker", options.local_worker,
+               "run an ftd-worker child on this machine (GPUs, else CPU slots)");
+  app.add_option("--local-worker-slots", options.local_worker_slots,
+                 "CPU slots of the local worker (0: the worker decides)");
+  // Workers and scheduling (scheduler.h); durations in seconds.
+  double heartbeat_interval = 1, heartbeat_timeout = 10, hang_timeout = 1800, stop_grace = 10,
+         adopt_grace = 20;
+  app.add_option("--heartbeat-interval", heartbeat_interval, "seconds between worker heartbeats")
+      ->capture_default_str();
+  app.add_option("--heartbeat-timeout", heartbeat_timeout,
+                 "a worker silent this long is lost and its attempts fail")
+      ->capture_default_str();
+  app.add_option("--hang-timeout", hang_timeout, "an attempt with no step this long fails")
+      ->capture_default_str();
+  app.add_option("--stop-grace", stop_grace, "SIGTERM to SIGKILL when ranks are stopped")
+      ->capture_default_str();
+  app.add_option("--adopt-grace", adopt_grace,
+                 "after a restart, how long running attempts wait for their workers")
+      ->capture_default_str();
+  app.add_option("--rendezvous-port-base", options.scheduler.rendezvous_port_base,
+                 "MASTER_PORTs are taken from [base, base + 2000)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  options.scheduler.heartbeat_interval = absl::Seconds(heartbeat_interval);
+  options.scheduler.heartbeat_timeout = absl::Seconds(heartbeat_timeout);
+  options.scheduler.hang_timeout = absl::Seconds(hang_timeout);
+  options.scheduler.stop_grace = absl::Seconds(stop_grace);
+  options.scheduler.adopt_grace = absl::Seconds(adopt_grace);
 
   // Signals are taken synchronously by this thread; every thread started from here on
   // inherits the blocked mask.
