@@ -22,8 +22,13 @@ void EventHub::Unsubscribe(const std::string& job_id, uint64_t id) {
 void EventHub::Publish(const ftd::v1::JobEvent& event) {
   absl::MutexLock lock(&mu_);
   auto it = listeners_.find(event.job_id());
-  if (it == listeners_.end()) return;
-  for (auto& [id, listener] : it->second) listener(event);
+  if (it != listeners_.end()) {
+    for (auto& [id, listener] : it->second) listener(event);
+  }
+  auto all = listeners_.find("");  // subscribers to every job
+  if (all != listeners_.end() && !event.job_id().empty()) {
+    for (auto& [id, listener] : all->second) listener(event);
+  }
 }
 
 int64_t EventHub::SubscriptionCount() const {

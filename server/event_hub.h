@@ -36,6 +36,7 @@ class EventHub {
     uint64_t id_;
   };
 
+  // An empty `job_id` subscribes to the events of every job (e.g. the metrics exporter).
   std::unique_ptr<Subscription> Subscribe(const std::string& job_id, Listener listener);
 
   // Delivers `event` to the listeners of event.job_id(). Callers publish a job's events in

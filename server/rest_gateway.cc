@@ -187,14 +187,25 @@ void RestGateway::Stop() {
 }
 
 void RestGateway::AddHandler(const std::string& uri, Handler handler) {
+  if (options_.request_observer) {
+    handler = [this, uri, inner = std::move(handler)](mg_connection* conn) {
+      const absl::Time start = absl::Now();
+      const int status = inner(conn);
+      std::string route = uri;
+      if (uri == "/v1") {
+        const mg_request_info* info = mg_get_request_info(conn);
+        absl::StatusOr<RouteMatch> match =
+            router_.Match(info->request_method != nullptr ? info->request_method : "",
+                          info->local_uri != nullptr ? info->local_uri : "");
+        route = match.ok() ? match->route->method->name() : "unmatched";
+      }
+      options_.request_observer(route, status, absl::Now() - start);
+      return status;
+    };
+  }
   absl::MutexLock lock(&mu_);
   handlers_.push_back(std::make_unique<Handler>(std::move(handler)));
   mg_set_request_handler(ctx_, uri.c_str(), &RestGateway::Trampoline, handlers_.back().get());
-}
-
-void RestGateway::AddApiPrefilter(Handler handler) {
-  absl::MutexLock lock(&mu_);
-  api_prefilters_.push_back(std::make_shared<Handler>(std::move(handler)));
 }
 
 int RestGateway::Trampoline(mg_connection* conn, void* handler) {
@@ -249,14 +260,6 @@ int RestGateway::HandleApi(mg_connection* conn) {
   const mg_request_info* info = mg_get_request_info(conn);
   const std::string verb = info->request_method != nullptr ? info->request_method : "";
   const std::string path = info->local_uri != nullptr ? info->local_uri : "";
-  std::vector<std::shared_ptr<Handler>> prefilters;
-  {
-    absl::MutexLock lock(&mu_);
-    prefilters = api_prefilters_;
-  }
-  for (const auto& prefilter : prefilters) {
-    if (int sent = (*prefilter)(conn); sent != 0) return sent;
-  }
 
   absl::StatusOr<RouteMatch> match = router_.Match(verb, path);
   if (!match.ok()) return SendError(conn, match.status());

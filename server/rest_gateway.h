@@ -32,6 +32,10 @@ struct RestGatewayOptions {
   int num_threads = 64;  // each open SSE stream holds one
   int64_t max_request_bytes = 1 << 20;
   absl::Duration sse_keepalive = absl::Seconds(15);
+  // Called after every handled request (metrics): the RPC a /v1 route maps to (CreateJob, ...,
+  // "unmatched") or the handler's URI (/healthz, /metrics), the HTTP status and the latency.
+  std::function<void(const std::string& route, int http_status, absl::Duration latency)>
+      request_observer;
 };
 
 class RestGateway {
@@ -47,10 +51,6 @@ class RestGateway {
 
   // Serves `uri` (and everything below it) with `handler`; may be called while running.
   void AddHandler(const std::string& uri, Handler handler);
-
-  // Tried before the annotated routes for every request under /v1 (routes that are not in
-  // JobService, e.g. GET /v1/jobs/{id}/logs); a handler returns 0 to pass the request on.
-  void AddApiPrefilter(Handler handler);
 
   // Ends open SSE streams and stops the listener. Idempotent.
   void Stop();
@@ -93,7 +93,6 @@ class RestGateway {
   // Stable addresses for civetweb's cbdata.
   std::vector<std::unique_ptr<Handler>> handlers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<JobWatch*> open_watches_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::shared_ptr<Handler>> api_prefilters_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ftd::server

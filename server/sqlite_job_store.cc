@@ -170,6 +170,13 @@ absl::StatusOr<FineTuneJob> SqliteJobStore::LoadJob(SqliteConnection* conn, cons
   return job;
 }
 
+absl::Status SqliteJobStore::CommitTimed(SqliteTransaction& tx) {
+  const absl::Time start = absl::Now();
+  FTD_RETURN_IF_ERROR(tx.Commit());
+  if (commit_observer_) commit_observer_(current_durability_, absl::Now() - start);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<CreateOutcome> SqliteJobStore::CreateJob(const NewJob& new_job) {
   absl::MutexLock lock(&write_mu_);
   FTD_RETURN_IF_ERROR(SetDurability(Durability::kSynchronous));
@@ -221,7 +228,7 @@ absl::StatusOr<CreateOutcome> SqliteJobStore::CreateJob(const NewJob& new_job) {
     FTD_RETURN_IF_ERROR(ins.Run());
   }
   FTD_RETURN_IF_ERROR(InsertEvent(event));
-  FTD_RETURN_IF_ERROR(tx.Commit());
+  FTD_RETURN_IF_ERROR(CommitTimed(tx));
   outcome.created = true;
   outcome.job = std::move(job);
   outcome.events.push_back(std::move(event));
@@ -334,7 +341,7 @@ absl::StatusOr<UpdateOutcome> SqliteJobStore::UpdateJob(const std::string& id,
     upd.BindText(5, id);
     FTD_RETURN_IF_ERROR(upd.Run());
   }
-  FTD_RETURN_IF_ERROR(tx.Commit());
+  FTD_RETURN_IF_ERROR(CommitTimed(tx));
   outcome.job = std::move(job);
   return outcome;
 }

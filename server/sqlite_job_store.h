@@ -5,12 +5,14 @@
 // they never wait behind an fsync.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "server/job_store.h"
 #include "server/sqlite_connection.h"
 
@@ -41,6 +43,13 @@ class SqliteJobStore : public JobStore {
       const std::vector<ftd::v1::JobState>& states) override;
   absl::StatusOr<int64_t> CountJobs() override;
   absl::StatusOr<int64_t> CountEvents() override;
+
+  // Called with the latency of every committed CreateJob/UpdateJob transaction (metrics).
+  // Set it before the store is shared with other threads.
+  void SetCommitObserver(std::function<void(Durability, absl::Duration)> observer) {
+    absl::MutexLock lock(&write_mu_);
+    commit_observer_ = std::move(observer);
+  }
 
   // The schema version found in the database (after Open: kSchemaVersion).
   absl::StatusOr<int> SchemaVersion();
@@ -76,6 +85,8 @@ class SqliteJobStore : public JobStore {
   absl::Mutex write_mu_;
   std::unique_ptr<SqliteConnection> writer_ ABSL_GUARDED_BY(write_mu_);
   Durability current_durability_ ABSL_GUARDED_BY(write_mu_) = Durability::kSynchronous;
+  std::function<void(Durability, absl::Duration)> commit_observer_ ABSL_GUARDED_BY(write_mu_);
+  absl::Status CommitTimed(SqliteTransaction& tx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   absl::Mutex pool_mu_;
   std::vector<std::unique_ptr<SqliteConnection>> idle_readers_ ABSL_GUARDED_BY(pool_mu_);

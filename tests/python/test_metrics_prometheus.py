@@ -1,0 +1,273 @@
+"""/metrics end to end with a real job: the coordinator `ftd --local-worker` runs a small
+CPU fine-tune (ftd-worker child, ftd-train rank), and
+- `promtool check metrics` accepts a live scrape that holds the job's samples;
+- Debian's Prometheus server, on loopback and scraping every second, returns the job's
+  tokens-per-second and loss series through its HTTP API (non-empty, plausible values);
+- every metric the Grafana dashboard's PromQL names is exported by this coordinator (names
+  from the live scrape), apart from an explicit list of Prometheus' and DCGM's own series.
+
+Binaries: ftd from $FTD_BUILD_DIR/bin; ftd-train from $FTD_TRAIN_BIN or the same directory;
+promtool and prometheus from Debian's prometheus package (scripts/setup.sh)."""
+import json
+import math
+import os
+import pathlib
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from conftest import binary, run
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from metrics_util import dashboard_exprs, family_names, find, parse_exposition, promql_metric_names  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TOKEN = "metrics-user-token-0123456789"
+ADMIN = "metrics-admin-token-0123456789"
+# Series the dashboard reads that other exporters produce: Prometheus itself (per scrape
+# target) and NVIDIA's dcgm-exporter (GPU telemetry, joined on pod/gpu).
+EXTERNAL = {"up", "scrape_duration_seconds", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED",
+            "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_SM_CLOCK"}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, cond, timeout=120.0, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http(url, method="GET", body=None, token=None, timeout=30):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, method=method, headers=headers,
+                                 data=None if body is None else json.dumps(body).encode())
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read().decode()
+
+
+def tool(name):
+    path = shutil.which(name)
+    assert path, f"{name} is missing: scripts/setup.sh installs Debian's prometheus package"
+    return path
+
+
+class Coordinator:
+    def __init__(self, root, engine):
+        self.root = root
+        self.http_port, self.grpc_port = free_port(), free_port()
+        # The admin token is what the local worker presents to the coordinator.
+        (root / "tokens").write_text(f"{TOKEN} team-metrics user\n{ADMIN} ops admin\n")
+        run([engine, "init-model", "--preset", "tiny", "--dtype", "fp32", "--seed", "3", "--out", root / "tiny-moe"])
+        rnd = random.Random(5)
+        with open(root / "data.jsonl", "w") as f:
+            for _ in range(400):
+                f.write(json.dumps({"input_ids": [rnd.randrange(512) for _ in range(rnd.randrange(20, 48))]}) + "\n")
+        self.log = open(root / "ftd.log", "w")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "FTD_TRAIN_BIN": str(engine)}
+        self.proc = subprocess.Popen(
+            [binary("ftd"), "--data-dir", root / "data", "--tokens-file", root / "tokens",
+             "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--http-listen", f"127.0.0.1:{self.http_port}",
+             "--model-root", root, "--data-root", root, "--output-root", root,
+             "--local-worker", "--local-worker-slots", "2"],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        # stdout carries the log too: copy it to ftd.log (the pipe must not fill up).
+        self.ready = threading.Event()
+        self.reader = threading.Thread(target=self._pump, daemon=True)
+        self.reader.start()
+        wait_for("ftd ready", lambda: self.ready.is_set() or self.proc.poll() is not None, timeout=60)
+        assert self.ready.is_set() and self.proc.poll() is None, (root / "ftd.log").read_text()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.log.write(line)
+            self.log.flush()
+            if line.startswith("ftd ready"):
+                self.ready.set()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def submit(self, steps):
+        spec = {"base_model": str(self.root / "tiny-moe"), "datasets": {"train": str(self.root / "data.jsonl")},
+                "output": str(self.root / "out"),
+                "hyperparameters": {"max_steps": steps, "global_batch": 8, "micro_batch": 1, "seq_len": 48,
+                                    "lr": 3e-3, "schedule": "cosine", "warmup_steps": 2, "seed": 7},
+                "parallelism": {"ep_size": 2}, "resources": {"nodes": 1, "gpus_per_node": 2},
+                "checkpointing": {"every_n_steps": 1000}}
+        return json.loads(http(self.url("/v1/jobs"), "POST", {"spec": spec}, TOKEN))["job"]["id"]
+
+    def job(self, job_id):
+        return json.loads(http(self.url(f"/v1/jobs/{job_id}"), token=TOKEN))
+
+    def scrape(self):
+        return http(self.url("/metrics"))
+
+    def stop(self, job_id):
+        try:
+            http(self.url(f"/v1/jobs/{job_id}:cancel"), "POST", {}, TOKEN)
+        except Exception:  # already ended
+            pass
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    engine = pathlib.Path(os.environ.get("FTD_TRAIN_BIN", binary("ftd-train")))
+    for p in (binary("ftd"), engine):
+        if not p.exists():
+            pytest.skip(f"{p} is not built")
+    root = tmp_path_factory.mktemp("metrics")
+    c = Coordinator(root, engine)
+    job_id = c.submit(steps=400)  # long enough to be running throughout; cancelled at the end
+    try:
+        def sampled():
+            st = c.job(job_id)["status"]
+            assert st["state"] not in ("FAILED", "CANCELLED"), (st, (root / "ftd.log").read_text()[-4000:])
+            return st if st.get("metrics", {}).get("loss", 0) > 0 and int(st.get("progress", {}).get("step", 0)) >= 2 else None
+        wait_for(f"job {job_id} to report metric samples", sampled, timeout=180)
+        yield c, job_id
+    finally:
+        c.stop(job_id)
+
+
+def test_promtool_accepts_the_live_scrape(live, tmp_path):
+    c, job_id = live
+    text = c.scrape()
+    samples = parse_exposition(text)
+    assert find(samples, "ftd_job_loss", job_id=job_id), "the scrape has no sample of the running job"
+    res = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    (tmp_path / "scrape.txt").write_text(text)
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == "", (res.stdout, res.stderr)
+
+
+def test_scrape_holds_the_jobs_series(live):
+    c, job_id = live
+    job = c.job(job_id)
+    samples = parse_exposition(c.scrape())
+    labels = {"job_id": job_id, "tenant": "team-metrics", "model": "tiny-moe"}
+    (tps,) = find(samples, "ftd_job_tokens_per_second_per_gpu", **labels)
+    (loss,) = find(samples, "ftd_job_loss", **labels)
+    assert 0 < tps < 1e7
+    assert 0 < loss < 20 and math.isfinite(loss)  # vocab 512: ln(512) = 6.2 at the start
+    (steps,) = find(samples, "ftd_job_step_duration_seconds_count", **labels)
+    assert steps >= 2
+    (tokens,) = find(samples, "ftd_job_tokens_total", **labels)
+    assert tokens > 0
+    assert find(samples, "ftd_job_gpus", **labels) == [2]
+    (lr,) = find(samples, "ftd_job_learning_rate", **labels)
+    assert 0 < lr <= 3e-3
+    # Placement, as the job reports it, joined by worker name.
+    ranks = {(int(r.get("rank", 0)), r["worker"], int(r.get("localRank", 0)))
+             for r in job["status"]["placement"]["ranks"]}
+    exported = {(int(l["rank"]), l["worker"], int(l["local_rank"]))
+                for n, l, v in samples if n == "ftd_job_rank_info" and l.get("job_id") == job_id and v == 1}
+    assert exported == ranks
+    # The local worker is registered: two CPU slots, both busy with the job's ranks.
+    assert sum(v for n, l, v in samples if n == "ftd_workers") >= 1
+    assert sum(v for n, l, v in samples if n == "ftd_worker_slots" and l["state"] == "busy") == 2
+    assert find(samples, "ftd_jobs", state="RUNNING") == [1]
+    assert find(samples, "ftd_job_queue_wait_seconds_count") == [1]
+
+
+def test_prometheus_server_scrapes_tokens_per_second_and_loss(live, tmp_path):
+    c, job_id = live
+    prom_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        "scrape_configs:\n  - job_name: ftd\n    metrics_path: /metrics\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{c.http_port}']\n")
+    log = open(tmp_path / "prometheus.log", "w")
+    prom = subprocess.Popen(
+        [tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+        stdout=log, stderr=log)
+    api = f"http://127.0.0.1:{prom_port}/api/v1"
+
+    def query(q):
+        body = json.loads(http(f"{api}/query?" + urllib.parse.urlencode({"query": q})))
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    try:
+        def ready():
+            try:
+                return http(f"http://127.0.0.1:{prom_port}/-/ready", timeout=2) is not None
+            except Exception:
+                assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()
+                return False
+        wait_for("prometheus to be ready", ready, timeout=60)
+        selector = f'{{job="ftd",job_id="{job_id}"}}'
+        # Three scrapes at least, so that the range query holds a series of samples.
+        tps = wait_for("tokens/s in Prometheus",
+                       lambda: [r for r in query(f"ftd_job_tokens_per_second_per_gpu{selector}[1m]")
+                                if len(r["values"]) >= 3], timeout=90)
+        loss = wait_for("loss in Prometheus",
+                        lambda: [r for r in query(f"ftd_job_loss{selector}[1m]") if len(r["values"]) >= 3],
+                        timeout=90)
+        assert len(tps) == 1 and len(loss) == 1
+        assert tps[0]["metric"]["tenant"] == "team-metrics" and tps[0]["metric"]["model"] == "tiny-moe"
+        tps_values = [float(v) for _, v in tps[0]["values"]]
+        loss_values = [float(v) for _, v in loss[0]["values"]]
+        assert all(0 < v < 1e7 for v in tps_values), tps_values
+        assert all(0 < v < 20 for v in loss_values), loss_values
+        # The health of the scrape itself, and a derived series the dashboard uses.
+        assert [r["value"][1] for r in query('up{job="ftd"}')] == ["1"]
+        rate = wait_for("a tokens rate", lambda: query(f"rate(ftd_job_tokens_total{selector}[10s])"), timeout=60)
+        assert float(rate[0]["value"][1]) >= 0
+    finally:
+        prom.terminate()
+        try:
+            prom.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            prom.kill()
+            prom.wait()
+        log.close()
+
+
+def test_dashboard_reads_only_exported_metrics(live):
+    c, _ = live
+    exported = family_names(c.scrape())
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "ftd-dashboard.json").read_text())
+    exprs = dashboard_exprs(dashboard)
+    assert len(exprs) > 40
+    used = set()
+    missing = []
+    for title, expr in exprs:
+        for name in promql_metric_names(expr):
+            used.add(name)
+            if name not in exported and name not in EXTERNAL:
+                missing.append((title, name))
+    assert not missing, f"dashboard queries metrics the coordinator does not export: {missing}"
+    assert used - EXTERNAL, "no ftd metric found in the dashboard"
+    # Every exception is used: the list cannot hide a typo in an ftd_ name.
+    assert EXTERNAL <= used, EXTERNAL - used
+    assert not any(n.startswith("ftd_") for n in EXTERNAL)
