@@ -17,8 +17,10 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "server/job_recovery.h"
+#include "server/worker_service.h"
 #include "server/metrics/grpc_metrics_interceptor.h"
 #include "server/metrics/metrics_endpoint.h"
+#include "server/metrics/worker_capacity_collector.h"
 #include "spdlog/spdlog.h"
 
 namespace ftd::server {
@@ -101,6 +103,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.grpc_listen, creds, &d->grpc_port_);
   builder.RegisterService(d->grpc_service_.get());
+  FTD_ASSIGN_OR_RETURN(d->scheduler_, Scheduler::Create(d->manager_.get(), options.scheduler));
+  // Read at scrape time; /metrics (rest_) stops before the scheduler goes.
+  d->metrics_->AddCollectable(std::make_shared<WorkerCapacityCollector>(&d->scheduler_->workers()));
+  d->worker_service_ = std::make_unique<WorkerServiceImpl>(d->scheduler_.get(), d->tokens_.get());
+  d->log_service_ = std::make_unique<JobLogServiceImpl>(d->scheduler_.get(), d->api_.get());
+  builder.RegisterService(d->worker_service_.get());
+  builder.RegisterService(d->log_service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_request_bytes));
   {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
@@ -127,17 +136,27 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
     m->ObserveHttp(route, status, latency);
   };
   FTD_ASSIGN_OR_RETURN(d->rest_, RestGateway::Start(rest, d->api_.get()));
+  d->rest_->AddApiPrefilter([s = d->scheduler_.get(), api = d->api_.get()](mg_connection* conn) {
+    return ServeJobLogsHttp(conn, s, api);
+  });
   d->rest_->AddHandler("/metrics", [m = d->metrics_.get(), e = d->job_metrics_.get()](
                                        mg_connection* conn) { return ServeMetrics(conn, m, e); });
 
   spdlog::info("ftd: gRPC{} on port {}, HTTP{} on port {}; replaying {}", tls ? "+TLS" : "",
                d->grpc_port_, d->rest_->tls() ? "S" : "", d->rest_->port(),
                options.data_dir + "/jobs.db");
-  FTD_ASSIGN_OR_RETURN(RecoveryReport report, RecoverJobs(d->manager_.get()));
+  // Running attempts wait for their workers to re-register (adoption), see scheduler.h.
+  FTD_ASSIGN_OR_RETURN(RecoveryReport report, d->scheduler_->Recover());
   spdlog::info("ftd: store replayed: {} jobs, {} events; {} requeued, {} cancelled", report.jobs,
                report.events, report.requeued, report.cancelled);
+  d->scheduler_->Start();
   if (options.local_worker) {
-    spdlog::warn("ftd: --local-worker: no worker implementation exists yet; jobs stay QUEUED");
+    LocalWorkerOptions lw;
+    lw.coordinator = absl::StrCat("127.0.0.1:", d->grpc_port_);
+    lw.tokens_file = options.tokens_file;
+    lw.data_dir = options.data_dir;
+    lw.slots = options.local_worker_slots;
+    FTD_ASSIGN_OR_RETURN(d->local_worker_, LocalWorker::Start(lw));
   }
   d->api_->SetReady(true);
   health->SetServingStatus(true);
@@ -154,6 +173,8 @@ void Daemon::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   if (api_ != nullptr) api_->SetReady(false);
+  if (local_worker_ != nullptr) local_worker_->Stop(absl::Seconds(15));  // stops its ranks
+  if (scheduler_ != nullptr) scheduler_->Stop();
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
     grpc_server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));

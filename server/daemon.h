@@ -17,6 +17,8 @@
 #include "server/metrics/job_metrics_exporter.h"
 #include "server/metrics/service_metrics.h"
 #include "server/rest_gateway.h"
+#include "server/scheduler.h"
+#include "server/scheduler_local_worker.h"
 #include "server/spec_validator.h"
 #include "server/sqlite_job_store.h"
 #include "server/token_registry.h"
@@ -37,6 +39,8 @@ struct DaemonOptions {
   int64_t max_request_bytes = 1 << 20;
   int http_threads = 64;
   bool local_worker = false;
+  int local_worker_slots = 0;  // 0: the worker decides
+  SchedulerOptions scheduler;  // workers, heartbeats, restarts (scheduler.h)
   // /metrics: how long an ended job's series stay, and how many jobs have series at most.
   JobMetricsExporterOptions job_metrics;
 };
@@ -64,6 +68,8 @@ class Daemon {
   JobStore* store() { return store_.get(); }
   EventHub* events() { return &hub_; }
   RestGateway* http() { return rest_.get(); }
+  // Workers and their slots (WorkerRegistry::Snapshot for gauges).
+  Scheduler* scheduler() { return scheduler_.get(); }
   ServiceMetrics* metrics() { return metrics_.get(); }
   JobMetricsExporter* job_metrics() { return job_metrics_.get(); }
 
@@ -81,6 +87,10 @@ class Daemon {
   std::unique_ptr<JobMetricsExporter> job_metrics_;  // before hub_ and store_ go
   std::unique_ptr<JobApi> api_;
   std::unique_ptr<GrpcJobService> grpc_service_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<grpc::Service> worker_service_;
+  std::unique_ptr<grpc::Service> log_service_;
+  std::unique_ptr<LocalWorker> local_worker_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int grpc_port_ = 0;
   std::unique_ptr<RestGateway> rest_;

@@ -208,6 +208,11 @@ void RestGateway::AddHandler(const std::string& uri, Handler handler) {
   mg_set_request_handler(ctx_, uri.c_str(), &RestGateway::Trampoline, handlers_.back().get());
 }
 
+void RestGateway::AddApiPrefilter(Handler handler) {
+  absl::MutexLock lock(&mu_);
+  api_prefilters_.push_back(std::make_shared<Handler>(std::move(handler)));
+}
+
 int RestGateway::Trampoline(mg_connection* conn, void* handler) {
   return (*static_cast<Handler*>(handler))(conn);
 }
@@ -260,6 +265,14 @@ int RestGateway::HandleApi(mg_connection* conn) {
   const mg_request_info* info = mg_get_request_info(conn);
   const std::string verb = info->request_method != nullptr ? info->request_method : "";
   const std::string path = info->local_uri != nullptr ? info->local_uri : "";
+  std::vector<std::shared_ptr<Handler>> prefilters;
+  {
+    absl::MutexLock lock(&mu_);
+    prefilters = api_prefilters_;
+  }
+  for (const auto& prefilter : prefilters) {
+    if (int sent = (*prefilter)(conn); sent != 0) return sent;
+  }
 
   absl::StatusOr<RouteMatch> match = router_.Match(verb, path);
   if (!match.ok()) return SendError(conn, match.status());

@@ -52,6 +52,10 @@ class RestGateway {
   // Serves `uri` (and everything below it) with `handler`; may be called while running.
   void AddHandler(const std::string& uri, Handler handler);
 
+  // Tried before the annotated routes for every request under /v1 (routes that are not in
+  // JobService, e.g. GET /v1/jobs/{id}/logs); a handler returns 0 to pass the request on.
+  void AddApiPrefilter(Handler handler);
+
   // Ends open SSE streams and stops the listener. Idempotent.
   void Stop();
 
@@ -93,6 +97,7 @@ class RestGateway {
   // Stable addresses for civetweb's cbdata.
   std::vector<std::unique_ptr<Handler>> handlers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<JobWatch*> open_watches_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Handler>> api_prefilters_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ftd::server
