@@ -1,16 +1,4 @@
-// ftctl: entry point. The full command line arrives with its issue; for now it reports its
-// version so that the build, packaging and probes have a binary to call.
-#include <cstdio>
-#include <cstring>
+// ftctl: the command-line client of the ftd coordinator (see client/cli.h).
+#include "client/cli.h"
 
-#include "common/version.h"
-#include "ftd/v1/jobs.pb.h"
-
-int main(int argc, char** argv) {
-  if (argc > 1 && (std::strcmp(argv[1], "--version") == 0 || std::strcmp(argv[1], "version") == 0)) {
-    std::printf("ftctl %s (api %s)\n", ftd::kVersion, ftd::v1::FineTuneJob::descriptor()->full_name().c_str());
-    return 0;
-  }
-  std::fprintf(stderr, "usage: ftctl --version\n");
-  return 2;
-}
+int main(int argc, char** argv) { return ftd::client::RunFtctl(argc, argv); }
