@@ -137,23 +137,32 @@ at::Tensor ExpertParallelDispatch::Forward(const at::Tensor& tokens, const Routi
   at::Tensor received = DifferentiableExchange(ep_, this, payload, recv_splits, send_splits);   // [R, H+k]
   at::Tensor received_ids = ExchangeRows(ep_, this, local_ids, recv_splits, send_splits);      // [R, k]
 
-  // Expand each received row to its local experts, grouped by expert.
-  at::Tensor row_of, slot_of, expert_counts;
-  {
-    c10::NoGradGuard no_grad;
-    at::Tensor choice = received_ids.ge(0).nonzero();                                     // [M, 2]: (row, slot)
-    at::Tensor expert = received_ids.index({choice.select(1, 0), choice.select(1, 1)});
-    at::Tensor order = std::get<1>(expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-    row_of = choice.select(1, 0).index_select(0, order);
-    slot_of = choice.select(1, 1).index_select(0, order);
-    expert_counts = at::bincount(expert, {}, El);
+  at::Tensor combined;  // [R, H]: each received row's summed expert outputs
+  if (received.size(0) == 0) {
+    // No rows arrived: nothing to compute, and the local experts get no gradient (the trainer
+    // counts an undefined gradient as zeros). The empty `received` stays in the graph, so this
+    // rank still runs the backward exchange the other ranks wait in: every rank must run both
+    // backward all-to-alls of every layer, whatever its routing.
+    combined = received.narrow(1, 0, H);
+  } else {
+    // Expand each received row to its local experts, grouped by expert.
+    at::Tensor row_of, slot_of, expert_counts;
+    {
+      c10::NoGradGuard no_grad;
+      at::Tensor choice = received_ids.ge(0).nonzero();                                   // [M, 2]: (row, slot)
+      at::Tensor expert = received_ids.index({choice.select(1, 0), choice.select(1, 1)});
+      at::Tensor order = std::get<1>(expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+      row_of = choice.select(1, 0).index_select(0, order);
+      slot_of = choice.select(1, 1).index_select(0, order);
+      expert_counts = at::bincount(expert, {}, El);
+    }
+    at::Tensor received_rows = received.narrow(1, 0, H);
+    at::Tensor received_weights = received.narrow(1, H, k).reshape({-1});
+    at::Tensor rows = received_rows.index_select(0, row_of);
+    at::Tensor row_weights = received_weights.index_select(0, row_of * k + slot_of);
+    at::Tensor expert_out = ExpertsForward(rows, row_weights, expert_counts, local);         // [M, H]
+    combined = at::zeros({received.size(0), H}, expert_out.options()).index_add(0, row_of, expert_out);
   }
-  at::Tensor received_rows = received.narrow(1, 0, H);
-  at::Tensor received_weights = received.narrow(1, H, k).reshape({-1});
-  at::Tensor rows = received_rows.index_select(0, row_of);
-  at::Tensor row_weights = received_weights.index_select(0, row_of * k + slot_of);
-  at::Tensor expert_out = ExpertsForward(rows, row_weights, expert_counts, local);           // [M, H]
-  at::Tensor combined = at::zeros({received.size(0), H}, expert_out.options()).index_add(0, row_of, expert_out);
 
   at::Tensor returned = DifferentiableExchange(ep_, this, combined, send_splits, recv_splits);  // [N, H]
   return at::zeros({T, H}, returned.options()).index_add(0, send_token, returned);

@@ -33,7 +33,12 @@ void RunRanks(const RanksOptions& options, const std::function<void(int rank, Pr
       env.timeout = options.timeout;
       auto groups = CreateProcessGroups(env, options.ep_size, options.num_experts, CommBackend::kGloo);
       ASSERT_TRUE(groups.ok()) << "rank " << r << ": " << groups.status();
-      body(r, **groups);
+      // An exception escaping a thread would abort the whole test binary: report it instead.
+      try {
+        body(r, **groups);
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << "rank " << r << " threw: " << ExceptionMessage(e);
+      }
     });
   }
   for (std::thread& t : threads) t.join();
