@@ -46,6 +46,7 @@ struct TrainArgs {
   std::string spec;
   bool resume = false;
   int64_t stop_after = 0;
+  std::string metrics_out;
 };
 struct LaunchArgs {
   int nproc = 1;
@@ -72,7 +73,8 @@ LaunchArgs g_launch;
 
 int Fail(const absl::Status& status) {
   std::cerr << "error: " << status.message() << "\n";
-  return 1;
+  // 2: bad usage or spec (a field named in the message); 1: any other failure.
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
 
 absl::Status InitModel(const InitModelArgs& a) {
@@ -183,6 +185,7 @@ absl::Status Train(const TrainArgs& a) {
   TrainOptions options;
   options.resume = a.resume;
   options.stop_after = a.stop_after;
+  options.metrics_out = a.metrics_out;
   FTD_ASSIGN_OR_RETURN(std::string final_dir, RunTraining(spec, options, std::cout));
   std::cout << "final checkpoint: " << final_dir << "\n";
   return absl::OkStatus();
@@ -249,6 +252,8 @@ void RegisterCommands(CLI::App& app) {
   train->add_option("--spec", g_train.spec, "Job spec file")->required();
   train->add_flag("--resume", g_train.resume, "Continue from the newest checkpoint under the output");
   train->add_option("--stop-after", g_train.stop_after, "Stop after N optimizer steps in this run");
+  train->add_option("--metrics-out", g_train.metrics_out,
+                    "Append per-step JSON lines here (rank 0; rank R > 0 writes FILE.rank<R>)");
 
   auto* launch = app.add_subcommand(
       "launch", "Run N local ranks of an ftd-train command with the distributed environment, e.g. "

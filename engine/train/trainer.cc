@@ -1,7 +1,9 @@
 #include "engine/train/trainer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <regex>
 
@@ -25,8 +27,10 @@
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/transformer.h"
 #include "engine/train/lr_schedule.h"
+#include "engine/train/metrics_file.h"
 #include "engine/train/optimizer.h"
 #include "engine/train/token_dataset.h"
+#include "engine/train/training_data.h"
 #include "engine/util/device_memory.h"
 #include "nlohmann/json.hpp"
 
@@ -35,6 +39,54 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr double kPeakTflops = 989.0;  // H100/H200 dense bf16, DESIGN.md's MFU denominator
+
+// SIGTERM asks for a stop at the next step boundary (every rank agrees on it in the step's
+// all-reduce, so the ranks stop together and save a resumable checkpoint).
+std::atomic<bool> g_stop_requested{false};
+extern "C" void OnSigterm(int) { g_stop_requested.store(true); }
+
+class SigtermGuard {
+ public:
+  SigtermGuard() {
+    g_stop_requested.store(false);
+    struct sigaction sa {};
+    sa.sa_handler = OnSigterm;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &previous_);
+  }
+  ~SigtermGuard() { sigaction(SIGTERM, &previous_, nullptr); }
+
+ private:
+  struct sigaction previous_ {};
+};
+
+// Seconds since `t0`; on CUDA after the device's queued work has finished, so a phase's time
+// is its own (only called around phases, never inside them).
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(bool cuda) : cuda_(cuda) {}
+  void Start() {
+    if (cuda_) DeviceSynchronize();
+    t0_ = std::chrono::steady_clock::now();
+  }
+  double Stop() {
+    if (cuda_) DeviceSynchronize();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+
+ private:
+  bool cuda_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+// The busiest expert's tokens over the mean, averaged over layers; counts [L, E].
+double LoadImbalance(const at::Tensor& counts) {
+  if (!counts.defined() || counts.numel() == 0) return 0.0;
+  at::Tensor c = counts.to(at::kCPU, at::kDouble);
+  at::Tensor mean = c.mean(1);
+  at::Tensor ratio = at::where(mean.gt(0), std::get<0>(c.max(1)) / mean.clamp_min(1e-12), at::ones_like(mean));
+  return ratio.mean().item<double>();
+}
 
 struct ResumePoint {
   std::string dir;
@@ -162,6 +214,11 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
   auto rank_error = [rank, world](const absl::Status& st) {
     return absl::Status(st.code(), absl::StrCat("rank ", rank, "/", world, ": ", st.message()));
   };
+  std::unique_ptr<MetricsFile> metrics;
+  if (!options.metrics_out.empty()) {
+    FTD_ASSIGN_OR_RETURN(metrics, MetricsFile::Open(options.metrics_out, rank, world));
+  }
+  SigtermGuard sigterm;
   FTD_ASSIGN_OR_RETURN(s.config, LoadModelConfig(spec.base_model));
   const ModelConfig& config = s.config;
   s.cuda = spec.device == "cuda" || (spec.device == "auto" && at::hasCUDA());
@@ -196,7 +253,7 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
   mo.expert_count = mesh.experts_per_rank();
 
   // Data: every rank reads the same order and takes its own slice of each global batch.
-  FTD_ASSIGN_OR_RETURN(std::vector<TokenSequence> data, ReadTokenJsonl(spec.train_data, config.vocab_size));
+  FTD_ASSIGN_OR_RETURN(std::vector<TokenSequence> data, LoadTrainingSequences(spec, config.vocab_size, log));
   const int64_t per_step = spec.global_batch, per_rank = spec.global_batch / world;
   const int64_t total_steps =
       spec.max_steps > 0 ? spec.max_steps
@@ -229,7 +286,9 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
   EnableGradients(weights);
   FTD_ASSIGN_OR_RETURN(s.model, MoeTransformer::Create(config, mo, std::move(weights)));
   s.dispatch = std::make_unique<ExpertParallelDispatch>(s.groups->ep.get(), config.num_experts);
-  s.model->SetTokenDispatch(s.dispatch->AsTokenDispatch());
+  // ep 1: every expert is local, so the layer keeps its own permute -> grouped GEMM path (the
+  // fused CUDA kernels); ep > 1: tokens are exchanged with the ep group.
+  if (mesh.ep_size() > 1) s.model->SetTokenDispatch(s.dispatch->AsTokenDispatch());
   for (NamedParam& p : s.model->Parameters()) (p.expert ? s.experts : s.dense).push_back(p);
   AdamWConfig adam{spec.adam_beta1, spec.adam_beta2, spec.adam_eps, spec.weight_decay};
   FTD_ASSIGN_OR_RETURN(s.dense_optimizer, ShardedAdamW::Create(s.dense, &world_group, policy, adam));
@@ -298,13 +357,17 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
     if (rank == 0) {
       PruneCheckpoints(spec.output, spec.keep_last);
       log << "checkpoint " << dir << "\n";
+      if (metrics) FTD_RETURN_IF_ERROR(metrics->WriteCheckpoint(at_step, dir));
     }
     last_checkpoint = dir;
     return absl::OkStatus();
   };
 
   auto f64 = at::TensorOptions().dtype(at::kDouble).device(world_group.device());
+  const int64_t moe_layers = config.NumMoeLayers();
+  PhaseTimer timer(s.cuda);
   int64_t steps_this_run = 0;
+  bool stopped_by_signal = false;
   while (step < total_steps) {
     auto t0 = std::chrono::steady_clock::now();
     if (s.cuda) ResetPeakMemory();
@@ -330,62 +393,105 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
     const int64_t tokens = static_cast<int64_t>(counts_cpu[1].item<double>());
     const double num_micro_global = static_cast<double>(spec.global_batch / spec.micro_batch);
 
-    double loss_local = 0;
+    double loss_local = 0, forward_seconds = 0, backward_seconds = 0;
+    // Tokens per expert over this rank's micro-batches, [L, E] (summed over ranks below).
+    at::Tensor expert_load = at::zeros({moe_layers, config.num_experts}, f64);
     try {
       for (MicroBatchTensors& mb : micro) {
-        Batch batch{mb.input_ids.to(mo.device), mb.targets.to(mo.device), {}, {}};
+        timer.Start();
+        Batch batch{mb.input_ids.to(mo.device), mb.targets.to(mo.device),
+                    mb.position_ids.defined() ? mb.position_ids.to(mo.device) : at::Tensor(),
+                    mb.segment_ids.defined() ? mb.segment_ids.to(mo.device) : at::Tensor()};
         ForwardResult fr = s.model->Forward(batch, /*return_logits=*/false);
         at::Tensor loss = fr.loss_sum / static_cast<double>(std::max<int64_t>(1, targets_total));
         if (fr.aux_loss.defined()) loss = loss + config.router_aux_loss_coef * fr.aux_loss / num_micro_global;
+        forward_seconds += timer.Stop();
+        timer.Start();
         loss.backward();
+        backward_seconds += timer.Stop();
         loss_local += loss.item<double>();
+        if (static_cast<int64_t>(fr.expert_counts.size()) == moe_layers && moe_layers > 0) {
+          expert_load += at::stack(fr.expert_counts).to(f64);
+        }
       }
     } catch (const std::exception& e) {
       return rank_error(absl::UnavailableError(absl::StrCat("step ", step + 1, ": ", ExceptionMessage(e))));
     }
+    timer.Start();
     auto grad_norm = ReduceClipAndStep(s, spec.grad_clip, schedule.At(step));
     if (!grad_norm.ok()) return rank_error(grad_norm.status());
-    at::Tensor loss_sum = at::full({1}, loss_local, f64);
-    if (absl::Status st = world_group.AllReduce({loss_sum}); !st.ok()) return rank_error(st);
+    const double optimizer_seconds = timer.Stop();
+    // One all-reduce for the step's bookkeeping: the loss, the expert load, and whether any
+    // rank was asked to stop (SIGTERM).
+    at::Tensor summary = at::cat({at::full({1}, loss_local, f64), expert_load.reshape({-1}),
+                                  at::full({1}, g_stop_requested.load() ? 1.0 : 0.0, f64)});
+    if (absl::Status st = world_group.AllReduce({summary}); !st.ok()) return rank_error(st);
+    at::Tensor summary_cpu = summary.to(at::kCPU);
     const double lr = schedule.At(step);
     ++step;
     ++steps_this_run;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
     StepReport r;
+    r.rank = rank;
+    r.world_size = world;
     r.step = step;
     r.total_steps = total_steps;
-    r.loss = loss_sum.item<double>();
+    r.loss = summary_cpu[0].item<double>();
     r.grad_norm = *grad_norm;
     r.lr = lr;
     r.tokens = tokens;
     r.step_seconds = seconds;
+    r.forward_seconds = forward_seconds;
+    r.backward_seconds = backward_seconds;
+    r.optimizer_seconds = optimizer_seconds;
     r.tokens_per_second = tokens / seconds;
+    r.tokens_per_second_per_gpu = r.tokens_per_second / world;
     r.tflops_per_gpu = config.TrainingFlopsPerToken(spec.seq_len) * tokens / seconds / world / 1e12;
     r.mfu = s.cuda ? r.tflops_per_gpu / kPeakTflops : 0.0;
     r.epoch = position.epoch;
     r.peak_memory_bytes = s.cuda ? PeakMemoryBytes() : 0;
+    r.reserved_memory_bytes = s.cuda ? ReservedMemoryBytes() : 0;
+    r.expert_load_imbalance = LoadImbalance(summary_cpu.narrow(0, 1, expert_load.numel()).reshape(expert_load.sizes()));
     r.all_to_all_seconds = s.dispatch->TakeAllToAllSeconds();
+    const bool stop_requested = summary_cpu[summary_cpu.size(0) - 1].item<double>() > 0;
     if (rank == 0 && spec.log_every > 0 && (step % spec.log_every == 0 || step == total_steps)) {
       log << absl::StrFormat("step %d/%d loss %.6f grad_norm %.4f lr %.3e tokens/s %.1f step_time %.3fs a2a %.3fs\n",
                              step, total_steps, r.loss, r.grad_norm, r.lr, r.tokens_per_second, r.step_seconds,
                              r.all_to_all_seconds);
       log.flush();
     }
+    if (metrics) {
+      if (absl::Status st = metrics->WriteStep(r); !st.ok()) return rank_error(st);
+    }
     if (options.on_step) options.on_step(r);
     const bool last = step == total_steps;
-    if (last || (spec.checkpoint_every > 0 && step % spec.checkpoint_every == 0)) {
+    const bool periodic = spec.checkpoint_every > 0 && step % spec.checkpoint_every == 0;
+    if (last || periodic) {
       if (absl::Status st = save(step); !st.ok()) return rank_error(st);
     }
-    if (options.stop_after > 0 && steps_this_run >= options.stop_after && !last) {
-      if (spec.checkpoint_every <= 0 || step % spec.checkpoint_every != 0) {
+    const bool stop_after = options.stop_after > 0 && steps_this_run >= options.stop_after;
+    if ((stop_after || stop_requested) && !last) {
+      if (!periodic) {
         if (absl::Status st = save(step); !st.ok()) return rank_error(st);
       }
-      if (rank == 0) log << "stopping after " << steps_this_run << " steps as asked\n";
+      if (stop_requested) {
+        stopped_by_signal = true;
+        if (rank == 0) log << "stopping at step " << step << " (SIGTERM); resumable from " << last_checkpoint << "\n";
+      } else if (rank == 0) {
+        log << "stopping after " << steps_this_run << " steps as asked\n";
+      }
       break;
     }
   }
   if (last_checkpoint.empty()) last_checkpoint = absl::StrCat(spec.output, "/checkpoint-", step);
+  if (stopped_by_signal) {
+    return rank_error(absl::CancelledError(
+        absl::StrCat("stopped by SIGTERM after step ", step, "; resume from ", last_checkpoint)));
+  }
+  if (metrics && rank == 0 && step == total_steps) {
+    if (absl::Status st = metrics->WriteDone(step, last_checkpoint); !st.ok()) return rank_error(st);
+  }
   return last_checkpoint;
 }
 

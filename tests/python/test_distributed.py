@@ -82,18 +82,43 @@ def load_checkpoint(d):
     return load_file(d / "model.safetensors")
 
 
-_reference_cache = {}
+class Runs:
+    """Training runs shared by the tests of this module (each runs once, on first use): the
+    single-process reference per gate and the 4-rank launches per (ep, gate), each with a
+    metrics file."""
+
+    def __init__(self, ftd_train, workdir):
+        self.ftd_train, self.workdir = ftd_train, workdir
+        self._cache = {}
+
+    def reference(self, gate="real"):
+        """One process on the whole global batch (WORLD_SIZE unset)."""
+        key = ("single", gate)
+        if key not in self._cache:
+            name = f"single_{gate}"
+            metrics = self.workdir / f"{name}.metrics.jsonl"
+            res = train_single(self.ftd_train, write_spec(self.workdir, name, gate=gate), "--metrics-out", metrics)
+            ref_losses = losses(res.stdout)
+            assert len(ref_losses) == STEPS, res.stdout
+            self._cache[key] = (ref_losses, load_checkpoint(self.workdir / name / f"checkpoint-{STEPS}"), res.stdout,
+                                metrics)
+        return self._cache[key]
+
+    def launch(self, ep, gate="real"):
+        """4 ranks (dp = 4) with this ep size; returns (stdout, output dir, metrics file)."""
+        key = ("launch", ep, gate)
+        if key not in self._cache:
+            name = f"ep{ep}_{gate}"
+            metrics = self.workdir / f"{name}.metrics.jsonl"
+            res = train_launch(self.ftd_train, write_spec(self.workdir, name, ep=ep, gate=gate), "--metrics-out",
+                               metrics)
+            self._cache[key] = (res.stdout, self.workdir / name, metrics)
+        return self._cache[key]
 
 
-def reference(ftd_train, workdir, gate):
-    """One process on the whole global batch (WORLD_SIZE unset)."""
-    if gate not in _reference_cache:
-        res = train_single(ftd_train, write_spec(workdir, f"single_{gate}", gate=gate))
-        ref_losses = losses(res.stdout)
-        assert len(ref_losses) == STEPS, res.stdout
-        _reference_cache[gate] = (ref_losses, load_checkpoint(workdir / f"single_{gate}" / f"checkpoint-{STEPS}"),
-                                  res.stdout)
-    return _reference_cache[gate]
+@pytest.fixture(scope="module")
+def runs(ftd_train, workdir):
+    return Runs(ftd_train, workdir)
 
 
 def expert_param_bytes(stdout):
@@ -105,7 +130,7 @@ def expert_param_bytes(stdout):
 
 
 def assert_same_training(stdout, out_dir, ref, ep):
-    ref_losses, ref_ckpt, _ = ref
+    ref_losses, ref_ckpt = ref[0], ref[1]
     ours = losses(stdout)
     assert len(ours) == STEPS, stdout
     diffs = [abs(a - b) for a, b in zip(ours, ref_losses)]
@@ -127,31 +152,102 @@ def assert_same_training(stdout, out_dir, ref, ep):
 
 
 @pytest.mark.parametrize("ep", [1, 2, 4])
-def test_ep_and_dp_equal_one_process(ftd_train, workdir, ep):
-    ref = reference(ftd_train, workdir, "real")
-    res = train_launch(ftd_train, write_spec(workdir, f"ep{ep}", ep=ep))
-    assert_same_training(res.stdout, workdir / f"ep{ep}", ref, ep)
+def test_ep_and_dp_equal_one_process(runs, ep):
+    ref = runs.reference("real")
+    stdout, out_dir, _ = runs.launch(ep)
+    assert_same_training(stdout, out_dir, ref, ep)
     # Every rank holds exactly its 1/ep of the expert parameters.
     single = expert_param_bytes(ref[2])
-    per_rank = expert_param_bytes(res.stdout)
-    assert sorted(per_rank) == list(range(NPROC)), res.stdout
+    per_rank = expert_param_bytes(stdout)
+    assert sorted(per_rank) == list(range(NPROC)), stdout
     assert single[0] > 0
     for r, b in per_rank.items():
         assert b * ep == single[0], f"rank {r}: {b} expert bytes at ep={ep}, total {single[0]}"
     # The launcher prefixes every rank's output.
-    assert all(line.startswith(("[rank ", "[launch] ")) for line in res.stdout.splitlines() if line), res.stdout
+    assert all(line.startswith(("[rank ", "[launch] ")) for line in stdout.splitlines() if line), stdout
 
 
 @pytest.mark.parametrize("gate", ["skew_first_k", "skew_lower_half", "balanced"])
-def test_skewed_and_balanced_gates_equal_one_process(ftd_train, workdir, gate):
+def test_skewed_and_balanced_gates_equal_one_process(runs, gate):
     # skew_first_k: every token to ep rank 0's experts; skew_lower_half: ep ranks 2 and 3 get none.
-    ref = reference(ftd_train, workdir, gate)
-    res = train_launch(ftd_train, write_spec(workdir, f"ep4_{gate}", ep=4, gate=gate))
-    assert_same_training(res.stdout, workdir / f"ep4_{gate}", ref, 4)
+    ref = runs.reference(gate)
+    stdout, out_dir, _ = runs.launch(4, gate)
+    assert_same_training(stdout, out_dir, ref, 4)
 
 
-def test_resume_with_the_same_world_size(ftd_train, workdir):
-    full = losses(train_launch(ftd_train, write_spec(workdir, "resume_full", ep=2)).stdout)
+STEP_FIELDS = {"event": str, "rank": int, "world_size": int, "step": int, "total_steps": int, "epoch": int,
+               "tokens": int, "loss": float, "grad_norm": float, "lr": float, "step_seconds": float,
+               "forward_seconds": float, "backward_seconds": float, "optimizer_seconds": float,
+               "all_to_all_seconds": float, "tokens_per_second": float, "tokens_per_second_per_gpu": float,
+               "tflops_per_gpu": float, "mfu": float, "peak_memory_bytes": int, "reserved_memory_bytes": int,
+               "expert_load_imbalance": float}
+
+
+def read_metrics(path):
+    lines = path.read_text().splitlines()
+    assert lines, f"{path} is empty"
+    return [json.loads(line) for line in lines]
+
+
+def check_step_lines(steps, rank, world):
+    assert [m["step"] for m in steps] == list(range(1, STEPS + 1))
+    for m in steps:
+        assert set(m) == set(STEP_FIELDS), sorted(set(m) ^ set(STEP_FIELDS))
+        for k, t in STEP_FIELDS.items():
+            assert isinstance(m[k], (int, float) if t is float else t), (k, m[k])
+        assert (m["rank"], m["world_size"], m["total_steps"], m["epoch"]) == (rank, world, STEPS, 0)
+        assert 8 * 10 <= m["tokens"] <= 8 * 48  # every rank's input tokens: 8 sequences of 10..48
+        assert m["step_seconds"] > 0 and m["forward_seconds"] > 0 and m["backward_seconds"] > 0
+        assert m["optimizer_seconds"] > 0
+        assert m["forward_seconds"] + m["backward_seconds"] + m["optimizer_seconds"] <= m["step_seconds"]
+        assert m["tokens_per_second"] == pytest.approx(m["tokens"] / m["step_seconds"], rel=1e-6)
+        assert m["tokens_per_second_per_gpu"] == pytest.approx(m["tokens_per_second"] / world, rel=1e-6)
+        assert m["expert_load_imbalance"] >= 1.0
+        assert m["mfu"] == 0 and m["peak_memory_bytes"] == 0  # CPU: not measured
+        assert m["lr"] >= 0 and m["grad_norm"] > 0
+    assert steps[0]["lr"] == 0 and steps[-1]["lr"] > 0  # linear warmup from 0 over 2 steps (as HF)
+
+
+def test_metrics_file_single_process(runs):
+    ref_losses, _, _, metrics = runs.reference("real")
+    lines = read_metrics(metrics)
+    steps = [m for m in lines if m["event"] == "step"]
+    check_step_lines(steps, 0, 1)
+    assert [m["loss"] for m in steps] == pytest.approx(ref_losses, abs=1e-6)  # stdout prints 6 decimals
+    assert all(m["all_to_all_seconds"] == 0 for m in steps)  # ep = 1: experts are local, nothing exchanged
+    events = [m for m in lines if m["event"] != "step"]
+    final = str(runs.workdir / "single_real" / f"checkpoint-{STEPS}")
+    assert events == [{"event": "checkpoint", "step": STEPS, "path": final},
+                      {"event": "done", "step": STEPS, "path": final}]
+    assert lines[-1]["event"] == "done"
+
+
+def test_metrics_files_of_four_ranks(runs):
+    stdout, out_dir, metrics = runs.launch(2)
+    rank0 = read_metrics(metrics)
+    steps0 = [m for m in rank0 if m["event"] == "step"]
+    check_step_lines(steps0, 0, NPROC)
+    assert [m["loss"] for m in steps0] == pytest.approx(losses(stdout), abs=1e-6)
+    # tokens counts every rank's inputs: the same global batches as the single process's.
+    single = [m for m in read_metrics(runs.reference("real")[3]) if m["event"] == "step"]
+    assert [m["tokens"] for m in steps0] == [m["tokens"] for m in single]
+    final = str(out_dir / f"checkpoint-{STEPS}")
+    assert [m for m in rank0 if m["event"] != "step"] == [
+        {"event": "checkpoint", "step": STEPS, "path": final}, {"event": "done", "step": STEPS, "path": final}]
+    for r in range(1, NPROC):
+        lines = read_metrics(metrics.parent / f"{metrics.name}.rank{r}")
+        assert all(m["event"] == "step" for m in lines)  # checkpoint/done events come from rank 0 only
+        check_step_lines(lines, r, NPROC)
+        # The loss, tokens and load imbalance are global: every rank reports the same.
+        for a, b in zip(lines, steps0):
+            assert (a["loss"], a["tokens"], a["expert_load_imbalance"]) == (b["loss"], b["tokens"],
+                                                                             b["expert_load_imbalance"])
+        assert all(m["all_to_all_seconds"] > 0 for m in lines)  # ep = 2: tokens were exchanged
+
+
+def test_resume_with_the_same_world_size(ftd_train, workdir, runs):
+    full_stdout, full_dir, _ = runs.launch(2)
+    full = losses(full_stdout)
     spec = write_spec(workdir, "resume_split", ep=2)
     first = losses(train_launch(ftd_train, spec, "--stop-after", "3").stdout)
     second = train_launch(ftd_train, spec, "--resume")
@@ -159,7 +255,7 @@ def test_resume_with_the_same_world_size(ftd_train, workdir):
     rest = losses(second.stdout)
     assert len(first) == 3 and len(rest) == 2, (first, rest)
     assert first + rest == full  # printed identically
-    a = load_checkpoint(workdir / "resume_full" / f"checkpoint-{STEPS}")
+    a = load_checkpoint(full_dir / f"checkpoint-{STEPS}")
     b = load_checkpoint(workdir / "resume_split" / f"checkpoint-{STEPS}")
     for k in a:
         assert torch.equal(a[k], b[k]), k
