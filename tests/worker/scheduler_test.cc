@@ -29,7 +29,7 @@ class SchedulerTest : public ::testing::Test {
     store_.reset();
     ftd::RemoveTree(dir_).IgnoreError();
   }
-  void OpenScheduler() {
+  void OpenScheduler(SchedulerOptions o = Fast()) {
     sched_.reset();
     manager_.reset();
     store_.reset();
@@ -37,12 +37,16 @@ class SchedulerTest : public ::testing::Test {
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
     manager_ = std::make_unique<JobManager>(store_.get(), &hub_);
-    SchedulerOptions o;
-    o.heartbeat_timeout = absl::Seconds(30);
-    o.adopt_grace = absl::Seconds(30);
     auto s = Scheduler::Create(manager_.get(), o);
     ASSERT_TRUE(s.ok()) << s.status();
     sched_ = *std::move(s);
+  }
+
+  static SchedulerOptions Fast() {
+    SchedulerOptions o;
+    o.heartbeat_timeout = absl::Seconds(30);
+    o.adopt_grace = absl::Seconds(30);
+    return o;
   }
 
   std::string AddJob(int nodes, int per_node, int priority = 0, int max_restarts = 0) {
@@ -251,6 +255,76 @@ TEST_F(SchedulerTest, RestartAdoptsRunningAttempt) {
   Beat("a", {Proc(id, 0, 0, true)});
   Beat("b", {Proc(id, 0, 1, true)});
   EXPECT_EQ(Job(id).status().state(), ftd::v1::SUCCEEDED);
+}
+
+TEST_F(SchedulerTest, LostWorkerFailsTheAttemptAndStopsTheGang) {
+  SchedulerOptions o = Fast();
+  o.heartbeat_interval = absl::Milliseconds(50);
+  o.heartbeat_timeout = absl::Milliseconds(300);
+  OpenScheduler(o);
+  const std::string id = AddJob(2, 1, 0, /*max_restarts=*/1);
+  Register("a", 1);
+  Register("b", 1);
+  sched_->Tick();
+  Beat("a", {});
+  Beat("b", {});
+  Beat("a", {Proc(id, 0, 0)});
+  Beat("b", {Proc(id, 0, 1)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  // b goes silent; a keeps beating.
+  for (int i = 0; i < 8; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    Beat("a", {Proc(id, 0, 0)});
+  }
+  sched_->Tick();
+  auto r = Beat("a", {Proc(id, 0, 0)});
+  ASSERT_EQ(r.stop_size(), 1);  // the survivor is stopped
+  EXPECT_EQ(r.stop(0).ranks(0).rank(), 0);
+  EXPECT_NE(r.stop(0).reason().find("worker b missed heartbeats"), std::string::npos);
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::RUNNING);  // until the gang is down
+  Beat("a", {Proc(id, 0, 0, true, 0)});
+  auto job = Job(id);
+  EXPECT_EQ(job.status().state(), ftd::v1::QUEUED);
+  EXPECT_EQ(job.status().attempt(), 1);
+  // Only a remains (1 slot): the 2-rank job waits instead of being partly placed.
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::QUEUED);
+}
+
+TEST_F(SchedulerTest, HangWatchdogFailsAnAttemptWithoutSteps) {
+  SchedulerOptions o = Fast();
+  o.hang_timeout = absl::Milliseconds(200);
+  OpenScheduler(o);
+  const std::string id = AddJob(1, 1);
+  Register("a", 1);
+  sched_->Tick();
+  Beat("a", {});
+  Beat("a", {Proc(id, 0, 0)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  absl::SleepFor(absl::Milliseconds(300));
+  sched_->Tick();
+  auto r = Beat("a", {Proc(id, 0, 0)});
+  ASSERT_EQ(r.stop_size(), 1);
+  Beat("a", {Proc(id, 0, 0, true, 0)});
+  auto job = Job(id);
+  EXPECT_EQ(job.status().state(), ftd::v1::FAILED);
+  EXPECT_EQ(job.status().error().code(), "HANG");
+}
+
+TEST_F(SchedulerTest, CancelStopsRanksThenCancels) {
+  const std::string id = AddJob(1, 2);
+  Register("a", 2);
+  sched_->Tick();
+  Beat("a", {});
+  Beat("a", {Proc(id, 0, 0), Proc(id, 0, 1)});
+  ASSERT_TRUE(manager_->Cancel(id, "test").ok());
+  sched_->Tick();
+  auto r = Beat("a", {Proc(id, 0, 0), Proc(id, 0, 1)});
+  ASSERT_EQ(r.stop_size(), 1);
+  EXPECT_EQ(r.stop(0).ranks_size(), 2);
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::CANCELLING);
+  Beat("a", {Proc(id, 0, 0, true, 0)});  // rank 1 already reaped and forgotten
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::CANCELLED);
 }
 
 }  // namespace
