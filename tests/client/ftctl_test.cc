@@ -462,6 +462,41 @@ TEST_F(FtctlTest, SubmitWatchFailedAndCancelledExitCodes) {
   EXPECT_EQ(watch.Wait().code, 4);
 }
 
+#if __has_include("server/scheduler_logs.h")
+// Rank output through JobLogService.StreamLogs (lines as the workers report them).
+TEST_F(FtctlTest, LogsOfRanks) {
+  const std::string id = Submit();
+  auto append = [&](int rank, const std::string& text) {
+    ftd::v1::LogLines lines;
+    lines.add_lines(text);
+    daemon_->scheduler()->logs()->Append(id, 1, rank, lines);
+  };
+  append(0, "rank zero says hi");
+  append(1, "rank one says hi");
+  append(0, "step 1 loss 2.5");
+  Result all = Run({"logs", id});
+  EXPECT_EQ(all.code, 0) << all.err;
+  EXPECT_THAT(all.out, HasSubstr("[rank 0] rank zero says hi"));
+  EXPECT_THAT(all.out, HasSubstr("[rank 1] rank one says hi"));
+  Result one = Run({"logs", id, "--rank", "1"});
+  EXPECT_THAT(one.out, HasSubstr("rank one"));
+  EXPECT_THAT(one.out, Not(HasSubstr("rank zero")));
+  Result tail = Run({"logs", id, "--tail", "1"});
+  EXPECT_EQ(std::string(absl::StripAsciiWhitespace(tail.out)), "[rank 0] step 1 loss 2.5");
+  Result json = Run({"logs", id, "--tail", "1", "-o", "json"});
+  nlohmann::json j = nlohmann::json::parse(json.out);
+  EXPECT_EQ(j["text"], "step 1 loss 2.5");
+
+  Process follow({"logs", id, "--follow", "--rank", "0"}, Env(), env_.root());
+  ASSERT_TRUE(WaitFor([&] { return follow.out().find("step 1 loss") != std::string::npos; }));
+  append(0, "step 2 loss 2.1");
+  ASSERT_TRUE(WaitFor([&] { return follow.out().find("step 2 loss 2.1") != std::string::npos; })) << follow.out();
+  EXPECT_EQ(Run({"cancel", id}).code, 0);
+  Result done = follow.Wait();
+  EXPECT_EQ(done.code, 0) << done.err;
+}
+#endif
+
 TEST_F(FtctlTest, ConfigFileAndPrecedence) {
   const std::string cfg = env_.root() + "/ftd.yaml";
   WriteFile(cfg, absl::StrCat("endpoint: ", endpoint_, "\ntoken: ", kTokenA, "\ntimeout: 10\n"));
