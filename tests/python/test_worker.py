@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -221,7 +222,20 @@ def test_four_rank_job_on_two_workers(cluster, engine):
     cluster.start_worker("w2")
     out = cluster.root / "out-4rank"
     job_id = cluster.submit(job_spec(cluster.assets, out, steps=6))
+    followed = {}
+
+    def follow():  # GET .../logs?follow=true streams until the job ends
+        followed["text"] = cluster.call("GET", f"/v1/jobs/{job_id}/logs?follow=true", raw=True)
+    follower = threading.Thread(target=follow)
+    follower.start()
     job = cluster.wait_state(job_id, "SUCCEEDED")
+    follower.join(timeout=30)
+    assert not follower.is_alive(), "the followed log stream did not end with the job"
+    assert "[rank 0] step 6/6" in followed["text"] and "[rank 2]" in followed["text"]
+    assert len(cluster.call("GET", f"/v1/jobs/{job_id}/logs?tail=2", raw=True).splitlines()) == 2
+    with pytest.raises(urllib.error.HTTPError) as e:
+        cluster.call("GET", f"/v1/jobs/{job_id}/logs", token="not-a-token")
+    assert e.value.code == 401
     st = job["status"]
     ranks = st["placement"]["ranks"]
     assert sorted((r.get("rank", 0), r["worker"], r.get("localRank", 0)) for r in ranks) == [
