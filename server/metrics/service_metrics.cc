@@ -43,24 +43,43 @@ ServiceMetrics::ServiceMetrics() : registry_(std::make_shared<prometheus::Regist
                        .Register(*registry_);
 }
 
+prometheus::Counter* ServiceMetrics::CounterFor(prometheus::Family<prometheus::Counter>* family,
+                                               const std::string& method, const std::string& code) {
+  absl::MutexLock lock(&cache_mu_);
+  void*& slot = cache_[std::make_tuple(static_cast<const void*>(family), method, code)];
+  if (slot == nullptr) slot = &family->Add({{"method", method}, {"code", code}});
+  return static_cast<prometheus::Counter*>(slot);
+}
+
+prometheus::Histogram* ServiceMetrics::HistogramFor(
+    prometheus::Family<prometheus::Histogram>* family, const std::string& label,
+    const std::string& value, const prometheus::Histogram::BucketBoundaries& buckets) {
+  absl::MutexLock lock(&cache_mu_);
+  void*& slot = cache_[std::make_tuple(static_cast<const void*>(family), value, std::string())];
+  if (slot == nullptr) slot = &family->Add({{label, value}}, buckets);
+  return static_cast<prometheus::Histogram*>(slot);
+}
+
 void ServiceMetrics::ObserveGrpc(absl::string_view method, absl::string_view code,
                                  absl::Duration latency) {
   const std::string m(method);
-  grpc_requests_->Add({{"method", m}, {"code", std::string(code)}}).Increment();
-  grpc_latency_->Add({{"method", m}}, RequestLatencyBuckets()).Observe(absl::ToDoubleSeconds(latency));
+  CounterFor(grpc_requests_, m, std::string(code))->Increment();
+  HistogramFor(grpc_latency_, "method", m, RequestLatencyBuckets())
+      ->Observe(absl::ToDoubleSeconds(latency));
 }
 
 void ServiceMetrics::ObserveHttp(absl::string_view route, int http_status, absl::Duration latency) {
   const std::string r(route);
-  http_requests_->Add({{"method", r}, {"code", absl::StrCat(http_status)}}).Increment();
-  http_latency_->Add({{"method", r}}, RequestLatencyBuckets()).Observe(absl::ToDoubleSeconds(latency));
+  CounterFor(http_requests_, r, absl::StrCat(http_status))->Increment();
+  HistogramFor(http_latency_, "method", r, RequestLatencyBuckets())
+      ->Observe(absl::ToDoubleSeconds(latency));
 }
 
 void ServiceMetrics::ObserveStoreCommit(absl::string_view durability, absl::Duration latency) {
-  static const prometheus::Histogram::BucketBoundaries kBuckets = {
+  static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
       0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
-  store_commit_->Add({{"durability", std::string(durability)}}, kBuckets)
-      .Observe(absl::ToDoubleSeconds(latency));
+  HistogramFor(store_commit_, "durability", std::string(durability), *buckets)
+      ->Observe(absl::ToDoubleSeconds(latency));
 }
 
 std::string ServiceMetrics::Text() const {

@@ -7,9 +7,13 @@
 
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
@@ -45,7 +49,18 @@ class ServiceMetrics {
   std::string Text() const;
 
  private:
+  // The series of a (family, label values) pair, added on first use and cached: Family::Add
+  // would build a throw-away Histogram on every call. Service-wide series are never removed.
+  prometheus::Counter* CounterFor(prometheus::Family<prometheus::Counter>* family,
+                                  const std::string& name, const std::string& code);
+  prometheus::Histogram* HistogramFor(prometheus::Family<prometheus::Histogram>* family,
+                                      const std::string& label, const std::string& value,
+                                      const prometheus::Histogram::BucketBoundaries& buckets);
+
   std::shared_ptr<prometheus::Registry> registry_;
+  absl::Mutex cache_mu_;
+  absl::flat_hash_map<std::tuple<const void*, std::string, std::string>, void*> cache_
+      ABSL_GUARDED_BY(cache_mu_);
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
   prometheus::Family<prometheus::Counter>* grpc_requests_;
   prometheus::Family<prometheus::Histogram>* grpc_latency_;
