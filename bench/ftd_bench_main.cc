@@ -53,11 +53,16 @@ int main(int argc, char** argv) {
   app.add_option("--device", device, "auto | cpu | cuda")->capture_default_str();
   app.add_flag("--ckpt", ckpt, "activation checkpointing");
   app.add_flag("--no-optimizer-in-backward", no_opt_in_bwd, "step the optimizer after backward instead of inside it");
+  int sm_carveout = 0;
+  app.add_option("--sm-carveout", sm_carveout,
+                 "SMs cuBLAS GEMMs leave free (so the side-stream optimizer can run beside them); 0 = none")
+      ->capture_default_str();
   std::string profile_out;
   app.add_option("--profile", profile_out, "after the timed steps, profile one step and write a per-kernel table here");
   app.add_option("--loss-chunk", loss_chunk, "tokens per chunk of the fused linear cross-entropy")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
+  if (sm_carveout > 0) at::globalContext()._setSMCarveout_EXPERIMENTAL(sm_carveout);
   absl::StatusOr<ModelConfig> config = model_dir.empty() ? PresetConfig(preset) : LoadModelConfig(model_dir);
   if (!config.ok()) return Fail(config.status());
   if (model_dir.empty() && layers > 0) config->num_hidden_layers = layers;
@@ -188,7 +193,8 @@ int main(int argc, char** argv) {
                       {"device", cuda ? "cuda" : "cpu"},
                       {"optimizer_in_timer", true},
                       {"optimizer_in_backward", opt_in_bwd},
-                      {"loss_chunk", loss_chunk}};
+                      {"loss_chunk", loss_chunk},
+                      {"sm_carveout", sm_carveout}};
   std::cout << j.dump() << std::endl;
   return 0;
 }

@@ -15,24 +15,31 @@ struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCross
     const int64_t N = h.size(0);
     at::Tensor loss = at::zeros({}, h.options().dtype(at::kFloat));
     at::Tensor dh, dw;
+    const bool fused = need_grad && N > 0 && kernels::CrossEntropyRowsCudaSupports(h, targets) &&
+                       h.scalar_type() == weight.scalar_type() && h.is_contiguous();
     if (need_grad) {
       dh = at::empty_like(h);
       // Accumulated in the weight's dtype: each chunk's GEMM adds in fp32 and rounds once, so
       // with the default 1024-token chunks a 4096-token step rounds 4 times (no fp32 [V, H] copy).
-      dw = at::zeros_like(weight);
+      // The fused path writes the first chunk's product straight in (no zero fill).
+      dw = fused ? at::empty_like(weight) : at::zeros_like(weight);
     }
     for (int64_t start = 0; start < N; start += chunk) {
       const int64_t n = std::min(chunk, N - start);
       at::Tensor hc = h.narrow(0, start, n);
       at::Tensor tc = targets.narrow(0, start, n);
-      if (need_grad && kernels::CrossEntropyRowsCudaSupports(hc, tc) && h.scalar_type() == weight.scalar_type()) {
+      if (fused) {
         // CUDA: logits [n, V] in the activation dtype (as HF's lm_head), one kernel for the
         // fp32 loss and softmax - onehot written over the logits, then the two gradient GEMMs.
         at::Tensor logits = at::mm(hc, weight.t());
         loss += kernels::CrossEntropyRowsInPlaceCuda(logits, tc, -100).sum();
         at::Tensor dh_chunk = dh.narrow(0, start, n);
         at::mm_out(dh_chunk, logits, weight);
-        dw.addmm_(logits.t(), hc);
+        if (start == 0) {
+          at::mm_out(dw, logits.t(), hc);
+        } else {
+          dw.addmm_(logits.t(), hc);
+        }
         continue;
       }
       at::Tensor logits = at::mm(hc, weight.t()).to(at::kFloat);  // [n, V]
@@ -62,6 +69,10 @@ struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCross
     at::Tensor scale = grads[0];
     at::Tensor dh = ctx->saved_data["dh"].toTensor();
     at::Tensor dw = ctx->saved_data["dw"].toTensor();
+    // Drop the context's references: a gradient held only by the engine is stolen by
+    // AccumulateGrad; one still referenced here would be copied (622 MB for Qwen3's lm_head).
+    ctx->saved_data.erase("dh");
+    ctx->saved_data.erase("dw");
     // The saved gradients are not needed again: scale them in place.
     dh.mul_(scale.to(dh.scalar_type()));
     dw.mul_(scale.to(dw.scalar_type()));
