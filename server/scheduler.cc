@@ -442,6 +442,13 @@ void Scheduler::Finalize(Attempt& a) {
   } else if (a.outcome == Outcome::kCancelled) {
     // Orphan of a cancel (CANCELLING before the restart) already handled above; nothing else.
   } else {
+    if (!a.lost_worker.empty() && a.error.code() != "WORKER_LOST") {
+      // Peers of a dead node fail first (connection closed); the lost worker is the cause.
+      a.error = MakeError("WORKER_LOST",
+                          absl::StrCat("attempt ", a.attempt, ": worker ", a.lost_worker,
+                                       " missed heartbeats (first symptom: ", a.error.message(), ")"),
+                          true);
+    }
     const int max_restarts = job->spec().scheduling().max_restarts();
     if (a.attempt < max_restarts) {
       o.message = absl::StrCat(a.error.code(), ": ", a.error.message(), "; requeued to resume (restart ",
@@ -479,6 +486,7 @@ void Scheduler::FailLostWorkers(absl::Time now) {
         }
       }
       if (here) {
+        a.lost_worker = name;
         BeginStop(a, Outcome::kFailed,
                   MakeError("WORKER_LOST",
                             absl::StrCat("attempt ", a.attempt, ": worker ", name, " missed heartbeats for ",

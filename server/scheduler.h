@@ -97,6 +97,7 @@ class Scheduler {
     absl::Time last_progress;
     absl::Time stop_deadline;  // kStopping: finalize by then whatever the workers say
     std::string final_checkpoint;
+    std::string lost_worker;  // a worker of the gang that was lost (the root cause of a failure)
     absl::flat_hash_set<int64_t> checkpoint_steps;
   };
   struct WorkerView {

@@ -291,6 +291,34 @@ TEST_F(SchedulerTest, LostWorkerFailsTheAttemptAndStopsTheGang) {
   EXPECT_EQ(Job(id).status().state(), ftd::v1::QUEUED);
 }
 
+TEST_F(SchedulerTest, LostWorkerIsTheCauseWhenItsPeersFailFirst) {
+  SchedulerOptions o = Fast();
+  o.heartbeat_interval = absl::Milliseconds(50);
+  o.heartbeat_timeout = absl::Milliseconds(300);
+  OpenScheduler(o);
+  const std::string id = AddJob(2, 1, 0, /*max_restarts=*/0);
+  Register("a", 1);
+  Register("b", 1);
+  sched_->Tick();
+  Beat("a", {});
+  Beat("b", {});
+  Beat("a", {Proc(id, 0, 0)});
+  Beat("b", {Proc(id, 0, 1)});
+  // b's node dies; a's rank sees its peer's connection close and exits 1 before b is declared lost.
+  ftd::v1::RankProcess failed = Proc(id, 0, 0, true, 1);
+  failed.add_tail("error: collective all_reduce failed: Connection closed by peer");
+  Beat("a", {failed});
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::RUNNING);  // b's rank is not known to be gone yet
+  absl::SleepFor(absl::Milliseconds(400));
+  Beat("a", {});
+  sched_->Tick();
+  auto job = Job(id);
+  EXPECT_EQ(job.status().state(), ftd::v1::FAILED);
+  EXPECT_EQ(job.status().error().code(), "WORKER_LOST");
+  EXPECT_NE(job.status().error().message().find("worker b missed heartbeats"), std::string::npos);
+  EXPECT_NE(job.status().error().message().find("Connection closed by peer"), std::string::npos);
+}
+
 TEST_F(SchedulerTest, HangWatchdogFailsAnAttemptWithoutSteps) {
   SchedulerOptions o = Fast();
   o.hang_timeout = absl::Milliseconds(200);
