@@ -2,7 +2,7 @@
 # The main job on the embedded defaults, through the service: sets up, builds, starts the
 # coordinator with a local worker (`ftd --local-worker`: GPUs if present, else 2 CPU slots with
 # Gloo), generates a small MoE checkpoint and a bundled dataset, submits a fine-tune job over
-# REST, follows its progress and prints the HF checkpoint it produced.
+# gRPC with the CLI (ftctl), follows its progress and prints the HF checkpoint it produced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${FTD_BUILD_DIR:-build}
@@ -10,7 +10,7 @@ WORK=${FTD_DEMO_DIR:-/tmp/ftd-demo}
 
 bash scripts/setup.sh
 cmake -S . -B "$BUILD_DIR" -G Ninja >/dev/null
-cmake --build "$BUILD_DIR" -j "$(nproc)" --target ftd-train ftd ftd-worker
+cmake --build "$BUILD_DIR" -j "$(nproc)" --target ftd-train ftd ftd-worker ftctl
 bin="$(cd "$BUILD_DIR/bin" && pwd)"
 
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -43,28 +43,24 @@ API="http://127.0.0.1:$HTTP_PORT"
 auth=(-H "Authorization: Bearer $USER_TOKEN")
 echo "ftd is up: REST $API (log $WORK/ftd.log), local worker with $RANKS slots"
 
-JOB=$(curl -fsS "${auth[@]}" -X POST "$API/v1/jobs" -d @- <<JSON | python3 -c 'import json,sys; print(json.load(sys.stdin)["job"]["id"])'
-{"spec": {"base_model": "$WORK/base", "datasets": {"train": "$WORK/train.jsonl"}, "output": "$WORK/out",
-  "hyperparameters": {"max_steps": 30, "global_batch": 8, "micro_batch": 4, "seq_len": 48, "lr": 3.0e-3,
-                      "schedule": "cosine", "warmup_steps": 3, "weight_decay": 0.01, "grad_clip": 1.0, "seed": 0},
-  "resources": {"nodes": 1, "gpus_per_node": $RANKS},
-  "checkpointing": {"every_n_steps": 10, "keep_last": 2}}}
-JSON
-)
-echo "submitted job $JOB"
-last=""
-while :; do
-  line=$(curl -fsS "${auth[@]}" "$API/v1/jobs/$JOB" | python3 -c '
-import json, sys
-s = json.load(sys.stdin)["status"]; p = s.get("progress", {}); m = s.get("metrics", {})
-print(s["state"], "step %s/%s" % (p.get("step", 0), p.get("totalSteps", "?")),
-      "loss %.4f" % m.get("loss", 0), "tokens/s/gpu %.0f" % m.get("tokensPerSecondPerGpu", 0))')
-  [ "$line" != "$last" ] && echo "  $line" && last=$line
-  case "$line" in SUCCEEDED*|FAILED*|CANCELLED*) break ;; esac
-  sleep 1
-done
-curl -fsS "${auth[@]}" "$API/v1/jobs/$JOB/logs?tail=5"
-case "$last" in SUCCEEDED*) ;; *) curl -fsS "${auth[@]}" "$API/v1/jobs/$JOB"; exit 1 ;; esac
+cat > "$WORK/job.yaml" <<YAML
+base_model: $WORK/base
+datasets: {train: $WORK/train.jsonl}
+output: $WORK/out
+hyperparameters: {max_steps: 30, global_batch: 8, micro_batch: 4, seq_len: 48, lr: 3.0e-3,
+                  schedule: cosine, warmup_steps: 3, weight_decay: 0.01, grad_clip: 1.0, seed: 0}
+resources: {nodes: 1, gpus_per_node: $RANKS}
+checkpointing: {every_n_steps: 10, keep_last: 2}
+YAML
+GRPC_PORT=$(sed -n 's/.*grpc_port=\([0-9]*\).*/\1/p' "$WORK/ftd.out")
+ftctl() { "$bin/ftctl" --endpoint "127.0.0.1:$GRPC_PORT" --token "$USER_TOKEN" "$@"; }
+JOB=$(ftctl submit -f "$WORK/job.yaml" -o name)
+echo "submitted job $JOB; watching it (ftctl watch $JOB)"
+status=0
+ftctl watch "$JOB" || status=$?
+echo "last lines of the ranks' output (ftctl logs):"
+ftctl logs "$JOB" | tail -n 4
+[ "$status" -eq 0 ] || { ftctl get "$JOB"; exit 1; }
 CKPT=$(curl -fsS "${auth[@]}" "$API/v1/jobs/$JOB/checkpoints" | python3 -c 'import json,sys; print(json.load(sys.stdin)["checkpoints"][-1]["path"])')
 "$bin/ftd-train" inspect "$CKPT" | head -3
 echo "HF checkpoint: $CKPT"
