@@ -19,9 +19,10 @@ namespace {
 
 bool Executable(const std::string& path) { return !path.empty() && ::access(path.c_str(), X_OK) == 0; }
 
-// $FTD_TRAIN, else ftd-train next to this binary, else on PATH; empty when none.
+// $FTD_TRAIN_BIN (as ftd-worker), else ftd-train next to this binary, else on PATH; empty when
+// none.
 std::string FindFtdTrain(const std::string& argv0) {
-  if (const char* env = ::getenv("FTD_TRAIN"); env != nullptr && *env != '\0') return env;
+  if (const char* env = ::getenv("FTD_TRAIN_BIN"); env != nullptr && *env != '\0') return env;
   char self[PATH_MAX];
   ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
   std::string me = n > 0 ? std::string(self, static_cast<size_t>(n)) : argv0;
@@ -65,7 +66,7 @@ void AddModelCommands(CLI::App& app, Cli& cli, const std::string& argv0) {
   in->add_option("--seed", init.seed, "random seed")->capture_default_str();
   in->add_option("--dtype", init.dtype, "bf16 | fp32")->capture_default_str();
   in->add_option("--out", init.out, "output directory")->required();
-  in->footer(R"(The presets are ftd-train's: ftctl runs `ftd-train init-model` found in $FTD_TRAIN, next to
+  in->footer(R"(The presets are ftd-train's: ftctl runs `ftd-train init-model` found in $FTD_TRAIN_BIN, next to
 ftctl, or on PATH (ftctl itself has no LibTorch).
 
 Examples:
@@ -75,7 +76,7 @@ Examples:
     cli.action = [&]() -> int {
       std::string bin = FindFtdTrain(argv0_copy);
       if (bin.empty()) {
-        return cli.Fail("ftd-train not found (looked at $FTD_TRAIN, next to ftctl and on PATH); it ships with "
+        return cli.Fail("ftd-train not found (looked at $FTD_TRAIN_BIN, next to ftctl and on PATH); it ships with "
                         "the engine build (cmake -DFTD_WITH_ENGINE=ON)");
       }
       std::vector<std::string> args = {bin, "init-model", "--preset", init.preset, "--seed",

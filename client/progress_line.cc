@@ -7,7 +7,8 @@
 namespace ftd::client {
 
 void EtaEstimator::Observe(int64_t step, absl::Time now) {
-  if (!window_.empty() && window_.back().first >= step) return;  // not new progress
+  // Step 0 is startup (rendezvous, model load), not the training pace.
+  if (step <= 0 || (!window_.empty() && window_.back().first >= step)) return;  // not new progress
   window_.emplace_back(step, now);
   // Keep the last ~2 minutes, at least two points.
   while (window_.size() > 2 && now - window_.front().second > absl::Minutes(2)) window_.pop_front();

@@ -245,10 +245,10 @@ TEST(ModelCommandsTest, InitExecsFtdTrainAndInspectPrints) {
   ::chmod(fake.c_str(), 0755);
   std::string out;
   int rc = RunFtctl("model init --preset qwen3-30b-a3b --layers 2 --dtype fp32 --out /tmp/x",
-                    "FTD_TRAIN=" + fake, &out);
+                    "FTD_TRAIN_BIN=" + fake, &out);
   EXPECT_EQ(rc, 7);
   EXPECT_THAT(out, HasSubstr("ftd-train init-model --preset qwen3-30b-a3b --seed 0 --dtype fp32 --out /tmp/x --layers 2"));
-  rc = RunFtctl("model init --out /tmp/x", "FTD_TRAIN= PATH=/nonexistent", &out);
+  rc = RunFtctl(absl::StrCat("model init --dtype fp32 --out ", s.root(), "/x"), "FTD_TRAIN_BIN= PATH=/nonexistent", &out);
   // Found next to ftctl in an engine build; otherwise a clear error.
   if (::access((std::string(FTD_BIN_DIR) + "/ftd-train").c_str(), X_OK) != 0) {
     EXPECT_EQ(rc, 1);
