@@ -366,3 +366,27 @@ def test_launcher_stops_every_rank_when_one_dies(ftd_train, workdir):
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+
+
+def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint(ftd_train, workdir):
+    spec = write_spec(workdir, "sigterm", max_steps=100000)
+    metrics = workdir / "sigterm.metrics.jsonl"
+    proc = subprocess.Popen([str(ftd_train), "train", "--spec", str(spec), "--metrics-out", str(metrics)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        wait_for_step(proc, 2, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        m = re.search(r"stopped by SIGTERM after step (\d+); resume from (\S+)", err)
+        assert m, err
+        step = int(m.group(1))
+        assert step >= 2 and m.group(2) == str(workdir / "sigterm" / f"checkpoint-{step}")
+        lines = read_metrics(metrics)
+        assert [x["step"] for x in lines if x["event"] == "step"] == list(range(1, step + 1))
+        assert lines[-1] == {"event": "checkpoint", "step": step, "path": m.group(2)}  # no "done": not finished
+        assert (workdir / "sigterm" / f"checkpoint-{step}" / "training_state" / "trainer_state.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
