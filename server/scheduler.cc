@@ -166,6 +166,7 @@ absl::StatusOr<ftd::v1::RegisterResponse> Scheduler::Register(
   const bool was_known = registry_.Has(info.name);
   const std::string session = registry_.Register(std::move(info));
   views_[request.name()] = WorkerView{};  // the new session's sequence numbers start over
+  queue_dirty_ = true;
   spdlog::info("scheduler: worker {} registered ({} at {}, {} {} slots, {} ranks reported){}",
                request.name(), session, request.address(), slots,
                request.resources().gpus_size() > 0 ? "GPU" : "CPU", request.ranks_size(),
@@ -268,6 +269,7 @@ absl::StatusOr<ftd::v1::HeartbeatResponse> Scheduler::Heartbeat(
                      slot.term_signal);
       }
       *response.add_forget() = p.key();
+      queue_dirty_ = true;  // a slot is free
     }
   }
   if (stale.ranks_size() > 0) {
@@ -415,7 +417,10 @@ void Scheduler::Reap() {
     }
   }
   for (const std::string& id : done) attempts_.erase(id);
-  if (!done.empty()) UpdateBusy();
+  if (!done.empty()) {
+    UpdateBusy();
+    queue_dirty_ = true;
+  }
 }
 
 void Scheduler::Finalize(Attempt& a) {
@@ -540,14 +545,28 @@ int Scheduler::NextPort(const std::string& address) {
 }
 
 void Scheduler::ScheduleQueue(absl::Time now) {
-  absl::StatusOr<std::vector<std::string>> ids = manager_->store()->JobIdsInStates({ftd::v1::QUEUED});
-  if (!ids.ok() || ids->empty()) return;
+  if (!queue_dirty_ && now - last_queue_scan_ < options_.queue_rescan) return;
+  std::vector<WorkerInfo> workers = registry_.Snapshot();
+  if (workers.empty()) return;  // nothing can start: do not read the queue
+  queue_dirty_ = false;
+  last_queue_scan_ = now;
   std::vector<ftd::v1::FineTuneJob> queue;
-  for (const std::string& id : *ids) {
-    if (attempts_.contains(id)) continue;
-    absl::StatusOr<ftd::v1::FineTuneJob> job = manager_->store()->GetJob(id);
-    if (job.ok() && job->status().state() == ftd::v1::QUEUED) queue.push_back(*std::move(job));
+  JobQuery query;
+  query.states = {ftd::v1::QUEUED};
+  query.page_size = 500;
+  for (;;) {
+    absl::StatusOr<JobPage> page = manager_->store()->ListJobs(query);
+    if (!page.ok()) {
+      spdlog::error("scheduler: reading the queue: {}", page.status().ToString());
+      return;
+    }
+    for (ftd::v1::FineTuneJob& job : page->jobs) {
+      if (!attempts_.contains(job.id())) queue.push_back(std::move(job));
+    }
+    if (page->next_page_token.empty()) break;
+    query.page_token = page->next_page_token;
   }
+  if (queue.empty()) return;
   std::sort(queue.begin(), queue.end(), [](const ftd::v1::FineTuneJob& x, const ftd::v1::FineTuneJob& y) {
     const int px = x.spec().scheduling().priority(), py = y.spec().scheduling().priority();
     if (px != py) return px > py;
@@ -558,7 +577,7 @@ void Scheduler::ScheduleQueue(absl::Time now) {
 
   std::vector<FreeSlots> free, total;
   absl::flat_hash_map<std::string, std::string> address;
-  for (const WorkerInfo& w : registry_.Snapshot()) {
+  for (const WorkerInfo& w : workers) {
     total.push_back({w.name, w.total_slots});
     // A worker that skipped heartbeats may be gone: place nothing on it until it is heard.
     if (now - w.last_heartbeat > 3 * options_.heartbeat_interval) continue;

@@ -42,6 +42,7 @@ struct SchedulerOptions {
   absl::Duration hang_timeout = absl::Minutes(30);       // no step for this long fails the attempt
   absl::Duration stop_grace = absl::Seconds(10);         // SIGTERM -> SIGKILL on the workers
   absl::Duration adopt_grace = absl::Seconds(20);        // after a restart, for workers to return
+  absl::Duration queue_rescan = absl::Milliseconds(500);  // new jobs start within this
   int rendezvous_port_base = 29500;
   int rendezvous_port_count = 2000;
 };
@@ -133,6 +134,10 @@ class Scheduler {
   absl::flat_hash_map<std::string, WorkerView> views_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> too_big_noted_ ABSL_GUARDED_BY(mu_);
   int port_cursor_ ABSL_GUARDED_BY(mu_) = 0;
+  // The queue is scanned when something changed (a worker registered, slots were freed) and at
+  // least every queue_rescan (new jobs arrive through the API, which does not tell us).
+  bool queue_dirty_ ABSL_GUARDED_BY(mu_) = true;
+  absl::Time last_queue_scan_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 
   absl::Notification stop_;
   std::thread thread_;
