@@ -234,11 +234,20 @@ int WatchJob(Cli& cli, Connection* c, const std::string& id) {
     line_open = false;
     if (tty) render(true);
   };
-  render(true);
-  if (IsTerminal(current.state())) {
+  // The end: the final line, the error of a failed job, the exit code of its state.
+  auto finish = [&]() -> int {
+    render(true);
     if (tty) out << "\n";
+    out.flush();
+    if (current.state() == JobState::FAILED) {
+      *cli.err << "ftctl: job " << id << " FAILED"
+               << (current.error().message().empty() ? "" : ": " + current.error().code() + ": " + current.error().message())
+               << std::endl;
+    }
     return ExitCodeForState(current.state());
-  }
+  };
+  if (IsTerminal(current.state())) return finish();
+  render(true);
 
   int64_t last_seq = 0;
   absl::Time last_refresh = absl::InfinitePast();
@@ -309,14 +318,7 @@ int WatchJob(Cli& cli, Connection* c, const std::string& id) {
     if (line_open) out << "\n";
     return cli.Fail(c->Describe(s));
   }
-  render(true);
-  if (tty) out << "\n";
-  if (current.state() == JobState::FAILED) {
-    *cli.err << "ftctl: job " << id << " FAILED"
-             << (current.error().message().empty() ? "" : ": " + current.error().code() + ": " + current.error().message())
-             << std::endl;
-  }
-  return ExitCodeForState(current.state());
+  return finish();
 }
 
 // Shared by submit and plan.

@@ -454,6 +454,11 @@ TEST_F(FtctlTest, SubmitWatchFailedAndCancelledExitCodes) {
   Result failed = submit.Wait();
   EXPECT_EQ(failed.code, 3) << failed.out << failed.err;
   EXPECT_THAT(failed.err, HasSubstr("FAILED: RANK_EXITED: rank 1 exited with code 9"));
+  // Watching the failed job afterwards says the same at once.
+  Result again = Run({"watch", id});
+  EXPECT_EQ(again.code, 3);
+  EXPECT_THAT(again.out, HasSubstr(id + "  FAILED"));
+  EXPECT_THAT(again.err, HasSubstr("FAILED: RANK_EXITED"));
 
   const std::string id2 = Submit();
   Process watch({"watch", id2}, Env(), env_.root());
