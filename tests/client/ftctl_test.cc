@@ -441,6 +441,31 @@ TEST_F(FtctlTest, WatchShowsProgressAndExitsWithTheFinalState) {
   EXPECT_EQ(Run({"logs", id, "--follow"}).code, 0);
 }
 
+TEST_F(FtctlTest, WatchReconnectsAcrossACoordinatorRestart) {
+  const std::string id = Submit();
+  Process watch({"watch", id}, Env(), env_.root());
+  ASSERT_TRUE(WaitFor([&] { return watch.out().find("QUEUED") != std::string::npos; }));
+  int n = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    EXPECT_TRUE(daemon_->jobs()->AppendMessage(id, absl::StrCat("before restart ", n++)).ok());
+    return watch.out().find("before restart") != std::string::npos;
+  }));
+  // Same data directory and port: the store (and the job) survive.
+  const int port = daemon_->grpc_port();
+  daemon_.reset();
+  server::DaemonOptions o = env_.Options();
+  o.grpc_listen = absl::StrCat("127.0.0.1:", port);
+  StartDaemon(o);
+  Transition(id, JobState::STARTING);
+  Transition(id, JobState::RUNNING);
+  Progress(id, 10, 1.5);
+  Transition(id, JobState::SUCCEEDED);
+  Result r = watch.Wait();
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_THAT(r.err, HasSubstr("reconnecting"));
+  EXPECT_THAT(r.out, HasSubstr("SUCCEEDED  step 10/10"));
+}
+
 TEST_F(FtctlTest, SubmitWatchFailedAndCancelledExitCodes) {
   Process submit({"submit", "-f", WriteJob(JobYaml()), "--watch"}, Env(), env_.root());
   std::string id;
