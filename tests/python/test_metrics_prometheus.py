@@ -146,7 +146,8 @@ def live(tmp_path_factory):
             pytest.skip(f"{p} is not built")
     root = tmp_path_factory.mktemp("metrics")
     c = Coordinator(root, engine)
-    job_id = c.submit(steps=400)  # long enough to be running throughout; cancelled at the end
+    # Far more steps than the tests take (on any machine): running throughout, cancelled at the end.
+    job_id = c.submit(steps=20000)
     try:
         def sampled():
             st = c.job(job_id)["status"]
