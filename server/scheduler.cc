@@ -146,7 +146,12 @@ absl::StatusOr<RecoveryReport> Scheduler::Recover() {
 
 absl::StatusOr<ftd::v1::RegisterResponse> Scheduler::Register(
     const ftd::v1::RegisterRequest& request) {
-  if (request.name().empty()) return absl::InvalidArgumentError("register: name is required");
+  if (request.name().empty() || request.name().size() > 63 ||
+      request.name().find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
+          std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "register: name `", request.name().substr(0, 80), "` must be 1-63 characters of A-Z a-z 0-9 . _ -"));
+  }
   if (request.address().empty()) return absl::InvalidArgumentError("register: address is required");
   const int slots = SlotsOf(request.resources());
   if (slots <= 0) {

@@ -36,6 +36,7 @@ namespace ftd::worker {
 namespace {
 
 constexpr size_t kMaxPendingLinesPerRank = 5000;
+constexpr char kNameChars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-";
 constexpr int kMaxReportsPerHeartbeat = 2000;
 constexpr int kTailLines = 20;
 const char* const kDistEnv[] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
@@ -122,7 +123,11 @@ std::string WorkerAgent::KeyString(const ftd::v1::RankKey& k) {
 }
 
 absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(WorkerOptions options) {
-  if (options.name.empty()) return absl::InvalidArgumentError("--name is required");
+  if (options.name.empty() || options.name.size() > 63 ||
+      options.name.find_first_not_of(kNameChars) != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--name `", options.name, "` must be 1-63 characters of A-Z a-z 0-9 . _ -"));
+  }
   if (options.coordinator.empty()) return absl::InvalidArgumentError("--coordinator is required");
   if (options.engine.empty() || ::access(options.engine.c_str(), X_OK) != 0) {
     return absl::InvalidArgumentError(
@@ -248,6 +253,11 @@ void WorkerAgent::StartRanks(const ftd::v1::StartRanks& start) {
       r.stop_requested = true;
       r.process->Terminate(options_.stop_grace_default);
     }
+  }
+  if (start.job_id().empty() || start.job_id().find_first_not_of(kNameChars) != std::string::npos ||
+      start.job_id().find("..") != std::string::npos) {
+    spdlog::error("ftd-worker {}: refusing a start for job id `{}`", options_.name, start.job_id());
+    return;
   }
   const std::string dir =
       absl::StrCat(options_.work_dir, "/jobs/", start.job_id(), "/attempt-", start.attempt());

@@ -198,6 +198,19 @@ TEST_F(SchedulerTest, OutOfRestartsFailsWithTheReason) {
   EXPECT_NE(job.status().error().message().find("signal 9"), std::string::npos);
 }
 
+TEST_F(SchedulerTest, RegisterValidatesTheWorker) {
+  ftd::v1::RegisterRequest r;
+  r.set_name("../etc");
+  r.set_address("127.0.0.1");
+  r.mutable_resources()->set_cpu_slots(1);
+  EXPECT_EQ(sched_->Register(r).status().code(), absl::StatusCode::kInvalidArgument);
+  r.set_name("ok-name");
+  r.mutable_resources()->set_cpu_slots(0);
+  auto st = sched_->Register(r).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("no GPU and no CPU slot"), std::string::npos);
+}
+
 TEST_F(SchedulerTest, UnknownSessionMustRegisterAgain) {
   ftd::v1::HeartbeatRequest h;
   h.set_name("ghost");
