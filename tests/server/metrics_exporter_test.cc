@@ -301,6 +301,23 @@ TEST_F(MetricsExporterTest, RequestAndStoreSeries) {
   EXPECT_EQ(FindSample(s, "ftd_store_commit_duration_seconds_count", {{"durability", "normal"}}), 1);
 }
 
+TEST_F(MetricsExporterTest, AnEmptyWatchIdIsNotASubscriptionToEveryJob) {
+  // The exporter subscribes to the hub with "" (every job); clients cannot.
+  StartDaemon();
+  const int64_t before = daemon_->events()->SubscriptionCount();
+  auto stub = MakeStub(daemon_->grpc_port());
+  grpc::ClientContext ctx;
+  Authorize(&ctx, kTokenAdmin);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  ftd::v1::WatchJobRequest req;  // id ""
+  auto reader = stub->WatchJob(&ctx, req);
+  ftd::v1::JobEvent event;
+  EXPECT_FALSE(reader->Read(&event));
+  const grpc::Status st = reader->Finish();
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(daemon_->events()->SubscriptionCount(), before);
+}
+
 TEST_F(MetricsExporterTest, PromtoolAcceptsTheLiveScrape) {
   StartDaemon();
   for (int j = 0; j < 2; ++j) {
