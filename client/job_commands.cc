@@ -339,7 +339,7 @@ absl::StatusOr<JobFile> LoadJob(const SubmitArgs& a) {
     if (eq == std::string::npos || eq == 0) {
       return absl::InvalidArgumentError(absl::StrCat("--label ", l, ": expected key=value"));
     }
-    (*jf->mutable_request()->mutable_labels())[l.substr(0, eq)] = l.substr(eq + 1);
+    jf->AddLabel(l.substr(0, eq), l.substr(eq + 1), "--label " + l);
   }
   if (!a.request_id.empty()) jf->mutable_request()->set_request_id(a.request_id);
   return jf;

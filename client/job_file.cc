@@ -300,6 +300,11 @@ absl::StatusOr<JobFile> JobFile::Parse(const std::string& text, const std::strin
   return job;
 }
 
+void JobFile::AddLabel(const std::string& key, const std::string& value, const std::string& where) {
+  (*request_.mutable_labels())[key] = value;
+  sets_[absl::StrCat("labels.", key)] = where;
+}
+
 std::string JobFile::Locate(const std::string& field_path, bool* exact) const {
   // "labels[team]" -> "labels.team"; "spec.x[3]" -> "spec.x".
   std::string path;
@@ -336,9 +341,17 @@ std::string JobFile::Annotate(const std::string& server_message) const {
   size_t colon = server_message.find(": ");
   if (colon != std::string::npos && colon > 0) {
     const std::string field = server_message.substr(0, colon);
+    // A field path: names and dots, with any text inside [] (map keys, indices).
     bool is_path = true;
-    for (char c : field) {
-      is_path = is_path && (absl::ascii_isalnum(c) || c == '_' || c == '.' || c == '[' || c == ']' || c == '-');
+    for (size_t i = 0; i < field.size() && is_path; ++i) {
+      const char c = field[i];
+      if (c == '[') {
+        size_t close = field.find(']', i);
+        is_path = close != std::string::npos;
+        i = close;
+        continue;
+      }
+      is_path = absl::ascii_isalnum(c) || c == '_' || c == '.' || c == '-';
     }
     if (is_path) {
       bool exact = false;

@@ -33,6 +33,9 @@ class JobFile {
   ftd::v1::CreateJobRequest* mutable_request() { return &request_; }
   const std::string& source() const { return source_; }
 
+  // A label given outside the file (`--label k=v`); errors about it name `where`.
+  void AddLabel(const std::string& key, const std::string& value, const std::string& where);
+
   // Where `field_path` (a proto path as the server names it: "spec.hyperparameters.lr",
   // "labels[team]", "request_id") was set: "job.yaml:12", "--set hyperparameters.lr=2"; for a
   // field the file does not set, the line of its nearest enclosing section ("job.yaml:9") or

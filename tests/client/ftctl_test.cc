@@ -350,6 +350,12 @@ TEST_F(FtctlTest, ValidationErrorNamesFieldAndLine) {
   EXPECT_THAT(Run({"submit", "-f", WriteJob(bad_type)}).err,
               HasSubstr("job.yaml:7: spec.hyperparameters.max_steps: expected an integer, got \"ten\""));
   EXPECT_THAT(Run({"submit", "-f", WriteJob("a: [1, 2\n")}).err, HasSubstr("job.yaml:"));
+  Result label = Run({"submit", "-f", WriteJob(JobYaml()), "--label", "Bad Key=x"});
+  EXPECT_EQ(label.code, 1);
+  EXPECT_THAT(label.err, HasSubstr("--label Bad Key=x: labels[Bad Key]: key must match"));
+  std::string bad_label = JobYaml();
+  bad_label.replace(bad_label.find("  team: nlp"), 11, "  Team: nlp");
+  EXPECT_THAT(Run({"submit", "-f", WriteJob(bad_label)}).err, HasSubstr("job.yaml:17: labels[Team]: key must match"));
   Result no_file = Run({"submit", "-f", env_.root() + "/absent.yaml"});
   EXPECT_EQ(no_file.code, 1);
   EXPECT_THAT(no_file.err, HasSubstr("absent.yaml: cannot read the job file"));
