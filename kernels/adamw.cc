@@ -44,4 +44,12 @@ bool AdamWCudaSupports(const at::Tensor& param, const at::Tensor& grad, const at
 #endif
 }
 
+#ifndef FTD_WITH_CUDA
+// CPU-only builds: callers check AdamWCudaSupports (always false here) first.
+void AdamWStepCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                   const AdamWHyper&) {
+  TORCH_CHECK(false, "AdamWStepCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+#endif
+
 }  // namespace ftd::kernels

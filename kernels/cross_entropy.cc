@@ -32,4 +32,11 @@ bool CrossEntropyRowsCudaSupports(const at::Tensor& logits, const at::Tensor& ta
 #endif
 }
 
+#ifndef FTD_WITH_CUDA
+// CPU-only builds: callers check CrossEntropyRowsCudaSupports (always false here) first.
+at::Tensor CrossEntropyRowsInPlaceCuda(const at::Tensor&, const at::Tensor&, int64_t) {
+  TORCH_CHECK(false, "CrossEntropyRowsInPlaceCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+#endif
+
 }  // namespace ftd::kernels

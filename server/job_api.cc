@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "server/dataset_check.h"
 #include "server/job_plan.h"
 #include "server/sha256.h"
 #include "server/time_util.h"
@@ -83,7 +84,11 @@ absl::StatusOr<ftd::v1::CreateJobResponse> JobApi::CreateJob(
   ftd::v1::JobPlan& plan = *response.mutable_plan();
   plan = PlanJob(spec);
   for (std::string& note : notes) plan.add_notes(std::move(note));
-  if (request.validate_only()) return response;
+  if (request.validate_only()) {
+    // A full pass over the data: only when asked for a plan (the ranks validate again anyway).
+    FTD_RETURN_IF_ERROR(CheckDatasets(spec));
+    return response;
+  }
 
   FineTuneJob& job = *response.mutable_job();
   job.set_id(NewJobId());
