@@ -237,6 +237,10 @@ absl::Status SpecValidator::ValidateAndNormalize(ftd::v1::JobSpec* spec,
   }
   FTD_RETURN_IF_ERROR(CheckFinite("spec.hyperparameters.weight_decay", hp->weight_decay(), 0, 10));
   FTD_RETURN_IF_ERROR(CheckFinite("spec.hyperparameters.grad_clip", hp->grad_clip(), 0, 1e6));
+  FTD_RETURN_IF_ERROR(CheckRange("spec.hyperparameters.eval_every", hp->eval_every(), 0, 1 << 30));
+  if (hp->eval_every() > 0 && spec->datasets().validation().empty()) {
+    return FieldError("spec.hyperparameters.eval_every", "needs spec.datasets.validation");
+  }
 
   auto* par = spec->mutable_parallelism();
   if (par->ep_size() == 0) {

@@ -89,4 +89,9 @@ absl::Status MetricsFile::WriteDone(int64_t step, const std::string& dir) {
   return WriteLine(j.dump());
 }
 
+absl::Status MetricsFile::WriteEval(int64_t step, double loss, int64_t targets) {
+  nlohmann::ordered_json j = {{"event", "eval"}, {"step", step}, {"loss", loss}, {"targets", targets}};
+  return WriteLine(j.dump());
+}
+
 }  // namespace ftd::engine

@@ -34,6 +34,8 @@ class MetricsFile {
   absl::Status WriteCheckpoint(int64_t step, const std::string& dir);
   // {"event":"done","step":N,"path":"/abs/final/checkpoint"}
   absl::Status WriteDone(int64_t step, const std::string& dir);
+  // {"event":"eval","step":N,"loss":X,"targets":T} (rank 0)
+  absl::Status WriteEval(int64_t step, double loss, int64_t targets);
 
  private:
   MetricsFile(std::string path, std::FILE* f) : path_(std::move(path)), file_(f) {}

@@ -55,9 +55,11 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   YAML::Node data = root["datasets"];
   FTD_RETURN_IF_ERROR(prefix(Read(data, "train", "datasets", &s.train_data)));
   FTD_RETURN_IF_ERROR(prefix(Read(data, "format", "datasets", &s.data_format)));
+  FTD_RETURN_IF_ERROR(prefix(Read(data, "validation", "datasets", &s.validation_data)));
   YAML::Node hp = root["hyperparameters"];
   const std::string h = "hyperparameters";
   FTD_RETURN_IF_ERROR(prefix(Read(hp, "max_steps", h, &s.max_steps)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "eval_every", h, &s.eval_every)));
   FTD_RETURN_IF_ERROR(prefix(Read(hp, "epochs", h, &s.epochs)));
   FTD_RETURN_IF_ERROR(prefix(Read(hp, "global_batch", h, &s.global_batch)));
   FTD_RETURN_IF_ERROR(prefix(Read(hp, "micro_batch", h, &s.micro_batch)));
@@ -97,6 +99,8 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   if (s.device != "auto" && s.device != "cpu" && s.device != "cuda") return bad("device must be auto, cpu or cuda");
   if (s.dtype != "auto" && s.dtype != "fp32" && s.dtype != "bf16") return bad("dtype must be auto, fp32 or bf16");
   if (s.data_format == "jsonl_tokens") s.data_format = "tokens";
+  if (s.eval_every < 0) return bad("hyperparameters.eval_every must be >= 0");
+  if (s.eval_every > 0 && s.validation_data.empty()) return bad("hyperparameters.eval_every needs datasets.validation");
   static const char* const kFormats[] = {"tokens", "input_ids", "auto", "messages", "chat", "prompt_completion", "text"};
   if (std::find(std::begin(kFormats), std::end(kFormats), s.data_format) == std::end(kFormats)) {
     return bad("datasets.format \"" + s.data_format +

@@ -14,6 +14,8 @@ struct TrainSpec {
   std::string base_model;       // HF directory
   std::string train_data;       // datasets.train: JSONL
   std::string data_format = "tokens";  // datasets.format
+  std::string validation_data;  // datasets.validation: JSONL in the same format (optional)
+  int64_t eval_every = 0;       // hyperparameters.eval_every: eval loss every N steps (0: never)
   std::string output;           // checkpoints go to OUTPUT/checkpoint-<step>
   int64_t max_steps = 0;
   int64_t epochs = 0;           // used when max_steps is 0

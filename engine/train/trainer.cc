@@ -254,6 +254,12 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
 
   // Data: every rank reads the same order and takes its own slice of each global batch.
   FTD_ASSIGN_OR_RETURN(std::vector<TokenSequence> data, LoadTrainingSequences(spec, config.vocab_size, log));
+  std::vector<TokenSequence> validation;
+  if (spec.eval_every > 0) {
+    TrainSpec vspec = spec;
+    vspec.train_data = spec.validation_data;
+    FTD_ASSIGN_OR_RETURN(validation, LoadTrainingSequences(vspec, config.vocab_size, log));
+  }
   const int64_t per_step = spec.global_batch, per_rank = spec.global_batch / world;
   const int64_t total_steps =
       spec.max_steps > 0 ? spec.max_steps
@@ -365,6 +371,41 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
 
   auto f64 = at::TensorOptions().dtype(at::kDouble).device(world_group.device());
   const int64_t moe_layers = config.NumMoeLayers();
+
+  // Eval loss over the whole validation set: rank r takes rows r, r + world, ... in micro-batches;
+  // every rank runs the same number of forwards (expert parallelism exchanges tokens in each), a
+  // rank short of rows runs a row without targets. Cross-entropy only (no aux loss), summed over
+  // ranks and divided by the number of targets, as HF's eval loss.
+  const TokenSequence no_targets{{0, 0}, {}, {-100, -100}, {0, 1}, {0, 0}};
+  auto evaluate = [&]() -> absl::StatusOr<std::pair<double, int64_t>> {
+    c10::NoGradGuard no_grad;
+    const int64_t rows = static_cast<int64_t>(validation.size());
+    const int64_t per_forward = world * spec.micro_batch;
+    const int64_t forwards = (rows + per_forward - 1) / per_forward;
+    at::Tensor sums = at::zeros({2}, f64);  // [loss_sum, targets]
+    try {
+      for (int64_t m = 0; m < forwards; ++m) {
+        std::vector<const TokenSequence*> seqs;
+        for (int64_t i = 0; i < spec.micro_batch; ++i) {
+          const int64_t row = (m * world + rank) * spec.micro_batch + i;
+          seqs.push_back(row < rows ? &validation[row] : &no_targets);
+        }
+        MicroBatchTensors mb = CollateMicroBatch(seqs, spec.seq_len);
+        Batch batch{mb.input_ids.to(mo.device), mb.targets.to(mo.device),
+                    mb.position_ids.defined() ? mb.position_ids.to(mo.device) : at::Tensor(),
+                    mb.segment_ids.defined() ? mb.segment_ids.to(mo.device) : at::Tensor()};
+        ForwardResult fr = s.model->Forward(batch, /*return_logits=*/false);
+        sums[0] += fr.loss_sum.to(at::kDouble);
+        sums[1] += static_cast<double>(fr.num_targets);
+      }
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("eval: ", ExceptionMessage(e)));
+    }
+    FTD_RETURN_IF_ERROR(world_group.AllReduce({sums}));
+    at::Tensor cpu = sums.to(at::kCPU);
+    const int64_t targets = static_cast<int64_t>(cpu[1].item<double>());
+    return std::make_pair(cpu[0].item<double>() / static_cast<double>(std::max<int64_t>(1, targets)), targets);
+  };
   PhaseTimer timer(s.cuda);
   int64_t steps_this_run = 0;
   bool stopped_by_signal = false;
@@ -465,6 +506,17 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
       if (absl::Status st = metrics->WriteStep(r); !st.ok()) return rank_error(st);
     }
     if (options.on_step) options.on_step(r);
+    if (spec.eval_every > 0 && (step % spec.eval_every == 0 || step == total_steps)) {
+      auto eval = evaluate();
+      if (!eval.ok()) return rank_error(eval.status());
+      if (rank == 0) {
+        log << absl::StrFormat("eval step %d/%d loss %.6f targets %d\n", step, total_steps, eval->first, eval->second);
+        log.flush();
+        if (metrics) {
+          if (absl::Status st = metrics->WriteEval(step, eval->first, eval->second); !st.ok()) return rank_error(st);
+        }
+      }
+    }
     const bool last = step == total_steps;
     const bool periodic = spec.checkpoint_every > 0 && step % spec.checkpoint_every == 0;
     if (last || periodic) {
