@@ -4,22 +4,13 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/kernels_available.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
 
 namespace ftd::engine {
 
-namespace {
-// The fused kernels serve CUDA tensors in builds that have them; CPU keeps the ATen code.
-bool OnKernelDevice(const at::Tensor& t) {
-#ifdef FTD_WITH_CUDA
-  return t.is_cuda();
-#else
-  (void)t;
-  return false;
-#endif
-}
-}  // namespace
+using kernels::OnKernelDevice;
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   if (OnKernelDevice(x) && kernels::RmsNormCudaSupports(x, weight)) return kernels::RmsNorm(x, weight, eps);

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "engine/model/expert_mlp.h"
+#include "kernels/kernels_available.h"
 #include "kernels/expert_sort.h"
 #include "kernels/permute_rows.h"
 #include "kernels/router.h"
@@ -13,17 +14,7 @@
 
 namespace ftd::engine {
 
-namespace {
-// The fused kernels serve CUDA tensors in builds that have them; CPU keeps the ATen code.
-bool OnKernelDevice(const at::Tensor& t) {
-#ifdef FTD_WITH_CUDA
-  return t.is_cuda();
-#else
-  (void)t;
-  return false;
-#endif
-}
-}  // namespace
+using kernels::OnKernelDevice;
 
 Routing Route(const at::Tensor& x, const at::Tensor& router_weight, const ModelConfig& c, GateMode gate) {
   const int64_t T = x.size(0), E = c.num_experts, k = c.num_experts_per_tok;

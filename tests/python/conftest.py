@@ -1,7 +1,9 @@
 """Shared fixtures: where the built binaries are, and skipping when they are not built."""
 import os
 import pathlib
+import socket
 import subprocess
+import time
 
 import pytest
 
@@ -31,3 +33,22 @@ def run(cmd, **kw):
     if res.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res
+
+
+def free_port():
+    """A TCP port free on loopback now (the daemon under test binds it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, cond, timeout=120.0, interval=0.1):
+    """Polls cond() until it returns something truthy (returned), or fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -15,7 +15,6 @@ import pathlib
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ import urllib.request
 
 import pytest
 
-from conftest import binary, run
+from conftest import binary, free_port, run, wait_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from metrics_util import dashboard_exprs, family_names, find, parse_exposition, promql_metric_names  # noqa: E402
@@ -37,23 +36,6 @@ ADMIN = "metrics-admin-token-0123456789"
 # target) and NVIDIA's dcgm-exporter (GPU telemetry, joined on pod/gpu).
 EXTERNAL = {"up", "scrape_duration_seconds", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED",
             "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_SM_CLOCK"}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what, cond, timeout=120.0, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def http(url, method="GET", body=None, token=None, timeout=30):
