@@ -14,12 +14,14 @@
 #include <CLI/CLI.hpp>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <map>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/config.h"
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/transformer.h"
 #include "engine/train/optimizer.h"
+#include "engine/util/compute_stream.h"
 #include "engine/util/device_memory.h"
 #include "nlohmann/json.hpp"
 
@@ -55,14 +57,18 @@ int main(int argc, char** argv) {
   app.add_flag("--no-optimizer-in-backward", no_opt_in_bwd, "step the optimizer after backward instead of inside it");
   int sm_carveout = 0;
   app.add_option("--sm-carveout", sm_carveout,
-                 "SMs cuBLAS GEMMs leave free (so the side-stream optimizer can run beside them); 0 = none")
+                 "SMs the backward GEMMs leave to the side-stream optimizer (optimizer in backward); 0 = none")
       ->capture_default_str();
+  bool no_priority_stream = false, blas_lt = false, no_grad_hint = false;
+  app.add_flag("--no-priority-stream", no_priority_stream, "run on the default stream, not a high-priority one");
+  app.add_flag("--blas-lt", blas_lt, "prefer cuBLASLt for dense GEMMs");
+  app.add_flag("--no-grad-hint", no_grad_hint, "scale the loss gradients in backward instead of in the loss GEMMs");
   std::string profile_out;
   app.add_option("--profile", profile_out, "after the timed steps, profile one step and write a per-kernel table here");
   app.add_option("--loss-chunk", loss_chunk, "tokens per chunk of the fused linear cross-entropy")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
-  if (sm_carveout > 0) at::globalContext()._setSMCarveout_EXPERIMENTAL(sm_carveout);
+  if (blas_lt) at::globalContext().setBlasPreferredBackend(at::BlasBackend::Cublaslt);
   absl::StatusOr<ModelConfig> config = model_dir.empty() ? PresetConfig(preset) : LoadModelConfig(model_dir);
   if (!config.ok()) return Fail(config.status());
   if (model_dir.empty() && layers > 0) config->num_hidden_layers = layers;
@@ -85,6 +91,7 @@ int main(int argc, char** argv) {
   for (auto& p : params) n_params += p.tensor->numel();
   AdamWConfig adam;
   adam.weight_decay = 0.01;  // torch.optim.AdamW's default, as the baseline uses
+  adam.backward_sm_carveout = sm_carveout;
   auto opt = AdamW::Create(params, PrecisionPolicy::kBf16Pure, adam);
   if (!opt.ok()) return Fail(opt.status());
   const bool opt_in_bwd = !no_opt_in_bwd;
@@ -94,6 +101,10 @@ int main(int argc, char** argv) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
   at::Tensor ids = at::randint(0, config->vocab_size, {batch, seq}, gen, at::kLong).to(options.device);
   Batch b{ids, ShiftLabels(ids), {}, {}};
+  const int64_t num_targets = b.targets.ne(-100).sum().item<int64_t>();
+  if (!no_grad_hint) b.loss_grad_scale = 1.0 / static_cast<double>(std::max<int64_t>(1, num_targets));
+  std::optional<ComputeStreamScope> compute_stream;
+  if (!no_priority_stream) compute_stream.emplace(options.device);
 
   std::vector<double> fwd, bwd, tot;
   std::vector<double> losses;
@@ -194,7 +205,10 @@ int main(int argc, char** argv) {
                       {"optimizer_in_timer", true},
                       {"optimizer_in_backward", opt_in_bwd},
                       {"loss_chunk", loss_chunk},
-                      {"sm_carveout", sm_carveout}};
+                      {"sm_carveout", sm_carveout},
+                      {"priority_stream", !no_priority_stream},
+                      {"blas_lt", blas_lt},
+                      {"grad_hint", !no_grad_hint}};
   std::cout << j.dump() << std::endl;
   return 0;
 }

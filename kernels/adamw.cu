@@ -91,8 +91,8 @@ void AdamWStepCuda(const at::Tensor& param, const at::Tensor& grad, const at::Te
     T* v = reinterpret_cast<T*>(exp_avg_sq.data_ptr());
     const float* st = step.data_ptr<float>();
     const int vec = aligned ? kVec : 1;
-    const int64_t blocks =
-        std::max<int64_t>(1, std::min<int64_t>(cuda::CeilDiv(n / vec, kThreads), int64_t{cuda::NumSms()} * 8));
+    const int64_t needed = std::max<int64_t>(1, cuda::CeilDiv(n / vec, kThreads));
+    const int64_t blocks = h.short_blocks ? needed : std::min<int64_t>(needed, int64_t{cuda::NumSms()} * 8);
     if (aligned) {
       AdamWKernel<T, kVec><<<blocks, kThreads, 0, stream>>>(p, g, m, v, st, n, s);
     } else {

@@ -15,6 +15,11 @@ namespace ftd::kernels {
 
 struct AdamWHyper {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, weight_decay = 0.0, eps = 1e-8;
+  // Background mode for a low-priority side stream: one 16-byte vector per thread, so every
+  // block lives a few microseconds and a higher-priority kernel (the backward GEMMs) claims SMs
+  // as soon as it is launched. The default grid-stride launch keeps up to 8 long-lived blocks
+  // per SM resident for the whole pass, which is fastest alone but holds every SM.
+  bool short_blocks = false;
 };
 
 // Plain ATen formula in fp32 (the stored tensors are updated in place).

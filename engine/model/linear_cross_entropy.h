@@ -13,7 +13,12 @@ namespace ftd::engine {
 
 // Sum over valid targets (target != -100) of -log softmax(h @ W^T)[target]. h [N, H], W [V, H],
 // targets [N] int64. Returns a scalar fp32 tensor; differentiable in h and W.
+// `expected_grad`: the gradient the caller will send into the sum (1/targets for a mean loss).
+// The chunk GEMMs then produce dh and dW already scaled by it (their alpha), and backward, after
+// one host check that the incoming gradient is that value, returns them as they are; any other
+// incoming gradient is applied with one more pass, so the result is the same either way. With
+// the default 1 the incoming gradient is always applied (and no host check is made).
 at::Tensor LinearCrossEntropySum(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
-                                 int64_t chunk_tokens = 1024);
+                                 int64_t chunk_tokens = 1024, double expected_grad = 1.0);
 
 }  // namespace ftd::engine

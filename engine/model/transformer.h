@@ -33,6 +33,9 @@ struct Batch {
   at::Tensor targets;       // [B, S] int64, -100 = ignore
   at::Tensor position_ids;  // [B, S] int64 or undefined (0..S-1)
   at::Tensor segment_ids;   // [B, S] int64 document ids for packed batches, or undefined
+  // The gradient the caller will send into ForwardResult::loss_sum (1/targets for a mean):
+  // the fused loss then produces its gradients pre-scaled (linear_cross_entropy.h).
+  double loss_grad_scale = 1.0;
 };
 
 // HF's convention (labels = inputs, shifted inside the loss) as targets.

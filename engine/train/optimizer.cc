@@ -99,7 +99,8 @@ void AdamW::Step(double lr) {
 
 struct AdamW::SideStream {
 #ifdef FTD_WITH_CUDA
-  explicit SideStream(c10::DeviceIndex device) : stream(c10::cuda::getStreamFromPool(false, device)) {}
+  // Low priority: the compute stream (ComputeStreamScope) is served first when both wait for SMs.
+  explicit SideStream(c10::DeviceIndex device) : stream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device)) {}
   c10::cuda::CUDAStream stream;
 #endif
 };
@@ -126,8 +127,11 @@ void AdamW::StepSlot(Slot& s, double lr) {
     s.step.add_(1.0);
     if (kernels::AdamWCudaSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step)) {
       // One vectorised pass (kernels/adamw.h): the same arithmetic at nearer HBM bandwidth.
-      kernels::AdamWStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step,
-                             {lr, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps});
+      kernels::AdamWHyper hyper{lr, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps};
+      // On the low-priority side stream: short blocks, so the backward kernels are never kept
+      // waiting for SMs.
+      hyper.short_blocks = side_ != nullptr;
+      kernels::AdamWStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, hyper);
     } else {
       at::_fused_adamw_({s.master}, {g}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, config_.beta1, config_.beta2,
                         s.decay ? config_.weight_decay : 0.0, config_.eps, false, false, std::nullopt, std::nullopt);
@@ -168,9 +172,16 @@ void AdamW::EnableStepInBackward() {
 void AdamW::BeginStepInBackward(double lr) {
   backward_lr_ = lr;
   ++steps_;
+  if (side_ && config_.backward_sm_carveout > 0) {
+    saved_carveout_ = at::globalContext()._SMCarveout_EXPERIMENTAL();
+    at::globalContext()._setSMCarveout_EXPERIMENTAL(config_.backward_sm_carveout);
+  }
 }
 
 void AdamW::FinishStepInBackward() {
+  if (side_ && config_.backward_sm_carveout > 0) {
+    at::globalContext()._setSMCarveout_EXPERIMENTAL(saved_carveout_);  // forward GEMMs take every SM
+  }
 #ifdef FTD_WITH_CUDA
   if (side_) {
     // The next forward reads the updated parameters: the compute stream waits for the updates.

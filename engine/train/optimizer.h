@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,6 +29,10 @@ struct AdamWConfig {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.0;
+  // Step in backward on CUDA: SMs that the backward GEMMs (cuBLAS, grouped GEMM) leave to the
+  // side-stream optimizer, so that its memory-bound updates run beside the compute-bound GEMMs
+  // instead of between them; 0 = the GEMMs take every SM. Only set while backward runs.
+  int backward_sm_carveout = 0;
 };
 
 // Whether a parameter gets weight decay: not norms, not biases (HF Trainer's convention).
@@ -77,6 +82,7 @@ class AdamW {
   int64_t steps_ = 0;
   bool step_in_backward_ = false;
   double backward_lr_ = 0.0;
+  std::optional<int32_t> saved_carveout_;  // the global GEMM carveout before BeginStepInBackward
   struct SideStream;
   std::shared_ptr<SideStream> side_;  // CUDA side stream and events (null on CPU)
 };
