@@ -108,32 +108,43 @@ at::Tensor PackedCausalMask(const at::Tensor& segment_ids) {
 at::Tensor Attention(const at::Tensor& x, const AttentionWeights& w, const ModelConfig& c,
                      const AttentionContext& ctx) {
   const int64_t B = x.size(0), S = x.size(1), D = c.head_dim;
-  at::Tensor q = at::linear(x, w.q_proj, w.q_bias).view({B, S, c.num_attention_heads, D});
-  at::Tensor k = at::linear(x, w.k_proj, w.k_bias).view({B, S, c.num_key_value_heads, D});
-  at::Tensor v = at::linear(x, w.v_proj, w.v_bias).view({B, S, c.num_key_value_heads, D});
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  at::Tensor q = at::linear(x, w.q_proj, w.q_bias).view({B, S, Hq, D});
+  at::Tensor k = at::linear(x, w.k_proj, w.k_bias).view({B, S, Hkv, D});
+  at::Tensor v = at::linear(x, w.v_proj, w.v_bias).view({B, S, Hkv, D});
+  // q, k stay [B, S, heads, D] (contiguous on CUDA) through norm and rotation.
   if (c.qk_norm && OnKernelDevice(q) && kernels::RopeCudaSupports(q, ctx.cos, ctx.sin, w.q_norm) &&
       kernels::RopeCudaSupports(k, ctx.cos, ctx.sin, w.k_norm)) {
-    // One read and one write per tensor for norm + rotation; the layout stays [B, S, heads, D].
-    q = kernels::RmsNormRope(q, w.q_norm, c.rms_norm_eps, ctx.cos, ctx.sin).transpose(1, 2);
-    k = kernels::RmsNormRope(k, w.k_norm, c.rms_norm_eps, ctx.cos, ctx.sin).transpose(1, 2);
+    // One read and one write per tensor for norm + rotation.
+    q = kernels::RmsNormRope(q, w.q_norm, c.rms_norm_eps, ctx.cos, ctx.sin);
+    k = kernels::RmsNormRope(k, w.k_norm, c.rms_norm_eps, ctx.cos, ctx.sin);
   } else {
     if (c.qk_norm) {
       q = RmsNorm(q, w.q_norm, c.rms_norm_eps);
       k = RmsNorm(k, w.k_norm, c.rms_norm_eps);
     }
-    q = ApplyRope(q.transpose(1, 2), ctx.cos, ctx.sin);  // [B, Hq, S, D]
-    k = ApplyRope(k.transpose(1, 2), ctx.cos, ctx.sin);  // [B, Hkv, S, D]
+    q = ApplyRope(q.transpose(1, 2), ctx.cos, ctx.sin).transpose(1, 2);
+    k = ApplyRope(k.transpose(1, 2), ctx.cos, ctx.sin).transpose(1, 2);
   }
-  v = v.transpose(1, 2);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  at::Tensor out;
-  if (ctx.mask.defined()) {
-    out = at::scaled_dot_product_attention(q, k, v, ctx.mask, 0.0, /*is_causal=*/false, scale,
-                                           /*enable_gqa=*/true);
+  at::Tensor out;  // [B, S, Hq * D]
+  if (ctx.varlen.cu_seqlens.defined()) {
+    // Packed documents on CUDA: [B * S, heads, D] views (copies only if the rotation left a
+    // strided layout), one causal sequence per document, no [S, S] mask.
+    out = VarlenCausalAttention(q.reshape({B * S, Hq, D}), k.reshape({B * S, Hkv, D}), v.reshape({B * S, Hkv, D}),
+                                ctx.varlen, scale)
+              .view({B, S, Hq * D});
   } else {
-    out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale, /*enable_gqa=*/true);
+    // SDPA takes [B, heads, S, D].
+    at::Tensor qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);
+    if (ctx.mask.defined()) {
+      out = at::scaled_dot_product_attention(qt, kt, vt, ctx.mask, 0.0, /*is_causal=*/false, scale,
+                                             /*enable_gqa=*/true);
+    } else {
+      out = at::scaled_dot_product_attention(qt, kt, vt, {}, 0.0, /*is_causal=*/true, scale, /*enable_gqa=*/true);
+    }
+    out = out.transpose(1, 2).reshape({B, S, c.q_dim()});
   }
-  out = out.transpose(1, 2).reshape({B, S, c.q_dim()});
   return at::linear(out, w.o_proj, w.o_bias);
 }
 

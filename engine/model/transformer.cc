@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/model/layers.h"
 #include "engine/model/linear_cross_entropy.h"
+#include "engine/model/varlen_attention.h"
 
 namespace ftd::engine {
 
@@ -166,7 +167,16 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
   }
   AttentionContext ctx;
   std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, rope_scaling_, positions, options_.dtype);
-  ctx.mask = PackedCausalMask(batch.segment_ids);
+  if (batch.segment_ids.defined()) {
+    // Once per micro-batch, shared by every layer (and by checkpointed recomputation).
+    if (options_.varlen_attention &&
+        VarlenAttentionSupports(options_.device, options_.dtype, config_.head_dim, config_.num_attention_heads,
+                                config_.num_key_value_heads)) {
+      ctx.varlen = VarlenBoundariesFromSegmentIds(batch.segment_ids, options_.device);
+    } else {
+      ctx.mask = PackedCausalMask(batch.segment_ids.to(options_.device));
+    }
+  }
 
   ForwardResult result;
   std::vector<at::Tensor> router_logits;

@@ -24,6 +24,9 @@ struct ModelOptions {
   int64_t expert_count = -1;
   // Tokens per chunk of the fused linear cross-entropy (training path, no full logits).
   int64_t loss_chunk_tokens = 1024;
+  // Packed batches on CUDA in fp16/bf16 attend through varlen (cu_seqlens) attention; false
+  // forces the dense block-causal mask there too (a reference for tests).
+  bool varlen_attention = true;
 };
 
 // One micro-batch. targets are already shifted: targets[b, i] is the token position i
@@ -32,7 +35,10 @@ struct Batch {
   at::Tensor input_ids;     // [B, S] int64
   at::Tensor targets;       // [B, S] int64, -100 = ignore
   at::Tensor position_ids;  // [B, S] int64 or undefined (0..S-1)
-  at::Tensor segment_ids;   // [B, S] int64 document ids for packed batches, or undefined
+  // [B, S] int64 document ids for packed batches, or undefined. A row's documents are
+  // contiguous runs of equal ids. May stay on the CPU when the model is on CUDA: the varlen
+  // boundaries are computed on the host, so CPU ids spare a device sync per micro-batch.
+  at::Tensor segment_ids;
   // The gradient the caller will send into ForwardResult::loss_sum (1/targets for a mean):
   // the fused loss then produces its gradients pre-scaled (linear_cross_entropy.h).
   double loss_grad_scale = 1.0;
