@@ -393,7 +393,7 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
         MicroBatchTensors mb = CollateMicroBatch(seqs, spec.seq_len);
         Batch batch{mb.input_ids.to(mo.device), mb.targets.to(mo.device),
                     mb.position_ids.defined() ? mb.position_ids.to(mo.device) : at::Tensor(),
-                    mb.segment_ids.defined() ? mb.segment_ids.to(mo.device) : at::Tensor()};
+                    mb.segment_ids};  // stays on the CPU: Forward builds the attention boundaries there
         ForwardResult fr = s.model->Forward(batch, /*return_logits=*/false);
         sums[0] += fr.loss_sum.to(at::kDouble);
         sums[1] += static_cast<double>(fr.num_targets);
@@ -442,7 +442,7 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
         timer.Start();
         Batch batch{mb.input_ids.to(mo.device), mb.targets.to(mo.device),
                     mb.position_ids.defined() ? mb.position_ids.to(mo.device) : at::Tensor(),
-                    mb.segment_ids.defined() ? mb.segment_ids.to(mo.device) : at::Tensor()};
+                    mb.segment_ids};  // stays on the CPU: Forward builds the attention boundaries there
         ForwardResult fr = s.model->Forward(batch, /*return_logits=*/false);
         at::Tensor loss = fr.loss_sum / static_cast<double>(std::max<int64_t>(1, targets_total));
         if (fr.aux_loss.defined()) loss = loss + config.router_aux_loss_coef * fr.aux_loss / num_micro_global;
