@@ -102,15 +102,47 @@ absl::StatusOr<FineTuneJob> JobManager::RecordProgress(const std::string& id,
               "job ", id, " is ", ftd::v1::JobState_Name(job.status().state()),
               "; progress is no longer recorded"));
         }
+        ftd::v1::JobMetrics& stored = *job.mutable_status()->mutable_metrics();
+        ftd::v1::JobMetrics merged = metrics;
+        if (merged.eval_step() <= 0) {  // a step sample: the latest eval stays
+          merged.set_eval_step(stored.eval_step());
+          merged.set_eval_loss(stored.eval_loss());
+        }
         *job.mutable_status()->mutable_progress() = progress;
-        *job.mutable_status()->mutable_metrics() = metrics;
+        stored = merged;
         JobEvent event;
         *event.mutable_time() = ToProtoTime(absl::Now());
-        *event.mutable_metrics() = metrics;
+        *event.mutable_metrics() = std::move(merged);
         events.push_back(std::move(event));
         return absl::OkStatus();
       },
       Durability::kProcessCrashSafe);
+}
+
+absl::StatusOr<FineTuneJob> JobManager::RecordEval(const std::string& id,
+                                                   const ftd::v1::EvalResult& eval) {
+  return Apply(
+      id,
+      [&](FineTuneJob& job, std::vector<JobEvent>& events) -> absl::Status {
+        if (IsTerminalState(job.status().state())) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "job ", id, " is ", ftd::v1::JobState_Name(job.status().state()),
+              "; evaluations are no longer recorded"));
+        }
+        if (eval.step() <= 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("job ", id, ": eval step must be > 0 (got ", eval.step(), ")"));
+        }
+        ftd::v1::JobMetrics& m = *job.mutable_status()->mutable_metrics();
+        m.set_eval_loss(eval.loss());
+        m.set_eval_step(eval.step());
+        JobEvent event;
+        *event.mutable_time() = ToProtoTime(absl::Now());
+        *event.mutable_eval() = eval;
+        events.push_back(std::move(event));
+        return absl::OkStatus();
+      },
+      Durability::kSynchronous);
 }
 
 absl::StatusOr<FineTuneJob> JobManager::AddCheckpoint(const std::string& id,

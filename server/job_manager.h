@@ -1,7 +1,7 @@
 // JobManager: the only writer of jobs. Every change is a store transaction that appends events,
 // followed by publication of those events to watchers. The API layer uses Create and Cancel;
 // the scheduler (a later issue) drives execution through Transition, RecordProgress,
-// AddCheckpoint and AppendMessage, all of which validate against job_state_machine.
+// RecordEval, AddCheckpoint and AppendMessage, all of which validate against job_state_machine.
 #pragma once
 
 #include <optional>
@@ -37,10 +37,17 @@ class JobManager {
                                                    const TransitionOptions& options);
 
   // Progress and the latest metric sample; appends a metrics event. Process-crash safe, not
-  // fsync'd: samples are frequent and the next one supersedes them.
+  // fsync'd: samples are frequent and the next one supersedes them. The job's latest eval
+  // (eval_loss, eval_step) is kept unless `metrics` carries a newer one (eval_step > 0); the
+  // event carries the job's metrics as stored.
   absl::StatusOr<ftd::v1::FineTuneJob> RecordProgress(
       const std::string& id, const ftd::v1::JobStatus::Progress& progress,
       const ftd::v1::JobMetrics& metrics);
+
+  // An evaluation on the validation set: sets the job's metrics.eval_loss/eval_step and
+  // appends an eval event. Synchronous (fsync'd): evaluations are rare and worth keeping.
+  absl::StatusOr<ftd::v1::FineTuneJob> RecordEval(const std::string& id,
+                                                  const ftd::v1::EvalResult& eval);
 
   // Adds a checkpoint (newest last); `keep_last` of the spec trims the list.
   absl::StatusOr<ftd::v1::FineTuneJob> AddCheckpoint(const std::string& id,

@@ -366,6 +366,7 @@ int RestGateway::ServeWatch(mg_connection* conn, const Principal& who,
       const char* kind = event.kind_case() == ftd::v1::JobEvent::kStatus       ? "status"
                          : event.kind_case() == ftd::v1::JobEvent::kMetrics    ? "metrics"
                          : event.kind_case() == ftd::v1::JobEvent::kCheckpoint ? "checkpoint"
+                         : event.kind_case() == ftd::v1::JobEvent::kEval       ? "eval"
                                                                                : "message";
       if (!WriteAll(conn, absl::StrCat("id: ", event.seq(), "\nevent: ", kind, "\ndata: ", *json,
                                        "\n\n"))) {

@@ -211,6 +211,12 @@ void Scheduler::ApplyReport(const ftd::v1::RankReport& report) {
       if (!st.ok()) spdlog::warn("scheduler: job {}: checkpoint not recorded: {}", id, st.status().ToString());
       break;
     }
+    case ftd::v1::RankReport::kEval: {
+      a->last_progress = absl::Now();
+      auto st = manager_->RecordEval(id, report.eval());
+      if (!st.ok()) spdlog::warn("scheduler: job {}: eval not recorded: {}", id, st.status().ToString());
+      break;
+    }
     case ftd::v1::RankReport::kFinalCheckpoint:
       a->final_checkpoint = report.final_checkpoint();
       break;

@@ -39,6 +39,23 @@ std::optional<ftd::v1::RankReport> ParseStdoutLine(absl::string_view line, int w
     r.mutable_checkpoint()->set_path(path);
     return r;
   }
+  if (absl::ConsumePrefix(&line, "eval ")) {
+    // eval step N/M loss X targets T
+    if (steps_from_metrics_file) return std::nullopt;
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (f.size() < 4 || f[0] != "step" || f[2] != "loss") return std::nullopt;
+    std::pair<absl::string_view, absl::string_view> nm = absl::StrSplit(f[1], absl::MaxSplits('/', 1));
+    int64_t step = 0, targets = 0;
+    double loss = 0;
+    if (!absl::SimpleAtoi(nm.first, &step) || !absl::SimpleAtod(f[3], &loss) || !std::isfinite(loss)) {
+      return std::nullopt;
+    }
+    if (f.size() >= 6 && f[4] == "targets") absl::SimpleAtoi(f[5], &targets);
+    r.mutable_eval()->set_step(step);
+    r.mutable_eval()->set_loss(loss);
+    r.mutable_eval()->set_targets(targets);
+    return r;
+  }
   if (!absl::StartsWith(line, "step ") || steps_from_metrics_file) return std::nullopt;
   std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
   if (f.size() < 4) return std::nullopt;
@@ -102,6 +119,15 @@ std::optional<ftd::v1::RankReport> ParseMetricsLine(absl::string_view line) {
     m->set_expert_load_imbalance(num("expert_load_imbalance"));
     m->set_tokens(static_cast<int64_t>(num("tokens")));
     m->set_world_size(static_cast<int32_t>(num("world_size")));
+    return r;
+  }
+  if (event == "eval") {
+    auto step = j.find("step");
+    auto loss = j.find("loss");
+    if (step == j.end() || !step->is_number() || loss == j.end() || !loss->is_number()) return std::nullopt;
+    r.mutable_eval()->set_step(static_cast<int64_t>(num("step")));
+    r.mutable_eval()->set_loss(num("loss"));
+    r.mutable_eval()->set_targets(static_cast<int64_t>(num("targets")));
     return r;
   }
   auto path = j.find("path");

@@ -229,6 +229,69 @@ TEST_F(StoreTest, ManagerDrivesTheStateMachineAndWatchSeesEveryEventInOrder) {
   EXPECT_EQ(store_->GetJob("j1")->status().checkpoints_size(), 1);
 }
 
+TEST_F(StoreTest, EvalLossIsStoredWithTheMetricsSurvivesStepSamplesAndReopening) {
+  {
+    EventHub hub;
+    JobManager manager(store_.get(), &hub);
+    ASSERT_TRUE(manager.Create(MakeJob("j1", "t", 1)).ok());
+    ASSERT_TRUE(manager.Transition("j1", ftd::v1::STARTING, {}).ok());
+    ASSERT_TRUE(manager.Transition("j1", ftd::v1::RUNNING, {}).ok());
+    ftd::v1::JobStatus::Progress progress;
+    ftd::v1::JobMetrics metrics;
+    progress.set_step(2);
+    metrics.set_loss(3.0);
+    ASSERT_TRUE(manager.RecordProgress("j1", progress, metrics).ok());
+    ftd::v1::EvalResult eval;
+    eval.set_step(2);
+    eval.set_loss(2.75);
+    eval.set_targets(123);
+    auto after_eval = manager.RecordEval("j1", eval);
+    ASSERT_TRUE(after_eval.ok()) << after_eval.status();
+    EXPECT_EQ(after_eval->status().metrics().eval_loss(), 2.75);
+    EXPECT_EQ(after_eval->status().metrics().eval_step(), 2);
+    EXPECT_EQ(after_eval->status().metrics().loss(), 3.0);  // the step sample stays
+    // The next step sample carries no eval: the stored eval stays, and its event carries it.
+    progress.set_step(3);
+    metrics.set_loss(2.9);
+    auto after_step = manager.RecordProgress("j1", progress, metrics);
+    ASSERT_TRUE(after_step.ok());
+    EXPECT_EQ(after_step->status().metrics().loss(), 2.9);
+    EXPECT_EQ(after_step->status().metrics().eval_loss(), 2.75);
+    EXPECT_EQ(after_step->status().metrics().eval_step(), 2);
+    // Bad steps are refused, and nothing is recorded for an ended job.
+    ftd::v1::EvalResult bad;
+    bad.set_loss(1.0);
+    EXPECT_EQ(manager.RecordEval("j1", bad).status().code(), absl::StatusCode::kInvalidArgument);
+    ASSERT_TRUE(manager.Transition("j1", ftd::v1::SUCCEEDED, {}).ok());
+    eval.set_step(4);
+    EXPECT_EQ(manager.RecordEval("j1", eval).status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  store_.reset();
+  auto reopened = SqliteJobStore::Open(path());
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  auto job = (*reopened)->GetJob("j1");
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->status().metrics().eval_loss(), 2.75);
+  EXPECT_EQ(job->status().metrics().eval_step(), 2);
+  EXPECT_EQ(job->status().metrics().loss(), 2.9);
+  EXPECT_EQ(job->status().progress().step(), 3);
+  auto events = (*reopened)->ReadEvents("j1", 0, 100);
+  ASSERT_TRUE(events.ok());
+  std::vector<JobEvent> evals, samples;
+  for (const JobEvent& e : *events) {
+    if (e.kind_case() == JobEvent::kEval) evals.push_back(e);
+    if (e.kind_case() == JobEvent::kMetrics) samples.push_back(e);
+  }
+  ASSERT_EQ(evals.size(), 1u);
+  EXPECT_EQ(evals[0].eval().step(), 2);
+  EXPECT_EQ(evals[0].eval().loss(), 2.75);
+  EXPECT_EQ(evals[0].eval().targets(), 123);
+  ASSERT_EQ(samples.size(), 2u);
+  EXPECT_EQ(samples[0].metrics().eval_step(), 0);  // before the first evaluation
+  EXPECT_EQ(samples[1].metrics().eval_step(), 2);
+  EXPECT_EQ(samples[1].metrics().eval_loss(), 2.75);
+}
+
 TEST_F(StoreTest, AWatchFarBehindFallsBackToTheStoreWithoutLosingEvents) {
   EventHub hub;
   JobManager manager(store_.get(), &hub);

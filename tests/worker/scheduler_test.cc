@@ -157,6 +157,43 @@ TEST_F(SchedulerTest, GangStartsRunsAndSucceeds) {
   EXPECT_EQ(Job(id).status().state(), ftd::v1::SUCCEEDED);
 }
 
+TEST_F(SchedulerTest, EvalReportsAreRecordedWithTheJobsMetrics) {
+  const std::string id = AddJob(1, 1);
+  Register("a", 1);
+  sched_->Tick();
+  Beat("a", {});
+  Beat("a", {Proc(id, 0, 0)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  auto report = [&](int64_t seq) {
+    ftd::v1::RankReport r;
+    r.set_seq(seq);
+    *r.mutable_key() = Proc(id, 0, 0).key();
+    return r;
+  };
+  ftd::v1::RankReport step = report(1);
+  step.mutable_step()->mutable_progress()->set_step(2);
+  step.mutable_step()->mutable_metrics()->set_loss(3.0);
+  ftd::v1::RankReport eval = report(2);
+  eval.mutable_eval()->set_step(2);
+  eval.mutable_eval()->set_loss(2.75);
+  eval.mutable_eval()->set_targets(50);
+  ftd::v1::RankReport next = report(3);
+  next.mutable_step()->mutable_progress()->set_step(3);
+  next.mutable_step()->mutable_metrics()->set_loss(2.9);
+  EXPECT_EQ(Beat("a", {Proc(id, 0, 0)}, {step, eval, next}).ack_seq(), 3);
+  const auto m = Job(id).status().metrics();
+  EXPECT_DOUBLE_EQ(m.loss(), 2.9);
+  EXPECT_DOUBLE_EQ(m.eval_loss(), 2.75);
+  EXPECT_EQ(m.eval_step(), 2);
+  // A stale attempt's eval is fenced off.
+  ftd::v1::RankReport stale = report(4);
+  stale.mutable_key()->set_attempt(7);
+  stale.mutable_eval()->set_step(3);
+  stale.mutable_eval()->set_loss(9.0);
+  Beat("a", {Proc(id, 0, 0)}, {stale});
+  EXPECT_DOUBLE_EQ(Job(id).status().metrics().eval_loss(), 2.75);
+}
+
 TEST_F(SchedulerTest, StaleReportsAreFencedAndStaleRanksStopped) {
   const std::string id = AddJob(1, 1, 0, /*max_restarts=*/2);
   Register("a", 1);
