@@ -82,7 +82,8 @@ panel("Step phases", [(f"ftd_job_step_phase_seconds{{{J}}}", "{{job_id}} {{phase
 endrow()
 
 row("Loss and learning rate")
-panel("Loss", [(f"ftd_job_loss{{{J}}}", "{{job_id}}")], w=8)
+panel("Loss", [(f"ftd_job_loss{{{J}}}", "{{job_id}} train"), (f"ftd_job_eval_loss{{{J}}}", "{{job_id}} eval")], w=8,
+      desc="Training loss of the latest step, and the loss on the validation set (datasets.validation) at the latest evaluation (hyperparameters.eval_every).")
 panel("Learning rate", [(f"ftd_job_learning_rate{{{J}}}", "{{job_id}}")], w=8)
 panel("Gradient norm", [(f"ftd_job_grad_norm{{{J}}}", "{{job_id}}")], w=8)
 endrow()

@@ -99,6 +99,15 @@ JobMetricsExporter::JobMetricsExporter(JobStore* store, prometheus::Registry* re
                    .Name("ftd_job_restarts_total")
                    .Help("Times the job was requeued after it had started (attempts - 1).")
                    .Register(*registry);
+  eval_loss_ = &prometheus::BuildGauge()
+                    .Name("ftd_job_eval_loss")
+                    .Help("Loss on the validation set (datasets.validation) at the latest "
+                          "evaluation: mean over every validation target.")
+                    .Register(*registry);
+  eval_step_ = &prometheus::BuildGauge()
+                    .Name("ftd_job_eval_step")
+                    .Help("Optimizer step of the latest evaluation on the validation set.")
+                    .Register(*registry);
   rank_info_ = &prometheus::BuildGauge()
                     .Name("ftd_job_rank_info")
                     .Help("1 for each rank of a placed job: the worker (its pod name under the "
@@ -223,6 +232,13 @@ void JobMetricsExporter::Apply(const JobEvent& event) {
     case JobEvent::kMetrics:
       ApplyMetrics(event.job_id(), event.metrics(), time);
       break;
+    case JobEvent::kEval:
+      if (event.eval().step() > 0) {
+        if (JobSeries* s = EnsureSeries(event.job_id()); s != nullptr) {
+          SetEval(s, event.eval().step(), event.eval().loss());
+        }
+      }
+      break;
     default:
       break;
   }
@@ -302,10 +318,21 @@ void JobMetricsExporter::ApplyMetrics(const std::string& id, const ftd::v1::JobM
   set(kImbalance, m.expert_load_imbalance());
   if (m.world_size() > 0) set(kGpus, m.world_size());
   set(kLastSample, absl::ToDoubleSeconds(time - absl::UnixEpoch()));
+  if (m.eval_step() > 0) SetEval(s, m.eval_step(), m.eval_loss());
   if (m.step_seconds() > 0) s->step_duration->Observe(m.step_seconds());
   if (m.tokens() > 0) s->tokens->Increment(static_cast<double>(m.tokens()));
   s->last_update = absl::Now();
   s->needs_progress = true;
+}
+
+void JobMetricsExporter::SetEval(JobSeries* s, int64_t step, double loss) {
+  if (s->eval_loss == nullptr) {
+    s->eval_loss = &eval_loss_->Add(s->labels);
+    s->eval_step = &eval_step_->Add(s->labels);
+  }
+  s->eval_loss->Set(loss);
+  s->eval_step->Set(static_cast<double>(step));
+  s->last_update = absl::Now();
 }
 
 void JobMetricsExporter::RefreshProgress() {
@@ -342,6 +369,9 @@ JobMetricsExporter::JobSeries* JobMetricsExporter::EnsureSeries(const std::strin
   if (world > 0) s.gauges[kGpus]->Set(world);
   s.gauges[kStep]->Set(static_cast<double>(job->status().progress().step()));
   s.gauges[kTotalSteps]->Set(static_cast<double>(job->status().progress().total_steps()));
+  if (job->status().metrics().eval_step() > 0) {  // e.g. a job evaluated before a restart
+    SetEval(&s, job->status().metrics().eval_step(), job->status().metrics().eval_loss());
+  }
   s.step_duration = &step_duration_->Add(labels, StepBuckets());
   s.tokens = &tokens_->Add(labels);
   s.restarts = &restarts_->Add(labels);
@@ -385,6 +415,10 @@ void JobMetricsExporter::RemoveSeries(absl::flat_hash_map<std::string, JobSeries
   step_duration_->Remove(s.step_duration);
   tokens_->Remove(s.tokens);
   restarts_->Remove(s.restarts);
+  if (s.eval_loss != nullptr) {
+    eval_loss_->Remove(s.eval_loss);
+    eval_step_->Remove(s.eval_step);
+  }
   for (prometheus::Gauge* g : s.ranks) rank_info_->Remove(g);
   series_.erase(it);
 }

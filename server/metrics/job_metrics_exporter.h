@@ -8,7 +8,9 @@
 //   ftd_job_peak_memory_bytes, ftd_job_reserved_memory_bytes, ftd_job_loss, ftd_job_grad_norm,
 //   ftd_job_learning_rate, ftd_job_all_to_all_seconds, ftd_job_step_phase_seconds{phase},
 //   ftd_job_expert_load_imbalance_ratio, ftd_job_gpus, ftd_job_step, ftd_job_total_steps,
-//   ftd_job_last_sample_timestamp_seconds), ftd_job_step_duration_seconds (histogram over the
+//   ftd_job_last_sample_timestamp_seconds), ftd_job_eval_loss and ftd_job_eval_step (the
+//   latest evaluation on the validation set; present once the job has reported one, from eval
+//   events or the eval fields of metrics), ftd_job_step_duration_seconds (histogram over the
 //   reported steps), ftd_job_tokens_total and ftd_job_restarts_total (counters), and
 //   ftd_job_rank_info{rank, worker, local_rank} = 1 per placed rank (to join with GPU exporters'
 //   per-pod series: the worker name is its pod name under the Helm chart). A job's series
@@ -80,6 +82,8 @@ class JobMetricsExporter {
     prometheus::Histogram* step_duration = nullptr;
     prometheus::Counter* tokens = nullptr;
     prometheus::Counter* restarts = nullptr;
+    prometheus::Gauge* eval_loss = nullptr;  // created with the job's first evaluation
+    prometheus::Gauge* eval_step = nullptr;
     std::vector<prometheus::Gauge*> ranks;  // ftd_job_rank_info, one per placed rank
     prometheus::Labels labels;              // job_id, tenant, model
     absl::Time ended = absl::InfiniteFuture();
@@ -98,6 +102,7 @@ class JobMetricsExporter {
   void Apply(const ftd::v1::JobEvent& event);
   void ApplyStatus(const std::string& id, const ftd::v1::JobStatus& status, absl::Time time);
   void ApplyMetrics(const std::string& id, const ftd::v1::JobMetrics& metrics, absl::Time time);
+  void SetEval(JobSeries* s, int64_t step, double loss);
   void RefreshProgress();
   // The job's series, created on first use (reads tenant and model from the store); null when
   // the job cannot be read.
@@ -115,6 +120,8 @@ class JobMetricsExporter {
   prometheus::Family<prometheus::Histogram>* step_duration_;
   prometheus::Family<prometheus::Counter>* tokens_;
   prometheus::Family<prometheus::Counter>* restarts_;
+  prometheus::Family<prometheus::Gauge>* eval_loss_;
+  prometheus::Family<prometheus::Gauge>* eval_step_;
   prometheus::Family<prometheus::Gauge>* rank_info_;
   prometheus::Family<prometheus::Gauge>* jobs_by_state_;
   prometheus::Histogram* queue_wait_;

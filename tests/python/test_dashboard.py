@@ -54,7 +54,7 @@ def test_rows_query_what_their_titles_promise(dashboard):
     assert {"ftd_jobs", "ftd_job_queue_wait_seconds_bucket"} <= names("Jobs overview")
     assert {"ftd_job_tokens_per_second_per_gpu", "ftd_job_model_tflops_per_gpu", "ftd_job_mfu_ratio",
             "ftd_job_step_duration_seconds_bucket"} <= names("Throughput")
-    assert {"ftd_job_loss", "ftd_job_learning_rate", "ftd_job_grad_norm"} <= names("Loss and learning rate")
+    assert {"ftd_job_loss", "ftd_job_eval_loss", "ftd_job_learning_rate", "ftd_job_grad_norm"} <= names("Loss and learning rate")
     assert {"ftd_job_peak_memory_bytes", "ftd_job_reserved_memory_bytes"} <= names("Memory")
     assert {"ftd_job_expert_load_imbalance_ratio", "ftd_job_all_to_all_seconds"} <= names("MoE load and all-to-all")
     workers = names("Workers and GPUs")

@@ -55,6 +55,16 @@ class MetricsExporterTest : public ::testing::Test {
     ASSERT_TRUE(st.ok()) << st.status();
   }
 
+  // An evaluation on the validation set, recorded as the scheduler records rank 0's report.
+  void Eval(const std::string& id, int step, double loss) {
+    ftd::v1::EvalResult e;
+    e.set_step(step);
+    e.set_loss(loss);
+    e.set_targets(640);
+    auto st = daemon_->jobs()->RecordEval(id, e);
+    ASSERT_TRUE(st.ok()) << st.status();
+  }
+
   std::vector<Sample> ScrapeOrDie(std::string* raw = nullptr) {
     absl::StatusOr<std::vector<Sample>> s = Scrape(daemon_->http_port(), raw);
     EXPECT_TRUE(s.ok()) << s.status();
@@ -125,6 +135,44 @@ TEST_F(MetricsExporterTest, PerJobSeriesFollowTheLatestSample) {
   const double now = absl::ToUnixSeconds(absl::Now());
   EXPECT_THAT(FindSample(s, "ftd_job_last_sample_timestamp_seconds", job),
               ::testing::Optional(::testing::DoubleNear(now, 30)));
+}
+
+TEST_F(MetricsExporterTest, EvalLossGaugeFollowsTheLatestEvaluation) {
+  StartDaemon();
+  const std::string id = CreateJob(), other = CreateJob(kTokenB);
+  for (const std::string& j : {id, other}) {
+    Move(j, ftd::v1::STARTING);
+    Move(j, ftd::v1::RUNNING);
+  }
+  Report(id, 1);
+  Report(id, 2);
+  Report(other, 1);
+  const std::map<std::string, std::string> job = {
+      {"job_id", id}, {"tenant", "tenant-a"}, {"model", "tiny-moe"}};
+  // Before any evaluation there is no eval series (not a misleading 0).
+  std::vector<Sample> s = ScrapeOrDie();
+  EXPECT_EQ(CountSamples(s, "ftd_job_eval_loss"), 0);
+  EXPECT_EQ(CountSamples(s, "ftd_job_eval_step"), 0);
+
+  Eval(id, 2, 2.5);
+  Report(id, 3);  // a later step sample keeps the latest eval
+  s = ScrapeOrDie();
+  EXPECT_EQ(FindSample(s, "ftd_job_eval_loss", job), 2.5);
+  EXPECT_EQ(FindSample(s, "ftd_job_eval_step", job), 2);
+  EXPECT_THAT(FindSample(s, "ftd_job_loss", job), ::testing::Optional(::testing::DoubleNear(StepSample(3).loss(), 1e-9)));
+
+  Report(id, 4);
+  Eval(id, 4, 2.25);
+  s = ScrapeOrDie();
+  EXPECT_EQ(FindSample(s, "ftd_job_eval_loss", job), 2.25);
+  EXPECT_EQ(FindSample(s, "ftd_job_eval_step", job), 4);
+  EXPECT_EQ(CountSamples(s, "ftd_job_eval_loss"), 1);  // the job without a validation set has none
+  EXPECT_EQ(CountSamples(s, "ftd_job_eval_loss", {{"job_id", other}}), 0);
+  // Evaluations are not steps: the histogram and the token counter saw the 4 steps only.
+  EXPECT_EQ(FindSample(s, "ftd_job_step_duration_seconds_count", job), 4);
+  EXPECT_EQ(FindSample(s, "ftd_job_tokens_total", job), 4 * 4096);
+  // The stored job says the same (GetJob/REST).
+  EXPECT_EQ(daemon_->jobs()->store()->GetJob(id)->status().metrics().eval_loss(), 2.25);
 }
 
 TEST_F(MetricsExporterTest, JobsByStateAndQueueWait) {
@@ -325,12 +373,14 @@ TEST_F(MetricsExporterTest, PromtoolAcceptsTheLiveScrape) {
     Move(id, ftd::v1::STARTING);
     Move(id, ftd::v1::RUNNING);
     for (int step = 1; step <= 3; ++step) Report(id, step);
+    if (j == 0) Eval(id, 3, 2.5);
   }
   ASSERT_EQ(HttpCall(daemon_->http_port(), "GET", "/v1/jobs", "", kTokenA)->status, 200);
   ScrapeOrDie();
   std::string raw;
   const std::vector<Sample> s = ScrapeOrDie(&raw);
   ASSERT_EQ(CountSamples(s, "ftd_job_loss"), 2);
+  ASSERT_EQ(CountSamples(s, "ftd_job_eval_loss"), 1);
   const std::string file = env_.root() + "/scrape.txt";
   std::ofstream(file) << raw;
   const std::string cmd = "promtool check metrics < " + file + " 2>&1";
