@@ -104,6 +104,9 @@ void DescribeJob(std::ostream& out, const FineTuneJob& job) {
                                           100 * m.mfu(), m.loss(), m.step_seconds(),
                                           HumanBytes(static_cast<double>(m.peak_memory_bytes())))});
   }
+  if (m.eval_step() > 0) {
+    t.AddRow({"Eval loss:", absl::StrFormat("%.4f (validation set, at step %d)", m.eval_loss(), m.eval_step())});
+  }
   if (st.placement().ranks_size() > 0) {
     std::map<std::string, int> per_worker;
     for (const auto& r : st.placement().ranks()) ++per_worker[r.worker()];
@@ -155,12 +158,20 @@ absl::StatusOr<std::vector<JobState>> ParseStates(const std::vector<std::string>
   return states;
 }
 
+// "step 40: eval loss 2.1234 (5,120 targets)"
+std::string EvalText(const ftd::v1::EvalResult& e) {
+  std::string t = absl::StrFormat("step %d: eval loss %.4f", e.step(), e.loss());
+  if (e.targets() > 0) absl::StrAppend(&t, " (", e.targets(), " targets)");
+  return t;
+}
+
 std::string EventKind(const JobEvent& e) {
   switch (e.kind_case()) {
     case JobEvent::kStatus: return "status";
     case JobEvent::kMetrics: return "metrics";
     case JobEvent::kMessage: return "message";
     case JobEvent::kCheckpoint: return "checkpoint";
+    case JobEvent::kEval: return "eval";
     default: return "-";
   }
 }
@@ -180,6 +191,7 @@ std::string EventDetail(const JobEvent& e) {
     }
     case JobEvent::kMessage: return OneLine(e.message());
     case JobEvent::kCheckpoint: return absl::StrCat("step ", e.checkpoint().step(), ": ", e.checkpoint().path());
+    case JobEvent::kEval: return EvalText(e.eval());
     default: return "";
   }
 }
@@ -286,6 +298,11 @@ int WatchJob(Cli& cli, Connection* c, const std::string& id) {
         case JobEvent::kCheckpoint:
           print_above(absl::StrCat(TimeString(ev.time()), "  checkpoint at step ", ev.checkpoint().step(), ": ",
                                    ev.checkpoint().path()));
+          break;
+        case JobEvent::kEval:
+          current.mutable_metrics()->set_eval_loss(ev.eval().loss());
+          current.mutable_metrics()->set_eval_step(ev.eval().step());
+          print_above(absl::StrCat(TimeString(ev.time()), "  ", EvalText(ev.eval())));
           break;
         default:
           break;
@@ -493,7 +510,7 @@ Examples:
       return Emit(
           cli, all,
           [&] {
-            Table t({"ID", "STATE", "STEP", "LOSS", "TOK/S/GPU", "MFU", "AGE", "LABELS"});
+            Table t({"ID", "STATE", "STEP", "LOSS", "EVAL LOSS", "TOK/S/GPU", "MFU", "AGE", "LABELS"});
             for (const auto& j : all.jobs()) {
               const auto& st = j.status();
               t.AddRow({j.id(), ftd::v1::JobState_Name(st.state()),
@@ -501,6 +518,7 @@ Examples:
                             ? absl::StrCat(st.progress().step(), "/", st.progress().total_steps())
                             : "-",
                         Num(st.metrics().loss(), "%.4f"),
+                        st.metrics().eval_step() > 0 ? absl::StrFormat("%.4f", st.metrics().eval_loss()) : "-",
                         st.metrics().tokens_per_second_per_gpu() > 0 ? HumanCount(st.metrics().tokens_per_second_per_gpu()) : "-",
                         st.metrics().mfu() > 0 ? absl::StrFormat("%.1f%%", 100 * st.metrics().mfu()) : "-",
                         Age(j.create_time()), Labels(j.labels())});
@@ -545,8 +563,8 @@ Examples:
   static std::string watch_id;
   auto* watch = app.add_subcommand("watch", "Follow a job live until it ends");
   watch->add_option("id", watch_id, "job id")->required();
-  watch->footer(R"(Shows one live line (step/total, tokens/s/GPU, MFU, loss, ETA), with messages and checkpoints
-printed above it. Reconnects if the coordinator restarts. Exit code: 0 SUCCEEDED, 3 FAILED,
+  watch->footer(R"(Shows one live line (step/total, tokens/s/GPU, MFU, loss, eval loss, ETA), with messages,
+evaluations and checkpoints printed above it. Reconnects if the coordinator restarts. Exit code: 0 SUCCEEDED, 3 FAILED,
 4 CANCELLED, 1 error.
 
 Examples:

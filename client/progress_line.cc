@@ -55,6 +55,7 @@ std::string ProgressLine(const std::string& id, const ftd::v1::JobStatus& status
   }
   if (m.mfu() > 0) absl::StrAppend(&line, absl::StrFormat("  MFU %.1f%%", 100 * m.mfu()));
   if (m.loss() != 0) absl::StrAppend(&line, absl::StrFormat("  loss %.4f", m.loss()));
+  if (m.eval_step() > 0) absl::StrAppend(&line, absl::StrFormat("  eval loss %.4f", m.eval_loss()));
   if (status.state() == JobState::RUNNING) {
     absl::StrAppend(&line, "  ETA ", eta >= 0 ? HumanDuration(eta) : "-");
   }

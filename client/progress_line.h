@@ -1,5 +1,6 @@
 // The live line of `ftctl watch` / `submit --watch`:
 //   ftj-1a2b  RUNNING  step 120/1000 (12%)  4.51k tok/s/GPU  MFU 23.1%  loss 2.3412  ETA 5m12s
+// (with "  eval loss 2.4010" after the loss once the job has evaluated on its validation set)
 // and the ETA estimate behind it.
 #pragma once
 

@@ -121,6 +121,10 @@ TEST(ProgressLineTest, LineAndEta) {
   st.mutable_metrics()->set_loss(2.34123);
   EXPECT_EQ(ProgressLine("ftj-1", st, 312),
             "ftj-1  RUNNING  step 120/1000 (12%)  4.5k tok/s/GPU  MFU 23.1%  loss 2.3412  ETA 5m12s");
+  st.mutable_metrics()->set_eval_loss(2.40104);
+  st.mutable_metrics()->set_eval_step(100);
+  EXPECT_EQ(ProgressLine("ftj-1", st, 312),
+            "ftj-1  RUNNING  step 120/1000 (12%)  4.5k tok/s/GPU  MFU 23.1%  loss 2.3412  eval loss 2.4010  ETA 5m12s");
   st.set_state(ftd::v1::QUEUED);
   st.set_queue_position(2);
   EXPECT_EQ(ProgressLine("ftj-1", st, -1), "ftj-1  QUEUED  queue position 2  waiting for GPUs");

@@ -423,6 +423,14 @@ TEST_F(FtctlTest, WatchShowsProgressAndExitsWithTheFinalState) {
   ASSERT_TRUE(daemon_->jobs()->AddCheckpoint(id, ck).ok());
   ASSERT_TRUE(WaitFor([&] { return watch.out().find("checkpoint at step 5") != std::string::npos; }))
       << watch.out() << Run({"events", id}).out;
+  // An evaluation on the validation set: printed above the line, then shown on it.
+  ftd::v1::EvalResult eval;
+  eval.set_step(5);
+  eval.set_loss(2.401);
+  eval.set_targets(640);
+  ASSERT_TRUE(daemon_->jobs()->RecordEval(id, eval).ok());
+  ASSERT_TRUE(WaitFor([&] { return watch.out().find("step 5: eval loss 2.4010 (640 targets)") != std::string::npos; }))
+      << watch.out();
   Progress(id, 10, 1.9876);
   Transition(id, JobState::SUCCEEDED);
   Result r = watch.Wait();
@@ -431,7 +439,7 @@ TEST_F(FtctlTest, WatchShowsProgressAndExitsWithTheFinalState) {
   EXPECT_THAT(r.out, HasSubstr("tok/s/GPU"));
   EXPECT_THAT(r.out, HasSubstr("MFU 23.1%"));
   EXPECT_THAT(r.out, HasSubstr("ETA"));
-  EXPECT_THAT(r.out, HasSubstr("SUCCEEDED  step 10/10 (100%)  4.5k tok/s/GPU  MFU 23.1%  loss 1.9876"));
+  EXPECT_THAT(r.out, HasSubstr("SUCCEEDED  step 10/10 (100%)  4.5k tok/s/GPU  MFU 23.1%  loss 1.9876  eval loss 2.4010"));
 
   // Checkpoints and `get` of the finished job.
   Result ckpts = Run({"checkpoints", id});
@@ -441,6 +449,13 @@ TEST_F(FtctlTest, WatchShowsProgressAndExitsWithTheFinalState) {
   Result get = Run({"get", id});
   EXPECT_THAT(get.out, HasSubstr("step 10/10"));
   EXPECT_THAT(get.out, HasSubstr("node-a x2"));
+  EXPECT_THAT(get.out, HasSubstr("Eval loss:"));
+  EXPECT_THAT(get.out, HasSubstr("2.4010 (validation set, at step 5)"));
+  EXPECT_THAT(Run({"list"}).out, HasSubstr("EVAL LOSS"));
+  EXPECT_THAT(Run({"list"}).out, HasSubstr("2.4010"));
+  EXPECT_THAT(Run({"events", id}).out, HasSubstr("step 5: eval loss 2.4010 (640 targets)"));
+  nlohmann::json got = nlohmann::json::parse(Run({"get", id, "-o", "json"}).out);
+  EXPECT_DOUBLE_EQ(got["status"]["metrics"]["eval_loss"].get<double>(), 2.401);
   // watch of a finished job returns at once with its code; logs of it succeed.
   EXPECT_EQ(Run({"watch", id}).code, 0);
   EXPECT_EQ(Run({"logs", id}).code, 0);
