@@ -4,7 +4,10 @@ CPU fine-tune (ftd-worker child, ftd-train rank), and
 - Debian's Prometheus server, on loopback and scraping every second, returns the job's
   tokens-per-second and loss series through its HTTP API (non-empty, plausible values);
 - every metric the Grafana dashboard's PromQL names is exported by this coordinator (names
-  from the live scrape), apart from an explicit list of Prometheus' and DCGM's own series.
+  from the live scrape), apart from an explicit list of Prometheus' and DCGM's own series;
+- the job has a validation set (datasets.validation, eval_every): its eval loss, as the engine
+  logged it, reaches GetJob over REST (status.metrics.evalLoss/evalStep), the job's events
+  (REST list and SSE `event: eval`) and /metrics (ftd_job_eval_loss, ftd_job_eval_step).
 
 Binaries: ftd from $FTD_BUILD_DIR/bin; ftd-train from $FTD_TRAIN_BIN or the same directory;
 promtool and prometheus from Debian's prometheus package (scripts/setup.sh)."""
@@ -13,6 +16,7 @@ import math
 import os
 import pathlib
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +40,9 @@ ADMIN = "metrics-admin-token-0123456789"
 # target) and NVIDIA's dcgm-exporter (GPU telemetry, joined on pod/gpu).
 EXTERNAL = {"up", "scrape_duration_seconds", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED",
             "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_SM_CLOCK"}
+EVAL_EVERY = 3
+# rank 0's log line of an evaluation (engine/train/trainer.cc), as the coordinator buffers it.
+EVAL_LOG = re.compile(r"\[rank 0\] eval step (\d+)/\d+ loss ([0-9.eE+-]+) targets (\d+)")
 
 
 def http(url, method="GET", body=None, token=None, timeout=30):
@@ -65,6 +72,10 @@ class Coordinator:
         with open(root / "data.jsonl", "w") as f:
             for _ in range(400):
                 f.write(json.dumps({"input_ids": [rnd.randrange(512) for _ in range(rnd.randrange(20, 48))]}) + "\n")
+        # A small validation set: an evaluation costs about one step.
+        with open(root / "valid.jsonl", "w") as f:
+            for _ in range(6):
+                f.write(json.dumps({"input_ids": [rnd.randrange(512) for _ in range(rnd.randrange(20, 48))]}) + "\n")
         self.log = open(root / "ftd.log", "w")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "FTD_TRAIN_BIN": str(engine)}
         self.proc = subprocess.Popen(
@@ -91,10 +102,12 @@ class Coordinator:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
     def submit(self, steps):
-        spec = {"base_model": str(self.root / "tiny-moe"), "datasets": {"train": str(self.root / "data.jsonl")},
+        spec = {"base_model": str(self.root / "tiny-moe"),
+                "datasets": {"train": str(self.root / "data.jsonl"), "validation": str(self.root / "valid.jsonl")},
                 "output": str(self.root / "out"),
                 "hyperparameters": {"max_steps": steps, "global_batch": 8, "micro_batch": 1, "seq_len": 48,
-                                    "lr": 3e-3, "schedule": "cosine", "warmup_steps": 2, "seed": 7},
+                                    "lr": 3e-3, "schedule": "cosine", "warmup_steps": 2, "seed": 7,
+                                    "eval_every": EVAL_EVERY},
                 "parallelism": {"ep_size": 2}, "resources": {"nodes": 1, "gpus_per_node": 2},
                 "checkpointing": {"every_n_steps": 1000}}
         return json.loads(http(self.url("/v1/jobs"), "POST", {"spec": spec}, TOKEN))["job"]["id"]
@@ -104,6 +117,15 @@ class Coordinator:
 
     def scrape(self):
         return http(self.url("/metrics"))
+
+    def events(self, job_id):
+        out, token = [], ""
+        while True:
+            page = json.loads(http(self.url(f"/v1/jobs/{job_id}/events?pageSize=1000&pageToken={token}"), token=TOKEN))
+            out += page.get("events", [])
+            token = page.get("nextPageToken", "")
+            if not token:
+                return out
 
     def stop(self, job_id):
         try:
@@ -254,3 +276,56 @@ def test_dashboard_reads_only_exported_metrics(live):
     # Every exception is used: the list cannot hide a typo in an ftd_ name.
     assert EXTERNAL <= used, EXTERNAL - used
     assert not any(n.startswith("ftd_") for n in EXTERNAL)
+
+
+def test_eval_loss_reaches_get_job_events_and_metrics(live):
+    c, job_id = live
+
+    def evaluated():
+        st = c.job(job_id)["status"]
+        assert st["state"] not in ("FAILED", "CANCELLED"), st
+        m = st.get("metrics", {})
+        return m if int(m.get("evalStep", 0)) >= EVAL_EVERY else None
+    m = wait_for(f"job {job_id}'s first evaluation in GetJob", evaluated, timeout=180)
+    step, loss = int(m["evalStep"]), m["evalLoss"]
+    assert step % EVAL_EVERY == 0
+    assert 0 < loss < 20 and math.isfinite(loss)
+    assert m["loss"] > 0, "step samples after the evaluation keep the training loss too"
+
+    # The value is the engine's: rank 0 logged the same evaluation.
+    logged = {int(g[0]): (float(g[1]), int(g[2]))
+              for g in EVAL_LOG.findall(http(c.url(f"/v1/jobs/{job_id}/logs"), token=TOKEN))}
+    assert step in logged, (step, sorted(logged))
+    assert loss == pytest.approx(logged[step][0], abs=2e-6)
+
+    # One eval event per evaluation, in step order, with the validation targets counted.
+    evals = [e["eval"] for e in c.events(job_id) if "eval" in e]
+    steps = [int(e["step"]) for e in evals]
+    assert steps and steps == sorted(steps) and all(s % EVAL_EVERY == 0 for s in steps), steps
+    by_step = {int(e["step"]): e for e in evals}
+    assert by_step[step]["loss"] == loss
+    assert int(by_step[step]["targets"]) == logged[step][1] > 0
+
+    # SSE: the watch stream (from the latest status event, RUNNING, on) names them `event: eval`.
+    req = urllib.request.Request(c.url(f"/v1/jobs/{job_id}:watch?afterSeq=0"),
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=60) as stream:
+        kind = None
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: ") and kind == "eval":
+                assert json.loads(line[len("data: "):])["eval"] == evals[0]
+                break
+        else:
+            pytest.fail("the watch stream ended without an eval event")
+
+    # /metrics: the latest evaluation (at least as new as the one GetJob showed above).
+    samples = parse_exposition(c.scrape())
+    labels = {"job_id": job_id, "tenant": "team-metrics", "model": "tiny-moe"}
+    (eval_step,) = find(samples, "ftd_job_eval_step", **labels)
+    (eval_loss,) = find(samples, "ftd_job_eval_loss", **labels)
+    assert eval_step >= step and eval_step % EVAL_EVERY == 0
+    latest = {int(e["step"]): e for e in (e["eval"] for e in c.events(job_id) if "eval" in e)}
+    assert eval_loss == pytest.approx(latest[int(eval_step)]["loss"], rel=1e-9)
