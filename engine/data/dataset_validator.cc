@@ -21,14 +21,18 @@ absl::Status Validate(const std::string& path, DatasetFormat format, int32_t voc
   int64_t bad_lines = 0;
   int64_t records = 0;
   absl::Status read = ForEachJsonlLine(path, [&](int64_t line_number, const std::string& line) {
-    ++records;
+    const int64_t record_index = records++;
     absl::Status status;
     auto record = ParseDatasetRecord(line, format, vocab_size);
     if (!record.ok()) {
       status = record.status();
     } else if (encoder != nullptr) {
       auto document = encoder->Encode(*record);
-      if (!document.ok()) status = document.status();
+      if (!document.ok()) {
+        status = document.status();
+      } else if (options.on_document) {
+        options.on_document(record_index, *document);
+      }
     }
     if (!status.ok()) {
       ++bad_lines;
@@ -52,12 +56,15 @@ absl::Status Validate(const std::string& path, DatasetFormat format, int32_t voc
 
 absl::Status ValidateDataset(const std::string& path, DatasetFormat format, int32_t vocab_size,
                              const ValidationOptions& options) {
-  return Validate(path, format, vocab_size, nullptr, options);
+  if (!options.on_document) return Validate(path, format, vocab_size, nullptr, options);
+  auto encoder = DocumentEncoder::Create(nullptr);  // token-id records only
+  if (!encoder.ok()) return encoder.status();
+  return Validate(path, format, vocab_size, encoder->get(), options);
 }
 
 absl::Status ValidateDataset(const std::string& path, DatasetFormat format, const Tokenizer* tokenizer,
                              const ValidationOptions& options) {
-  if (tokenizer == nullptr) return Validate(path, format, 0, nullptr, options);
+  if (tokenizer == nullptr) return ValidateDataset(path, format, 0, options);
   auto encoder = DocumentEncoder::Create(tokenizer);
   if (!encoder.ok()) return encoder.status();
   return Validate(path, format, tokenizer->vocab_size(), encoder->get(), options);

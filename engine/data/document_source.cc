@@ -1,6 +1,10 @@
 #include "engine/data/document_source.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
+#include "engine/data/epoch_order.h"
 
 namespace ftd::data {
 
@@ -39,6 +43,22 @@ HoldoutView::HoldoutView(const DocumentSource* base, size_t holdout_every, Side 
   for (size_t i = 0; i < base->size(); ++i) {
     const bool held_out = holdout_every > 0 && i % holdout_every == holdout_every - 1;
     if (held_out == (side == Side::kHeldOut)) indices_.push_back(i);
+  }
+}
+
+HoldoutView::HoldoutView(const DocumentSource* base, double fraction, uint64_t seed, Side side) : base_(base) {
+  const size_t n = base->size();
+  std::vector<bool> held_out(n, false);
+  if (n >= 2 && fraction > 0 && n <= UINT32_MAX) {
+    const auto wanted = static_cast<size_t>(std::llround(fraction * static_cast<double>(n)));
+    const size_t count = std::clamp<size_t>(wanted, 1, n - 1);
+    // A permutation of its own (salted seed), not epoch 0's training order.
+    constexpr uint64_t kHoldoutSalt = 0x686f6c646f7574ULL;  // "holdout"
+    const std::vector<uint32_t> order = EpochOrder(static_cast<uint32_t>(n), seed ^ kHoldoutSalt, 0, true);
+    for (size_t i = 0; i < count; ++i) held_out[order[i]] = true;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (held_out[i] == (side == Side::kHeldOut)) indices_.push_back(i);
   }
 }
 

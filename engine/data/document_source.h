@@ -2,6 +2,7 @@
 // (in a shuffled order) and what the validation split carves up.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,15 +51,24 @@ class InMemoryDocumentSource final : public DocumentSource {
   std::vector<TokenizedDocument> documents_;
 };
 
-// The validation split "every N-th document": with `holdout_every` = N, the held-out view has
-// documents N-1, 2N-1, ... of `base` and the training view all the others. Both views keep a
-// pointer to `base`, which must outlive them.
+// A validation split carved from one source; the two sides are disjoint and together are the
+// whole source, each in the source's order. Both views keep a pointer to `base`, which must
+// outlive them.
 class HoldoutView final : public DocumentSource {
  public:
   enum class Side { kTrain, kHeldOut };
+  // "Every N-th document": with `holdout_every` = N, the held-out side has documents N-1, 2N-1,
+  // ... of `base` and the training side all the others.
   HoldoutView(const DocumentSource* base, size_t holdout_every, Side side);
+  // "A fraction drawn by seed" (datasets.validation_fraction): the first round(fraction * N) of
+  // a permutation of the N documents drawn from `seed` are held out, at least 1 and at most
+  // N - 1 (nothing is held out when N < 2 or fraction <= 0). The same seed gives the same split
+  // on every platform.
+  HoldoutView(const DocumentSource* base, double fraction, uint64_t seed, Side side);
   size_t size() const override { return indices_.size(); }
   absl::StatusOr<TokenizedDocument> Get(size_t index) const override { return base_->Get(indices_[index]); }
+  // The index in `base` of this view's document `index`.
+  size_t base_index(size_t index) const { return indices_[index]; }
 
  private:
   const DocumentSource* base_;

@@ -9,13 +9,18 @@ absl::StatusOr<std::unique_ptr<PackedBatchProducer>> PackedBatchProducer::Start(
                                                                                 PackingOptions packing,
                                                                                 DataPosition start,
                                                                                 ProducerOptions options) {
+  auto packer = SequencePacker::Create(source, packing, start);
+  if (!packer.ok()) return packer.status();
+  return Start(std::move(*packer), options);
+}
+
+absl::StatusOr<std::unique_ptr<PackedBatchProducer>> PackedBatchProducer::Start(std::unique_ptr<SampleStream> stream,
+                                                                                ProducerOptions options) {
   if (options.num_shards < 1 || options.shard_index < 0 || options.shard_index >= options.num_shards) {
     return absl::InvalidArgumentError("producer: shard_index must be in [0, num_shards)");
   }
   if (options.queue_depth == 0) return absl::InvalidArgumentError("producer: queue_depth must be positive");
-  auto packer = SequencePacker::Create(source, packing, start);
-  if (!packer.ok()) return packer.status();
-  std::unique_ptr<PackedBatchProducer> producer(new PackedBatchProducer(std::move(*packer), options));
+  std::unique_ptr<PackedBatchProducer> producer(new PackedBatchProducer(std::move(stream), options));
   producer->thread_ = std::thread([p = producer.get()] { p->Run(); });
   return producer;
 }
@@ -34,7 +39,7 @@ void PackedBatchProducer::Run() {
     group.clear();
     absl::Status error;
     for (int32_t i = 0; i < options_.num_shards; ++i) {
-      auto sample = packer_->Next();
+      auto sample = stream_->Next();
       if (!sample.ok()) {
         error = sample.status();
         break;
@@ -47,7 +52,7 @@ void PackedBatchProducer::Run() {
       if (options_.shard_index < static_cast<int32_t>(group.size())) {
         mine = std::move(group[options_.shard_index]);
       } else {
-        mine = packer_->PaddingSample();
+        mine = stream_->PaddingSample();
       }
       mine->next_position = group.back().next_position;  // the same on every rank
     }
@@ -60,7 +65,12 @@ void PackedBatchProducer::Run() {
     const auto has_room = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
       return stopping_ || queue_.size() < options_.queue_depth;
     };
-    mutex_.Await(absl::Condition(&has_room));
+    if (!has_room()) {
+      const auto wait_start = std::chrono::steady_clock::now();
+      mutex_.Await(absl::Condition(&has_room));
+      stats_.producer_wait_seconds +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
+    }
     if (stopping_) return;
     queue_.push_back(std::move(*mine));
     if (static_cast<int32_t>(group.size()) < options_.num_shards) {

@@ -2,7 +2,7 @@
 // loop never waits for tokenization while the producer keeps up. Also shards samples across
 // data-parallel ranks.
 //
-// Sharding: the packer's sample stream is cut into groups of `num_shards`; rank r takes the
+// Sharding: the sample stream is cut into groups of `num_shards`; rank r takes the
 // r-th sample of each group, and every rank reports the position after the whole group, so all
 // ranks save the same DataPosition and resume in step. When the data ends inside a group, the
 // ranks left without a sample get a padding-only sample (no loss) so all ranks take the same
@@ -18,6 +18,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/data/sample_stream.h"
 #include "engine/data/sequence_packer.h"
 
 namespace ftd::data {
@@ -32,6 +33,8 @@ struct ProducerStats {
   int64_t samples_delivered = 0;
   // Seconds Next() spent blocked on an empty queue (0 when the producer keeps up).
   double consumer_wait_seconds = 0;
+  // Seconds the producer thread spent blocked on a full queue (ahead of the consumer).
+  double producer_wait_seconds = 0;
 };
 
 class PackedBatchProducer {
@@ -39,6 +42,9 @@ class PackedBatchProducer {
   // `source` must outlive the producer. Resumes from `start` (a sample's next_position).
   static absl::StatusOr<std::unique_ptr<PackedBatchProducer>> Start(const DocumentSource* source,
                                                                     PackingOptions packing, DataPosition start = {},
+                                                                    ProducerOptions options = {});
+  // Runs any sample stream ahead (only the producer thread calls it once started).
+  static absl::StatusOr<std::unique_ptr<PackedBatchProducer>> Start(std::unique_ptr<SampleStream> stream,
                                                                     ProducerOptions options = {});
   // Stops the thread and waits for it.
   ~PackedBatchProducer();
@@ -52,11 +58,11 @@ class PackedBatchProducer {
   ProducerStats stats() const;
 
  private:
-  PackedBatchProducer(std::unique_ptr<SequencePacker> packer, ProducerOptions options)
-      : packer_(std::move(packer)), options_(options) {}
+  PackedBatchProducer(std::unique_ptr<SampleStream> stream, ProducerOptions options)
+      : stream_(std::move(stream)), options_(options) {}
   void Run();
 
-  std::unique_ptr<SequencePacker> packer_;  // used by the producer thread only
+  std::unique_ptr<SampleStream> stream_;  // used by the producer thread only
   const ProducerOptions options_;
   mutable absl::Mutex mutex_;
   std::deque<PackedSample> queue_ ABSL_GUARDED_BY(mutex_);

@@ -40,6 +40,7 @@ void SequencePacker::Append(const TokenizedDocument& document, size_t begin, siz
 }
 
 void SequencePacker::Pad(PackedSample* sample) const {
+  if (!options_.pack) return;  // a document of its own, as long as it is
   const auto used = static_cast<int32_t>(sample->input_ids.size());
   for (int32_t i = 0; i < options_.seq_len - used; ++i) {
     sample->input_ids.push_back(options_.pad_token_id);
@@ -52,7 +53,12 @@ void SequencePacker::Pad(PackedSample* sample) const {
 PackedSample SequencePacker::PaddingSample() const {
   PackedSample sample;
   sample.cu_seqlens.push_back(0);
-  Pad(&sample);
+  for (int32_t i = 0; i < options_.seq_len; ++i) {
+    sample.input_ids.push_back(options_.pad_token_id);
+    sample.labels.push_back(kIgnoreLabel);
+    sample.position_ids.push_back(i);
+  }
+  sample.cu_seqlens.push_back(options_.seq_len);
   sample.epoch = position_.epoch;
   sample.next_position = position_;
   return sample;
@@ -78,16 +84,18 @@ absl::StatusOr<std::optional<PackedSample>> SequencePacker::Next() {
       position_.token_offset = 0;
       continue;
     }
-    if (order_epoch_ != position_.epoch) {
+    if (options_.shuffle && order_epoch_ != position_.epoch) {
       order_ = EpochOrder(static_cast<uint32_t>(num_documents), options_.seed, position_.epoch, options_.shuffle);
       order_epoch_ = position_.epoch;
     }
     if (!pending_) {
-      auto document = source_->Get(order_[position_.doc_index]);
+      // Unshuffled: file order, without materializing it (a packer per row stays cheap).
+      const size_t index = options_.shuffle ? order_[position_.doc_index] : static_cast<size_t>(position_.doc_index);
+      auto document = source_->Get(index);
       if (!document.ok()) return document.status();
       if (document->labels.size() != document->input_ids.size()) {
-        return absl::InvalidArgumentError(absl::StrCat("packing: document ", order_[position_.doc_index],
-                                                       " has labels and input_ids of different lengths"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("packing: document ", index, " has labels and input_ids of different lengths"));
       }
       pending_ = std::move(*document);
     }
@@ -115,12 +123,53 @@ absl::StatusOr<std::optional<PackedSample>> SequencePacker::Next() {
     Append(document, begin, end, &sample);
     sample.epoch = position_.epoch;
     advance();
-    if (sample.input_ids.size() == seq_len) break;
+    if (sample.input_ids.size() == seq_len || !options_.pack) break;
   }
   Pad(&sample);
   ++position_.samples_emitted;
   sample.next_position = position_;
   return std::optional<PackedSample>(std::move(sample));
+}
+
+int32_t PackedLength(const TokenizedDocument& document, const PackingOptions& options) {
+  const auto end = static_cast<int32_t>(std::min<size_t>(document.input_ids.size(), options.seq_len));
+  if (end <= 0) return 0;
+  if (!options.skip_untrained_documents) return end;
+  for (int32_t i = 1; i < end && i < static_cast<int32_t>(document.labels.size()); ++i) {
+    if (document.labels[i] != kIgnoreLabel) return end;
+  }
+  return 0;
+}
+
+absl::StatusOr<int64_t> ForEachPlannedSample(const std::vector<int32_t>& packed_lengths, const PackingOptions& options,
+                                             int64_t epoch, const std::function<void(const DataPosition&)>& visit) {
+  if (options.long_documents != LongDocumentPolicy::kTruncate) {
+    return absl::InvalidArgumentError("packing plan: only truncating packers can be planned from lengths");
+  }
+  if (packed_lengths.size() > UINT32_MAX) return absl::InvalidArgumentError("packing: more than 2^32 documents");
+  const std::vector<uint32_t> order =
+      EpochOrder(static_cast<uint32_t>(packed_lengths.size()), options.seed, epoch, options.shuffle);
+  // The same decisions as Next(): a document that does not fit closes the sample and starts the
+  // next one (which then begins at it); a full sample, or any sample when not packing, closes
+  // after its document (the next begins after it); the epoch's end closes the last one.
+  int64_t samples = 0;
+  int64_t used = 0;  // tokens in the open sample (0: none open)
+  DataPosition start{epoch, 0, 0, 0};
+  const auto close = [&](int64_t next_doc_index) {
+    visit(start);
+    ++samples;
+    used = 0;
+    start.doc_index = next_doc_index;
+  };
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t length = packed_lengths[order[k]];
+    if (length <= 0) continue;  // skipped by the packer
+    if (used > 0 && used + length > options.seq_len) close(static_cast<int64_t>(k));
+    used += length;
+    if (used == options.seq_len || !options.pack) close(static_cast<int64_t>(k) + 1);
+  }
+  if (used > 0) close(static_cast<int64_t>(order.size()));
+  return samples;
 }
 
 }  // namespace ftd::data

@@ -19,10 +19,17 @@
 // Order: documents are visited in a per-epoch permutation drawn from (seed, epoch) and packed
 // greedily in that order: a document that does not fit in the current sample starts the next
 // one. A sample holds documents of one epoch only. Documents longer than seq_len are truncated
-// (default) or split into independent seq_len chunks.
+// (default) or split into independent seq_len chunks. With `pack` off, every document is a
+// sample of its own (the one-row-per-line layout of pre-tokenized data).
+//
+// Planning without tokens: PackedLength() is all the greedy rule needs to know of a document
+// (4 bytes instead of its tokens), and ForEachPlannedSample() replays the rule on those lengths
+// for one epoch's order, so a trainer can count an epoch's samples, or find where a given sample
+// starts, without holding or re-tokenizing the data.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -30,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "engine/data/data_position.h"
 #include "engine/data/document_source.h"
+#include "engine/data/sample_stream.h"
 
 namespace ftd::data {
 
@@ -44,22 +52,12 @@ struct PackingOptions {
   LongDocumentPolicy long_documents = LongDocumentPolicy::kTruncate;
   // Skip documents (or chunks) with no trained position, which would only cost compute.
   bool skip_untrained_documents = true;
+  // false: one document per sample, not padded (input_ids as long as the possibly truncated
+  // document; cu_seqlens = [0, length]).
+  bool pack = true;
 };
 
-struct PackedSample {
-  std::vector<int32_t> input_ids;
-  std::vector<int32_t> labels;
-  std::vector<int32_t> position_ids;
-  std::vector<int32_t> cu_seqlens;
-  int32_t num_documents = 0;    // real documents (padding not counted)
-  int32_t num_real_tokens = 0;  // tokens that are not padding
-  int32_t num_loss_tokens = 0;  // labels != -100
-  int64_t epoch = 0;
-  // Resume from here to continue with the sample that follows this one.
-  DataPosition next_position;
-};
-
-class SequencePacker {
+class SequencePacker final : public SampleStream {
  public:
   // `source` must outlive the packer. INVALID_ARGUMENT for seq_len < 2, an empty source or a
   // `start` that does not fit the source.
@@ -68,14 +66,14 @@ class SequencePacker {
 
   // The next sample, or nullopt after the last epoch. Errors (a bad line met while packing)
   // name the file and line.
-  absl::StatusOr<std::optional<PackedSample>> Next();
+  absl::StatusOr<std::optional<PackedSample>> Next() override;
 
   // The position after the last sample returned.
   const DataPosition& position() const { return position_; }
   const PackingOptions& options() const { return options_; }
 
   // A sample of padding only (no loss), for ranks that run out of data one step early.
-  PackedSample PaddingSample() const;
+  PackedSample PaddingSample() const override;
 
  private:
   SequencePacker(const DocumentSource* source, PackingOptions options, DataPosition start);
@@ -91,5 +89,19 @@ class SequencePacker {
   // The document at position_.doc_index, kept when it did not fit in the previous sample.
   std::optional<TokenizedDocument> pending_;
 };
+
+// The number of tokens of `document` a truncating packer places in a sample: min(length,
+// seq_len), or 0 when it places none (an empty document, or an untrained one under
+// skip_untrained_documents).
+int32_t PackedLength(const TokenizedDocument& document, const PackingOptions& options);
+
+// Replays the packer on documents known only by their PackedLength (`packed_lengths[d]` for
+// document d of the source), for the documents of epoch `epoch` in that epoch's order: calls
+// `visit(start)` once per sample, in order, where `start` is the position a packer created with
+// (source, options, start) begins at to return exactly that sample next (its doc_index and epoch
+// are set; token_offset and samples_emitted are 0). Truncating packers only
+// (INVALID_ARGUMENT for kSplit); returns the number of samples.
+absl::StatusOr<int64_t> ForEachPlannedSample(const std::vector<int32_t>& packed_lengths, const PackingOptions& options,
+                                             int64_t epoch, const std::function<void(const DataPosition&)>& visit);
 
 }  // namespace ftd::data

@@ -56,6 +56,7 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   FTD_RETURN_IF_ERROR(prefix(Read(data, "train", "datasets", &s.train_data)));
   FTD_RETURN_IF_ERROR(prefix(Read(data, "format", "datasets", &s.data_format)));
   FTD_RETURN_IF_ERROR(prefix(Read(data, "validation", "datasets", &s.validation_data)));
+  FTD_RETURN_IF_ERROR(prefix(Read(data, "validation_fraction", "datasets", &s.validation_fraction)));
   YAML::Node hp = root["hyperparameters"];
   const std::string h = "hyperparameters";
   FTD_RETURN_IF_ERROR(prefix(Read(hp, "max_steps", h, &s.max_steps)));
@@ -100,7 +101,15 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   if (s.dtype != "auto" && s.dtype != "fp32" && s.dtype != "bf16") return bad("dtype must be auto, fp32 or bf16");
   if (s.data_format == "jsonl_tokens") s.data_format = "tokens";
   if (s.eval_every < 0) return bad("hyperparameters.eval_every must be >= 0");
-  if (s.eval_every > 0 && s.validation_data.empty()) return bad("hyperparameters.eval_every needs datasets.validation");
+  if (!(s.validation_fraction >= 0 && s.validation_fraction < 1)) {
+    return bad(absl::StrCat("datasets.validation_fraction must be in [0, 1) (got ", s.validation_fraction, ")"));
+  }
+  if (s.validation_fraction > 0 && !s.validation_data.empty()) {
+    return bad("datasets.validation_fraction and datasets.validation exclude each other (a held-out split or a file)");
+  }
+  if (s.eval_every > 0 && s.validation_data.empty() && s.validation_fraction == 0) {
+    return bad("hyperparameters.eval_every needs datasets.validation (a file) or datasets.validation_fraction");
+  }
   static const char* const kFormats[] = {"tokens", "input_ids", "auto", "messages", "chat", "prompt_completion", "text"};
   if (std::find(std::begin(kFormats), std::end(kFormats), s.data_format) == std::end(kFormats)) {
     return bad("datasets.format \"" + s.data_format +

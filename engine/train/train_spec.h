@@ -15,6 +15,9 @@ struct TrainSpec {
   std::string train_data;       // datasets.train: JSONL
   std::string data_format = "tokens";  // datasets.format
   std::string validation_data;  // datasets.validation: JSONL in the same format (optional)
+  // datasets.validation_fraction: instead of a validation file, hold out this fraction of
+  // datasets.train's documents (drawn by hyperparameters.seed; never trained on). 0: none.
+  double validation_fraction = 0;
   int64_t eval_every = 0;       // hyperparameters.eval_every: eval loss every N steps (0: never)
   std::string output;           // checkpoints go to OUTPUT/checkpoint-<step>
   int64_t max_steps = 0;

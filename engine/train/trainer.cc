@@ -6,6 +6,7 @@
 #include <csignal>
 #include <filesystem>
 #include <regex>
+#include <sstream>
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -252,18 +253,16 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
   mo.expert_begin = mesh.expert_begin();
   mo.expert_count = mesh.experts_per_rank();
 
-  // Data: every rank reads the same order and takes its own slice of each global batch.
-  FTD_ASSIGN_OR_RETURN(std::vector<TokenSequence> data, LoadTrainingSequences(spec, config.vocab_size, log));
-  std::vector<TokenSequence> validation;
-  if (spec.eval_every > 0) {
-    TrainSpec vspec = spec;
-    vspec.train_data = spec.validation_data;
-    FTD_ASSIGN_OR_RETURN(validation, LoadTrainingSequences(vspec, config.vocab_size, log));
-  }
+  // Data (engine/train/training_data.h): every record validated now (file:line errors before
+  // step 1) and the rows planned from the documents' lengths; then streamed: a background thread
+  // tokenizes and packs each rank's rows ahead of training. Every rank follows the same order and
+  // takes its own slice of each global batch.
+  std::ostringstream data_log;  // ranks other than 0 do not repeat rank 0's data report
+  FTD_ASSIGN_OR_RETURN(std::unique_ptr<TrainingData> dataset,
+                       TrainingData::Open(spec, config.vocab_size, rank == 0 ? log : data_log));
   const int64_t per_step = spec.global_batch, per_rank = spec.global_batch / world;
   const int64_t total_steps =
-      spec.max_steps > 0 ? spec.max_steps
-                         : spec.epochs * ((static_cast<int64_t>(data.size()) + per_step - 1) / per_step);
+      spec.max_steps > 0 ? spec.max_steps : spec.epochs * ((dataset->num_rows() + per_step - 1) / per_step);
   FTD_ASSIGN_OR_RETURN(LrSchedule schedule, LrSchedule::Create(spec.schedule, spec.lr, spec.warmup_steps, total_steps));
 
   // Where to start: every rank must pick the same checkpoint.
@@ -329,7 +328,7 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
                            config.model_type, config.num_hidden_layers, config.num_experts,
                            config.num_experts_per_tok, config.TotalParameters() / 1e6,
                            config.ActiveParameters() / 1e6, s.cuda ? "cuda" : "cpu", DtypeName(mo.dtype),
-                           spec.precision, spec.gate, data.size(), total_steps);
+                           spec.precision, spec.gate, dataset->num_rows(), total_steps);
     log << absl::StrFormat("parallel: %d ranks (%s), dp %d, ep %d (%d experts per rank), %d expert replicas; "
                            "ZeRO-2 over dp; %d sequences per rank per step in micro-batches of %d\n",
                            world, CommBackendName(s.groups->backend), world, mesh.ep_size(),
@@ -340,7 +339,7 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
   log << FormatRankMemory(memory, rank, world) << "\n";
   log.flush();
 
-  SampleOrder order(static_cast<int64_t>(data.size()), spec.seed);
+  FTD_ASSIGN_OR_RETURN(std::unique_ptr<TrainingStream> stream, dataset->Stream(position, rank, world, per_step));
   std::string last_checkpoint;
   auto save = [&](int64_t at_step) -> absl::Status {
     std::string dir = absl::StrCat(spec.output, "/checkpoint-", at_step);
@@ -372,23 +371,29 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
   auto f64 = at::TensorOptions().dtype(at::kDouble).device(world_group.device());
   const int64_t moe_layers = config.NumMoeLayers();
 
-  // Eval loss over the whole validation set: rank r takes rows r, r + world, ... in micro-batches;
-  // every rank runs the same number of forwards (expert parallelism exchanges tokens in each), a
-  // rank short of rows runs a row without targets. Cross-entropy only (no aux loss), summed over
-  // ranks and divided by the number of targets, as HF's eval loss.
+  // Eval loss over the whole validation set: rank r takes rows r, r + world, ... in micro-batches
+  // (each micro-batch's rows read, tokenized and packed, as it is formed); every rank runs the
+  // same number of forwards (expert parallelism exchanges tokens in each), a rank short of rows
+  // runs a row without targets. Cross-entropy only (no aux loss), summed over ranks and divided
+  // by the number of targets, as HF's eval loss.
   const TokenSequence no_targets{{0, 0}, {}, {-100, -100}, {0, 1}, {0, 0}};
   auto evaluate = [&]() -> absl::StatusOr<std::pair<double, int64_t>> {
     c10::NoGradGuard no_grad;
-    const int64_t rows = static_cast<int64_t>(validation.size());
+    const int64_t rows = dataset->num_validation_rows();
     const int64_t per_forward = world * spec.micro_batch;
     const int64_t forwards = (rows + per_forward - 1) / per_forward;
     at::Tensor sums = at::zeros({2}, f64);  // [loss_sum, targets]
     try {
       for (int64_t m = 0; m < forwards; ++m) {
+        const int64_t first = (m * world + rank) * spec.micro_batch;  // this micro-batch's rows follow it
+        std::vector<TokenSequence> mine;
+        if (first < rows) {
+          FTD_ASSIGN_OR_RETURN(std::unique_ptr<RowReader> reader, dataset->ReadValidation(first));
+          FTD_ASSIGN_OR_RETURN(mine, reader->Take(spec.micro_batch));
+        }
         std::vector<const TokenSequence*> seqs;
         for (int64_t i = 0; i < spec.micro_batch; ++i) {
-          const int64_t row = (m * world + rank) * spec.micro_batch + i;
-          seqs.push_back(row < rows ? &validation[row] : &no_targets);
+          seqs.push_back(i < static_cast<int64_t>(mine.size()) ? &mine[i] : &no_targets);
         }
         MicroBatchTensors mb = CollateMicroBatch(seqs, spec.seq_len);
         Batch batch{mb.input_ids.to(mo.device), mb.targets.to(mo.device),
@@ -412,14 +417,17 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
   while (step < total_steps) {
     auto t0 = std::chrono::steady_clock::now();
     if (s.cuda) ResetPeakMemory();
-    std::vector<int64_t> ids = order.Take(per_step, &position);
+    // This rank's rows of the step (from the background producer; data_wait: time it was behind).
+    const double waited_before = stream->stats().consumer_wait_seconds;
+    auto rows = stream->TakeStep();
+    if (!rows.ok()) return rank_error(rows.status());
+    const double data_wait_seconds = stream->stats().consumer_wait_seconds - waited_before;
+    position = stream->position();
     std::vector<MicroBatchTensors> micro;
     int64_t targets_local = 0, tokens_local = 0;
     for (int64_t m = 0; m < per_rank / spec.micro_batch; ++m) {
       std::vector<const TokenSequence*> seqs;
-      for (int64_t i = 0; i < spec.micro_batch; ++i) {
-        seqs.push_back(&data[ids[rank * per_rank + m * spec.micro_batch + i]]);
-      }
+      for (int64_t i = 0; i < spec.micro_batch; ++i) seqs.push_back(&(*rows)[m * spec.micro_batch + i]);
       MicroBatchTensors mb = CollateMicroBatch(seqs, spec.seq_len);
       targets_local += mb.targets.ne(-100).sum().item<int64_t>();
       tokens_local += mb.input_ids.numel();
@@ -497,9 +505,10 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
     r.all_to_all_seconds = s.dispatch->TakeAllToAllSeconds();
     const bool stop_requested = summary_cpu[summary_cpu.size(0) - 1].item<double>() > 0;
     if (rank == 0 && spec.log_every > 0 && (step % spec.log_every == 0 || step == total_steps)) {
-      log << absl::StrFormat("step %d/%d loss %.6f grad_norm %.4f lr %.3e tokens/s %.1f step_time %.3fs a2a %.3fs\n",
-                             step, total_steps, r.loss, r.grad_norm, r.lr, r.tokens_per_second, r.step_seconds,
-                             r.all_to_all_seconds);
+      log << absl::StrFormat(
+          "step %d/%d loss %.6f grad_norm %.4f lr %.3e tokens/s %.1f step_time %.3fs a2a %.3fs data_wait %.3fs\n", step,
+          total_steps, r.loss, r.grad_norm, r.lr, r.tokens_per_second, r.step_seconds, r.all_to_all_seconds,
+          data_wait_seconds);
       log.flush();
     }
     if (metrics) {
@@ -537,6 +546,12 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
     }
   }
   if (last_checkpoint.empty()) last_checkpoint = absl::StrCat(spec.output, "/checkpoint-", step);
+  if (rank == 0) {
+    const data::ProducerStats data_stats = stream->stats();
+    log << absl::StrFormat("data: producer waited %.3f s (ahead, queue full), trainer waited %.3f s (behind) over %d rows\n",
+                           data_stats.producer_wait_seconds, data_stats.consumer_wait_seconds,
+                           data_stats.samples_delivered);
+  }
   if (stopped_by_signal) {
     return rank_error(absl::CancelledError(
         absl::StrCat("stopped by SIGTERM after step ", step, "; resume from ", last_checkpoint)));
