@@ -83,6 +83,11 @@ void DescribeJob(std::ostream& out, const FineTuneJob& job) {
   t.AddRow({"Updated:", TimeString(job.update_time())});
   t.AddRow({"Base model:", s.base_model()});
   t.AddRow({"Train data:", absl::StrCat(s.datasets().train(), " (", s.datasets().format(), ")")});
+  if (!s.datasets().validation().empty()) {
+    const int every = s.hyperparameters().eval_every();
+    t.AddRow({"Validation:", absl::StrCat(s.datasets().validation(),
+                                          every > 0 ? absl::StrCat(" (eval every ", every, " steps)") : " (no eval_every)")});
+  }
   t.AddRow({"Output:", s.output().empty() ? "-" : s.output()});
   t.AddRow({"Resources:", absl::StrFormat("%d node(s) x %d GPU(s), ep %d, zero %d%s", s.resources().nodes(),
                                           s.resources().gpus_per_node(), s.parallelism().ep_size(),

@@ -405,7 +405,8 @@ TEST_F(FtctlTest, PlanShowsWorldSizeMemoryAndFit) {
 }
 
 TEST_F(FtctlTest, WatchShowsProgressAndExitsWithTheFinalState) {
-  const std::string id = Submit();
+  const std::string id = Submit({"--set", "datasets.validation=" + env_.train_file(), "--set",
+                                 "hyperparameters.eval_every=5"});
   Process watch({"watch", id}, Env(), env_.root());
   ASSERT_TRUE(WaitFor([&] { return watch.out().find("QUEUED") != std::string::npos; })) << watch.out();
   // Once a message shows up, the watch's stream is live.
@@ -449,6 +450,7 @@ TEST_F(FtctlTest, WatchShowsProgressAndExitsWithTheFinalState) {
   Result get = Run({"get", id});
   EXPECT_THAT(get.out, HasSubstr("step 10/10"));
   EXPECT_THAT(get.out, HasSubstr("node-a x2"));
+  EXPECT_THAT(get.out, HasSubstr("(eval every 5 steps)"));
   EXPECT_THAT(get.out, HasSubstr("Eval loss:"));
   EXPECT_THAT(get.out, HasSubstr("2.4010 (validation set, at step 5)"));
   EXPECT_THAT(Run({"list"}).out, HasSubstr("EVAL LOSS"));
