@@ -65,6 +65,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-grad-hint", no_grad_hint, "scale the loss gradients in backward instead of in the loss GEMMs");
   std::string profile_out;
   app.add_option("--profile", profile_out, "after the timed steps, profile one step and write a per-kernel table here");
+  std::string trace_out;
+  app.add_option("--trace", trace_out, "with --profile: also write the step's Chrome trace (kernels per stream) here");
   app.add_option("--loss-chunk", loss_chunk, "tokens per chunk of the fused linear cross-entropy")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -158,6 +160,7 @@ int main(int argc, char** argv) {
     DeviceSynchronize();
     const double wall_ms = secs(p0, now()) * 1e3;
     auto result = prof::disableProfiler();
+    if (!trace_out.empty()) result->save(trace_out);
     // GPU time per kernel name, summed over the step.
     std::map<std::string, std::pair<double, int>> per_kernel;
     double gpu_ms = 0;
