@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
   app.add_option("--sm-carveout", sm_carveout,
                  "SMs the backward GEMMs leave to the side-stream optimizer (optimizer in backward); 0 = none")
       ->capture_default_str();
-  bool no_priority_stream = false, blas_lt = false, no_grad_hint = false;
+  bool no_priority_stream = false, blas_lt = false, no_grad_hint = false, adamw_long_blocks = false;
+  app.add_flag("--adamw-long-blocks", adamw_long_blocks, "side-stream AdamW with its standalone grid (8 blocks per SM)");
   app.add_flag("--no-priority-stream", no_priority_stream, "run on the default stream, not a high-priority one");
   app.add_flag("--blas-lt", blas_lt, "prefer cuBLASLt for dense GEMMs");
   app.add_flag("--no-grad-hint", no_grad_hint, "scale the loss gradients in backward instead of in the loss GEMMs");
@@ -94,6 +95,7 @@ int main(int argc, char** argv) {
   AdamWConfig adam;
   adam.weight_decay = 0.01;  // torch.optim.AdamW's default, as the baseline uses
   adam.backward_sm_carveout = sm_carveout;
+  adam.side_stream_short_blocks = !adamw_long_blocks;
   auto opt = AdamW::Create(params, PrecisionPolicy::kBf16Pure, adam);
   if (!opt.ok()) return Fail(opt.status());
   const bool opt_in_bwd = !no_opt_in_bwd;

@@ -130,7 +130,7 @@ void AdamW::StepSlot(Slot& s, double lr) {
       kernels::AdamWHyper hyper{lr, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps};
       // On the low-priority side stream: short blocks, so the backward kernels are never kept
       // waiting for SMs.
-      hyper.short_blocks = side_ != nullptr;
+      hyper.short_blocks = side_ != nullptr && config_.side_stream_short_blocks;
       kernels::AdamWStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, hyper);
     } else {
       at::_fused_adamw_({s.master}, {g}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, config_.beta1, config_.beta2,

@@ -33,6 +33,8 @@ struct AdamWConfig {
   // side-stream optimizer, so that its memory-bound updates run beside the compute-bound GEMMs
   // instead of between them; 0 = the GEMMs take every SM. Only set while backward runs.
   int backward_sm_carveout = 0;
+  // Step in backward on CUDA: AdamW launches of short blocks (see kernels::AdamWHyper).
+  bool side_stream_short_blocks = true;
 };
 
 // Whether a parameter gets weight decay: not norms, not biases (HF Trainer's convention).
