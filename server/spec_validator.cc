@@ -186,6 +186,14 @@ absl::Status SpecValidator::ValidateAndNormalize(ftd::v1::JobSpec* spec,
   }
   FTD_RETURN_IF_ERROR(CheckChoice("spec.datasets.format", ds->mutable_format(),
                                   {"jsonl_tokens", "messages", "prompt_completion", "text"}, notes));
+  if (!std::isfinite(ds->validation_fraction()) || ds->validation_fraction() < 0 || ds->validation_fraction() >= 1) {
+    return FieldError("spec.datasets.validation_fraction",
+                      absl::StrCat("must be a finite number in [0, 1), got ", ds->validation_fraction()));
+  }
+  if (ds->validation_fraction() > 0 && !ds->validation().empty()) {
+    return FieldError("spec.datasets.validation_fraction",
+                      "excludes spec.datasets.validation (a held-out split or a file, not both)");
+  }
 
   if (spec->method() == "lora") {
     return FieldError("spec.method", "lora is not supported yet; use full");
@@ -238,8 +246,9 @@ absl::Status SpecValidator::ValidateAndNormalize(ftd::v1::JobSpec* spec,
   FTD_RETURN_IF_ERROR(CheckFinite("spec.hyperparameters.weight_decay", hp->weight_decay(), 0, 10));
   FTD_RETURN_IF_ERROR(CheckFinite("spec.hyperparameters.grad_clip", hp->grad_clip(), 0, 1e6));
   FTD_RETURN_IF_ERROR(CheckRange("spec.hyperparameters.eval_every", hp->eval_every(), 0, 1 << 30));
-  if (hp->eval_every() > 0 && spec->datasets().validation().empty()) {
-    return FieldError("spec.hyperparameters.eval_every", "needs spec.datasets.validation");
+  if (hp->eval_every() > 0 && spec->datasets().validation().empty() && spec->datasets().validation_fraction() == 0) {
+    return FieldError("spec.hyperparameters.eval_every",
+                      "needs spec.datasets.validation or spec.datasets.validation_fraction");
   }
 
   auto* par = spec->mutable_parallelism();
