@@ -51,6 +51,19 @@ class InMemoryDocumentSource final : public DocumentSource {
   std::vector<TokenizedDocument> documents_;
 };
 
+// Documents [begin, end) of `base` (which must outlive the view): e.g. the documents of one
+// planned row, so that packing it reads exactly those.
+class DocumentRange final : public DocumentSource {
+ public:
+  DocumentRange(const DocumentSource* base, size_t begin, size_t end) : base_(base), begin_(begin), end_(end) {}
+  size_t size() const override { return end_ - begin_; }
+  absl::StatusOr<TokenizedDocument> Get(size_t index) const override { return base_->Get(begin_ + index); }
+
+ private:
+  const DocumentSource* base_;
+  size_t begin_, end_;
+};
+
 // A validation split carved from one source; the two sides are disjoint and together are the
 // whole source, each in the source's order. Both views keep a pointer to `base`, which must
 // outlive them.

@@ -388,7 +388,7 @@ absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOption
         const int64_t first = (m * world + rank) * spec.micro_batch;  // this micro-batch's rows follow it
         std::vector<TokenSequence> mine;
         if (first < rows) {
-          FTD_ASSIGN_OR_RETURN(std::unique_ptr<RowReader> reader, dataset->ReadValidation(first));
+          FTD_ASSIGN_OR_RETURN(std::unique_ptr<RowReader> reader, dataset->ReadValidation(first, spec.micro_batch));
           FTD_ASSIGN_OR_RETURN(mine, reader->Take(spec.micro_batch));
         }
         std::vector<const TokenSequence*> seqs;

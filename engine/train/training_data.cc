@@ -1,5 +1,6 @@
 #include "engine/train/training_data.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -59,10 +60,17 @@ int64_t SumLengths(const std::vector<int32_t>& lengths) {
   return total;
 }
 
+// The documents of rows [first, last] of a plan: packing them gives exactly those rows.
+data::DocumentRange RowDocuments(const data::DocumentSource* source, const std::vector<int64_t>& starts, int64_t first,
+                                 int64_t last) {
+  const auto end = last + 1 < static_cast<int64_t>(starts.size()) ? static_cast<size_t>(starts[last + 1]) : source->size();
+  return data::DocumentRange(source, static_cast<size_t>(starts[first]), end);
+}
+
 // One rank's rows in training order, for the producer thread: the row order of SampleOrder,
-// this rank's slice of each step's global batch, each row packed from the document the plan says
-// it starts at. Every sample's next_position carries the trainer's position after its step
-// (epoch, and the row index in doc_index).
+// this rank's slice of each step's global batch, each row packed from the documents the plan
+// gives it (reading no others). Every sample's next_position carries the trainer's position
+// after its step (epoch, and the row index in doc_index).
 class RankRowStream final : public data::SampleStream {
  public:
   RankRowStream(const data::DocumentSource* source, const data::PackingOptions& packing,
@@ -78,10 +86,13 @@ class RankRowStream final : public data::SampleStream {
       next_ = 0;
     }
     const int64_t row = slice_[next_++];
-    FTD_ASSIGN_OR_RETURN(std::unique_ptr<data::SequencePacker> packer,
-                         data::SequencePacker::Create(source_, packing_, data::DataPosition{0, (*starts_)[row], 0, 0}));
+    const data::DocumentRange documents = RowDocuments(source_, *starts_, row, row);
+    FTD_ASSIGN_OR_RETURN(std::unique_ptr<data::SequencePacker> packer, data::SequencePacker::Create(&documents, packing_));
     FTD_ASSIGN_OR_RETURN(std::optional<data::PackedSample> sample, packer->Next());
-    if (!sample) return absl::InternalError(absl::StrCat("training data: row ", row, " is empty"));
+    FTD_ASSIGN_OR_RETURN(std::optional<data::PackedSample> beyond, packer->Next());
+    if (!sample || beyond) {
+      return absl::InternalError(absl::StrCat("training data: row ", row, " does not pack as planned"));
+    }
     sample->epoch = position_.epoch;
     sample->next_position = data::DataPosition{position_.epoch, position_.index, 0, 0};
     return sample;
@@ -267,15 +278,16 @@ absl::StatusOr<std::unique_ptr<TrainingStream>> TrainingData::Stream(const DataP
   return std::unique_ptr<TrainingStream>(new TrainingStream(std::move(producer), packing_.pack, per_rank, start));
 }
 
-absl::StatusOr<std::unique_ptr<RowReader>> TrainingData::ReadValidation(int64_t first) const {
-  if (first < 0 || first >= num_validation_rows()) {
-    return absl::OutOfRangeError(absl::StrCat("validation row ", first, " of ", num_validation_rows()));
+absl::StatusOr<std::unique_ptr<RowReader>> TrainingData::ReadValidation(int64_t first, int64_t count) const {
+  if (first < 0 || first >= num_validation_rows() || count < 1) {
+    return absl::OutOfRangeError(absl::StrCat("validation rows ", first, " + ", count, " of ", num_validation_rows()));
   }
-  data::DataPosition start;
-  start.doc_index = validation_starts_[first];
+  const int64_t last = std::min(first + count, num_validation_rows()) - 1;
+  auto documents =
+      std::make_unique<data::DocumentRange>(RowDocuments(validation_, validation_starts_, first, last));
   FTD_ASSIGN_OR_RETURN(std::unique_ptr<data::SequencePacker> packer,
-                       data::SequencePacker::Create(validation_, packing_, start));
-  return std::unique_ptr<RowReader>(new RowReader(std::move(packer), packing_.pack));
+                       data::SequencePacker::Create(documents.get(), packing_));
+  return std::unique_ptr<RowReader>(new RowReader(std::move(documents), std::move(packer), packing_.pack));
 }
 
 absl::StatusOr<std::vector<TokenSequence>> RowReader::Take(int64_t count) {

@@ -68,15 +68,17 @@ class TrainingStream {
   DataPosition position_;
 };
 
-// Rows read in order from a starting row, tokenized and packed as they are taken (validation).
+// Consecutive rows, tokenized and packed as they are taken (validation).
 class RowReader {
  public:
-  // The next `count` rows, fewer (or none) at the end of the data.
+  // The next `count` rows, fewer (or none) past the reader's last row.
   absl::StatusOr<std::vector<TokenSequence>> Take(int64_t count);
 
  private:
   friend class TrainingData;
-  RowReader(std::unique_ptr<data::SequencePacker> packer, bool packed) : packer_(std::move(packer)), packed_(packed) {}
+  RowReader(std::unique_ptr<data::DocumentSource> documents, std::unique_ptr<data::SequencePacker> packer, bool packed)
+      : documents_(std::move(documents)), packer_(std::move(packer)), packed_(packed) {}
+  std::unique_ptr<data::DocumentSource> documents_;  // what packer_ reads
   std::unique_ptr<data::SequencePacker> packer_;
   bool packed_;
 };
@@ -100,8 +102,8 @@ class TrainingData {
 
   // Validation rows (0 without validation data), in file order.
   int64_t num_validation_rows() const { return static_cast<int64_t>(validation_starts_.size()); }
-  // The validation rows from row `first` on (0 <= first < num_validation_rows()).
-  absl::StatusOr<std::unique_ptr<RowReader>> ReadValidation(int64_t first) const;
+  // Validation rows [first, first + count) (fewer at the end; 0 <= first < num_validation_rows()).
+  absl::StatusOr<std::unique_ptr<RowReader>> ReadValidation(int64_t first, int64_t count) const;
 
  private:
   TrainingData() = default;

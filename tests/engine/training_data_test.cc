@@ -211,15 +211,20 @@ TEST(TrainingDataHoldoutTest, HeldOutRowsAreDisjointFromTrainingRows) {
   ASSERT_EQ((*data)->num_validation_rows(), 10);
   ASSERT_EQ((*data)->num_rows(), 30);
   std::set<int64_t> held, trained;
-  auto reader = (*data)->ReadValidation(0);
+  auto reader = (*data)->ReadValidation(0, 100);
   ASSERT_TRUE(reader.ok());
   auto rows = (*reader)->Take(100);
   ASSERT_TRUE(rows.ok());
   ASSERT_EQ(rows->size(), 10u);
   for (const TokenSequence& row : *rows) held.insert(row.input_ids[0]);
-  auto middle = (*data)->ReadValidation(7);  // a reader from any row
+  auto middle = (*data)->ReadValidation(7, 2);  // a reader of any rows
   ASSERT_TRUE(middle.ok());
-  EXPECT_EQ((*(*middle)->Take(1))[0].input_ids, (*rows)[7].input_ids);
+  auto two = (*middle)->Take(5);
+  ASSERT_TRUE(two.ok());
+  ASSERT_EQ(two->size(), 2u);  // no more than asked for
+  EXPECT_EQ((*two)[0].input_ids, (*rows)[7].input_ids);
+  EXPECT_EQ((*two)[1].input_ids, (*rows)[8].input_ids);
+  EXPECT_FALSE((*data)->ReadValidation(10, 1).ok());
   auto stream = (*data)->Stream({}, 0, 1, 30);
   auto epoch = (*stream)->TakeStep();  // one step = one epoch: every training row once
   ASSERT_TRUE(epoch.ok());
@@ -229,11 +234,11 @@ TEST(TrainingDataHoldoutTest, HeldOutRowsAreDisjointFromTrainingRows) {
   for (int64_t id : held) EXPECT_EQ(trained.count(id), 0u) << "held-out document " << id << " is trained on";
   // The same seed holds out the same documents; another seed others.
   auto again = TrainingData::Open(spec, kVocab, log);
-  EXPECT_EQ((*(*(*again)->ReadValidation(0))->Take(100))[3].input_ids, (*rows)[3].input_ids);
+  EXPECT_EQ((*(*(*again)->ReadValidation(0, 100))->Take(100))[3].input_ids, (*rows)[3].input_ids);
   spec.seed = 18;
   auto other = TrainingData::Open(spec, kVocab, log);
   std::set<int64_t> other_held;
-  for (const TokenSequence& row : *(*(*other)->ReadValidation(0))->Take(100)) other_held.insert(row.input_ids[0]);
+  for (const TokenSequence& row : *(*(*other)->ReadValidation(0, 100))->Take(100)) other_held.insert(row.input_ids[0]);
   EXPECT_NE(other_held, held);
 }
 
