@@ -61,6 +61,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bool no_priority_stream = false, blas_lt = false, no_grad_hint = false, adamw_long_blocks = false;
   app.add_flag("--adamw-long-blocks", adamw_long_blocks, "side-stream AdamW with its standalone grid (8 blocks per SM)");
+  bool adamw_short_blocks = false;
+  app.add_flag("--adamw-short-blocks", adamw_short_blocks, "side-stream AdamW in blocks of one vector per thread");
+  int optimizer_sms = 0;
+  app.add_option("--optimizer-sms", optimizer_sms,
+                 "optimizer in backward: run it in a green context of this many SMs (0 = a plain side stream)")
+      ->capture_default_str();
   app.add_flag("--no-priority-stream", no_priority_stream, "run on the default stream, not a high-priority one");
   app.add_flag("--blas-lt", blas_lt, "prefer cuBLASLt for dense GEMMs");
   app.add_flag("--no-grad-hint", no_grad_hint, "scale the loss gradients in backward instead of in the loss GEMMs");
@@ -95,7 +101,8 @@ int main(int argc, char** argv) {
   AdamWConfig adam;
   adam.weight_decay = 0.01;  // torch.optim.AdamW's default, as the baseline uses
   adam.backward_sm_carveout = sm_carveout;
-  adam.side_stream_short_blocks = !adamw_long_blocks;
+  adam.side_stream_short_blocks = adamw_short_blocks && !adamw_long_blocks;
+  adam.side_stream_sms = optimizer_sms;
   auto opt = AdamW::Create(params, PrecisionPolicy::kBf16Pure, adam);
   if (!opt.ok()) return Fail(opt.status());
   const bool opt_in_bwd = !no_opt_in_bwd;
@@ -211,6 +218,7 @@ int main(int argc, char** argv) {
                       {"optimizer_in_backward", opt_in_bwd},
                       {"loss_chunk", loss_chunk},
                       {"sm_carveout", sm_carveout},
+                      {"optimizer_sms", optimizer_sms},
                       {"priority_stream", !no_priority_stream},
                       {"blas_lt", blas_lt},
                       {"grad_hint", !no_grad_hint}};

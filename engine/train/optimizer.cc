@@ -15,6 +15,7 @@
 #include <torch/csrc/autograd/variable.h>
 #ifdef FTD_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGreenContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -99,8 +100,11 @@ void AdamW::Step(double lr) {
 
 struct AdamW::SideStream {
 #ifdef FTD_WITH_CUDA
-  // Low priority: the compute stream (ComputeStreamScope) is served first when both wait for SMs.
-  explicit SideStream(c10::DeviceIndex device) : stream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device)) {}
+  SideStream(c10::DeviceIndex device, int sms)
+      : green(sms > 0 ? at::cuda::GreenContext::create(static_cast<uint32_t>(sms), device) : nullptr),
+        // Low priority: the compute stream (ComputeStreamScope) is served first when both wait for SMs.
+        stream(green ? green->Stream() : c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device)) {}
+  std::unique_ptr<at::cuda::GreenContext> green;  // the SM partition of the updates, or null
   c10::cuda::CUDAStream stream;
 #endif
 };
@@ -163,7 +167,7 @@ void AdamW::EnableStepInBackward() {
   for (size_t i = 0; i < slots_.size(); ++i) {
     const at::Tensor& t = *slots_[i].param.tensor;
 #ifdef FTD_WITH_CUDA
-    if (t.is_cuda() && !side_) side_ = std::make_shared<SideStream>(t.device().index());
+    if (t.is_cuda() && !side_) side_ = std::make_shared<SideStream>(t.device().index(), config_.side_stream_sms);
 #endif
     torch::autograd::impl::set_post_acc_grad_hooks(t, std::make_unique<StepInBackwardHook>(this, i));
   }

@@ -34,7 +34,11 @@ struct AdamWConfig {
   // instead of between them; 0 = the GEMMs take every SM. Only set while backward runs.
   int backward_sm_carveout = 0;
   // Step in backward on CUDA: AdamW launches of short blocks (see kernels::AdamWHyper).
-  bool side_stream_short_blocks = true;
+  bool side_stream_short_blocks = false;
+  // Step in backward on CUDA: > 0 runs the updates in a green context of this many SMs (a fixed
+  // SM partition), so that they never hold the SMs the backward kernels need; 0 = an ordinary
+  // low-priority stream. Pair with backward_sm_carveout of the same size.
+  int side_stream_sms = 0;
 };
 
 // Whether a parameter gets weight decay: not norms, not biases (HF Trainer's convention).
