@@ -296,6 +296,26 @@ void RunLibraryOps() {
                         {"pct_hbm", 100.0 * bytes / (ms * 1e-3) / kHbmBytesPerSecond}};
     std::printf("%s\n", j.dump().c_str());
   }
+  {  // Row-sparse AdamW over the [V, H] embedding after a 4096-token step from fresh state: the
+     // touched rows get the dense update, the rest are skipped after reading their gradient row.
+    at::Tensor p = at::randn({V, H}, bf), m = at::zeros({V, H}, bf), v = at::zeros({V, H}, bf);
+    at::Tensor g = at::zeros({V, H}, bf);
+    at::Tensor rows = at::randint(0, V, {4096}, bf.dtype(at::kLong));
+    g.index_put_({rows}, at::randn({4096, H}, bf));
+    const int64_t touched_rows = std::get<0>(at::_unique(rows)).numel();
+    at::Tensor touched = at::zeros({V}, bf.dtype(at::kByte));
+    at::Tensor step = at::ones({}, bf.dtype(at::kFloat));
+    const AdamWHyper h{1e-5, 0.9, 0.999, 0.01, 1e-8};
+    const double ms = MedianMs([&] {
+      touched.zero_();
+      AdamWRowSparseStepCuda(p, g, m, v, step, touched, h);
+    });
+    at::Tensor p2 = p.clone(), m2 = m.clone(), v2 = v.clone();
+    const double dense = MedianMs([&] { AdamWStepCuda(p2, g, m2, v2, step, h); });
+    // Bytes: every gradient row read; touched rows also read p, m, v and write p, m, v.
+    Report("adamw_row_sparse", "151936x2048 bf16, " + std::to_string(touched_rows) + " rows touched",
+           2.0 * V * H + 12.0 * touched_rows * H, ms, 0, 0, dense);
+  }
 }
 
 #endif  // FTD_WITH_CUDA

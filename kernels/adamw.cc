@@ -44,7 +44,24 @@ bool AdamWCudaSupports(const at::Tensor& param, const at::Tensor& grad, const at
 #endif
 }
 
+bool AdamWRowSparseSupports(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                            const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& touched,
+                            const AdamWHyper& h) {
+  if (!AdamWCudaSupports(param, grad, exp_avg, exp_avg_sq, step) || param.dim() != 2) return false;
+  if (!touched.defined() || !touched.is_cuda() || touched.device() != param.device() ||
+      touched.scalar_type() != at::kByte || touched.numel() != param.size(0) || !touched.is_contiguous()) {
+    return false;
+  }
+  // Skipping an untouched row is exact only when its decay rounds away (see adamw.h).
+  const bool decay_rounds_away = param.scalar_type() == at::kBFloat16 && h.lr * h.weight_decay < std::ldexp(1.0, -10);
+  return h.weight_decay == 0.0 || decay_rounds_away;
+}
+
 #ifndef FTD_WITH_CUDA
+void AdamWRowSparseStepCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&, const AdamWHyper&) {
+  TORCH_CHECK(false, "AdamWRowSparseStepCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
 // CPU-only builds: callers check AdamWCudaSupports (always false here) first.
 void AdamWStepCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                    const AdamWHyper&) {

@@ -20,39 +20,84 @@ struct Scalars {
   float lr, beta1, beta2, decay, eps;
 };
 
+struct Corrections {
+  float step_size, bc2_sqrt;
+};
+
+// As ATen's fused AdamW: bias corrections in double, the element math in fp32.
+__device__ __forceinline__ Corrections BiasCorrections(const float* step, const Scalars& s) {
+  const double st = static_cast<double>(*step);
+  const double bc1 = 1.0 - pow(static_cast<double>(s.beta1), st);
+  const double bc2 = 1.0 - pow(static_cast<double>(s.beta2), st);
+  return {static_cast<float>(static_cast<double>(s.lr) / bc1), static_cast<float>(sqrt(bc2))};
+}
+
+// One 16-byte vector of p, m, v updated from its gradient (already loaded).
+template <typename T, int VEC>
+__device__ __forceinline__ void UpdateVector(T* __restrict__ p, T* __restrict__ m, T* __restrict__ v,
+                                             const Vec<T, VEC>& gv, const Scalars& s, const Corrections& c) {
+  Vec<T, VEC> pv = Load<T, VEC>(p), mv = Load<T, VEC>(m), vv = Load<T, VEC>(v);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    float pj = ToFloat(pv.v[j]);
+    const float gj = ToFloat(gv.v[j]);
+    pj -= s.lr * s.decay * pj;
+    const float mj = s.beta1 * ToFloat(mv.v[j]) + (1 - s.beta1) * gj;
+    const float vj = s.beta2 * ToFloat(vv.v[j]) + (1 - s.beta2) * gj * gj;
+    pj -= c.step_size * mj / (sqrtf(vj) / c.bc2_sqrt + s.eps);
+    pv.v[j] = static_cast<T>(pj);
+    mv.v[j] = static_cast<T>(mj);
+    vv.v[j] = static_cast<T>(vj);
+  }
+  Store<T, VEC>(p, pv);
+  Store<T, VEC>(m, mv);
+  Store<T, VEC>(v, vv);
+}
+
+// One block per row of an embedding table: rows never touched by a nonzero gradient are
+// skipped (exact: see adamw.h); cols % VEC == 0 and 16-byte aligned rows.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads) AdamWRowSparseKernel(T* __restrict__ p, const T* __restrict__ g,
+                                                                 T* __restrict__ m, T* __restrict__ v,
+                                                                 uint8_t* __restrict__ touched,
+                                                                 const float* __restrict__ step, int64_t cols,
+                                                                 Scalars s) {
+  const int64_t row = blockIdx.x;
+  const int64_t base = row * cols;
+  const int64_t nvec = cols / VEC;
+  if (!touched[row]) {
+    bool nonzero = false;
+    for (int64_t i = threadIdx.x; i < nvec && !nonzero; i += kThreads) {
+      const Vec<T, VEC> gv = Load<T, VEC>(g + base + i * VEC);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) nonzero |= ToFloat(gv.v[j]) != 0.0f;
+    }
+    if (!__syncthreads_or(nonzero)) return;  // m = v = 0 stay 0, p's decay rounds away
+    if (threadIdx.x == 0) touched[row] = 1;
+  }
+  const Corrections c = BiasCorrections(step, s);
+  for (int64_t i = threadIdx.x; i < nvec; i += kThreads) {
+    const int64_t o = base + i * VEC;
+    UpdateVector<T, VEC>(p + o, m + o, v + o, Load<T, VEC>(g + o), s, c);
+  }
+}
+
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) AdamWKernel(T* __restrict__ p, const T* __restrict__ g,
                                                         T* __restrict__ m, T* __restrict__ v,
                                                         const float* __restrict__ step, int64_t n, Scalars s) {
-  // As ATen's fused AdamW: bias corrections in double, the element math in fp32.
-  const double st = static_cast<double>(*step);
-  const double bc1 = 1.0 - pow(static_cast<double>(s.beta1), st);
-  const double bc2 = 1.0 - pow(static_cast<double>(s.beta2), st);
-  const float step_size = static_cast<float>(static_cast<double>(s.lr) / bc1);
-  const float bc2_sqrt = static_cast<float>(sqrt(bc2));
+  const Corrections c = BiasCorrections(step, s);
+  const float step_size = c.step_size, bc2_sqrt = c.bc2_sqrt;
   const int64_t nvec = n / VEC;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < nvec;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t o = i * VEC;
-    Vec<T, VEC> pv = Load<T, VEC>(p + o), mv = Load<T, VEC>(m + o), vv = Load<T, VEC>(v + o);
-    const Vec<T, VEC> gv = Load<T, VEC>(g + o);
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      float pj = ToFloat(pv.v[j]);
-      const float gj = ToFloat(gv.v[j]);
-      pj -= s.lr * s.decay * pj;
-      const float mj = s.beta1 * ToFloat(mv.v[j]) + (1 - s.beta1) * gj;
-      const float vj = s.beta2 * ToFloat(vv.v[j]) + (1 - s.beta2) * gj * gj;
-      const float denom = sqrtf(vj) / bc2_sqrt + s.eps;
-      pj -= step_size * mj / denom;
-      pv.v[j] = static_cast<T>(pj);
-      mv.v[j] = static_cast<T>(mj);
-      vv.v[j] = static_cast<T>(vj);
-    }
-    Store<T, VEC>(p + o, pv);
-    Store<T, VEC>(m + o, mv);
-    Store<T, VEC>(v + o, vv);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  // Two vectors per iteration: both gradients are in flight before either update.
+  for (; i + stride < nvec; i += 2 * stride) {
+    const Vec<T, VEC> g0 = Load<T, VEC>(g + i * VEC), g1 = Load<T, VEC>(g + (i + stride) * VEC);
+    UpdateVector<T, VEC>(p + i * VEC, m + i * VEC, v + i * VEC, g0, s, c);
+    UpdateVector<T, VEC>(p + (i + stride) * VEC, m + (i + stride) * VEC, v + (i + stride) * VEC, g1, s, c);
   }
+  if (i < nvec) UpdateVector<T, VEC>(p + i * VEC, m + i * VEC, v + i * VEC, Load<T, VEC>(g + i * VEC), s, c);
   // Tail (n % VEC elements), by the first threads of block 0.
   if (blockIdx.x == 0 && threadIdx.x < n - nvec * VEC) {
     const int64_t o = nvec * VEC + threadIdx.x;
@@ -69,6 +114,34 @@ __global__ void __launch_bounds__(kThreads) AdamWKernel(T* __restrict__ p, const
 }
 
 }  // namespace
+
+void AdamWRowSparseStepCuda(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                            const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& touched,
+                            const AdamWHyper& h) {
+  TORCH_CHECK(AdamWRowSparseSupports(param, grad, exp_avg, exp_avg_sq, step, touched, h),
+              "AdamWRowSparseStepCuda: needs a 2-D table, a uint8 touched row mask, and bf16 with lr * wd < 2^-10 "
+              "or wd = 0");
+  const int64_t rows = param.size(0), cols = param.size(1);
+  if (rows == 0 || cols == 0) return;
+  const bool aligned = cols % cuda::kVec16<c10::BFloat16> == 0 && cuda::Aligned16(param.data_ptr()) &&
+                       cuda::Aligned16(grad.data_ptr()) && cuda::Aligned16(exp_avg.data_ptr()) &&
+                       cuda::Aligned16(exp_avg_sq.data_ptr());
+  if (!aligned || param.scalar_type() != at::kBFloat16) {  // the dense update is exact as well
+    AdamWStepCuda(param, grad, exp_avg, exp_avg_sq, step, h);
+    touched.fill_(1);
+    return;
+  }
+  const c10::cuda::CUDAGuard guard(param.device());
+  using T = c10::BFloat16;
+  constexpr int kVec = cuda::kVec16<T>;
+  const Scalars s{static_cast<float>(h.lr), static_cast<float>(h.beta1), static_cast<float>(h.beta2),
+                  static_cast<float>(h.weight_decay), static_cast<float>(h.eps)};
+  AdamWRowSparseKernel<T, kVec><<<rows, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<T*>(param.data_ptr()), reinterpret_cast<const T*>(grad.data_ptr()),
+      reinterpret_cast<T*>(exp_avg.data_ptr()), reinterpret_cast<T*>(exp_avg_sq.data_ptr()),
+      touched.data_ptr<uint8_t>(), step.data_ptr<float>(), cols, s);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 void AdamWStepCuda(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                    const at::Tensor& exp_avg_sq, const at::Tensor& step, const AdamWHyper& h) {

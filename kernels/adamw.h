@@ -34,4 +34,18 @@ bool AdamWCudaSupports(const at::Tensor& param, const at::Tensor& grad, const at
 void AdamWStepCuda(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                    const at::Tensor& exp_avg_sq, const at::Tensor& step, const AdamWHyper& h);
 
+// Row-sparse form for embedding tables, bit-identical to AdamWStepCuda: a row that has never had
+// a nonzero gradient (touched[row] == 0) still has m = v = 0, so AdamW leaves its moments at 0
+// and its parameter at p * (1 - lr * wd) — which rounds back to p exactly when the parameter is
+// bf16 and lr * wd < 2^-9 (less than half a bf16 ulp), or when wd = 0. Such rows are skipped
+// after reading their gradient row (2 of the 14 bytes per element of the dense update); the
+// first nonzero gradient marks the row touched and every later step updates it densely.
+// param/grad/moments [rows, cols] contiguous CUDA, touched [rows] uint8 on the same device.
+bool AdamWRowSparseSupports(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                            const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& touched,
+                            const AdamWHyper& h);
+void AdamWRowSparseStepCuda(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                            const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& touched,
+                            const AdamWHyper& h);
+
 }  // namespace ftd::kernels

@@ -50,6 +50,9 @@ absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(std::vector<NamedParam> par
     s.exp_avg = at::zeros(s.master.sizes(), moment_opts);
     s.exp_avg_sq = at::zeros(s.master.sizes(), moment_opts);
     s.step = at::zeros({}, s.master.options().dtype(at::kFloat).requires_grad(false));
+    if (absl::EndsWith(p.name, "embed_tokens.weight") && s.master.is_cuda() && s.master.dim() == 2) {
+      s.touched_rows = at::zeros({s.master.size(0)}, s.master.options().dtype(at::kByte).requires_grad(false));
+    }
     opt->slots_.push_back(std::move(s));
   }
   return opt;
@@ -94,6 +97,7 @@ void AdamW::Step(double lr) {
     }
     for (Slot* s : group) {
       if (!s->master.is_same(*s->param.tensor)) s->param.tensor->copy_(s->master);
+      if (s->touched_rows.defined()) s->touched_rows.fill_(1);  // dense update: every row has state
     }
   }
 }
@@ -135,10 +139,17 @@ void AdamW::StepSlot(Slot& s, double lr) {
       // On the low-priority side stream: short blocks, so the backward kernels are never kept
       // waiting for SMs.
       hyper.short_blocks = side_ != nullptr && config_.side_stream_short_blocks;
-      kernels::AdamWStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, hyper);
+      if (kernels::AdamWRowSparseSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper)) {
+        // An embedding table: rows no token has reached yet are skipped, bit-identically.
+        kernels::AdamWRowSparseStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper);
+      } else {
+        kernels::AdamWStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, hyper);
+        if (s.touched_rows.defined()) s.touched_rows.fill_(1);
+      }
     } else {
       at::_fused_adamw_({s.master}, {g}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, config_.beta1, config_.beta2,
                         s.decay ? config_.weight_decay : 0.0, config_.eps, false, false, std::nullopt, std::nullopt);
+      if (s.touched_rows.defined()) s.touched_rows.fill_(1);
     }
     if (!s.master.is_same(param)) param.copy_(s.master);
   };
@@ -224,6 +235,10 @@ absl::Status AdamW::LoadState(const SafetensorsReader& reader, int64_t steps) {
       s.param.tensor->copy_(s.master);
     }
     s.step.fill_(static_cast<double>(steps));
+    if (s.touched_rows.defined()) {
+      // A row with any nonzero moment must be updated every step.
+      s.touched_rows.copy_(s.exp_avg.ne(0).logical_or(s.exp_avg_sq.ne(0)).any(1).to(at::kByte));
+    }
   }
   steps_ = steps;
   return absl::OkStatus();

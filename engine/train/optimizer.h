@@ -75,6 +75,9 @@ class AdamW {
     NamedParam param;
     at::Tensor master;  // fp32 master (the param itself when it is already fp32 or policy is pure)
     at::Tensor exp_avg, exp_avg_sq, step;
+    // Embedding tables on CUDA: rows whose moments are nonzero [rows] uint8 (the row-sparse
+    // update of kernels/adamw.h skips the others); undefined for other parameters.
+    at::Tensor touched_rows;
     bool decay = true;
   };
   AdamW(PrecisionPolicy policy, const AdamWConfig& config) : policy_(policy), config_(config) {}

@@ -55,5 +55,39 @@ TEST(AdamW, CudaMatchesAtenFusedAdamW) {
   }
 }
 
+// The row-sparse update equals the dense kernel bit for bit over several steps in which
+// different rows receive gradients (some rows never, some once then zero again).
+TEST(AdamW, RowSparseIsBitIdenticalToDense) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU visible";
+  const int64_t rows = 3001, cols = 256;
+  auto opts = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  at::Tensor p = at::randn({rows, cols}, opts), m = at::zeros({rows, cols}, opts), v = at::zeros({rows, cols}, opts);
+  at::Tensor p2 = p.clone(), m2 = m.clone(), v2 = v.clone();
+  at::Tensor touched = at::zeros({rows}, opts.dtype(at::kByte));
+  at::Tensor step = at::zeros({}, opts.dtype(at::kFloat)), step2 = step.clone();
+  const AdamWHyper h{1e-5, 0.9, 0.999, 0.01, 1e-8};
+  ASSERT_TRUE(AdamWRowSparseSupports(p, p, m, v, step, touched, h));
+  for (int s = 0; s < 4; ++s) {
+    // Gradient rows: a random ~10% of rows per step, the rest exactly zero.
+    at::Tensor g = at::randn({rows, cols}, opts) * at::rand({rows, 1}, opts.dtype(at::kFloat)).lt(0.1).to(at::kBFloat16);
+    step.add_(1.0);
+    step2.add_(1.0);
+    AdamWRowSparseStepCuda(p, g, m, v, step, touched, h);
+    AdamWStepCuda(p2, g, m2, v2, step2, h);
+    ASSERT_TRUE(at::equal(p, p2)) << "step " << s;
+    ASSERT_TRUE(at::equal(m, m2)) << "step " << s;
+    ASSERT_TRUE(at::equal(v, v2)) << "step " << s;
+  }
+  // Not vacuous: some rows were skipped and some updated.
+  const int64_t n_touched = touched.sum().item<int64_t>();
+  EXPECT_GT(n_touched, rows / 10);
+  EXPECT_LT(n_touched, rows / 2);
+  // A large decay does not round away: the row-sparse form is refused.
+  EXPECT_FALSE(AdamWRowSparseSupports(p, p, m, v, step, touched, {1e-2, 0.9, 0.999, 0.1, 1e-8}));
+  // Nor for fp32 parameters with weight decay.
+  at::Tensor pf = p.to(at::kFloat);
+  EXPECT_FALSE(AdamWRowSparseSupports(pf, pf, pf, pf, step, touched, h));
+}
+
 }  // namespace
 }  // namespace ftd::kernels
