@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   std::string preset = "qwen3-30b-a3b", model_dir, gate = "real", device = "auto";
   int64_t layers = 4, seq = 4096, batch = 1, steps = 8, warmup = 3;
   bool ckpt = false, no_opt_in_bwd = false;
-  int64_t loss_chunk = 1024;
+  int64_t loss_chunk = ModelOptions{}.loss_chunk_tokens;
   app.add_option("--preset", preset)->capture_default_str();
   app.add_option("--layers", layers)->capture_default_str();
   app.add_option("--seq", seq)->capture_default_str();

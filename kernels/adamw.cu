@@ -91,13 +91,11 @@ __global__ void __launch_bounds__(kThreads) AdamWKernel(T* __restrict__ p, const
   const int64_t nvec = n / VEC;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  // Two vectors per iteration: both gradients are in flight before either update.
-  for (; i + stride < nvec; i += 2 * stride) {
-    const Vec<T, VEC> g0 = Load<T, VEC>(g + i * VEC), g1 = Load<T, VEC>(g + (i + stride) * VEC);
-    UpdateVector<T, VEC>(p + i * VEC, m + i * VEC, v + i * VEC, g0, s, c);
-    UpdateVector<T, VEC>(p + (i + stride) * VEC, m + (i + stride) * VEC, v + (i + stride) * VEC, g1, s, c);
+  // One vector per iteration (two in flight per thread measured 14% slower: 2.34 vs 2.72 TB/s).
+  for (; i < nvec; i += stride) {
+    const int64_t o = i * VEC;
+    UpdateVector<T, VEC>(p + o, m + o, v + o, Load<T, VEC>(g + o), s, c);
   }
-  if (i < nvec) UpdateVector<T, VEC>(p + i * VEC, m + i * VEC, v + i * VEC, Load<T, VEC>(g + i * VEC), s, c);
   // Tail (n % VEC elements), by the first threads of block 0.
   if (blockIdx.x == 0 && threadIdx.x < n - nvec * VEC) {
     const int64_t o = nvec * VEC + threadIdx.x;
