@@ -4,6 +4,7 @@ built with the `tokenizers` library beside a tiny generated model, a JSONL file 
 turns only, packing into seq_len rows. A bad record fails before training, naming its line."""
 import json
 import math
+import os
 import re
 import subprocess
 
@@ -15,6 +16,10 @@ tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# FTD_TEST_DEVICE=cuda runs the same training on the GPU in bf16 (packed rows then attend through
+# varlen attention); CI runs it on the CPU in fp32.
+DEVICE = os.environ.get("FTD_TEST_DEVICE", "cpu")
+DTYPE = "bf16" if DEVICE == "cuda" else "fp32"
 QUESTIONS = ["What is two plus two?", "Name a colour.", "Say hello.", "Count to three.", "Which day follows Monday?"]
 ANSWERS = ["Four.", "Blue.", "Hello!", "One, two, three.", "Tuesday."]
 
@@ -52,7 +57,7 @@ def spec(d, name, data, **hp):
          "output": str(d / name),
          "hyperparameters": {"max_steps": 8, "global_batch": 2, "micro_batch": 1, "seq_len": 96, "lr": 3e-3,
                              "warmup_steps": 1, "seed": 1, **hp},
-         "device": "cpu", "dtype": "fp32"}
+         "device": DEVICE, "dtype": DTYPE}
     path = d / f"{name}.json"
     path.write_text(json.dumps(s))
     return path
