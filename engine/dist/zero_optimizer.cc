@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
+#include "kernels/adamw.h"
 
 namespace ftd::engine {
 
@@ -106,6 +107,13 @@ absl::Status ShardedAdamW::Step(double lr) {
     }
     if (p.empty()) continue;
     at::_foreach_add_(st, 1.0);
+    if (kernels::AdamWCudaSupports(p[0], g[0], a[0], q[0], st[0])) {
+      // CUDA: kernels/adamw.h per segment, the same arithmetic at ~2.7 TB/s (ATen's: ~1.7 on bf16).
+      const kernels::AdamWHyper hyper{lr, config_.beta1, config_.beta2, decay ? config_.weight_decay : 0.0,
+                                      config_.eps};
+      for (size_t i = 0; i < p.size(); ++i) kernels::AdamWStepCuda(p[i], g[i], a[i], q[i], st[i], hyper);
+      continue;
+    }
     at::_fused_adamw_(p, g, a, q, /*max_exp_avg_sqs=*/{}, st, lr, config_.beta1, config_.beta2,
                       decay ? config_.weight_decay : 0.0, config_.eps, /*amsgrad=*/false,
                       /*maximize=*/false, std::nullopt, std::nullopt);

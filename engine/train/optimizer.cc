@@ -58,6 +58,22 @@ absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(std::vector<NamedParam> par
   return opt;
 }
 
+bool AdamW::KernelStep(Slot& s, const at::Tensor& g, double lr) {
+  if (!kernels::AdamWCudaSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step)) return false;
+  // One vectorised pass (kernels/adamw.h): the same arithmetic as ATen's fused AdamW at ~2.7 TB/s
+  // instead of ~1.7 on bf16.
+  kernels::AdamWHyper hyper{lr, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps};
+  hyper.short_blocks = side_ != nullptr && step_in_backward_ && config_.side_stream_short_blocks;
+  if (kernels::AdamWRowSparseSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper)) {
+    // An embedding table: rows no token has reached yet are skipped, bit-identically.
+    kernels::AdamWRowSparseStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper);
+  } else {
+    kernels::AdamWStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, hyper);
+    if (s.touched_rows.defined()) s.touched_rows.fill_(1);
+  }
+  return true;
+}
+
 void AdamW::Step(double lr) {
   c10::NoGradGuard no_grad;
   ++steps_;
@@ -77,9 +93,12 @@ void AdamW::Step(double lr) {
     }
     if (params.empty()) continue;
     at::_foreach_add_(steps, 1.0);
-    // Fused kernels need one dtype and device per call: split if the group mixes them.
+    // CUDA tensors the own kernel serves take it (one launch each); the rest go to ATen's fused
+    // multi-tensor AdamW, which needs one dtype and device per call: split if the group mixes them.
     std::map<std::pair<int, std::string>, std::vector<size_t>> by_kind;
     for (size_t i = 0; i < params.size(); ++i) {
+      if (KernelStep(*group[i], grads[i], lr)) continue;
+      if (group[i]->touched_rows.defined()) group[i]->touched_rows.fill_(1);  // dense update below
       by_kind[{static_cast<int>(params[i].scalar_type()), params[i].device().str()}].push_back(i);
     }
     for (const auto& [kind, idx] : by_kind) {
@@ -97,7 +116,6 @@ void AdamW::Step(double lr) {
     }
     for (Slot* s : group) {
       if (!s->master.is_same(*s->param.tensor)) s->param.tensor->copy_(s->master);
-      if (s->touched_rows.defined()) s->touched_rows.fill_(1);  // dense update: every row has state
     }
   }
 }
@@ -133,20 +151,7 @@ void AdamW::StepSlot(Slot& s, double lr) {
   auto update = [&] {
     at::Tensor g = grad.scalar_type() == s.master.scalar_type() ? grad : grad.to(s.master.scalar_type());
     s.step.add_(1.0);
-    if (kernels::AdamWCudaSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step)) {
-      // One vectorised pass (kernels/adamw.h): the same arithmetic at nearer HBM bandwidth.
-      kernels::AdamWHyper hyper{lr, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps};
-      // On the low-priority side stream: short blocks, so the backward kernels are never kept
-      // waiting for SMs.
-      hyper.short_blocks = side_ != nullptr && config_.side_stream_short_blocks;
-      if (kernels::AdamWRowSparseSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper)) {
-        // An embedding table: rows no token has reached yet are skipped, bit-identically.
-        kernels::AdamWRowSparseStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper);
-      } else {
-        kernels::AdamWStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, hyper);
-        if (s.touched_rows.defined()) s.touched_rows.fill_(1);
-      }
-    } else {
+    if (!KernelStep(s, g, lr)) {
       at::_fused_adamw_({s.master}, {g}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, config_.beta1, config_.beta2,
                         s.decay ? config_.weight_decay : 0.0, config_.eps, false, false, std::nullopt, std::nullopt);
       if (s.touched_rows.defined()) s.touched_rows.fill_(1);
