@@ -10,10 +10,9 @@ import subprocess
 
 import pytest
 
-from conftest import run
+from conftest import run, train_bpe_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "seven", "blue", "quiet"]
@@ -41,14 +40,7 @@ def work(tmp_path_factory, ftd_train):
     model = d / "model"
     run([ftd_train, "init-model", "--preset", "tiny", "--dtype", "fp32", "--seed", "6", "--out", model])
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\s?\p{L}+|\s?\p{N}|\s?[^\s\p{L}\p{N}]+|\s+"), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab - 8, special_tokens=[AddedToken(t, special=True) for t in SPECIALS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([text(i) for i in range(N_DOCS)], trainer)
+    tok = train_bpe_tokenizer([text(i) for i in range(N_DOCS)], vocab - 8, SPECIALS)
     tok.save(str(model / "tokenizer.json"))
     (model / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
     texts = [text(i) for i in range(N_DOCS)]
