@@ -68,3 +68,12 @@ def train_bpe_tokenizer(corpus, vocab_size, specials):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus, trainer)
     return tok
+
+
+def process_running(pid):
+    """Whether pid is a live process (neither gone nor a zombie); it may exit while we look."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

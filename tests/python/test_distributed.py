@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run
+from conftest import process_running, run
 
 NPROC = 4
 STEPS = 5
@@ -361,7 +361,7 @@ def test_launcher_stops_every_rank_when_one_dies(ftd_train, workdir):
         assert launcher.returncode != 0
         assert any(re.match(r"\[launch\] rank \d was killed by signal 9", l) for l in out.splitlines()), out
         for pid in children:
-            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z", pid
+            assert not process_running(pid), pid
     finally:
         if launcher.poll() is None:
             launcher.kill()

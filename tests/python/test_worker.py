@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import binary, free_port, run, wait_for
+from conftest import binary, free_port, process_running, run, wait_for
 
 ADMIN = "admintoken-0123456789"
 USER = "usertoken-0123456789"
@@ -329,9 +329,7 @@ def test_cancel_stops_every_rank_within_10s(cluster):
     assert len(pids) == 4, pids
     t0 = time.monotonic()
     cluster.call("POST", f"/v1/jobs/{job_id}:cancel", {"reason": "test"})
-    wait_for("every rank to exit", lambda: not any(os.path.exists(f"/proc/{p}") and
-                                                   open(f"/proc/{p}/stat").read().split(")")[-1].split()[0] != "Z"
-                                                   for p in pids), timeout=10)
+    wait_for("every rank to exit", lambda: not any(process_running(p) for p in pids), timeout=10)
     gone = time.monotonic() - t0
     cluster.wait_state(job_id, "CANCELLED", timeout=30)
     print(f"cancel: all 4 ranks gone {gone:.2f}s after the request")
