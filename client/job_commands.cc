@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <iostream>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -209,6 +210,25 @@ absl::StatusOr<FineTuneJob> GetJob(Connection* c, const std::string& id) {
   grpc::Status s = c->stub()->GetJob(ctx.get(), req, &job);
   if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), c->Describe(s));
   return job;
+}
+
+// Every stored event of a job, in order, page by page.
+absl::StatusOr<std::vector<JobEvent>> ListAllJobEvents(Connection* c, const std::string& id) {
+  std::vector<JobEvent> all;
+  std::string token;
+  do {
+    ftd::v1::ListJobEventsRequest req;
+    req.set_id(id);
+    req.set_page_size(1000);
+    req.set_page_token(token);
+    ftd::v1::ListJobEventsResponse resp;
+    auto ctx = c->NewContext();
+    grpc::Status s = c->stub()->ListJobEvents(ctx.get(), req, &resp);
+    if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), c->Describe(s));
+    for (auto& e : *resp.mutable_events()) all.push_back(std::move(e));
+    token = resp.next_page_token();
+  } while (!token.empty());
+  return all;
 }
 
 // Rank of a log line "[rank N] ...", or -1.
@@ -592,20 +612,10 @@ Examples:
     cli.action = [&]() -> int {
       absl::StatusOr<Connection*> c = cli.Connect();
       if (!c.ok()) return cli.Fail(std::string(c.status().message()));
+      absl::StatusOr<std::vector<JobEvent>> events = ListAllJobEvents(*c, events_id);
+      if (!events.ok()) return cli.Fail(std::string(events.status().message()));
       ftd::v1::ListJobEventsResponse all;
-      std::string token;
-      do {
-        ftd::v1::ListJobEventsRequest req;
-        req.set_id(events_id);
-        req.set_page_size(1000);
-        req.set_page_token(token);
-        ftd::v1::ListJobEventsResponse resp;
-        auto ctx = (*c)->NewContext();
-        grpc::Status s = (*c)->stub()->ListJobEvents(ctx.get(), req, &resp);
-        if (!s.ok()) return cli.Fail((*c)->Describe(s));
-        for (auto& e : *resp.mutable_events()) *all.add_events() = std::move(e);
-        token = resp.next_page_token();
-      } while (!token.empty());
+      for (JobEvent& e : *events) *all.add_events() = std::move(e);
       return Emit(cli, all, [&] {
         Table t({"SEQ", "TIME", "KIND", "DETAIL"});
         for (const auto& e : all.events()) t.AddRow({absl::StrCat(e.seq()), TimeString(e.time()), EventKind(e), EventDetail(e)});
@@ -714,22 +724,12 @@ Examples:
         cli.out->flush();
       };
       int64_t last_seq = 0;
-      std::string token;
-      do {
-        ftd::v1::ListJobEventsRequest req;
-        req.set_id(logs_id);
-        req.set_page_size(1000);
-        req.set_page_token(token);
-        ftd::v1::ListJobEventsResponse resp;
-        auto ctx = (*c)->NewContext();
-        grpc::Status s = (*c)->stub()->ListJobEvents(ctx.get(), req, &resp);
-        if (!s.ok()) return cli.Fail((*c)->Describe(s));
-        for (const auto& e : resp.events()) {
-          print(e);
-          last_seq = std::max(last_seq, e.seq());
-        }
-        token = resp.next_page_token();
-      } while (!token.empty());
+      absl::StatusOr<std::vector<JobEvent>> stored = ListAllJobEvents(*c, logs_id);
+      if (!stored.ok()) return cli.Fail(std::string(stored.status().message()));
+      for (const JobEvent& e : *stored) {
+        print(e);
+        last_seq = std::max(last_seq, e.seq());
+      }
       if (!logs_follow) return kExitOk;
       absl::StatusOr<FineTuneJob> job = GetJob(*c, logs_id);
       if (!job.ok()) return cli.Fail(std::string(job.status().message()));
