@@ -77,3 +77,15 @@ def process_running(pid):
             return f.read().split(")")[-1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+DIST_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def clean_env(**extra):
+    """The environment for an `ftd-train` child: no inherited rendezvous variables, one OpenMP
+    thread per process (ranks share two cores in CI), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV_KEYS}
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env

@@ -13,20 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import process_running, run
+from conftest import clean_env, process_running, run
 
 NPROC = 4
 STEPS = 5
-DIST_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV_KEYS}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.update(extra)
-    return env
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, ftd_train):
     d = tmp_path_factory.mktemp("dist")

@@ -3,14 +3,13 @@ to the metrics file; the same value from 4 ranks with expert parallelism as from
 validation row counted once, ranks short of rows still join the exchanges); it equals HF
 Transformers' loss on the same rows for the untrained checkpoint; errors name the fields."""
 import json
-import os
 import re
 import subprocess
 
 import pytest
 import torch
 
-from conftest import run
+from conftest import clean_env, run
 
 STEPS = 4
 EVAL_RE = re.compile(r"eval step (\d+)/(\d+) loss ([0-9.eE+-]+) targets (\d+)")
@@ -43,13 +42,6 @@ def spec(d, name, ep=1, eval_every=2, validation=True, max_steps=STEPS):
 
 def evals(text):
     return [(int(m.group(1)), float(m.group(3)), int(m.group(4))) for m in EVAL_RE.finditer(text)]
-
-
-def clean_env():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 @pytest.fixture(scope="module")

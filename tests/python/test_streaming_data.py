@@ -4,13 +4,12 @@ same rows give pre-tokenized; resuming mid-epoch continues the exact order, also
 datasets.validation_fraction holds out documents chosen by the seed, never trained on, and
 evaluates them exactly as datasets.validation with the same documents in a file does."""
 import json
-import os
 import re
 import subprocess
 
 import pytest
 
-from conftest import run, train_bpe_tokenizer
+from conftest import clean_env, run, train_bpe_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -25,13 +24,6 @@ N_DOCS = 36
 def text(i):
     # Lengths from a few tokens to more than a row: packing, truncation and several rows.
     return f"doc {i}: " + " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(2 + (i * 5) % 23))
-
-
-def clean_env():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 @pytest.fixture(scope="module")
