@@ -20,6 +20,7 @@
 #include "engine/model/config.h"
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/transformer.h"
+#include "engine/train/cuda_graph_step.h"
 #include "engine/train/optimizer.h"
 #include "engine/util/compute_stream.h"
 #include "engine/util/device_memory.h"
@@ -75,6 +76,10 @@ int main(int argc, char** argv) {
   std::string trace_out;
   app.add_option("--trace", trace_out, "with --profile: also write the step's Chrome trace (kernels per stream) here");
   app.add_option("--loss-chunk", loss_chunk, "tokens per chunk of the fused linear cross-entropy")->capture_default_str();
+  bool cuda_graph = false;
+  app.add_flag("--cuda-graph", cuda_graph,
+               "after the warm-up steps, capture forward and backward (with the optimizer) as two CUDA graphs and "
+               "time their replays (engine/train/cuda_graph_step.h)");
   CLI11_PARSE(app, argc, argv);
 
   if (blas_lt) at::globalContext().setBlasPreferredBackend(at::BlasBackend::Cublaslt);
@@ -113,28 +118,71 @@ int main(int argc, char** argv) {
   at::Tensor ids = at::randint(0, config->vocab_size, {batch, seq}, gen, at::kLong).to(options.device);
   Batch b{ids, ShiftLabels(ids), {}, {}};
   const int64_t num_targets = b.targets.ne(-100).sum().item<int64_t>();
+  b.num_targets = num_targets;  // Forward reads nothing back
   if (!no_grad_hint) b.loss_grad_scale = 1.0 / static_cast<double>(std::max<int64_t>(1, num_targets));
   std::optional<ComputeStreamScope> compute_stream;
   if (!no_priority_stream) compute_stream.emplace(options.device);
+  if (cuda_graph && (!cuda || no_priority_stream || warmup < 1)) {
+    return Fail(absl::InvalidArgumentError(
+        "--cuda-graph needs CUDA, the compute stream (not --no-priority-stream) and --warmup >= 1"));
+  }
+
+  // One step's two phases; the graphs record exactly these.
+  auto forward = [&] {
+    ForwardResult r = (*model)->Forward(b, false);
+    return r.loss_sum / static_cast<double>(std::max<int64_t>(1, r.num_targets));
+  };
+  auto backward = [&](const at::Tensor& loss) {
+    if (opt_in_bwd) (*opt)->BeginStepInBackward(1e-5);
+    loss.backward();
+    if (opt_in_bwd) {
+      (*opt)->FinishStepInBackward();
+    } else {
+      (*opt)->Step(1e-5);
+      (*opt)->ZeroGrad();
+    }
+  };
+  std::unique_ptr<CudaGraphStep> graphed;
 
   std::vector<double> fwd, bwd, tot;
   std::vector<double> losses;
   auto now = [] { return std::chrono::steady_clock::now(); };
   auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
   for (int64_t i = 0; i < warmup + steps; ++i) {
-    if (i == warmup) ResetPeakMemory();
+    if (i == warmup) {
+      ResetPeakMemory();  // the capture's allocations count: the graphs replay into that memory
+      if (cuda_graph) {
+        DeviceSynchronize();
+        auto g = CudaGraphStep::Capture(forward, backward);
+        if (!g.ok()) return Fail(g.status());
+        graphed = std::move(*g);
+      }
+    }
     DeviceSynchronize();
     auto t0 = now();
-    ForwardResult r = (*model)->Forward(b, false);
-    at::Tensor loss = r.loss_sum / static_cast<double>(std::max<int64_t>(1, r.num_targets));
+    at::Tensor loss;
+    if (graphed) {
+      graphed->ReplayForward();
+      loss = graphed->loss();
+    } else {
+      loss = forward();
+    }
     DeviceSynchronize();
     auto t1 = now();
     losses.push_back(loss.item<double>());
-    if (opt_in_bwd) (*opt)->BeginStepInBackward(1e-5);
-    loss.backward();
+    if (graphed) {
+      graphed->ReplayBackward();
+    } else if (opt_in_bwd) {
+      (*opt)->BeginStepInBackward(1e-5);
+      loss.backward();
+    } else {
+      loss.backward();
+    }
     DeviceSynchronize();
     auto t2 = now();
-    if (opt_in_bwd) {
+    if (graphed) {
+      // The optimizer ran inside the backward graph.
+    } else if (opt_in_bwd) {
       (*opt)->FinishStepInBackward();
     } else {
       (*opt)->Step(1e-5);
@@ -156,15 +204,11 @@ int main(int argc, char** argv) {
     DeviceSynchronize();
     prof::enableProfiler(torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::KINETO), acts);
     auto p0 = now();
-    ForwardResult r = (*model)->Forward(b, false);
-    at::Tensor loss = r.loss_sum / static_cast<double>(std::max<int64_t>(1, r.num_targets));
-    if (opt_in_bwd) (*opt)->BeginStepInBackward(1e-5);
-    loss.backward();
-    if (opt_in_bwd) {
-      (*opt)->FinishStepInBackward();
+    if (graphed) {
+      graphed->ReplayForward();
+      graphed->ReplayBackward();
     } else {
-      (*opt)->Step(1e-5);
-      (*opt)->ZeroGrad();
+      backward(forward());
     }
     DeviceSynchronize();
     const double wall_ms = secs(p0, now()) * 1e3;
@@ -193,6 +237,14 @@ int main(int argc, char** argv) {
       std::fclose(f);
     }
   }
+  // With graphs, the memory they replay into is their pool's, however it was carved up: count
+  // everything still reserved once the unused cached blocks are returned.
+  int64_t peak_bytes = PeakMemoryBytes();
+  if (graphed) {
+    DeviceSynchronize();
+    ReleaseCachedMemory();
+    peak_bytes = std::max(peak_bytes, ReservedMemoryBytes());
+  }
   const double step_s = Median(tot);
   const double tokens = static_cast<double>(batch * seq);
   const double tflops = config->TrainingFlopsPerToken(seq) * tokens / step_s / 1e12;
@@ -211,7 +263,8 @@ int main(int argc, char** argv) {
                       {"step_ms", std::round(step_s * 1e4) / 10},
                       {"tflops", std::round(tflops * 10) / 10},
                       {"mfu", cuda ? std::round(tflops / 989.0 * 1000) / 1000 : 0.0},
-                      {"peak_gib", std::round(PeakMemoryBytes() / double(1ull << 30) * 100) / 100},
+                      {"peak_gib", std::round(peak_bytes / double(1ull << 30) * 100) / 100},
+                      {"cuda_graph", graphed != nullptr},
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},
                       {"optimizer_in_timer", true},

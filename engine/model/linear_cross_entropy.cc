@@ -5,9 +5,22 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "kernels/cross_entropy.h"
+#ifdef FTD_WITH_CUDA
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#endif
 
 namespace ftd::engine {
 namespace {
+
+// Whether `t`'s kernels are being recorded into a CUDA graph (its values cannot be read).
+bool GradientIsBeingCaptured(const at::Tensor& t) {
+#ifdef FTD_WITH_CUDA
+  return t.is_cuda() && c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+#else
+  (void)t;
+  return false;
+#endif
+}
 
 struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossEntropyFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h, const at::Tensor& weight,
@@ -73,8 +86,11 @@ struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCross
     ctx->saved_data.erase("dw");
     // Compared as the fp32 value autograd carries (a mean's 1/N in fp32); one host sync, at the
     // start of backward, saves a read and write of the lm_head gradient (1.2 GB for Qwen3).
-    const bool as_expected =
-        expected != 1.0 && grads[0].numel() == 1 && grads[0].item<float>() == static_cast<float>(expected);
+    // While a CUDA graph is captured nothing can be read: the capture (engine/train/
+    // cuda_graph_step.h) backpropagates the mean it was built for, whose gradient is the expected
+    // one.
+    const bool as_expected = expected != 1.0 && grads[0].numel() == 1 &&
+                             (GradientIsBeingCaptured(grads[0]) || grads[0].item<float>() == static_cast<float>(expected));
     if (!as_expected) {
       // The saved gradients are not needed again: scale them in place.
       at::Tensor factor = expected == 1.0 ? grads[0] : grads[0] / expected;

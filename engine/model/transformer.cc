@@ -209,7 +209,7 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
             ? at::cross_entropy_loss(logits.view({B * S, -1}), targets, {}, at::Reduction::Sum, -100)
             : LinearCrossEntropySum(h.reshape({B * S, -1}), weights_.lm_head, targets, options_.loss_chunk_tokens,
                                     batch.loss_grad_scale);
-    result.num_targets = targets.ne(-100).sum().item<int64_t>();
+    result.num_targets = batch.num_targets >= 0 ? batch.num_targets : targets.ne(-100).sum().item<int64_t>();
   }
   if (config_.output_router_logits && config_.router_aux_loss_coef != 0 && !router_logits.empty()) {
     result.aux_loss = LoadBalancingLoss(router_logits, config_.num_experts, config_.num_experts_per_tok);

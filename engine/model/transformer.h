@@ -44,6 +44,9 @@ struct Batch {
   // The gradient the caller will send into ForwardResult::loss_sum (1/targets for a mean):
   // the fused loss then produces its gradients pre-scaled (linear_cross_entropy.h).
   double loss_grad_scale = 1.0;
+  // Valid targets when the caller knows them (>= 0): Forward then reads nothing back from the
+  // device (required while a CUDA graph is captured); -1 counts them, with a host sync.
+  int64_t num_targets = -1;
 };
 
 // HF's convention (labels = inputs, shifted inside the loss) as targets.

@@ -1,6 +1,7 @@
 #include "engine/train/optimizer.h"
 
 #include <cmath>
+#include <deque>
 #include <map>
 
 #include <ATen/ATen.h>
@@ -16,6 +17,7 @@
 #ifdef FTD_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGreenContext.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -128,6 +130,23 @@ struct AdamW::SideStream {
         stream(green ? green->Stream() : c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device)) {}
   std::unique_ptr<at::cuda::GreenContext> green;  // the SM partition of the updates, or null
   c10::cuda::CUDAStream stream;
+  // While a CUDA graph is captured: gradients whose side-stream update is queued, with the event
+  // that marks it done (see StepSlot), and their bytes.
+  struct Pending {
+    at::Tensor grad;
+    at::cuda::CUDAEvent done;
+  };
+  std::deque<Pending> pending;
+  int64_t pending_bytes = 0;
+  // Releases pending gradients, oldest first, until at most `keep_bytes` remain: the compute
+  // stream waits for each one's update first, so its memory is reused only after the update read it.
+  void ReleasePending(c10::cuda::CUDAStream compute, int64_t keep_bytes) {
+    while (!pending.empty() && pending_bytes > keep_bytes) {
+      pending.front().done.block(compute);
+      pending_bytes -= pending.front().grad.nbytes();
+      pending.pop_front();
+    }
+  }
 #endif
 };
 
@@ -161,15 +180,30 @@ void AdamW::StepSlot(Slot& s, double lr) {
 #ifdef FTD_WITH_CUDA
   if (side_ && param.is_cuda()) {
     // The side stream waits for the gradient, then updates while backward continues.
+    c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(param.device().index());
     at::cuda::CUDAEvent ready;
-    ready.record(c10::cuda::getCurrentCUDAStream(param.device().index()));
+    ready.record(compute);
     ready.block(side_->stream);
     {
       c10::cuda::CUDAStreamGuard guard(side_->stream);
       update();
     }
-    grad.record_stream(side_->stream);  // its memory is reused only after the update ran
     param.mutable_grad() = at::Tensor();
+    if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
+      grad.record_stream(side_->stream);  // its memory is reused only after the update ran
+      return;
+    }
+    // Inside a CUDA graph capture the caching allocator cannot query events, so a block freed
+    // with record_stream stays unusable until the capture ends: every gradient of the step would
+    // stay allocated. Hold the gradient instead; the compute stream waits for its update before
+    // releasing it, oldest first, once more than kPendingGradBytes are held (an old update has
+    // usually finished, so the wait rarely stalls the compute stream).
+    constexpr int64_t kPendingGradBytes = int64_t{1} << 30;
+    at::cuda::CUDAEvent done;
+    done.record(side_->stream);
+    side_->pending_bytes += grad.nbytes();
+    side_->pending.push_back({std::move(grad), std::move(done)});
+    side_->ReleasePending(compute, kPendingGradBytes);
     return;
   }
 #endif
@@ -207,7 +241,9 @@ void AdamW::FinishStepInBackward() {
     // The next forward reads the updated parameters: the compute stream waits for the updates.
     at::cuda::CUDAEvent done;
     done.record(side_->stream);
-    done.block(c10::cuda::getCurrentCUDAStream(side_->stream.device_index()));
+    c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(side_->stream.device_index());
+    done.block(compute);
+    side_->ReleasePending(compute, 0);  // every update is ordered before the compute stream now
   }
 #endif
 }

@@ -24,10 +24,14 @@ int64_t ReservedMemoryBytes() {
   if (!at::hasCUDA()) return 0;
   return c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device()).reserved_bytes[kAggregate].current;
 }
+void ReleaseCachedMemory() {
+  if (at::hasCUDA()) c10::cuda::CUDACachingAllocator::emptyCache();
+}
 void DeviceSynchronize() {
   if (at::hasCUDA()) c10::cuda::device_synchronize();
 }
 #else
+void ReleaseCachedMemory() {}
 void DeviceSynchronize() {}
 void ResetPeakMemory() {}
 int64_t PeakMemoryBytes() { return 0; }
