@@ -264,6 +264,7 @@ int main(int argc, char** argv) {
                       {"tflops", std::round(tflops * 10) / 10},
                       {"mfu", cuda ? std::round(tflops / 989.0 * 1000) / 1000 : 0.0},
                       {"peak_gib", std::round(peak_bytes / double(1ull << 30) * 100) / 100},
+                      {"peak_allocated_gib", std::round(PeakMemoryBytes() / double(1ull << 30) * 100) / 100},
                       {"cuda_graph", graphed != nullptr},
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},
