@@ -76,8 +76,6 @@ int main(int argc, char** argv) {
   std::string trace_out;
   app.add_option("--trace", trace_out, "with --profile: also write the step's Chrome trace (kernels per stream) here");
   app.add_option("--loss-chunk", loss_chunk, "tokens per chunk of the fused linear cross-entropy")->capture_default_str();
-  bool adamw_cached = false;
-  app.add_flag("--adamw-cached", adamw_cached, "AdamW without its evict-first (streaming) cache hints");
   bool cuda_graph = false;
   app.add_flag("--cuda-graph", cuda_graph,
                "after the warm-up steps, capture forward and backward (with the optimizer) as two CUDA graphs and "
@@ -110,7 +108,6 @@ int main(int argc, char** argv) {
   adam.backward_sm_carveout = sm_carveout;
   adam.side_stream_short_blocks = adamw_short_blocks && !adamw_long_blocks;
   adam.side_stream_sms = optimizer_sms;
-  adam.streaming_hints = !adamw_cached;
   auto opt = AdamW::Create(params, PrecisionPolicy::kBf16Pure, adam);
   if (!opt.ok()) return Fail(opt.status());
   const bool opt_in_bwd = !no_opt_in_bwd;
@@ -269,7 +266,6 @@ int main(int argc, char** argv) {
                       {"peak_gib", std::round(peak_bytes / double(1ull << 30) * 100) / 100},
                       {"peak_allocated_gib", std::round(PeakMemoryBytes() / double(1ull << 30) * 100) / 100},
                       {"cuda_graph", graphed != nullptr},
-                      {"adamw_streaming_hints", !adamw_cached},
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},
                       {"optimizer_in_timer", true},

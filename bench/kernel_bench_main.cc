@@ -291,10 +291,6 @@ void RunLibraryOps() {
     at::Tensor p2 = p.clone(), m2 = m.clone(), v2 = v.clone();
     const double ours = MedianMs([&] { AdamWStepCuda(p2, g, m2, v2, step, AdamWHyper{1e-5, 0.9, 0.999, 0.01, 1e-8}); });
     Report("adamw_step", "311M bf16 params", 7.0 * n * 2, ours, 0, 0, ms);
-    AdamWHyper cached{1e-5, 0.9, 0.999, 0.01, 1e-8};
-    cached.streaming_hints = false;  // the same pass with default-cached loads and stores
-    const double ours_cached = MedianMs([&] { AdamWStepCuda(p2, g, m2, v2, step, cached); });
-    Report("adamw_step_without_streaming_hints", "311M bf16 params", 7.0 * n * 2, ours_cached, 0, 0, ms);
     const double bytes = 7.0 * n * 2;
     nlohmann::json j = {{"op", "fused_adamw_bf16"}, {"shape", "311M params"}, {"ms", ms}, {"gbps", bytes / (ms * 1e-3) / 1e9},
                         {"pct_hbm", 100.0 * bytes / (ms * 1e-3) / kHbmBytesPerSecond}};

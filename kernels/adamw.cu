@@ -10,9 +10,7 @@ namespace ftd::kernels {
 namespace {
 
 using cuda::Load;
-using cuda::LoadStreaming;
 using cuda::Store;
-using cuda::StoreStreaming;
 using cuda::ToFloat;
 using cuda::Vec;
 
@@ -34,31 +32,11 @@ __device__ __forceinline__ Corrections BiasCorrections(const float* step, const 
   return {static_cast<float>(static_cast<double>(s.lr) / bc1), static_cast<float>(sqrt(bc2))};
 }
 
-// Every byte of an update is touched once: kStream marks the accesses evict-first, so that the
-// pass does not flush the L2 working sets of the backward kernels it runs beside.
-template <bool kStream, typename T, int VEC>
-__device__ __forceinline__ Vec<T, VEC> LoadOnce(const T* p) {
-  if constexpr (kStream) {
-    return LoadStreaming<T, VEC>(p);
-  } else {
-    return Load<T, VEC>(p);
-  }
-}
-
-template <bool kStream, typename T, int VEC>
-__device__ __forceinline__ void StoreOnce(T* p, const Vec<T, VEC>& v) {
-  if constexpr (kStream) {
-    StoreStreaming<T, VEC>(p, v);
-  } else {
-    Store<T, VEC>(p, v);
-  }
-}
-
 // One 16-byte vector of p, m, v updated from its gradient (already loaded).
-template <bool kStream, typename T, int VEC>
+template <typename T, int VEC>
 __device__ __forceinline__ void UpdateVector(T* __restrict__ p, T* __restrict__ m, T* __restrict__ v,
                                              const Vec<T, VEC>& gv, const Scalars& s, const Corrections& c) {
-  Vec<T, VEC> pv = LoadOnce<kStream, T, VEC>(p), mv = LoadOnce<kStream, T, VEC>(m), vv = LoadOnce<kStream, T, VEC>(v);
+  Vec<T, VEC> pv = Load<T, VEC>(p), mv = Load<T, VEC>(m), vv = Load<T, VEC>(v);
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
     float pj = ToFloat(pv.v[j]);
@@ -71,14 +49,14 @@ __device__ __forceinline__ void UpdateVector(T* __restrict__ p, T* __restrict__ 
     mv.v[j] = static_cast<T>(mj);
     vv.v[j] = static_cast<T>(vj);
   }
-  StoreOnce<kStream, T, VEC>(p, pv);
-  StoreOnce<kStream, T, VEC>(m, mv);
-  StoreOnce<kStream, T, VEC>(v, vv);
+  Store<T, VEC>(p, pv);
+  Store<T, VEC>(m, mv);
+  Store<T, VEC>(v, vv);
 }
 
 // One block per row of an embedding table: rows never touched by a nonzero gradient are
 // skipped (exact: see adamw.h); cols % VEC == 0 and 16-byte aligned rows.
-template <bool kStream, typename T, int VEC>
+template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) AdamWRowSparseKernel(T* __restrict__ p, const T* __restrict__ g,
                                                                  T* __restrict__ m, T* __restrict__ v,
                                                                  uint8_t* __restrict__ touched,
@@ -100,11 +78,11 @@ __global__ void __launch_bounds__(kThreads) AdamWRowSparseKernel(T* __restrict__
   const Corrections c = BiasCorrections(step, s);
   for (int64_t i = threadIdx.x; i < nvec; i += kThreads) {
     const int64_t o = base + i * VEC;
-    UpdateVector<kStream, T, VEC>(p + o, m + o, v + o, LoadOnce<kStream, T, VEC>(g + o), s, c);
+    UpdateVector<T, VEC>(p + o, m + o, v + o, Load<T, VEC>(g + o), s, c);
   }
 }
 
-template <bool kStream, typename T, int VEC>
+template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) AdamWKernel(T* __restrict__ p, const T* __restrict__ g,
                                                         T* __restrict__ m, T* __restrict__ v,
                                                         const float* __restrict__ step, int64_t n, Scalars s) {
@@ -116,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) AdamWKernel(T* __restrict__ p, const
   // One vector per iteration (two in flight per thread measured 14% slower: 2.34 vs 2.72 TB/s).
   for (; i < nvec; i += stride) {
     const int64_t o = i * VEC;
-    UpdateVector<kStream, T, VEC>(p + o, m + o, v + o, LoadOnce<kStream, T, VEC>(g + o), s, c);
+    UpdateVector<T, VEC>(p + o, m + o, v + o, Load<T, VEC>(g + o), s, c);
   }
   // Tail (n % VEC elements), by the first threads of block 0.
   if (blockIdx.x == 0 && threadIdx.x < n - nvec * VEC) {
@@ -156,8 +134,7 @@ void AdamWRowSparseStepCuda(const at::Tensor& param, const at::Tensor& grad, con
   constexpr int kVec = cuda::kVec16<T>;
   const Scalars s{static_cast<float>(h.lr), static_cast<float>(h.beta1), static_cast<float>(h.beta2),
                   static_cast<float>(h.weight_decay), static_cast<float>(h.eps)};
-  auto kernel = h.streaming_hints ? AdamWRowSparseKernel<true, T, kVec> : AdamWRowSparseKernel<false, T, kVec>;
-  kernel<<<rows, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  AdamWRowSparseKernel<T, kVec><<<rows, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<T*>(param.data_ptr()), reinterpret_cast<const T*>(grad.data_ptr()),
       reinterpret_cast<T*>(exp_avg.data_ptr()), reinterpret_cast<T*>(exp_avg_sq.data_ptr()),
       touched.data_ptr<uint8_t>(), step.data_ptr<float>(), cols, s);
@@ -188,10 +165,9 @@ void AdamWStepCuda(const at::Tensor& param, const at::Tensor& grad, const at::Te
     const int64_t needed = std::max<int64_t>(1, cuda::CeilDiv(n / vec, kThreads));
     const int64_t blocks = h.short_blocks ? needed : std::min<int64_t>(needed, int64_t{cuda::NumSms()} * 8);
     if (aligned) {
-      auto kernel = h.streaming_hints ? AdamWKernel<true, T, kVec> : AdamWKernel<false, T, kVec>;
-      kernel<<<blocks, kThreads, 0, stream>>>(p, g, m, v, st, n, s);
+      AdamWKernel<T, kVec><<<blocks, kThreads, 0, stream>>>(p, g, m, v, st, n, s);
     } else {
-      AdamWKernel<false, T, 1><<<blocks, kThreads, 0, stream>>>(p, g, m, v, st, n, s);
+      AdamWKernel<T, 1><<<blocks, kThreads, 0, stream>>>(p, g, m, v, st, n, s);
     }
   };
   if (param.scalar_type() == at::kBFloat16) {

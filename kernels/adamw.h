@@ -20,9 +20,6 @@ struct AdamWHyper {
   // as soon as it is launched. The default grid-stride launch keeps up to 8 long-lived blocks
   // per SM resident for the whole pass, which is fastest alone but holds every SM.
   bool short_blocks = false;
-  // Evict-first loads and stores (every byte is touched once), so that an update running beside
-  // the backward kernels leaves their L2 working sets in place.
-  bool streaming_hints = true;
 };
 
 // Plain ATen formula in fp32 (the stored tensors are updated in place).

@@ -27,31 +27,6 @@ __device__ __forceinline__ void Store(T* p, const Vec<T, N>& v) {
   *reinterpret_cast<Vec<T, N>*>(p) = v;
 }
 
-// As Load/Store with the streaming cache hint (ld.global.cs / st.global.cs, evict first) for
-// 16-byte vectors: data touched once then does not push other kernels' working sets out of L2.
-template <typename T, int N>
-__device__ __forceinline__ Vec<T, N> LoadStreaming(const T* p) {
-  if constexpr (sizeof(Vec<T, N>) == 16) {
-    const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
-    Vec<T, N> out;
-    memcpy(&out, &raw, 16);
-    return out;
-  } else {
-    return Load<T, N>(p);
-  }
-}
-
-template <typename T, int N>
-__device__ __forceinline__ void StoreStreaming(T* p, const Vec<T, N>& v) {
-  if constexpr (sizeof(Vec<T, N>) == 16) {
-    uint4 raw;
-    memcpy(&raw, &v, 16);
-    __stcs(reinterpret_cast<uint4*>(p), raw);
-  } else {
-    Store<T, N>(p, v);
-  }
-}
-
 template <typename T>
 __device__ __forceinline__ float ToFloat(T v) {
   return static_cast<float>(v);

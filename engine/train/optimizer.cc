@@ -66,7 +66,6 @@ bool AdamW::KernelStep(Slot& s, const at::Tensor& g, double lr) {
   // instead of ~1.7 on bf16.
   kernels::AdamWHyper hyper{lr, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps};
   hyper.short_blocks = side_ != nullptr && step_in_backward_ && config_.side_stream_short_blocks;
-  hyper.streaming_hints = config_.streaming_hints;
   if (kernels::AdamWRowSparseSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper)) {
     // An embedding table: rows no token has reached yet are skipped, bit-identically.
     kernels::AdamWRowSparseStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper);

@@ -36,8 +36,6 @@ struct AdamWConfig {
   int backward_sm_carveout = 0;
   // Step in backward on CUDA: AdamW launches of short blocks (see kernels::AdamWHyper).
   bool side_stream_short_blocks = false;
-  // CUDA: evict-first loads and stores in the update (kernels::AdamWHyper::streaming_hints).
-  bool streaming_hints = true;
   // Step in backward on CUDA: > 0 runs the updates in a green context of this many SMs (a fixed
   // SM partition), so that they never hold the SMs the backward kernels need; 0 = an ordinary
   // low-priority stream. Pair with backward_sm_carveout of the same size.
