@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include "kernels/kernels_available.h"
 #include "kernels/rms_norm.h"
@@ -105,13 +106,54 @@ at::Tensor PackedCausalMask(const at::Tensor& segment_ids) {
   return same_doc.logical_and(causal).unsqueeze(1);
 }
 
+namespace {
+
+// The q, k and v projections of one input [.., H] (no biases). Backward sums the three input
+// gradients in the GEMM epilogues (beta = 1) rather than in two separate adds over [T, H].
+struct QkvProjection : public torch::autograd::Function<QkvProjection> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& wq, const at::Tensor& wk, const at::Tensor& wv) {
+    ctx->save_for_backward({x, wq, wk, wv});
+    return {at::linear(x, wq), at::linear(x, wk), at::linear(x, wv)};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor x2 = x.reshape({-1, x.size(-1)});  // [T, H]
+    at::Tensor dx;                                      // [T, H]
+    torch::autograd::variable_list out(4);
+    for (int i = 0; i < 3; ++i) {
+      if (!grads[i].defined()) continue;
+      const at::Tensor& w = saved[1 + i];                     // [out, H]
+      const at::Tensor dy = grads[i].reshape({-1, w.size(0)});  // [T, out]
+      if (ctx->needs_input_grad(0)) dx = dx.defined() ? dx.addmm_(dy, w) : at::mm(dy, w);
+      if (ctx->needs_input_grad(1 + i)) out[1 + i] = at::mm(dy.t(), x2);
+    }
+    if (ctx->needs_input_grad(0)) out[0] = dx.defined() ? dx.view(x.sizes()) : at::zeros_like(x);
+    return out;
+  }
+};
+
+}  // namespace
+
 at::Tensor Attention(const at::Tensor& x, const AttentionWeights& w, const ModelConfig& c,
                      const AttentionContext& ctx) {
   const int64_t B = x.size(0), S = x.size(1), D = c.head_dim;
   const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
-  at::Tensor q = at::linear(x, w.q_proj, w.q_bias).view({B, S, Hq, D});
-  at::Tensor k = at::linear(x, w.k_proj, w.k_bias).view({B, S, Hkv, D});
-  at::Tensor v = at::linear(x, w.v_proj, w.v_bias).view({B, S, Hkv, D});
+  at::Tensor q, k, v;
+  if (w.q_bias.defined() || w.k_bias.defined() || w.v_bias.defined()) {
+    q = at::linear(x, w.q_proj, w.q_bias);
+    k = at::linear(x, w.k_proj, w.k_bias);
+    v = at::linear(x, w.v_proj, w.v_bias);
+  } else {
+    auto qkv = QkvProjection::apply(x, w.q_proj, w.k_proj, w.v_proj);
+    q = qkv[0], k = qkv[1], v = qkv[2];
+  }
+  q = q.view({B, S, Hq, D});
+  k = k.view({B, S, Hkv, D});
+  v = v.view({B, S, Hkv, D});
   // q, k stay [B, S, heads, D] (contiguous on CUDA) through norm and rotation.
   if (c.qk_norm && OnKernelDevice(q) && kernels::RopeCudaSupports(q, ctx.cos, ctx.sin, w.q_norm) &&
       kernels::RopeCudaSupports(k, ctx.cos, ctx.sin, w.k_norm)) {

@@ -146,17 +146,31 @@ absl::StatusOr<std::unique_ptr<MoeTransformer>> MoeTransformer::Create(const Mod
   return std::unique_ptr<MoeTransformer>(new MoeTransformer(config, options, std::move(weights)));
 }
 
-at::Tensor MoeTransformer::Layer(int64_t index, const at::Tensor& h, const AttentionContext& ctx,
-                                 std::vector<at::Tensor>* router_logits, std::vector<at::Tensor>* counts) {
+namespace {
+
+// The norm that reads the residual stream, adding a pending branch output first: the add and the
+// norm are one kernel forward and backward (kernels/rms_norm.h). Returns (normed, stream).
+std::pair<at::Tensor, at::Tensor> NormStream(const ResidualStream& r, const at::Tensor& weight, double eps) {
+  if (!r.pending.defined()) return {RmsNorm(r.sum, weight, eps), r.sum};
+  return AddRmsNorm(r.pending, r.sum, weight, eps);
+}
+
+}  // namespace
+
+at::Tensor ResidualStream::Materialize() const { return pending.defined() ? sum + pending : sum; }
+
+ResidualStream MoeTransformer::Layer(int64_t index, const ResidualStream& in, const AttentionContext& ctx,
+                                     std::vector<at::Tensor>* router_logits, std::vector<at::Tensor>* counts) {
   LayerWeights& L = weights_.layers[index];
-  at::Tensor x = h + Attention(RmsNorm(h, L.input_norm, config_.rms_norm_eps), L.attn, config_, ctx);
-  at::Tensor normed = RmsNorm(x, L.post_attn_norm, config_.rms_norm_eps);
-  if (!L.is_moe) return x + DenseMlp(normed, L.mlp);
+  auto [attn_in, h] = NormStream(in, L.input_norm, config_.rms_norm_eps);
+  at::Tensor attn = Attention(attn_in, L.attn, config_, ctx);
+  auto [normed, x] = AddRmsNorm(attn, h, L.post_attn_norm, config_.rms_norm_eps);  // x = h + attn
+  if (!L.is_moe) return {x, DenseMlp(normed, L.mlp)};
   MoeOutput moe = token_dispatch_ ? MoeBlockByToken(normed, L.moe, config_, options_.gate, token_dispatch_)
                                   : MoeBlock(normed, L.moe, config_, options_.gate, dispatch_);
   if (router_logits) router_logits->push_back(moe.router_logits);
   if (counts) counts->push_back(moe.expert_counts);
-  return x + moe.out;
+  return {x, moe.out};  // the next norm adds them
 }
 
 ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
@@ -180,7 +194,7 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
 
   ForwardResult result;
   std::vector<at::Tensor> router_logits;
-  at::Tensor h = at::embedding(weights_.embed, batch.input_ids);  // [B, S, H]
+  ResidualStream stream{at::embedding(weights_.embed, batch.input_ids), {}};  // [B, S, H]
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     if (options_.activation_checkpointing && at::GradMode::is_enabled()) {
       std::vector<at::Tensor> params;
@@ -192,14 +206,15 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
       std::vector<at::Tensor>* counts_out = &result.expert_counts;
       auto fn = [this, l, ctx, logits_out, counts_out](const at::Tensor& in) {
         bool first = !at::GradMode::is_enabled();
-        return Layer(l, in, ctx, first ? logits_out : nullptr, first ? counts_out : nullptr);
+        return Layer(l, ResidualStream{in, {}}, ctx, first ? logits_out : nullptr, first ? counts_out : nullptr)
+            .Materialize();
       };
-      h = CheckpointedLayer::apply(h, at::TensorList(params), LayerFn(fn))[0];
+      stream = {CheckpointedLayer::apply(stream.Materialize(), at::TensorList(params), LayerFn(fn))[0], {}};
     } else {
-      h = Layer(l, h, ctx, &router_logits, &result.expert_counts);
+      stream = Layer(l, stream, ctx, &router_logits, &result.expert_counts);
     }
   }
-  h = RmsNorm(h, weights_.norm, config_.rms_norm_eps);
+  at::Tensor h = NormStream(stream, weights_.norm, config_.rms_norm_eps).first;
   at::Tensor logits;
   if (return_logits) logits = at::linear(h, weights_.lm_head).to(at::kFloat);  // [B, S, V]
   if (batch.targets.defined()) {

@@ -60,6 +60,14 @@ struct ForwardResult {
   std::vector<at::Tensor> expert_counts;  // per MoE layer, [E]
 };
 
+// The residual stream between decoder layers: sum + pending, where pending (a branch's output,
+// or undefined) is added by the next norm in the same kernel.
+struct ResidualStream {
+  at::Tensor sum;      // [B, S, H]
+  at::Tensor pending;  // [B, S, H] or undefined
+  at::Tensor Materialize() const;
+};
+
 class MoeTransformer {
  public:
   // Weights must already match the config (see hf_checkpoint.h to load or initialise them).
@@ -79,9 +87,9 @@ class MoeTransformer {
 
  private:
   MoeTransformer(const ModelConfig& config, const ModelOptions& options, ModelWeights weights);
-  // One decoder layer: [B, S, H] -> [B, S, H]; router logits and counts appended for MoE layers.
-  at::Tensor Layer(int64_t index, const at::Tensor& h, const struct AttentionContext& ctx,
-                   std::vector<at::Tensor>* router_logits, std::vector<at::Tensor>* counts);
+  // One decoder layer on the residual stream; router logits and counts appended for MoE layers.
+  ResidualStream Layer(int64_t index, const ResidualStream& in, const struct AttentionContext& ctx,
+                       std::vector<at::Tensor>* router_logits, std::vector<at::Tensor>* counts);
 
   ModelConfig config_;
   ModelOptions options_;
