@@ -76,6 +76,10 @@ int main(int argc, char** argv) {
   std::string trace_out;
   app.add_option("--trace", trace_out, "with --profile: also write the step's Chrome trace (kernels per stream) here");
   app.add_option("--loss-chunk", loss_chunk, "tokens per chunk of the fused linear cross-entropy")->capture_default_str();
+  bool dense_embedding_grad = false;
+  app.add_flag("--dense-embedding-grad", dense_embedding_grad,
+               "optimizer in backward: form the embedding's dense gradient and step it row-sparse, instead of "
+               "updating the table from the lookup's backward");
   bool cuda_graph = false;
   app.add_flag("--cuda-graph", cuda_graph,
                "after the warm-up steps, capture forward and backward (with the optimizer) as two CUDA graphs and "
@@ -111,7 +115,15 @@ int main(int argc, char** argv) {
   auto opt = AdamW::Create(params, PrecisionPolicy::kBf16Pure, adam);
   if (!opt.ok()) return Fail(opt.status());
   const bool opt_in_bwd = !no_opt_in_bwd;
-  if (opt_in_bwd) (*opt)->EnableStepInBackward();
+  if (opt_in_bwd) {
+    (*opt)->EnableStepInBackward();
+    // The embedding table is updated by its lookup's backward, from the token rows alone.
+    AdamW* adamw = opt->get();
+    if (!dense_embedding_grad) {
+      (*model)->SetEmbeddingLookup(
+          [adamw](const at::Tensor& table, const at::Tensor& ids) { return adamw->EmbeddingLookup(table, ids); });
+    }
+  }
 
   // The baseline's inputs: torch.randint(0, V, (B, S), generator=manual_seed(1234)).
   auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
@@ -266,6 +278,7 @@ int main(int argc, char** argv) {
                       {"peak_gib", std::round(peak_bytes / double(1ull << 30) * 100) / 100},
                       {"peak_allocated_gib", std::round(PeakMemoryBytes() / double(1ull << 30) * 100) / 100},
                       {"cuda_graph", graphed != nullptr},
+                      {"embedding_update_in_lookup", opt_in_bwd && !dense_embedding_grad},
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},
                       {"optimizer_in_timer", true},

@@ -1,6 +1,7 @@
 #include "kernels/adamw.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include <ATen/ATen.h>
 
@@ -57,7 +58,27 @@ bool AdamWRowSparseSupports(const at::Tensor& param, const at::Tensor& grad, con
   return h.weight_decay == 0.0 || decay_rounds_away;
 }
 
+bool AdamWEmbeddingSupports(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                            const at::Tensor& step, const at::Tensor& touched, const at::Tensor& ids,
+                            const AdamWHyper& h) {
+  if (!AdamWRowSparseSupports(param, param, exp_avg, exp_avg_sq, step, touched, h)) return false;
+  if (param.scalar_type() != at::kBFloat16 || param.size(1) % 8 != 0) return false;  // 16-byte rows
+  for (const at::Tensor* t : {&param, &exp_avg, &exp_avg_sq}) {
+    if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
+  }
+  if (!ids.defined() || ids.scalar_type() != at::kLong || ids.dim() != 1 || !ids.is_contiguous() ||
+      ids.device() != param.device()) {
+    return false;
+  }
+  return ids.size(0) < (int64_t{1} << 31);
+}
+
 #ifndef FTD_WITH_CUDA
+void AdamWEmbeddingStepCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const AdamWHyper&) {
+  TORCH_CHECK(false, "AdamWEmbeddingStepCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
 void AdamWRowSparseStepCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&, const at::Tensor&, const AdamWHyper&) {
   TORCH_CHECK(false, "AdamWRowSparseStepCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");

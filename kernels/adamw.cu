@@ -1,6 +1,7 @@
 // CUDA kernel of kernels/adamw.h: a grid-stride loop over 16-byte vectors of the parameter,
 // its gradient and both moments (a scalar tail when the size or alignment asks for it).
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/adamw.h"
@@ -82,6 +83,57 @@ __global__ void __launch_bounds__(kThreads) AdamWRowSparseKernel(T* __restrict__
   }
 }
 
+// Block i of the sorted token ids: if position i starts a run of one token, sums that run's rows
+// of dy in fp32 (in sorted-position order), writes the rounded sum to rows[i] and records
+// slot_of[token] = i. Other blocks exit.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) EmbeddingRowGradKernel(const int64_t* __restrict__ sorted_ids,
+                                                                   const int64_t* __restrict__ order,
+                                                                   const T* __restrict__ dy, int64_t n, int64_t cols,
+                                                                   T* __restrict__ rows, int32_t* __restrict__ slot_of) {
+  const int64_t i = blockIdx.x;
+  const int64_t id = sorted_ids[i];
+  if (i > 0 && sorted_ids[i - 1] == id) return;
+  int64_t end = i + 1;
+  while (end < n && sorted_ids[end] == id) ++end;
+  for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
+    float acc = 0.0f;
+    for (int64_t j = i; j < end; ++j) acc += ToFloat(dy[order[j] * cols + c]);
+    rows[i * cols + c] = static_cast<T>(acc);
+  }
+  if (threadIdx.x == 0) slot_of[id] = static_cast<int32_t>(i);
+}
+
+// One block per table row: rows with a gradient this step (slot_of >= 0) or nonzero moments
+// (touched) are updated; the rest are skipped exactly as in AdamWRowSparseKernel. Restores
+// slot_of[row] = -1 for the next call.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads) AdamWEmbeddingRowsKernel(T* __restrict__ p, T* __restrict__ m,
+                                                                     T* __restrict__ v, const T* __restrict__ rows,
+                                                                     int32_t* __restrict__ slot_of,
+                                                                     uint8_t* __restrict__ touched,
+                                                                     const float* __restrict__ step, int64_t cols,
+                                                                     Scalars s) {
+  const int64_t row = blockIdx.x;
+  const int32_t slot = slot_of[row];
+  if (slot < 0 && !touched[row]) return;  // uniform over the block
+  __syncthreads();                         // every thread has read slot_of[row]
+  if (threadIdx.x == 0) {
+    if (slot >= 0) slot_of[row] = -1;
+    touched[row] = 1;
+  }
+  const Corrections c = BiasCorrections(step, s);
+  Vec<T, VEC> zero;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) zero.v[j] = static_cast<T>(0.0f);
+  const int64_t base = row * cols;
+  for (int64_t i = threadIdx.x; i < cols / VEC; i += kThreads) {
+    const int64_t o = base + i * VEC;
+    const Vec<T, VEC> gv = slot >= 0 ? Load<T, VEC>(rows + static_cast<int64_t>(slot) * cols + i * VEC) : zero;
+    UpdateVector<T, VEC>(p + o, m + o, v + o, gv, s, c);
+  }
+}
+
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) AdamWKernel(T* __restrict__ p, const T* __restrict__ g,
                                                         T* __restrict__ m, T* __restrict__ v,
@@ -137,6 +189,43 @@ void AdamWRowSparseStepCuda(const at::Tensor& param, const at::Tensor& grad, con
   AdamWRowSparseKernel<T, kVec><<<rows, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<T*>(param.data_ptr()), reinterpret_cast<const T*>(grad.data_ptr()),
       reinterpret_cast<T*>(exp_avg.data_ptr()), reinterpret_cast<T*>(exp_avg_sq.data_ptr()),
+      touched.data_ptr<uint8_t>(), step.data_ptr<float>(), cols, s);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void AdamWEmbeddingStepCuda(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                            const at::Tensor& step, const at::Tensor& touched, const at::Tensor& slot_of,
+                            const at::Tensor& ids, const at::Tensor& dy, const AdamWHyper& h) {
+  TORCH_CHECK(AdamWEmbeddingSupports(param, exp_avg, exp_avg_sq, step, touched, ids, h),
+              "AdamWEmbeddingStepCuda: needs a bf16 row-sparse table (see AdamWRowSparseSupports) and int64 ids [T] "
+              "on its device");
+  TORCH_CHECK(dy.scalar_type() == param.scalar_type() && dy.device() == param.device() && dy.dim() == 2 &&
+                  dy.size(0) == ids.size(0) && dy.size(1) == param.size(1) && dy.is_contiguous(),
+              "AdamWEmbeddingStepCuda: dy must be [T, cols] contiguous, of the table's dtype and device");
+  TORCH_CHECK(slot_of.scalar_type() == at::kInt && slot_of.numel() == param.size(0) && slot_of.is_contiguous() &&
+                  slot_of.device() == param.device(),
+              "AdamWEmbeddingStepCuda: slot_of must be int32 [rows] on the table's device");
+  const int64_t rows = param.size(0), cols = param.size(1), n = ids.size(0);
+  if (rows == 0 || cols == 0) return;
+  const c10::cuda::CUDAGuard guard(param.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  using T = c10::BFloat16;
+  constexpr int kVec = cuda::kVec16<T>;
+  at::Tensor token_rows;  // [n, cols]: row i holds the summed gradient when position i starts a run
+  if (n > 0) {
+    auto [sorted, order] = ids.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+    token_rows = at::empty({n, cols}, dy.options());
+    EmbeddingRowGradKernel<T><<<n, kThreads, 0, stream>>>(
+        sorted.data_ptr<int64_t>(), order.data_ptr<int64_t>(), reinterpret_cast<const T*>(dy.data_ptr()), n, cols,
+        reinterpret_cast<T*>(token_rows.data_ptr()), slot_of.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const Scalars s{static_cast<float>(h.lr), static_cast<float>(h.beta1), static_cast<float>(h.beta2),
+                  static_cast<float>(h.weight_decay), static_cast<float>(h.eps)};
+  AdamWEmbeddingRowsKernel<T, kVec><<<rows, kThreads, 0, stream>>>(
+      reinterpret_cast<T*>(param.data_ptr()), reinterpret_cast<T*>(exp_avg.data_ptr()),
+      reinterpret_cast<T*>(exp_avg_sq.data_ptr()),
+      n > 0 ? reinterpret_cast<const T*>(token_rows.data_ptr()) : nullptr, slot_of.data_ptr<int32_t>(),
       touched.data_ptr<uint8_t>(), step.data_ptr<float>(), cols, s);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -48,4 +48,21 @@ void AdamWRowSparseStepCuda(const at::Tensor& param, const at::Tensor& grad, con
                             const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& touched,
                             const AdamWHyper& h);
 
+// The embedding table's update straight from its lookup's output gradient, never forming the
+// dense [rows, cols] gradient: the distinct tokens' rows of dy are summed (fp32, in position
+// order, rounded once to the dtype, as the dense embedding backward does), then each row with a
+// gradient or with nonzero moments (touched) is updated as AdamWRowSparseStepCuda would; a row
+// reached by a token becomes touched. ids [T] int64, dy [T, cols] contiguous, slot_of [rows]
+// int32 scratch that holds -1 everywhere between calls (the update restores what it used).
+// Reads T rows of dy and only the touched rows of the table: the dense path zero-fills, scatters
+// and scans the whole [rows, cols] gradient (0.8 ms for Qwen3's 151,936 x 2048 table).
+// Whether the table, its state and ids qualify (dy [T, cols] of the table's dtype is checked by
+// the step).
+bool AdamWEmbeddingSupports(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                            const at::Tensor& step, const at::Tensor& touched, const at::Tensor& ids,
+                            const AdamWHyper& h);
+void AdamWEmbeddingStepCuda(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                            const at::Tensor& step, const at::Tensor& touched, const at::Tensor& slot_of,
+                            const at::Tensor& ids, const at::Tensor& dy, const AdamWHyper& h);
+
 }  // namespace ftd::kernels

@@ -194,7 +194,10 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
 
   ForwardResult result;
   std::vector<at::Tensor> router_logits;
-  ResidualStream stream{at::embedding(weights_.embed, batch.input_ids), {}};  // [B, S, H]
+  const bool own_lookup = embedding_lookup_ && !weights_.tied;
+  ResidualStream stream{own_lookup ? embedding_lookup_(weights_.embed, batch.input_ids)
+                                   : at::embedding(weights_.embed, batch.input_ids),
+                        {}};  // [B, S, H]
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     if (options_.activation_checkpointing && at::GradMode::is_enabled()) {
       std::vector<at::Tensor> params;

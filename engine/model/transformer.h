@@ -2,6 +2,7 @@
 // -> lm_head, with the loss as HF computes it.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -84,6 +85,11 @@ class MoeTransformer {
   void SetExpertDispatch(ExpertDispatch dispatch) { dispatch_ = std::move(dispatch); }
   // Token-level dispatch (expert parallelism); when set it replaces the expert dispatch.
   void SetTokenDispatch(TokenDispatch dispatch) { token_dispatch_ = std::move(dispatch); }
+  // The input embedding's lookup (table, ids) -> [.., H], in place of at::embedding: the
+  // optimizer's AdamW::EmbeddingLookup updates the table inside its backward. Ignored when the
+  // table is tied to the output projection (it takes a gradient there too).
+  using EmbeddingLookup = std::function<at::Tensor(const at::Tensor& table, const at::Tensor& ids)>;
+  void SetEmbeddingLookup(EmbeddingLookup lookup) { embedding_lookup_ = std::move(lookup); }
 
  private:
   MoeTransformer(const ModelConfig& config, const ModelOptions& options, ModelWeights weights);
@@ -98,6 +104,7 @@ class MoeTransformer {
   double rope_scaling_ = 1.0;
   ExpertDispatch dispatch_;
   TokenDispatch token_dispatch_;
+  EmbeddingLookup embedding_lookup_;
 };
 
 // Checks every tensor of `w` against the config's shapes; errors name the tensor.

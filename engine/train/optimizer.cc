@@ -12,6 +12,7 @@
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
 #include "kernels/adamw.h"
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #ifdef FTD_WITH_CUDA
@@ -60,12 +61,17 @@ absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(std::vector<NamedParam> par
   return opt;
 }
 
+kernels::AdamWHyper AdamW::Hyper(const Slot& s, double lr) const {
+  kernels::AdamWHyper hyper{lr, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps};
+  hyper.short_blocks = side_ != nullptr && step_in_backward_ && config_.side_stream_short_blocks;
+  return hyper;
+}
+
 bool AdamW::KernelStep(Slot& s, const at::Tensor& g, double lr) {
   if (!kernels::AdamWCudaSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step)) return false;
   // One vectorised pass (kernels/adamw.h): the same arithmetic as ATen's fused AdamW at ~2.7 TB/s
   // instead of ~1.7 on bf16.
-  kernels::AdamWHyper hyper{lr, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps};
-  hyper.short_blocks = side_ != nullptr && step_in_backward_ && config_.side_stream_short_blocks;
+  const kernels::AdamWHyper hyper = Hyper(s, lr);
   if (kernels::AdamWRowSparseSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper)) {
     // An embedding table: rows no token has reached yet are skipped, bit-identically.
     kernels::AdamWRowSparseStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper);
@@ -246,6 +252,62 @@ void AdamW::FinishStepInBackward() {
     side_->ReleasePending(compute, 0);  // every update is ordered before the compute stream now
   }
 #endif
+}
+
+// The lookup whose backward steps the table (AdamW::EmbeddingLookup). Its gradient for the table
+// is the update itself, so it returns none: nothing reaches AccumulateGrad or the step hook.
+struct EmbeddingUpdateInBackward : public torch::autograd::Function<EmbeddingUpdateInBackward> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& table, const at::Tensor& ids,
+                            AdamW* opt, int64_t slot) {
+    ctx->save_for_backward({ids});
+    ctx->saved_data["opt"] = reinterpret_cast<int64_t>(opt);
+    ctx->saved_data["slot"] = slot;
+    return at::embedding(table, ids);  // [.., H]
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* opt = reinterpret_cast<AdamW*>(ctx->saved_data["opt"].toInt());
+    const at::Tensor ids = ctx->get_saved_variables()[0];
+    const at::Tensor& dy = grads[0];
+    if (dy.defined()) {
+      opt->StepEmbeddingRows(static_cast<size_t>(ctx->saved_data["slot"].toInt()), ids.reshape({-1}).contiguous(),
+                             dy.reshape({-1, dy.size(-1)}).contiguous());
+    }
+    return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor AdamW::EmbeddingLookup(const at::Tensor& table, const at::Tensor& ids) {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
+    if (!s.param.tensor->is_same(table)) continue;
+    const bool fused = step_in_backward_ && c10::GradMode::is_enabled() && s.master.is_same(table) &&
+                       s.touched_rows.defined() &&
+                       kernels::AdamWEmbeddingSupports(s.master, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows,
+                                                       ids.reshape({-1}), Hyper(s, /*lr=*/0.0));
+    if (!fused) break;
+    if (!s.slot_of.defined()) s.slot_of = at::full({table.size(0)}, -1, table.options().dtype(at::kInt));
+    return EmbeddingUpdateInBackward::apply(table, ids, this, static_cast<int64_t>(i));
+  }
+  return at::embedding(table, ids);
+}
+
+void AdamW::StepEmbeddingRows(size_t index, const at::Tensor& ids, const at::Tensor& dy) {
+  c10::NoGradGuard no_grad;
+  Slot& s = slots_[index];
+  const kernels::AdamWHyper hyper = Hyper(s, backward_lr_);
+  if (!kernels::AdamWEmbeddingSupports(s.master, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, ids, hyper)) {
+    // This step's lr makes skipping untouched rows inexact (see kernels/adamw.h): the dense
+    // gradient and the usual update.
+    s.param.tensor->mutable_grad() =
+        at::embedding_dense_backward(dy, ids, s.master.size(0), /*padding_idx=*/-1, /*scale_grad_by_freq=*/false);
+    StepSlot(s, backward_lr_);
+    return;
+  }
+  s.step.add_(1.0);
+  kernels::AdamWEmbeddingStepCuda(s.master, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, s.slot_of, ids, dy,
+                                  hyper);
 }
 
 void AdamW::ZeroGrad() {

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model/weights.h"
+#include "kernels/adamw.h"
 
 namespace ftd::engine {
 
@@ -64,6 +65,13 @@ class AdamW {
   void EnableStepInBackward();
   void BeginStepInBackward(double lr);
   void FinishStepInBackward();
+
+  // The lookup of `table` (one of this optimizer's parameters) at `ids` [..]: [.., H]. With the
+  // optimizer stepped in backward and a row-sparse CUDA table (kernels::AdamWEmbeddingSupports),
+  // the lookup's backward updates the table from the token rows' gradient itself and the dense
+  // [V, H] gradient is never formed; otherwise it is at::embedding. The table must take no
+  // gradient from anywhere else (not tied to the output projection).
+  at::Tensor EmbeddingLookup(const at::Tensor& table, const at::Tensor& ids);
   bool step_in_backward() const { return step_in_backward_; }
   int64_t steps() const { return steps_; }
 
@@ -79,6 +87,7 @@ class AdamW {
     // Embedding tables on CUDA: rows whose moments are nonzero [rows] uint8 (the row-sparse
     // update of kernels/adamw.h skips the others); undefined for other parameters.
     at::Tensor touched_rows;
+    at::Tensor slot_of;  // EmbeddingLookup's scratch [rows] int32 (kernels::AdamWEmbeddingStepCuda)
     bool decay = true;
   };
   AdamW(PrecisionPolicy policy, const AdamWConfig& config) : policy_(policy), config_(config) {}
@@ -86,7 +95,11 @@ class AdamW {
   void StepSlot(Slot& slot, double lr);
   // The update by kernels/adamw.h when it serves these tensors (CUDA); false otherwise.
   bool KernelStep(Slot& slot, const at::Tensor& grad, double lr);
+  kernels::AdamWHyper Hyper(const Slot& slot, double lr) const;
+  // EmbeddingLookup's backward: the table's update from dy [T, H] at ids [T].
+  void StepEmbeddingRows(size_t slot, const at::Tensor& ids, const at::Tensor& dy);
   friend class StepInBackwardHook;
+  friend struct EmbeddingUpdateInBackward;
 
   PrecisionPolicy policy_;
   AdamWConfig config_;

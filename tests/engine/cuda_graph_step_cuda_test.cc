@@ -51,6 +51,8 @@ TrainRun Train(bool graphed) {
   auto opt = AdamW::Create(params, PrecisionPolicy::kBf16Pure, AdamWConfig{});
   EXPECT_TRUE(opt.ok()) << opt.status();
   (*opt)->EnableStepInBackward();
+  AdamW* adamw = opt->get();  // the table steps inside its lookup's backward (captured as well)
+  (*model)->SetEmbeddingLookup([adamw](const at::Tensor& t, const at::Tensor& ids) { return adamw->EmbeddingLookup(t, ids); });
 
   ComputeStreamScope scope(options.device);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(11);

@@ -2,9 +2,11 @@
 // embedding tables) and must give what ATen's fused AdamW gives on the same tensors, for the
 // pure-bf16 and the fp32-master policies, over several steps with an embedding that only some
 // rows' tokens reach.
+#include <tuple>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "engine/train/optimizer.h"
 #include "gtest/gtest.h"
@@ -59,6 +61,50 @@ TEST(AdamWCuda, StepMatchesAtenFusedAdamW) {
     }
     EXPECT_FALSE(at::equal(proj.detach(), proj_before));  // the updates moved the parameters
   }
+}
+
+// AdamW::EmbeddingLookup with the optimizer in backward: the lookup's backward steps the table
+// from the token rows (no dense gradient is formed) as the dense gradient's update would, and the
+// other parameters step as usual.
+TEST(AdamWCuda, EmbeddingLookupStepsTheTableInBackward) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  at::manual_seed(5);
+  const at::Tensor embed0 = at::randn({900, 64}, bf), proj0 = at::randn({64, 32}, bf);
+  struct Run {
+    at::Tensor embed, proj;
+    bool grad_seen = false;
+  };
+  auto train = [&](bool lookup) {
+    Run r{embed0.clone().requires_grad_(true), proj0.clone().requires_grad_(true)};
+    std::vector<NamedParam> params = {{"model.embed_tokens.weight", &r.embed}, {"model.layers.0.proj.weight", &r.proj}};
+    AdamWConfig config;
+    config.weight_decay = 0.01;
+    auto opt = AdamW::Create(params, PrecisionPolicy::kBf16Pure, config);
+    EXPECT_TRUE(opt.ok()) << opt.status();
+    (*opt)->EnableStepInBackward();
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+    for (int step = 0; step < 3; ++step) {
+      at::Tensor ids = at::randint(0, 300, {4, 50}, gen, at::kLong).to(at::kCUDA);  // repeats, rows 300+ never
+      at::Tensor x = lookup ? (*opt)->EmbeddingLookup(r.embed, ids) : at::embedding(r.embed, ids);
+      at::Tensor loss = at::matmul(x, r.proj).to(at::kFloat).pow(2).mean();
+      (*opt)->BeginStepInBackward(1e-3);
+      loss.backward();
+      (*opt)->FinishStepInBackward();
+      r.grad_seen |= r.embed.grad().defined();
+    }
+    return r;
+  };
+  Run dense = train(false), fused = train(true);
+  EXPECT_FALSE(fused.grad_seen);
+  for (auto [got, want, name] : {std::tuple{fused.embed, dense.embed, "embed"}, std::tuple{fused.proj, dense.proj, "proj"}}) {
+    at::Tensor g = got.detach().to(at::kFloat), w = want.detach().to(at::kFloat);
+    // The same updates up to the order of fp32 sums over repeated tokens: a bf16 ulp or two.
+    EXPECT_TRUE(at::allclose(g, w, 1.6e-2, 1e-5)) << name << " max diff " << (g - w).abs().max().item<double>();
+  }
+  at::Tensor moved = fused.embed.detach().ne(embed0).any(1);
+  EXPECT_TRUE(moved.slice(0, 0, 300).any().item<bool>());
+  EXPECT_FALSE(moved.slice(0, 300).any().item<bool>());  // rows no token reached keep their values
 }
 
 }  // namespace

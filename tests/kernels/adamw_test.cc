@@ -89,5 +89,46 @@ TEST(AdamW, RowSparseIsBitIdenticalToDense) {
   EXPECT_FALSE(AdamWRowSparseSupports(pf, pf, pf, pf, step, touched, h));
 }
 
+// The update from the lookup's gradient equals the dense path (embedding backward, then the
+// row-sparse update) over steps with repeated tokens, rows reached once then no more, and rows
+// never reached: the same fp32 sums rounded once, so at most an ulp of bf16 apart.
+TEST(AdamW, EmbeddingUpdateFromLookupMatchesDensePath) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU visible";
+  const int64_t rows = 5003, cols = 264, tokens = 700;
+  auto opts = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  at::Tensor p = at::randn({rows, cols}, opts), m = at::zeros({rows, cols}, opts), v = at::zeros({rows, cols}, opts);
+  at::Tensor p2 = p.clone(), m2 = m.clone(), v2 = v.clone();
+  at::Tensor touched = at::zeros({rows}, opts.dtype(at::kByte)), touched2 = touched.clone();
+  at::Tensor slot_of = at::full({rows}, -1, opts.dtype(at::kInt));
+  at::Tensor step = at::zeros({}, opts.dtype(at::kFloat)), step2 = step.clone();
+  const AdamWHyper h{1e-3, 0.9, 0.999, 0.001, 1e-8};
+  for (int s = 0; s < 4; ++s) {
+    // Every row of [50 s, 50 s + 300) once, then 400 repeats from it, shuffled.
+    at::Tensor ids = at::cat({at::arange(s * 50, s * 50 + 300, opts.dtype(at::kLong)),
+                              at::randint(s * 50, s * 50 + 300, {tokens - 300}, opts.dtype(at::kLong))});
+    ids = ids.index_select(0, at::randperm(tokens, opts.dtype(at::kLong)));
+    at::Tensor dy = at::randn({tokens, cols}, opts);
+    ASSERT_TRUE(AdamWEmbeddingSupports(p, m, v, step, touched, ids, h));
+    step.add_(1.0);
+    step2.add_(1.0);
+    AdamWEmbeddingStepCuda(p, m, v, step, touched, slot_of, ids, dy, h);
+    at::Tensor g = at::embedding_dense_backward(dy, ids, rows, -1, false);
+    AdamWRowSparseStepCuda(p2, g, m2, v2, step2, touched2, h);
+    const double tol = Tol(at::kBFloat16) / 2;
+    EXPECT_TRUE(Close(p, p2, tol, 1e-7)) << "step " << s;
+    EXPECT_TRUE(Close(m, m2, tol, 1e-9)) << "step " << s;
+    EXPECT_TRUE(Close(v, v2, tol, 1e-12)) << "step " << s;
+    // The scratch map is restored; touched covers every row a token reached (a superset of the
+    // dense path's, which marks only nonzero gradient rows).
+    EXPECT_EQ(slot_of.ne(-1).sum().item<int64_t>(), 0) << "step " << s;
+    EXPECT_TRUE(touched.ge(touched2).all().item<bool>()) << "step " << s;
+    // The next step starts both paths from the same state.
+    p.copy_(p2), m.copy_(m2), v.copy_(v2);
+  }
+  // Rows no token reached are untouched and unchanged (decay rounds away).
+  EXPECT_EQ(touched.slice(0, 500).sum().item<int64_t>(), 0);
+  EXPECT_EQ(touched.slice(0, 0, 450).sum().item<int64_t>(), 450);
+}
+
 }  // namespace
 }  // namespace ftd::kernels
