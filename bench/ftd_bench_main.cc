@@ -80,6 +80,12 @@ int main(int argc, char** argv) {
   app.add_flag("--dense-embedding-grad", dense_embedding_grad,
                "optimizer in backward: form the embedding's dense gradient and step it row-sparse, instead of "
                "updating the table from the lookup's backward");
+  int64_t pending_mib = AdamWConfig{}.capture_pending_grad_bytes >> 20;
+  app.add_option("--capture-pending-mib", pending_mib,
+                 "with --cuda-graph: gradient MiB held for the side-stream optimizer before the compute stream waits")
+      ->capture_default_str();
+  bool save_expert_act = false;
+  app.add_flag("--save-expert-act", save_expert_act, "keep the experts' SwiGLU output for backward (no recompute)");
   bool cuda_graph = false;
   app.add_flag("--cuda-graph", cuda_graph,
                "after the warm-up steps, capture forward and backward (with the optimizer) as two CUDA graphs and "
@@ -97,6 +103,7 @@ int main(int argc, char** argv) {
   options.gate = gate == "balanced" ? GateMode::kBalanced : GateMode::kReal;
   options.activation_checkpointing = ckpt;
   options.loss_chunk_tokens = loss_chunk;
+  options.save_expert_activation = save_expert_act;
 
   absl::StatusOr<ModelWeights> weights = model_dir.empty() ? absl::StatusOr<ModelWeights>(InitRandomWeights(*config, options, 0))
                                                            : LoadHfWeights(model_dir, *config, options);
@@ -112,6 +119,7 @@ int main(int argc, char** argv) {
   adam.backward_sm_carveout = sm_carveout;
   adam.side_stream_short_blocks = adamw_short_blocks && !adamw_long_blocks;
   adam.side_stream_sms = optimizer_sms;
+  adam.capture_pending_grad_bytes = pending_mib << 20;
   auto opt = AdamW::Create(params, PrecisionPolicy::kBf16Pure, adam);
   if (!opt.ok()) return Fail(opt.status());
   const bool opt_in_bwd = !no_opt_in_bwd;
@@ -278,6 +286,7 @@ int main(int argc, char** argv) {
                       {"peak_gib", std::round(peak_bytes / double(1ull << 30) * 100) / 100},
                       {"peak_allocated_gib", std::round(PeakMemoryBytes() / double(1ull << 30) * 100) / 100},
                       {"cuda_graph", graphed != nullptr},
+                      {"save_expert_activation", save_expert_act},
                       {"embedding_update_in_lookup", opt_in_bwd && !dense_embedding_grad},
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},

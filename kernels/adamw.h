@@ -50,7 +50,7 @@ void AdamWRowSparseStepCuda(const at::Tensor& param, const at::Tensor& grad, con
 
 // The embedding table's update straight from its lookup's output gradient, never forming the
 // dense [rows, cols] gradient: the distinct tokens' rows of dy are summed (fp32, in position
-// order, rounded once to the dtype, as the dense embedding backward does), then each row with a
+// order, rounded once to the dtype), then each row with a
 // gradient or with nonzero moments (touched) is updated as AdamWRowSparseStepCuda would; a row
 // reached by a token becomes touched. ids [T] int64, dy [T, cols] contiguous, slot_of [rows]
 // int32 scratch that holds -1 everywhere between calls (the update restores what it used).

@@ -14,14 +14,14 @@ namespace {
 struct ExpertMlpFunction : public torch::autograd::Function<ExpertMlpFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& order,
                             const at::Tensor& inverse, const at::Tensor& row_weights, const at::Tensor& offs,
-                            const at::Tensor& gate_up, const at::Tensor& down, int64_t k) {
+                            const at::Tensor& gate_up, const at::Tensor& down, int64_t k, bool save_activation) {
     at::Tensor rows = kernels::PermuteRowsCuda(x, order, k);                 // [N, H]
     at::Tensor h = at::_grouped_mm(rows, gate_up, offs);                     // [N, 2F]
     rows = at::Tensor();
     at::Tensor act = kernels::WeightedSwigluForwardCuda(h, row_weights);    // [N, F]
     at::Tensor y = at::_grouped_mm(act, down, offs);                         // [N, H]
-    act = at::Tensor();
-    ctx->save_for_backward({x, order, inverse, row_weights, offs, gate_up, down, h});
+    if (!save_activation) act = at::Tensor();
+    ctx->save_for_backward({x, order, inverse, row_weights, offs, gate_up, down, h, act});
     ctx->saved_data["k"] = k;
     return kernels::UnpermuteSumCuda(y, inverse, k);                         // [T, H]
   }
@@ -35,8 +35,8 @@ struct ExpertMlpFunction : public torch::autograd::Function<ExpertMlpFunction> {
     at::Tensor dy = kernels::PermuteRowsCuda(grads[0].contiguous(), order, k);  // [N, H]
     at::Tensor d_down, d_gate_up, dx, dw;
     {
-      at::Tensor act = kernels::WeightedSwigluForwardCuda(h, w);  // recomputed
-      d_down = at::_grouped_mm(act.t(), dy, offs);                // [E, F, H]
+      at::Tensor act = s[8].defined() ? s[8] : kernels::WeightedSwigluForwardCuda(h, w);  // saved or recomputed
+      d_down = at::_grouped_mm(act.t(), dy, offs);                                        // [E, F, H]
     }
     at::Tensor dact = at::_grouped_mm(dy, down.transpose(1, 2), offs);  // [N, F]
     dy = at::Tensor();
@@ -49,7 +49,7 @@ struct ExpertMlpFunction : public torch::autograd::Function<ExpertMlpFunction> {
     }
     at::Tensor drows = at::_grouped_mm(dh, gate_up.transpose(1, 2), offs);  // [N, H]
     dx = kernels::UnpermuteSumCuda(drows, inverse, k);                      // [T, H]
-    return {dx, at::Tensor(), at::Tensor(), dw, at::Tensor(), d_gate_up, d_down, at::Tensor()};
+    return {dx, at::Tensor(), at::Tensor(), dw, at::Tensor(), d_gate_up, d_down, at::Tensor(), at::Tensor()};
   }
 };
 
@@ -70,18 +70,20 @@ bool ExpertMlpRecomputeSupports(const at::Tensor& x, const at::Tensor& row_weigh
 
 at::Tensor ExpertMlpRecompute(const at::Tensor& x, const at::Tensor& order, const at::Tensor& inverse,
                               const at::Tensor& row_weights, const at::Tensor& counts, const at::Tensor& gate_up,
-                              const at::Tensor& down, int64_t k) {
+                              const at::Tensor& down, int64_t k, bool save_activation) {
   TORCH_CHECK(ExpertMlpRecomputeSupports(x, row_weights, gate_up), "ExpertMlpRecompute: needs bf16 CUDA tensors");
 #ifdef FTD_WITH_CUDA
   // offs[-1] == T*k: every row is covered (rows past offs[-1] would be left uninitialised).
   at::Tensor offs = counts.cumsum(0).to(at::kInt);
-  return ExpertMlpFunction::apply(x.contiguous(), order, inverse, row_weights.contiguous(), offs, gate_up, down, k);
+  return ExpertMlpFunction::apply(x.contiguous(), order, inverse, row_weights.contiguous(), offs, gate_up, down, k,
+                                  save_activation);
 #else
   (void)order;
   (void)inverse;
   (void)counts;
   (void)down;
   (void)k;
+  (void)save_activation;
   return {};
 #endif
 }

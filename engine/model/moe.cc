@@ -116,7 +116,7 @@ at::Tensor ExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights,
 }
 
 MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& c, GateMode gate,
-                   const ExpertDispatch& dispatch) {
+                   const ExpertDispatch& dispatch, bool save_expert_activation) {
   const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
   at::Tensor flat = x.reshape({B * S, H});
   Routing routing = Route(flat, w.router, c, gate);
@@ -125,7 +125,8 @@ MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& 
   const bool fused = perm.order.defined();  // CUDA: gather and k-way sum kernels, each the other's backward
   if (fused && !dispatch && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
     // One op from gather to k-way sum, saving only h for backward (engine/model/expert_mlp.h).
-    at::Tensor out = ExpertMlpRecompute(flat, perm.order, perm.inverse, perm.weights, perm.counts, w.gate_up, w.down, k);
+    at::Tensor out = ExpertMlpRecompute(flat, perm.order, perm.inverse, perm.weights, perm.counts, w.gate_up, w.down, k,
+                                        save_expert_activation);
     return {out.view({B, S, H}), routing.logits, perm.counts};
   }
   at::Tensor rows = fused ? kernels::PermuteRows(flat, perm.order, perm.inverse, k)

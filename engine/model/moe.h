@@ -68,8 +68,9 @@ struct MoeOutput {
   at::Tensor expert_counts;  // [E] tokens routed to each expert
 };
 
+// save_expert_activation: see ExpertMlpRecompute (engine/model/expert_mlp.h).
 MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& config, GateMode gate,
-                   const ExpertDispatch& dispatch);
+                   const ExpertDispatch& dispatch, bool save_expert_activation = false);
 
 // MoeBlock with a token-level dispatch in place of permute -> experts -> unpermute.
 MoeOutput MoeBlockByToken(const at::Tensor& x, const MoeWeights& w, const ModelConfig& config, GateMode gate,

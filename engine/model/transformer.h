@@ -30,6 +30,9 @@ struct ModelOptions {
   // Packed batches on CUDA in fp16/bf16 attend through varlen (cu_seqlens) attention; false
   // forces the dense block-causal mask there too (a reference for tests).
   bool varlen_attention = true;
+  // CUDA experts: keep the SwiGLU output for backward instead of recomputing it (50 MB a layer
+  // at the Qwen3-30B-A3B shape for ~0.06 ms; engine/model/expert_mlp.h).
+  bool save_expert_activation = false;
 };
 
 // One micro-batch. targets are already shifted: targets[b, i] is the token position i

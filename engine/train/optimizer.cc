@@ -202,14 +202,13 @@ void AdamW::StepSlot(Slot& s, double lr) {
     // Inside a CUDA graph capture the caching allocator cannot query events, so a block freed
     // with record_stream stays unusable until the capture ends: every gradient of the step would
     // stay allocated. Hold the gradient instead; the compute stream waits for its update before
-    // releasing it, oldest first, once more than kPendingGradBytes are held (an old update has
-    // usually finished, so the wait rarely stalls the compute stream).
-    constexpr int64_t kPendingGradBytes = int64_t{1} << 30;
+    // releasing it, oldest first, once more than capture_pending_grad_bytes are held (an old
+    // update has usually finished, so the wait rarely stalls the compute stream).
     at::cuda::CUDAEvent done;
     done.record(side_->stream);
     side_->pending_bytes += grad.nbytes();
     side_->pending.push_back({std::move(grad), std::move(done)});
-    side_->ReleasePending(compute, kPendingGradBytes);
+    side_->ReleasePending(compute, config_.capture_pending_grad_bytes);
     return;
   }
 #endif

@@ -41,6 +41,9 @@ struct AdamWConfig {
   // SM partition), so that they never hold the SMs the backward kernels need; 0 = an ordinary
   // low-priority stream. Pair with backward_sm_carveout of the same size.
   int side_stream_sms = 0;
+  // Step in backward inside a CUDA graph capture: gradient bytes held until the compute stream
+  // has waited for their side-stream updates (AdamW::StepSlot explains why they are held).
+  int64_t capture_pending_grad_bytes = int64_t{1} << 30;
 };
 
 // Whether a parameter gets weight decay: not norms, not biases (HF Trainer's convention).
