@@ -315,6 +315,23 @@ void RunLibraryOps() {
     // Bytes: every gradient row read; touched rows also read p, m, v and write p, m, v.
     Report("adamw_row_sparse", "151936x2048 bf16, " + std::to_string(touched_rows) + " rows touched",
            2.0 * V * H + 12.0 * touched_rows * H, ms, 0, 0, dense);
+
+    // The same step from the lookup's gradient dy [4096, H] (AdamW::EmbeddingLookup): no dense
+    // gradient. Reference: the path it replaces, embedding backward then the row-sparse update.
+    at::Tensor dy = at::randn({4096, H}, bf);
+    at::Tensor slot_of = at::full({V}, -1, bf.dtype(at::kInt));
+    const double fused = MedianMs([&] {
+      touched.zero_();
+      AdamWEmbeddingStepCuda(p, m, v, step, touched, slot_of, rows, dy, h);
+    });
+    const double replaced = MedianMs([&] {
+      touched.zero_();
+      at::Tensor dense_grad = at::embedding_dense_backward(dy, rows, V, -1, false);
+      AdamWRowSparseStepCuda(p2, dense_grad, m2, v2, step, touched, h);
+    });
+    // Bytes: dy read, the summed rows written and read, touched rows' p, m, v read and written.
+    Report("adamw_embedding_from_lookup", "151936x2048 bf16, 4096 tokens, " + std::to_string(touched_rows) + " rows",
+           2.0 * 4096 * H + 4.0 * touched_rows * H + 12.0 * touched_rows * H, fused, 0, 0, replaced);
   }
 }
 
