@@ -73,7 +73,8 @@ class AdamW {
   // optimizer stepped in backward and a row-sparse CUDA table (kernels::AdamWEmbeddingSupports),
   // the lookup's backward updates the table from the token rows' gradient itself and the dense
   // [V, H] gradient is never formed; otherwise it is at::embedding. The table must take no
-  // gradient from anywhere else (not tied to the output projection).
+  // gradient from anywhere else (not tied to the output projection), and the optimizer must
+  // outlive the backward of the lookups it returned.
   at::Tensor EmbeddingLookup(const at::Tensor& table, const at::Tensor& ids);
   bool step_in_backward() const { return step_in_backward_; }
   int64_t steps() const { return steps_; }
