@@ -7,17 +7,25 @@
 
 namespace ftd::kernels {
 
+bool StepScalarsValid(const at::Tensor& scalars, c10::Device device) {
+  return scalars.defined() && scalars.scalar_type() == at::kFloat && scalars.numel() == 2 &&
+         scalars.is_contiguous() && scalars.device() == device;
+}
+
 void AdamWStepReference(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                         const at::Tensor& exp_avg_sq, const at::Tensor& step, const AdamWHyper& h) {
   const double st = step.item<double>();
   const double bc1 = 1 - std::pow(h.beta1, st), bc2 = 1 - std::pow(h.beta2, st);
-  at::Tensor p = param.to(at::kFloat), g = grad.to(at::kFloat);
+  const bool dev = h.scalars.defined();
+  const double lr = dev ? h.scalars[0].item<double>() : h.lr;
+  const double grad_scale = dev ? h.scalars[1].item<double>() : h.grad_scale;
+  at::Tensor p = param.to(at::kFloat), g = grad.to(at::kFloat) * static_cast<float>(grad_scale);
   at::Tensor m = exp_avg.to(at::kFloat), v = exp_avg_sq.to(at::kFloat);
-  p = p - p * static_cast<float>(h.lr * h.weight_decay);
+  p = p - p * static_cast<float>(lr * h.weight_decay);
   m = m * static_cast<float>(h.beta1) + g * static_cast<float>(1 - h.beta1);
   v = v * static_cast<float>(h.beta2) + g * g * static_cast<float>(1 - h.beta2);
   at::Tensor denom = v.sqrt() / static_cast<float>(std::sqrt(bc2)) + static_cast<float>(h.eps);
-  p = p - m / denom * static_cast<float>(h.lr / bc1);
+  p = p - m / denom * static_cast<float>(lr / bc1);
   param.copy_(p);
   exp_avg.copy_(m);
   exp_avg_sq.copy_(v);
@@ -53,9 +61,8 @@ bool AdamWRowSparseSupports(const at::Tensor& param, const at::Tensor& grad, con
       touched.scalar_type() != at::kByte || touched.numel() != param.size(0) || !touched.is_contiguous()) {
     return false;
   }
-  // Skipping an untouched row is exact only when its decay rounds away (see adamw.h).
-  const bool decay_rounds_away = param.scalar_type() == at::kBFloat16 && h.lr * h.weight_decay < std::ldexp(1.0, -10);
-  return h.weight_decay == 0.0 || decay_rounds_away;
+  // Skipping an untouched row is exact only without weight decay (see adamw.h).
+  return h.weight_decay == 0.0;
 }
 
 bool AdamWEmbeddingSupports(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
@@ -82,6 +89,9 @@ void AdamWEmbeddingStepCuda(const at::Tensor&, const at::Tensor&, const at::Tens
 void AdamWRowSparseStepCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&, const at::Tensor&, const AdamWHyper&) {
   TORCH_CHECK(false, "AdamWRowSparseStepCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+at::Tensor EmbeddingTokenRowsCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "EmbeddingTokenRowsCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
 }
 // CPU-only builds: callers check AdamWCudaSupports (always false here) first.
 void AdamWStepCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,

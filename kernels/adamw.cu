@@ -2,6 +2,8 @@
 // its gradient and both moments (a scalar tail when the size or alignment asks for it).
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/adamw.h"
@@ -19,18 +21,39 @@ constexpr int kThreads = 256;
 
 struct Scalars {
   float lr, beta1, beta2, decay, eps;
+  float grad_scale;
+  const float* dev;  // (lr, grad_scale) on the device, or null: then lr and grad_scale above
 };
+
+Scalars MakeScalars(const AdamWHyper& h) {
+  return {static_cast<float>(h.lr),           static_cast<float>(h.beta1), static_cast<float>(h.beta2),
+          static_cast<float>(h.weight_decay), static_cast<float>(h.eps),   static_cast<float>(h.grad_scale),
+          h.scalars.defined() ? h.scalars.data_ptr<float>() : nullptr};
+}
 
 struct Corrections {
-  float step_size, bc2_sqrt;
+  float lr, grad_scale, step_size, bc2_sqrt;
 };
 
-// As ATen's fused AdamW: bias corrections in double, the element math in fp32.
+// As ATen's fused AdamW: bias corrections in double, the element math in fp32. The per-step
+// values come from the device when the launch has them there (a replayed CUDA graph).
 __device__ __forceinline__ Corrections BiasCorrections(const float* step, const Scalars& s) {
+  const float lr = s.dev ? s.dev[0] : s.lr;
+  const float grad_scale = s.dev ? s.dev[1] : s.grad_scale;
   const double st = static_cast<double>(*step);
   const double bc1 = 1.0 - pow(static_cast<double>(s.beta1), st);
   const double bc2 = 1.0 - pow(static_cast<double>(s.beta2), st);
-  return {static_cast<float>(static_cast<double>(s.lr) / bc1), static_cast<float>(sqrt(bc2))};
+  return {lr, grad_scale, static_cast<float>(static_cast<double>(lr) / bc1), static_cast<float>(sqrt(bc2))};
+}
+
+// One element of AdamW in fp32: p, m, v updated in place from the (unscaled) gradient g.
+__device__ __forceinline__ void UpdateElement(float& p, float& m, float& v, float g, const Scalars& s,
+                                              const Corrections& c) {
+  g *= c.grad_scale;
+  p -= c.lr * s.decay * p;
+  m = s.beta1 * m + (1 - s.beta1) * g;
+  v = s.beta2 * v + (1 - s.beta2) * g * g;
+  p -= c.step_size * m / (sqrtf(v) / c.bc2_sqrt + s.eps);
 }
 
 // One 16-byte vector of p, m, v updated from its gradient (already loaded).
@@ -40,12 +63,8 @@ __device__ __forceinline__ void UpdateVector(T* __restrict__ p, T* __restrict__ 
   Vec<T, VEC> pv = Load<T, VEC>(p), mv = Load<T, VEC>(m), vv = Load<T, VEC>(v);
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
-    float pj = ToFloat(pv.v[j]);
-    const float gj = ToFloat(gv.v[j]);
-    pj -= s.lr * s.decay * pj;
-    const float mj = s.beta1 * ToFloat(mv.v[j]) + (1 - s.beta1) * gj;
-    const float vj = s.beta2 * ToFloat(vv.v[j]) + (1 - s.beta2) * gj * gj;
-    pj -= c.step_size * mj / (sqrtf(vj) / c.bc2_sqrt + s.eps);
+    float pj = ToFloat(pv.v[j]), mj = ToFloat(mv.v[j]), vj = ToFloat(vv.v[j]);
+    UpdateElement(pj, mj, vj, ToFloat(gv.v[j]), s, c);
     pv.v[j] = static_cast<T>(pj);
     mv.v[j] = static_cast<T>(mj);
     vv.v[j] = static_cast<T>(vj);
@@ -73,7 +92,7 @@ __global__ void __launch_bounds__(kThreads) AdamWRowSparseKernel(T* __restrict__
 #pragma unroll
       for (int j = 0; j < VEC; ++j) nonzero |= ToFloat(gv.v[j]) != 0.0f;
     }
-    if (!__syncthreads_or(nonzero)) return;  // m = v = 0 stay 0, p's decay rounds away
+    if (!__syncthreads_or(nonzero)) return;  // m = v = 0 stay 0, p stays (no weight decay)
     if (threadIdx.x == 0) touched[row] = 1;
   }
   const Corrections c = BiasCorrections(step, s);
@@ -139,7 +158,6 @@ __global__ void __launch_bounds__(kThreads) AdamWKernel(T* __restrict__ p, const
                                                         T* __restrict__ m, T* __restrict__ v,
                                                         const float* __restrict__ step, int64_t n, Scalars s) {
   const Corrections c = BiasCorrections(step, s);
-  const float step_size = c.step_size, bc2_sqrt = c.bc2_sqrt;
   const int64_t nvec = n / VEC;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -151,12 +169,8 @@ __global__ void __launch_bounds__(kThreads) AdamWKernel(T* __restrict__ p, const
   // Tail (n % VEC elements), by the first threads of block 0.
   if (blockIdx.x == 0 && threadIdx.x < n - nvec * VEC) {
     const int64_t o = nvec * VEC + threadIdx.x;
-    float pj = ToFloat(p[o]);
-    const float gj = ToFloat(g[o]);
-    pj -= s.lr * s.decay * pj;
-    const float mj = s.beta1 * ToFloat(m[o]) + (1 - s.beta1) * gj;
-    const float vj = s.beta2 * ToFloat(v[o]) + (1 - s.beta2) * gj * gj;
-    pj -= step_size * mj / (sqrtf(vj) / bc2_sqrt + s.eps);
+    float pj = ToFloat(p[o]), mj = ToFloat(m[o]), vj = ToFloat(v[o]);
+    UpdateElement(pj, mj, vj, ToFloat(g[o]), s, c);
     p[o] = static_cast<T>(pj);
     m[o] = static_cast<T>(mj);
     v[o] = static_cast<T>(vj);
@@ -169,8 +183,7 @@ void AdamWRowSparseStepCuda(const at::Tensor& param, const at::Tensor& grad, con
                             const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& touched,
                             const AdamWHyper& h) {
   TORCH_CHECK(AdamWRowSparseSupports(param, grad, exp_avg, exp_avg_sq, step, touched, h),
-              "AdamWRowSparseStepCuda: needs a 2-D table, a uint8 touched row mask, and bf16 with lr * wd < 2^-10 "
-              "or wd = 0");
+              "AdamWRowSparseStepCuda: needs a 2-D table, a uint8 touched row mask and no weight decay");
   const int64_t rows = param.size(0), cols = param.size(1);
   if (rows == 0 || cols == 0) return;
   const bool aligned = cols % cuda::kVec16<c10::BFloat16> == 0 && cuda::Aligned16(param.data_ptr()) &&
@@ -184,13 +197,40 @@ void AdamWRowSparseStepCuda(const at::Tensor& param, const at::Tensor& grad, con
   const c10::cuda::CUDAGuard guard(param.device());
   using T = c10::BFloat16;
   constexpr int kVec = cuda::kVec16<T>;
-  const Scalars s{static_cast<float>(h.lr), static_cast<float>(h.beta1), static_cast<float>(h.beta2),
-                  static_cast<float>(h.weight_decay), static_cast<float>(h.eps)};
+  const Scalars s = MakeScalars(h);
   AdamWRowSparseKernel<T, kVec><<<rows, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<T*>(param.data_ptr()), reinterpret_cast<const T*>(grad.data_ptr()),
       reinterpret_cast<T*>(exp_avg.data_ptr()), reinterpret_cast<T*>(exp_avg_sq.data_ptr()),
       touched.data_ptr<uint8_t>(), step.data_ptr<float>(), cols, s);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor EmbeddingTokenRowsCuda(const at::Tensor& ids, const at::Tensor& dy, const at::Tensor& slot_of) {
+  TORCH_CHECK(ids.is_cuda() && ids.scalar_type() == at::kLong && ids.dim() == 1 && dy.dim() == 2 &&
+                  dy.size(0) == ids.size(0) && dy.is_contiguous() && dy.device() == ids.device() &&
+                  (dy.scalar_type() == at::kBFloat16 || dy.scalar_type() == at::kFloat),
+              "EmbeddingTokenRowsCuda: ids must be [T] int64 and dy [T, cols] bf16/fp32 contiguous on one CUDA device");
+  TORCH_CHECK(slot_of.scalar_type() == at::kInt && slot_of.is_contiguous() && slot_of.device() == ids.device(),
+              "EmbeddingTokenRowsCuda: slot_of must be int32 on the ids' device");
+  const int64_t n = ids.size(0), cols = dy.size(1);
+  at::Tensor rows = at::zeros({n, cols}, dy.options());
+  if (n == 0 || cols == 0) return rows;
+  const c10::cuda::CUDAGuard guard(ids.device());
+  at::Tensor sorted, order;
+  std::tie(sorted, order) = ids.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    EmbeddingRowGradKernel<T><<<n, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        sorted.data_ptr<int64_t>(), order.data_ptr<int64_t>(), reinterpret_cast<const T*>(dy.data_ptr()), n, cols,
+        reinterpret_cast<T*>(rows.data_ptr()), slot_of.data_ptr<int32_t>());
+  };
+  if (dy.scalar_type() == at::kBFloat16) {
+    launch(c10::BFloat16{});
+  } else {
+    launch(float{});
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return rows;
 }
 
 void AdamWEmbeddingStepCuda(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
@@ -211,17 +251,9 @@ void AdamWEmbeddingStepCuda(const at::Tensor& param, const at::Tensor& exp_avg, 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   using T = c10::BFloat16;
   constexpr int kVec = cuda::kVec16<T>;
-  at::Tensor token_rows;  // [n, cols]: row i holds the summed gradient when position i starts a run
-  if (n > 0) {
-    auto [sorted, order] = ids.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-    token_rows = at::empty({n, cols}, dy.options());
-    EmbeddingRowGradKernel<T><<<n, kThreads, 0, stream>>>(
-        sorted.data_ptr<int64_t>(), order.data_ptr<int64_t>(), reinterpret_cast<const T*>(dy.data_ptr()), n, cols,
-        reinterpret_cast<T*>(token_rows.data_ptr()), slot_of.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  const Scalars s{static_cast<float>(h.lr), static_cast<float>(h.beta1), static_cast<float>(h.beta2),
-                  static_cast<float>(h.weight_decay), static_cast<float>(h.eps)};
+  // [n, cols]: row i holds the summed gradient when position i starts a run.
+  at::Tensor token_rows = n > 0 ? EmbeddingTokenRowsCuda(ids, dy, slot_of) : at::Tensor();
+  const Scalars s = MakeScalars(h);
   AdamWEmbeddingRowsKernel<T, kVec><<<rows, kThreads, 0, stream>>>(
       reinterpret_cast<T*>(param.data_ptr()), reinterpret_cast<T*>(exp_avg.data_ptr()),
       reinterpret_cast<T*>(exp_avg_sq.data_ptr()),
@@ -238,8 +270,7 @@ void AdamWStepCuda(const at::Tensor& param, const at::Tensor& grad, const at::Te
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(param.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const Scalars s{static_cast<float>(h.lr), static_cast<float>(h.beta1), static_cast<float>(h.beta2),
-                  static_cast<float>(h.weight_decay), static_cast<float>(h.eps)};
+  const Scalars s = MakeScalars(h);
   auto launch = [&](auto tag) {
     using T = decltype(tag);
     constexpr int kVec = cuda::kVec16<T>;

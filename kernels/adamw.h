@@ -20,7 +20,21 @@ struct AdamWHyper {
   // as soon as it is launched. The default grid-stride launch keeps up to 8 long-lived blocks
   // per SM resident for the whole pass, which is fastest alone but holds every SM.
   bool short_blocks = false;
+  // The gradient is multiplied by this before use (normalisation and clipping of a step whose
+  // factor the host does not know).
+  double grad_scale = 1.0;
+  // When defined: (lr, grad_scale) as a [2] fp32 tensor on the parameter's device, read by the
+  // kernels when they run instead of lr and grad_scale, so that a step captured in a CUDA graph
+  // replays with each step's values.
+  at::Tensor scalars = {};
+  // When defined (compact kernels): an fp32 [1] accumulator on the parameter's device to which
+  // the update adds the sum of squares of the scaled gradient it used, so that a step that never
+  // holds all gradients still reports their norm.
+  at::Tensor grad_sq_sum = {};
 };
+
+// Whether `scalars` is usable as AdamWHyper::scalars for tensors on `device`.
+bool StepScalarsValid(const at::Tensor& scalars, c10::Device device);
 
 // Plain ATen formula in fp32 (the stored tensors are updated in place).
 void AdamWStepReference(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
@@ -35,11 +49,11 @@ void AdamWStepCuda(const at::Tensor& param, const at::Tensor& grad, const at::Te
                    const at::Tensor& exp_avg_sq, const at::Tensor& step, const AdamWHyper& h);
 
 // Row-sparse form for embedding tables, bit-identical to AdamWStepCuda: a row that has never had
-// a nonzero gradient (touched[row] == 0) still has m = v = 0, so AdamW leaves its moments at 0
-// and its parameter at p * (1 - lr * wd) — which rounds back to p exactly when the parameter is
-// bf16 and lr * wd < 2^-9 (less than half a bf16 ulp), or when wd = 0. Such rows are skipped
-// after reading their gradient row (2 of the 14 bytes per element of the dense update); the
-// first nonzero gradient marks the row touched and every later step updates it densely.
+// a nonzero gradient (touched[row] == 0) still has m = v = 0, so without weight decay AdamW
+// leaves it exactly as it is. Such rows are skipped after reading their gradient row (2 of the
+// 14 bytes per element of the dense update); the first nonzero gradient marks the row touched and
+// every later step updates it densely. Only without weight decay (the step's learning rate may
+// live on the device, so no test on its value is made).
 // param/grad/moments [rows, cols] contiguous CUDA, touched [rows] uint8 on the same device.
 bool AdamWRowSparseSupports(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
                             const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& touched,
@@ -64,5 +78,12 @@ bool AdamWEmbeddingSupports(const at::Tensor& param, const at::Tensor& exp_avg, 
 void AdamWEmbeddingStepCuda(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
                             const at::Tensor& step, const at::Tensor& touched, const at::Tensor& slot_of,
                             const at::Tensor& ids, const at::Tensor& dy, const AdamWHyper& h);
+
+// The token rows of an embedding gradient: ids [T] int64 and dy [T, cols] (the lookup's output
+// gradient) give rows [T, cols] of dy's dtype in which position i of the sorted ids, when it
+// starts a run of one token, holds the fp32 sum of that token's rows of dy (rounded once) and
+// every other row is zero; slot_of[token] = i (slot_of [table rows] int32, -1 elsewhere on
+// entry). The squared norm of the rows is that of the dense [table rows, cols] gradient. CUDA.
+at::Tensor EmbeddingTokenRowsCuda(const at::Tensor& ids, const at::Tensor& dy, const at::Tensor& slot_of);
 
 }  // namespace ftd::kernels
