@@ -13,16 +13,18 @@ RankMemory AccountRankMemory(const std::vector<NamedParam>& params, PrecisionPol
     if (p.expert) {
       m.expert_param_bytes += bytes;
       m.expert_grad_bytes += bytes;
-      const bool pure = policy == PrecisionPolicy::kBf16Pure;
-      const int64_t moment_bytes = pure ? bytes : t.numel() * 4;
-      const int64_t master_bytes = (!pure && t.scalar_type() != at::kFloat) ? t.numel() * 4 : 0;
-      m.expert_optimizer_bytes += 2 * moment_bytes + master_bytes;
+      m.expert_optimizer_bytes += static_cast<int64_t>(
+          static_cast<double>(t.numel()) * OptimizerStateBytesPerParameter(policy, static_cast<int>(t.element_size())));
     } else {
       m.dense_param_bytes += bytes;
       m.dense_grad_bytes += bytes;
+      if (dense_optimizer_bytes < 0) {
+        m.dense_optimizer_bytes += static_cast<int64_t>(static_cast<double>(t.numel()) *
+                                                        OptimizerStateBytesPerParameter(policy, static_cast<int>(t.element_size())));
+      }
     }
   }
-  m.dense_optimizer_bytes = dense_optimizer_bytes;
+  if (dense_optimizer_bytes >= 0) m.dense_optimizer_bytes = dense_optimizer_bytes;
   m.dense_grad_slice_bytes = dense_grad_slice_bytes;
   return m;
 }

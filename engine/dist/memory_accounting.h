@@ -31,8 +31,8 @@ struct RankMemory {
 };
 
 // Parameters and gradients from `params`; the expert optimizer state as AdamW keeps it under
-// `policy` (fp32 moments, plus an fp32 master for non-fp32 parameters; or moments in the
-// parameter dtype when pure bf16); the dense optimizer and slice bytes as given.
+// `policy` (common/precision_policy.h); the dense optimizer bytes as given (a ZeRO slice) or,
+// when negative, as an unsharded AdamW keeps them; the slice bytes as given.
 RankMemory AccountRankMemory(const std::vector<NamedParam>& params, PrecisionPolicy policy,
                              int64_t dense_optimizer_bytes, int64_t dense_grad_slice_bytes);
 

@@ -11,6 +11,13 @@
 #include "kernels/adamw.h"
 
 namespace ftd::engine {
+namespace {
+
+constexpr int64_t kAlign = kernels::kCompactBlock;
+
+int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<ShardedAdamW>> ShardedAdamW::Create(std::vector<NamedParam> params, Communicator* dp,
                                                                    PrecisionPolicy policy, const AdamWConfig& config) {
@@ -29,19 +36,28 @@ absl::StatusOr<std::unique_ptr<ShardedAdamW>> ShardedAdamW::Create(std::vector<N
     }
     opt->offsets_.push_back(opt->total_numel_);
     opt->decay_.push_back(DecaysWeight(p.name));
-    opt->total_numel_ += t.numel();
+    opt->total_numel_ += RoundUp(t.numel(), kAlign);
+  }
+  if (policy == PrecisionPolicy::kCompact && first.scalar_type() != at::kBFloat16 &&
+      first.scalar_type() != at::kFloat) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("precision compact needs bf16 or fp32 parameters, not ", c10::toString(first.scalar_type())));
   }
   opt->params_ = std::move(params);
   opt->stepped_.assign(opt->params_.size(), false);
   const int64_t W = dp->size();
-  opt->slice_numel_ = (opt->total_numel_ + W - 1) / W;
+  opt->slice_numel_ = RoundUp((opt->total_numel_ + W - 1) / W, kAlign);
   const int64_t begin = dp->rank() * opt->slice_numel_, end = begin + opt->slice_numel_;
 
   const at::ScalarType state_dtype = policy == PrecisionPolicy::kBf16Pure ? first.scalar_type() : at::kFloat;
   auto state_opts = first.options().dtype(state_dtype).requires_grad(false);
   opt->master_ = at::zeros({opt->slice_numel_}, state_opts);
-  opt->exp_avg_ = at::zeros({opt->slice_numel_}, state_opts);
-  opt->exp_avg_sq_ = at::zeros({opt->slice_numel_}, state_opts);
+  if (policy == PrecisionPolicy::kCompact) {
+    opt->compact_ = kernels::CompactMoments::Zeros(opt->slice_numel_, first.device());
+  } else {
+    opt->exp_avg_ = at::zeros({opt->slice_numel_}, state_opts);
+    opt->exp_avg_sq_ = at::zeros({opt->slice_numel_}, state_opts);
+  }
   for (size_t i = 0; i < opt->params_.size(); ++i) {
     const int64_t lo = std::max(begin, opt->offsets_[i]);
     const int64_t hi = std::min(end, opt->offsets_[i] + opt->params_[i].tensor->numel());
@@ -51,7 +67,14 @@ absl::StatusOr<std::unique_ptr<ShardedAdamW>> ShardedAdamW::Create(std::vector<N
         .copy_(opt->params_[i].tensor->detach().reshape({-1}).narrow(0, s.param_offset, s.length));
     opt->segments_.push_back(std::move(s));
   }
+  opt->scalars_ = at::tensor({0.0f, 1.0f}, at::TensorOptions().dtype(at::kFloat)).to(first.device());
   return opt;
+}
+
+void ShardedAdamW::SetStepScalars(double lr, double grad_scale) {
+  c10::NoGradGuard no_grad;
+  scalars_.select(0, 0).fill_(lr);
+  scalars_.select(0, 1).fill_(grad_scale);
 }
 
 absl::Status ShardedAdamW::ReduceGradients() {
@@ -65,19 +88,16 @@ absl::Status ShardedAdamW::ReduceGradients() {
   at::Tensor has_grad_cpu = has_grad.to(at::kCPU);
   for (size_t i = 0; i < params_.size(); ++i) stepped_[i] = has_grad_cpu[i].item<float>() > 0;
 
-  std::vector<at::Tensor> parts;
-  parts.reserve(params_.size() + 1);
-  auto f32 = first.options().dtype(at::kFloat);
-  for (NamedParam& p : params_) {
+  // The flat fp32 gradient [W * S]: each parameter at its offset, zeros in the gaps.
+  const int64_t padded = slice_numel_ * dp_->size();
+  at::Tensor flat = at::zeros({padded}, first.options().dtype(at::kFloat));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    NamedParam& p = params_[i];
     at::Tensor g = p.tensor->grad();
-    parts.push_back(g.defined() ? g.reshape({-1}).to(at::kFloat) : at::zeros({p.tensor->numel()}, f32));
+    if (g.defined()) flat.narrow(0, offsets_[i], g.numel()).copy_(g.reshape({-1}));
     p.tensor->mutable_grad() = at::Tensor();
   }
-  const int64_t padded = slice_numel_ * dp_->size();
-  if (padded > total_numel_) parts.push_back(at::zeros({padded - total_numel_}, f32));
-  at::Tensor flat = at::cat(parts);
-  parts.clear();
-  grad_ = at::empty({slice_numel_}, f32);
+  grad_ = at::empty({slice_numel_}, first.options().dtype(at::kFloat));
   return dp_->ReduceScatter(grad_, flat);
 }
 
@@ -86,45 +106,49 @@ at::Tensor ShardedAdamW::SliceSquaredNorm() const {
   return grad_.defined() ? grad_.square().sum() : at::zeros({}, master_.options().dtype(at::kFloat));
 }
 
-void ShardedAdamW::ScaleGradients(const at::Tensor& coef) {
-  c10::NoGradGuard no_grad;
-  if (grad_.defined()) grad_.mul_(coef.to(grad_.device(), grad_.scalar_type()));
-}
-
-absl::Status ShardedAdamW::Step(double lr) {
+absl::Status ShardedAdamW::Step() {
   c10::NoGradGuard no_grad;
   if (!grad_.defined()) return absl::FailedPreconditionError("ShardedAdamW::Step before ReduceGradients");
   at::Tensor grad = grad_.scalar_type() == master_.scalar_type() ? grad_ : grad_.to(master_.scalar_type());
-  for (bool decay : {true, false}) {
-    std::vector<at::Tensor> p, g, a, q, st;
-    for (Segment& s : segments_) {
-      if (decay_[s.param] != decay || !stepped_[s.param]) continue;
-      p.push_back(master_.narrow(0, s.slice_offset, s.length));
-      g.push_back(grad.narrow(0, s.slice_offset, s.length));
-      a.push_back(exp_avg_.narrow(0, s.slice_offset, s.length));
-      q.push_back(exp_avg_sq_.narrow(0, s.slice_offset, s.length));
-      st.push_back(s.step);
-    }
-    if (p.empty()) continue;
-    at::_foreach_add_(st, 1.0);
-    if (kernels::AdamWCudaSupports(p[0], g[0], a[0], q[0], st[0])) {
-      // CUDA: kernels/adamw.h per segment, the same arithmetic at ~2.7 TB/s (ATen's: ~1.7 on bf16).
-      const kernels::AdamWHyper hyper{lr, config_.beta1, config_.beta2, decay ? config_.weight_decay : 0.0,
-                                      config_.eps};
-      for (size_t i = 0; i < p.size(); ++i) kernels::AdamWStepCuda(p[i], g[i], a[i], q[i], st[i], hyper);
+  for (Segment& s : segments_) {
+    if (!stepped_[s.param]) continue;
+    s.step.add_(1.0);
+    kernels::AdamWHyper hyper{/*lr: step_scalars()*/ 0.0, config_.beta1, config_.beta2, decay_[s.param] ? config_.weight_decay : 0.0,
+                              config_.eps};
+    hyper.scalars = scalars_;
+    at::Tensor p = master_.narrow(0, s.slice_offset, s.length);
+    at::Tensor g = grad.narrow(0, s.slice_offset, s.length);
+    if (policy_ == PrecisionPolicy::kCompact) {
+      kernels::CompactAdamWStep(p, at::Tensor(), g, compact_.Narrow(s.slice_offset, s.length), s.step, hyper);
       continue;
     }
-    at::_fused_adamw_(p, g, a, q, /*max_exp_avg_sqs=*/{}, st, lr, config_.beta1, config_.beta2,
-                      decay ? config_.weight_decay : 0.0, config_.eps, /*amsgrad=*/false,
+    at::Tensor a = exp_avg_.narrow(0, s.slice_offset, s.length);
+    at::Tensor q = exp_avg_sq_.narrow(0, s.slice_offset, s.length);
+    if (kernels::AdamWCudaSupports(p, g, a, q, s.step) && kernels::StepScalarsValid(scalars_, p.device())) {
+      // CUDA: kernels/adamw.h per segment, the same arithmetic at ~2.7 TB/s (ATen's: ~1.7 on bf16).
+      kernels::AdamWStepCuda(p, g, a, q, s.step, hyper);
+      continue;
+    }
+    at::Tensor scaled = g * scalars_.select(0, 1).to(g.scalar_type());
+    at::_fused_adamw_({p}, {scaled}, {a}, {q}, /*max_exp_avg_sqs=*/{}, {s.step}, scalars_.select(0, 0),
+                      config_.beta1, config_.beta2, hyper.weight_decay, config_.eps, /*amsgrad=*/false,
                       /*maximize=*/false, std::nullopt, std::nullopt);
   }
   grad_ = at::Tensor();
-  // Every rank's updated slice, in the parameters' dtype, back into the full parameters.
+  return GatherParameters(/*stepped_only=*/true);
+}
+
+absl::Status ShardedAdamW::GatherParameters(bool stepped_only) {
+  // Every rank's slice, in the parameters' dtype (rounded as the compact policy's unsharded
+  // AdamW rounds its masters), back into the full parameters.
   const at::Tensor& first = *params_[0].tensor;
+  at::Tensor mine = policy_ == PrecisionPolicy::kCompact && first.scalar_type() == at::kBFloat16
+                        ? kernels::SplitMaster(master_).first
+                        : master_.to(first.scalar_type());
   at::Tensor gathered = at::empty({slice_numel_ * dp_->size()}, first.options().requires_grad(false));
-  FTD_RETURN_IF_ERROR(dp_->AllGather(gathered, master_.to(first.scalar_type())));
+  FTD_RETURN_IF_ERROR(dp_->AllGather(gathered, mine));
   for (size_t i = 0; i < params_.size(); ++i) {
-    if (!stepped_[i]) continue;
+    if (stepped_only && !stepped_[i]) continue;
     at::Tensor& t = *params_[i].tensor;
     t.detach().view({-1}).copy_(gathered.narrow(0, offsets_[i], t.numel()));
   }
@@ -132,17 +156,28 @@ absl::Status ShardedAdamW::Step(double lr) {
 }
 
 at::Tensor ShardedAdamW::Layout() const {
+  // The parameters' sizes, the group size, and the alignment of their offsets (a layout written
+  // without it is refused).
   std::vector<int64_t> layout;
   for (const NamedParam& p : params_) layout.push_back(p.tensor->numel());
   layout.push_back(dp_->size());
+  layout.push_back(kAlign);
   return at::tensor(layout, at::kLong);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> ShardedAdamW::StateTensors() const {
-  return {{"zero.exp_avg", exp_avg_.to(at::kCPU)},
-          {"zero.exp_avg_sq", exp_avg_sq_.to(at::kCPU)},
-          {"zero.master", master_.to(at::kCPU)},
-          {"zero.layout", Layout()}};
+  std::vector<std::pair<std::string, at::Tensor>> out = {{"zero.master", master_.to(at::kCPU)},
+                                                         {"zero.layout", Layout()}};
+  if (policy_ == PrecisionPolicy::kCompact) {
+    out.emplace_back("zero.moment_r", compact_.r_codes.to(at::kCPU));
+    out.emplace_back("zero.moment_s", compact_.s_codes.to(at::kCPU));
+    out.emplace_back("zero.moment_r_scale", compact_.r_scale.to(at::kCPU));
+    out.emplace_back("zero.moment_s_max", compact_.s_max.to(at::kCPU));
+  } else {
+    out.emplace_back("zero.exp_avg", exp_avg_.to(at::kCPU));
+    out.emplace_back("zero.exp_avg_sq", exp_avg_sq_.to(at::kCPU));
+  }
+  return out;
 }
 
 absl::Status ShardedAdamW::LoadState(const SafetensorsReader& reader, int64_t steps) {
@@ -154,26 +189,32 @@ absl::Status ShardedAdamW::LoadState(const SafetensorsReader& reader, int64_t st
         reader.path(), ": the sharded optimizer state was written for a different model or data-parallel size"));
   }
   const std::vector<int64_t> shape = {slice_numel_};
-  FTD_ASSIGN_OR_RETURN(at::Tensor avg, reader.Load("zero.exp_avg", shape));
-  FTD_ASSIGN_OR_RETURN(at::Tensor sq, reader.Load("zero.exp_avg_sq", shape));
-  FTD_ASSIGN_OR_RETURN(at::Tensor master, reader.Load("zero.master", shape));
-  exp_avg_.copy_(avg);
-  exp_avg_sq_.copy_(sq);
+  FTD_ASSIGN_OR_RETURN(at::Tensor master, reader.Load("zero.master", shape, master_.scalar_type()));
   master_.copy_(master);
+  if (policy_ == PrecisionPolicy::kCompact) {
+    const std::vector<int64_t> blocks = {kernels::CompactBlocks(slice_numel_)};
+    FTD_ASSIGN_OR_RETURN(at::Tensor r, reader.Load("zero.moment_r", shape, at::kChar));
+    FTD_ASSIGN_OR_RETURN(at::Tensor sc, reader.Load("zero.moment_s", shape, at::kByte));
+    FTD_ASSIGN_OR_RETURN(at::Tensor rs, reader.Load("zero.moment_r_scale", blocks, at::kFloat));
+    FTD_ASSIGN_OR_RETURN(at::Tensor sm, reader.Load("zero.moment_s_max", blocks, at::kFloat));
+    compact_.r_codes.copy_(r);
+    compact_.s_codes.copy_(sc);
+    compact_.r_scale.copy_(rs);
+    compact_.s_max.copy_(sm);
+  } else {
+    FTD_ASSIGN_OR_RETURN(at::Tensor avg, reader.Load("zero.exp_avg", shape));
+    FTD_ASSIGN_OR_RETURN(at::Tensor sq, reader.Load("zero.exp_avg_sq", shape));
+    exp_avg_.copy_(avg);
+    exp_avg_sq_.copy_(sq);
+  }
   for (Segment& s : segments_) s.step.fill_(static_cast<double>(steps));
   // The parameters continue from the masters, exactly as after an uninterrupted step.
-  const at::Tensor& first = *params_[0].tensor;
-  at::Tensor gathered = at::empty({slice_numel_ * dp_->size()}, first.options().requires_grad(false));
-  FTD_RETURN_IF_ERROR(dp_->AllGather(gathered, master_.to(first.scalar_type())));
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& t = *params_[i].tensor;
-    t.detach().view({-1}).copy_(gathered.narrow(0, offsets_[i], t.numel()));
-  }
-  return absl::OkStatus();
+  return GatherParameters(/*stepped_only=*/false);
 }
 
 int64_t ShardedAdamW::StateBytes() const {
-  return master_.nbytes() + exp_avg_.nbytes() + exp_avg_sq_.nbytes();
+  return master_.nbytes() + (policy_ == PrecisionPolicy::kCompact ? compact_.Bytes()
+                                                                   : exp_avg_.nbytes() + exp_avg_sq_.nbytes());
 }
 
 }  // namespace ftd::engine

@@ -1,6 +1,7 @@
 // ZeRO-2 AdamW for the dense (replicated) parameters over the data-parallel group. The dense
-// parameters are laid end to end in one flat index space, padded to a multiple of the group
-// size; rank r owns the slice [r*S, (r+1)*S). Per step: the full gradients are reduce-scattered
+// parameters are laid end to end in one flat index space, each starting at a multiple of
+// kernels::kCompactBlock (so the compact policy's moment blocks are those of the unsharded
+// AdamW), padded to a multiple of the group size; rank r owns the slice [r*S, (r+1)*S). Per step: the full gradients are reduce-scattered
 // (summed) into the rank's fp32 slice, AdamW updates the rank's master weights and moments for
 // that slice only, and the updated slices are all-gathered back into every rank's parameters.
 // The update equals AdamW's (engine/train/optimizer.h) on the summed gradients.
@@ -18,6 +19,7 @@
 #include "engine/dist/communicator.h"
 #include "engine/model/weights.h"
 #include "engine/train/optimizer.h"
+#include "kernels/adamw_compact.h"
 
 namespace ftd::engine {
 
@@ -35,10 +37,18 @@ class ShardedAdamW {
   absl::Status ReduceGradients();
   // Sum of squares of this rank's slice of the summed gradients (fp32 scalar tensor).
   at::Tensor SliceSquaredNorm() const;
-  // Multiplies the reduced slice by `coef` (a scalar tensor), for global-norm clipping.
-  void ScaleGradients(const at::Tensor& coef);
-  // AdamW on the slice, then all-gathers the updated weights into the parameters.
-  absl::Status Step(double lr);
+  // (lr, grad_scale) read by the update when it runs, as AdamW::step_scalars(): [2] fp32 on the
+  // parameters' device; the reduced gradients are multiplied by grad_scale (normalisation and
+  // clipping) inside the update.
+  const at::Tensor& step_scalars() const { return scalars_; }
+  void SetStepScalars(double lr, double grad_scale = 1.0);
+  // AdamW on the slice with step_scalars(), then all-gathers the updated weights into the
+  // parameters.
+  absl::Status Step();
+  absl::Status Step(double lr) {
+    SetStepScalars(lr);
+    return Step();
+  }
 
   // Resumable state of this rank's slice: "zero.<exp_avg|exp_avg_sq|master>" [S] and the
   // layout ("zero.layout": numel of each parameter, then the group size) that must match on load.
@@ -59,6 +69,8 @@ class ShardedAdamW {
     at::Tensor step;       // AdamW's step count for this piece
   };
   at::Tensor Layout() const;
+  // All-gathers the slices into the parameters (those stepped this step, or all).
+  absl::Status GatherParameters(bool stepped_only);
   ShardedAdamW(Communicator* dp, PrecisionPolicy policy, const AdamWConfig& config)
       : dp_(dp), policy_(policy), config_(config) {}
 
@@ -71,7 +83,11 @@ class ShardedAdamW {
   std::vector<bool> stepped_;     // the parameter has a gradient on some rank this step
   int64_t total_numel_ = 0, slice_numel_ = 0;
   std::vector<Segment> segments_;
-  at::Tensor master_, exp_avg_, exp_avg_sq_, grad_;  // [S] each
+  // [S] each: the fp32 master (the parameters' dtype with bf16_pure), the moments (fp32_master,
+  // bf16_pure) or their compact codes, and the reduced gradient during a step.
+  at::Tensor master_, exp_avg_, exp_avg_sq_, grad_;
+  kernels::CompactMoments compact_;
+  at::Tensor scalars_;  // [2] fp32: lr, grad_scale
 };
 
 }  // namespace ftd::engine

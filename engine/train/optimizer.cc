@@ -8,6 +8,7 @@
 #include <c10/core/GradMode.h>
 
 #include "absl/strings/match.h"
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
@@ -25,53 +26,78 @@
 
 namespace ftd::engine {
 
-absl::StatusOr<PrecisionPolicy> ParsePrecisionPolicy(const std::string& name) {
-  if (name.empty() || name == "fp32_master" || name == "fp32") return PrecisionPolicy::kFp32Master;
-  if (name == "bf16" || name == "bf16_pure") return PrecisionPolicy::kBf16Pure;
-  return absl::InvalidArgumentError(
-      absl::StrCat("precision \"", name, "\" is not one of fp32_master, bf16_pure"));
-}
-
 bool DecaysWeight(const std::string& name) {
   return !absl::StrContains(name, "norm") && !absl::EndsWith(name, ".bias");
 }
 
 absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(std::vector<NamedParam> params, PrecisionPolicy policy,
                                                      const AdamWConfig& config) {
+  c10::NoGradGuard no_grad;
   std::unique_ptr<AdamW> opt(new AdamW(policy, config));
+  c10::Device device = params.empty() ? c10::Device(at::kCPU) : params[0].tensor->device();
   for (NamedParam& p : params) {
     const at::Tensor& t = *p.tensor;
     if (!t.defined() || !t.requires_grad()) {
       return absl::InvalidArgumentError(absl::StrCat("parameter ", p.name, " does not require gradients"));
     }
+    if (t.device() != device) {
+      return absl::InvalidArgumentError(absl::StrCat("parameter ", p.name, " is on ", t.device().str(), ", not on ",
+                                                     device.str(), " as ", params[0].name));
+    }
     Slot s;
     s.param = p;
     s.decay = DecaysWeight(p.name);
-    bool separate_master = policy == PrecisionPolicy::kFp32Master && t.scalar_type() != at::kFloat;
-    s.master = separate_master ? t.detach().to(at::kFloat).clone() : t;
-    auto moment_opts = s.master.options().requires_grad(false);
-    s.exp_avg = at::zeros(s.master.sizes(), moment_opts);
-    s.exp_avg_sq = at::zeros(s.master.sizes(), moment_opts);
-    s.step = at::zeros({}, s.master.options().dtype(at::kFloat).requires_grad(false));
-    if (absl::EndsWith(p.name, "embed_tokens.weight") && s.master.is_cuda() && s.master.dim() == 2) {
-      s.touched_rows = at::zeros({s.master.size(0)}, s.master.options().dtype(at::kByte).requires_grad(false));
+    if (policy == PrecisionPolicy::kCompact) {
+      if (t.scalar_type() == at::kBFloat16) {
+        s.master_low = at::zeros(t.sizes(), t.options().dtype(at::kShort).requires_grad(false));
+      } else if (t.scalar_type() != at::kFloat) {
+        return absl::InvalidArgumentError(absl::StrCat("precision compact needs bf16 or fp32 parameters; ", p.name,
+                                                       " is ", c10::toString(t.scalar_type())));
+      }
+      s.moments = kernels::CompactMoments::Zeros(t.numel(), device);
+    } else {
+      const bool separate_master = policy == PrecisionPolicy::kFp32Master && t.scalar_type() != at::kFloat;
+      s.master = separate_master ? t.detach().to(at::kFloat).clone() : t;
+      auto moment_opts = s.master.options().requires_grad(false);
+      s.exp_avg = at::zeros(s.master.sizes(), moment_opts);
+      s.exp_avg_sq = at::zeros(s.master.sizes(), moment_opts);
+      if (absl::EndsWith(p.name, "embed_tokens.weight") && s.master.is_cuda() && s.master.dim() == 2) {
+        s.touched_rows = at::zeros({s.master.size(0)}, s.master.options().dtype(at::kByte).requires_grad(false));
+      }
     }
+    s.step = at::zeros({}, t.options().dtype(at::kFloat).requires_grad(false));
     opt->slots_.push_back(std::move(s));
+  }
+  opt->scalars_ = at::tensor({0.0f, 1.0f}, at::TensorOptions().dtype(at::kFloat)).to(device);
+  if (policy == PrecisionPolicy::kCompact) {
+    opt->update_grad_sq_sum_ = at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(device));
   }
   return opt;
 }
 
-kernels::AdamWHyper AdamW::Hyper(const Slot& s, double lr) const {
-  kernels::AdamWHyper hyper{lr, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps};
+void AdamW::SetStepScalars(double lr, double grad_scale) {
+  c10::NoGradGuard no_grad;
+  scalars_.select(0, 0).fill_(lr);
+  scalars_.select(0, 1).fill_(grad_scale);
+}
+
+kernels::AdamWHyper AdamW::Hyper(const Slot& s) const {
+  kernels::AdamWHyper hyper{/*lr: step_scalars()*/ 0.0, config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0,
+                            config_.eps};
   hyper.short_blocks = side_ != nullptr && step_in_backward_ && config_.side_stream_short_blocks;
+  hyper.scalars = scalars_;
+  hyper.grad_sq_sum = update_grad_sq_sum_;
   return hyper;
 }
 
-bool AdamW::KernelStep(Slot& s, const at::Tensor& g, double lr) {
-  if (!kernels::AdamWCudaSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step)) return false;
+bool AdamW::KernelStep(Slot& s, const at::Tensor& g) {
+  if (!kernels::AdamWCudaSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step) ||
+      !kernels::StepScalarsValid(scalars_, s.master.device())) {
+    return false;
+  }
   // One vectorised pass (kernels/adamw.h): the same arithmetic as ATen's fused AdamW at ~2.7 TB/s
   // instead of ~1.7 on bf16.
-  const kernels::AdamWHyper hyper = Hyper(s, lr);
+  const kernels::AdamWHyper hyper = Hyper(s);
   if (kernels::AdamWRowSparseSupports(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper)) {
     // An embedding table: rows no token has reached yet are skipped, bit-identically.
     kernels::AdamWRowSparseStepCuda(s.master, g, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, hyper);
@@ -82,50 +108,70 @@ bool AdamW::KernelStep(Slot& s, const at::Tensor& g, double lr) {
   return true;
 }
 
-void AdamW::Step(double lr) {
+void AdamW::UpdateSlot(Slot& s, const at::Tensor& grad) {
+  at::Tensor param = s.param.tensor->detach();
+  s.step.add_(1.0);
+  if (policy_ == PrecisionPolicy::kCompact) {
+    kernels::CompactAdamWStep(param, s.master_low, grad.contiguous(), s.moments, s.step, Hyper(s));
+    return;
+  }
+  at::Tensor g = grad.scalar_type() == s.master.scalar_type() ? grad : grad.to(s.master.scalar_type());
+  if (!KernelStep(s, g)) {
+    // ATen's fused AdamW (CPU, or tensors the kernel does not serve), with the step's values.
+    g = g * scalars_.select(0, 1).to(g.scalar_type());
+    at::_fused_adamw_({s.master}, {g}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, scalars_.select(0, 0),
+                      config_.beta1, config_.beta2, s.decay ? config_.weight_decay : 0.0, config_.eps,
+                      /*amsgrad=*/false, /*maximize=*/false, std::nullopt, std::nullopt);
+    if (s.touched_rows.defined()) s.touched_rows.fill_(1);
+  }
+  if (!s.master.is_same(*s.param.tensor)) param.copy_(s.master);
+}
+
+void AdamW::Step() {
   c10::NoGradGuard no_grad;
   ++steps_;
-  // Parameters are grouped by (decay, dtype, device): one fused launch per group.
-  for (bool decay : {true, false}) {
-    std::vector<at::Tensor> params, grads, avgs, sqs, steps;
-    std::vector<Slot*> group;
-    for (Slot& s : slots_) {
-      at::Tensor g = s.param.tensor->grad();
-      if (s.decay != decay || !g.defined()) continue;
-      params.push_back(s.master);
-      grads.push_back(g.scalar_type() == s.master.scalar_type() ? g : g.to(s.master.scalar_type()));
-      avgs.push_back(s.exp_avg);
-      sqs.push_back(s.exp_avg_sq);
-      steps.push_back(s.step);
-      group.push_back(&s);
+  for (Slot& s : slots_) {
+    if (!s.held_lookups.empty() || s.held_rows.defined()) {
+      SumHeldRows(s);
+      s.step.add_(1.0);
+      kernels::CompactAdamWRowsStepCuda(s.param.tensor->detach(), s.master_low, s.moments, s.step, s.held_rows,
+                                        s.slot_of, Hyper(s));
+      s.held_rows = at::Tensor();
+      continue;
     }
-    if (params.empty()) continue;
-    at::_foreach_add_(steps, 1.0);
-    // CUDA tensors the own kernel serves take it (one launch each); the rest go to ATen's fused
-    // multi-tensor AdamW, which needs one dtype and device per call: split if the group mixes them.
-    std::map<std::pair<int, std::string>, std::vector<size_t>> by_kind;
-    for (size_t i = 0; i < params.size(); ++i) {
-      if (KernelStep(*group[i], grads[i], lr)) continue;
-      if (group[i]->touched_rows.defined()) group[i]->touched_rows.fill_(1);  // dense update below
-      by_kind[{static_cast<int>(params[i].scalar_type()), params[i].device().str()}].push_back(i);
-    }
-    for (const auto& [kind, idx] : by_kind) {
-      std::vector<at::Tensor> p, g, a, q, st;
-      for (size_t i : idx) {
-        p.push_back(params[i]);
-        g.push_back(grads[i]);
-        a.push_back(avgs[i]);
-        q.push_back(sqs[i]);
-        st.push_back(steps[i]);
-      }
-      at::_fused_adamw_(p, g, a, q, /*max_exp_avg_sqs=*/{}, st, lr, config_.beta1, config_.beta2,
-                        decay ? config_.weight_decay : 0.0, config_.eps, /*amsgrad=*/false,
-                        /*maximize=*/false, std::nullopt, std::nullopt);
-    }
-    for (Slot* s : group) {
-      if (!s->master.is_same(*s->param.tensor)) s->param.tensor->copy_(s->master);
-    }
+    const at::Tensor g = s.param.tensor->grad();
+    if (g.defined()) UpdateSlot(s, g);
   }
+}
+
+void AdamW::SumHeldRows(Slot& s) {
+  if (s.held_lookups.empty()) return;
+  std::vector<at::Tensor> ids, dys;
+  for (auto& [i, d] : s.held_lookups) {
+    ids.push_back(i);
+    dys.push_back(d);
+  }
+  s.held_lookups.clear();
+  at::Tensor all_ids = ids.size() == 1 ? ids[0] : at::cat(ids);
+  at::Tensor all_dy = dys.size() == 1 ? dys[0] : at::cat(dys);
+  TORCH_CHECK(!s.held_rows.defined(), "AdamW: an embedding lookup's backward ran after the step's gradient norm "
+              "was taken (SquaredGradNorm must follow the step's last backward)");
+  s.held_rows = kernels::EmbeddingTokenRowsCuda(all_ids, all_dy.contiguous(), s.slot_of);
+}
+
+at::Tensor AdamW::SquaredGradNorm() {
+  c10::NoGradGuard no_grad;
+  std::vector<at::Tensor> grads;
+  for (Slot& s : slots_) {
+    if (!s.held_lookups.empty()) SumHeldRows(s);
+    if (s.held_rows.defined()) grads.push_back(s.held_rows);
+    const at::Tensor g = s.param.tensor->grad();
+    if (g.defined()) grads.push_back(g);
+  }
+  at::Tensor total = at::zeros({}, scalars_.options());
+  if (grads.empty()) return total;
+  std::vector<at::Tensor> norms = at::_foreach_norm(grads, 2, at::kFloat);
+  return at::stack(norms).square().sum();
 }
 
 struct AdamW::SideStream {
@@ -159,30 +205,18 @@ struct AdamW::SideStream {
 class StepInBackwardHook : public torch::autograd::PostAccumulateGradHook {
  public:
   StepInBackwardHook(AdamW* opt, size_t slot) : opt_(opt), slot_(slot) {}
-  void operator()(const torch::autograd::Variable&) override {
-    opt_->StepSlot(opt_->slots_[slot_], opt_->backward_lr_);
-  }
+  void operator()(const torch::autograd::Variable&) override { opt_->StepSlot(opt_->slots_[slot_]); }
 
  private:
   AdamW* opt_;
   size_t slot_;
 };
 
-void AdamW::StepSlot(Slot& s, double lr) {
+void AdamW::StepSlot(Slot& s) {
   c10::NoGradGuard no_grad;
   at::Tensor& param = *s.param.tensor;
   at::Tensor grad = param.grad();
   if (!grad.defined()) return;
-  auto update = [&] {
-    at::Tensor g = grad.scalar_type() == s.master.scalar_type() ? grad : grad.to(s.master.scalar_type());
-    s.step.add_(1.0);
-    if (!KernelStep(s, g, lr)) {
-      at::_fused_adamw_({s.master}, {g}, {s.exp_avg}, {s.exp_avg_sq}, {}, {s.step}, lr, config_.beta1, config_.beta2,
-                        s.decay ? config_.weight_decay : 0.0, config_.eps, false, false, std::nullopt, std::nullopt);
-      if (s.touched_rows.defined()) s.touched_rows.fill_(1);
-    }
-    if (!s.master.is_same(param)) param.copy_(s.master);
-  };
 #ifdef FTD_WITH_CUDA
   if (side_ && param.is_cuda()) {
     // The side stream waits for the gradient, then updates while backward continues.
@@ -192,7 +226,7 @@ void AdamW::StepSlot(Slot& s, double lr) {
     ready.block(side_->stream);
     {
       c10::cuda::CUDAStreamGuard guard(side_->stream);
-      update();
+      UpdateSlot(s, grad);
     }
     param.mutable_grad() = at::Tensor();
     if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
@@ -212,7 +246,7 @@ void AdamW::StepSlot(Slot& s, double lr) {
     return;
   }
 #endif
-  update();
+  UpdateSlot(s, grad);
   param.mutable_grad() = at::Tensor();
 }
 
@@ -228,8 +262,7 @@ void AdamW::EnableStepInBackward() {
   }
 }
 
-void AdamW::BeginStepInBackward(double lr) {
-  backward_lr_ = lr;
+void AdamW::BeginStepInBackward() {
   ++steps_;
   if (side_ && config_.backward_sm_carveout > 0) {
     saved_carveout_ = at::globalContext()._SMCarveout_EXPERIMENTAL();
@@ -253,9 +286,10 @@ void AdamW::FinishStepInBackward() {
 #endif
 }
 
-// The lookup whose backward steps the table (AdamW::EmbeddingLookup). Its gradient for the table
-// is the update itself, so it returns none: nothing reaches AccumulateGrad or the step hook.
-struct EmbeddingUpdateInBackward : public torch::autograd::Function<EmbeddingUpdateInBackward> {
+// The lookup whose backward hands the table's gradient to the optimizer as token rows
+// (AdamW::EmbeddingLookup). It returns no gradient for the table: nothing reaches
+// AccumulateGrad or the step hook.
+struct EmbeddingLookupFunction : public torch::autograd::Function<EmbeddingLookupFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& table, const at::Tensor& ids,
                             AdamW* opt, int64_t slot) {
     ctx->save_for_backward({ids});
@@ -270,38 +304,59 @@ struct EmbeddingUpdateInBackward : public torch::autograd::Function<EmbeddingUpd
     const at::Tensor ids = ctx->get_saved_variables()[0];
     const at::Tensor& dy = grads[0];
     if (dy.defined()) {
-      opt->StepEmbeddingRows(static_cast<size_t>(ctx->saved_data["slot"].toInt()), ids.reshape({-1}).contiguous(),
-                             dy.reshape({-1, dy.size(-1)}).contiguous());
+      opt->LookupBackward(static_cast<size_t>(ctx->saved_data["slot"].toInt()), ids.reshape({-1}).contiguous(),
+                          dy.reshape({-1, dy.size(-1)}).contiguous());
     }
     return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
+bool AdamW::LookupServes(const Slot& s, const at::Tensor& ids) const {
+  if (!s.param.tensor->is_cuda() || ids.device() != s.param.tensor->device() || ids.scalar_type() != at::kLong) {
+    return false;
+  }
+  const kernels::AdamWHyper hyper = Hyper(s);
+  if (policy_ == PrecisionPolicy::kCompact) {
+    return kernels::CompactAdamWRowsSupports(*s.param.tensor, s.master_low, s.moments, s.step, hyper);
+  }
+  // The fused update of kernels/adamw.h serves the in-backward step only.
+  return step_in_backward_ && s.master.is_same(*s.param.tensor) && s.touched_rows.defined() &&
+         kernels::AdamWEmbeddingSupports(s.master, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows,
+                                         ids.reshape({-1}), hyper);
+}
+
 at::Tensor AdamW::EmbeddingLookup(const at::Tensor& table, const at::Tensor& ids) {
   for (size_t i = 0; i < slots_.size(); ++i) {
     Slot& s = slots_[i];
     if (!s.param.tensor->is_same(table)) continue;
-    const bool fused = step_in_backward_ && c10::GradMode::is_enabled() && s.master.is_same(table) &&
-                       s.touched_rows.defined() &&
-                       kernels::AdamWEmbeddingSupports(s.master, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows,
-                                                       ids.reshape({-1}), Hyper(s, /*lr=*/0.0));
-    if (!fused) break;
+    if (!c10::GradMode::is_enabled() || !LookupServes(s, ids)) break;
     if (!s.slot_of.defined()) s.slot_of = at::full({table.size(0)}, -1, table.options().dtype(at::kInt));
-    return EmbeddingUpdateInBackward::apply(table, ids, this, static_cast<int64_t>(i));
+    return EmbeddingLookupFunction::apply(table, ids, this, static_cast<int64_t>(i));
   }
   return at::embedding(table, ids);
 }
 
-void AdamW::StepEmbeddingRows(size_t index, const at::Tensor& ids, const at::Tensor& dy) {
+void AdamW::LookupBackward(size_t index, const at::Tensor& ids, const at::Tensor& dy) {
   c10::NoGradGuard no_grad;
   Slot& s = slots_[index];
-  const kernels::AdamWHyper hyper = Hyper(s, backward_lr_);
+  if (!step_in_backward_) {
+    s.held_lookups.emplace_back(ids, dy);  // summed and stepped by Step()
+    return;
+  }
+  const kernels::AdamWHyper hyper = Hyper(s);
+  if (policy_ == PrecisionPolicy::kCompact) {
+    s.step.add_(1.0);
+    const at::Tensor rows = kernels::EmbeddingTokenRowsCuda(ids, dy, s.slot_of);
+    kernels::CompactAdamWRowsStepCuda(s.param.tensor->detach(), s.master_low, s.moments, s.step, rows, s.slot_of,
+                                      hyper);
+    return;
+  }
   if (!kernels::AdamWEmbeddingSupports(s.master, s.exp_avg, s.exp_avg_sq, s.step, s.touched_rows, ids, hyper)) {
     // This step's lr makes skipping untouched rows inexact (see kernels/adamw.h): the dense
     // gradient and the usual update.
     s.param.tensor->mutable_grad() =
         at::embedding_dense_backward(dy, ids, s.master.size(0), /*padding_idx=*/-1, /*scale_grad_by_freq=*/false);
-    StepSlot(s, backward_lr_);
+    StepSlot(s);
     return;
   }
   s.step.add_(1.0);
@@ -310,15 +365,44 @@ void AdamW::StepEmbeddingRows(size_t index, const at::Tensor& ids, const at::Ten
 }
 
 void AdamW::ZeroGrad() {
-  for (Slot& s : slots_) s.param.tensor->mutable_grad() = at::Tensor();
+  for (Slot& s : slots_) {
+    s.param.tensor->mutable_grad() = at::Tensor();
+    s.held_lookups.clear();
+    if (s.held_rows.defined()) {
+      s.held_rows = at::Tensor();
+      s.slot_of.fill_(-1);
+    }
+  }
+}
+
+int64_t AdamW::StateBytes() const {
+  int64_t bytes = 0;
+  for (const Slot& s : slots_) {
+    if (policy_ == PrecisionPolicy::kCompact) {
+      bytes += s.moments.Bytes() + (s.master_low.defined() ? s.master_low.nbytes() : 0);
+    } else {
+      bytes += s.exp_avg.nbytes() + s.exp_avg_sq.nbytes() + (s.master.is_same(*s.param.tensor) ? 0 : s.master.nbytes());
+    }
+    bytes += s.step.nbytes();
+  }
+  return bytes;
 }
 
 std::vector<std::pair<std::string, at::Tensor>> AdamW::StateTensors() const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const Slot& s : slots_) {
-    out.emplace_back("exp_avg." + s.param.name, s.exp_avg.detach().to(at::kCPU));
-    out.emplace_back("exp_avg_sq." + s.param.name, s.exp_avg_sq.detach().to(at::kCPU));
-    if (!s.master.is_same(*s.param.tensor)) out.emplace_back("master." + s.param.name, s.master.to(at::kCPU));
+    const std::string& n = s.param.name;
+    if (policy_ == PrecisionPolicy::kCompact) {
+      if (s.master_low.defined()) out.emplace_back("master_low." + n, s.master_low.to(at::kCPU));
+      out.emplace_back("moment_r." + n, s.moments.r_codes.to(at::kCPU));
+      out.emplace_back("moment_s." + n, s.moments.s_codes.to(at::kCPU));
+      out.emplace_back("moment_r_scale." + n, s.moments.r_scale.to(at::kCPU));
+      out.emplace_back("moment_s_max." + n, s.moments.s_max.to(at::kCPU));
+      continue;
+    }
+    out.emplace_back("exp_avg." + n, s.exp_avg.detach().to(at::kCPU));
+    out.emplace_back("exp_avg_sq." + n, s.exp_avg_sq.detach().to(at::kCPU));
+    if (!s.master.is_same(*s.param.tensor)) out.emplace_back("master." + n, s.master.to(at::kCPU));
   }
   return out;
 }
@@ -326,41 +410,41 @@ std::vector<std::pair<std::string, at::Tensor>> AdamW::StateTensors() const {
 absl::Status AdamW::LoadState(const SafetensorsReader& reader, int64_t steps) {
   c10::NoGradGuard no_grad;
   for (Slot& s : slots_) {
-    auto shape = s.master.sizes().vec();
-    FTD_ASSIGN_OR_RETURN(at::Tensor avg, reader.Load("exp_avg." + s.param.name, shape));
-    FTD_ASSIGN_OR_RETURN(at::Tensor sq, reader.Load("exp_avg_sq." + s.param.name, shape));
-    s.exp_avg.copy_(avg);
-    s.exp_avg_sq.copy_(sq);
-    if (!s.master.is_same(*s.param.tensor)) {
-      FTD_ASSIGN_OR_RETURN(at::Tensor master, reader.Load("master." + s.param.name, shape));
-      s.master.copy_(master);
-      s.param.tensor->copy_(s.master);
+    const std::string& n = s.param.name;
+    const std::vector<int64_t> shape = s.param.tensor->sizes().vec();
+    if (policy_ == PrecisionPolicy::kCompact) {
+      const int64_t numel = s.param.tensor->numel(), blocks = kernels::CompactBlocks(numel);
+      if (s.master_low.defined()) {
+        FTD_ASSIGN_OR_RETURN(at::Tensor low, reader.Load("master_low." + n, shape, at::kShort));
+        s.master_low.copy_(low);
+      }
+      FTD_ASSIGN_OR_RETURN(at::Tensor r, reader.Load("moment_r." + n, std::vector<int64_t>{numel}, at::kChar));
+      FTD_ASSIGN_OR_RETURN(at::Tensor sc, reader.Load("moment_s." + n, std::vector<int64_t>{numel}, at::kByte));
+      FTD_ASSIGN_OR_RETURN(at::Tensor rs, reader.Load("moment_r_scale." + n, std::vector<int64_t>{blocks}, at::kFloat));
+      FTD_ASSIGN_OR_RETURN(at::Tensor sm, reader.Load("moment_s_max." + n, std::vector<int64_t>{blocks}, at::kFloat));
+      s.moments.r_codes.copy_(r);
+      s.moments.s_codes.copy_(sc);
+      s.moments.r_scale.copy_(rs);
+      s.moments.s_max.copy_(sm);
+    } else {
+      FTD_ASSIGN_OR_RETURN(at::Tensor avg, reader.Load("exp_avg." + n, shape));
+      FTD_ASSIGN_OR_RETURN(at::Tensor sq, reader.Load("exp_avg_sq." + n, shape));
+      s.exp_avg.copy_(avg);
+      s.exp_avg_sq.copy_(sq);
+      if (!s.master.is_same(*s.param.tensor)) {
+        FTD_ASSIGN_OR_RETURN(at::Tensor master, reader.Load("master." + n, shape));
+        s.master.copy_(master);
+        s.param.tensor->copy_(s.master);
+      }
+      if (s.touched_rows.defined()) {
+        // A row with any nonzero moment must be updated every step.
+        s.touched_rows.copy_(s.exp_avg.ne(0).logical_or(s.exp_avg_sq.ne(0)).any(1).to(at::kByte));
+      }
     }
     s.step.fill_(static_cast<double>(steps));
-    if (s.touched_rows.defined()) {
-      // A row with any nonzero moment must be updated every step.
-      s.touched_rows.copy_(s.exp_avg.ne(0).logical_or(s.exp_avg_sq.ne(0)).any(1).to(at::kByte));
-    }
   }
   steps_ = steps;
   return absl::OkStatus();
-}
-
-double ClipGradNorm(const std::vector<NamedParam>& params, double max_norm) {
-  c10::NoGradGuard no_grad;
-  std::vector<at::Tensor> grads;
-  for (const NamedParam& p : params) {
-    if (p.tensor->grad().defined()) grads.push_back(p.tensor->grad());
-  }
-  if (grads.empty()) return 0.0;
-  std::vector<at::Tensor> norms;
-  for (const at::Tensor& g : grads) norms.push_back(g.to(at::kFloat).norm());
-  at::Tensor total = at::stack(norms).norm();
-  if (max_norm > 0) {
-    at::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    for (at::Tensor& g : grads) g.mul_(coef.to(g.scalar_type()));
-  }
-  return total.item<double>();
 }
 
 }  // namespace ftd::engine

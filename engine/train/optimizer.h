@@ -1,6 +1,11 @@
-// AdamW with a precision policy: on CUDA each parameter is stepped by kernels/adamw.h (the
-// arithmetic of PyTorch's fused AdamW at ~2.7 TB/s; embedding tables row-sparse), elsewhere by
-// LibTorch's fused multi-tensor AdamW (the vectorised loop on CPU).
+// AdamW with a precision policy (common/precision_policy.h). On CUDA each parameter is stepped
+// by one fused kernel: kernels/adamw_compact.h for the compact policy, kernels/adamw.h for
+// fp32_master and bf16_pure (the arithmetic of PyTorch's fused AdamW); elsewhere by the compact
+// reference or LibTorch's fused multi-tensor AdamW.
+//
+// The per-step values (learning rate, gradient scale) live in a device tensor that the kernels
+// read when they run (step_scalars()), so a step captured in a CUDA graph replays with new values
+// and clipping can scale the gradients by a factor the host never reads.
 #pragma once
 
 #include <cstdint>
@@ -13,18 +18,18 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "common/precision_policy.h"
 #include "engine/model/weights.h"
 #include "kernels/adamw.h"
+#include "kernels/adamw_compact.h"
 
 namespace ftd::engine {
 
-class SafetensorsReader;
+using ftd::ParsePrecisionPolicy;
+using ftd::PrecisionPolicy;
+using ftd::PrecisionPolicyName;
 
-enum class PrecisionPolicy {
-  kFp32Master,  // fp32 master weights and fp32 moments (default); params may be bf16
-  kBf16Pure,    // bf16 parameters and bf16 moments, no master copy (HF/NeMo benchmark setting)
-};
-absl::StatusOr<PrecisionPolicy> ParsePrecisionPolicy(const std::string& name);
+class SafetensorsReader;
 
 struct AdamWConfig {
   double beta1 = 0.9;
@@ -54,70 +59,109 @@ class AdamW {
   static absl::StatusOr<std::unique_ptr<AdamW>> Create(std::vector<NamedParam> params, PrecisionPolicy policy,
                                                        const AdamWConfig& config);
 
-  // One update with learning rate `lr` from the parameters' .grad().
-  void Step(double lr);
+  // [2] fp32 on the parameters' device: (lr, grad_scale), read by every update when it runs;
+  // the gradients are multiplied by grad_scale first. Write it in place (it is never replaced).
+  const at::Tensor& step_scalars() const { return scalars_; }
+  void SetStepScalars(double lr, double grad_scale = 1.0);
+
+  // One update from the parameters' .grad() (and the embedding rows its lookups held) with
+  // step_scalars(); gradients are kept (ZeroGrad drops them).
+  void Step();
+  void Step(double lr) {
+    SetStepScalars(lr);
+    Step();
+  }
   // Drops every gradient (frees the memory).
   void ZeroGrad();
+  // Compact policy: [1] fp32 on the device to which every update adds the sum of squares of the
+  // (scaled) gradient it used: the in-backward step's gradient norm, which no other pass sees.
+  // Zero it before a step; undefined under the other policies.
+  const at::Tensor& update_grad_sq_sum() const { return update_grad_sq_sum_; }
+  // Sum of the squares of the gradients Step() would use, an fp32 scalar on the parameters'
+  // device (no host read): .grad() in fp32 and the held embedding rows.
+  at::Tensor SquaredGradNorm();
 
   // The optimizer fused into backward: each parameter is stepped, and its gradient freed, by a
   // post-accumulate-grad hook as soon as its gradient is complete, so the gradients never all
   // exist at once. On CUDA the updates run on a side stream, overlapping the backward GEMMs.
   // Valid only without gradient accumulation and without global-norm clipping (the update
-  // cannot wait for the global norm). Between BeginStepInBackward(lr) and FinishStepInBackward(),
-  // run exactly one backward().
+  // cannot wait for the global norm). Between BeginStepInBackward() and FinishStepInBackward(),
+  // run exactly one backward(); the updates read step_scalars() as they stand then.
   void EnableStepInBackward();
-  void BeginStepInBackward(double lr);
+  void BeginStepInBackward();
+  void BeginStepInBackward(double lr) {
+    SetStepScalars(lr);
+    BeginStepInBackward();
+  }
   void FinishStepInBackward();
 
-  // The lookup of `table` (one of this optimizer's parameters) at `ids` [..]: [.., H]. With the
-  // optimizer stepped in backward and a row-sparse CUDA table (kernels::AdamWEmbeddingSupports),
-  // the lookup's backward updates the table from the token rows' gradient itself and the dense
-  // [V, H] gradient is never formed; otherwise it is at::embedding. The table must take no
-  // gradient from anywhere else (not tied to the output projection), and the optimizer must
-  // outlive the backward of the lookups it returned.
+  // The lookup of `table` (one of this optimizer's parameters) at `ids` [..]: [.., H]. On CUDA
+  // with a table the kernels serve (row-sparse), the dense [V, H] gradient is never formed: the
+  // lookup's backward sums the token rows of its output gradient and either steps the table
+  // from them at once (optimizer in backward) or holds them for Step() (and SquaredGradNorm());
+  // otherwise it is at::embedding. The table must take no gradient from anywhere else (not tied
+  // to the output projection), and the optimizer must outlive the backward of the lookups it
+  // returned.
   at::Tensor EmbeddingLookup(const at::Tensor& table, const at::Tensor& ids);
   bool step_in_backward() const { return step_in_backward_; }
   int64_t steps() const { return steps_; }
+  PrecisionPolicy policy() const { return policy_; }
+  // Bytes of optimizer state (masters, moments, step counters).
+  int64_t StateBytes() const;
 
-  // State for resumption: "<kind>.<param name>" tensors (exp_avg, exp_avg_sq, master) on CPU.
+  // State for resumption, on CPU: "<kind>.<param name>": exp_avg, exp_avg_sq and master
+  // (fp32_master, bf16_pure); master_low, moment_r, moment_s, moment_r_scale, moment_s_max
+  // (compact).
   std::vector<std::pair<std::string, at::Tensor>> StateTensors() const;
   absl::Status LoadState(const SafetensorsReader& reader, int64_t steps);
 
  private:
   struct Slot {
     NamedParam param;
-    at::Tensor master;  // fp32 master (the param itself when it is already fp32 or policy is pure)
-    at::Tensor exp_avg, exp_avg_sq, step;
-    // Embedding tables on CUDA: rows whose moments are nonzero [rows] uint8 (the row-sparse
-    // update of kernels/adamw.h skips the others); undefined for other parameters.
+    // fp32_master, bf16_pure: master (a separate fp32 copy, or the parameter itself) and moments.
+    at::Tensor master;
+    at::Tensor exp_avg, exp_avg_sq;
+    // compact: the low half of the master (bf16 parameters) and the 8-bit moments.
+    at::Tensor master_low;
+    kernels::CompactMoments moments;
+    at::Tensor step;
+    // Embedding tables on CUDA (fp32_master, bf16_pure): rows whose moments are nonzero [rows]
+    // uint8 (the row-sparse update of kernels/adamw.h skips the others); undefined otherwise.
     at::Tensor touched_rows;
-    at::Tensor slot_of;  // EmbeddingLookup's scratch [rows] int32 (kernels::AdamWEmbeddingStepCuda)
+    at::Tensor slot_of;  // EmbeddingLookup's scratch [rows] int32, -1 between steps
+    // EmbeddingLookup outside the in-backward step: this step's (ids [T], dy [T, H]) pairs, and
+    // once summed (SquaredGradNorm or Step) their token rows.
+    std::vector<std::pair<at::Tensor, at::Tensor>> held_lookups;
+    at::Tensor held_rows;
     bool decay = true;
   };
   AdamW(PrecisionPolicy policy, const AdamWConfig& config) : policy_(policy), config_(config) {}
   // One parameter's update from its gradient (the in-backward path).
-  void StepSlot(Slot& slot, double lr);
+  void StepSlot(Slot& slot);
+  // The update of one slot from `grad` (incremented step counter included).
+  void UpdateSlot(Slot& slot, const at::Tensor& grad);
   // The update by kernels/adamw.h when it serves these tensors (CUDA); false otherwise.
-  bool KernelStep(Slot& slot, const at::Tensor& grad, double lr);
-  kernels::AdamWHyper Hyper(const Slot& slot, double lr) const;
-  // EmbeddingLookup's backward: the table's update from dy [T, H] at ids [T].
-  void StepEmbeddingRows(size_t slot, const at::Tensor& ids, const at::Tensor& dy);
+  bool KernelStep(Slot& slot, const at::Tensor& grad);
+  kernels::AdamWHyper Hyper(const Slot& slot) const;
+  // Whether EmbeddingLookup's own backward serves this slot's table.
+  bool LookupServes(const Slot& slot, const at::Tensor& ids) const;
+  // EmbeddingLookup's backward: dy [T, H] at ids [T].
+  void LookupBackward(size_t slot, const at::Tensor& ids, const at::Tensor& dy);
+  // Sums a slot's held lookups into held_rows (setting slot_of).
+  void SumHeldRows(Slot& slot);
   friend class StepInBackwardHook;
-  friend struct EmbeddingUpdateInBackward;
+  friend struct EmbeddingLookupFunction;
 
   PrecisionPolicy policy_;
   AdamWConfig config_;
   std::vector<Slot> slots_;
+  at::Tensor scalars_;  // [2] fp32: lr, grad_scale
+  at::Tensor update_grad_sq_sum_;
   int64_t steps_ = 0;
   bool step_in_backward_ = false;
-  double backward_lr_ = 0.0;
   std::optional<int32_t> saved_carveout_;  // the global GEMM carveout before BeginStepInBackward
   struct SideStream;
   std::shared_ptr<SideStream> side_;  // CUDA side stream and events (null on CPU)
 };
-
-// Global L2 norm of all gradients (fp32); scales them so that the norm is at most max_norm
-// when max_norm > 0. Returns the norm before clipping.
-double ClipGradNorm(const std::vector<NamedParam>& params, double max_norm);
 
 }  // namespace ftd::engine
