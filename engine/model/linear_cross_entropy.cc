@@ -24,7 +24,8 @@ bool GradientIsBeingCaptured(const at::Tensor& t) {
 
 struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossEntropyFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h, const at::Tensor& weight,
-                            const at::Tensor& targets, int64_t chunk, bool need_grad, double expected_grad) {
+                            const at::Tensor& targets, int64_t chunk, bool need_grad, double expected_grad,
+                            bool expected_grad_exact) {
     const int64_t N = h.size(0);
     at::Tensor loss = at::zeros({}, h.options().dtype(at::kFloat));
     at::Tensor dh, dw;
@@ -71,6 +72,7 @@ struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCross
       ctx->saved_data["dh"] = dh;
       ctx->saved_data["dw"] = dw;
       ctx->saved_data["expected_grad"] = expected_grad;
+      ctx->saved_data["expected_grad_exact"] = expected_grad_exact;
     }
     return loss;
   }
@@ -84,30 +86,31 @@ struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCross
     // AccumulateGrad; one still referenced here would be copied (622 MB for Qwen3's lm_head).
     ctx->saved_data.erase("dh");
     ctx->saved_data.erase("dw");
-    // Compared as the fp32 value autograd carries (a mean's 1/N in fp32); one host sync, at the
-    // start of backward, saves a read and write of the lm_head gradient (1.2 GB for Qwen3).
-    // While a CUDA graph is captured nothing can be read: the capture (engine/train/
-    // cuda_graph_step.h) backpropagates the mean it was built for, whose gradient is the expected
-    // one.
+    // The gradients were produced scaled by `expected`; they are right as they are when the
+    // caller guaranteed that incoming gradient (engine/train/train_step.h: no host read, also
+    // inside a CUDA graph capture), or when a host check finds it (one sync at the start of
+    // backward, which saves a read and write of the lm_head gradient, 1.2 GB for Qwen3).
+    const bool exact = ctx->saved_data["expected_grad_exact"].toBool();
     const bool as_expected = expected != 1.0 && grads[0].numel() == 1 &&
-                             (GradientIsBeingCaptured(grads[0]) || grads[0].item<float>() == static_cast<float>(expected));
+                             (exact || GradientIsBeingCaptured(grads[0]) ||
+                              grads[0].item<float>() == static_cast<float>(expected));
     if (!as_expected) {
       // The saved gradients are not needed again: scale them in place.
       at::Tensor factor = expected == 1.0 ? grads[0] : grads[0] / expected;
       dh.mul_(factor.to(dh.scalar_type()));
       dw.mul_(factor.to(dw.scalar_type()));
     }
-    return {dh, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dh, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
 at::Tensor LinearCrossEntropySum(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
-                                 int64_t chunk_tokens, double expected_grad) {
+                                 int64_t chunk_tokens, double expected_grad, bool expected_grad_exact) {
   const bool need_grad = c10::GradMode::is_enabled() && (h.requires_grad() || weight.requires_grad());
   return LinearCrossEntropyFunction::apply(h, weight, targets, std::max<int64_t>(1, chunk_tokens), need_grad,
-                                           expected_grad);
+                                           expected_grad, expected_grad_exact);
 }
 
 }  // namespace ftd::engine

@@ -18,7 +18,10 @@ namespace ftd::engine {
 // one host check that the incoming gradient is that value, returns them as they are; any other
 // incoming gradient is applied with one more pass, so the result is the same either way. With
 // the default 1 the incoming gradient is always applied (and no host check is made).
+// `expected_grad_exact`: the caller guarantees the incoming gradient is expected_grad (its loss
+// is the sum times that constant), so backward makes no host check (no device sync).
 at::Tensor LinearCrossEntropySum(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
-                                 int64_t chunk_tokens = 1024, double expected_grad = 1.0);
+                                 int64_t chunk_tokens = 1024, double expected_grad = 1.0,
+                                 bool expected_grad_exact = false);
 
 }  // namespace ftd::engine

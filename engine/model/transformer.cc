@@ -182,7 +182,9 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
   }
   AttentionContext ctx;
   std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, rope_scaling_, positions, options_.dtype);
-  if (batch.segment_ids.defined()) {
+  if (batch.varlen.cu_seqlens.defined()) {
+    ctx.varlen = batch.varlen;
+  } else if (batch.segment_ids.defined()) {
     // Once per micro-batch, shared by every layer (and by checkpointed recomputation).
     if (options_.varlen_attention &&
         VarlenAttentionSupports(options_.device, options_.dtype, config_.head_dim, config_.num_attention_heads,
@@ -227,7 +229,7 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
         return_logits
             ? at::cross_entropy_loss(logits.view({B * S, -1}), targets, {}, at::Reduction::Sum, -100)
             : LinearCrossEntropySum(h.reshape({B * S, -1}), weights_.lm_head, targets, options_.loss_chunk_tokens,
-                                    batch.loss_grad_scale);
+                                    batch.loss_grad_scale, batch.loss_grad_exact);
     result.num_targets = batch.num_targets >= 0 ? batch.num_targets : targets.ne(-100).sum().item<int64_t>();
   }
   if (config_.output_router_logits && config_.router_aux_loss_coef != 0 && !router_logits.empty()) {

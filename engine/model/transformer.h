@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "engine/model/config.h"
 #include "engine/model/moe.h"
+#include "engine/model/varlen_attention.h"
 #include "engine/model/weights.h"
 
 namespace ftd::engine {
@@ -48,6 +49,13 @@ struct Batch {
   // The gradient the caller will send into ForwardResult::loss_sum (1/targets for a mean):
   // the fused loss then produces its gradients pre-scaled (linear_cross_entropy.h).
   double loss_grad_scale = 1.0;
+  // The caller guarantees that gradient exactly (its loss is loss_sum times that constant), so
+  // the fused loss checks nothing on the host (no sync) in backward.
+  bool loss_grad_exact = false;
+  // Document boundaries computed ahead (on the host, cu_seqlens already on the device), so that
+  // Forward copies nothing to the device (required inside a CUDA graph capture); when undefined
+  // they are computed from segment_ids.
+  VarlenBoundaries varlen = {};
   // Valid targets when the caller knows them (>= 0): Forward then reads nothing back from the
   // device (required while a CUDA graph is captured); -1 counts them, with a host sync.
   int64_t num_targets = -1;

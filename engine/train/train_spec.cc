@@ -6,6 +6,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/precision_policy.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 
@@ -49,6 +50,10 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   FTD_RETURN_IF_ERROR(prefix(Read(root, "base_model", "", &s.base_model)));
   FTD_RETURN_IF_ERROR(prefix(Read(root, "output", "", &s.output)));
   FTD_RETURN_IF_ERROR(prefix(Read(root, "precision", "", &s.precision)));
+  if (!IsPrecisionPolicyName(s.precision)) {
+    return prefix(ParsePrecisionPolicy(s.precision, false).status());
+  }
+  FTD_RETURN_IF_ERROR(prefix(Read(root, "cuda_graphs", "", &s.cuda_graphs)));
   FTD_RETURN_IF_ERROR(prefix(Read(root, "device", "", &s.device)));
   FTD_RETURN_IF_ERROR(prefix(Read(root, "dtype", "", &s.dtype)));
   FTD_RETURN_IF_ERROR(prefix(Read(root, "log_every", "", &s.log_every)));

@@ -38,7 +38,10 @@ struct TrainSpec {
   std::string gate = "real";    // backends.gate: real | balanced (tests: skew_first_k | skew_lower_half)
   int64_t checkpoint_every = 0; // checkpointing.every_n_steps (0: only at the end)
   int64_t keep_last = 0;        // checkpointing.keep_last (0: keep all)
-  std::string precision = "fp32_master";  // fp32_master | bf16_pure
+  std::string precision = "auto";  // auto | compact | fp32_master | bf16_pure (common/precision_policy.h)
+  // Engine-only: capture the step as a CUDA graph and replay it where the shapes allow
+  // (engine/train/train_step.h); false runs every step eagerly.
+  bool cuda_graphs = true;
   std::string device = "auto";            // auto | cpu | cuda
   std::string dtype = "auto";             // parameter dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
   int64_t log_every = 1;

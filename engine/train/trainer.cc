@@ -5,7 +5,7 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
-#include <regex>
+#include <optional>
 #include <sstream>
 
 #include <ATen/ATen.h>
@@ -23,14 +23,14 @@
 #include "engine/dist/expert_parallel.h"
 #include "engine/dist/memory_accounting.h"
 #include "engine/dist/process_groups.h"
-#include "engine/dist/zero_optimizer.h"
 #include "engine/io/safetensors.h"
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/transformer.h"
+#include "engine/train/checkpoint_dir.h"
 #include "engine/train/lr_schedule.h"
 #include "engine/train/metrics_file.h"
-#include "engine/train/optimizer.h"
 #include "engine/train/token_dataset.h"
+#include "engine/train/train_step.h"
 #include "engine/train/training_data.h"
 #include "engine/util/device_memory.h"
 #include "nlohmann/json.hpp"
@@ -61,25 +61,6 @@ class SigtermGuard {
   struct sigaction previous_ {};
 };
 
-// Seconds since `t0`; on CUDA after the device's queued work has finished, so a phase's time
-// is its own (only called around phases, never inside them).
-class PhaseTimer {
- public:
-  explicit PhaseTimer(bool cuda) : cuda_(cuda) {}
-  void Start() {
-    if (cuda_) DeviceSynchronize();
-    t0_ = std::chrono::steady_clock::now();
-  }
-  double Stop() {
-    if (cuda_) DeviceSynchronize();
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-  }
-
- private:
-  bool cuda_;
-  std::chrono::steady_clock::time_point t0_;
-};
-
 // The busiest expert's tokens over the mean, averaged over layers; counts [L, E].
 double LoadImbalance(const at::Tensor& counts) {
   if (!counts.defined() || counts.numel() == 0) return 0.0;
@@ -87,59 +68,6 @@ double LoadImbalance(const at::Tensor& counts) {
   at::Tensor mean = c.mean(1);
   at::Tensor ratio = at::where(mean.gt(0), std::get<0>(c.max(1)) / mean.clamp_min(1e-12), at::ones_like(mean));
   return ratio.mean().item<double>();
-}
-
-struct ResumePoint {
-  std::string dir;
-  int64_t step = 0;
-  DataPosition position;
-  int64_t world_size = 1;
-  int64_t ep_size = 1;
-};
-
-// The newest OUTPUT/checkpoint-N that has a complete training state.
-std::optional<ResumePoint> FindResumePoint(const std::string& output) {
-  std::optional<ResumePoint> best;
-  std::error_code ec;
-  if (!fs::is_directory(output, ec)) return best;
-  static const std::regex kName("checkpoint-([0-9]+)");
-  for (const auto& entry : fs::directory_iterator(output, ec)) {
-    std::smatch m;
-    std::string name = entry.path().filename().string();
-    if (!std::regex_match(name, m, kName)) continue;
-    auto state = ReadFileToString((entry.path() / "training_state" / "trainer_state.json").string());
-    if (!state.ok()) continue;
-    auto j = nlohmann::json::parse(*state, nullptr, false);
-    if (j.is_discarded()) continue;
-    ResumePoint p{entry.path().string(), j.value("step", int64_t{0}),
-                  {j.value("epoch", int64_t{0}), j.value("index", int64_t{0})},
-                  j.value("world_size", int64_t{1}), j.value("ep_size", int64_t{1})};
-    if (!best || p.step > best->step) best = p;
-  }
-  return best;
-}
-
-void PruneCheckpoints(const std::string& output, int64_t keep_last) {
-  if (keep_last <= 0) return;
-  static const std::regex kName("checkpoint-([0-9]+)");
-  std::vector<std::pair<int64_t, fs::path>> found;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(output, ec)) {
-    std::smatch m;
-    std::string name = entry.path().filename().string();
-    if (std::regex_match(name, m, kName)) found.emplace_back(std::stoll(m[1]), entry.path());
-  }
-  std::sort(found.begin(), found.end());
-  for (size_t i = 0; i + keep_last < found.size(); ++i) (void)RemoveTree(found[i].second.string());
-}
-
-void CopyTokenizerFiles(const std::string& from, const std::string& to) {
-  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                           "special_tokens_map.json", "chat_template.jinja"}) {
-    std::error_code ec;
-    fs::path src = fs::path(from) / name;
-    if (fs::exists(src, ec)) fs::copy_file(src, fs::path(to) / name, fs::copy_options::overwrite_existing, ec);
-  }
 }
 
 absl::StatusOr<GateMode> GateFromName(const std::string& name) {
@@ -150,416 +78,461 @@ absl::StatusOr<GateMode> GateFromName(const std::string& name) {
   return absl::InvalidArgumentError(absl::StrCat("backends.gate \"", name, "\" is unknown"));
 }
 
-// Everything a rank trains with, built once.
-struct RankSetup {
-  DistEnv env;
-  std::unique_ptr<ProcessGroups> groups;
-  ModelConfig config;
-  ModelOptions options;
-  bool cuda = false;
-  std::unique_ptr<MoeTransformer> model;
-  std::unique_ptr<ExpertParallelDispatch> dispatch;
-  std::vector<NamedParam> dense, experts;
-  std::unique_ptr<ShardedAdamW> dense_optimizer;
-  std::unique_ptr<AdamW> expert_optimizer;
+// One rank's run: set up once (Create), then Run. Each part is a method a reader can follow:
+// the layout and model (Create), the data, where to start (AgreeOnResume), the step loop (Run),
+// evaluation, checkpoints and the per-step report.
+class Trainer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainSpec& spec, const TrainOptions& options,
+                                                         std::ostream& log);
+  absl::StatusOr<std::string> Run();
+
+ private:
+  Trainer(const TrainSpec& spec, const TrainOptions& options, std::ostream& log)
+      : spec_(spec), options_(options), log_(log) {}
+  absl::Status SetUpDevice();
+  absl::Status AgreeOnResume();
+  absl::Status LoadModel();
+  void LogLayout();
+  // This rank's rows of step `index` (0-based), collated into micro-batches (host tensors), the
+  // global number of targets and tokens (one all-reduce when there are several ranks), and the
+  // data position after them.
+  struct Rows {
+    StepInput input;
+    DataPosition position;
+    double data_wait_seconds = 0;
+    int64_t tokens = 0;
+  };
+  absl::StatusOr<Rows> NextStep(int64_t index);
+  absl::StatusOr<std::pair<double, int64_t>> Evaluate();
+  absl::Status SaveCheckpoint(int64_t step);
+  StepReport Report(const StepOutcome& outcome, int64_t step, double lr, int64_t tokens, double seconds,
+                    const at::Tensor& load_all_ranks);
+  absl::Status RankError(const absl::Status& st) const {
+    return absl::Status(st.code(), absl::StrCat("rank ", env_.rank, "/", env_.world_size, ": ", st.message()));
+  }
+  int rank() const { return env_.rank; }
+  int world() const { return env_.world_size; }
+
+  const TrainSpec& spec_;
+  const TrainOptions& options_;
+  std::ostream& log_;
+  DistEnv env_;
+  std::unique_ptr<MetricsFile> metrics_;
+  ModelConfig config_;
+  ModelOptions mo_;
+  PrecisionPolicy policy_ = PrecisionPolicy::kCompact;
+  bool cuda_ = false;
+  std::unique_ptr<ProcessGroups> groups_;
+  std::unique_ptr<TrainingData> dataset_;
+  std::unique_ptr<TrainingStream> stream_;
+  int64_t total_steps_ = 0;
+  std::optional<LrSchedule> schedule_;
+  std::optional<ResumePoint> resume_;
+  std::unique_ptr<MoeTransformer> model_;
+  std::unique_ptr<ExpertParallelDispatch> dispatch_;
+  std::unique_ptr<TrainStep> step_fn_;
+  int64_t step_ = 0;
+  DataPosition position_;
+  std::string last_checkpoint_;
 };
 
-// One optimizer step's collective bookkeeping: the summed gradients' global norm (every
-// parameter counted once), clipping, and the update of both optimizers.
-absl::StatusOr<double> ReduceClipAndStep(RankSetup& s, double grad_clip, double lr) {
-  c10::NoGradGuard no_grad;
-  FTD_RETURN_IF_ERROR(s.dense_optimizer->ReduceGradients());
-  // Expert gradients: summed over the ranks that hold the same experts.
-  std::vector<at::Tensor> expert_grads;
-  for (NamedParam& p : s.experts) {
-    if (!p.tensor->grad().defined()) p.tensor->mutable_grad() = at::zeros_like(*p.tensor);
-    expert_grads.push_back(p.tensor->grad());
-  }
-  if (!expert_grads.empty() && s.groups->replicas->size() > 1) {
-    std::vector<at::Tensor> flat_parts;
-    for (const at::Tensor& g : expert_grads) flat_parts.push_back(g.reshape({-1}).to(at::kFloat));
-    at::Tensor flat = at::cat(flat_parts);
-    FTD_RETURN_IF_ERROR(s.groups->replicas->AllReduce({flat}));
-    int64_t offset = 0;
-    for (at::Tensor& g : expert_grads) {
-      g.view({-1}).copy_(flat.narrow(0, offset, g.numel()));
-      offset += g.numel();
-    }
-  }
-  at::Tensor expert_sq = at::zeros({}, at::TensorOptions().device(s.options.device).dtype(at::kFloat));
-  for (const at::Tensor& g : expert_grads) expert_sq = expert_sq + g.to(at::kFloat).square().sum();
-  // Each expert's gradient lives on num_replicas ranks: count it once.
-  at::Tensor total_sq = (s.dense_optimizer->SliceSquaredNorm() + expert_sq / s.groups->mesh.num_replicas())
-                            .to(at::kDouble).reshape({1});
-  FTD_RETURN_IF_ERROR(s.groups->world->AllReduce({total_sq}));
-  const double norm = std::sqrt(total_sq.item<double>());
-  if (grad_clip > 0) {
-    at::Tensor coef = at::full({}, std::min(1.0, grad_clip / (norm + 1e-6)), at::TensorOptions().dtype(at::kFloat));
-    s.dense_optimizer->ScaleGradients(coef);
-    for (at::Tensor& g : expert_grads) g.mul_(coef.to(g.device(), g.scalar_type()));
-  }
-  FTD_RETURN_IF_ERROR(s.dense_optimizer->Step(lr));
-  if (!s.experts.empty()) {
-    s.expert_optimizer->Step(lr);
-    s.expert_optimizer->ZeroGrad();
-  }
-  return norm;
-}
-
-}  // namespace
-
-absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOptions& options, std::ostream& log) {
-  RankSetup s;
-  FTD_ASSIGN_OR_RETURN(s.env, DistEnvFromEnvironment());
-  const int rank = s.env.rank, world = s.env.world_size;
-  auto rank_error = [rank, world](const absl::Status& st) {
-    return absl::Status(st.code(), absl::StrCat("rank ", rank, "/", world, ": ", st.message()));
-  };
-  std::unique_ptr<MetricsFile> metrics;
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainSpec& spec, const TrainOptions& options,
+                                                         std::ostream& log) {
+  std::unique_ptr<Trainer> t(new Trainer(spec, options, log));
+  FTD_ASSIGN_OR_RETURN(t->env_, DistEnvFromEnvironment());
   if (!options.metrics_out.empty()) {
-    FTD_ASSIGN_OR_RETURN(metrics, MetricsFile::Open(options.metrics_out, rank, world));
+    FTD_ASSIGN_OR_RETURN(t->metrics_, MetricsFile::Open(options.metrics_out, t->rank(), t->world()));
   }
-  SigtermGuard sigterm;
-  FTD_ASSIGN_OR_RETURN(s.config, LoadModelConfig(spec.base_model));
-  const ModelConfig& config = s.config;
-  s.cuda = spec.device == "cuda" || (spec.device == "auto" && at::hasCUDA());
-  if (spec.device == "cuda" && !at::hasCUDA()) return absl::FailedPreconditionError("device: cuda requested but no GPU is visible");
-  ModelOptions& mo = s.options;
-  if (s.cuda) {
-    const int index = s.env.local_rank % std::max<int>(1, static_cast<int>(at::getNumGPUs()));
-    mo.device = at::Device(at::kCUDA, index);
-#ifdef FTD_WITH_CUDA
-    c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
-#endif
-  }
-  mo.dtype = spec.dtype == "bf16" ? at::kBFloat16 : spec.dtype == "fp32" ? at::kFloat : (s.cuda ? at::kBFloat16 : at::kFloat);
-  FTD_ASSIGN_OR_RETURN(mo.gate, GateFromName(spec.gate));
-  mo.activation_checkpointing = spec.activation_checkpointing;
-  const at::ScalarType save_dtype = DtypeFromName(config.dtype);
-  FTD_ASSIGN_OR_RETURN(PrecisionPolicy policy, ParsePrecisionPolicy(spec.precision));
-  if (spec.global_batch % (static_cast<int64_t>(world) * spec.micro_batch) != 0) {
+  FTD_ASSIGN_OR_RETURN(t->config_, LoadModelConfig(spec.base_model));
+  FTD_RETURN_IF_ERROR(t->SetUpDevice());
+  if (spec.global_batch % (static_cast<int64_t>(t->world()) * spec.micro_batch) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("hyperparameters.global_batch (", spec.global_batch,
                                                    ") must be a multiple of micro_batch (", spec.micro_batch,
-                                                   ") times the number of ranks (", world, ")"));
+                                                   ") times the number of ranks (", t->world(), ")"));
   }
-
   // Process groups and the layout.
-  auto groups = CreateProcessGroups(s.env, static_cast<int>(spec.ep_size), config.num_experts,
-                                    s.cuda ? CommBackend::kNccl : CommBackend::kGloo);
-  if (!groups.ok()) return rank_error(groups.status());
-  s.groups = std::move(*groups);
-  const ParallelMesh& mesh = s.groups->mesh;
-  Communicator& world_group = *s.groups->world;
-  mo.expert_begin = mesh.expert_begin();
-  mo.expert_count = mesh.experts_per_rank();
+  auto groups = CreateProcessGroups(t->env_, static_cast<int>(spec.ep_size), t->config_.num_experts,
+                                    t->cuda_ ? CommBackend::kNccl : CommBackend::kGloo);
+  if (!groups.ok()) return t->RankError(groups.status());
+  t->groups_ = std::move(*groups);
+  t->mo_.expert_begin = t->groups_->mesh.expert_begin();
+  t->mo_.expert_count = t->groups_->mesh.experts_per_rank();
 
   // Data (engine/train/training_data.h): every record validated now (file:line errors before
   // step 1) and the rows planned from the documents' lengths; then streamed: a background thread
   // tokenizes and packs each rank's rows ahead of training. Every rank follows the same order and
   // takes its own slice of each global batch.
   std::ostringstream data_log;  // ranks other than 0 do not repeat rank 0's data report
-  FTD_ASSIGN_OR_RETURN(std::unique_ptr<TrainingData> dataset,
-                       TrainingData::Open(spec, config.vocab_size, rank == 0 ? log : data_log));
-  const int64_t per_step = spec.global_batch, per_rank = spec.global_batch / world;
-  const int64_t total_steps =
-      spec.max_steps > 0 ? spec.max_steps : spec.epochs * ((dataset->num_rows() + per_step - 1) / per_step);
-  FTD_ASSIGN_OR_RETURN(LrSchedule schedule, LrSchedule::Create(spec.schedule, spec.lr, spec.warmup_steps, total_steps));
+  FTD_ASSIGN_OR_RETURN(t->dataset_,
+                       TrainingData::Open(spec, t->config_.vocab_size, t->rank() == 0 ? log : data_log));
+  const int64_t per_step = spec.global_batch;
+  t->total_steps_ = spec.max_steps > 0 ? spec.max_steps
+                                       : spec.epochs * ((t->dataset_->num_rows() + per_step - 1) / per_step);
+  FTD_ASSIGN_OR_RETURN(LrSchedule schedule,
+                       LrSchedule::Create(spec.schedule, spec.lr, spec.warmup_steps, t->total_steps_));
+  t->schedule_.emplace(std::move(schedule));
+  FTD_RETURN_IF_ERROR(t->AgreeOnResume());
+  FTD_RETURN_IF_ERROR(t->LoadModel());
+  return t;
+}
 
-  // Where to start: every rank must pick the same checkpoint.
-  std::optional<ResumePoint> resume = options.resume ? FindResumePoint(spec.output) : std::nullopt;
-  {
-    at::Tensor found = at::full({2}, resume ? static_cast<double>(resume->step) : -1.0,
-                                at::TensorOptions().dtype(at::kDouble).device(world_group.device()));
-    found[1].mul_(-1);
-    if (absl::Status st = world_group.AllReduce({found}, ReduceKind::kMax); !st.ok()) return rank_error(st);
-    at::Tensor cpu = found.to(at::kCPU);
-    const double mine = resume ? static_cast<double>(resume->step) : -1.0;
-    if (cpu[0].item<double>() != mine || -cpu[1].item<double>() != mine) {
-      return rank_error(absl::FailedPreconditionError(absl::StrCat(
-          "ranks disagree on the checkpoint to resume from under ", spec.output,
-          " (is the output directory on a filesystem every rank shares?)")));
-    }
+absl::Status Trainer::SetUpDevice() {
+  cuda_ = spec_.device == "cuda" || (spec_.device == "auto" && at::hasCUDA());
+  if (spec_.device == "cuda" && !at::hasCUDA()) {
+    return absl::FailedPreconditionError("device: cuda requested but no GPU is visible");
   }
-  if (resume && (resume->world_size != world || resume->ep_size != spec.ep_size)) {
+  if (cuda_) {
+    const int index = env_.local_rank % std::max<int>(1, static_cast<int>(at::getNumGPUs()));
+    mo_.device = at::Device(at::kCUDA, index);
+#ifdef FTD_WITH_CUDA
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
+#endif
+  }
+  mo_.dtype = spec_.dtype == "bf16"   ? at::kBFloat16
+              : spec_.dtype == "fp32" ? at::kFloat
+                                      : (cuda_ ? at::kBFloat16 : at::kFloat);
+  FTD_ASSIGN_OR_RETURN(mo_.gate, GateFromName(spec_.gate));
+  mo_.activation_checkpointing = spec_.activation_checkpointing;
+  FTD_ASSIGN_OR_RETURN(policy_, ParsePrecisionPolicy(spec_.precision, mo_.dtype == at::kFloat));
+  return absl::OkStatus();
+}
+
+// Every rank must pick the same checkpoint, written by the same layout.
+absl::Status Trainer::AgreeOnResume() {
+  resume_ = options_.resume ? FindResumePoint(spec_.output) : std::nullopt;
+  Communicator& world_group = *groups_->world;
+  at::Tensor found = at::full({2}, resume_ ? static_cast<double>(resume_->step) : -1.0,
+                              at::TensorOptions().dtype(at::kDouble).device(world_group.device()));
+  found[1].mul_(-1);
+  if (absl::Status st = world_group.AllReduce({found}, ReduceKind::kMax); !st.ok()) return RankError(st);
+  at::Tensor cpu = found.to(at::kCPU);
+  const double mine = resume_ ? static_cast<double>(resume_->step) : -1.0;
+  if (cpu[0].item<double>() != mine || -cpu[1].item<double>() != mine) {
+    return RankError(absl::FailedPreconditionError(
+        absl::StrCat("ranks disagree on the checkpoint to resume from under ", spec_.output,
+                     " (is the output directory on a filesystem every rank shares?)")));
+  }
+  if (resume_ && (resume_->world_size != world() || resume_->ep_size != spec_.ep_size)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        resume->dir, " was written by ", resume->world_size, " ranks with ep_size ", resume->ep_size,
-        "; resuming needs the same layout (this run: ", world, " ranks, ep_size ", spec.ep_size, ")"));
+        resume_->dir, " was written by ", resume_->world_size, " ranks with ep_size ", resume_->ep_size,
+        "; resuming needs the same layout (this run: ", world(), " ranks, ep_size ", spec_.ep_size, ")"));
   }
-  const std::string weights_dir = resume ? resume->dir : spec.base_model;
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::LoadModel() {
+  const std::string weights_dir = resume_ ? resume_->dir : spec_.base_model;
   // Straight into shards: this rank reads the dense tensors and its own experts only.
-  FTD_ASSIGN_OR_RETURN(ModelWeights weights, LoadHfWeights(weights_dir, config, mo));
+  FTD_ASSIGN_OR_RETURN(ModelWeights weights, LoadHfWeights(weights_dir, config_, mo_));
   EnableGradients(weights);
-  FTD_ASSIGN_OR_RETURN(s.model, MoeTransformer::Create(config, mo, std::move(weights)));
-  s.dispatch = std::make_unique<ExpertParallelDispatch>(s.groups->ep.get(), config.num_experts);
+  FTD_ASSIGN_OR_RETURN(model_, MoeTransformer::Create(config_, mo_, std::move(weights)));
+  dispatch_ = std::make_unique<ExpertParallelDispatch>(groups_->ep.get(), config_.num_experts);
   // ep 1: every expert is local, so the layer keeps its own permute -> grouped GEMM path (the
   // fused CUDA kernels); ep > 1: tokens are exchanged with the ep group.
-  if (mesh.ep_size() > 1) s.model->SetTokenDispatch(s.dispatch->AsTokenDispatch());
-  for (NamedParam& p : s.model->Parameters()) (p.expert ? s.experts : s.dense).push_back(p);
-  AdamWConfig adam{spec.adam_beta1, spec.adam_beta2, spec.adam_eps, spec.weight_decay};
-  FTD_ASSIGN_OR_RETURN(s.dense_optimizer, ShardedAdamW::Create(s.dense, &world_group, policy, adam));
-  FTD_ASSIGN_OR_RETURN(s.expert_optimizer, AdamW::Create(s.experts, policy, adam));
+  if (groups_->mesh.ep_size() > 1) model_->SetTokenDispatch(dispatch_->AsTokenDispatch());
 
-  int64_t step = 0;
-  DataPosition position;
-  if (resume) {
-    std::string state_file = absl::StrCat(resume->dir, "/training_state/", RankStateFileName(rank, world));
+  TrainStepOptions o;
+  o.precision = policy_;
+  o.adam = AdamWConfig{spec_.adam_beta1, spec_.adam_beta2, spec_.adam_eps, spec_.weight_decay};
+  o.grad_clip = spec_.grad_clip;
+  o.micro_batches = spec_.global_batch / world() / spec_.micro_batch;
+  o.micro_batch = spec_.micro_batch;
+  o.seq_len = spec_.seq_len;
+  o.cuda_graphs = spec_.cuda_graphs;
+  FTD_ASSIGN_OR_RETURN(step_fn_, TrainStep::Create(model_.get(), groups_.get(), dispatch_.get(), o));
+
+  if (resume_) {
+    std::string state_file = absl::StrCat(resume_->dir, "/training_state/", RankStateFileName(rank(), world()));
     absl::Status loaded = [&]() -> absl::Status {
       FTD_ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(state_file));
-      FTD_RETURN_IF_ERROR(s.dense_optimizer->LoadState(*reader, resume->step));
-      return s.expert_optimizer->LoadState(*reader, resume->step);
+      return step_fn_->LoadState(*reader, resume_->step);
     }();
-    if (!loaded.ok()) return rank_error(loaded);
-    step = resume->step;
-    position = resume->position;
-    if (rank == 0) {
-      log << "resumed from " << resume->dir << " at step " << step << " (epoch " << position.epoch << ", sample "
-          << position.index << ")\n";
+    if (!loaded.ok()) return RankError(loaded);
+    step_ = resume_->step;
+    position_ = resume_->position;
+    if (rank() == 0) {
+      log_ << "resumed from " << resume_->dir << " at step " << step_ << " (epoch " << position_.epoch
+           << ", sample " << position_.index << ")\n";
     }
-  } else if (options.resume && rank == 0) {
-    log << "no checkpoint to resume under " << spec.output << "; starting from " << spec.base_model << "\n";
+  } else if (options_.resume && rank() == 0) {
+    log_ << "no checkpoint to resume under " << spec_.output << "; starting from " << spec_.base_model << "\n";
   }
-  std::error_code ec;
-  fs::create_directories(spec.output, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create output ", spec.output, ": ", ec.message()));
+  return absl::OkStatus();
+}
 
-  if (rank == 0) {
-    log << absl::StrFormat("model %s: %d layers, %d experts (top-%d), %.1fM parameters (%.1fM active); "
-                           "device %s, dtype %s, precision %s, gate %s; %d samples, %d steps\n",
-                           config.model_type, config.num_hidden_layers, config.num_experts,
-                           config.num_experts_per_tok, config.TotalParameters() / 1e6,
-                           config.ActiveParameters() / 1e6, s.cuda ? "cuda" : "cpu", DtypeName(mo.dtype),
-                           spec.precision, spec.gate, dataset->num_rows(), total_steps);
-    log << absl::StrFormat("parallel: %d ranks (%s), dp %d, ep %d (%d experts per rank), %d expert replicas; "
-                           "ZeRO-2 over dp; %d sequences per rank per step in micro-batches of %d\n",
-                           world, CommBackendName(s.groups->backend), world, mesh.ep_size(),
-                           mesh.experts_per_rank(), mesh.num_replicas(), per_rank, spec.micro_batch);
+void Trainer::LogLayout() {
+  const ParallelMesh& mesh = groups_->mesh;
+  if (rank() == 0) {
+    log_ << absl::StrFormat("model %s: %d layers, %d experts (top-%d), %.1fM parameters (%.1fM active); "
+                            "device %s, dtype %s, precision %s, gate %s; %d samples, %d steps\n",
+                            config_.model_type, config_.num_hidden_layers, config_.num_experts,
+                            config_.num_experts_per_tok, config_.TotalParameters() / 1e6,
+                            config_.ActiveParameters() / 1e6, cuda_ ? "cuda" : "cpu", DtypeName(mo_.dtype),
+                            PrecisionPolicyName(policy_), spec_.gate, dataset_->num_rows(), total_steps_);
+    log_ << absl::StrFormat("parallel: %d ranks (%s), dp %d, ep %d (%d experts per rank), %d expert replicas; "
+                            "ZeRO-2 over dp; %d sequences per rank per step in micro-batches of %d\n",
+                            world(), CommBackendName(groups_->backend), world(), mesh.ep_size(),
+                            mesh.experts_per_rank(), mesh.num_replicas(), spec_.global_batch / world(),
+                            spec_.micro_batch);
+    log_ << step_fn_->Describe() << "\n";
   }
-  RankMemory memory = AccountRankMemory(s.model->Parameters(), policy, s.dense_optimizer->StateBytes(),
-                                        s.dense_optimizer->slice_numel() * 4);
-  log << FormatRankMemory(memory, rank, world) << "\n";
-  log.flush();
+  // Several ranks: the ZeRO slice's state (the expert AdamW's is counted per parameter).
+  const int64_t dense_state = world() > 1 ? step_fn_->DenseOptimizerStateBytes() : -1;
+  RankMemory memory = AccountRankMemory(model_->Parameters(), policy_, dense_state, step_fn_->GradientSliceBytes());
+  log_ << FormatRankMemory(memory, rank(), world()) << "\n";
+  log_.flush();
+}
 
-  FTD_ASSIGN_OR_RETURN(std::unique_ptr<TrainingStream> stream, dataset->Stream(position, rank, world, per_step));
-  std::string last_checkpoint;
-  auto save = [&](int64_t at_step) -> absl::Status {
-    std::string dir = absl::StrCat(spec.output, "/checkpoint-", at_step);
-    DistCheckpointParts parts;
-    parts.config = &config;
-    parts.weights = &s.model->weights();
-    parts.options = &mo;
-    parts.dtype = save_dtype;
-    parts.rank_state = s.dense_optimizer->StateTensors();
-    for (auto& t : s.expert_optimizer->StateTensors()) parts.rank_state.push_back(std::move(t));
-    nlohmann::json st = {{"step", at_step},          {"epoch", position.epoch},    {"index", position.index},
-                         {"seed", spec.seed},        {"total_steps", total_steps}, {"world_size", world},
-                         {"ep_size", mesh.ep_size()}};
-    parts.finalize = [&](const std::string& tmp) -> absl::Status {
-      FTD_RETURN_IF_ERROR(WriteFileAtomically(tmp + "/training_state/trainer_state.json", st.dump(2)));
-      CopyTokenizerFiles(spec.base_model, tmp);
-      return absl::OkStatus();
-    };
-    FTD_RETURN_IF_ERROR(SaveDistributedCheckpoint(dir, mesh, world_group, std::move(parts)));
-    if (rank == 0) {
-      PruneCheckpoints(spec.output, spec.keep_last);
-      log << "checkpoint " << dir << "\n";
-      if (metrics) FTD_RETURN_IF_ERROR(metrics->WriteCheckpoint(at_step, dir));
+absl::StatusOr<Trainer::Rows> Trainer::NextStep(int64_t index) {
+  Rows out;
+  const double waited_before = stream_->stats().consumer_wait_seconds;
+  FTD_ASSIGN_OR_RETURN(std::vector<TokenSequence> rows, stream_->TakeStep());
+  out.data_wait_seconds = stream_->stats().consumer_wait_seconds - waited_before;
+  out.position = stream_->position();
+  int64_t targets_local = 0, tokens_local = 0;
+  const int64_t per_rank = spec_.global_batch / world();
+  for (int64_t m = 0; m < per_rank / spec_.micro_batch; ++m) {
+    std::vector<const TokenSequence*> seqs;
+    for (int64_t i = 0; i < spec_.micro_batch; ++i) seqs.push_back(&rows[m * spec_.micro_batch + i]);
+    MicroBatchTensors mb = CollateMicroBatch(seqs, spec_.seq_len);  // host tensors: no device sync
+    targets_local += mb.targets.ne(-100).sum().item<int64_t>();
+    tokens_local += mb.input_ids.numel();
+    out.input.micro.push_back(std::move(mb));
+  }
+  // The loss is normalised by the global number of targets, so the summed gradients equal
+  // those of one process on the whole global batch.
+  out.input.targets_total = targets_local;
+  out.tokens = tokens_local;
+  if (world() > 1) {
+    at::Tensor counts = at::tensor({static_cast<double>(targets_local), static_cast<double>(tokens_local)},
+                                   at::TensorOptions().dtype(at::kDouble).device(groups_->world->device()));
+    FTD_RETURN_IF_ERROR(groups_->world->AllReduce({counts}));
+    at::Tensor cpu = counts.to(at::kCPU);
+    out.input.targets_total = static_cast<int64_t>(cpu[0].item<double>());
+    out.tokens = static_cast<int64_t>(cpu[1].item<double>());
+  }
+  out.input.lr = schedule_->At(index);
+  return out;
+}
+
+// Eval loss over the whole validation set: rank r takes rows r, r + world, ... in micro-batches
+// (each micro-batch's rows read, tokenized and packed, as it is formed); every rank runs the
+// same number of forwards (expert parallelism exchanges tokens in each), a rank short of rows
+// runs a row without targets. Cross-entropy only (no aux loss), summed over ranks and divided
+// by the number of targets, as HF's eval loss.
+absl::StatusOr<std::pair<double, int64_t>> Trainer::Evaluate() {
+  c10::NoGradGuard no_grad;
+  static const TokenSequence kNoTargets{{0, 0}, {}, {-100, -100}, {0, 1}, {0, 0}};
+  const int64_t rows = dataset_->num_validation_rows();
+  const int64_t per_forward = world() * spec_.micro_batch;
+  const int64_t forwards = (rows + per_forward - 1) / per_forward;
+  Communicator& world_group = *groups_->world;
+  at::Tensor sums = at::zeros({2}, at::TensorOptions().dtype(at::kDouble).device(world_group.device()));
+  try {
+    for (int64_t m = 0; m < forwards; ++m) {
+      const int64_t first = (m * world() + rank()) * spec_.micro_batch;  // this micro-batch's rows follow it
+      std::vector<TokenSequence> mine;
+      if (first < rows) {
+        FTD_ASSIGN_OR_RETURN(std::unique_ptr<RowReader> reader, dataset_->ReadValidation(first, spec_.micro_batch));
+        FTD_ASSIGN_OR_RETURN(mine, reader->Take(spec_.micro_batch));
+      }
+      std::vector<const TokenSequence*> seqs;
+      for (int64_t i = 0; i < spec_.micro_batch; ++i) {
+        seqs.push_back(i < static_cast<int64_t>(mine.size()) ? &mine[i] : &kNoTargets);
+      }
+      MicroBatchTensors mb = CollateMicroBatch(seqs, spec_.seq_len);
+      Batch batch{mb.input_ids.to(mo_.device), mb.targets.to(mo_.device),
+                  mb.position_ids.defined() ? mb.position_ids.to(mo_.device) : at::Tensor(),
+                  mb.segment_ids};  // stays on the CPU: Forward builds the attention boundaries there
+      ForwardResult fr = model_->Forward(batch, /*return_logits=*/false);
+      sums[0] += fr.loss_sum.to(at::kDouble);
+      sums[1] += static_cast<double>(fr.num_targets);
     }
-    last_checkpoint = dir;
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("eval: ", ExceptionMessage(e)));
+  }
+  FTD_RETURN_IF_ERROR(world_group.AllReduce({sums}));
+  at::Tensor cpu = sums.to(at::kCPU);
+  const int64_t targets = static_cast<int64_t>(cpu[1].item<double>());
+  return std::make_pair(cpu[0].item<double>() / static_cast<double>(std::max<int64_t>(1, targets)), targets);
+}
+
+absl::Status Trainer::SaveCheckpoint(int64_t at_step) {
+  std::string dir = absl::StrCat(spec_.output, "/checkpoint-", at_step);
+  DistCheckpointParts parts;
+  parts.config = &config_;
+  parts.weights = &model_->weights();
+  parts.options = &mo_;
+  parts.dtype = DtypeFromName(config_.dtype);
+  parts.rank_state = step_fn_->StateTensors();
+  nlohmann::json st = {{"step", at_step},
+                       {"epoch", position_.epoch},
+                       {"index", position_.index},
+                       {"seed", spec_.seed},
+                       {"total_steps", total_steps_},
+                       {"world_size", world()},
+                       {"ep_size", groups_->mesh.ep_size()},
+                       {"precision", PrecisionPolicyName(policy_)}};
+  parts.finalize = [&](const std::string& tmp) -> absl::Status {
+    FTD_RETURN_IF_ERROR(WriteFileAtomically(tmp + "/training_state/trainer_state.json", st.dump(2)));
+    CopyTokenizerFiles(spec_.base_model, tmp);
     return absl::OkStatus();
   };
+  FTD_RETURN_IF_ERROR(SaveDistributedCheckpoint(dir, groups_->mesh, *groups_->world, std::move(parts)));
+  if (rank() == 0) {
+    PruneCheckpoints(spec_.output, spec_.keep_last);
+    log_ << "checkpoint " << dir << "\n";
+    if (metrics_) FTD_RETURN_IF_ERROR(metrics_->WriteCheckpoint(at_step, dir));
+  }
+  last_checkpoint_ = dir;
+  return absl::OkStatus();
+}
 
-  auto f64 = at::TensorOptions().dtype(at::kDouble).device(world_group.device());
-  const int64_t moe_layers = config.NumMoeLayers();
+StepReport Trainer::Report(const StepOutcome& outcome, int64_t step, double lr, int64_t tokens, double seconds,
+                           const at::Tensor& load_all_ranks) {
+  StepReport r;
+  r.rank = rank();
+  r.world_size = world();
+  r.step = step;
+  r.total_steps = total_steps_;
+  r.loss = outcome.loss;
+  r.grad_norm = outcome.grad_norm;
+  r.lr = lr;
+  r.tokens = tokens;
+  r.step_seconds = seconds;
+  r.forward_seconds = outcome.forward_seconds;
+  r.backward_seconds = outcome.backward_seconds;
+  r.optimizer_seconds = outcome.optimizer_seconds;
+  r.tokens_per_second = tokens / seconds;
+  r.tokens_per_second_per_gpu = r.tokens_per_second / world();
+  r.tflops_per_gpu = config_.TrainingFlopsPerToken(spec_.seq_len) * tokens / seconds / world() / 1e12;
+  r.mfu = cuda_ ? r.tflops_per_gpu / kPeakTflops : 0.0;
+  r.epoch = position_.epoch;
+  // A replayed CUDA graph allocates nothing: its memory is the pool measured at capture.
+  r.peak_memory_bytes = cuda_ ? std::max(PeakMemoryBytes(), outcome.graph_memory_bytes) : 0;
+  r.reserved_memory_bytes = cuda_ ? ReservedMemoryBytes() : 0;
+  r.expert_load_imbalance = LoadImbalance(load_all_ranks);
+  r.all_to_all_seconds = dispatch_->TakeAllToAllSeconds();
+  return r;
+}
 
-  // Eval loss over the whole validation set: rank r takes rows r, r + world, ... in micro-batches
-  // (each micro-batch's rows read, tokenized and packed, as it is formed); every rank runs the
-  // same number of forwards (expert parallelism exchanges tokens in each), a rank short of rows
-  // runs a row without targets. Cross-entropy only (no aux loss), summed over ranks and divided
-  // by the number of targets, as HF's eval loss.
-  const TokenSequence no_targets{{0, 0}, {}, {-100, -100}, {0, 1}, {0, 0}};
-  auto evaluate = [&]() -> absl::StatusOr<std::pair<double, int64_t>> {
-    c10::NoGradGuard no_grad;
-    const int64_t rows = dataset->num_validation_rows();
-    const int64_t per_forward = world * spec.micro_batch;
-    const int64_t forwards = (rows + per_forward - 1) / per_forward;
-    at::Tensor sums = at::zeros({2}, f64);  // [loss_sum, targets]
-    try {
-      for (int64_t m = 0; m < forwards; ++m) {
-        const int64_t first = (m * world + rank) * spec.micro_batch;  // this micro-batch's rows follow it
-        std::vector<TokenSequence> mine;
-        if (first < rows) {
-          FTD_ASSIGN_OR_RETURN(std::unique_ptr<RowReader> reader, dataset->ReadValidation(first, spec.micro_batch));
-          FTD_ASSIGN_OR_RETURN(mine, reader->Take(spec.micro_batch));
-        }
-        std::vector<const TokenSequence*> seqs;
-        for (int64_t i = 0; i < spec.micro_batch; ++i) {
-          seqs.push_back(i < static_cast<int64_t>(mine.size()) ? &mine[i] : &no_targets);
-        }
-        MicroBatchTensors mb = CollateMicroBatch(seqs, spec.seq_len);
-        Batch batch{mb.input_ids.to(mo.device), mb.targets.to(mo.device),
-                    mb.position_ids.defined() ? mb.position_ids.to(mo.device) : at::Tensor(),
-                    mb.segment_ids};  // stays on the CPU: Forward builds the attention boundaries there
-        ForwardResult fr = s.model->Forward(batch, /*return_logits=*/false);
-        sums[0] += fr.loss_sum.to(at::kDouble);
-        sums[1] += static_cast<double>(fr.num_targets);
-      }
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("eval: ", ExceptionMessage(e)));
-    }
-    FTD_RETURN_IF_ERROR(world_group.AllReduce({sums}));
-    at::Tensor cpu = sums.to(at::kCPU);
-    const int64_t targets = static_cast<int64_t>(cpu[1].item<double>());
-    return std::make_pair(cpu[0].item<double>() / static_cast<double>(std::max<int64_t>(1, targets)), targets);
-  };
-  PhaseTimer timer(s.cuda);
+absl::StatusOr<std::string> Trainer::Run() {
+  SigtermGuard sigterm;
+  std::error_code ec;
+  fs::create_directories(spec_.output, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create output ", spec_.output, ": ", ec.message()));
+  LogLayout();
+  FTD_ASSIGN_OR_RETURN(stream_, dataset_->Stream(position_, rank(), world(), spec_.global_batch));
+
   int64_t steps_this_run = 0;
   bool stopped_by_signal = false;
-  while (step < total_steps) {
-    auto t0 = std::chrono::steady_clock::now();
-    if (s.cuda) ResetPeakMemory();
-    // This rank's rows of the step (from the background producer; data_wait: time it was behind).
-    const double waited_before = stream->stats().consumer_wait_seconds;
-    auto rows = stream->TakeStep();
-    if (!rows.ok()) return rank_error(rows.status());
-    const double data_wait_seconds = stream->stats().consumer_wait_seconds - waited_before;
-    position = stream->position();
-    std::vector<MicroBatchTensors> micro;
-    int64_t targets_local = 0, tokens_local = 0;
-    for (int64_t m = 0; m < per_rank / spec.micro_batch; ++m) {
-      std::vector<const TokenSequence*> seqs;
-      for (int64_t i = 0; i < spec.micro_batch; ++i) seqs.push_back(&(*rows)[m * spec.micro_batch + i]);
-      MicroBatchTensors mb = CollateMicroBatch(seqs, spec.seq_len);
-      targets_local += mb.targets.ne(-100).sum().item<int64_t>();
-      tokens_local += mb.input_ids.numel();
-      micro.push_back(std::move(mb));
+  // The first step's rows are read before the loop; each later step's while the previous one
+  // runs on the device (the host reads results only in Wait).
+  absl::StatusOr<Rows> next = step_ < total_steps_ ? NextStep(step_) : Rows{};
+  auto t_prev = std::chrono::steady_clock::now();
+  while (step_ < total_steps_) {
+    if (!next.ok()) return RankError(next.status());
+    Rows rows = std::move(*next);
+    if (cuda_) ResetPeakMemory();
+    if (absl::Status st = step_fn_->Launch(rows.input); !st.ok()) {
+      return RankError(absl::Status(st.code(), absl::StrCat("step ", step_ + 1, ": ", st.message())));
     }
-    // The loss is normalised by the global number of targets, so the summed gradients equal
-    // those of one process on the whole global batch.
-    at::Tensor counts = at::tensor({static_cast<double>(targets_local), static_cast<double>(tokens_local)}, f64);
-    if (absl::Status st = world_group.AllReduce({counts}); !st.ok()) return rank_error(st);
-    at::Tensor counts_cpu = counts.to(at::kCPU);
-    const int64_t targets_total = static_cast<int64_t>(counts_cpu[0].item<double>());
-    const int64_t tokens = static_cast<int64_t>(counts_cpu[1].item<double>());
-    const double num_micro_global = static_cast<double>(spec.global_batch / spec.micro_batch);
-
-    double loss_local = 0, forward_seconds = 0, backward_seconds = 0;
-    // Tokens per expert over this rank's micro-batches, [L, E] (summed over ranks below).
-    at::Tensor expert_load = at::zeros({moe_layers, config.num_experts}, f64);
-    try {
-      for (MicroBatchTensors& mb : micro) {
-        timer.Start();
-        Batch batch{mb.input_ids.to(mo.device), mb.targets.to(mo.device),
-                    mb.position_ids.defined() ? mb.position_ids.to(mo.device) : at::Tensor(),
-                    mb.segment_ids};  // stays on the CPU: Forward builds the attention boundaries there
-        ForwardResult fr = s.model->Forward(batch, /*return_logits=*/false);
-        at::Tensor loss = fr.loss_sum / static_cast<double>(std::max<int64_t>(1, targets_total));
-        if (fr.aux_loss.defined()) loss = loss + config.router_aux_loss_coef * fr.aux_loss / num_micro_global;
-        forward_seconds += timer.Stop();
-        timer.Start();
-        loss.backward();
-        backward_seconds += timer.Stop();
-        loss_local += loss.item<double>();
-        if (static_cast<int64_t>(fr.expert_counts.size()) == moe_layers && moe_layers > 0) {
-          expert_load += at::stack(fr.expert_counts).to(f64);
-        }
-      }
-    } catch (const std::exception& e) {
-      return rank_error(absl::UnavailableError(absl::StrCat("step ", step + 1, ": ", ExceptionMessage(e))));
+    const bool last = step_ + 1 == total_steps_;
+    if (!last) next = NextStep(step_ + 1);  // overlaps the step on the device
+    auto outcome = step_fn_->Wait();
+    if (!outcome.ok()) return RankError(outcome.status());
+    // One all-reduce for the step's bookkeeping: the loss, the expert load, and whether any rank
+    // was asked to stop (SIGTERM).
+    at::Tensor load = outcome->expert_load;
+    double loss = outcome->loss;
+    bool stop_requested = g_stop_requested.load();
+    if (world() > 1) {
+      auto f64 = at::TensorOptions().dtype(at::kDouble);
+      at::Tensor summary = at::cat({at::full({1}, loss, f64), load.reshape({-1}),
+                                    at::full({1}, stop_requested ? 1.0 : 0.0, f64)})
+                               .to(groups_->world->device());
+      if (absl::Status st = groups_->world->AllReduce({summary}); !st.ok()) return RankError(st);
+      at::Tensor cpu = summary.to(at::kCPU);
+      loss = cpu[0].item<double>();
+      load = cpu.narrow(0, 1, load.numel()).reshape(load.sizes());
+      stop_requested = cpu[cpu.size(0) - 1].item<double>() > 0;
     }
-    timer.Start();
-    auto grad_norm = ReduceClipAndStep(s, spec.grad_clip, schedule.At(step));
-    if (!grad_norm.ok()) return rank_error(grad_norm.status());
-    const double optimizer_seconds = timer.Stop();
-    // One all-reduce for the step's bookkeeping: the loss, the expert load, and whether any
-    // rank was asked to stop (SIGTERM).
-    at::Tensor summary = at::cat({at::full({1}, loss_local, f64), expert_load.reshape({-1}),
-                                  at::full({1}, g_stop_requested.load() ? 1.0 : 0.0, f64)});
-    if (absl::Status st = world_group.AllReduce({summary}); !st.ok()) return rank_error(st);
-    at::Tensor summary_cpu = summary.to(at::kCPU);
-    const double lr = schedule.At(step);
-    ++step;
+    ++step_;
     ++steps_this_run;
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-    StepReport r;
-    r.rank = rank;
-    r.world_size = world;
-    r.step = step;
-    r.total_steps = total_steps;
-    r.loss = summary_cpu[0].item<double>();
-    r.grad_norm = *grad_norm;
-    r.lr = lr;
-    r.tokens = tokens;
-    r.step_seconds = seconds;
-    r.forward_seconds = forward_seconds;
-    r.backward_seconds = backward_seconds;
-    r.optimizer_seconds = optimizer_seconds;
-    r.tokens_per_second = tokens / seconds;
-    r.tokens_per_second_per_gpu = r.tokens_per_second / world;
-    r.tflops_per_gpu = config.TrainingFlopsPerToken(spec.seq_len) * tokens / seconds / world / 1e12;
-    r.mfu = s.cuda ? r.tflops_per_gpu / kPeakTflops : 0.0;
-    r.epoch = position.epoch;
-    r.peak_memory_bytes = s.cuda ? PeakMemoryBytes() : 0;
-    r.reserved_memory_bytes = s.cuda ? ReservedMemoryBytes() : 0;
-    r.expert_load_imbalance = LoadImbalance(summary_cpu.narrow(0, 1, expert_load.numel()).reshape(expert_load.sizes()));
-    r.all_to_all_seconds = s.dispatch->TakeAllToAllSeconds();
-    const bool stop_requested = summary_cpu[summary_cpu.size(0) - 1].item<double>() > 0;
-    if (rank == 0 && spec.log_every > 0 && (step % spec.log_every == 0 || step == total_steps)) {
-      log << absl::StrFormat(
-          "step %d/%d loss %.6f grad_norm %.4f lr %.3e tokens/s %.1f step_time %.3fs a2a %.3fs data_wait %.3fs\n", step,
-          total_steps, r.loss, r.grad_norm, r.lr, r.tokens_per_second, r.step_seconds, r.all_to_all_seconds,
-          data_wait_seconds);
-      log.flush();
+    position_ = rows.position;
+    const auto t_now = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(t_now - t_prev).count();
+    t_prev = t_now;
+    outcome->loss = loss;
+    StepReport r = Report(*outcome, step_, rows.input.lr, rows.tokens, seconds, load);
+    if (rank() == 0 && spec_.log_every > 0 && (step_ % spec_.log_every == 0 || last)) {
+      log_ << absl::StrFormat(
+          "step %d/%d loss %.6f grad_norm %.4f lr %.3e tokens/s %.1f step_time %.3fs a2a %.3fs data_wait %.3fs\n",
+          step_, total_steps_, r.loss, r.grad_norm, r.lr, r.tokens_per_second, r.step_seconds, r.all_to_all_seconds,
+          rows.data_wait_seconds);
+      log_.flush();
     }
-    if (metrics) {
-      if (absl::Status st = metrics->WriteStep(r); !st.ok()) return rank_error(st);
+    if (metrics_) {
+      if (absl::Status st = metrics_->WriteStep(r); !st.ok()) return RankError(st);
     }
-    if (options.on_step) options.on_step(r);
-    if (spec.eval_every > 0 && (step % spec.eval_every == 0 || step == total_steps)) {
-      auto eval = evaluate();
-      if (!eval.ok()) return rank_error(eval.status());
-      if (rank == 0) {
-        log << absl::StrFormat("eval step %d/%d loss %.6f targets %d\n", step, total_steps, eval->first, eval->second);
-        log.flush();
-        if (metrics) {
-          if (absl::Status st = metrics->WriteEval(step, eval->first, eval->second); !st.ok()) return rank_error(st);
+    if (options_.on_step) options_.on_step(r);
+    const bool eval_now = spec_.eval_every > 0 && (step_ % spec_.eval_every == 0 || last);
+    const bool periodic = spec_.checkpoint_every > 0 && step_ % spec_.checkpoint_every == 0;
+    const bool stop_after = options_.stop_after > 0 && steps_this_run >= options_.stop_after;
+    if (eval_now) {
+      auto eval = Evaluate();
+      if (!eval.ok()) return RankError(eval.status());
+      if (rank() == 0) {
+        log_ << absl::StrFormat("eval step %d/%d loss %.6f targets %d\n", step_, total_steps_, eval->first,
+                                eval->second);
+        log_.flush();
+        if (metrics_) {
+          if (absl::Status st = metrics_->WriteEval(step_, eval->first, eval->second); !st.ok()) {
+            return RankError(st);
+          }
         }
       }
     }
-    const bool last = step == total_steps;
-    const bool periodic = spec.checkpoint_every > 0 && step % spec.checkpoint_every == 0;
-    if (last || periodic) {
-      if (absl::Status st = save(step); !st.ok()) return rank_error(st);
+    if (last || periodic || ((stop_after || stop_requested) && !last)) {
+      if (absl::Status st = SaveCheckpoint(step_); !st.ok()) return RankError(st);
     }
-    const bool stop_after = options.stop_after > 0 && steps_this_run >= options.stop_after;
     if ((stop_after || stop_requested) && !last) {
-      if (!periodic) {
-        if (absl::Status st = save(step); !st.ok()) return rank_error(st);
-      }
       if (stop_requested) {
         stopped_by_signal = true;
-        if (rank == 0) log << "stopping at step " << step << " (SIGTERM); resumable from " << last_checkpoint << "\n";
-      } else if (rank == 0) {
-        log << "stopping after " << steps_this_run << " steps as asked\n";
+        if (rank() == 0) {
+          log_ << "stopping at step " << step_ << " (SIGTERM); resumable from " << last_checkpoint_ << "\n";
+        }
+      } else if (rank() == 0) {
+        log_ << "stopping after " << steps_this_run << " steps as asked\n";
       }
       break;
     }
+    // Time spent on eval and checkpoints is not the next step's.
+    if (eval_now || periodic) t_prev = std::chrono::steady_clock::now();
   }
-  if (last_checkpoint.empty()) last_checkpoint = absl::StrCat(spec.output, "/checkpoint-", step);
-  if (rank == 0) {
-    const data::ProducerStats data_stats = stream->stats();
-    log << absl::StrFormat("data: producer waited %.3f s (ahead, queue full), trainer waited %.3f s (behind) over %d rows\n",
-                           data_stats.producer_wait_seconds, data_stats.consumer_wait_seconds,
-                           data_stats.samples_delivered);
+  if (last_checkpoint_.empty()) last_checkpoint_ = absl::StrCat(spec_.output, "/checkpoint-", step_);
+  if (rank() == 0) {
+    const data::ProducerStats data_stats = stream_->stats();
+    log_ << absl::StrFormat(
+        "data: producer waited %.3f s (ahead, queue full), trainer waited %.3f s (behind) over %d rows\n",
+        data_stats.producer_wait_seconds, data_stats.consumer_wait_seconds, data_stats.samples_delivered);
   }
   if (stopped_by_signal) {
-    return rank_error(absl::CancelledError(
-        absl::StrCat("stopped by SIGTERM after step ", step, "; resume from ", last_checkpoint)));
+    return RankError(absl::CancelledError(
+        absl::StrCat("stopped by SIGTERM after step ", step_, "; resume from ", last_checkpoint_)));
   }
-  if (metrics && rank == 0 && step == total_steps) {
-    if (absl::Status st = metrics->WriteDone(step, last_checkpoint); !st.ok()) return rank_error(st);
+  if (metrics_ && rank() == 0 && step_ == total_steps_) {
+    if (absl::Status st = metrics_->WriteDone(step_, last_checkpoint_); !st.ok()) return RankError(st);
   }
-  return last_checkpoint;
+  return last_checkpoint_;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> RunTraining(const TrainSpec& spec, const TrainOptions& options, std::ostream& log) {
+  FTD_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(spec, options, log));
+  return trainer->Run();
 }
 
 }  // namespace ftd::engine

@@ -1,0 +1,532 @@
+#include "engine/train/train_step.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <map>
+#include <optional>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#ifdef FTD_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "engine/dist/expert_parallel.h"
+#include "engine/dist/process_groups.h"
+#include "engine/dist/zero_optimizer.h"
+#include "engine/model/varlen_attention.h"
+#include "engine/util/compute_stream.h"
+#include "engine/util/device_memory.h"
+
+namespace ftd::engine {
+namespace {
+
+// Index of the per-step device values (State::values).
+enum StepValue : int64_t { kLr = 0, kGradScale = 1, kAuxScale = 2, kInvTargets = 3, kNumValues = 4 };
+
+// The graph key of a micro-batch: 0 for rows without document boundaries, else the number of
+// varlen sequences rounded up to a power of two (cu_seqlens is padded to it with empty
+// sequences); -1 when there are too many documents for a graph.
+constexpr int64_t kMaxGraphSequences = 256;
+int64_t GraphKey(int64_t num_sequences, bool varlen) {
+  if (!varlen) return 0;
+  int64_t bucket = 1;
+  while (bucket < num_sequences) bucket <<= 1;
+  return bucket > kMaxGraphSequences ? -1 : bucket;
+}
+
+// Host tensor -> device, without making the host wait (pinned staging, copied on the stream).
+at::Tensor Upload(const at::Tensor& host, c10::Device device) {
+  if (!device.is_cuda()) return host;
+  return host.pin_memory().to(device, /*non_blocking=*/true);
+}
+
+void UploadInto(const at::Tensor& dst, const at::Tensor& host) {
+  if (!dst.is_cuda()) {
+    dst.copy_(host);
+    return;
+  }
+  dst.copy_(host.pin_memory(), /*non_blocking=*/true);
+}
+
+}  // namespace
+
+struct TrainStep::State {
+  MoeTransformer* model = nullptr;
+  ProcessGroups* groups = nullptr;
+  ExpertParallelDispatch* dispatch = nullptr;
+  TrainStepOptions o;
+  c10::Device device = at::kCPU;
+  bool cuda = false;
+  int world = 1;
+  bool in_backward = false;
+  int64_t moe_layers = 0, num_experts = 0;
+  // One process: one AdamW over every parameter. Several ranks: the dense parameters in a ZeRO-2
+  // ShardedAdamW over the world, the experts in an AdamW (reduced over their replicas).
+  std::unique_ptr<AdamW> adamw;
+  std::unique_ptr<ShardedAdamW> dense;
+  std::vector<NamedParam> expert_params;
+  double normaliser = 1.0;  // F: the loss backward starts from is loss_sum / F
+  int64_t global_micro = 1;
+  at::Tensor values;        // [kNumValues] fp32 on the device
+  at::Tensor loss_acc;      // [] fp32: this rank's reported loss
+  at::Tensor load_acc;      // [L, E] fp32: tokens per expert
+  at::Tensor grad_norm;     // [] fp32
+  at::Tensor results;       // [2 + L * E] fp32 on the device, and its pinned host copy
+  at::Tensor results_host;
+  std::optional<ComputeStreamScope> stream;
+  bool launched = false;
+  bool last_replayed = false;
+  int64_t graph_memory_bytes = 0;
+  bool norm_known = true;
+  // Phase boundaries of an eager step: per micro-batch its start, end of forward and end of
+  // backward (3 m, 3 m + 1, 3 m + 2), then the update's start and end (3 M, 3 M + 1).
+  std::vector<std::chrono::steady_clock::time_point> phase_clock;
+#ifdef FTD_WITH_CUDA
+  at::cuda::CUDAEvent done;
+  std::vector<at::cuda::CUDAEvent> phase_events;
+  struct Graph {
+    int64_t eager_steps = 0;
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    at::Tensor cu_seqlens;  // [key + 1] int32: this key's padded boundaries
+  };
+  std::map<int64_t, Graph> graphs;
+  std::optional<at::cuda::MempoolId_t> pool;
+#endif
+  bool graphs_enabled = false;
+  std::string graph_note;  // why graphs are off, for Describe()
+  // Graph inputs: one micro-batch of [micro_batch, seq_len], refilled in place every step.
+  at::Tensor static_ids, static_targets, static_positions;
+
+  // Forward and backward of micro-batch `m` (device tensors), the loss accumulated; `timed`:
+  // the phase boundaries are marked (device events on CUDA, the host clock on the CPU, where
+  // everything runs synchronously).
+  void MicroStep(const Batch& batch, size_t m, bool timed);
+  void Mark(size_t index, bool timed);
+  // The update after backward: the norm, the clipping factor, AdamW; one process only.
+  void UpdateAfterBackward();
+  // The same over several ranks (collectives; never captured).
+  absl::Status UpdateAfterBackwardDistributed();
+  // Everything of a step after its inputs are on the device.
+  absl::Status Body(std::vector<Batch>& batches, bool capturing);
+};
+
+void TrainStep::State::Mark(size_t index, bool timed) {
+  if (!timed) return;
+#ifdef FTD_WITH_CUDA
+  if (cuda) {
+    phase_events[index].record();
+    return;
+  }
+#endif
+  phase_clock[index] = std::chrono::steady_clock::now();
+}
+
+void TrainStep::State::MicroStep(const Batch& batch, size_t m, bool timed) {
+  const ModelConfig& config = model->config();
+  Mark(3 * m, timed);
+  ForwardResult fr = model->Forward(batch, /*return_logits=*/false);
+  // Backward starts from loss_sum / F: the fused loss scales its GEMMs by 1/F (exact, no host
+  // check); the optimizer multiplies by F / targets. The aux loss is scaled by targets / F here
+  // so that it comes out of that multiplication unscaled.
+  at::Tensor loss = fr.loss_sum * (1.0 / normaliser);
+  at::Tensor reported = fr.loss_sum.detach() * values.select(0, kInvTargets);
+  if (fr.aux_loss.defined()) {
+    const double coef = config.router_aux_loss_coef / static_cast<double>(global_micro);
+    loss = loss + fr.aux_loss * values.select(0, kAuxScale) * coef;
+    reported = reported + fr.aux_loss.detach() * coef;
+  }
+  loss_acc.add_(reported);
+  if (moe_layers > 0 && static_cast<int64_t>(fr.expert_counts.size()) == moe_layers) {
+    load_acc.add_(at::stack(fr.expert_counts).to(at::kFloat));
+  }
+  Mark(3 * m + 1, timed);
+  if (in_backward) {
+    adamw->step_scalars().copy_(values.narrow(0, kLr, 2));
+    if (adamw->update_grad_sq_sum().defined()) adamw->update_grad_sq_sum().zero_();
+    adamw->BeginStepInBackward();
+    loss.backward();
+    adamw->FinishStepInBackward();
+  } else {
+    loss.backward();
+  }
+  Mark(3 * m + 2, timed);
+}
+
+void TrainStep::State::UpdateAfterBackward() {
+  c10::NoGradGuard no_grad;
+  // The true gradient is the accumulated one times F / targets.
+  at::Tensor norm = adamw->SquaredGradNorm().sqrt() * values.select(0, kGradScale);
+  at::Tensor scale = values.select(0, kGradScale);
+  if (o.grad_clip > 0) scale = scale * (o.grad_clip / (norm + 1e-6)).clamp_max(1.0);
+  adamw->step_scalars().select(0, 0).copy_(values.select(0, kLr));
+  adamw->step_scalars().select(0, 1).copy_(scale);
+  adamw->Step();
+  adamw->ZeroGrad();
+  grad_norm.copy_(norm);
+}
+
+absl::Status TrainStep::State::UpdateAfterBackwardDistributed() {
+  c10::NoGradGuard no_grad;
+  FTD_RETURN_IF_ERROR(dense->ReduceGradients());
+  // Expert gradients: summed over the ranks that hold the same experts.
+  std::vector<at::Tensor> expert_grads;
+  for (NamedParam& p : expert_params) {
+    if (!p.tensor->grad().defined()) p.tensor->mutable_grad() = at::zeros_like(*p.tensor);
+    expert_grads.push_back(p.tensor->grad());
+  }
+  if (!expert_grads.empty() && groups->replicas->size() > 1) {
+    std::vector<at::Tensor> flat_parts;
+    for (const at::Tensor& g : expert_grads) flat_parts.push_back(g.reshape({-1}).to(at::kFloat));
+    at::Tensor flat = at::cat(flat_parts);
+    FTD_RETURN_IF_ERROR(groups->replicas->AllReduce({flat}));
+    int64_t offset = 0;
+    for (at::Tensor& g : expert_grads) {
+      g.view({-1}).copy_(flat.narrow(0, offset, g.numel()));
+      offset += g.numel();
+    }
+  }
+  at::Tensor expert_sq = adamw ? adamw->SquaredGradNorm() : at::zeros({}, values.options());
+  // Each expert's gradient lives on num_replicas ranks: count it once.
+  at::Tensor total_sq =
+      (dense->SliceSquaredNorm() + expert_sq / groups->mesh.num_replicas()).to(at::kDouble).reshape({1});
+  FTD_RETURN_IF_ERROR(groups->world->AllReduce({total_sq}));
+  at::Tensor norm = total_sq.to(at::kFloat).reshape({}).sqrt() * values.select(0, kGradScale);
+  at::Tensor scale = values.select(0, kGradScale);
+  if (o.grad_clip > 0) scale = scale * (o.grad_clip / (norm + 1e-6)).clamp_max(1.0);
+  for (const at::Tensor& scalars : {dense->step_scalars(), adamw ? adamw->step_scalars() : at::Tensor()}) {
+    if (!scalars.defined()) continue;
+    scalars.select(0, 0).copy_(values.select(0, kLr));
+    scalars.select(0, 1).copy_(scale);
+  }
+  FTD_RETURN_IF_ERROR(dense->Step());
+  if (adamw) {
+    adamw->Step();
+    adamw->ZeroGrad();
+  }
+  grad_norm.copy_(norm);
+  return absl::OkStatus();
+}
+
+absl::Status TrainStep::State::Body(std::vector<Batch>& batches, bool capturing) {
+  loss_acc.zero_();
+  load_acc.zero_();
+  const bool timed = !capturing;
+  for (size_t m = 0; m < batches.size(); ++m) MicroStep(batches[m], m, timed);
+  const size_t update = 3 * batches.size();
+  Mark(update, timed);
+  if (in_backward) {
+    const at::Tensor& sq = adamw->update_grad_sq_sum();
+    if (sq.defined()) grad_norm.copy_(sq.sqrt().reshape({}));
+  } else if (world == 1) {
+    UpdateAfterBackward();
+  } else {
+    FTD_RETURN_IF_ERROR(UpdateAfterBackwardDistributed());
+  }
+  Mark(update + 1, timed);
+  results.select(0, 0).copy_(loss_acc);
+  results.select(0, 1).copy_(grad_norm);
+  if (load_acc.numel() > 0) results.narrow(0, 2, load_acc.numel()).copy_(load_acc.reshape({-1}));
+  return absl::OkStatus();
+}
+
+TrainStep::TrainStep(std::unique_ptr<State> state) : s_(std::move(state)) {}
+TrainStep::~TrainStep() = default;
+
+absl::StatusOr<std::unique_ptr<TrainStep>> TrainStep::Create(MoeTransformer* model, ProcessGroups* groups,
+                                                             ExpertParallelDispatch* dispatch,
+                                                             const TrainStepOptions& options) {
+  auto s = std::make_unique<State>();
+  s->model = model;
+  s->groups = groups;
+  s->dispatch = dispatch;
+  s->o = options;
+  if (options.micro_batches < 1 || options.micro_batch < 1 || options.seq_len < 1) {
+    return absl::InvalidArgumentError("TrainStep: micro_batches, micro_batch and seq_len must be positive");
+  }
+  s->device = model->options().device;
+  s->cuda = s->device.is_cuda();
+  s->world = groups ? groups->world->size() : 1;
+  s->global_micro = options.micro_batches * s->world;
+  s->normaliser = static_cast<double>(s->global_micro * options.micro_batch * options.seq_len);
+  const ModelConfig& config = model->config();
+  s->moe_layers = config.NumMoeLayers();
+  s->num_experts = config.num_experts;
+  s->in_backward = options.grad_clip <= 0 && options.micro_batches == 1 && s->world == 1;
+  if (s->cuda) s->stream.emplace(s->device);  // high priority; side-stream updates yield to it
+
+  std::vector<NamedParam> all = model->Parameters(), dense;
+  for (NamedParam& p : all) (p.expert ? s->expert_params : dense).push_back(p);
+  if (s->world == 1) {
+    FTD_ASSIGN_OR_RETURN(s->adamw, AdamW::Create(all, options.precision, options.adam));
+  } else {
+    FTD_ASSIGN_OR_RETURN(s->dense, ShardedAdamW::Create(dense, groups->world.get(), options.precision, options.adam));
+    if (!s->expert_params.empty()) {
+      FTD_ASSIGN_OR_RETURN(s->adamw, AdamW::Create(s->expert_params, options.precision, options.adam));
+    }
+  }
+  if (s->in_backward) s->adamw->EnableStepInBackward();
+  // The embedding table is stepped from its lookup's token rows (no dense [V, H] gradient)
+  // wherever the optimizer serves it; at::embedding otherwise.
+  if (s->world == 1) {
+    AdamW* adamw = s->adamw.get();
+    model->SetEmbeddingLookup(
+        [adamw](const at::Tensor& table, const at::Tensor& ids) { return adamw->EmbeddingLookup(table, ids); });
+  }
+
+  auto f32 = at::TensorOptions().dtype(at::kFloat).device(s->device);
+  s->values = at::zeros({kNumValues}, f32);
+  s->loss_acc = at::zeros({}, f32);
+  s->load_acc = at::zeros({s->moe_layers, s->num_experts}, f32);
+  s->grad_norm = at::zeros({}, f32);
+  s->results = at::zeros({2 + s->moe_layers * s->num_experts}, f32);
+  s->results_host = s->cuda ? at::empty(s->results.sizes(), at::TensorOptions().dtype(at::kFloat).pinned_memory(true))
+                            : at::Tensor();
+  const size_t marks = 3 * static_cast<size_t>(options.micro_batches) + 2;
+  s->phase_clock.resize(marks);
+#ifdef FTD_WITH_CUDA
+  if (s->cuda) {
+    for (size_t i = 0; i < marks; ++i) s->phase_events.emplace_back(cudaEventDefault);  // timing on
+  }
+#endif
+  // CUDA graphs: one device, one micro-batch per step, the model's own (local) expert dispatch.
+  if (!s->cuda) {
+    s->graph_note = "CUDA graphs off (CPU)";
+  } else if (!options.cuda_graphs) {
+    s->graph_note = "CUDA graphs off (as asked)";
+  } else if (s->world > 1) {
+    s->graph_note = "CUDA graphs off (several ranks: collectives between phases)";
+  } else if (options.micro_batches > 1) {
+    s->graph_note = "CUDA graphs off (gradient accumulation)";
+  } else {
+    s->graphs_enabled = true;
+    auto i64 = at::TensorOptions().dtype(at::kLong).device(s->device);
+    s->static_ids = at::zeros({options.micro_batch, options.seq_len}, i64);
+    s->static_targets = at::full({options.micro_batch, options.seq_len}, -100, i64);
+    s->static_positions = at::zeros({options.micro_batch, options.seq_len}, i64);
+  }
+  return std::unique_ptr<TrainStep>(new TrainStep(std::move(s)));
+}
+
+bool TrainStep::optimizer_in_backward() const { return s_->in_backward; }
+
+std::string TrainStep::Describe() const {
+  std::string mode = s_->in_backward ? "optimizer in backward (no clipping, one micro-batch)"
+                                     : absl::StrFormat("optimizer after backward (global-norm clip %g)", s_->o.grad_clip);
+  return absl::StrCat("step: ", mode, ", precision ", PrecisionPolicyName(s_->o.precision), ", ",
+                      s_->graphs_enabled ? "CUDA graphs after warm-up" : s_->graph_note);
+}
+
+absl::Status TrainStep::Launch(const StepInput& input) {
+  State& s = *s_;
+  if (s.launched) return absl::FailedPreconditionError("TrainStep::Launch: the previous step was not waited for");
+  if (static_cast<int64_t>(input.micro.size()) != s.o.micro_batches) {
+    return absl::InvalidArgumentError(absl::StrCat("TrainStep: ", input.micro.size(), " micro-batches, expected ",
+                                                   s.o.micro_batches));
+  }
+  // The step's device values: lr, F / targets, targets / F, 1 / targets.
+  const double targets = static_cast<double>(std::max<int64_t>(1, input.targets_total));
+  at::Tensor host_values = at::tensor({static_cast<float>(input.lr), static_cast<float>(s.normaliser / targets),
+                                       static_cast<float>(targets / s.normaliser), static_cast<float>(1.0 / targets)},
+                                      at::TensorOptions().dtype(at::kFloat));
+  UploadInto(s.values, host_values);
+
+  // The graph this step can replay, if any.
+  int64_t key = -1;
+  std::vector<int32_t> cu;
+  int64_t max_seqlen = 0;
+  const MicroBatchTensors& first = input.micro[0];
+  const bool varlen = first.segment_ids.defined() && s.cuda && s.model->options().varlen_attention &&
+                      VarlenAttentionSupports(s.device, s.model->options().dtype, s.model->config().head_dim,
+                                              s.model->config().num_attention_heads,
+                                              s.model->config().num_key_value_heads);
+  if (s.graphs_enabled && first.input_ids.size(0) == s.o.micro_batch && first.input_ids.size(1) <= s.o.seq_len &&
+      (!first.segment_ids.defined() || varlen)) {
+    if (varlen) {
+      // Rows padded to seq_len: the padding is a segment of its own.
+      at::Tensor seg = at::full({s.o.micro_batch, s.o.seq_len}, -1, at::kLong);
+      seg.narrow(1, 0, first.segment_ids.size(1)).copy_(first.segment_ids);
+      cu = CuSeqlensFromSegmentIds(seg.const_data_ptr<int64_t>(), s.o.micro_batch, s.o.seq_len, &max_seqlen);
+    }
+    key = GraphKey(static_cast<int64_t>(cu.size()) - 1, varlen);
+  }
+
+  std::vector<Batch> batches;
+  bool replay = false, first_replay_done = false;
+#ifdef FTD_WITH_CUDA
+  State::Graph* graph = nullptr;
+  if (key >= 0) {
+    graph = &s.graphs[key];
+    // Inputs into the static buffers, padded to [micro_batch, seq_len].
+    const int64_t S = first.input_ids.size(1);
+    at::Tensor ids = at::zeros({s.o.micro_batch, s.o.seq_len}, at::kLong);
+    at::Tensor tgt = at::full({s.o.micro_batch, s.o.seq_len}, -100, at::kLong);
+    at::Tensor pos = at::arange(s.o.seq_len, at::kLong).repeat({s.o.micro_batch, 1});
+    ids.narrow(1, 0, S).copy_(first.input_ids);
+    tgt.narrow(1, 0, S).copy_(first.targets);
+    if (first.position_ids.defined()) pos.narrow(1, 0, S).copy_(first.position_ids);
+    UploadInto(s.static_ids, ids);
+    UploadInto(s.static_targets, tgt);
+    UploadInto(s.static_positions, pos);
+    Batch b{s.static_ids, s.static_targets, first.position_ids.defined() ? s.static_positions : at::Tensor(), {}};
+    if (varlen) {
+      // cu_seqlens padded with empty sequences to the key, the longest sequence bounded by seq_len.
+      std::vector<int32_t> padded = cu;
+      padded.resize(static_cast<size_t>(key) + 1, cu.back());
+      at::Tensor host_cu = at::tensor(at::ArrayRef<int32_t>(padded), at::TensorOptions().dtype(at::kInt));
+      if (!graph->cu_seqlens.defined()) graph->cu_seqlens = at::empty({key + 1}, host_cu.options().device(s.device));
+      UploadInto(graph->cu_seqlens, host_cu);
+      b.varlen.cu_seqlens = graph->cu_seqlens;
+      b.varlen.max_seqlen = s.o.seq_len;
+      b.varlen.num_sequences = key;
+      b.varlen.total_tokens = s.o.micro_batch * s.o.seq_len;
+    }
+    b.num_targets = first.targets.ne(-100).sum().item<int64_t>();  // a host (CPU) tensor
+    b.loss_grad_scale = 1.0 / s.normaliser;
+    b.loss_grad_exact = true;
+    batches.push_back(std::move(b));
+    replay = graph->graph != nullptr;
+    if (!replay && graph->eager_steps >= s.o.warmup_before_capture) {
+      // Capture the whole step on the compute stream (nothing runs while recording), then replay.
+      auto g = std::make_unique<at::cuda::CUDAGraph>();
+      absl::Status body;
+      try {
+        // Thread-local mode: other threads (the data producer, NCCL's watchdog) keep running.
+        g->capture_begin(s.pool.value_or(at::cuda::MempoolId_t{0, 0}), cudaStreamCaptureModeThreadLocal);
+        body = s.Body(batches, /*capturing=*/true);
+        g->capture_end();
+      } catch (const std::exception& e) {
+        return absl::InternalError(absl::StrCat("capturing the training step as a CUDA graph failed: ",
+                                                ExceptionMessage(e), " (set cuda_graphs off to run eagerly)"));
+      }
+      FTD_RETURN_IF_ERROR(body);
+      if (!s.pool) s.pool = g->pool();
+      graph->graph = std::move(g);
+      replay = true;
+      // What the graphs hold from now on: run the new one, return the cached blocks nothing holds,
+      // and measure.
+      graph->graph->replay();
+      DeviceSynchronize();
+      ReleaseCachedMemory();
+      s.graph_memory_bytes = std::max({s.graph_memory_bytes, PeakMemoryBytes(), ReservedMemoryBytes()});
+      first_replay_done = true;
+    }
+  }
+#endif
+  if (batches.empty()) {
+    for (const MicroBatchTensors& mb : input.micro) {
+      Batch b{Upload(mb.input_ids, s.device), Upload(mb.targets, s.device),
+              mb.position_ids.defined() ? Upload(mb.position_ids, s.device) : at::Tensor(), mb.segment_ids};
+      if (varlen && mb.segment_ids.defined()) {
+        // Boundaries from the host ids; cu_seqlens copied without a host wait.
+        const at::Tensor seg = mb.segment_ids.to(at::kLong).contiguous();
+        std::vector<int32_t> c = CuSeqlensFromSegmentIds(seg.const_data_ptr<int64_t>(), seg.size(0), seg.size(1),
+                                                         &b.varlen.max_seqlen);
+        b.varlen.num_sequences = static_cast<int64_t>(c.size()) - 1;
+        b.varlen.total_tokens = seg.numel();
+        b.varlen.cu_seqlens =
+            Upload(at::tensor(at::ArrayRef<int32_t>(c), at::TensorOptions().dtype(at::kInt)), s.device);
+      }
+      b.num_targets = mb.targets.ne(-100).sum().item<int64_t>();  // a host (CPU) tensor
+      b.loss_grad_scale = 1.0 / s.normaliser;
+      b.loss_grad_exact = true;
+      batches.push_back(std::move(b));
+    }
+  }
+  s.last_replayed = false;
+  try {
+#ifdef FTD_WITH_CUDA
+    if (replay) {
+      if (!first_replay_done) graph->graph->replay();
+      s.last_replayed = true;
+    } else
+#endif
+    {
+      FTD_RETURN_IF_ERROR(s.Body(batches, /*capturing=*/false));
+#ifdef FTD_WITH_CUDA
+      if (graph) ++graph->eager_steps;
+#endif
+    }
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(ExceptionMessage(e));
+  }
+#ifdef FTD_WITH_CUDA
+  if (s.cuda) {
+    s.results_host.copy_(s.results, /*non_blocking=*/true);
+    s.done.record();
+  }
+#endif
+  s.launched = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepOutcome> TrainStep::Wait() {
+  State& s = *s_;
+  if (!s.launched) return absl::FailedPreconditionError("TrainStep::Wait without a launched step");
+  s.launched = false;
+  StepOutcome out;
+  at::Tensor r;
+  // Seconds between phase marks i and j of the last eager step.
+  std::function<double(size_t, size_t)> between = [&](size_t i, size_t j) {
+    return std::chrono::duration<double>(s.phase_clock[j] - s.phase_clock[i]).count();
+  };
+#ifdef FTD_WITH_CUDA
+  if (s.cuda) {
+    s.done.synchronize();
+    r = s.results_host;
+    between = [&](size_t i, size_t j) { return s.phase_events[i].elapsed_time(s.phase_events[j]) / 1e3; };
+  }
+#endif
+  if (!s.last_replayed) {
+    const size_t micro = static_cast<size_t>(s.o.micro_batches);
+    for (size_t m = 0; m < micro; ++m) {
+      out.forward_seconds += between(3 * m, 3 * m + 1);
+      out.backward_seconds += between(3 * m + 1, 3 * m + 2);
+    }
+    out.optimizer_seconds = between(3 * micro, 3 * micro + 1);
+  }
+  if (!r.defined()) r = s.results.to(at::kCPU);
+  const float* v = r.const_data_ptr<float>();
+  out.loss = v[0];
+  const bool norm_known = !s.in_backward || s.adamw->policy() == PrecisionPolicy::kCompact;
+  out.grad_norm = norm_known ? v[1] : std::nan("");
+  out.expert_load = r.narrow(0, 2, s.moe_layers * s.num_experts)
+                        .reshape({s.moe_layers, s.num_experts})
+                        .to(at::kDouble)
+                        .clone();
+  out.replayed = s.last_replayed;
+  out.graph_memory_bytes = s.last_replayed ? s.graph_memory_bytes : 0;
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> TrainStep::StateTensors() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  if (s_->dense) out = s_->dense->StateTensors();
+  if (s_->adamw) {
+    for (auto& t : s_->adamw->StateTensors()) out.push_back(std::move(t));
+  }
+  return out;
+}
+
+absl::Status TrainStep::LoadState(const SafetensorsReader& reader, int64_t steps) {
+  if (s_->dense) FTD_RETURN_IF_ERROR(s_->dense->LoadState(reader, steps));
+  if (s_->adamw) FTD_RETURN_IF_ERROR(s_->adamw->LoadState(reader, steps));
+  return absl::OkStatus();
+}
+
+int64_t TrainStep::OptimizerStateBytes() const {
+  return (s_->dense ? s_->dense->StateBytes() : 0) + (s_->adamw ? s_->adamw->StateBytes() : 0);
+}
+
+int64_t TrainStep::DenseOptimizerStateBytes() const { return s_->dense ? s_->dense->StateBytes() : 0; }
+
+int64_t TrainStep::GradientSliceBytes() const { return s_->dense ? s_->dense->slice_numel() * 4 : 0; }
+
+}  // namespace ftd::engine
