@@ -95,9 +95,11 @@ void DescribeJob(std::ostream& out, const FineTuneJob& job) {
                                           s.parallelism().zero_stage(),
                                           s.parallelism().activation_checkpointing() ? ", act. ckpt" : "")});
   const auto& hp = s.hyperparameters();
-  t.AddRow({"Training:", absl::StrFormat("max_steps %d, global batch %d, micro %d, seq %d, lr %g (%s, warmup %d)",
+  t.AddRow({"Training:", absl::StrFormat("max_steps %d, global batch %d, micro %d, seq %d, lr %g (%s, warmup %d), "
+                                         "clip %g, precision %s",
                                          hp.max_steps(), hp.global_batch(), hp.micro_batch(), hp.seq_len(),
-                                         hp.lr(), hp.schedule(), hp.warmup_steps())});
+                                         hp.lr(), hp.schedule(), hp.warmup_steps(), hp.grad_clip(),
+                                         s.precision().empty() ? "auto" : s.precision())});
   const auto& p = st.progress();
   if (p.step() > 0 || p.total_steps() > 0) {
     t.AddRow({"Progress:", absl::StrCat("step ", p.step(), "/", p.total_steps(),

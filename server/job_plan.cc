@@ -1,5 +1,7 @@
 #include "server/job_plan.h"
 
+#include "common/precision_policy.h"
+
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -66,8 +68,14 @@ int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec
   const double pd = double(size.dense_parameters), pe = double(size.expert_parameters) / ep;
   const double s_w = zero >= 3 ? world : 1, s_g = zero >= 2 ? world : 1, s_o = zero >= 1 ? world : 1;
   const double weights = 2 * (pd / s_w + pe);
-  const double grads = 2 * (pd / s_g + pe);
-  const double optimizer = 12 * (pd / s_o + pe);
+  // The optimizer steps inside backward without clipping, accumulation or other ranks: then no
+  // gradient outlives its update (engine/train/train_step.h); otherwise all of them are held.
+  const auto& hp = spec.hyperparameters();
+  const bool in_backward = hp.grad_clip() <= 0 && world <= 1 && hp.global_batch() <= hp.micro_batch();
+  const double grads = in_backward ? 0 : 2 * (pd / s_g + pe);
+  // Workers run bf16 parameters on GPUs (the state of auto is compact there).
+  const PrecisionPolicy policy = ParsePrecisionPolicy(spec.precision(), /*fp32_params=*/false).value_or(PrecisionPolicy::kCompact);
+  const double optimizer = OptimizerStateBytesPerParameter(policy, 2) * (pd / s_o + pe);
   const double tokens = double(spec.hyperparameters().micro_batch()) * spec.hyperparameters().seq_len();
   const double h = double(size.hidden_size), layers = double(size.num_layers);
   const double per_layer_full = 34 * h * tokens;
@@ -102,8 +110,10 @@ ftd::v1::JobPlan PlanJob(const ftd::v1::JobSpec& spec) {
   }
   plan.set_parameter_count(size->total());
   plan.set_memory_bytes_per_gpu(EstimateMemoryPerGpu(*size, spec));
-  plan.add_notes("memory_bytes_per_gpu: bf16 weights and grads, fp32 Adam state, activations; "
-                 "a lower bound (see server/job_plan.h)");
+  plan.add_notes(absl::StrCat("memory_bytes_per_gpu: bf16 weights, gradients, AdamW state under precision ",
+                              PrecisionPolicyName(ParsePrecisionPolicy(spec.precision(), false)
+                                                      .value_or(PrecisionPolicy::kCompact)),
+                              ", activations; a lower bound (see server/job_plan.h)"));
   return plan;
 }
 

@@ -6,8 +6,11 @@
 //   Experts are sharded over ep (never gathered); dense parameters over the world (ZeRO):
 //   s_w = world if zero_stage >= 3 else 1, s_g = world if >= 2, s_o = world if >= 1.
 //   weights    2·(P_d/s_w + P_e/ep)     bf16
-//   grads      2·(P_d/s_g + P_e/ep)     bf16
-//   optimizer 12·(P_d/s_o + P_e/ep)     fp32 master + Adam m, v
+//   grads      2·(P_d/s_g + P_e/ep)     bf16; 0 when the optimizer steps inside backward (one
+//                                       GPU, grad_clip 0, one micro-batch a step)
+//   optimizer  b·(P_d/s_o + P_e/ep)     b = AdamW state bytes per parameter of spec.precision
+//                                       (common/precision_policy.h): 12 fp32_master, ~4.03
+//                                       compact (the default), 4 bf16_pure
 //   activations per micro batch of T = micro_batch·seq_len tokens (Korthikanti et al. 2022,
 //     flash attention, no s² term): 34·H·T per layer; with activation checkpointing
 //     2·H·T per layer (the saved layer inputs) + 34·H·T for the layer being recomputed;

@@ -199,6 +199,8 @@ absl::Status SpecValidator::ValidateAndNormalize(ftd::v1::JobSpec* spec,
     return FieldError("spec.method", "lora is not supported yet; use full");
   }
   FTD_RETURN_IF_ERROR(CheckChoice("spec.method", spec->mutable_method(), {"full"}, notes));
+  FTD_RETURN_IF_ERROR(CheckChoice("spec.precision", spec->mutable_precision(),
+                                  {"auto", "compact", "fp32_master", "bf16_pure"}, notes));
 
   // Resources first: batch divisibility and ep_size depend on the world size.
   auto* res = spec->mutable_resources();

@@ -262,7 +262,8 @@ void WorkerAgent::StartRanks(const ftd::v1::StartRanks& start) {
   const std::string dir =
       absl::StrCat(options_.work_dir, "/jobs/", start.job_id(), "/attempt-", start.attempt());
   absl::Status st = MakeDirs(dir);
-  // The spec as the engine reads it: JobSpec field names plus device, dtype and precision.
+  // The spec as the engine reads it: JobSpec field names plus device and dtype (bf16 on GPUs,
+  // fp32 on CPU workers, where precision auto means fp32 masters).
   std::string json;
   google::protobuf::util::JsonPrintOptions jo;
   jo.preserve_proto_field_names = true;
@@ -275,8 +276,7 @@ void WorkerAgent::StartRanks(const ftd::v1::StartRanks& start) {
   if (!json.empty() && json.back() == '}') {
     json.pop_back();
     absl::StrAppend(&json, json.size() > 1 ? "," : "", "\"device\":\"", gpu ? "cuda" : "cpu",
-                    "\",\"dtype\":\"", gpu ? "bf16" : "fp32", "\"",
-                    gpu ? "" : ",\"precision\":\"fp32_master\"", "}");
+                    "\",\"dtype\":\"", gpu ? "bf16" : "fp32", "\"}");
   }
   const std::string spec_path = dir + "/spec.json";
   if (st.ok()) st = WriteFileAtomically(spec_path, json);

@@ -4,6 +4,8 @@
 
 #include <fstream>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -476,9 +478,27 @@ TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
   spec.mutable_hyperparameters()->set_micro_batch(1);
   spec.mutable_hyperparameters()->set_seq_len(4096);
   const double pd = double(size->dense_parameters), pe = double(size->expert_parameters) / 8;
-  const double expected = 2 * (pd + pe) + 2 * (pd / 8 + pe) + 12 * (pd / 8 + pe) +
-                          48 * 2 * 2048.0 * 4096 + 34 * 2048.0 * 4096 + 4 * 151936.0 * 4096;
-  EXPECT_NEAR(double(EstimateMemoryPerGpu(*size, spec)), expected, 2.0);
+  // AdamW state per parameter by precision: fp32 master and moments; compact (the default):
+  // a 16-bit low half, two 1-byte moments and 8 bytes of scales per 256.
+  for (const auto& [precision, state] : std::vector<std::pair<std::string, double>>{
+           {"fp32_master", 12.0}, {"", 4.0 + 8.0 / 256}, {"compact", 4.0 + 8.0 / 256}, {"bf16_pure", 4.0}}) {
+    spec.set_precision(precision);
+    const double expected = 2 * (pd + pe) + 2 * (pd / 8 + pe) + state * (pd / 8 + pe) +
+                            48 * 2 * 2048.0 * 4096 + 34 * 2048.0 * 4096 + 4 * 151936.0 * 4096;
+    EXPECT_NEAR(double(EstimateMemoryPerGpu(*size, spec)), expected, 2.0) << precision;
+  }
+  // One GPU, no clipping, one micro-batch a step: the optimizer steps in backward, no gradient
+  // is held.
+  spec.mutable_resources()->set_gpus_per_node(1);
+  spec.mutable_parallelism()->set_ep_size(1);
+  spec.mutable_hyperparameters()->set_global_batch(1);
+  spec.set_precision("compact");
+  const double all = pd + double(size->expert_parameters);
+  const double one_gpu = 2 * all + (4.0 + 8.0 / 256) * all + 48 * 2 * 2048.0 * 4096 + 34 * 2048.0 * 4096 +
+                         4 * 151936.0 * 4096;
+  EXPECT_NEAR(double(EstimateMemoryPerGpu(*size, spec)), one_gpu, 2.0);
+  spec.mutable_hyperparameters()->set_grad_clip(1.0);
+  EXPECT_NEAR(double(EstimateMemoryPerGpu(*size, spec)), one_gpu + 2 * all, 2.0);
   EXPECT_EQ(CountParameters("[]").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(CountParameters("{\"hidden_size\": 8}").status().message()),
               HasSubstr("num_hidden_layers"));
