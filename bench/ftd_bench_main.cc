@@ -74,6 +74,30 @@ void ProfileStep(TrainStep& step, const StepInput& input, const std::string& pat
   }
 }
 
+// Fractions of the parameters' elements that training left exactly as they were: as the
+// forward reads them (the bf16 weights) and as the optimizer holds them (fp32 masters: the
+// parameter plus its low half under compact, the separate copy under fp32_master).
+nlohmann::json UnchangedFractions(MoeTransformer& model, const TrainStep& step, const std::vector<at::Tensor>& initial) {
+  std::map<std::string, at::Tensor> state;
+  for (auto& [k, v] : step.StateTensors()) state[k] = v;
+  double total = 0, same_weights = 0, same_masters = 0;
+  std::vector<NamedParam> params = model.Parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    at::Tensor now = params[i].tensor->detach().cpu();
+    at::Tensor same = now.eq(initial[i]);
+    at::Tensor master_same = same;
+    if (auto it = state.find("master_low." + params[i].name); it != state.end()) {
+      master_same = same.logical_and(it->second.eq(0));  // the initial masters were the bf16 values
+    } else if (auto m = state.find("master." + params[i].name); m != state.end()) {
+      master_same = m->second.eq(initial[i].to(at::kFloat));
+    }
+    total += static_cast<double>(now.numel());
+    same_weights += same.sum().item<double>();
+    same_masters += master_same.sum().item<double>();
+  }
+  return {{"weights", same_weights / total}, {"masters", same_masters / total}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -105,6 +129,10 @@ int main(int argc, char** argv) {
   app.add_option("--loss-chunk", loss_chunk, "tokens per chunk of the fused linear cross-entropy")->capture_default_str();
   app.add_option("--profile", profile_out, "after the timed steps, profile one step and write a per-kernel table here");
   app.add_option("--trace", trace_out, "with --profile: also write the step's Chrome trace (kernels per stream) here");
+  bool report_unchanged = false;
+  app.add_flag("--report-unchanged", report_unchanged,
+               "report the fraction of parameters (as bf16 weights, and as the optimizer's masters) that all "
+               "warmup + steps updates left exactly unchanged");
   CLI11_PARSE(app, argc, argv);
 
   absl::StatusOr<ModelConfig> config = model_dir.empty() ? PresetConfig(preset) : LoadModelConfig(model_dir);
@@ -148,6 +176,12 @@ int main(int argc, char** argv) {
   input.targets_total = input.micro[0].targets.ne(-100).sum().item<int64_t>();
   input.lr = lr;
 
+  // The initial weights, for --report-unchanged (on the host).
+  std::vector<at::Tensor> initial;
+  if (report_unchanged) {
+    for (NamedParam& p : (*model)->Parameters()) initial.push_back(p.tensor->detach().cpu());
+  }
+
   std::vector<double> tot, fwd, bwd, losses;
   int64_t graph_memory = 0;
   bool replayed = false;
@@ -178,6 +212,8 @@ int main(int argc, char** argv) {
   std::vector<double> first(losses.begin(), losses.begin() + std::min<size_t>(5, losses.size()));
   for (double& l : first) l = std::round(l * 1e5) / 1e5;
   auto gib = [](int64_t b) { return std::round(static_cast<double>(b) / double(1ull << 30) * 100) / 100; };
+  nlohmann::json unchanged = nullptr;
+  if (report_unchanged) unchanged = UnchangedFractions(**model, **step, initial);
   nlohmann::json j = {{"impl", "ftd"},
                       {"gate", gate},
                       {"ckpt", ckpt},
@@ -201,7 +237,8 @@ int main(int argc, char** argv) {
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},
                       {"optimizer_in_timer", true},
-                      {"loss_chunk", loss_chunk}};
+                      {"loss_chunk", loss_chunk},
+                      {"unchanged", unchanged}};
   std::cout << j.dump() << std::endl;
   return 0;
 }
