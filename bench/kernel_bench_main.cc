@@ -17,6 +17,7 @@
 
 #include "engine/model/linear_cross_entropy.h"
 #include "kernels/adamw.h"
+#include "kernels/adamw_compact.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/expert_sort.h"
 #include "kernels/permute_rows.h"
@@ -296,6 +297,25 @@ void RunLibraryOps() {
                         {"pct_hbm", 100.0 * bytes / (ms * 1e-3) / kHbmBytesPerSecond}};
     std::printf("%s\n", j.dump().c_str());
   }
+  {  // Compact AdamW (kernels/adamw_compact.h) over the same 311M bf16 elements: reads p, its low
+     // half, g and the two 1-byte moments, writes all but g (14 bytes per element, as bf16 AdamW).
+    const int64_t n = V * H;
+    auto [p, low] = SplitMaster(at::randn({n}, bf.dtype(at::kFloat)) * 0.02);
+    at::Tensor g = at::randn({n}, bf);
+    CompactMoments mo = CompactMoments::Zeros(n, p.device());
+    at::Tensor step = at::zeros({}, bf.dtype(at::kFloat));
+    AdamWHyper h{1e-5, 0.9, 0.999, 0.01, 1e-8};  // decay: no block is skipped
+    h.scalars = at::tensor({1e-5f, 1.0f}).to(p.device());
+    for (int i = 0; i < 3; ++i) {  // moments filled, as after a few steps
+      step.add_(1.0);
+      CompactAdamWStepCuda(p, low, g, mo, step, h);
+    }
+    const double ms = MedianMs([&] { CompactAdamWStepCuda(p, low, g, mo, step, h); });
+    at::Tensor p2 = at::randn({n}, bf), m2 = at::zeros({n}, bf), v2 = at::zeros({n}, bf);
+    const double legacy = MedianMs([&] { AdamWStepCuda(p2, g, m2, v2, step, AdamWHyper{1e-5, 0.9, 0.999, 0.01, 1e-8}); });
+    Report("adamw_compact", "311M bf16 params (split master, 8-bit moments)", 14.0 * n + 16.0 * n / 256, ms, 0, 0,
+           legacy);
+  }
   {  // Row-sparse AdamW over the [V, H] embedding after a 4096-token step from fresh state: the
      // touched rows get the dense update, the rest are skipped after reading their gradient row.
     at::Tensor p = at::randn({V, H}, bf), m = at::zeros({V, H}, bf), v = at::zeros({V, H}, bf);
@@ -305,7 +325,7 @@ void RunLibraryOps() {
     const int64_t touched_rows = std::get<0>(at::_unique(rows)).numel();
     at::Tensor touched = at::zeros({V}, bf.dtype(at::kByte));
     at::Tensor step = at::ones({}, bf.dtype(at::kFloat));
-    const AdamWHyper h{1e-5, 0.9, 0.999, 0.01, 1e-8};
+    const AdamWHyper h{1e-5, 0.9, 0.999, 0.0, 1e-8};  // row skipping is exact only without decay
     const double ms = MedianMs([&] {
       touched.zero_();
       AdamWRowSparseStepCuda(p, g, m, v, step, touched, h);

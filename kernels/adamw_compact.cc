@@ -80,15 +80,16 @@ void EncodeCompactMoments(const at::Tensor& m, const at::Tensor& v, const Compac
   TORCH_CHECK(m.numel() == n && v.numel() == n, "EncodeCompactMoments: ", n, " elements expected");
   at::Tensor s = Blocked(v.to(at::kFloat)).sqrt();  // [B, 256]
   at::Tensor s_max = std::get<0>(s.max(1));
-  at::Tensor ratio = s / at::where(s_max.gt(0), s_max, at::ones_like(s_max)).unsqueeze(1);
-  at::Tensor code = at::round(255.0f + 16.0f * at::log2(ratio)).clamp(1, 255);
+  // As the kernel: products with the reciprocals of the block maxima.
+  at::Tensor inv_s_max = at::where(s_max.gt(0), 1.0f / s_max, at::zeros_like(s_max)).unsqueeze(1);
+  at::Tensor code = at::round(255.0f + 16.0f * at::log2(s * inv_s_max)).clamp(1, 255);
   code = at::where(s.gt(0), code, at::zeros_like(code));
-  at::Tensor s_q = DecodeS(code, s_max);
-  at::Tensor mb = Blocked(m.to(at::kFloat));
-  at::Tensor r = at::where(s_q.gt(0), mb / at::where(s_q.gt(0), s_q, at::ones_like(s_q)), at::zeros_like(mb));
-  at::Tensor r_scale = std::get<0>(r.abs().max(1)) / 127.0f;
-  at::Tensor safe = at::where(r_scale.gt(0), r_scale, at::ones_like(r_scale)).unsqueeze(1);
-  at::Tensor r_code = at::where(r_scale.gt(0).unsqueeze(1), at::round(r / safe).clamp(-127, 127), at::zeros_like(r));
+  at::Tensor inv_code = at::where(code.gt(0), at::exp2((255.0f - code) / 16.0f), at::zeros_like(code));
+  at::Tensor r = Blocked(m.to(at::kFloat)) * (inv_code * inv_s_max);  // m / sqrt(v) as stored
+  at::Tensor r_max = std::get<0>(r.abs().max(1));
+  at::Tensor inv_r_scale = at::where(r_max.gt(0), 127.0f / r_max, at::zeros_like(r_max)).unsqueeze(1);
+  at::Tensor r_code = at::round(r * inv_r_scale).clamp(-127, 127);
+  at::Tensor r_scale = r_max / 127.0f;
   out.s_codes.copy_(Unblocked(code, n).to(at::kByte));
   out.r_codes.copy_(Unblocked(r_code, n).to(at::kChar));
   out.s_max.copy_(s_max);
@@ -115,7 +116,7 @@ void CompactAdamWStepReference(const at::Tensor& param, const at::Tensor& master
   at::Tensor st = step.to(param.device(), at::kDouble);
   at::Tensor bc1 = 1.0 - at::pow(h.beta1, st), bc2 = 1.0 - at::pow(h.beta2, st);
   at::Tensor step_size = (lr.to(at::kDouble) / bc1).to(at::kFloat);
-  at::Tensor bc2_sqrt = bc2.sqrt().to(at::kFloat);
+  at::Tensor inv_bc2_sqrt = (1.0 / bc2.sqrt()).to(at::kFloat);
 
   at::Tensor w = master_low.defined() ? MasterFromSplit(param, master_low) : param.to(at::kFloat);
   w = w.reshape({-1});
@@ -125,7 +126,7 @@ void CompactAdamWStepReference(const at::Tensor& param, const at::Tensor& master
   w = w - lr * static_cast<float>(h.weight_decay) * w;
   at::Tensor m = m_old * static_cast<float>(h.beta1) + g * static_cast<float>(1 - h.beta1);
   at::Tensor v = v_old * static_cast<float>(h.beta2) + g * g * static_cast<float>(1 - h.beta2);  // as the kernel
-  w = w - step_size * m / (v.sqrt() / bc2_sqrt + static_cast<float>(h.eps));
+  w = w - step_size * m / (v.sqrt() * inv_bc2_sqrt + static_cast<float>(h.eps));
   EncodeCompactMoments(m, v, moments);
   if (master_low.defined()) {
     auto [hi, low] = SplitMaster(w);

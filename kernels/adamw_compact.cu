@@ -42,7 +42,7 @@ Hyper MakeHyper(const AdamWHyper& h) {
 }
 
 struct StepValues {
-  float lr, grad_scale, step_size, bc2_sqrt;
+  float lr, grad_scale, step_size, inv_bc2_sqrt;
 };
 
 __device__ __forceinline__ StepValues Values(const float* step, const Hyper& h) {
@@ -51,7 +51,7 @@ __device__ __forceinline__ StepValues Values(const float* step, const Hyper& h) 
   const double st = static_cast<double>(*step);
   const double bc1 = 1.0 - pow(h.beta1_d, st);
   const double bc2 = 1.0 - pow(h.beta2_d, st);
-  return {lr, grad_scale, static_cast<float>(static_cast<double>(lr) / bc1), static_cast<float>(sqrt(bc2))};
+  return {lr, grad_scale, static_cast<float>(static_cast<double>(lr) / bc1), static_cast<float>(1.0 / sqrt(bc2))};
 }
 
 __device__ __forceinline__ float WarpMax(float v) {
@@ -160,23 +160,34 @@ __device__ __forceinline__ int ValidLanes(int64_t n, int64_t o) {
   return left <= 0 ? 0 : (left >= kPerLane ? kPerLane : static_cast<int>(left));
 }
 
-__device__ __forceinline__ float DecodeS(uint8_t code, float s_max) {
-  return code == 0 ? 0.0f : exp2f((static_cast<float>(code) - 255.0f) / 16.0f) * s_max;
+
+// 2^((c - 255) / 16) for code c > 0 and its inverse (0 for c = 0): the code's value relative
+// to the block's largest sqrt(v), filled once per thread block.
+struct CodeTables {
+  float pow[256];
+  float inv[256];
+};
+
+__device__ __forceinline__ void FillCodeTables(CodeTables& t) {
+  for (int c = threadIdx.x; c < 256; c += blockDim.x) {
+    t.pow[c] = c == 0 ? 0.0f : exp2f((static_cast<float>(c) - 255.0f) / 16.0f);
+    t.inv[c] = c == 0 ? 0.0f : exp2f((255.0f - static_cast<float>(c)) / 16.0f);
+  }
+  __syncthreads();
 }
 
-// One block of 256 elements by one warp: `base` is its first element, `n` the tensor's size,
-// `grad` the lane's 8 gradient values (0 past n). Updates weights and moments in place.
+// One block of 256 elements by one warp, `grad` the lane's 8 gradient values (0 past n).
+// Updates weights and moments in place; the weights are stored before the moments' block
+// maxima are taken, so only m and sqrt(v) stay in registers across the shuffles.
 template <typename P>
 __device__ __forceinline__ void UpdateBlock(P* __restrict__ p, int16_t* __restrict__ low, const float* grad,
                                             int8_t* __restrict__ r_codes, uint8_t* __restrict__ s_codes,
                                             float* __restrict__ r_scale, float* __restrict__ s_max, int64_t block,
-                                            int64_t n, const Hyper& h, const StepValues& sv) {
+                                            int64_t n, const Hyper& h, const StepValues& sv, const CodeTables& t) {
   const int lane = threadIdx.x & 31;
   const int64_t o = block * kCompactBlock + lane * kPerLane;
   const int valid = ValidLanes(n, o);
   const float s_max_old = s_max[block], r_scale_old = r_scale[block];
-  float w[kPerLane] = {}, m[kPerLane], v[kPerLane];
-  Weights<P>::Load8(p, low, o, valid, w);
   Vec<int8_t, 8> rc{};
   Vec<uint8_t, 8> sc{};
   if (valid == kPerLane) {
@@ -188,48 +199,47 @@ __device__ __forceinline__ void UpdateBlock(P* __restrict__ p, int16_t* __restri
       sc.v[j] = s_codes[o + j];
     }
   }
-  float s_new[kPerLane];
+  float w[kPerLane] = {}, m[kPerLane], s[kPerLane];
+  Weights<P>::Load8(p, low, o, valid, w);
   float lane_s_max = 0.0f, lane_g_sq = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
-    const float s_old = DecodeS(sc.v[j], s_max_old);
+    const float s_old = t.pow[sc.v[j]] * s_max_old;
     const float m_old = static_cast<float>(rc.v[j]) * r_scale_old * s_old;
     const float g = grad[j] * sv.grad_scale;
     lane_g_sq += g * g;  // zero past n
     w[j] -= sv.lr * h.decay * w[j];
     m[j] = m_old * h.beta1 + g * h.one_minus_beta1;
-    v[j] = (s_old * s_old) * h.beta2 + g * g * h.one_minus_beta2;
-    const float s = sqrtf(v[j]);
-    w[j] -= sv.step_size * m[j] / (s / sv.bc2_sqrt + h.eps);
-    s_new[j] = j < valid ? s : 0.0f;
-    lane_s_max = fmaxf(lane_s_max, s_new[j]);
+    const float v = (s_old * s_old) * h.beta2 + g * g * h.one_minus_beta2;
+    s[j] = j < valid ? sqrtf(v) : 0.0f;
+    w[j] -= sv.step_size * m[j] / (s[j] * sv.inv_bc2_sqrt + h.eps);
+    lane_s_max = fmaxf(lane_s_max, s[j]);
   }
-  const float block_s_max = WarpMax(lane_s_max);
+  Weights<P>::Store8(p, low, o, valid, w);
   if (h.grad_sq_sum != nullptr) {
     const float block_g_sq = cuda::WarpSum(lane_g_sq);
     if (lane == 0) atomicAdd(h.grad_sq_sum, block_g_sq);
   }
-  float r[kPerLane];
+  const float block_s_max = WarpMax(lane_s_max);
+  const float inv_s_max = block_s_max > 0.0f ? 1.0f / block_s_max : 0.0f;
   float lane_r_max = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     uint8_t code = 0;
-    if (s_new[j] > 0.0f) {
-      const float c = rintf(255.0f + 16.0f * log2f(s_new[j] / block_s_max));
+    if (s[j] > 0.0f) {
+      const float c = rintf(255.0f + 16.0f * log2f(s[j] * inv_s_max));
       code = static_cast<uint8_t>(fminf(fmaxf(c, 1.0f), 255.0f));
     }
     sc.v[j] = code;
-    const float s_q = DecodeS(code, block_s_max);
-    r[j] = (s_q > 0.0f && j < valid) ? m[j] / s_q : 0.0f;
-    lane_r_max = fmaxf(lane_r_max, fabsf(r[j]));
+    m[j] *= t.inv[code] * inv_s_max;  // r = m / sqrt(v) as stored (0 where sqrt(v) is 0)
+    lane_r_max = fmaxf(lane_r_max, fabsf(m[j]));
   }
-  const float r_scale_new = WarpMax(lane_r_max) / 127.0f;
+  const float block_r_max = WarpMax(lane_r_max);
+  const float inv_r_scale = block_r_max > 0.0f ? 127.0f / block_r_max : 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
-    const float q = r_scale_new > 0.0f ? rintf(r[j] / r_scale_new) : 0.0f;
-    rc.v[j] = static_cast<int8_t>(fminf(fmaxf(q, -127.0f), 127.0f));
+    rc.v[j] = static_cast<int8_t>(fminf(fmaxf(rintf(m[j] * inv_r_scale), -127.0f), 127.0f));
   }
-  Weights<P>::Store8(p, low, o, valid, w);
   if (valid == kPerLane) {
     cuda::Store<int8_t, 8>(r_codes + o, rc);
     cuda::Store<uint8_t, 8>(s_codes + o, sc);
@@ -241,7 +251,7 @@ __device__ __forceinline__ void UpdateBlock(P* __restrict__ p, int16_t* __restri
   }
   if (lane == 0) {
     s_max[block] = block_s_max;
-    r_scale[block] = r_scale_new;
+    r_scale[block] = block_r_max / 127.0f;
   }
 }
 
@@ -253,6 +263,8 @@ __global__ void __launch_bounds__(256) CompactAdamWKernel(P* __restrict__ p, int
                                                           uint8_t* __restrict__ s_codes, float* __restrict__ r_scale,
                                                           float* __restrict__ s_max, const float* __restrict__ step,
                                                           int64_t n, Hyper h, bool skip_idle) {
+  __shared__ CodeTables tables;
+  FillCodeTables(tables);
   const StepValues sv = Values(step, h);
   const int lane = threadIdx.x & 31;
   const int64_t blocks = (n + kCompactBlock - 1) / kCompactBlock;
@@ -268,7 +280,7 @@ __global__ void __launch_bounds__(256) CompactAdamWKernel(P* __restrict__ p, int
       for (int j = 0; j < kPerLane; ++j) nonzero |= grad[j] != 0.0f;
       if (!__any_sync(kFull, nonzero)) continue;
     }
-    UpdateBlock<P>(p, low, grad, r_codes, s_codes, r_scale, s_max, b, n, h, sv);
+    UpdateBlock<P>(p, low, grad, r_codes, s_codes, r_scale, s_max, b, n, h, sv, tables);
   }
 }
 
@@ -283,6 +295,8 @@ __global__ void __launch_bounds__(1024) CompactAdamWRowsKernel(P* __restrict__ p
                                                                int32_t* __restrict__ slot_of,
                                                                const float* __restrict__ step, int64_t cols, Hyper h,
                                                                bool skip_idle) {
+  __shared__ CodeTables tables;
+  FillCodeTables(tables);
   const int64_t row = blockIdx.x;
   const int32_t slot = slot_of[row];
   const StepValues sv = Values(step, h);
@@ -294,7 +308,7 @@ __global__ void __launch_bounds__(1024) CompactAdamWRowsKernel(P* __restrict__ p
     if (skip_idle && slot < 0 && s_max[b] == 0.0f) continue;  // uniform over the warp
     float grad[kPerLane] = {};
     if (slot >= 0) LoadGrad8<G>(rows + static_cast<int64_t>(slot) * cols + i * kCompactBlock, lane * kPerLane, 8, grad);
-    UpdateBlock<P>(p, low, grad, r_codes, s_codes, r_scale, s_max, b, n, h, sv);
+    UpdateBlock<P>(p, low, grad, r_codes, s_codes, r_scale, s_max, b, n, h, sv, tables);
   }
   __syncthreads();  // every warp has read slot_of[row]
   if (threadIdx.x == 0 && slot >= 0) slot_of[row] = -1;

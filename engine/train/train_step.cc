@@ -79,19 +79,26 @@ struct TrainStep::State {
   at::Tensor loss_acc;      // [] fp32: this rank's reported loss
   at::Tensor load_acc;      // [L, E] fp32: tokens per expert
   at::Tensor grad_norm;     // [] fp32
-  at::Tensor results;       // [2 + L * E] fp32 on the device, and its pinned host copy
-  at::Tensor results_host;
+  at::Tensor results;       // [2 + L * E] fp32 on the device
   std::optional<ComputeStreamScope> stream;
-  bool launched = false;
-  bool last_replayed = false;
   int64_t graph_memory_bytes = 0;
-  bool norm_known = true;
-  // Phase boundaries of an eager step: per micro-batch its start, end of forward and end of
-  // backward (3 m, 3 m + 1, 3 m + 2), then the update's start and end (3 M, 3 M + 1).
-  std::vector<std::chrono::steady_clock::time_point> phase_clock;
+  // A launched step until Wait reads it (two may be in flight on CUDA): its results copied to
+  // pinned host memory, whether it was a replay, and its phase boundaries: per micro-batch its
+  // start, end of forward and end of backward (3 m, 3 m + 1, 3 m + 2), then the update's start
+  // and end (3 M, 3 M + 1), as device events (CUDA) or host times (CPU).
+  struct InFlight {
+    at::Tensor results_host;
+    bool replayed = false;
+    std::vector<std::chrono::steady_clock::time_point> clock;
 #ifdef FTD_WITH_CUDA
-  at::cuda::CUDAEvent done;
-  std::vector<at::cuda::CUDAEvent> phase_events;
+    at::cuda::CUDAEvent done;
+    std::vector<at::cuda::CUDAEvent> events;
+#endif
+  };
+  InFlight slots[2];
+  int first_slot = 0, in_flight = 0;
+  InFlight& current() { return slots[(first_slot + in_flight) % 2]; }  // the one being launched
+#ifdef FTD_WITH_CUDA
   struct Graph {
     int64_t eager_steps = 0;
     std::unique_ptr<at::cuda::CUDAGraph> graph;
@@ -122,11 +129,11 @@ void TrainStep::State::Mark(size_t index, bool timed) {
   if (!timed) return;
 #ifdef FTD_WITH_CUDA
   if (cuda) {
-    phase_events[index].record();
+    current().events[index].record();
     return;
   }
 #endif
-  phase_clock[index] = std::chrono::steady_clock::now();
+  current().clock[index] = std::chrono::steady_clock::now();
 }
 
 void TrainStep::State::MicroStep(const Batch& batch, size_t m, bool timed) {
@@ -287,15 +294,17 @@ absl::StatusOr<std::unique_ptr<TrainStep>> TrainStep::Create(MoeTransformer* mod
   s->load_acc = at::zeros({s->moe_layers, s->num_experts}, f32);
   s->grad_norm = at::zeros({}, f32);
   s->results = at::zeros({2 + s->moe_layers * s->num_experts}, f32);
-  s->results_host = s->cuda ? at::empty(s->results.sizes(), at::TensorOptions().dtype(at::kFloat).pinned_memory(true))
-                            : at::Tensor();
+
   const size_t marks = 3 * static_cast<size_t>(options.micro_batches) + 2;
-  s->phase_clock.resize(marks);
+  for (State::InFlight& slot : s->slots) {
+    slot.clock.resize(marks);
 #ifdef FTD_WITH_CUDA
-  if (s->cuda) {
-    for (size_t i = 0; i < marks; ++i) s->phase_events.emplace_back(cudaEventDefault);  // timing on
-  }
+    if (s->cuda) {
+      slot.results_host = at::empty(s->results.sizes(), at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
+      for (size_t i = 0; i < marks; ++i) slot.events.emplace_back(cudaEventDefault);  // timing on
+    }
 #endif
+  }
   // CUDA graphs: one device, one micro-batch per step, the model's own (local) expert dispatch.
   if (!s->cuda) {
     s->graph_note = "CUDA graphs off (CPU)";
@@ -326,7 +335,9 @@ std::string TrainStep::Describe() const {
 
 absl::Status TrainStep::Launch(const StepInput& input) {
   State& s = *s_;
-  if (s.launched) return absl::FailedPreconditionError("TrainStep::Launch: the previous step was not waited for");
+  if (s.in_flight == (s.cuda ? 2 : 1)) {
+    return absl::FailedPreconditionError("TrainStep::Launch: too many steps launched and not waited for");
+  }
   if (static_cast<int64_t>(input.micro.size()) != s.o.micro_batches) {
     return absl::InvalidArgumentError(absl::StrCat("TrainStep: ", input.micro.size(), " micro-batches, expected ",
                                                    s.o.micro_batches));
@@ -440,12 +451,13 @@ absl::Status TrainStep::Launch(const StepInput& input) {
       batches.push_back(std::move(b));
     }
   }
-  s.last_replayed = false;
+  State::InFlight& slot = s.current();
+  slot.replayed = false;
   try {
 #ifdef FTD_WITH_CUDA
     if (replay) {
       if (!first_replay_done) graph->graph->replay();
-      s.last_replayed = true;
+      slot.replayed = true;
     } else
 #endif
     {
@@ -459,32 +471,33 @@ absl::Status TrainStep::Launch(const StepInput& input) {
   }
 #ifdef FTD_WITH_CUDA
   if (s.cuda) {
-    s.results_host.copy_(s.results, /*non_blocking=*/true);
-    s.done.record();
+    slot.results_host.copy_(s.results, /*non_blocking=*/true);
+    slot.done.record();
   }
 #endif
-  s.launched = true;
+  if (!s.cuda) slot.results_host = s.results.clone();
+  ++s.in_flight;
   return absl::OkStatus();
 }
 
 absl::StatusOr<StepOutcome> TrainStep::Wait() {
   State& s = *s_;
-  if (!s.launched) return absl::FailedPreconditionError("TrainStep::Wait without a launched step");
-  s.launched = false;
+  if (s.in_flight == 0) return absl::FailedPreconditionError("TrainStep::Wait without a launched step");
+  State::InFlight& slot = s.slots[s.first_slot];
+  s.first_slot = (s.first_slot + 1) % 2;
+  --s.in_flight;
   StepOutcome out;
-  at::Tensor r;
-  // Seconds between phase marks i and j of the last eager step.
+  // Seconds between phase marks i and j of the step, if it ran eagerly.
   std::function<double(size_t, size_t)> between = [&](size_t i, size_t j) {
-    return std::chrono::duration<double>(s.phase_clock[j] - s.phase_clock[i]).count();
+    return std::chrono::duration<double>(slot.clock[j] - slot.clock[i]).count();
   };
 #ifdef FTD_WITH_CUDA
   if (s.cuda) {
-    s.done.synchronize();
-    r = s.results_host;
-    between = [&](size_t i, size_t j) { return s.phase_events[i].elapsed_time(s.phase_events[j]) / 1e3; };
+    slot.done.synchronize();
+    between = [&](size_t i, size_t j) { return slot.events[i].elapsed_time(slot.events[j]) / 1e3; };
   }
 #endif
-  if (!s.last_replayed) {
+  if (!slot.replayed) {
     const size_t micro = static_cast<size_t>(s.o.micro_batches);
     for (size_t m = 0; m < micro; ++m) {
       out.forward_seconds += between(3 * m, 3 * m + 1);
@@ -492,7 +505,7 @@ absl::StatusOr<StepOutcome> TrainStep::Wait() {
     }
     out.optimizer_seconds = between(3 * micro, 3 * micro + 1);
   }
-  if (!r.defined()) r = s.results.to(at::kCPU);
+  const at::Tensor& r = slot.results_host;
   const float* v = r.const_data_ptr<float>();
   out.loss = v[0];
   const bool norm_known = !s.in_backward || s.adamw->policy() == PrecisionPolicy::kCompact;
@@ -501,8 +514,8 @@ absl::StatusOr<StepOutcome> TrainStep::Wait() {
                         .reshape({s.moe_layers, s.num_experts})
                         .to(at::kDouble)
                         .clone();
-  out.replayed = s.last_replayed;
-  out.graph_memory_bytes = s.last_replayed ? s.graph_memory_bytes : 0;
+  out.replayed = slot.replayed;
+  out.graph_memory_bytes = slot.replayed ? s.graph_memory_bytes : 0;
   return out;
 }
 

@@ -85,9 +85,10 @@ class TrainStep {
   TrainStep& operator=(const TrainStep&) = delete;
 
   // Queues one optimizer step on the device (collectives of a multi-rank step run as they come);
-  // on the CPU it runs it.
+  // on the CPU it runs it. On CUDA a second step may be launched before the first is waited
+  // for: it queues behind it (its inputs are copied in stream order).
   absl::Status Launch(const StepInput& input);
-  // Waits for the launched step and reads its results.
+  // Waits for the oldest launched step and reads its results.
   absl::StatusOr<StepOutcome> Wait();
 
   // "optimizer in backward" or "optimizer after backward (clip 1.0)", and whether CUDA graphs

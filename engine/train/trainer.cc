@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <deque>
 #include <filesystem>
 #include <optional>
 #include <sstream>
@@ -409,7 +410,8 @@ StepReport Trainer::Report(const StepOutcome& outcome, int64_t step, double lr, 
   r.tflops_per_gpu = config_.TrainingFlopsPerToken(spec_.seq_len) * tokens / seconds / world() / 1e12;
   r.mfu = cuda_ ? r.tflops_per_gpu / kPeakTflops : 0.0;
   r.epoch = position_.epoch;
-  // A replayed CUDA graph allocates nothing: its memory is the pool measured at capture.
+  // The run's peak so far; a replayed CUDA graph allocates nothing: its memory is the pool
+  // measured at capture.
   r.peak_memory_bytes = cuda_ ? std::max(PeakMemoryBytes(), outcome.graph_memory_bytes) : 0;
   r.reserved_memory_bytes = cuda_ ? ReservedMemoryBytes() : 0;
   r.expert_load_imbalance = LoadImbalance(load_all_ranks);
@@ -427,21 +429,50 @@ absl::StatusOr<std::string> Trainer::Run() {
 
   int64_t steps_this_run = 0;
   bool stopped_by_signal = false;
-  // The first step's rows are read before the loop; each later step's while the previous one
-  // runs on the device (the host reads results only in Wait).
-  absl::StatusOr<Rows> next = step_ < total_steps_ ? NextStep(step_) : Rows{};
-  auto t_prev = std::chrono::steady_clock::now();
-  while (step_ < total_steps_) {
-    if (!next.ok()) return RankError(next.status());
-    Rows rows = std::move(*next);
-    if (cuda_) ResetPeakMemory();
-    if (absl::Status st = step_fn_->Launch(rows.input); !st.ok()) {
-      return RankError(absl::Status(st.code(), absl::StrCat("step ", step_ + 1, ": ", st.message())));
+  // Steps launched and not yet read, oldest first. On one GPU the next step is launched before
+  // the current one's results are read whenever nothing has to happen between them (no eval,
+  // checkpoint or stop), so the device never waits for the host's per-step bookkeeping; with
+  // several ranks such decisions are collective, so there the next step's rows are only read
+  // while the current step runs.
+  std::deque<Rows> in_flight;
+  std::optional<absl::StatusOr<Rows>> prefetched;
+  auto launch_next = [&]() -> absl::Status {
+    const int64_t index = step_ + static_cast<int64_t>(in_flight.size());
+    absl::StatusOr<Rows> rows = prefetched ? std::move(*prefetched) : NextStep(index);
+    prefetched.reset();
+    if (!rows.ok()) return rows.status();
+    if (absl::Status st = step_fn_->Launch(rows->input); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("step ", index + 1, ": ", st.message()));
     }
-    const bool last = step_ + 1 == total_steps_;
-    if (!last) next = NextStep(step_ + 1);  // overlaps the step on the device
+    in_flight.push_back(std::move(*rows));
+    return absl::OkStatus();
+  };
+  // Whether something happens after step `done` (1-based) of this run's `run_steps`.
+  auto boundary = [&](int64_t done, int64_t run_steps) {
+    return done >= total_steps_ || (spec_.eval_every > 0 && done % spec_.eval_every == 0) ||
+           (spec_.checkpoint_every > 0 && done % spec_.checkpoint_every == 0) ||
+           (options_.stop_after > 0 && run_steps >= options_.stop_after) || g_stop_requested.load();
+  };
+  if (cuda_) ResetPeakMemory();  // the reported peak is the run's so far
+  // A step's time runs from the previous step's results to its own (from the start for the first).
+  auto t_prev = std::chrono::steady_clock::now();
+  if (step_ < total_steps_) {
+    if (absl::Status st = launch_next(); !st.ok()) return RankError(st);
+  }
+  bool stopping = false;
+  while (!in_flight.empty()) {
+    if (world() == 1 && cuda_) {  // (on the CPU a step runs inside Launch: nothing to overlap)
+      if (!stopping && in_flight.size() == 1 && !boundary(step_ + 1, steps_this_run + 1)) {
+        if (absl::Status st = launch_next(); !st.ok()) return RankError(st);
+      }
+    } else if (step_ + 1 < total_steps_ && !prefetched) {
+      // The rows only (every rank alike: reading them is collective), while the step runs.
+      prefetched = NextStep(step_ + 1);
+    }
     auto outcome = step_fn_->Wait();
     if (!outcome.ok()) return RankError(outcome.status());
+    Rows rows = std::move(in_flight.front());
+    in_flight.pop_front();
     // One all-reduce for the step's bookkeeping: the loss, the expert load, and whether any rank
     // was asked to stop (SIGTERM).
     at::Tensor load = outcome->expert_load;
@@ -461,6 +492,7 @@ absl::StatusOr<std::string> Trainer::Run() {
     ++step_;
     ++steps_this_run;
     position_ = rows.position;
+    const bool last = step_ == total_steps_;
     const auto t_now = std::chrono::steady_clock::now();
     const double seconds = std::chrono::duration<double>(t_now - t_prev).count();
     t_prev = t_now;
@@ -477,9 +509,11 @@ absl::StatusOr<std::string> Trainer::Run() {
       if (absl::Status st = metrics_->WriteStep(r); !st.ok()) return RankError(st);
     }
     if (options_.on_step) options_.on_step(r);
+    // A stop asked for while a step was already launched takes effect after that step.
+    stopping = stopping || (!last && (stop_requested || (options_.stop_after > 0 && steps_this_run >= options_.stop_after)));
+    if (!in_flight.empty()) continue;
     const bool eval_now = spec_.eval_every > 0 && (step_ % spec_.eval_every == 0 || last);
     const bool periodic = spec_.checkpoint_every > 0 && step_ % spec_.checkpoint_every == 0;
-    const bool stop_after = options_.stop_after > 0 && steps_this_run >= options_.stop_after;
     if (eval_now) {
       auto eval = Evaluate();
       if (!eval.ok()) return RankError(eval.status());
@@ -494,11 +528,11 @@ absl::StatusOr<std::string> Trainer::Run() {
         }
       }
     }
-    if (last || periodic || ((stop_after || stop_requested) && !last)) {
+    if (last || periodic || stopping) {
       if (absl::Status st = SaveCheckpoint(step_); !st.ok()) return RankError(st);
     }
-    if ((stop_after || stop_requested) && !last) {
-      if (stop_requested) {
+    if (stopping) {
+      if (stop_requested || g_stop_requested.load()) {
         stopped_by_signal = true;
         if (rank() == 0) {
           log_ << "stopping at step " << step_ << " (SIGTERM); resumable from " << last_checkpoint_ << "\n";
@@ -508,8 +542,10 @@ absl::StatusOr<std::string> Trainer::Run() {
       }
       break;
     }
+    if (last) break;
     // Time spent on eval and checkpoints is not the next step's.
     if (eval_now || periodic) t_prev = std::chrono::steady_clock::now();
+    if (absl::Status st = launch_next(); !st.ok()) return RankError(st);
   }
   if (last_checkpoint_.empty()) last_checkpoint_ = absl::StrCat(spec_.output, "/checkpoint-", step_);
   if (rank() == 0) {
