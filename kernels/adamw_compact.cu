@@ -59,99 +59,121 @@ __device__ __forceinline__ float WarpMax(float v) {
   return v;
 }
 
-// The weights of one lane's 8 elements as fp32 masters, and back.
-template <typename P>
-struct Weights;
+// One lane's 8 elements of one block as loaded: the weights (a bf16 parameter and its low half,
+// or fp32), the gradient, the moment codes and the block's scales. Kept raw so that the next
+// block's loads can be in flight while this one is computed.
+template <typename P, typename G>
+struct LaneData {
+  uint4 w0, w1;     // bf16: the parameter (w0) and its low half (w1); fp32: elements 0-3, 4-7
+  uint4 g0, g1;     // bf16: g0; fp32: g0, g1
+  uint2 rc, sc;     // 8 one-byte codes each
+  float s_max, r_scale;
 
-template <>
-struct Weights<c10::BFloat16> {  // bf16 parameter + int16 low half = exact fp32 master
-  static __device__ __forceinline__ void Load8(const c10::BFloat16* p, const int16_t* low, int64_t o, int valid,
-                                               float* w) {
-    if (valid == kPerLane) {
-      const Vec<uint16_t, 8> hi = cuda::Load<uint16_t, 8>(reinterpret_cast<const uint16_t*>(p) + o);
-      const Vec<int16_t, 8> lo = cuda::Load<int16_t, 8>(low + o);
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) w[j] = Join(hi.v[j], lo.v[j]);
-      return;
-    }
-    for (int j = 0; j < valid; ++j) w[j] = Join(reinterpret_cast<const uint16_t*>(p)[o + j], low[o + j]);
-  }
-  static __device__ __forceinline__ void Store8(c10::BFloat16* p, int16_t* low, int64_t o, int valid, const float* w) {
-    Vec<uint16_t, 8> hi;
-    Vec<int16_t, 8> lo;
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) Split(w[j], &hi.v[j], &lo.v[j]);
-    if (valid == kPerLane) {
-      cuda::Store<uint16_t, 8>(reinterpret_cast<uint16_t*>(p) + o, hi);
-      cuda::Store<int16_t, 8>(low + o, lo);
-      return;
-    }
-    for (int j = 0; j < valid; ++j) {
-      reinterpret_cast<uint16_t*>(p)[o + j] = hi.v[j];
-      low[o + j] = lo.v[j];
-    }
-  }
-  static __device__ __forceinline__ float Join(uint16_t hi, int16_t lo) {
-    return __uint_as_float((static_cast<uint32_t>(hi) << 16) + static_cast<uint32_t>(static_cast<int32_t>(lo)));
-  }
-  // Rounded half away from zero in magnitude, so that the remainder fits in int16.
-  static __device__ __forceinline__ void Split(float w, uint16_t* hi, int16_t* lo) {
-    const uint32_t bits = __float_as_uint(w);
-    const uint32_t h = (bits + 0x8000u) >> 16;
-    *hi = static_cast<uint16_t>(h);
-    *lo = static_cast<int16_t>(static_cast<int32_t>(bits - (h << 16)));
-  }
-};
-
-template <>
-struct Weights<float> {  // an fp32 parameter is its own master
-  static __device__ __forceinline__ void Load8(const float* p, const int16_t*, int64_t o, int valid, float* w) {
-    if (valid == kPerLane) {
-      const Vec<float, 4> a = Load<float, 4>(p + o), b = Load<float, 4>(p + o + 4);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        w[j] = a.v[j];
-        w[j + 4] = b.v[j];
-      }
-      return;
-    }
-    for (int j = 0; j < valid; ++j) w[j] = p[o + j];
-  }
-  static __device__ __forceinline__ void Store8(float* p, int16_t*, int64_t o, int valid, const float* w) {
-    if (valid == kPerLane) {
-      Vec<float, 4> a, b;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        a.v[j] = w[j];
-        b.v[j] = w[j + 4];
-      }
-      cuda::Store<float, 4>(p + o, a);
-      cuda::Store<float, 4>(p + o + 4, b);
-      return;
-    }
-    for (int j = 0; j < valid; ++j) p[o + j] = w[j];
-  }
-};
-
-template <typename G>
-__device__ __forceinline__ void LoadGrad8(const G* g, int64_t o, int valid, float* out) {
-  if (valid == kPerLane) {
-    if constexpr (sizeof(G) == 2) {
-      const Vec<G, 8> v = Load<G, 8>(g + o);
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) out[j] = ToFloat(v.v[j]);
+  // The lane's elements at o; the gradient at g (this lane's 8), or zero when g is null.
+  __device__ __forceinline__ void LoadFull(const P* p, const int16_t* low, const G* g, const int8_t* r_codes,
+                                           const uint8_t* s_codes, const float* s_maxes, const float* r_scales,
+                                           int64_t block, int64_t o) {
+    if constexpr (sizeof(P) == 2) {
+      w0 = *reinterpret_cast<const uint4*>(p + o);
+      w1 = *reinterpret_cast<const uint4*>(low + o);
     } else {
-      const Vec<G, 4> a = Load<G, 4>(g + o), b = Load<G, 4>(g + o + 4);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        out[j] = ToFloat(a.v[j]);
-        out[j + 4] = ToFloat(b.v[j]);
-      }
+      w0 = *reinterpret_cast<const uint4*>(p + o);
+      w1 = *reinterpret_cast<const uint4*>(p + o + 4);
     }
-    return;
+    if (g != nullptr) {
+      g0 = *reinterpret_cast<const uint4*>(g);
+      if constexpr (sizeof(G) == 4) g1 = *reinterpret_cast<const uint4*>(g + 4);
+    } else {
+      g0 = g1 = make_uint4(0, 0, 0, 0);
+    }
+    rc = *reinterpret_cast<const uint2*>(r_codes + o);
+    sc = *reinterpret_cast<const uint2*>(s_codes + o);
+    s_max = s_maxes[block];
+    r_scale = r_scales[block];
   }
+
+  // The first `valid` elements at o (the rest zero), element by element.
+  __device__ __forceinline__ void LoadPartial(const P* p, const int16_t* low, const G* g, const int8_t* r_codes,
+                                              const uint8_t* s_codes, const float* s_maxes, const float* r_scales,
+                                              int64_t block, int64_t o, int valid) {
+    w0 = w1 = g0 = g1 = make_uint4(0, 0, 0, 0);
+    rc = sc = make_uint2(0, 0);
 #pragma unroll
-  for (int j = 0; j < kPerLane; ++j) out[j] = j < valid ? ToFloat(g[o + j]) : 0.0f;
+    for (int j = 0; j < kPerLane; ++j) {
+      if (j >= valid) continue;
+      if constexpr (sizeof(P) == 2) {
+        reinterpret_cast<uint16_t*>(&w0)[j] = reinterpret_cast<const uint16_t*>(p)[o + j];
+        reinterpret_cast<int16_t*>(&w1)[j] = low[o + j];
+      } else {
+        reinterpret_cast<float*>(j < 4 ? &w0 : &w1)[j & 3] = p[o + j];
+      }
+      if constexpr (sizeof(G) == 2) {
+        reinterpret_cast<G*>(&g0)[j] = g[o + j];
+      } else {
+        reinterpret_cast<G*>(j < 4 ? &g0 : &g1)[j & 3] = g[o + j];
+      }
+      reinterpret_cast<int8_t*>(&rc)[j] = r_codes[o + j];
+      reinterpret_cast<uint8_t*>(&sc)[j] = s_codes[o + j];
+    }
+    s_max = s_maxes[block];
+    r_scale = r_scales[block];
+  }
+
+  __device__ __forceinline__ float Grad(int j) const {
+    if constexpr (sizeof(G) == 2) return ToFloat(reinterpret_cast<const G*>(&g0)[j]);
+    return reinterpret_cast<const float*>(j < 4 ? &g0 : &g1)[j & 3];
+  }
+  __device__ __forceinline__ float Weight(int j) const {
+    if constexpr (sizeof(P) == 2) {
+      const uint16_t hi = reinterpret_cast<const uint16_t*>(&w0)[j];
+      const int16_t lo = reinterpret_cast<const int16_t*>(&w1)[j];
+      return __uint_as_float((static_cast<uint32_t>(hi) << 16) + static_cast<uint32_t>(static_cast<int32_t>(lo)));
+    }
+    return reinterpret_cast<const float*>(j < 4 ? &w0 : &w1)[j & 3];
+  }
+  __device__ __forceinline__ bool GradIsZero() const {
+    bool zero = true;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) zero &= Grad(j) == 0.0f;
+    return zero;
+  }
+};
+
+// Writes 8 fp32 masters back: bf16 parameter + int16 low half (the parameter rounded half away
+// from zero in magnitude, so that the remainder fits in int16), or fp32; the first `valid` only.
+template <typename P>
+__device__ __forceinline__ void StoreWeights(P* p, int16_t* low, int64_t o, int valid, const float* w) {
+  if constexpr (sizeof(P) == 2) {
+    uint4 hi4, lo4;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const uint32_t bits = __float_as_uint(w[j]);
+      const uint32_t h = (bits + 0x8000u) >> 16;
+      reinterpret_cast<uint16_t*>(&hi4)[j] = static_cast<uint16_t>(h);
+      reinterpret_cast<int16_t*>(&lo4)[j] = static_cast<int16_t>(static_cast<int32_t>(bits - (h << 16)));
+    }
+    if (valid == kPerLane) {
+      *reinterpret_cast<uint4*>(p + o) = hi4;
+      *reinterpret_cast<uint4*>(low + o) = lo4;
+      return;
+    }
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      if (j >= valid) continue;
+      reinterpret_cast<uint16_t*>(p)[o + j] = reinterpret_cast<const uint16_t*>(&hi4)[j];
+      low[o + j] = reinterpret_cast<const int16_t*>(&lo4)[j];
+    }
+  } else {
+    if (valid == kPerLane) {
+      *reinterpret_cast<float4*>(p + o) = make_float4(w[0], w[1], w[2], w[3]);
+      *reinterpret_cast<float4*>(p + o + 4) = make_float4(w[4], w[5], w[6], w[7]);
+      return;
+    }
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      if (j < valid) p[o + j] = w[j];
+    }
+  }
 }
 
 // Elements of the lane's 8 at `o` that lie inside the tensor of n.
@@ -159,7 +181,6 @@ __device__ __forceinline__ int ValidLanes(int64_t n, int64_t o) {
   const int64_t left = n - o;
   return left <= 0 ? 0 : (left >= kPerLane ? kPerLane : static_cast<int>(left));
 }
-
 
 // 2^((c - 255) / 16) for code c > 0 and its inverse (0 for c = 0): the code's value relative
 // to the block's largest sqrt(v), filled once per thread block.
@@ -176,38 +197,26 @@ __device__ __forceinline__ void FillCodeTables(CodeTables& t) {
   __syncthreads();
 }
 
-// One block of 256 elements by one warp, `grad` the lane's 8 gradient values (0 past n).
-// Updates weights and moments in place; the weights are stored before the moments' block
-// maxima are taken, so only m and sqrt(v) stay in registers across the shuffles.
-template <typename P>
-__device__ __forceinline__ void UpdateBlock(P* __restrict__ p, int16_t* __restrict__ low, const float* grad,
-                                            int8_t* __restrict__ r_codes, uint8_t* __restrict__ s_codes,
-                                            float* __restrict__ r_scale, float* __restrict__ s_max, int64_t block,
-                                            int64_t n, const Hyper& h, const StepValues& sv, const CodeTables& t) {
+// One block of 256 elements by one warp from the lanes' loaded data: the update, then the new
+// moments encoded against their block maxima. The weights are stored before the maxima are
+// taken, so only m and sqrt(v) stay in registers across the shuffles. Returns this lane's sum of
+// squares of the scaled gradient.
+template <typename P, typename G>
+__device__ __forceinline__ float UpdateBlock(const LaneData<P, G>& d, P* __restrict__ p, int16_t* __restrict__ low,
+                                             int8_t* __restrict__ r_codes, uint8_t* __restrict__ s_codes,
+                                             float* __restrict__ r_scale, float* __restrict__ s_max, int64_t block,
+                                             int valid, const Hyper& h, const StepValues& sv, const CodeTables& t) {
   const int lane = threadIdx.x & 31;
   const int64_t o = block * kCompactBlock + lane * kPerLane;
-  const int valid = ValidLanes(n, o);
-  const float s_max_old = s_max[block], r_scale_old = r_scale[block];
-  Vec<int8_t, 8> rc{};
-  Vec<uint8_t, 8> sc{};
-  if (valid == kPerLane) {
-    rc = Load<int8_t, 8>(r_codes + o);
-    sc = Load<uint8_t, 8>(s_codes + o);
-  } else {
-    for (int j = 0; j < valid; ++j) {
-      rc.v[j] = r_codes[o + j];
-      sc.v[j] = s_codes[o + j];
-    }
-  }
-  float w[kPerLane] = {}, m[kPerLane], s[kPerLane];
-  Weights<P>::Load8(p, low, o, valid, w);
+  float w[kPerLane], m[kPerLane], s[kPerLane];
   float lane_s_max = 0.0f, lane_g_sq = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
-    const float s_old = t.pow[sc.v[j]] * s_max_old;
-    const float m_old = static_cast<float>(rc.v[j]) * r_scale_old * s_old;
-    const float g = grad[j] * sv.grad_scale;
+    const float s_old = t.pow[reinterpret_cast<const uint8_t*>(&d.sc)[j]] * d.s_max;
+    const float m_old = static_cast<float>(reinterpret_cast<const int8_t*>(&d.rc)[j]) * d.r_scale * s_old;
+    const float g = d.Grad(j) * sv.grad_scale;
     lane_g_sq += g * g;  // zero past n
+    w[j] = d.Weight(j);
     w[j] -= sv.lr * h.decay * w[j];
     m[j] = m_old * h.beta1 + g * h.one_minus_beta1;
     const float v = (s_old * s_old) * h.beta2 + g * g * h.one_minus_beta2;
@@ -215,13 +224,10 @@ __device__ __forceinline__ void UpdateBlock(P* __restrict__ p, int16_t* __restri
     w[j] -= sv.step_size * m[j] / (s[j] * sv.inv_bc2_sqrt + h.eps);
     lane_s_max = fmaxf(lane_s_max, s[j]);
   }
-  Weights<P>::Store8(p, low, o, valid, w);
-  if (h.grad_sq_sum != nullptr) {
-    const float block_g_sq = cuda::WarpSum(lane_g_sq);
-    if (lane == 0) atomicAdd(h.grad_sq_sum, block_g_sq);
-  }
+  StoreWeights<P>(p, low, o, valid, w);
   const float block_s_max = WarpMax(lane_s_max);
   const float inv_s_max = block_s_max > 0.0f ? 1.0f / block_s_max : 0.0f;
+  uint2 sc, rc;
   float lane_r_max = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
@@ -230,7 +236,7 @@ __device__ __forceinline__ void UpdateBlock(P* __restrict__ p, int16_t* __restri
       const float c = rintf(255.0f + 16.0f * log2f(s[j] * inv_s_max));
       code = static_cast<uint8_t>(fminf(fmaxf(c, 1.0f), 255.0f));
     }
-    sc.v[j] = code;
+    reinterpret_cast<uint8_t*>(&sc)[j] = code;
     m[j] *= t.inv[code] * inv_s_max;  // r = m / sqrt(v) as stored (0 where sqrt(v) is 0)
     lane_r_max = fmaxf(lane_r_max, fabsf(m[j]));
   }
@@ -238,27 +244,39 @@ __device__ __forceinline__ void UpdateBlock(P* __restrict__ p, int16_t* __restri
   const float inv_r_scale = block_r_max > 0.0f ? 127.0f / block_r_max : 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
-    rc.v[j] = static_cast<int8_t>(fminf(fmaxf(rintf(m[j] * inv_r_scale), -127.0f), 127.0f));
+    reinterpret_cast<int8_t*>(&rc)[j] = static_cast<int8_t>(fminf(fmaxf(rintf(m[j] * inv_r_scale), -127.0f), 127.0f));
   }
   if (valid == kPerLane) {
-    cuda::Store<int8_t, 8>(r_codes + o, rc);
-    cuda::Store<uint8_t, 8>(s_codes + o, sc);
+    *reinterpret_cast<uint2*>(r_codes + o) = rc;
+    *reinterpret_cast<uint2*>(s_codes + o) = sc;
   } else {
-    for (int j = 0; j < valid; ++j) {
-      r_codes[o + j] = rc.v[j];
-      s_codes[o + j] = sc.v[j];
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      if (j >= valid) continue;
+      r_codes[o + j] = reinterpret_cast<const int8_t*>(&rc)[j];
+      s_codes[o + j] = reinterpret_cast<const uint8_t*>(&sc)[j];
     }
   }
   if (lane == 0) {
     s_max[block] = block_s_max;
     r_scale[block] = block_r_max / 127.0f;
   }
+  return lane_g_sq;
 }
 
-// Grid-stride over blocks, one warp each. With skip_idle (no weight decay), a block whose
-// moments are zero and whose gradient is zero is exactly unchanged: it is left unwritten.
+// Adds a warp's sum of squares to the accumulator (one atomic per warp).
+__device__ __forceinline__ void AddGradSquares(float lane_g_sq, float* grad_sq_sum) {
+  if (grad_sq_sum == nullptr) return;
+  const float warp_sum = cuda::WarpSum(lane_g_sq);
+  if ((threadIdx.x & 31) == 0 && warp_sum != 0.0f) atomicAdd(grad_sq_sum, warp_sum);
+}
+
+// Grid-stride over the full blocks, one warp each, the next block's loads issued before this one
+// is computed; the short last block (if any) by the warp after the last full one. With skip_idle
+// (no weight decay), a block whose moments are zero and whose gradient is zero is exactly
+// unchanged: it is left unwritten.
 template <typename P, typename G>
-__global__ void __launch_bounds__(256) CompactAdamWKernel(P* __restrict__ p, int16_t* __restrict__ low,
+__global__ void __launch_bounds__(256, sizeof(P) == 2 ? 3 : 2) CompactAdamWKernel(P* __restrict__ p, int16_t* __restrict__ low,
                                                           const G* __restrict__ g, int8_t* __restrict__ r_codes,
                                                           uint8_t* __restrict__ s_codes, float* __restrict__ r_scale,
                                                           float* __restrict__ s_max, const float* __restrict__ step,
@@ -267,27 +285,36 @@ __global__ void __launch_bounds__(256) CompactAdamWKernel(P* __restrict__ p, int
   FillCodeTables(tables);
   const StepValues sv = Values(step, h);
   const int lane = threadIdx.x & 31;
-  const int64_t blocks = (n + kCompactBlock - 1) / kCompactBlock;
+  const int64_t full = n / kCompactBlock;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
-  for (int64_t b = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; b < blocks; b += warps) {
-    const int64_t o = b * kCompactBlock + lane * kPerLane;
-    const int valid = ValidLanes(n, o);
-    float grad[kPerLane];
-    LoadGrad8<G>(g, o, valid, grad);
-    if (skip_idle && s_max[b] == 0.0f) {
-      bool nonzero = false;
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) nonzero |= grad[j] != 0.0f;
-      if (!__any_sync(kFull, nonzero)) continue;
-    }
-    UpdateBlock<P>(p, low, grad, r_codes, s_codes, r_scale, s_max, b, n, h, sv, tables);
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  float g_sq = 0.0f;
+  LaneData<P, G> next;
+  int64_t b = first;
+  auto offset = [&](int64_t block) { return block * kCompactBlock + lane * kPerLane; };
+  if (b < full) next.LoadFull(p, low, g + offset(b), r_codes, s_codes, s_max, r_scale, b, offset(b));
+  while (b < full) {
+    const LaneData<P, G> cur = next;
+    const int64_t cb = b;
+    b += warps;
+    if (b < full) next.LoadFull(p, low, g + offset(b), r_codes, s_codes, s_max, r_scale, b, offset(b));
+    if (skip_idle && cur.s_max == 0.0f && !__any_sync(kFull, !cur.GradIsZero())) continue;
+    g_sq += UpdateBlock<P, G>(cur, p, low, r_codes, s_codes, r_scale, s_max, cb, kPerLane, h, sv, tables);
   }
+  if (full * kCompactBlock < n && first == full % warps) {  // the short last block
+    const int64_t o = full * kCompactBlock + lane * kPerLane;
+    const int valid = ValidLanes(n, o);
+    LaneData<P, G> d;
+    d.LoadPartial(p, low, g, r_codes, s_codes, s_max, r_scale, full, o, valid);
+    g_sq += UpdateBlock<P, G>(d, p, low, r_codes, s_codes, r_scale, s_max, full, valid, h, sv, tables);
+  }
+  AddGradSquares(g_sq, h.grad_sq_sum);
 }
 
 // One thread block per table row; its warps take the row's blocks of 256. The gradient of row
 // `row` is rows[slot_of[row]] when the token was in the batch, else zero.
 template <typename P, typename G>
-__global__ void __launch_bounds__(1024) CompactAdamWRowsKernel(P* __restrict__ p, int16_t* __restrict__ low,
+__global__ void __launch_bounds__(256) CompactAdamWRowsKernel(P* __restrict__ p, int16_t* __restrict__ low,
                                                                int8_t* __restrict__ r_codes,
                                                                uint8_t* __restrict__ s_codes,
                                                                float* __restrict__ r_scale, float* __restrict__ s_max,
@@ -301,15 +328,19 @@ __global__ void __launch_bounds__(1024) CompactAdamWRowsKernel(P* __restrict__ p
   const int32_t slot = slot_of[row];
   const StepValues sv = Values(step, h);
   const int lane = threadIdx.x & 31;
-  const int64_t n = static_cast<int64_t>(gridDim.x) * cols;
   const int64_t row_blocks = cols / kCompactBlock;
+  float g_sq = 0.0f;
   for (int64_t i = threadIdx.x >> 5; i < row_blocks; i += blockDim.x >> 5) {
     const int64_t b = row * row_blocks + i;
     if (skip_idle && slot < 0 && s_max[b] == 0.0f) continue;  // uniform over the warp
-    float grad[kPerLane] = {};
-    if (slot >= 0) LoadGrad8<G>(rows + static_cast<int64_t>(slot) * cols + i * kCompactBlock, lane * kPerLane, 8, grad);
-    UpdateBlock<P>(p, low, grad, r_codes, s_codes, r_scale, s_max, b, n, h, sv, tables);
+    const int64_t o = b * kCompactBlock + lane * kPerLane;
+    // The weights and moments at the table's offsets; the gradient from the token's row.
+    const G* grad = slot >= 0 ? rows + static_cast<int64_t>(slot) * cols + i * kCompactBlock + lane * kPerLane : nullptr;
+    LaneData<P, G> d;
+    d.LoadFull(p, low, grad, r_codes, s_codes, s_max, r_scale, b, o);
+    g_sq += UpdateBlock<P, G>(d, p, low, r_codes, s_codes, r_scale, s_max, b, kPerLane, h, sv, tables);
   }
+  AddGradSquares(g_sq, h.grad_sq_sum);
   __syncthreads();  // every warp has read slot_of[row]
   if (threadIdx.x == 0 && slot >= 0) slot_of[row] = -1;
 }
@@ -333,7 +364,10 @@ void CompactAdamWStepCuda(const at::Tensor& param, const at::Tensor& master_low,
   }
   const Hyper hyper = MakeHyper(h);
   const int64_t blocks = CompactBlocks(n);
-  const int64_t ctas = std::min<int64_t>(cuda::CeilDiv(blocks, 8), int64_t{cuda::NumSms()} * 8);
+  // One wave of resident thread blocks (3 an SM for bf16 weights, 2 for fp32: __launch_bounds__),
+  // each warp then striding over several blocks with the next one's loads in flight.
+  const int64_t per_sm = param.scalar_type() == at::kBFloat16 ? 3 : 2;
+  const int64_t ctas = std::max<int64_t>(1, std::min<int64_t>(cuda::CeilDiv(blocks, 8), int64_t{cuda::NumSms()} * per_sm));
   const bool skip_idle = h.weight_decay == 0.0;
   int16_t* low = master_low.defined() ? master_low.data_ptr<int16_t>() : nullptr;
   auto launch = [&](auto ptag, auto gtag) {
@@ -374,7 +408,7 @@ void CompactAdamWRowsStepCuda(const at::Tensor& param, const at::Tensor& master_
               "CompactAdamWRowsStepCuda: the table and its state must be 16-byte aligned");
   const c10::cuda::CUDAGuard guard(param.device());
   const Hyper hyper = MakeHyper(h);
-  const int threads = static_cast<int>(std::min<int64_t>(32, cols / kCompactBlock) * 32);
+  const int threads = static_cast<int>(std::min<int64_t>(8, cols / kCompactBlock) * 32);  // warps loop over the row
   const bool skip_idle = h.weight_decay == 0.0;
   int16_t* low = master_low.defined() ? master_low.data_ptr<int16_t>() : nullptr;
   auto launch = [&](auto ptag, auto gtag) {

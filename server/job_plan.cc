@@ -71,7 +71,8 @@ int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec
   // The optimizer steps inside backward without clipping, accumulation or other ranks: then no
   // gradient outlives its update (engine/train/train_step.h); otherwise all of them are held.
   const auto& hp = spec.hyperparameters();
-  const bool in_backward = hp.grad_clip() <= 0 && world <= 1 && hp.global_batch() <= hp.micro_batch();
+  const double clip = hp.has_grad_clip() ? hp.grad_clip() : 1.0;
+  const bool in_backward = clip <= 0 && world <= 1 && hp.global_batch() <= hp.micro_batch();
   const double grads = in_backward ? 0 : 2 * (pd / s_g + pe);
   // Workers run bf16 parameters on GPUs (the state of auto is compact there).
   const PrecisionPolicy policy = ParsePrecisionPolicy(spec.precision(), /*fp32_params=*/false).value_or(PrecisionPolicy::kCompact);

@@ -246,6 +246,10 @@ absl::Status SpecValidator::ValidateAndNormalize(ftd::v1::JobSpec* spec,
                       absl::StrCat("exceeds max_steps (", hp->max_steps(), ")"));
   }
   FTD_RETURN_IF_ERROR(CheckFinite("spec.hyperparameters.weight_decay", hp->weight_decay(), 0, 10));
+  if (!hp->has_grad_clip()) {
+    hp->set_grad_clip(1.0);
+    notes->push_back("spec.hyperparameters.grad_clip defaulted to 1.0");
+  }
   FTD_RETURN_IF_ERROR(CheckFinite("spec.hyperparameters.grad_clip", hp->grad_clip(), 0, 1e6));
   FTD_RETURN_IF_ERROR(CheckRange("spec.hyperparameters.eval_every", hp->eval_every(), 0, 1 << 30));
   if (hp->eval_every() > 0 && spec->datasets().validation().empty() && spec->datasets().validation_fraction() == 0) {

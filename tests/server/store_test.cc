@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include <google/protobuf/util/json_util.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -397,6 +398,30 @@ TEST_F(ValidatorTest, AcceptsTheValidSpecAndAppliesDefaults) {
   EXPECT_THAT(notes, ::testing::Contains(HasSubstr("spec.backends.gate defaulted to real")));
 }
 
+// grad_clip has presence: unset means HF's default 1.0, an explicit 0 turns clipping off (and
+// reaches the engine as 0); precision defaults to auto and names its field when unknown.
+TEST_F(ValidatorTest, GradClipAndPrecisionDefaults) {
+  ftd::v1::JobSpec spec = ftd::testing::ValidSpec(env_);
+  spec.mutable_hyperparameters()->clear_grad_clip();
+  std::vector<std::string> notes;
+  ASSERT_TRUE(validator_->ValidateAndNormalize(&spec, &notes).ok());
+  EXPECT_TRUE(spec.hyperparameters().has_grad_clip());
+  EXPECT_EQ(spec.hyperparameters().grad_clip(), 1.0);
+  EXPECT_EQ(spec.precision(), "auto");
+  spec = ftd::testing::ValidSpec(env_);
+  spec.mutable_hyperparameters()->set_grad_clip(0.0);
+  ASSERT_TRUE(validator_->ValidateAndNormalize(&spec, &notes).ok());
+  EXPECT_EQ(spec.hyperparameters().grad_clip(), 0.0);
+  std::string json;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(spec, &json, o).ok());
+  EXPECT_THAT(json, HasSubstr("\"grad_clip\":0"));  // what the worker hands the engine
+  spec = ftd::testing::ValidSpec(env_);
+  spec.set_precision("fp8");
+  EXPECT_THAT(Error(spec), HasSubstr("spec.precision: must be one of auto, compact, fp32_master, bf16_pure"));
+}
+
 TEST_F(ValidatorTest, NamesTheFieldOfEveryViolation) {
   auto spec = [&] { return ftd::testing::ValidSpec(env_); };
   auto s = spec();
@@ -493,6 +518,7 @@ TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
   spec.mutable_parallelism()->set_ep_size(1);
   spec.mutable_hyperparameters()->set_global_batch(1);
   spec.set_precision("compact");
+  spec.mutable_hyperparameters()->set_grad_clip(0.0);
   const double all = pd + double(size->expert_parameters);
   const double one_gpu = 2 * all + (4.0 + 8.0 / 256) * all + 48 * 2 * 2048.0 * 4096 + 34 * 2048.0 * 4096 +
                          4 * 151936.0 * 4096;
