@@ -9,7 +9,7 @@
 #   - with UNCHANGED=1, 20 steps at lr 1e-5 of HF's protocol and of each ftd precision policy,
 #     reporting the fraction of parameters the updates left unchanged;
 # then prints one table (bench/service_bench.py). Logs, JSON lines and the table go to $OUT.
-#   LAYERS="4 8" STEPS=30 UNCHANGED=1 bash bench/run_service_gpu.sh
+#   LAYERS="4 8" STEPS=11 UNCHANGED=1 bash bench/run_service_gpu.sh
 # BIN=dir uses binaries already built for sm_90a (ftd, ftd-worker, ftctl, ftd-train, ftd-bench)
 # instead of building; SKIP_TESTS=1 skips the CUDA tests (kernels_tests, engine_tests).
 set -uo pipefail
@@ -45,5 +45,5 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 [ "${SKIP_BENCH:-0}" = 1 ] && exit $status
 PYTHONUNBUFFERED=1 python3 bench/service_bench.py --bin "$BIN" --out "$OUT" --layers ${LAYERS:-4} \
-  --steps "${STEPS:-30}" --seq "${SEQ:-4096}" $([ "${UNCHANGED:-0}" = 1 ] && echo --unchanged) || status=1
+  --steps "${STEPS:-11}" --seq "${SEQ:-4096}" $([ "${UNCHANGED:-0}" = 1 ] && echo --unchanged) || status=1
 exit $status

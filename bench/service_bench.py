@@ -121,18 +121,26 @@ def run_job(coord, name, spec, out_dir):
         f.write(logs)
     losses = [float(x) for x in re.findall(r"^(?:\[rank 0\] )?step \d+/\d+ loss ([0-9.eE+-]+)", logs, re.M)]
     times = [float(x) for x in re.findall(r" step_time ([0-9.]+)s", logs)]
+    tps = [float(x) for x in re.findall(r" tokens/s ([0-9.]+) ", logs)]
     timed = {s: v for s, v in samples.items() if s > WARMUP}
     res = dict(name=name, job=job, state=state, samples=samples, losses=losses[:5], step_times=times)
-    if timed:
-        res.update(tps=statistics.median(v["tokens_per_second_per_gpu"] for v in timed.values()),
-                   tflops=statistics.median(v["model_tflops_per_gpu"] for v in timed.values()),
-                   mfu=statistics.median(v["mfu_ratio"] for v in timed.values()),
-                   peak_gib=max(v["peak_memory_bytes"] for v in samples.values()) / 2**30,
-                   step_ms=1e3 * statistics.median(times[WARMUP:]) if len(times) > WARMUP else None,
-                   sampled_steps=sorted(timed))
+    # Every timed step's line (ftctl logs) for the medians; /metrics as the coordinator exposes the
+    # latest step (sampled while the job runs: the steps it caught are listed).
+    if len(times) > WARMUP:
+        step_s = statistics.median(times[WARMUP:])
+        ratio = statistics.median(v["model_tflops_per_gpu"] / v["tokens_per_second_per_gpu"]
+                                  for v in samples.values() if v["tokens_per_second_per_gpu"])
+        res.update(step_ms=1e3 * step_s, tps=statistics.median(tps[WARMUP:]),
+                   tflops=statistics.median(tps[WARMUP:]) * ratio, mfu=statistics.median(tps[WARMUP:]) * ratio / 989)
+    if samples:
+        res.update(peak_gib=max(v["peak_memory_bytes"] for v in samples.values()) / 2**30,
+                   metrics_tps=statistics.median(v["tokens_per_second_per_gpu"] for v in (timed or samples).values()),
+                   metrics_mfu=statistics.median(v["mfu_ratio"] for v in (timed or samples).values()),
+                   sampled_steps=sorted(samples))
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(res, f)
-    log(f"  {state}: " + json.dumps({k: res.get(k) for k in ("tps", "step_ms", "tflops", "mfu", "peak_gib", "losses")}))
+    log(f"  {state}: " + json.dumps({k: res.get(k) for k in ("tps", "step_ms", "tflops", "mfu", "peak_gib", "metrics_tps",
+                                                              "sampled_steps", "losses")}))
     return res
 
 
@@ -141,7 +149,7 @@ def main():
     p.add_argument("--bin", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--layers", type=int, nargs="+", default=[4])
-    p.add_argument("--steps", type=int, default=30, help="optimizer steps of each job")
+    p.add_argument("--steps", type=int, default=11, help="optimizer steps of each job (the first 3 untimed)")
     p.add_argument("--hf-steps", type=int, default=8, help="timed steps of the HF baseline and ftd-bench")
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--unchanged", action="store_true")
@@ -204,24 +212,25 @@ def main():
 
 
 def print_table(rows):
-    print("\n| layers | path | TPS/GPU | step ms | TFLOP/s | MFU | peak GiB | TPS x HF | mem x HF | first losses |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| layers | path | TPS/GPU | step ms | TFLOP/s | MFU | peak GiB | TPS x HF | mem x HF | first losses | /metrics TPS/GPU (steps sampled) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         hf = r["hf"]
         base_tps, base_mem = hf.get("tps"), hf.get("peak_gib")
 
-        def line(path, tps, step_ms, tflops, mfu, peak, losses):
+        def line(path, tps, step_ms, tflops, mfu, peak, losses, metrics=""):
             x = f"{tps / base_tps:.3f}" if tps and base_tps else "-"
             m = f"{peak / base_mem:.3f}" if peak and base_mem else "-"
             f = lambda v, d: f"{v:,.{d}f}" if isinstance(v, (int, float)) else "-"
             print(f"| {r['layers']} | {path} | {f(tps, 0)} | {f(step_ms, 1)} | {f(tflops, 1)} | {f(mfu, 3)} | "
-                  f"{f(peak, 2)} | {x} | {m} | {', '.join(f'{l:.5f}' for l in losses or [])} |")
+                  f"{f(peak, 2)} | {x} | {m} | {', '.join(f'{l:.5f}' for l in losses or [])} | {metrics} |")
 
         line("HF v5 (bench/hf_v5_baseline.py)", base_tps, hf.get("step_ms"), hf.get("tflops"),
              (hf.get("tflops") or 0) / 989, base_mem, hf.get("losses"))
         for clip, j in r["jobs"].items():
+            sampled = f"{j['metrics_tps']:,.0f} ({', '.join(map(str, j.get('sampled_steps', [])))})" if j.get("metrics_tps") else ""
             line(f"service: ftd --local-worker + ftctl, grad_clip {clip}", j.get("tps"), j.get("step_ms"),
-                 j.get("tflops"), j.get("mfu"), j.get("peak_gib"), j.get("losses"))
+                 j.get("tflops"), j.get("mfu"), j.get("peak_gib"), j.get("losses"), sampled)
         for clip, b in r["bench"].items():
             line(f"ftd-bench, grad_clip {clip}", b.get("tps"), b.get("step_ms"), b.get("tflops"), b.get("mfu"),
                  b.get("peak_gib"), b.get("losses"))
