@@ -166,12 +166,12 @@ at::Tensor AdamW::SquaredGradNorm() {
     if (!s.held_lookups.empty()) SumHeldRows(s);
     if (s.held_rows.defined()) grads.push_back(s.held_rows);
     const at::Tensor g = s.param.tensor->grad();
-    if (g.defined()) grads.push_back(g);
+    if (g.defined() && !s.norm_taken) grads.push_back(g);  // those the backward did not take
   }
-  at::Tensor total = at::zeros({}, scalars_.options());
+  at::Tensor total = norm_in_backward_ ? norm_sum_.clone() : at::zeros({}, scalars_.options());
   if (grads.empty()) return total;
   std::vector<at::Tensor> norms = at::_foreach_norm(grads, 2, at::kFloat);
-  return at::stack(norms).square().sum();
+  return total + at::stack(norms).square().sum();
 }
 
 struct AdamW::SideStream {
@@ -445,6 +445,69 @@ absl::Status AdamW::LoadState(const SafetensorsReader& reader, int64_t steps) {
   }
   steps_ = steps;
   return absl::OkStatus();
+}
+
+class NormInBackwardHook : public torch::autograd::PostAccumulateGradHook {
+ public:
+  NormInBackwardHook(AdamW* opt, size_t slot) : opt_(opt), slot_(slot) {}
+  void operator()(const torch::autograd::Variable&) override { opt_->TakeNorm(opt_->slots_[slot_]); }
+
+ private:
+  AdamW* opt_;
+  size_t slot_;
+};
+
+void AdamW::EnableNormInBackward() {
+  if (norm_in_backward_) return;
+  TORCH_CHECK(!step_in_backward_, "AdamW: the norm in backward is for steps after backward");
+  norm_in_backward_ = true;
+  norm_sum_ = at::zeros({}, scalars_.options());
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const at::Tensor& t = *slots_[i].param.tensor;
+#ifdef FTD_WITH_CUDA
+    if (t.is_cuda() && !side_) side_ = std::make_shared<SideStream>(t.device().index(), config_.side_stream_sms);
+#endif
+    torch::autograd::impl::set_post_acc_grad_hooks(t, std::make_unique<NormInBackwardHook>(this, i));
+  }
+}
+
+void AdamW::BeginNormInBackward() {
+  norm_sum_.zero_();
+  for (Slot& s : slots_) s.norm_taken = false;
+  norm_active_ = true;
+}
+
+void AdamW::TakeNorm(Slot& s) {
+  if (!norm_active_) return;
+  c10::NoGradGuard no_grad;
+  const at::Tensor grad = s.param.tensor->grad();
+  if (!grad.defined()) return;
+  s.norm_taken = true;
+#ifdef FTD_WITH_CUDA
+  if (side_ && grad.is_cuda()) {
+    // The side stream waits for the gradient, then reads it while backward continues; the
+    // gradient stays alive in .grad() until the step after backward.
+    c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(grad.device().index());
+    at::cuda::CUDAEvent ready;
+    ready.record(compute);
+    ready.block(side_->stream);
+    c10::cuda::CUDAStreamGuard guard(side_->stream);
+    norm_sum_.add_(at::_foreach_norm({grad}, 2, at::kFloat)[0].square());
+    return;
+  }
+#endif
+  norm_sum_.add_(at::_foreach_norm({grad}, 2, at::kFloat)[0].square());
+}
+
+void AdamW::FinishNormInBackward() {
+  norm_active_ = false;
+#ifdef FTD_WITH_CUDA
+  if (side_) {
+    at::cuda::CUDAEvent done;
+    done.record(side_->stream);
+    done.block(c10::cuda::getCurrentCUDAStream(side_->stream.device_index()));
+  }
+#endif
 }
 
 }  // namespace ftd::engine

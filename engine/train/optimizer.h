@@ -95,6 +95,16 @@ class AdamW {
   }
   void FinishStepInBackward();
 
+  // The gradient norm taken during backward: each parameter's squared gradient norm is summed
+  // (on CUDA on the side stream, beside the backward kernels) as soon as the backward that
+  // completes its gradient has accumulated it, so SquaredGradNorm() after backward reads no
+  // gradient again. Between BeginNormInBackward() and FinishNormInBackward() run the step's last
+  // backward (earlier micro-batches' backwards accumulate before it). Not with the optimizer in
+  // backward (it takes the norm from the updates).
+  void EnableNormInBackward();
+  void BeginNormInBackward();
+  void FinishNormInBackward();
+
   // The lookup of `table` (one of this optimizer's parameters) at `ids` [..]: [.., H]. On CUDA
   // with a table the kernels serve (row-sparse), the dense [V, H] gradient is never formed: the
   // lookup's backward sums the token rows of its output gradient and either steps the table
@@ -134,10 +144,13 @@ class AdamW {
     std::vector<std::pair<at::Tensor, at::Tensor>> held_lookups;
     at::Tensor held_rows;
     bool decay = true;
+    bool norm_taken = false;  // its squared gradient norm is in norm_sum_ (norm in backward)
   };
   AdamW(PrecisionPolicy policy, const AdamWConfig& config) : policy_(policy), config_(config) {}
   // One parameter's update from its gradient (the in-backward path).
   void StepSlot(Slot& slot);
+  // Adds one parameter's squared gradient norm to norm_sum_ (the norm-in-backward path).
+  void TakeNorm(Slot& slot);
   // The update of one slot from `grad` (incremented step counter included).
   void UpdateSlot(Slot& slot, const at::Tensor& grad);
   // The update by kernels/adamw.h when it serves these tensors (CUDA); false otherwise.
@@ -150,6 +163,7 @@ class AdamW {
   // Sums a slot's held lookups into held_rows (setting slot_of).
   void SumHeldRows(Slot& slot);
   friend class StepInBackwardHook;
+  friend class NormInBackwardHook;
   friend struct EmbeddingLookupFunction;
 
   PrecisionPolicy policy_;
@@ -159,6 +173,8 @@ class AdamW {
   at::Tensor update_grad_sq_sum_;
   int64_t steps_ = 0;
   bool step_in_backward_ = false;
+  bool norm_in_backward_ = false, norm_active_ = false;
+  at::Tensor norm_sum_;  // [] fp32: the squared norms taken in backward
   std::optional<int32_t> saved_carveout_;  // the global GEMM carveout before BeginStepInBackward
   struct SideStream;
   std::shared_ptr<SideStream> side_;  // CUDA side stream and events (null on CPU)

@@ -67,6 +67,7 @@ struct TrainStep::State {
   bool cuda = false;
   int world = 1;
   bool in_backward = false;
+  bool norm_in_backward = false;  // one process, optimizer after backward: the norm taken in backward
   int64_t moe_layers = 0, num_experts = 0;
   // One process: one AdamW over every parameter. Several ranks: the dense parameters in a ZeRO-2
   // ShardedAdamW over the world, the experts in an AdamW (reduced over their replicas).
@@ -161,6 +162,11 @@ void TrainStep::State::MicroStep(const Batch& batch, size_t m, bool timed) {
     adamw->BeginStepInBackward();
     loss.backward();
     adamw->FinishStepInBackward();
+  } else if (norm_in_backward && m + 1 == static_cast<size_t>(o.micro_batches)) {
+    // The last micro-batch completes every gradient: their norms are taken as they complete.
+    adamw->BeginNormInBackward();
+    loss.backward();
+    adamw->FinishNormInBackward();
   } else {
     loss.backward();
   }
@@ -279,7 +285,12 @@ absl::StatusOr<std::unique_ptr<TrainStep>> TrainStep::Create(MoeTransformer* mod
       FTD_ASSIGN_OR_RETURN(s->adamw, AdamW::Create(s->expert_params, options.precision, options.adam));
     }
   }
-  if (s->in_backward) s->adamw->EnableStepInBackward();
+  if (s->in_backward) {
+    s->adamw->EnableStepInBackward();
+  } else if (s->world == 1) {
+    s->norm_in_backward = true;
+    s->adamw->EnableNormInBackward();
+  }
   // The embedding table is stepped from its lookup's token rows (no dense [V, H] gradient)
   // wherever the optimizer serves it; at::embedding otherwise.
   if (s->world == 1) {
