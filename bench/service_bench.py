@@ -139,6 +139,9 @@ def run_job(coord, name, spec, out_dir):
                    sampled_steps=sorted(samples))
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(res, f)
+    # A checkpoint with its training state is ~3x the weights (18 GB at 4 layers): the GPU
+    # machine's disk holds few, so each job's output goes once it has been read.
+    subprocess.run(["rm", "-rf", spec["output"]])
     log(f"  {state}: " + json.dumps({k: res.get(k) for k in ("tps", "step_ms", "tflops", "mfu", "peak_gib", "metrics_tps",
                                                               "sampled_steps", "losses")}))
     return res
@@ -202,6 +205,7 @@ def main():
                 log(f"unchanged after 20 steps at lr 1e-5, {L} layers: {json.dumps(unchanged)}")
             rows.append(dict(layers=L, hf=hf, jobs={f"{k:g}": v for k, v in jobs.items()},
                              bench={f"{k:g}": v for k, v in bench.items()}, unchanged=unchanged))
+            subprocess.run(["rm", "-rf", init])
     finally:
         coord.stop()
         with open(os.path.join(a.out, "service.json"), "w") as f:
