@@ -788,7 +788,9 @@ int64_t Length(const Value& v) {
   switch (v.kind()) {
     case Value::Kind::kUndefined: return 0;
     case Value::Kind::kString: return ToCodePoints(v.str()).size();
-    case Value::Kind::kList: return v.list().size();
+    case Value::Kind::kList:
+      if (v.is_generator()) Fail("object of type 'generator' has no len()");
+      return v.list().size();
     case Value::Kind::kDict: return v.dict().items.size();
     default: Fail("object of type '" + v.TypeName() + "' has no len()");
   }
@@ -910,7 +912,7 @@ Value MinMax(Interpreter& in, const Value& input, Args& args, bool max) {
 
 
 Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, Args& args) {
-  if (name == "safe") return input;
+  if (name == "safe") return input.is_markup() ? input : Value::Markup(input.ToString());
   if (name == "string") return input.is_string() ? input : Value(input.ToString());
   if (name == "trim") {
     ArgReader r("trim", args, {"chars"});
@@ -942,6 +944,7 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
     return Value(out);
   }
   if (name == "first" || name == "last") {
+    if (name == "last" && input.is_generator()) Fail("'generator' object is not reversible");
     std::vector<Value> items = Iterate(input);
     if (items.empty()) return Value::Undefined("No first item, sequence was empty.");
     return name == "first" ? items.front() : items.back();
@@ -953,11 +956,11 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
     return Value::List(Iterate(input));
   }
   if (name == "items") {
-    if (input.is_undefined()) return Value::List({});
+    if (input.is_undefined()) return Value::Generator({});
     if (!input.is_dict()) Fail("Can only get item pairs from a mapping.");
     std::vector<Value> out;
     for (const auto& [key, value] : input.dict().items) out.push_back(Value::List({key, value}, true));
-    return Value::List(std::move(out));
+    return Value::Generator(std::move(out));
   }
   if (name == "dictsort") {
     ArgReader r("dictsort", args, {"case_sensitive", "by", "reverse"});
@@ -976,6 +979,7 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
   }
   if (name == "map") {
     std::vector<Value> out;
+    if (!input.Truthy()) return Value::Generator({});
     const Value* attribute = nullptr;
     for (const auto& [key, value] : args.keyword) {
       if (key == "attribute") attribute = &value;
@@ -993,7 +997,7 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
         Value v = AttributeOf(in, item, *attribute);
         out.push_back(has_default && v.is_undefined() ? fallback : v);
       }
-      return Value::List(std::move(out));
+      return Value::Generator(std::move(out));
     }
     if (args.positional.empty()) Fail("map() needs a filter name or attribute=");
     const std::string filter = RequireString(args.positional.front(), "filter name");
@@ -1004,11 +1008,12 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
       Args copy = filter_args;
       out.push_back(in.ApplyFilter(filter, item, copy));
     }
-    return Value::List(std::move(out));
+    return Value::Generator(std::move(out));
   }
-  if (name == "select" || name == "reject") return Value::List(SelectOrReject(in, input, args, name == "select", false));
-  if (name == "selectattr" || name == "rejectattr") {
-    return Value::List(SelectOrReject(in, input, args, name == "selectattr", true));
+  if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr") {
+    if (!input.Truthy()) return Value::Generator({});
+    const bool by_attribute = name.size() > 6;
+    return Value::Generator(SelectOrReject(in, input, args, name[0] == 's', by_attribute));
   }
   if (name == "replace") {
     ArgReader r("replace", args, {"old", "new", "count"});
@@ -1079,9 +1084,10 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
       std::reverse(cps.begin(), cps.end());
       return Value(FromCodePoints(cps.data(), cps.data() + cps.size()));
     }
+    const bool iterator = input.is_list() && !input.is_generator();  // reversed(list) is an iterator
     std::vector<Value> items = Iterate(input);
     std::reverse(items.begin(), items.end());
-    return Value::List(std::move(items));
+    return iterator ? Value::Generator(std::move(items)) : Value::List(std::move(items));
   }
   if (name == "sort") {
     ArgReader r("sort", args, {"reverse", "case_sensitive", "attribute"});
@@ -1114,7 +1120,7 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
         out.push_back(item);
       }
     }
-    return Value::List(std::move(out));
+    return Value::Generator(std::move(out));
   }
   if (name == "min" || name == "max") return MinMax(in, input, args, name == "max");
   if (name == "sum") {
@@ -1131,7 +1137,10 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
     return Value(Indent(input.ToString(), r.Get(0, Value(int64_t{4})), r.Get(1, Value(false)).Truthy(),
                         r.Get(2, Value(false)).Truthy()));
   }
-  if (name == "escape" || name == "e" || name == "forceescape") return Value(HtmlEscape(input.ToString()));
+  if (name == "escape" || name == "e" || name == "forceescape") {
+    if (input.is_markup() && name != "forceescape") return input;
+    return Value::Markup(HtmlEscape(input.ToString()));
+  }
   if (name == "attr") {
     ArgReader r("attr", args, {"name"});
     return in.GetAttr(input, r.Required(0).ToString());
@@ -1198,7 +1207,7 @@ bool TestImpl(Interpreter& in, const std::string& name, const Value& v, Args& ar
   if (name == "string") return v.is_string();
   if (name == "mapping") return v.is_dict();
   if (name == "iterable") return v.is_list() || v.is_dict() || v.is_string() || v.is_undefined();
-  if (name == "sequence") return v.is_list() || v.is_dict() || v.is_string() || v.is_undefined();
+  if (name == "sequence") return (v.is_list() && !v.is_generator()) || v.is_dict() || v.is_string() || v.is_undefined();
   if (name == "boolean") return v.is_bool();
   if (name == "true") return v.is_bool() && v.as_bool();
   if (name == "false") return v.is_bool() && !v.as_bool();
@@ -1281,6 +1290,10 @@ Value Arithmetic(const std::string& op, const Value& a, const Value& b) {
     }
   }
   if (op == "+") {
+    if (a.is_markup()) {
+      if (!b.is_string()) unsupported();
+      return Value::Markup(a.str() + (b.is_markup() ? b.str() : HtmlEscape(b.str())));
+    }
     if (a.is_string() && b.is_string()) {
       if (a.str().size() + b.str().size() > kMaxStringBytes) Fail("string too large");
       return Value(a.str() + b.str());
@@ -1319,7 +1332,7 @@ Value Arithmetic(const std::string& op, const Value& a, const Value& b) {
 std::vector<Value> Iterate(const Value& value) {
   switch (value.kind()) {
     case Value::Kind::kUndefined: return {};
-    case Value::Kind::kList: return value.list();
+    case Value::Kind::kList: return value.is_generator() ? value.Consume() : value.list();
     case Value::Kind::kDict: {
       std::vector<Value> keys;
       keys.reserve(value.dict().items.size());
@@ -1349,7 +1362,7 @@ bool Contains(const Value& container, const Value& item) {
       }
       return container.str().find(item.str()) != std::string::npos;
     case Value::Kind::kList:
-      for (const Value& v : container.list()) {
+      for (const Value& v : Iterate(container)) {
         if (v.Equals(item)) return true;
       }
       return false;

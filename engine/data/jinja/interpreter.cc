@@ -138,6 +138,7 @@ Value Interpreter::GetItem(const Value& object, const Value& key) {
     }
     case Value::Kind::kList:
     case Value::Kind::kString: {
+      if (object.is_generator()) Fail("'generator' object is not subscriptable");
       if (key.is_int() || key.is_bool()) {
         if (object.is_list()) {
           const int64_t n = static_cast<int64_t>(object.list().size());
@@ -221,6 +222,7 @@ Value Interpreter::EvalInner(const Expr& e) {
       Value stop = e.c ? Eval(*e.c) : Value::None();
       Value step = e.d ? Eval(*e.d) : Value::None();
       if (object.is_undefined()) Fail(object.str().empty() ? "slicing an undefined value" : object.str());
+      if (object.is_generator()) Fail("'generator' object is not subscriptable");
       if (object.is_list()) {
         std::vector<Value> out;
         for (int64_t i : SliceIndices(object.list().size(), start, stop, step)) out.push_back(object.list()[i]);

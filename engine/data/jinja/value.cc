@@ -28,6 +28,18 @@ Value Value::List(std::vector<Value> items, bool tuple) {
   return v;
 }
 
+Value Value::Generator(std::vector<Value> items) {
+  Value v = List(std::move(items));
+  v.generator_ = true;
+  return v;
+}
+
+std::vector<Value> Value::Consume() const {
+  std::vector<Value> items = std::move(*list_);
+  list_->clear();
+  return items;
+}
+
 Value Value::MakeDict(std::shared_ptr<Dict> dict) {
   Value v(Kind::kDict);
   v.dict_ = std::move(dict);
@@ -81,7 +93,7 @@ bool Value::Truthy() const {
     case Kind::kInt: return int_ != 0;
     case Kind::kFloat: return float_ != 0.0;
     case Kind::kString: return !str_.empty();
-    case Kind::kList: return !list_->empty();
+    case Kind::kList: return generator_ || !list_->empty();
     case Kind::kDict: return !dict_->items.empty();
     case Kind::kCallable:
     case Kind::kObject: return true;
@@ -202,6 +214,7 @@ void AppendJson(const Value& value, const JsonStyle& style, int depth, std::stri
     case Value::Kind::kFloat: *out += JsonFloat(value.as_float()); return;
     case Value::Kind::kString: AppendJsonString(value.str(), out); return;
     case Value::Kind::kList: {
+      if (value.is_generator()) Fail("Object of type generator is not JSON serializable");
       if (value.list().empty()) {
         *out += "[]";
         return;
@@ -305,6 +318,7 @@ std::string Value::Repr() const {
   switch (kind_) {
     case Kind::kString: return PythonStringRepr(str_);
     case Kind::kList: {
+      if (generator_) return "<generator object>";
       std::string out = tuple_ ? "(" : "[";
       for (size_t i = 0; i < list_->size(); ++i) {
         if (i) out += ", ";
@@ -339,7 +353,7 @@ std::string Value::TypeName() const {
     case Kind::kInt: return "int";
     case Kind::kFloat: return "float";
     case Kind::kString: return "str";
-    case Kind::kList: return tuple_ ? "tuple" : "list";
+    case Kind::kList: return generator_ ? "generator" : tuple_ ? "tuple" : "list";
     case Kind::kDict: return "dict";
     case Kind::kCallable: return "function";
     case Kind::kObject: return object_->TypeName();
@@ -368,6 +382,7 @@ bool Value::Equals(const Value& other) const {
     case Kind::kNone: return true;
     case Kind::kString: return str_ == other.str_;
     case Kind::kList: {
+      if (generator_ || other.generator_) return list_ == other.list_;
       if (tuple_ != other.tuple_ || list_->size() != other.list_->size()) return false;
       for (size_t i = 0; i < list_->size(); ++i) {
         if (!(*list_)[i].Equals((*other.list_)[i])) return false;
@@ -394,7 +409,7 @@ bool Value::Less(const Value& other) const {
     return int_ < other.int_;
   }
   if (is_string() && other.is_string()) return str_ < other.str_;  // UTF-8 order is code-point order
-  if (is_list() && other.is_list() && tuple_ == other.tuple_) {
+  if (is_list() && other.is_list() && tuple_ == other.tuple_ && !generator_ && !other.generator_) {
     const auto& a = *list_;
     const auto& b = *other.list_;
     for (size_t i = 0; i < a.size() && i < b.size(); ++i) {

@@ -75,6 +75,9 @@ class Value {
   Value(std::string s) : kind_(Kind::kString), str_(std::move(s)) {}
   Value(const char* s) : kind_(Kind::kString), str_(s) {}
   static Value List(std::vector<Value> items, bool tuple = false);
+  // What Jinja's map/select/selectattr/... return: a one-pass iterator (always true, no len(),
+  // not JSON serializable; iterating it empties it).
+  static Value Generator(std::vector<Value> items);
   static Value MakeDict(std::shared_ptr<Dict> dict);
   static Value NewDict();
   static Value Function(std::string name, NativeFunction fn);
@@ -92,6 +95,17 @@ class Value {
   bool is_string() const { return kind_ == Kind::kString; }
   bool is_list() const { return kind_ == Kind::kList; }
   bool is_tuple() const { return kind_ == Kind::kList && tuple_; }
+  bool is_generator() const { return kind_ == Kind::kList && generator_; }
+  // A Markup string (from |safe or |escape): `markup + str` HTML-escapes the str, as
+  // markupsafe does; other operations give plain strings.
+  static Value Markup(std::string s) {
+    Value v(std::move(s));
+    v.safe_ = true;
+    return v;
+  }
+  bool is_markup() const { return kind_ == Kind::kString && safe_; }
+  // Takes a generator's remaining items (it is empty afterwards).
+  std::vector<Value> Consume() const;
   bool is_dict() const { return kind_ == Kind::kDict; }
   bool is_callable() const { return kind_ == Kind::kCallable; }
   bool is_object() const { return kind_ == Kind::kObject; }
@@ -130,6 +144,8 @@ class Value {
   explicit Value(Kind kind) : kind_(kind) {}
   Kind kind_ = Kind::kUndefined;
   bool tuple_ = false;
+  bool generator_ = false;
+  bool safe_ = false;
   int64_t int_ = 0;
   double float_ = 0;
   std::string str_;
