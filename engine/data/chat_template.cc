@@ -12,9 +12,9 @@ namespace {
 using jinja::Value;
 using nlohmann::ordered_json;
 
-// Marks the end of one message's content in probe renderings; control characters that no
-// template treats specially and real content does not hold.
-constexpr std::string_view kSentinel = "\x1e\x1d" "ftd-content-end" "\x1d\x1e";
+// Marks where one message's content begins or ends in probe renderings: printable (json.dumps
+// keeps it as it is, for tool-call names), not whitespace (trim keeps it), and not in real text.
+constexpr std::string_view kSentinel = "\u2983ftd-probe\u2984";
 
 size_t CommonPrefix(std::string_view a, std::string_view b) {
   size_t n = std::min(a.size(), b.size());
@@ -165,13 +165,74 @@ absl::StatusOr<jinja::RenderResult> RenderPrepared(const jinja::Template& tmpl, 
   return tmpl.Render(variables, options);
 }
 
-// Where `probed` (= `base` with the sentinel inserted once) has its sentinel.
-std::optional<size_t> SentinelPosition(const std::string& base, const std::string& probed) {
-  if (probed.size() != base.size() + kSentinel.size()) return std::nullopt;
-  const size_t at = CommonPrefix(base, probed);
-  if (probed.compare(at, kSentinel.size(), kSentinel) != 0) return std::nullopt;
-  if (probed.compare(at + kSentinel.size(), std::string::npos, base, at, std::string::npos) != 0) return std::nullopt;
-  return at;
+// Message `message` with the sentinel added to the start (or end) of: its content when that is
+// a non-empty string (probe 0); its first (last) tool call's function name (probe 1); its
+// content, empty or absent, set to the sentinel (probe 2). Null when the probe does not apply.
+std::optional<Value> ProbedMessage(const Value& message, bool at_end, int probe) {
+  auto probed = std::make_shared<jinja::Dict>(message.dict());
+  const auto mark = [&](const std::string& text) {
+    return at_end ? text + std::string(kSentinel) : std::string(kSentinel) + text;
+  };
+  const Value* content = message.dict().FindStr("content");
+  const bool has_text = content != nullptr && content->is_string() && !content->str().empty();
+  if (probe == 0 || probe == 2) {
+    if (has_text != (probe == 0)) return std::nullopt;
+    if (probe == 2 && content != nullptr && !content->is_string()) return std::nullopt;
+    probed->Set(Value("content"), Value(mark(has_text ? content->str() : "")));
+    return Value::MakeDict(probed);
+  }
+  const Value* calls = message.dict().FindStr("tool_calls");
+  if (calls == nullptr || !calls->is_list() || calls->list().empty()) return std::nullopt;
+  std::vector<Value> new_calls = calls->list();
+  Value& call = at_end ? new_calls.back() : new_calls.front();
+  if (!call.is_dict()) return std::nullopt;
+  auto new_call = std::make_shared<jinja::Dict>(call.dict());
+  const Value* function = call.dict().FindStr("function");
+  if (function != nullptr && function->is_dict()) {
+    const Value* name = function->dict().FindStr("name");
+    if (name == nullptr || !name->is_string()) return std::nullopt;
+    auto new_function = std::make_shared<jinja::Dict>(function->dict());
+    new_function->Set(Value("name"), Value(mark(name->str())));
+    new_call->Set(Value("function"), Value::MakeDict(new_function));
+  } else {
+    const Value* name = call.dict().FindStr("name");
+    if (name == nullptr || !name->is_string()) return std::nullopt;
+    new_call->Set(Value("name"), Value(mark(name->str())));
+  }
+  call = Value::MakeDict(new_call);
+  probed->Set(Value("tool_calls"), Value::List(std::move(new_calls)));
+  return Value::MakeDict(probed);
+}
+
+// Where message `index`'s data begins (at_end: ends) in `base`, the rendering of the first
+// `count` messages: the sentinel must appear exactly once in the probe rendering, and the
+// rendering must agree with `base` up to it (up to whitespace the template trimmed, at the end).
+std::optional<size_t> LocateMessageData(const jinja::Template& tmpl, const PreparedInputs& in, size_t count,
+                                        size_t index, const std::string& base, bool at_end,
+                                        const jinja::RenderOptions& options) {
+  for (int kind = 0; kind < 3; ++kind) {
+    std::optional<Value> probed = ProbedMessage(in.messages[index], at_end, kind);
+    if (!probed) continue;
+    PreparedInputs probe = in;
+    probe.messages[index] = std::move(*probed);
+    auto rendered = RenderPrepared(tmpl, probe, count, /*add_generation_prompt=*/false, options);
+    if (!rendered.ok()) continue;
+    const std::string& text = rendered->text;
+    const size_t sentinel = text.find(kSentinel);
+    if (sentinel == std::string::npos || text.find(kSentinel, sentinel + 1) != std::string::npos) continue;
+    const size_t agree = CommonPrefix(base, text);
+    if (agree > sentinel) continue;
+    if (!at_end) {
+      if (agree == sentinel) return agree;
+      continue;
+    }
+    bool trimmed_only = true;
+    for (size_t i = agree; i < sentinel; ++i) {
+      trimmed_only = trimmed_only && std::string_view(" \t\r\n").find(text[i]) != std::string_view::npos;
+    }
+    if (trimmed_only) return agree;
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -205,41 +266,49 @@ absl::StatusOr<std::vector<TrainedSpan>> ChatTemplate::AssistantSpans(const Chat
     const auto where = [&]() { return absl::StrCat("loss mask for \"messages\"[", i, "] (assistant): "); };
     auto prompt = RenderPrepared(tmpl, *in, i, /*add_generation_prompt=*/true, options);
     if (!prompt.ok()) return absl::Status(prompt.status().code(), where() + std::string(prompt.status().message()));
-    size_t begin = std::max(previous_end, CommonPrefix(full, prompt->text));
+    auto history = RenderPrepared(tmpl, *in, i, /*add_generation_prompt=*/false, options);
+    if (!history.ok()) return absl::Status(history.status().code(), where() + std::string(history.status().message()));
     auto as_last = RenderPrepared(tmpl, *in, i + 1, /*add_generation_prompt=*/false, options);
     if (!as_last.ok()) return absl::Status(as_last.status().code(), where() + std::string(as_last.status().message()));
+    const std::string differently =
+        "the template renders the conversation before this message differently when the message is the last "
+        "one, and ";
+    size_t begin = CommonPrefix(full, prompt->text);
+    if (begin < history->text.size()) {
+      // The prompt renders earlier turns differently (e.g. Mistral puts the system prompt in the
+      // last user turn only): start where the message's own data begins, after the generation
+      // prompt's text if the full rendering has it there.
+      std::optional<size_t> data = LocateMessageData(tmpl, *in, in->messages.size(), i, full, false, options);
+      if (!data || *data < previous_end) {
+        return absl::FailedPreconditionError(where() + differently + "its content or tool call could not be "
+                                             "located exactly once; add {% generation %} blocks to the chat template");
+      }
+      begin = *data;
+      if (IsPrefix(history->text, prompt->text) && prompt->text.size() > history->text.size()) {
+        const std::string generation_prompt = prompt->text.substr(history->text.size());
+        const size_t header = *data >= generation_prompt.size() ? full.rfind(generation_prompt, *data - generation_prompt.size())
+                                                                : std::string::npos;
+        if (header != std::string::npos && header >= previous_end) begin = header + generation_prompt.size();
+      }
+    }
+    begin = std::max(begin, previous_end);
     TrainedSpan span{begin, begin, true};
     if (IsPrefix(as_last->text, full) && as_last->text.size() >= begin) {
       span.end = as_last->text.size();
     } else {
-      // The template renders this message differently as the last one: find its content's end
-      // in the full rendering with a sentinel, then add the end-of-turn text both agree on.
-      const Value* content = in->messages[i].dict().FindStr("content");
-      if (content == nullptr || !content->is_string()) {
+      // The template renders this message differently as the last one (Qwen3 drops earlier
+      // reasoning, harmony ends the last turn in <|return|>): find where its data ends in the
+      // full rendering, then add the end-of-turn text that both renderings agree on.
+      std::optional<size_t> data_end = LocateMessageData(tmpl, *in, in->messages.size(), i, full, true, options);
+      std::optional<size_t> last_data_end = LocateMessageData(tmpl, *in, i + 1, i, as_last->text, true, options);
+      if (!data_end || !last_data_end || *data_end < begin) {
         return absl::FailedPreconditionError(
-            where() + "the template renders this message differently when it is the last one, and without a string "
-                      "\"content\" it cannot be located; add {% generation %} blocks to the chat template");
+            where() + "the template renders this message differently when it is the last one, and its content or "
+                      "tool call could not be located exactly once; add {% generation %} blocks to the chat template");
       }
-      PreparedInputs probe = *in;
-      auto probed_message = std::make_shared<jinja::Dict>(in->messages[i].dict());
-      probed_message->Set(Value("content"), Value(content->str() + std::string(kSentinel)));
-      probe.messages[i] = Value::MakeDict(probed_message);
-      auto full_probe = RenderPrepared(tmpl, probe, probe.messages.size(), false, options);
-      auto last_probe = RenderPrepared(tmpl, probe, i + 1, false, options);
-      std::optional<size_t> content_end, last_content_end;
-      if (full_probe.ok() && last_probe.ok()) {
-        content_end = SentinelPosition(full, full_probe->text);
-        last_content_end = SentinelPosition(as_last->text, last_probe->text);
-      }
-      if (!content_end || !last_content_end || *content_end < begin) {
-        return absl::FailedPreconditionError(
-            where() + "the template renders this message differently when it is the last one, and its content "
-                      "does not appear exactly once in the rendering; add {% generation %} blocks to the chat "
-                      "template");
-      }
-      const std::string_view tail = std::string_view(as_last->text).substr(*last_content_end);
-      span.end = *content_end + CommonPrefix(std::string_view(full).substr(*content_end), tail);
-      span.exact_end = span.end == *content_end + tail.size();
+      const std::string_view tail = std::string_view(as_last->text).substr(*last_data_end);
+      span.end = *data_end + CommonPrefix(std::string_view(full).substr(*data_end), tail);
+      span.exact_end = span.end == *data_end + tail.size();
     }
     while (span.end > span.begin && std::string_view(" \t\r\n").find(full[span.end - 1]) != std::string_view::npos) {
       --span.end;

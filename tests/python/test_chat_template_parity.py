@@ -250,3 +250,119 @@ def test_template_from_tokenizer_config_and_jinja_priority(tokenizer_json, tmp_p
     (d / "chat_template.jinja").write_text("FILE{{ messages[0].content }}{{ eos_token }}\n")
     assert run_ours(d, conv, tmp_path)[0]["text"] == "FILEx</s>"
     assert AutoTokenizer.from_pretrained(str(d)).apply_chat_template(conv[0]["messages"], tokenize=False) == "FILEx</s>"
+
+
+def trained_runs(tok, ids, mask):
+    """The trained tokens as decoded text, one string per contiguous run."""
+    runs, current = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            current.append(i)
+        elif current:
+            runs.append(tok.decode(current))
+            current = []
+    if current:
+        runs.append(tok.decode(current))
+    return runs
+
+
+# A ChatML template with {% generation %} blocks, as TRL's training templates mark assistant turns.
+CHATML_GENERATION = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}"
+    "{% endgeneration %}{{ '\\n' }}{% else %}{{ message['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+GENERATION_TEMPLATES = {"chatml-generation": CHATML_GENERATION,
+                        **{n: TEMPLATES[n].read_text(encoding="utf-8") for n in TEMPLATES
+                           if "{% generation" in TEMPLATES[n].read_text(encoding="utf-8")
+                           or "{%- generation" in TEMPLATES[n].read_text(encoding="utf-8")}}
+
+
+@pytest.mark.parametrize("name", sorted(GENERATION_TEMPLATES))
+def test_generation_ids_and_masks_match_transformers(name, tokenizer_json, tmp_path):
+    model = model_dir(tmp_path, name, GENERATION_TEMPLATES[name], tokenizer_json)
+    tok = AutoTokenizer.from_pretrained(str(model))
+    convs = {k: v for k, v in CONVERSATIONS.items() if any(m["role"] == "assistant" for m in v["messages"])}
+    checked = 0
+    for kwargs in KWARGS[:3]:
+        ours = run_ours(model, list(convs.values()), tmp_path, kwargs=kwargs, ids=True)
+        for (cname, conv), o in zip(convs.items(), ours):
+            try:
+                theirs = tok.apply_chat_template(conv["messages"], tools=conv.get("tools"),
+                                                 documents=conv.get("documents"), tokenize=True, return_dict=True,
+                                                 return_assistant_tokens_mask=True, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                assert "error" in o, (cname, e)
+                continue
+            assert o.get("input_ids") == list(theirs["input_ids"]), (cname, o)
+            assert o["assistant_masks"] == list(theirs["assistant_masks"]), (
+                cname, trained_runs(tok, o["input_ids"], o["assistant_masks"]),
+                trained_runs(tok, theirs["input_ids"], theirs["assistant_masks"]))
+            assert o["labels"] == [i if m else -100 for i, m in zip(o["input_ids"], o["assistant_masks"])]
+            checked += 1
+    assert checked >= 6
+
+
+# Prefix-derived masks (templates without {% generation %}): what each assistant turn trains.
+EXPECTED_RUNS = {
+    ("Qwen-Qwen2.5-7B-Instruct", "multi_turn"): ["Hello! How can I help?<|im_end|>", "Blue.<|im_end|>"],
+    ("meta-llama-Llama-3.1-8B-Instruct", "system_user_assistant"): ["4.<|eot_id|>"],
+    ("mistralai-Mixtral-8x7B-Instruct-v0.1", "multi_turn"): [" Hello! How can I help?</s>", " Blue.</s>"],
+    ("google-gemma-2-2b-it", "multi_turn"): ["Hello! How can I help?<end_of_turn>", "Blue.<end_of_turn>"],
+    # Phi appends eos_token after the conversation: it is trained with the last turn.
+    ("microsoft-Phi-3.5-mini-instruct", "system_user_assistant"): ["4.<|end|>\n<|endoftext|>"],
+    ("deepseek-ai-DeepSeek-V3.1", "multi_turn"): ["Hello! How can I help?<｜end▁of▁sentence｜>",
+                                                  "Blue.<｜end▁of▁sentence｜>"],
+    # Qwen3 renders earlier turns without their reasoning, the last with it.
+    ("Qwen-Qwen3-0.6B", "reasoning_field"): ["Yes.<|im_end|>",
+                                             "<think>\n3 * 7 = 21.\n</think>\n\nNo, 21 = 3 x 7.<|im_end|>"],
+    ("Qwen-Qwen3-0.6B", "tool_calls"): [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+        "<think>\n\n</think>\n\nIt is 21°C and clear in Paris.<|im_end|>"],
+    # harmony: the last turn ends in <|return|>; earlier final turns end in <|end|>, which the
+    # last-turn rendering does not have, so it is not trained.
+    ("openai-gpt-oss-120b", "multi_turn"): ["<|channel|>final<|message|>Hello! How can I help?",
+                                            "<|channel|>final<|message|>Blue.<|return|>"],
+}
+
+
+@pytest.mark.parametrize("name,conversation", sorted(EXPECTED_RUNS))
+def test_prefix_derived_masks(name, conversation, tokenizer_json, tmp_path):
+    model = model_dir(tmp_path, name, TEMPLATES[name].read_text(encoding="utf-8"), tokenizer_json)
+    tok = AutoTokenizer.from_pretrained(str(model))
+    conv = CONVERSATIONS[conversation]
+    (o,) = run_ours(model, [conv], tmp_path, ids=True)
+    assert "error" not in o, o
+    assert o["text"] == run_theirs(tok, conv)["text"]
+    assert o["input_ids"] == tok.apply_chat_template(conv["messages"], tools=conv.get("tools"), tokenize=True,
+                                                     return_dict=False)
+    assert trained_runs(tok, o["input_ids"], o["assistant_masks"]) == EXPECTED_RUNS[(name, conversation)]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in TEMPLATES if n not in GENERATION_TEMPLATES))
+def test_prefix_masks_cover_assistant_text_only(name, tokenizer_json, tmp_path):
+    """Every template without generation blocks: trained text holds every assistant reply and
+    no system or user text."""
+    model = model_dir(tmp_path, name, TEMPLATES[name].read_text(encoding="utf-8"), tokenizer_json)
+    tok = AutoTokenizer.from_pretrained(str(model))
+    names = ["system_user_assistant", "multi_turn", "tool_calls", "unicode_whitespace"]
+    ours = run_ours(model, [CONVERSATIONS[n] for n in names], tmp_path, ids=True)
+    checked = 0
+    for cname, o in zip(names, ours):
+        if "error" in o:
+            assert "error" in run_theirs(tok, CONVERSATIONS[cname]), (cname, o["error"])
+            continue
+        trained = "".join(trained_runs(tok, o["input_ids"], o["assistant_masks"]))
+        for m in CONVERSATIONS[cname]["messages"]:
+            text = (m.get("content") or "").strip()
+            if not text:
+                continue
+            if m["role"] == "assistant" and text in o["text"]:
+                assert text in trained, (cname, text, trained)
+            elif m["role"] in ("user", "system"):
+                assert text not in trained, (cname, text, trained)
+        checked += 1
+    # Command R+'s tool_use template rejects tool schemas without parameter descriptions (in
+    # transformers too): nothing of it is checked here.
+    assert checked >= 1 or name.startswith("CohereForAI")
