@@ -94,7 +94,17 @@ struct Node {
   std::vector<std::string> params;
   std::vector<ExprPtr> defaults;  // one per param, null when none
   std::vector<ExprPtr> values;
+  // For the root body and nodes whose body is its own scope (for, macro, filter, set block,
+  // with, generation): names that start Undefined in that scope (see ScopeUndefinedNames).
+  std::vector<std::string> scope_undefined;
 };
+
+// jinja2 resolves names at compile time, per scope: a name assigned unconditionally in a scope
+// (the template, a loop body, a macro, a filter or set block) and not read at that scope's level
+// before its first assignment is that scope's own variable from the start, Undefined until
+// assigned; nested scopes reading it earlier see Undefined, not the outer value. Fills
+// scope_undefined on `root` and on every node that opens a scope.
+void AnnotateScopes(Node* root);
 
 // Parses the template source; the error names the line and column.
 absl::StatusOr<std::unique_ptr<Node>> ParseTemplate(std::string_view source, bool* has_generation);

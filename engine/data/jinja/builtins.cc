@@ -431,7 +431,11 @@ std::string PercentFormat(const std::string& format, const Value& args) {
       default: Fail(std::string("unsupported format character '") + conv + "'");
     }
   }
-  if (next < values.size() && args.is_tuple()) Fail("not all arguments converted during string formatting");
+  // Python lets an unused argument pass when it looks like a mapping (has __getitem__ and is not
+  // a tuple or str): a dict, a list, Jinja's Undefined.
+  const bool mapping_like = args.is_dict() || args.is_undefined() ||
+                            (args.is_list() && !args.is_tuple() && !args.is_generator());
+  if (next < values.size() && !mapping_like) Fail("not all arguments converted during string formatting");
   return out;
 }
 
@@ -655,7 +659,9 @@ Value DictMethod(const Value& self, const std::string& name) {
           out.push_back(name == "keys" ? key : value);
         }
       }
-      return Value::List(std::move(out));
+      return Value::DictView(std::move(out), name == "items"  ? Value::View::kItems
+                                             : name == "keys" ? Value::View::kKeys
+                                                              : Value::View::kValues);
     });
   }
   if (name == "copy") {
@@ -911,7 +917,29 @@ Value MinMax(Interpreter& in, const Value& input, Args& args, bool max) {
 }
 
 
+Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, Args& args);
+
+// Jinja's map/select/selectattr/items/unique/... are generators: an error inside them shows only
+// when the result is iterated.
+Value LazyFilter(Interpreter& in, const std::string& name, const Value& input, Args& args) {
+  try {
+    return FilterImpl(in, name, input, args);
+  } catch (const TemplateError& error) {
+    if (error.raised) throw;
+    return Value::FailingGenerator(error.message);
+  }
+}
+
 Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, Args& args) {
+  static const char* const kNoArguments[] = {"safe", "string", "length", "count", "upper", "lower", "title",
+                                             "capitalize", "list", "first", "last", "abs", "wordcount", "escape",
+                                             "e", "forceescape", "items"};
+  for (const char* no_args : kNoArguments) {
+    if (name == no_args && (!args.positional.empty() || !args.keyword.empty())) {
+      Fail("do_" + name + "() takes 1 positional argument but " +
+           std::to_string(1 + args.positional.size() + args.keyword.size()) + " were given");
+    }
+  }
   if (name == "safe") return input.is_markup() ? input : Value::Markup(input.ToString());
   if (name == "string") return input.is_string() ? input : Value(input.ToString());
   if (name == "trim") {
@@ -921,7 +949,23 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
   if (name == "length" || name == "count") return Value(Length(input));
   if (name == "upper") return Value(MapCase(input.ToString(), ToUpper));
   if (name == "lower") return Value(MapCase(input.ToString(), ToLower));
-  if (name == "title") return Value(Title(input.ToString()));
+  if (name == "title") {
+    // jinja2's do_title: split before runs of [-\s({\[<]; each piece's first character upper,
+    // the rest lower (not str.title: "a,b" stays "A,b").
+    std::string out;
+    bool word_start = true;
+    for (char32_t cp : ToCodePoints(input.ToString())) {
+      const bool separator = cp == '-' || IsPythonWhitespace(cp) || cp == '(' || cp == '{' || cp == '[' || cp == '<';
+      if (separator) {
+        AppendUtf8(cp, &out);
+        word_start = true;
+      } else {
+        AppendUtf8(word_start ? ToUpper(cp) : ToLower(cp), &out);
+        word_start = false;
+      }
+    }
+    return Value(out);
+  }
   if (name == "capitalize") return Value(Capitalize(input.ToString()));
   if (name == "tojson") return ToJsonFilter(input, args);
   if (name == "default" || name == "d") {
@@ -1134,7 +1178,9 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
   }
   if (name == "indent") {
     ArgReader r("indent", args, {"width", "first", "blank"});
-    return Value(Indent(input.ToString(), r.Get(0, Value(int64_t{4})), r.Get(1, Value(false)).Truthy(),
+    if (input.is_undefined()) FailUndefined(input);
+    if (!input.is_string()) Fail("unsupported operand type(s) for +=: '" + input.TypeName() + "' and 'str'");
+    return Value(Indent(input.str(), r.Get(0, Value(int64_t{4})), r.Get(1, Value(false)).Truthy(),
                         r.Get(2, Value(false)).Truthy()));
   }
   if (name == "escape" || name == "e" || name == "forceescape") {
@@ -1155,9 +1201,19 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
     method_args.positional.push_back(r.Get(0, Value(int64_t{80})));
     return in.Call(StringMethod(Value(input.ToString()), "center"), method_args);
   }
-  if (name == "wordcount") return Value(static_cast<int64_t>(SplitWhitespace(input.ToString(), -1).size()));
+  if (name == "wordcount") {  // len(re.findall(r"\w+", str(s)))
+    int64_t words = 0;
+    bool in_word = false;
+    for (char32_t cp : ToCodePoints(input.ToString())) {
+      const bool word = IsAlpha(cp) || IsDigit(cp) || cp == '_';
+      words += word && !in_word;
+      in_word = word;
+    }
+    return Value(words);
+  }
   if (name == "batch" || name == "slice") {
     ArgReader r(name.c_str(), args, {"n", "fill_with"});
+    if (!input.is_list() && !input.is_string() && !input.is_dict()) Fail("'" + input.TypeName() + "' object is not iterable");
     const int64_t n = RequireInt(r.Required(0), "count");
     if (n <= 0) Fail(name + " needs a positive count");
     std::vector<Value> items = Iterate(input);
@@ -1182,7 +1238,7 @@ Value FilterImpl(Interpreter& in, const std::string& name, const Value& input, A
         out.push_back(Value::List(std::move(chunk)));
       }
     }
-    return Value::List(std::move(out));
+    return Value::Generator(std::move(out));
   }
   Fail("No filter named '" + name + "'.");
 }
@@ -1201,6 +1257,15 @@ bool TestImpl(Interpreter& in, const std::string& name, const Value& v, Args& ar
     if (args.positional.empty() && args.keyword.empty()) Fail(std::string("test '") + name + "' needs " + what);
     return args.positional.empty() ? args.keyword.front().second : args.positional.front();
   };
+  static const char* const kNoArguments[] = {"defined", "undefined", "none", "string", "mapping", "iterable",
+                                             "sequence", "boolean", "true", "false", "integer", "float", "number",
+                                             "callable", "escaped", "odd", "even", "lower", "upper"};
+  for (const char* no_args : kNoArguments) {
+    if (name == no_args && (!args.positional.empty() || !args.keyword.empty())) {
+      Fail("test_" + name + "() takes 1 positional argument but " +
+           std::to_string(1 + args.positional.size() + args.keyword.size()) + " were given");
+    }
+  }
   if (name == "defined") return !v.is_undefined();
   if (name == "undefined") return v.is_undefined();
   if (name == "none") return v.is_none();
@@ -1216,15 +1281,8 @@ bool TestImpl(Interpreter& in, const std::string& name, const Value& v, Args& ar
   if (name == "number") return v.is_number();
   if (name == "callable") return v.is_callable();
   if (name == "escaped") return false;
-  if (name == "odd" || name == "even") {
-    const int64_t x = RequireInt(v, "odd/even value");
-    return name == "odd" ? (x % 2 != 0) : (x % 2 == 0);
-  }
-  if (name == "divisibleby") {
-    const int64_t d = RequireInt(arg("a divisor"), "divisor");
-    if (d == 0) Fail("integer division or modulo by zero");
-    return RequireInt(v, "value") % d == 0;
-  }
+  if (name == "odd" || name == "even") return BinaryOp("%", v, Value(int64_t{2})).Equals(Value(int64_t{name == "odd"}));
+  if (name == "divisibleby") return BinaryOp("%", v, arg("a divisor")).Equals(Value(int64_t{0}));
   if (name == "eq" || name == "equalto" || name == "==") return v.Equals(arg("a value"));
   if (name == "ne" || name == "!=") return !v.Equals(arg("a value"));
   if (name == "lt" || name == "lessthan" || name == "<") return v.Less(arg("a value"));
@@ -1237,9 +1295,14 @@ bool TestImpl(Interpreter& in, const std::string& name, const Value& v, Args& ar
     if (v.is_none() || v.is_bool() || v.is_undefined()) return v.kind() == other.kind() && v.Equals(other);
     return v.kind() == other.kind() && v.Equals(other) && (v.is_int() || v.is_string());
   }
-  if (name == "lower" || name == "upper") {
-    const std::string s = v.ToString();
-    return name == "lower" ? MapCase(s, ToLower) == s : MapCase(s, ToUpper) == s;
+  if (name == "lower" || name == "upper") {  // str(value).islower() / isupper()
+    bool any_cased = false;
+    for (char32_t cp : ToCodePoints(v.ToString())) {
+      if (!IsCased(cp)) continue;
+      any_cased = true;
+      if (name == "upper" ? ToUpper(cp) != cp : ToLower(cp) != cp) return false;
+    }
+    return any_cased;
   }
   if (name == "filter") return HasFilter(arg("a name").ToString());
   if (name == "test") return HasTest(arg("a name").ToString());
@@ -1256,8 +1319,10 @@ Value Arithmetic(const std::string& op, const Value& a, const Value& b) {
   const auto unsupported = [&]() -> Value {
     Fail("unsupported operand type(s) for " + op + ": '" + a.TypeName() + "' and '" + b.TypeName() + "'");
   };
-  for (const Value* v : {&a, &b}) {
-    if (v->is_undefined()) FailUndefined(*v);
+  if (!(op == "%" && a.is_string())) {
+    for (const Value* v : {&a, &b}) {
+      if (v->is_undefined()) FailUndefined(*v);
+    }
   }
   if (a.is_number() && b.is_number()) {
     const bool floating = a.is_float() || b.is_float();
@@ -1298,12 +1363,13 @@ Value Arithmetic(const std::string& op, const Value& a, const Value& b) {
       if (a.str().size() + b.str().size() > kMaxStringBytes) Fail("string too large");
       return Value(a.str() + b.str());
     }
-    if (a.is_list() && b.is_list() && a.is_tuple() == b.is_tuple()) {
+    const auto plain = [](const Value& v) { return !v.is_generator() && v.view() == Value::View::kNone; };
+    if (a.is_list() && b.is_list() && a.is_tuple() == b.is_tuple() && plain(a) && plain(b)) {
       std::vector<Value> out = a.list();
       out.insert(out.end(), b.list().begin(), b.list().end());
       return Value::List(std::move(out), a.is_tuple());
     }
-    if (a.is_list() && b.is_list()) {
+    if (a.is_list() && b.is_list() && plain(a)) {
       Fail(absl::StrCat("can only concatenate ", a.TypeName(), " (not \"", b.TypeName(), "\") to ", a.TypeName()));
     }
     if (a.is_string() || b.is_string()) {
@@ -1313,14 +1379,17 @@ Value Arithmetic(const std::string& op, const Value& a, const Value& b) {
     return unsupported();
   }
   if (op == "*") {
-    if ((a.is_string() || a.is_list()) && (b.is_int() || b.is_bool())) {
+    const auto repeatable = [](const Value& v) {
+      return v.is_string() || (v.is_list() && !v.is_generator() && v.view() == Value::View::kNone);
+    };
+    if (repeatable(a) && (b.is_int() || b.is_bool())) {
       if (a.is_string()) return Value(Repeat(a.str(), b.as_int()));
       std::vector<Value> out;
       if (a.list().size() * std::max<int64_t>(0, b.as_int()) > 1000000) Fail("list too large");
       for (int64_t i = 0; i < b.as_int(); ++i) out.insert(out.end(), a.list().begin(), a.list().end());
       return Value::List(std::move(out), a.is_tuple());
     }
-    if ((b.is_string() || b.is_list()) && (a.is_int() || a.is_bool())) return Arithmetic(op, b, a);
+    if (repeatable(b) && (a.is_int() || a.is_bool())) return Arithmetic(op, b, a);
     return unsupported();
   }
   if (op == "%" && a.is_string()) return Value(PercentFormat(a.str(), b));
@@ -1398,6 +1467,11 @@ Value BoundMethod(const Value& receiver, const std::string& name) {
 }
 
 Value CallFilter(Interpreter& in, const std::string& name, const Value& input, Args& args) {
+  static const char* const kLazy[] = {"map", "select", "reject", "selectattr", "rejectattr", "items", "unique",
+                                      "batch", "slice"};
+  for (const char* lazy : kLazy) {
+    if (name == lazy) return LazyFilter(in, name, input, args);
+  }
   return FilterImpl(in, name, input, args);
 }
 

@@ -74,8 +74,14 @@ Interpreter::Interpreter(const std::vector<std::pair<std::string, Value>>& varia
     : options_(options) {
   auto context = std::make_shared<Frame>();
   context->vars = variables;
-  frame_ = std::make_shared<Frame>();
-  frame_->parent = std::move(context);
+  frame_ = std::move(context);
+}
+
+std::shared_ptr<Frame> Interpreter::NewScope(const Node& node, std::shared_ptr<Frame> parent) {
+  auto frame = std::make_shared<Frame>();
+  frame->parent = std::move(parent);
+  for (const auto& name : node.scope_undefined) frame->Set(name, Value::Undefined("'" + name + "' is undefined"));
+  return frame;
 }
 
 std::time_t Interpreter::Now() const {
@@ -85,6 +91,7 @@ std::time_t Interpreter::Now() const {
 
 RenderResult Interpreter::Run(const Node& root) {
   out_ = &result_.text;
+  frame_ = NewScope(root, frame_);
   const Flow flow = Exec(root);
   if (flow != Flow::kNormal) Fail("'break' or 'continue' outside of a loop");
   return std::move(result_);
@@ -138,7 +145,9 @@ Value Interpreter::GetItem(const Value& object, const Value& key) {
     }
     case Value::Kind::kList:
     case Value::Kind::kString: {
-      if (object.is_generator()) Fail("'generator' object is not subscriptable");
+      if (object.is_generator() || object.view() != Value::View::kNone) {
+        Fail("'" + object.TypeName() + "' object is not subscriptable");
+      }
       if (key.is_int() || key.is_bool()) {
         if (object.is_list()) {
           const int64_t n = static_cast<int64_t>(object.list().size());
@@ -222,7 +231,9 @@ Value Interpreter::EvalInner(const Expr& e) {
       Value stop = e.c ? Eval(*e.c) : Value::None();
       Value step = e.d ? Eval(*e.d) : Value::None();
       if (object.is_undefined()) Fail(object.str().empty() ? "slicing an undefined value" : object.str());
-      if (object.is_generator()) Fail("'generator' object is not subscriptable");
+      if (object.is_generator() || object.view() != Value::View::kNone) {
+        Fail("'" + object.TypeName() + "' object is not subscriptable");
+      }
       if (object.is_list()) {
         std::vector<Value> out;
         for (int64_t i : SliceIndices(object.list().size(), start, stop, step)) out.push_back(object.list()[i]);
@@ -234,7 +245,8 @@ Value Interpreter::EvalInner(const Expr& e) {
         for (int64_t i : SliceIndices(cps.size(), start, stop, step)) out.push_back(cps[i]);
         return Value(FromCodePoints(out.data(), out.data() + out.size()));
       }
-      return Value::Undefined("'" + object.TypeName() + "' object is not subscriptable");
+      // Jinja compiles slices to Python subscription, not to environment.getitem: no Undefined.
+      Fail("'" + object.TypeName() + "' object is not subscriptable");
     }
     case Expr::Kind::kCall: {
       Value callee = Eval(*e.a);
@@ -366,8 +378,7 @@ Value Interpreter::CallMacro(const Node& macro, const std::shared_ptr<Frame>& de
   if (args.positional.size() > macro.params.size()) {
     Fail(absl::StrCat("macro '", macro.text, "' takes not more than ", macro.params.size(), " argument(s)"));
   }
-  auto frame = std::make_shared<Frame>();
-  frame->parent = defined_in;
+  auto frame = NewScope(macro, defined_in);
   std::vector<bool> bound(macro.params.size(), false);
   for (size_t i = 0; i < args.positional.size(); ++i) {
     frame->Set(macro.params[i], std::move(args.positional[i]));
@@ -423,6 +434,7 @@ Interpreter::Flow Interpreter::ExecFor(const Node& node) {
   if (node.filter) {
     std::vector<Value> kept;
     for (Value& item : *items) {
+      // The loop filter sees the enclosing scope's names, not the body's own.
       frame_ = std::make_shared<Frame>();
       frame_->parent = outer;
       try {
@@ -440,15 +452,18 @@ Interpreter::Flow Interpreter::ExecFor(const Node& node) {
     if (node.else_body) return Exec(*node.else_body);
     return Flow::kNormal;
   }
+  // As jinja2 compiles it, the else block runs unless some iteration reached the end of the
+  // body: a loop whose every iteration ends in break or continue runs its else block too.
+  bool completed_an_iteration = false;
   ++loop_depth_;
   try {
     for (size_t i = 0; i < items->size(); ++i) {
-      frame_ = std::make_shared<Frame>();
-      frame_->parent = outer;
+      frame_ = NewScope(node, outer);
       Assign(node, (*items)[i]);
       frame_->Set("loop", MakeLoopObject(items, i, loop_depth_));
       const Flow flow = Exec(*node.body);
       if (flow == Flow::kBreak) break;
+      if (flow == Flow::kNormal) completed_an_iteration = true;
     }
   } catch (...) {
     --loop_depth_;
@@ -457,6 +472,7 @@ Interpreter::Flow Interpreter::ExecFor(const Node& node) {
   }
   --loop_depth_;
   frame_ = outer;
+  if (!completed_an_iteration && node.else_body) return Exec(*node.else_body);
   return Flow::kNormal;
 }
 
@@ -500,7 +516,7 @@ Interpreter::Flow Interpreter::ExecInner(const Node& node) {
       return Flow::kNormal;
     }
     case Node::Kind::kSetBlock: {
-      Value text(Capture(*node.body, frame_));
+      Value text(Capture(*node.body, NewScope(node, frame_)));
       if (node.filter) {
         // The filter chain's innermost input is the captured text.
         std::vector<const Expr*> chain;
@@ -528,7 +544,7 @@ Interpreter::Flow Interpreter::ExecInner(const Node& node) {
       return Flow::kNormal;
     }
     case Node::Kind::kFilterBlock: {
-      Value text(Capture(*node.body, frame_));
+      Value text(Capture(*node.body, NewScope(node, frame_)));
       std::vector<const Expr*> chain;
       for (const Expr* f = node.filter.get(); f != nullptr; f = f->a.get()) chain.push_back(f);
       for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
@@ -540,8 +556,7 @@ Interpreter::Flow Interpreter::ExecInner(const Node& node) {
       return Flow::kNormal;
     }
     case Node::Kind::kWith: {
-      auto frame = std::make_shared<Frame>();
-      frame->parent = frame_;
+      auto frame = NewScope(node, frame_);
       for (size_t i = 0; i < node.targets.size(); ++i) frame->Set(node.targets[i], Eval(*node.values[i]));
       std::shared_ptr<Frame> saved = frame_;
       frame_ = frame;
@@ -561,9 +576,19 @@ Interpreter::Flow Interpreter::ExecInner(const Node& node) {
                                  " outside of a for loop");
       return node.kind == Node::Kind::kBreak ? Flow::kBreak : Flow::kContinue;
     case Node::Kind::kGeneration: {
+      // transformers' {% generation %} is a call block: its body is a scope of its own.
       const bool top_level = out_ == &result_.text;
       const size_t begin = out_->size();
-      const Flow flow = Exec(*node.body);
+      std::shared_ptr<Frame> saved = frame_;
+      frame_ = NewScope(node, frame_);
+      Flow flow;
+      try {
+        flow = Exec(*node.body);
+      } catch (...) {
+        frame_ = saved;
+        throw;
+      }
+      frame_ = saved;
       if (top_level) result_.generation_spans.emplace_back(begin, out_->size());
       return flow;
     }

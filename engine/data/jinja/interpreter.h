@@ -46,6 +46,9 @@ class Interpreter {
   std::string Capture(const Node& body, const std::shared_ptr<Frame>& frame);
   Value CallMacro(const Node& macro, const std::shared_ptr<Frame>& defined_in, Args& args);
   void Assign(const Node& node, Value value);
+  // A new scope under `parent` with `node.scope_undefined` set.
+  std::shared_ptr<Frame> NewScope(const Node& node, std::shared_ptr<Frame> parent);
+  Flow ExecScoped(const Node& node, const Node& body);
 
   std::shared_ptr<Frame> frame_;
   std::string* out_ = nullptr;

@@ -1095,13 +1095,127 @@ class Parser {
   size_t pos_ = 0;
 };
 
+void CollectNames(const Expr* e, std::vector<std::string>* names) {
+  if (e == nullptr) return;
+  if (e->kind == Expr::Kind::kName) names->push_back(e->name);
+  for (const Expr* child : {e->a.get(), e->b.get(), e->c.get(), e->d.get()}) CollectNames(child, names);
+  for (const auto& item : e->items) CollectNames(item.get(), names);
+  for (const auto& arg : e->args.positional) CollectNames(arg.get(), names);
+  for (const auto& [key, arg] : e->args.keyword) CollectNames(arg.get(), names);
+}
+
+struct ScopeScan {
+  std::vector<std::string> read_first;   // read at this scope's level before any assignment
+  std::vector<std::string> assigned;     // assigned unconditionally at this scope's level
+  std::vector<std::string> conditional;  // assigned inside an if at this scope's level
+  std::vector<std::string> refs;         // every name read or assigned at this scope's level
+  static bool Has(const std::vector<std::string>& v, const std::string& n) {
+    return std::find(v.begin(), v.end(), n) != v.end();
+  }
+  void ReadName(const std::string& n) {
+    refs.push_back(n);
+    if (!Has(assigned, n) && !Has(conditional, n)) read_first.push_back(n);
+  }
+  void Read(const Expr* e) {
+    std::vector<std::string> names;
+    CollectNames(e, &names);
+    for (const auto& n : names) ReadName(n);
+  }
+  void Assign(const std::string& n, bool conditionally) {
+    refs.push_back(n);
+    (conditionally ? conditional : assigned).push_back(n);
+  }
+  // Statements of one scope; nested scopes are not entered.
+  void Walk(const Node& node, bool conditionally) {
+    switch (node.kind) {
+      case Node::Kind::kBody:
+        for (const auto& child : node.children) Walk(*child, conditionally);
+        break;
+      case Node::Kind::kPrint: Read(node.expr.get()); break;
+      case Node::Kind::kIf:
+        for (size_t i = 0; i < node.conds.size(); ++i) {
+          Read(node.conds[i].get());
+          Walk(*node.bodies[i], true);
+        }
+        if (node.else_body) Walk(*node.else_body, true);
+        break;
+      case Node::Kind::kFor: Read(node.expr.get()); break;
+      case Node::Kind::kSet:
+        Read(node.expr.get());
+        if (!node.ns_attr.empty()) {
+          ReadName(node.targets[0]);
+        } else {
+          for (const auto& t : node.targets) Assign(t, conditionally);
+        }
+        break;
+      case Node::Kind::kSetBlock: Assign(node.targets[0], conditionally); break;
+      case Node::Kind::kMacro: Assign(node.text, conditionally); break;
+      case Node::Kind::kFilterBlock: Read(node.filter.get()); break;
+      case Node::Kind::kWith:
+        for (const auto& v : node.values) Read(v.get());
+        break;
+      default: break;
+    }
+  }
+  std::vector<std::string> Undefined() const {
+    std::vector<std::string> out;
+    for (const auto& n : assigned) {
+      if (!Has(read_first, n) && !Has(conditional, n) && !Has(out, n)) out.push_back(n);
+    }
+    return out;
+  }
+};
+
+// A name a scope assigns before reading it is the scope's own variable: Undefined until
+// assigned, unless an enclosing scope refers to the name (jinja2 then aliases the outer variable).
+void AnnotateNode(Node* node, const std::vector<std::string>& outer_refs) {
+  if (node == nullptr) return;
+  bool opens_scope = false;
+  switch (node->kind) {
+    case Node::Kind::kFor:
+    case Node::Kind::kMacro:
+    case Node::Kind::kFilterBlock:
+    case Node::Kind::kSetBlock:
+    case Node::Kind::kWith:
+    case Node::Kind::kGeneration: opens_scope = true; break;
+    default: break;
+  }
+  if (!opens_scope) {
+    AnnotateNode(node->body.get(), outer_refs);
+    AnnotateNode(node->else_body.get(), outer_refs);
+    for (auto& child : node->children) AnnotateNode(child.get(), outer_refs);
+    for (auto& branch : node->bodies) AnnotateNode(branch.get(), outer_refs);
+    return;
+  }
+  ScopeScan scan;
+  scan.Walk(*node->body, false);
+  for (const auto& name : scan.Undefined()) {
+    if (!ScopeScan::Has(outer_refs, name)) node->scope_undefined.push_back(name);
+  }
+  std::vector<std::string> refs = outer_refs;
+  refs.insert(refs.end(), scan.refs.begin(), scan.refs.end());
+  refs.insert(refs.end(), node->targets.begin(), node->targets.end());
+  refs.insert(refs.end(), node->params.begin(), node->params.end());
+  if (node->kind == Node::Kind::kFor) refs.push_back("loop");
+  AnnotateNode(node->body.get(), refs);
+  AnnotateNode(node->else_body.get(), outer_refs);
+}
+
 }  // namespace
+
+void AnnotateScopes(Node* root) {
+  ScopeScan scan;
+  scan.Walk(*root, false);
+  root->scope_undefined = scan.Undefined();
+  for (auto& child : root->children) AnnotateNode(child.get(), scan.refs);
+}
 
 absl::StatusOr<std::unique_ptr<Node>> ParseTemplate(std::string_view source, bool* has_generation) {
   try {
     Lexer lexer(source);
     Parser parser(lexer.Run());
     auto root = parser.ParseRoot();
+    AnnotateScopes(root.get());
     *has_generation = parser.has_generation;
     return root;
   } catch (const SyntaxError& e) {

@@ -34,7 +34,20 @@ Value Value::Generator(std::vector<Value> items) {
   return v;
 }
 
+Value Value::DictView(std::vector<Value> items, View view) {
+  Value v = List(std::move(items));
+  v.view_ = view;
+  return v;
+}
+
+Value Value::FailingGenerator(std::string error) {
+  Value v = Generator({});
+  v.str_ = std::move(error);
+  return v;
+}
+
 std::vector<Value> Value::Consume() const {
+  if (!str_.empty()) Fail(str_);
   std::vector<Value> items = std::move(*list_);
   list_->clear();
   return items;
@@ -214,7 +227,9 @@ void AppendJson(const Value& value, const JsonStyle& style, int depth, std::stri
     case Value::Kind::kFloat: *out += JsonFloat(value.as_float()); return;
     case Value::Kind::kString: AppendJsonString(value.str(), out); return;
     case Value::Kind::kList: {
-      if (value.is_generator()) Fail("Object of type generator is not JSON serializable");
+      if (value.is_generator() || value.view() != Value::View::kNone) {
+        Fail("Object of type " + value.TypeName() + " is not JSON serializable");
+      }
       if (value.list().empty()) {
         *out += "[]";
         return;
@@ -319,6 +334,10 @@ std::string Value::Repr() const {
     case Kind::kString: return PythonStringRepr(str_);
     case Kind::kList: {
       if (generator_) return "<generator object>";
+      if (view_ != View::kNone) {
+        Value plain = List(*list_);
+        return TypeName() + "(" + plain.Repr() + ")";
+      }
       std::string out = tuple_ ? "(" : "[";
       for (size_t i = 0; i < list_->size(); ++i) {
         if (i) out += ", ";
@@ -353,7 +372,11 @@ std::string Value::TypeName() const {
     case Kind::kInt: return "int";
     case Kind::kFloat: return "float";
     case Kind::kString: return "str";
-    case Kind::kList: return generator_ ? "generator" : tuple_ ? "tuple" : "list";
+    case Kind::kList:
+      if (view_ == View::kItems) return "dict_items";
+      if (view_ == View::kKeys) return "dict_keys";
+      if (view_ == View::kValues) return "dict_values";
+      return generator_ ? "generator" : tuple_ ? "tuple" : "list";
     case Kind::kDict: return "dict";
     case Kind::kCallable: return "function";
     case Kind::kObject: return object_->TypeName();
@@ -382,7 +405,7 @@ bool Value::Equals(const Value& other) const {
     case Kind::kNone: return true;
     case Kind::kString: return str_ == other.str_;
     case Kind::kList: {
-      if (generator_ || other.generator_) return list_ == other.list_;
+      if (generator_ || other.generator_ || view_ != other.view_) return list_ == other.list_;
       if (tuple_ != other.tuple_ || list_->size() != other.list_->size()) return false;
       for (size_t i = 0; i < list_->size(); ++i) {
         if (!(*list_)[i].Equals((*other.list_)[i])) return false;
@@ -409,7 +432,8 @@ bool Value::Less(const Value& other) const {
     return int_ < other.int_;
   }
   if (is_string() && other.is_string()) return str_ < other.str_;  // UTF-8 order is code-point order
-  if (is_list() && other.is_list() && tuple_ == other.tuple_ && !generator_ && !other.generator_) {
+  if (is_list() && other.is_list() && tuple_ == other.tuple_ && !generator_ && !other.generator_ &&
+      view_ == View::kNone && other.view_ == View::kNone) {
     const auto& a = *list_;
     const auto& b = *other.list_;
     for (size_t i = 0; i < a.size() && i < b.size(); ++i) {

@@ -78,6 +78,13 @@ class Value {
   // What Jinja's map/select/selectattr/... return: a one-pass iterator (always true, no len(),
   // not JSON serializable; iterating it empties it).
   static Value Generator(std::vector<Value> items);
+  // dict.items() / keys() / values(): a list that prints as dict_items([...]) etc.
+  enum class View : uint8_t { kNone, kItems, kKeys, kValues };
+  static Value DictView(std::vector<Value> items, View view);
+  View view() const { return view_; }
+  // A generator whose first iteration fails with `error` (Jinja's filters are lazy: `x|items`
+  // on a non-mapping fails only once iterated).
+  static Value FailingGenerator(std::string error);
   static Value MakeDict(std::shared_ptr<Dict> dict);
   static Value NewDict();
   static Value Function(std::string name, NativeFunction fn);
@@ -146,6 +153,7 @@ class Value {
   bool tuple_ = false;
   bool generator_ = false;
   bool safe_ = false;
+  View view_ = View::kNone;
   int64_t int_ = 0;
   double float_ = 0;
   std::string str_;
