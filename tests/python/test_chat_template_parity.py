@@ -366,3 +366,28 @@ def test_prefix_masks_cover_assistant_text_only(name, tokenizer_json, tmp_path):
     # Command R+'s tool_use template rejects tool schemas without parameter descriptions (in
     # transformers too): nothing of it is checked here.
     assert checked >= 1 or name.startswith("CohereForAI")
+
+
+def test_errors_name_the_template_line(tokenizer_json, tmp_path):
+    conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    # A syntax error: the command fails before rendering anything, naming line and column.
+    bad = model_dir(tmp_path, "bad", "{% for m in messages %}\n{{ m.content | trim }\n{% endfor %}", tokenizer_json)
+    inp = tmp_path / "c.jsonl"
+    inp.write_text(json.dumps(conv) + "\n")
+    res = subprocess.run([str(BINARY), "chat-template", "--tokenizer", str(bad), "--input", str(inp), "--out",
+                          str(tmp_path / "o.jsonl")], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "chat template line 2, column" in res.stderr and "syntax error" in res.stderr, res.stderr
+    with pytest.raises(Exception):
+        AutoTokenizer.from_pretrained(str(bad)).apply_chat_template(conv["messages"], tokenize=False)
+    # raise_exception: the template's own message, with its line, per conversation.
+    strict = model_dir(tmp_path, "strict", TEMPLATES["mistralai-Mixtral-8x7B-Instruct-v0.1"].read_text(), tokenizer_json)
+    tool = {"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}
+    ours = run_ours(strict, [conv, tool], tmp_path)
+    assert "text" in ours[0]
+    assert "line 22, column" in ours[1]["error"] and "Only user and assistant roles are supported" in ours[1]["error"]
+    # A bad line is named with its number when not keeping going.
+    inp.write_text(json.dumps(conv) + "\n" + json.dumps(tool) + "\n")
+    res = subprocess.run([str(BINARY), "chat-template", "--tokenizer", str(strict), "--input", str(inp), "--out",
+                          str(tmp_path / "o.jsonl")], capture_output=True, text=True)
+    assert res.returncode == 1 and "c.jsonl:2: chat template line 22" in res.stderr, res.stderr

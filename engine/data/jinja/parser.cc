@@ -1041,7 +1041,7 @@ class Parser {
   }
 
   ExprPtr ParseCall(ExprPtr node) {
-    auto call = NewExpr(Expr::Kind::kCall, Cur().where);
+    auto call = NewExpr(Expr::Kind::kCall, node->where);  // errors point at the callee
     call->a = std::move(node);
     ParseCallArgs(&call->args);
     return call;
