@@ -342,19 +342,27 @@ Interpreter::Flow Interpreter::Exec(const Node& node) {
 std::string Interpreter::Capture(const Node& body, const std::shared_ptr<Frame>& frame) {
   std::string captured;
   std::string* saved_out = out_;
-  std::shared_ptr<Frame> saved_frame = frame_;
+  FrameSwap scope(this, frame);
   out_ = &captured;
-  frame_ = frame;
   try {
     Exec(body);
   } catch (...) {
     out_ = saved_out;
-    frame_ = saved_frame;
     throw;
   }
   out_ = saved_out;
-  frame_ = saved_frame;
   return captured;
+}
+
+Value Interpreter::ApplyFilterChain(const Expr& chain, Value input) {
+  std::vector<const Expr*> filters;  // outermost first
+  for (const Expr* f = &chain; f != nullptr; f = f->a.get()) filters.push_back(f);
+  for (auto it = filters.rbegin(); it != filters.rend(); ++it) {
+    Args args;
+    EvalArgs((*it)->args, &args);
+    input = ApplyFilter((*it)->name, input, args);
+  }
+  return input;
 }
 
 void Interpreter::Assign(const Node& node, Value value) {
@@ -392,22 +400,15 @@ Value Interpreter::CallMacro(const Node& macro, const std::shared_ptr<Frame>& de
     frame->Set(key, std::move(value));
     bound[i] = true;
   }
-  std::shared_ptr<Frame> saved = frame_;
-  frame_ = frame;
-  for (size_t i = 0; i < macro.params.size(); ++i) {
-    if (bound[i]) continue;
-    if (macro.defaults[i]) {
-      try {
-        frame->Set(macro.params[i], Eval(*macro.defaults[i]));
-      } catch (...) {
-        frame_ = saved;
-        throw;
-      }
-    } else {
-      frame->Set(macro.params[i], Value::Undefined("parameter '" + macro.params[i] + "' was not provided"));
+  {
+    FrameSwap scope(this, frame);  // defaults see the earlier parameters
+    for (size_t i = 0; i < macro.params.size(); ++i) {
+      if (bound[i]) continue;
+      frame->Set(macro.params[i], macro.defaults[i] ? Eval(*macro.defaults[i])
+                                                    : Value::Undefined("parameter '" + macro.params[i] +
+                                                                       "' was not provided"));
     }
   }
-  frame_ = saved;
   ++call_depth_;
   const int saved_loop_depth = loop_depth_;
   loop_depth_ = 0;
@@ -517,16 +518,7 @@ Interpreter::Flow Interpreter::ExecInner(const Node& node) {
     }
     case Node::Kind::kSetBlock: {
       Value text(Capture(*node.body, NewScope(node, frame_)));
-      if (node.filter) {
-        // The filter chain's innermost input is the captured text.
-        std::vector<const Expr*> chain;
-        for (const Expr* f = node.filter.get(); f != nullptr; f = f->a.get()) chain.push_back(f);
-        for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
-          Args args;
-          EvalArgs((*it)->args, &args);
-          text = ApplyFilter((*it)->name, text, args);
-        }
-      }
+      if (node.filter) text = ApplyFilterChain(*node.filter, std::move(text));
       frame_->Set(node.targets[0], std::move(text));
       return Flow::kNormal;
     }
@@ -544,31 +536,15 @@ Interpreter::Flow Interpreter::ExecInner(const Node& node) {
       return Flow::kNormal;
     }
     case Node::Kind::kFilterBlock: {
-      Value text(Capture(*node.body, NewScope(node, frame_)));
-      std::vector<const Expr*> chain;
-      for (const Expr* f = node.filter.get(); f != nullptr; f = f->a.get()) chain.push_back(f);
-      for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
-        Args args;
-        EvalArgs((*it)->args, &args);
-        text = ApplyFilter((*it)->name, text, args);
-      }
+      const Value text = ApplyFilterChain(*node.filter, Value(Capture(*node.body, NewScope(node, frame_))));
       out_->append(text.ToString());
       return Flow::kNormal;
     }
     case Node::Kind::kWith: {
       auto frame = NewScope(node, frame_);
       for (size_t i = 0; i < node.targets.size(); ++i) frame->Set(node.targets[i], Eval(*node.values[i]));
-      std::shared_ptr<Frame> saved = frame_;
-      frame_ = frame;
-      Flow flow;
-      try {
-        flow = Exec(*node.body);
-      } catch (...) {
-        frame_ = saved;
-        throw;
-      }
-      frame_ = saved;
-      return flow;
+      FrameSwap scope(this, std::move(frame));
+      return Exec(*node.body);
     }
     case Node::Kind::kBreak:
     case Node::Kind::kContinue:
@@ -579,16 +555,11 @@ Interpreter::Flow Interpreter::ExecInner(const Node& node) {
       // transformers' {% generation %} is a call block: its body is a scope of its own.
       const bool top_level = out_ == &result_.text;
       const size_t begin = out_->size();
-      std::shared_ptr<Frame> saved = frame_;
-      frame_ = NewScope(node, frame_);
       Flow flow;
-      try {
+      {
+        FrameSwap scope(this, NewScope(node, frame_));
         flow = Exec(*node.body);
-      } catch (...) {
-        frame_ = saved;
-        throw;
       }
-      frame_ = saved;
       if (top_level) result_.generation_spans.emplace_back(begin, out_->size());
       return flow;
     }

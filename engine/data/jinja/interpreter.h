@@ -48,7 +48,23 @@ class Interpreter {
   void Assign(const Node& node, Value value);
   // A new scope under `parent` with `node.scope_undefined` set.
   std::shared_ptr<Frame> NewScope(const Node& node, std::shared_ptr<Frame> parent);
-  Flow ExecScoped(const Node& node, const Node& body);
+  // Applies a filter block's or set block's filter chain (innermost input null) to `input`.
+  Value ApplyFilterChain(const Expr& chain, Value input);
+
+  // Makes `frame` current until destroyed (exceptions included).
+  class FrameSwap {
+   public:
+    FrameSwap(Interpreter* in, std::shared_ptr<Frame> frame) : in_(in), saved_(std::move(in->frame_)) {
+      in_->frame_ = std::move(frame);
+    }
+    ~FrameSwap() { in_->frame_ = std::move(saved_); }
+    FrameSwap(const FrameSwap&) = delete;
+    FrameSwap& operator=(const FrameSwap&) = delete;
+
+   private:
+    Interpreter* in_;
+    std::shared_ptr<Frame> saved_;
+  };
 
   std::shared_ptr<Frame> frame_;
   std::string* out_ = nullptr;
