@@ -266,14 +266,19 @@ absl::StatusOr<std::vector<TrainedSpan>> ChatTemplate::AssistantSpans(const Chat
     const auto where = [&]() { return absl::StrCat("loss mask for \"messages\"[", i, "] (assistant): "); };
     auto prompt = RenderPrepared(tmpl, *in, i, /*add_generation_prompt=*/true, options);
     if (!prompt.ok()) return absl::Status(prompt.status().code(), where() + std::string(prompt.status().message()));
-    auto history = RenderPrepared(tmpl, *in, i, /*add_generation_prompt=*/false, options);
-    if (!history.ok()) return absl::Status(history.status().code(), where() + std::string(history.status().message()));
     auto as_last = RenderPrepared(tmpl, *in, i + 1, /*add_generation_prompt=*/false, options);
     if (!as_last.ok()) return absl::Status(as_last.status().code(), where() + std::string(as_last.status().message()));
     const std::string differently =
         "the template renders the conversation before this message differently when the message is the last "
         "one, and ";
     size_t begin = CommonPrefix(full, prompt->text);
+    // The rendering without the generation prompt is only needed when the full rendering does not
+    // continue the prompt (the common case needs two renderings per assistant turn).
+    absl::StatusOr<jinja::RenderResult> history = jinja::RenderResult{prompt->text, {}};
+    if (begin < prompt->text.size()) {
+      history = RenderPrepared(tmpl, *in, i, /*add_generation_prompt=*/false, options);
+      if (!history.ok()) return absl::Status(history.status().code(), where() + std::string(history.status().message()));
+    }
     if (begin < history->text.size()) {
       // The prompt renders earlier turns differently (e.g. Mistral puts the system prompt in the
       // last user turn only): start where the message's own data begins, after the generation
