@@ -66,9 +66,45 @@ absl::StatusOr<ChatFamily> DetectChatFamily(const Tokenizer& tokenizer) {
       "(<|im_start|>), Llama-3 (<|start_header_id|>), DeepSeek-V3 (<｜User｜>) or GPT-OSS harmony (<|channel|>)");
 }
 
+namespace {
+
+// A conversation's messages for the built-in layouts: role and string content only.
+absl::StatusOr<std::vector<ChatMessage>> BuiltInMessages(const ChatConversation& conversation) {
+  std::vector<ChatMessage> messages;
+  if (!conversation.messages.is_array()) return absl::InvalidArgumentError("\"messages\" must be a list");
+  for (size_t i = 0; i < conversation.messages.size(); ++i) {
+    const auto& m = conversation.messages[i];
+    const auto role = m.find("role");
+    const auto content = m.find("content");
+    if (m.contains("tool_calls") && !m["tool_calls"].is_null()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "\"messages\"[", i, "] has tool_calls, which the built-in chat layouts cannot render; the model needs a "
+          "chat template (tokenizer_config.json \"chat_template\" or chat_template.jinja)"));
+    }
+    if (role == m.end() || !role->is_string()) return absl::InvalidArgumentError(absl::StrCat("\"messages\"[", i, "].role must be a string"));
+    if (content != m.end() && !content->is_null() && !content->is_string()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "\"messages\"[", i, "].content is not a string, which the built-in chat layouts cannot render; the model "
+          "needs a chat template (tokenizer_config.json \"chat_template\" or chat_template.jinja)"));
+    }
+    messages.push_back({role->get<std::string>(),
+                        content == m.end() || content->is_null() ? "" : content->get<std::string>()});
+  }
+  return messages;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ChatFormatter>> ChatFormatter::Create(const Tokenizer* tokenizer,
                                                                      std::optional<ChatFamily> family,
                                                                      ChatFormatOptions options) {
+  if (!family && !tokenizer->config().chat_template.empty()) {
+    auto chat_template = ChatTemplate::FromTokenizer(*tokenizer);
+    if (!chat_template.ok()) return chat_template.status();
+    std::unique_ptr<ChatFormatter> formatter(new ChatFormatter(tokenizer, ChatFamily::kChatMl, options));
+    formatter->template_ = std::move(*chat_template);
+    return formatter;
+  }
   if (!family) {
     auto detected = DetectChatFamily(*tokenizer);
     if (!detected.ok()) return detected.status();
@@ -184,13 +220,63 @@ std::vector<ChatFormatter::Piece> ChatFormatter::Pieces(const std::vector<ChatMe
   return pieces;
 }
 
+std::string ChatFormatter::Describe() const {
+  if (template_) {
+    return absl::StrCat("the model's chat template (", template_->has_generation_blocks() ? "loss on its {% generation %} blocks" : "loss on assistant turns, found by rendering prefixes", ")");
+  }
+  return absl::StrCat("built-in ", ChatFamilyName(family_), " layout (the model has no chat template)");
+}
+
+absl::StatusOr<TokenizedDocument> ChatFormatter::Format(const ChatConversation& conversation) const {
+  if (template_) {
+    return template_->Encode(*tokenizer_, conversation, options_.template_kwargs, options_.train_on_all_turns);
+  }
+  if (!conversation.tools.is_null() || !conversation.documents.is_null()) {
+    return absl::FailedPreconditionError(
+        "\"tools\" and \"documents\" need the model's chat template (tokenizer_config.json \"chat_template\" or "
+        "chat_template.jinja); the built-in chat layouts cannot render them");
+  }
+  auto messages = BuiltInMessages(conversation);
+  if (!messages.ok()) return messages.status();
+  return FormatBuiltIn(*messages);
+}
+
+absl::StatusOr<TokenizedDocument> ChatFormatter::Format(const std::vector<ChatMessage>& messages) const {
+  if (!template_) return FormatBuiltIn(messages);
+  ChatConversation conversation;
+  for (const ChatMessage& m : messages) {
+    nlohmann::ordered_json message = nlohmann::ordered_json::object();
+    message["role"] = m.role;
+    message["content"] = m.content;
+    conversation.messages.push_back(std::move(message));
+  }
+  return Format(conversation);
+}
+
+absl::StatusOr<std::string> ChatFormatter::Render(const ChatConversation& conversation) const {
+  if (template_) {
+    auto rendered = template_->Render(conversation, /*add_generation_prompt=*/false, options_.template_kwargs);
+    if (!rendered.ok()) return rendered.status();
+    return std::move(rendered->text);
+  }
+  auto messages = BuiltInMessages(conversation);
+  if (!messages.ok()) return messages.status();
+  return Render(*messages);
+}
+
 std::string ChatFormatter::Render(const std::vector<ChatMessage>& messages) const {
+  if (template_) {
+    ChatConversation conversation;
+    for (const ChatMessage& m : messages) conversation.messages.push_back({{"role", m.role}, {"content", m.content}});
+    auto rendered = Render(conversation);
+    return rendered.ok() ? *rendered : "";
+  }
   std::string out;
   for (const Piece& piece : Pieces(messages)) out += piece.text;
   return out;
 }
 
-absl::StatusOr<TokenizedDocument> ChatFormatter::Format(const std::vector<ChatMessage>& messages) const {
+absl::StatusOr<TokenizedDocument> ChatFormatter::FormatBuiltIn(const std::vector<ChatMessage>& messages) const {
   TokenizedDocument document;
   std::vector<int32_t> ids;
   for (const Piece& piece : Pieces(messages)) {

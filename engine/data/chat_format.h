@@ -1,6 +1,11 @@
-// Chat formatting for the supported model families, producing token ids and a loss mask that is
-// on for assistant turns only (by default). The family is detected from the model's chat
-// template (tokenizer_config.json or chat_template.jinja), or from its special tokens.
+// Chat formatting: token ids and a loss mask that is on for assistant turns only (by default).
+//
+// A model with a chat template (tokenizer_config.json "chat_template" or chat_template.jinja) is
+// rendered with that template, exactly as transformers' apply_chat_template renders it, and the
+// loss mask is derived from the rendering (engine/data/chat_template.h says how).
+//
+// FALLBACK, only for a model that ships no chat template (or when a family is named
+// explicitly): four built-in layouts, the family detected from the vocabulary's marker tokens:
 //
 //   ChatML (Qwen2/Qwen3):  <|im_start|>{role}\n{content}<|im_end|>\n
 //   Llama-3:               <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
@@ -22,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/data/chat_template.h"
 #include "engine/data/tokenized_document.h"
 #include "engine/data/tokenizer.h"
 
@@ -36,8 +42,11 @@ struct ChatMessage {
 };
 
 struct ChatFormatOptions {
-  // Train on every turn's content instead of assistant turns only.
+  // Train on every token (template) / every turn's content (built-in layouts) instead of
+  // assistant turns only.
   bool train_on_all_turns = false;
+  // Extra chat template variables, e.g. {"enable_thinking": false}; a JSON object or null.
+  nlohmann::ordered_json template_kwargs;
 };
 
 // From the chat template's markers, else from which marker tokens the vocabulary has;
@@ -46,18 +55,27 @@ absl::StatusOr<ChatFamily> DetectChatFamily(const Tokenizer& tokenizer);
 
 class ChatFormatter {
  public:
-  // `tokenizer` must outlive the formatter. Without `family`, it is detected. FAILED_PRECONDITION
-  // naming the missing token when the vocabulary lacks one of the family's markers.
+  // `tokenizer` must outlive the formatter. Without `family`: the tokenizer's chat template
+  // when it has one (a template that does not parse is an error naming its line), else the
+  // built-in layout detected from the vocabulary. With `family`: that built-in layout.
+  // FAILED_PRECONDITION naming the missing token when the vocabulary lacks one of a built-in
+  // layout's markers.
   static absl::StatusOr<std::unique_ptr<ChatFormatter>> Create(const Tokenizer* tokenizer,
                                                                std::optional<ChatFamily> family = std::nullopt,
                                                                ChatFormatOptions options = {});
 
   // Token ids and HF-style labels (kIgnoreLabel outside trained turns).
+  absl::StatusOr<TokenizedDocument> Format(const ChatConversation& conversation) const;
   absl::StatusOr<TokenizedDocument> Format(const std::vector<ChatMessage>& messages) const;
-  // The rendered conversation as text (what the model's Jinja template would produce).
+  // The rendered conversation as text.
+  absl::StatusOr<std::string> Render(const ChatConversation& conversation) const;
   std::string Render(const std::vector<ChatMessage>& messages) const;
 
+  // True when rendering with the model's own template; family() is meaningful otherwise.
+  bool uses_template() const { return template_ != nullptr; }
   ChatFamily family() const { return family_; }
+  // For logs: "the model's chat template (...)" or "built-in chatml layout (...)".
+  std::string Describe() const;
 
  private:
   // A rendered piece: literal text, or a marker token by its content.
@@ -69,10 +87,12 @@ class ChatFormatter {
   ChatFormatter(const Tokenizer* tokenizer, ChatFamily family, ChatFormatOptions options)
       : tokenizer_(tokenizer), family_(family), options_(options) {}
   std::vector<Piece> Pieces(const std::vector<ChatMessage>& messages) const;
+  absl::StatusOr<TokenizedDocument> FormatBuiltIn(const std::vector<ChatMessage>& messages) const;
 
   const Tokenizer* tokenizer_;
   ChatFamily family_;
   ChatFormatOptions options_;
+  std::unique_ptr<ChatTemplate> template_;
 };
 
 }  // namespace ftd::data

@@ -34,7 +34,7 @@ absl::StatusOr<std::string> NonEmptyString(const json& object, const char* name)
   return it->get<std::string>();
 }
 
-absl::Status ParseMessages(const json& object, DatasetRecord* record) {
+absl::Status ParseMessages(const json& object, std::string_view line, DatasetRecord* record) {
   const json& messages = object["messages"];
   if (!messages.is_array()) return WrongType("\"messages\"", "an array", messages);
   if (messages.empty()) return absl::InvalidArgumentError("\"messages\" is empty");
@@ -47,22 +47,43 @@ absl::Status ParseMessages(const json& object, DatasetRecord* record) {
     if (role == message.end()) return absl::InvalidArgumentError(absl::StrCat(where, ".role is missing"));
     if (!role->is_string()) return WrongType(absl::StrCat(where, ".role"), "a string", *role);
     const std::string& role_name = role->get_ref<const std::string&>();
-    if (role_name != "system" && role_name != "user" && role_name != "assistant" && role_name != "tool") {
+    if (role_name != "system" && role_name != "user" && role_name != "assistant" && role_name != "tool" &&
+        role_name != "developer") {
       return absl::InvalidArgumentError(
-          absl::StrCat(where, ".role must be one of system|user|assistant|tool, not \"", role_name, "\""));
+          absl::StrCat(where, ".role must be one of system|user|assistant|tool|developer, not \"", role_name, "\""));
+    }
+    auto tool_calls = message.find("tool_calls");
+    const bool has_tool_calls = tool_calls != message.end() && !tool_calls->is_null();
+    if (has_tool_calls && (!tool_calls->is_array() || tool_calls->empty())) {
+      return WrongType(absl::StrCat(where, ".tool_calls"), "a non-empty array", *tool_calls);
     }
     auto content = message.find("content");
-    if (content == message.end()) return absl::InvalidArgumentError(absl::StrCat(where, ".content is missing"));
-    if (!content->is_string()) return WrongType(absl::StrCat(where, ".content"), "a string", *content);
-    if (role_name == "assistant" && content->get_ref<const std::string&>().empty()) {
+    const bool no_content = content == message.end() || content->is_null();
+    if (no_content && !has_tool_calls) return absl::InvalidArgumentError(absl::StrCat(where, ".content is missing"));
+    if (!no_content && !content->is_string() && !content->is_array()) {
+      return WrongType(absl::StrCat(where, ".content"), "a string or a list of content parts", *content);
+    }
+    if (role_name == "assistant" && !has_tool_calls &&
+        (no_content || (content->is_string() && content->get_ref<const std::string&>().empty()) ||
+         (content->is_array() && content->empty()))) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".content is empty (an assistant turn to train on)"));
     }
     has_assistant = has_assistant || role_name == "assistant";
-    record->messages.push_back({role_name, content->get<std::string>()});
+    record->messages.push_back({role_name, !no_content && content->is_string() ? content->get<std::string>() : ""});
   }
   if (!has_assistant) {
     return absl::InvalidArgumentError("\"messages\" has no assistant turn (nothing to train on)");
   }
+  for (const char* list : {"tools", "documents"}) {
+    if (object.contains(list) && !object[list].is_null() && !object[list].is_array()) {
+      return WrongType(absl::StrCat("\"", list, "\""), "an array", object[list]);
+    }
+  }
+  // The template sees the data with its key order (tojson prints it), so keep an ordered copy.
+  const nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(line.begin(), line.end(), nullptr, false);
+  record->conversation.messages = ordered["messages"];
+  if (ordered.contains("tools")) record->conversation.tools = ordered["tools"];
+  if (ordered.contains("documents")) record->conversation.documents = ordered["documents"];
   return absl::OkStatus();
 }
 
@@ -137,7 +158,7 @@ absl::StatusOr<DatasetRecord> ParseDatasetRecord(std::string_view line, DatasetF
   switch (format) {
     case DatasetFormat::kMessages: {
       if (!object.contains("messages")) return absl::InvalidArgumentError("\"messages\" is missing");
-      absl::Status status = ParseMessages(object, &record);
+      absl::Status status = ParseMessages(object, line, &record);
       if (!status.ok()) return status;
       break;
     }

@@ -1,5 +1,9 @@
 // One line of a JSONL training file, parsed and checked. Formats:
-//   {"messages": [{"role": "system|user|assistant|tool", "content": "..."}, ...]}
+//   {"messages": [{"role": "system|user|assistant|tool|developer", "content": "..."}, ...],
+//    "tools"?: [...], "documents"?: [...]}
+//       messages as chat APIs and transformers take them: content may be null or a list of
+//       parts, assistant turns may carry tool_calls and reasoning_content; rendered with the
+//       model's chat template (engine/data/chat_format.h)
 //   {"prompt": "...", "completion": "..."}       loss on the completion only
 //   {"text": "..."}                               loss on every token
 //   {"input_ids": [...], "labels": [...]}         labels optional; -100 = no loss
@@ -24,7 +28,8 @@ const char* DatasetFormatName(DatasetFormat format);
 
 struct DatasetRecord {
   DatasetFormat format = DatasetFormat::kAuto;  // never kAuto once parsed
-  std::vector<ChatMessage> messages;
+  std::vector<ChatMessage> messages;  // role and string content (the built-in layouts' view)
+  ChatConversation conversation;      // the messages, tools and documents as given
   std::string prompt;
   std::string completion;
   std::string text;
@@ -34,7 +39,7 @@ struct DatasetRecord {
 
 // Parses and checks one line. `vocab_size` (> 0) bounds token ids and labels; 0 skips that
 // check. The error says what is wrong with which field, e.g.
-// `"messages"[2].role must be one of system|user|assistant|tool` (callers add "file:line: ").
+// `"messages"[2].role must be one of system|user|assistant|tool|developer` (callers add "file:line: ").
 absl::StatusOr<DatasetRecord> ParseDatasetRecord(std::string_view line, DatasetFormat format, int32_t vocab_size);
 
 }  // namespace ftd::data

@@ -25,7 +25,7 @@ struct ValidationOptions {
 
 // OK, or INVALID_ARGUMENT listing the first bad lines, one per line of the message, each as
 // `path:LINE: reason` (LINE 1-based), e.g.
-//   data.jsonl:17: "messages"[2].role must be one of system|user|assistant|tool, not "bot"
+//   data.jsonl:17: "messages"[2].role must be one of system|user|assistant|tool|developer, not "bot"
 // NOT_FOUND when the file does not exist; INVALID_ARGUMENT when it has no records.
 // `vocab_size` bounds token ids (0: unchecked). With a tokenizer, chat records are also checked
 // against its chat format (rendered and tokenized).

@@ -34,7 +34,7 @@ absl::StatusOr<TokenizedDocument> DocumentEncoder::Encode(const DatasetRecord& r
   switch (record.format) {
     case DatasetFormat::kMessages:
       if (!chat_) return chat_status_;
-      return chat_->Format(record.messages);
+      return chat_->Format(record.conversation);
     case DatasetFormat::kPromptCompletion: {
       tokenizer_->EncodeAppend(record.prompt, /*add_special_tokens=*/true, &document.input_ids);
       // The post-processor's suffix (e.g. an EOS of a Bert-style template) belongs after the

@@ -1,5 +1,6 @@
 // Turns parsed dataset records into token ids and labels with the model's tokenizer:
-//   messages            chat format of the model's family, loss on assistant turns
+//   messages            the model's chat template (or a built-in layout when it has none), loss
+//                       on assistant turns
 //   prompt/completion   BOS (if the tokenizer adds one) + prompt + completion + EOS, loss on
 //                       completion + EOS
 //   text                BOS (if any) + text + EOS, loss everywhere
@@ -36,6 +37,8 @@ class DocumentEncoder {
   // The tokenizer's vocab size, or 0 without a tokenizer.
   int32_t vocab_size() const { return tokenizer_ ? tokenizer_->vocab_size() : 0; }
   const Tokenizer* tokenizer() const { return tokenizer_; }
+  // How chat records are rendered (for logs), or why they cannot be.
+  std::string DescribeChat() const { return chat_ ? chat_->Describe() : std::string(chat_status_.message()); }
 
  private:
   DocumentEncoder(const Tokenizer* tokenizer, DocumentEncoderOptions options)

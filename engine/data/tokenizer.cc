@@ -47,7 +47,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
     FTD_ASSIGN_OR_RETURN(config_json, ReadFileToString((dir / "tokenizer_config.json").string()));
   }
   FTD_ASSIGN_OR_RETURN(auto tokenizer, FromJson(tokenizer_json, config_json, json_path.string()));
-  if (tokenizer->config_.chat_template.empty() && fs::exists(dir / "chat_template.jinja", error)) {
+  // As in transformers, chat_template.jinja takes priority over tokenizer_config.json's template.
+  if (fs::exists(dir / "chat_template.jinja", error)) {
     FTD_ASSIGN_OR_RETURN(tokenizer->config_.chat_template,
                          ReadFileToString((dir / "chat_template.jinja").string()));
   }
@@ -214,6 +215,61 @@ absl::Status Tokenizer::LoadDecoder(const nlohmann::json& spec) {
   }
   return absl::UnimplementedError(absl::StrCat(
       "decoder type \"", type, "\" is not supported (supported: ByteLevel, a Sequence of one ByteLevel, null)"));
+}
+
+void Tokenizer::EncodeWithOffsets(std::string_view text, std::vector<int32_t>* ids,
+                                  std::vector<std::pair<size_t, size_t>>* offsets) const {
+  ids->clear();
+  offsets->clear();
+  if (!IsValidUtf8(text)) {
+    // Offsets into repaired text would not match the caller's bytes: one span for everything.
+    EncodeAppend(text, /*add_special_tokens=*/false, ids);
+    offsets->assign(ids->size(), {0, text.size()});
+    return;
+  }
+  std::vector<TextSegment> segments;
+  if (raw_matcher_->empty()) {
+    segments.push_back(TextSegment{0, text.size(), -1});
+  } else {
+    raw_matcher_->Split(text, &segments);
+  }
+  std::vector<int32_t> piece;
+  std::string bytes;
+  for (const TextSegment& segment : segments) {
+    if (segment.token >= 0) {
+      ids->push_back(added_tokens_[segment.token].id);
+      offsets->emplace_back(segment.begin, segment.end);
+      continue;
+    }
+    piece.clear();
+    EncodeNonAdded(text.substr(segment.begin, segment.end - segment.begin), &piece);
+    // Each token's bytes, cumulated; when normalization changed the text the sums differ and
+    // every token of the segment gets the whole segment.
+    std::vector<size_t> lengths;
+    size_t total = 0;
+    for (int32_t id : piece) {
+      bytes.clear();
+      auto added = added_id_tokens_.find(id);
+      const std::string* token = added != added_id_tokens_.end() ? &added->second : model_->IdToToken(id);
+      if (token != nullptr && !(added == added_id_tokens_.end() && decoder_ == DecoderKind::kByteLevel &&
+                                AppendBytesFromByteLevel(*token, &bytes))) {
+        bytes = *token;
+      }
+      lengths.push_back(bytes.size());
+      total += bytes.size();
+    }
+    const bool exact = total == segment.end - segment.begin;
+    size_t pos = segment.begin;
+    for (size_t i = 0; i < piece.size(); ++i) {
+      ids->push_back(piece[i]);
+      if (exact) {
+        offsets->emplace_back(pos, pos + lengths[i]);
+        pos += lengths[i];
+      } else {
+        offsets->emplace_back(segment.begin, segment.end);
+      }
+    }
+  }
 }
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special_tokens) const {

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -41,6 +42,12 @@ class Tokenizer {
   std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens) const;
   // Appends to `ids` (no allocation for the result when `ids` has capacity).
   void EncodeAppend(std::string_view text, bool add_special_tokens, std::vector<int32_t>* ids) const;
+
+  // Encodes without special tokens (as apply_chat_template does) and gives each token's byte
+  // range [begin, end) in `text`, as HF's offsets mapping does in characters. Where the
+  // normalizer changed a piece's bytes, each of its tokens gets the whole piece.
+  void EncodeWithOffsets(std::string_view text, std::vector<int32_t>* ids,
+                         std::vector<std::pair<size_t, size_t>>* offsets) const;
 
   // Unknown ids are skipped, as HF does. Invalid UTF-8 in the bytes becomes U+FFFD.
   std::string Decode(absl::Span<const int32_t> ids, bool skip_special_tokens) const;

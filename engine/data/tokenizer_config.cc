@@ -27,7 +27,9 @@ absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(const std::string& json_tex
   }
   TokenizerConfig out;
   for (auto [name, field] : {std::pair{"bos_token", &out.bos_token}, std::pair{"eos_token", &out.eos_token},
-                             std::pair{"pad_token", &out.pad_token}}) {
+                             std::pair{"pad_token", &out.pad_token}, std::pair{"unk_token", &out.unk_token},
+                             std::pair{"sep_token", &out.sep_token}, std::pair{"cls_token", &out.cls_token},
+                             std::pair{"mask_token", &out.mask_token}}) {
     auto value = TokenField(config, name, source);
     if (!value.ok()) return value.status();
     *field = *value;
@@ -48,8 +50,10 @@ absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(const std::string& json_tex
               absl::StrCat(source, ": \"chat_template\" entries must be {\"name\", \"template\"}"));
         }
         const bool is_default = entry.contains("name") && entry["name"] == "default";
+        if (entry.contains("name") && entry["name"].is_string()) {
+          out.named_chat_templates.emplace_back(entry["name"].get<std::string>(), entry["template"].get<std::string>());
+        }
         if (out.chat_template.empty() || is_default) out.chat_template = entry["template"].get<std::string>();
-        if (is_default) break;
       }
     } else {
       return absl::InvalidArgumentError(absl::StrCat(source, ": \"chat_template\" must be a string or a list"));

@@ -3,6 +3,8 @@
 
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -12,8 +14,15 @@ struct TokenizerConfig {
   std::optional<std::string> bos_token;
   std::optional<std::string> eos_token;
   std::optional<std::string> pad_token;
+  // The other named special tokens transformers passes to chat templates.
+  std::optional<std::string> unk_token;
+  std::optional<std::string> sep_token;
+  std::optional<std::string> cls_token;
+  std::optional<std::string> mask_token;
   // The default chat template (Jinja source); empty when the model has none.
   std::string chat_template;
+  // Named templates when the file lists several ({"name", "template"} entries), e.g. "tool_use".
+  std::vector<std::pair<std::string, std::string>> named_chat_templates;
   // Llama-style flags; unset when the file does not say.
   std::optional<bool> add_bos_token;
   std::optional<bool> add_eos_token;

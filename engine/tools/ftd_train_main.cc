@@ -1,5 +1,5 @@
 // ftd-train: one training rank from a spec file, plus the model tools other components and
-// external checks call (init-model, forward, st-copy, tokenize).
+// external checks call (init-model, forward, st-copy, tokenize, chat-template).
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -8,12 +8,16 @@
 
 #include <CLI/CLI.hpp>
 
+#include "engine/data/chat_template_command.h"
 #include "engine/data/tokenize_command.h"
 #include "engine/tools/commands.h"
 
 int main(int argc, char** argv) {
   // tokenize has its own flag parser (engine/data/tokenize_command.h), shared with ftd-tokenize.
   if (argc > 1 && std::strcmp(argv[1], "tokenize") == 0) return ftd::data::RunTokenizeCommand(argc - 1, argv + 1);
+  if (argc > 1 && std::strcmp(argv[1], "chat-template") == 0) {
+    return ftd::data::RunChatTemplateCommand(argc - 1, argv + 1);
+  }
   CLI::App app{"ftd-train: the ftd training engine (one rank) and model tools"};
   app.require_subcommand(1);
   ftd::engine::RegisterCommands(app);

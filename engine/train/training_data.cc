@@ -174,6 +174,9 @@ absl::StatusOr<std::unique_ptr<TrainingData>> TrainingData::Open(const TrainSpec
                                                       spec.base_model, "/tokenizer.json, which does not exist"));
   }
   FTD_ASSIGN_OR_RETURN(d->encoder_, data::DocumentEncoder::Create(d->tokenizer_.get()));
+  if (d->tokenizer_ && (*format == data::DatasetFormat::kMessages || *format == data::DatasetFormat::kAuto)) {
+    log << "chat records: " << d->encoder_->DescribeChat() << "\n";
+  }
 
   // Rows are formed once, in file order; the order rows are visited in is SampleOrder's.
   data::PackingOptions& packing = d->packing_;

@@ -37,8 +37,11 @@ TEST_P(ChatFormatTest, DetectsFamilyMasksAssistantTurnsAndMatchesWholeStringEnco
   auto family = DetectChatFamily(**tokenizer);
   ASSERT_TRUE(family.ok()) << family.status();
   EXPECT_EQ(*family, c.family);
-  auto formatter = ChatFormatter::Create(tokenizer->get());
+  // The fixture's tokenizer_config.json has a (stub) chat template; the built-in layouts are
+  // the fallback for models without one, so the family is named here.
+  auto formatter = ChatFormatter::Create(tokenizer->get(), *family);
   ASSERT_TRUE(formatter.ok()) << formatter.status();
+  EXPECT_FALSE((*formatter)->uses_template());
   auto document = (*formatter)->Format(kConversation);
   ASSERT_TRUE(document.ok()) << document.status();
   ASSERT_EQ(document->input_ids.size(), document->labels.size());
@@ -68,7 +71,7 @@ TEST_P(ChatFormatTest, DetectsFamilyMasksAssistantTurnsAndMatchesWholeStringEnco
   // train_on_all_turns trains user content too.
   ChatFormatOptions all;
   all.train_on_all_turns = true;
-  auto all_formatter = ChatFormatter::Create(tokenizer->get(), std::nullopt, all);
+  auto all_formatter = ChatFormatter::Create(tokenizer->get(), *family, all);
   ASSERT_TRUE(all_formatter.ok());
   auto all_document = (*all_formatter)->Format(kConversation);
   ASSERT_TRUE(all_document.ok());
