@@ -438,7 +438,10 @@ class DocumentBuilder {
     Json responses;
     responses["BadRequest"] = error(
         "INVALID_ARGUMENT, FAILED_PRECONDITION or OUT_OF_RANGE: a malformed body or parameter, "
-        "or a value that fails validation (the message names the field).");
+        "or a value that fails validation (the message names the field). A request that is not "
+        "well-formed HTTP (e.g. a header with control characters) is refused by the HTTP "
+        "server itself, before the API, with a plain-text 400.");
+    responses["BadRequest"]["content"]["text/plain"] = Json{{"schema", {{"type", "string"}}}};
     responses["Unauthenticated"] = error("No bearer token, or one the coordinator does not know.");
     responses["Unauthenticated"]["headers"] = Json{
         {"WWW-Authenticate", {{"schema", {{"type", "string"}}},
@@ -561,7 +564,7 @@ class DocumentBuilder {
                             {"description", absl::StrCat("The `id:` of the last event received: "
                                                          "resumes after it (as `",
                                                          after_seq->json_name(), "`, which wins).")},
-                            {"schema", {{"type", "string"}}}});
+                            {"schema", {{"type", "string"}, {"pattern", "^[0-9]+$"}}}});
     }
     if (!params.empty()) op["parameters"] = std::move(params);
 
