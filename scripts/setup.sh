@@ -10,7 +10,7 @@ DEBS="build-essential cmake ninja-build ccache pkg-config git
 libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev grpc-proto
 libabsl-dev prometheus-cpp-dev libcivetweb-dev nlohmann-json3-dev libsqlite3-dev sqlite3
 libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libonig-dev libgtest-dev libgmock-dev
-golang-github-gogo-googleapis-dev prometheus yamllint tmux curl libssl-dev openssl
+golang-github-gogo-googleapis-dev prometheus yamllint tmux curl jq libssl-dev openssl
 libgloo-dev"
 
 TORCH_WANT=${FTD_TORCH_VERSION:-2.11.0}

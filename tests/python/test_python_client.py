@@ -4,37 +4,20 @@ plan, watch, events, checkpoints and logs, errors as exceptions with the gRPC co
 field; a watch that resumes across a coordinator restart; and, with the engine built, a job on
 `ftd --local-worker` from submission to SUCCEEDED and its checkpoints, across a restart too."""
 import json
-import os
 import pathlib
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import pytest
 
-from conftest import ROOT, binary, run, wait_for
+from conftest import binary, run, wait_for
 from coordinator_util import USER, LocalCoordinator
 
 DRIVER = pathlib.Path(__file__).with_name("ftd_client_driver.py")
-
-
-@pytest.fixture(scope="session")
-def client_python(tmp_path_factory):
-    """The Python of a fresh virtual environment with `pip install ./client/python` done."""
-    venv = tmp_path_factory.mktemp("client-venv") / "venv"
-    run([sys.executable, "-m", "venv", venv])
-    py = venv / "bin" / "python"
-    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "./client/python"], cwd=ROOT)
-    # Only grpcio and protobuf (and what they need) came along.
-    installed = json.loads(run([py, "-m", "pip", "list", "--format", "json"]).stdout)
-    names = {p["name"].lower() for p in installed}
-    assert {"ftd-client", "grpcio", "protobuf"} <= names, names
-    assert not names & {"googleapis-common-protos", "grpcio-tools", "pyyaml"}, names
-    return py
 
 
 def drive(py, scenario, **args):
