@@ -224,3 +224,15 @@ def test_schemathesis_fuzz_of_the_live_api_finds_no_server_error(coordinator, tm
     assert coordinator.alive(), coordinator.log_tail()
     assert coordinator.call("GET", "/readyz", token=None)[0] == 200
     assert coordinator.call("GET", "/v1/jobs")[0] == 200
+
+
+def test_container_image_ships_the_document():
+    from test_deploy import DOCKERFILE, parse_dockerfile, stages
+
+    (_, _, builder), (_, _, runtime) = stages(parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8")))
+    runs = " ".join(rest for keyword, rest in builder if keyword == "RUN")
+    assert "cp build/openapi.json /opt/ftd/share/openapi.json" in runs
+    copies = [rest for keyword, rest in runtime if keyword == "COPY"]
+    assert "--from=builder /opt/ftd/share/openapi.json /usr/share/ftd/openapi.json" in copies
+    # What the builder copies is what a build makes.
+    assert "FTD_OPENAPI_JSON ${CMAKE_BINARY_DIR}/openapi.json" in (ROOT / "proto/openapi/CMakeLists.txt").read_text()
