@@ -2,12 +2,13 @@
 tokens file with a user and an admin, roots under the test's directory, REST calls."""
 import json
 import os
+import random
 import signal
 import subprocess
 import urllib.error
 import urllib.request
 
-from conftest import binary, free_port, wait_for
+from conftest import binary, free_port, run, wait_for
 
 USER = "usertoken-pipeline-0123456789"
 ADMIN = "admintoken-pipeline-0123456789"
@@ -81,3 +82,16 @@ class LocalCoordinator:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
+
+
+def make_tiny_job_assets(root, ftd_train, docs=200, seed=5):
+    """A tiny random MoE checkpoint at root/models/tiny and `docs` token documents at
+    root/data/train.jsonl: under LocalCoordinator's roots. Returns (model dir, dataset)."""
+    model, data = root / "models" / "tiny", root / "data" / "train.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    run([ftd_train, "init-model", "--preset", "tiny", "--dtype", "fp32", "--seed", "3", "--out", model])
+    rnd = random.Random(seed)
+    with open(data, "w") as f:
+        for _ in range(docs):
+            f.write(json.dumps({"input_ids": [rnd.randrange(512) for _ in range(rnd.randrange(10, 40))]}) + "\n")
+    return model, data

@@ -4,9 +4,7 @@ edit to a proto that the document does not follow fails here), and a property-ba
 the live API from it (schemathesis): over 1,000 generated requests, no 5xx, no crash."""
 import collections
 import json
-import pathlib
 import re
-import shutil
 import subprocess
 import sys
 

@@ -5,14 +5,13 @@ the engine built, a job on `ftd --local-worker` is followed to SUCCEEDED and its
 import json
 import os
 import pathlib
-import random
 import shutil
 import subprocess
 
 import pytest
 
-from conftest import ROOT, binary, run, wait_for
-from coordinator_util import USER, LocalCoordinator
+from conftest import ROOT, binary, wait_for
+from coordinator_util import USER, LocalCoordinator, make_tiny_job_assets
 
 EXAMPLES = ROOT / "examples" / "pipeline"
 
@@ -117,17 +116,10 @@ def test_steps_follow_a_job_to_its_end_and_exit_by_outcome(client_python, coordi
 
 
 def test_steps_run_a_job_to_succeeded_on_a_local_worker(client_python, tmp_path, ftd_train):
-    models, data = tmp_path / "models", tmp_path / "data"
-    models.mkdir()
-    data.mkdir()
-    run([ftd_train, "init-model", "--preset", "tiny", "--dtype", "fp32", "--seed", "3", "--out", models / "tiny"])
-    rnd = random.Random(9)
-    with open(data / "train.jsonl", "w") as f:
-        for _ in range(100):
-            f.write(json.dumps({"input_ids": [rnd.randrange(512) for _ in range(rnd.randrange(10, 40))]}) + "\n")
+    model, data = make_tiny_job_assets(tmp_path, ftd_train, docs=100, seed=9)
     spec_file = tmp_path / "job.json"
     spec_file.write_text(json.dumps({
-        "baseModel": str(models / "tiny"), "datasets": {"train": str(data / "train.jsonl")},
+        "baseModel": str(model), "datasets": {"train": str(data)},
         "hyperparameters": {"maxSteps": 6, "globalBatch": 2, "microBatch": 1, "seqLen": 48, "lr": 0.003, "seed": 1},
         "resources": {"nodes": 1, "gpusPerNode": 1}, "checkpointing": {"everyNSteps": 3}}))
     c = LocalCoordinator(tmp_path, local_worker=True, engine=ftd_train, extra_args=["--local-worker-slots", "1"])

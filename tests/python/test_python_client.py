@@ -5,7 +5,6 @@ field; a watch that resumes across a coordinator restart; and, with the engine b
 `ftd --local-worker` from submission to SUCCEEDED and its checkpoints, across a restart too."""
 import json
 import pathlib
-import random
 import signal
 import subprocess
 import tempfile
@@ -15,7 +14,7 @@ import time
 import pytest
 
 from conftest import binary, run, wait_for
-from coordinator_util import USER, LocalCoordinator
+from coordinator_util import USER, LocalCoordinator, make_tiny_job_assets
 
 DRIVER = pathlib.Path(__file__).with_name("ftd_client_driver.py")
 
@@ -188,27 +187,15 @@ def test_watch_resumes_across_a_coordinator_restart(client_python, coordinator):
 
 # --- With the engine: a real job on `ftd --local-worker`.
 
-@pytest.fixture
-def trained_assets(tmp_path, ftd_train):
-    models, data = tmp_path / "models", tmp_path / "data"
-    models.mkdir()
-    data.mkdir()
-    run([ftd_train, "init-model", "--preset", "tiny", "--dtype", "fp32", "--seed", "3", "--out", models / "tiny"])
-    rnd = random.Random(5)
-    with open(data / "train.jsonl", "w") as f:
-        for _ in range(200):
-            f.write(json.dumps({"input_ids": [rnd.randrange(512) for _ in range(rnd.randrange(10, 40))]}) + "\n")
-    return tmp_path
-
-
-def test_pipeline_on_a_local_worker_reaches_succeeded_across_a_coordinator_restart(client_python, trained_assets, ftd_train):
-    root = trained_assets
+def test_pipeline_on_a_local_worker_reaches_succeeded_across_a_coordinator_restart(client_python, tmp_path, ftd_train):
+    root = tmp_path
+    model, data = make_tiny_job_assets(root, ftd_train)
     c = LocalCoordinator(root, local_worker=True, engine=ftd_train,
                          extra_args=["--local-worker-slots", "1", "--adopt-grace", "1",
                                      "--heartbeat-interval", "0.2", "--heartbeat-timeout", "3"])
     c.start()
     try:
-        spec = {"base_model": str(root / "models" / "tiny"), "datasets": {"train": str(root / "data" / "train.jsonl")},
+        spec = {"base_model": str(model), "datasets": {"train": str(data)},
                 # Far more steps after the first checkpoint than the restart takes to begin.
                 "hyperparameters": {"max_steps": 120, "global_batch": 4, "micro_batch": 1, "seq_len": 48,
                                     "lr": 3e-3, "warmup_steps": 2, "seed": 7},
