@@ -103,6 +103,7 @@ def generate_stubs(out_dir: pathlib.Path) -> None:
 class BuildPyWithStubs(build_py):
     def run(self):
         super().run()
+        shutil.rmtree(pathlib.Path(self.build_lib) / PREFIX, ignore_errors=True)  # no stale stubs
         generate_stubs(pathlib.Path(self.build_lib))
 
 

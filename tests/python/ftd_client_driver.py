@@ -87,6 +87,18 @@ def config(a):
             out(bad=bad, error=str(e))
 
 
+def tls(a):
+    """A coordinator serving TLS: trusted through ca_cert, refused without it."""
+    c = fc.Client(a["endpoint"], token=a["token"], ca_cert=a["ca_cert"])
+    out(tls=c.options.tls, jobs=len(list(c.list_jobs())))
+    c = fc.Client(f"https://{a['endpoint']}", token=a["token"], ca_cert=a["ca_cert"])
+    out(https_prefix=c.endpoint, jobs=len(list(c.list_jobs())))
+    out(untrusted=attempt(lambda: len(list(fc.Client(a["endpoint"], token=a["token"], tls=True,
+                                                     retry_seconds=0).list_jobs()))))
+    out(plaintext=attempt(lambda: len(list(fc.Client(a["endpoint"], token=a["token"],
+                                                     retry_seconds=0, timeout=5).list_jobs()))))
+
+
 def watch(a):
     c = fc.Client(a["endpoint"], token=a["token"], retry_seconds=60)
 

@@ -159,6 +159,23 @@ def test_client_reads_the_environment_and_config_file_as_ftctl(client_python, co
     assert errors["missing.yaml"].startswith(f"{missing}: cannot read the config file")
 
 
+def test_client_over_tls(client_python, tmp_path):
+    if not binary("ftd").exists():
+        pytest.skip(f"{binary('ftd')} is not built")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+    c = LocalCoordinator(tmp_path, extra_args=["--tls-cert", cert, "--tls-key", key]).start()
+    try:
+        lines = drive(client_python, "tls", endpoint=c.endpoint, token=USER, ca_cert=str(cert))
+    finally:
+        c.stop()
+    assert lines[0] == {"tls": True, "jobs": 0}
+    assert lines[1] == {"https_prefix": c.endpoint, "jobs": 0}
+    assert one(lines, "untrusted")["error"]["code"] == "UNAVAILABLE"     # not signed by a system CA
+    assert one(lines, "plaintext")["error"]["code"] == "UNAVAILABLE"
+
+
 def test_watch_resumes_across_a_coordinator_restart(client_python, coordinator):
     status, body = coordinator.call("POST", "/v1/jobs", {"spec": queued_spec(coordinator), "requestId": "resume-1"})
     assert status == 200, body
