@@ -369,8 +369,7 @@ class DocumentBuilder {
     doc["openapi"] = "3.1.0";
     doc["info"] = Json{{"title", options_.title},
                        {"version", options_.version},
-                       {"description", Description()},
-                       {"license", {{"name", "Proprietary"}, {"identifier", "LicenseRef-ftd"}}}};
+                       {"description", Description()}};
     doc["servers"] = Json::array(
         {Json{{"url", "/"}, {"description", "The coordinator that serves this document"}}});
     doc["security"] = Json::array({Json{{"bearerAuth", Json::array()}}});
