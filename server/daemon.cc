@@ -17,6 +17,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "server/job_recovery.h"
+#include "server/openapi_endpoint.h"
 #include "server/worker_service.h"
 #include "server/metrics/grpc_metrics_interceptor.h"
 #include "server/metrics/metrics_endpoint.h"
@@ -141,6 +142,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   });
   d->rest_->AddHandler("/metrics", [m = d->metrics_.get(), e = d->job_metrics_.get()](
                                        mg_connection* conn) { return ServeMetrics(conn, m, e); });
+  ServeOpenApiDocument(d->rest_.get());
 
   spdlog::info("ftd: gRPC{} on port {}, HTTP{} on port {}; replaying {}", tls ? "+TLS" : "",
                d->grpc_port_, d->rest_->tls() ? "S" : "", d->rest_->port(),

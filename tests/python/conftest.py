@@ -1,8 +1,10 @@
 """Shared fixtures: where the built binaries are, and skipping when they are not built."""
+import json
 import os
 import pathlib
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -89,3 +91,19 @@ def clean_env(**extra):
     env["OMP_NUM_THREADS"] = "1"
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def client_python(tmp_path_factory):
+    """The Python of a fresh virtual environment where `pip install ./client/python` (the
+    ftd-client package, as a user installs it) was done."""
+    venv = tmp_path_factory.mktemp("client-venv") / "venv"
+    run([sys.executable, "-m", "venv", venv])
+    py = venv / "bin" / "python"
+    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "./client/python"], cwd=ROOT)
+    # Only grpcio and protobuf (and what they need) came along.
+    installed = json.loads(run([py, "-m", "pip", "list", "--format", "json"]).stdout)
+    names = {p["name"].lower() for p in installed}
+    assert {"ftd-client", "grpcio", "protobuf"} <= names, names
+    assert not names & {"googleapis-common-protos", "grpcio-tools", "pyyaml"}, names
+    return py

@@ -80,7 +80,7 @@ def test_builder_installs_setup_packages_torch_and_builds(dockerfile):
     setup = (REPO / "scripts" / "setup.sh").read_text(encoding="utf-8")
     debs = re.search(r'DEBS="([^"]+)"', setup).group(1).split()
     # Everything setup.sh installs for the build, except what only the dev machine needs.
-    dev_only = {"prometheus", "yamllint", "tmux", "curl", "sqlite3", "libgtest-dev", "libgmock-dev"}
+    dev_only = {"prometheus", "yamllint", "tmux", "curl", "jq", "sqlite3", "libgtest-dev", "libgmock-dev"}
     missing = [p for p in debs if p not in dev_only and not re.search(rf"(^|\s){re.escape(p)}(\s|$)", runs)]
     assert missing == []
     torch_version = re.search(r"ARG TORCH_VERSION=(\S+)", " ".join(f"{k} {r}" for k, r in steps)).group(1)
