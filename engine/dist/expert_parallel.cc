@@ -8,6 +8,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/core/moe/grouped_experts.h"
 
 namespace ftd::engine {
 namespace {
@@ -83,10 +84,9 @@ at::Tensor DifferentiableExchange(Communicator* ep, ExpertParallelDispatch* disp
 ExpertParallelDispatch::ExpertParallelDispatch(Communicator* ep, int64_t num_experts)
     : ep_(ep), num_experts_(num_experts), experts_per_rank_(num_experts / ep->size()) {}
 
-TokenDispatch ExpertParallelDispatch::AsTokenDispatch() {
-  return [this](const at::Tensor& tokens, const Routing& routing, const MoeWeights& local) {
-    return Forward(tokens, routing, local);
-  };
+DispatchResult ExpertParallelDispatch::Dispatch(const at::Tensor& tokens, const Routing& routing,
+                                                const MoeWeights& local) {
+  return {Forward(tokens, routing, local), at::bincount(routing.experts.reshape({-1}), {}, num_experts_)};
 }
 
 double ExpertParallelDispatch::TakeAllToAllSeconds() { return exchange_nanos_.exchange(0) * 1e-9; }

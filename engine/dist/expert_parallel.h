@@ -12,11 +12,11 @@
 #include <ATen/core/Tensor.h>
 
 #include "engine/dist/communicator.h"
-#include "engine/model/moe.h"
+#include "engine/model/core/moe/moe_block.h"
 
 namespace ftd::engine {
 
-class ExpertParallelDispatch {
+class ExpertParallelDispatch final : public TokenDispatcher {
  public:
   // `ep` is the ep group; this rank holds experts [ep->rank()*E/ep, (ep->rank()+1)*E/ep).
   ExpertParallelDispatch(Communicator* ep, int64_t num_experts);
@@ -26,9 +26,9 @@ class ExpertParallelDispatch {
   // group: every rank must call it for the same layers in the same order. Throws (as ATen does)
   // when an exchange fails, since it runs inside autograd.
   at::Tensor Forward(const at::Tensor& tokens, const Routing& routing, const MoeWeights& local);
-  // A TokenDispatch for MoeTransformer::SetTokenDispatch that calls Forward (this object must
-  // outlive the model's use of it).
-  TokenDispatch AsTokenDispatch();
+  // The dispatcher interface (MoeTransformer::SetTokenDispatcher): Forward, and the tokens per
+  // expert of this rank's routing.
+  DispatchResult Dispatch(const at::Tensor& tokens, const Routing& routing, const MoeWeights& local) override;
 
   // Seconds spent in the row exchanges (forward and backward, waits included) since the last
   // call, which resets the count.

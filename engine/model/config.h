@@ -1,5 +1,6 @@
-// Model configuration parsed from a Hugging Face config.json. Families are data: a family
-// differs by a few fields (router scoring, q/k norm, which layers are sparse), not by code.
+// Model configuration parsed from a Hugging Face config.json, for every supported family
+// (engine/model/registry.h). LibTorch-free: the coordinator's plan and `ftctl model inspect`
+// use this and the counting below, as the engine does.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,10 @@
 namespace ftd::engine {
 
 enum class RouterScoring { kSoftmax, kSigmoid };
+enum class AttentionKind {
+  kGqa,  // q/k/v/o projections, grouped K/V heads, optional per-head q/k RMSNorm (Qwen3)
+  kMla,  // multi-head latent attention (DeepSeek-V2/V3): low-rank q and kv, decoupled rope dims
+};
 
 struct RopeConfig {
   std::string type = "default";  // default | linear | llama3 | yarn
@@ -22,11 +27,25 @@ struct RopeConfig {
   int64_t original_max_position_embeddings = 0;
   double beta_fast = 32.0;
   double beta_slow = 1.0;
-  double attention_factor = 0.0;  // yarn: 0 means derived from factor
+  double attention_factor = 0.0;  // yarn: 0 means derived from factor (and mscale, mscale_all_dim)
+  double mscale = 0.0;            // yarn (DeepSeek): 0 = absent
+  double mscale_all_dim = 0.0;    // yarn (DeepSeek): also scales the softmax (mscale^2); 0 = absent
+  bool truncate = true;           // yarn: floor/ceil the correction range
+  bool interleave = false;        // DeepSeek-V3 rope_interleave: rotary pairs are (x0, x1), (x2, x3), ...
+};
+
+// Multi-head latent attention (AttentionKind::kMla).
+struct MlaConfig {
+  int64_t q_lora_rank = 0;  // 0: q is one projection (q_proj), as Moonlight
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t v_head_dim = 0;
+  int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
 };
 
 struct ModelConfig {
-  std::string model_type;     // e.g. "qwen3_moe"
+  std::string model_type;     // e.g. "qwen3_moe", "deepseek_v3"
   std::string architecture;   // e.g. "Qwen3MoeForCausalLM"
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -35,12 +54,14 @@ struct ModelConfig {
   int64_t num_hidden_layers = 0;
   int64_t num_attention_heads = 0;
   int64_t num_key_value_heads = 0;
-  int64_t head_dim = 0;
+  int64_t head_dim = 0;  // GQA: q/k/v head size; MLA: HF writes qk_rope_head_dim here
   int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   RopeConfig rope;
+  AttentionKind attention = AttentionKind::kGqa;
+  MlaConfig mla;
   bool attention_bias = false;
-  bool qk_norm = true;  // Qwen3: RMSNorm over head_dim on q and k
+  bool qk_norm = true;  // GQA (Qwen3): RMSNorm over head_dim on q and k
   std::string hidden_act = "silu";
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
@@ -49,8 +70,17 @@ struct ModelConfig {
   int64_t num_experts_per_tok = 0;
   bool norm_topk_prob = false;
   RouterScoring router_scoring = RouterScoring::kSoftmax;
-  int64_t decoder_sparse_step = 1;
+  // DeepSeek-V3: a per-expert bias added to the scores for selection only (not to the weights),
+  // HF's mlp.gate.e_score_correction_bias; a buffer, not trained by gradient.
+  bool router_correction_bias = false;
+  int64_t n_group = 1;        // experts split into n_group groups; the top topk_group groups
+  int64_t topk_group = 1;     // (by their two best scores) are the only candidates
+  double routed_scaling_factor = 1.0;  // routed output weights are multiplied by it
+  int64_t n_shared_experts = 0;        // shared SwiGLU expert of n_shared × moe_intermediate_size
+  int64_t decoder_sparse_step = 1;     // Qwen3-MoE: layer l is sparse when (l + 1) % step == 0
   std::vector<int64_t> mlp_only_layers;
+  int64_t first_k_dense_replace = 0;   // DeepSeek-V3: layers [0, k) are dense
+  int64_t num_nextn_predict_layers = 0;  // MTP layers in the checkpoint (carried, not trained)
   double router_aux_loss_coef = 0.0;
   bool output_router_logits = false;
   std::string dtype = "float32";  // the checkpoint's dtype (config "dtype"/"torch_dtype")
@@ -62,26 +92,36 @@ struct ModelConfig {
   // Whether layer `layer` has a sparse MoE block (else a dense MLP), as HF decides it.
   bool IsMoeLayer(int64_t layer) const;
   int64_t NumMoeLayers() const;
-  int64_t q_dim() const { return num_attention_heads * head_dim; }
-  int64_t kv_dim() const { return num_key_value_heads * head_dim; }
+  // Attention shapes: per-head q/k width, v width and the rotary width.
+  int64_t qk_head_dim() const { return attention == AttentionKind::kMla ? mla.qk_head_dim() : head_dim; }
+  int64_t v_head_dim() const { return attention == AttentionKind::kMla ? mla.v_head_dim : head_dim; }
+  int64_t rope_dim() const { return attention == AttentionKind::kMla ? mla.qk_rope_head_dim : head_dim; }
+  int64_t q_dim() const { return num_attention_heads * qk_head_dim(); }
+  int64_t kv_dim() const { return num_key_value_heads * head_dim; }  // GQA
+  int64_t shared_intermediate_size() const { return n_shared_experts * moe_intermediate_size; }
+  // The softmax scale of attention: 1/sqrt(qk_head_dim), times mscale(factor, mscale_all_dim)^2
+  // for MLA with YaRN (HF's yarn_apply_mscale).
+  double AttentionScale() const;
 
-  // Parameter counts: all parameters, and those active for one token (top-k experts).
+  // Parameter counts (from the family's tensor layout, engine/model/tensor_layout.h): all
+  // trained parameters, and those active for one token (top-k of the routed experts).
   int64_t TotalParameters() const;
   int64_t ActiveParameters() const;
   // Dense-equivalent training FLOPs per token at sequence length `seq` (DESIGN.md formula).
   double TrainingFlopsPerToken(int64_t seq) const;
 };
 
-// Parses config.json text. Unknown model types and missing or ill-typed fields are
-// INVALID_ARGUMENT errors naming the field and `source`.
+// Parses config.json text through the family of its model_type. Unknown model types and
+// missing or ill-typed fields are INVALID_ARGUMENT errors naming the field and `source`.
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
                                              const std::string& source = "config.json");
 // Reads DIR/config.json.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
-// config.json text in HF's v5 format, loadable by transformers.
+// config.json text in HF's v5 format for the config's family, loadable by transformers.
 std::string ModelConfigToJson(const ModelConfig& config);
 
-// Named shapes for init-model and the benchmark: "tiny" (CPU-sized) and "qwen3-30b-a3b".
+// Named shapes for init-model and the benchmark (every family's presets): "tiny",
+// "qwen3-30b-a3b", "tiny-deepseek-v3", "moonlight-16b-a3b", "deepseek-v3".
 absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
 std::vector<std::string> PresetNames();
 

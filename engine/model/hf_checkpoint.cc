@@ -1,5 +1,6 @@
 #include "engine/model/hf_checkpoint.h"
 
+#include <cctype>
 #include <filesystem>
 #include <system_error>
 #include <unistd.h>
@@ -35,52 +36,20 @@ int64_t LocalExperts(const ModelConfig& c, const ModelOptions& o) {
   return o.expert_count < 0 ? c.num_experts : o.expert_count;
 }
 
-// Visits every non-expert tensor of the model with its HF name.
-template <typename Fn>
-void ForEachDenseTensor(ModelWeights& w, const ModelConfig& c, Fn&& fn) {
-  fn("model.embed_tokens.weight", w.embed, std::vector<int64_t>{c.vocab_size, c.hidden_size});
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    LayerWeights& L = w.layers[l];
-    std::string p = absl::StrCat("model.layers.", l, ".");
-    const int64_t H = c.hidden_size;
-    fn(p + "input_layernorm.weight", L.input_norm, std::vector<int64_t>{H});
-    fn(p + "post_attention_layernorm.weight", L.post_attn_norm, std::vector<int64_t>{H});
-    fn(p + "self_attn.q_proj.weight", L.attn.q_proj, std::vector<int64_t>{c.q_dim(), H});
-    fn(p + "self_attn.k_proj.weight", L.attn.k_proj, std::vector<int64_t>{c.kv_dim(), H});
-    fn(p + "self_attn.v_proj.weight", L.attn.v_proj, std::vector<int64_t>{c.kv_dim(), H});
-    fn(p + "self_attn.o_proj.weight", L.attn.o_proj, std::vector<int64_t>{H, c.q_dim()});
-    if (c.attention_bias) {
-      fn(p + "self_attn.q_proj.bias", L.attn.q_bias, std::vector<int64_t>{c.q_dim()});
-      fn(p + "self_attn.k_proj.bias", L.attn.k_bias, std::vector<int64_t>{c.kv_dim()});
-      fn(p + "self_attn.v_proj.bias", L.attn.v_bias, std::vector<int64_t>{c.kv_dim()});
-      fn(p + "self_attn.o_proj.bias", L.attn.o_bias, std::vector<int64_t>{H});
-    }
-    if (c.qk_norm) {
-      fn(p + "self_attn.q_norm.weight", L.attn.q_norm, std::vector<int64_t>{c.head_dim});
-      fn(p + "self_attn.k_norm.weight", L.attn.k_norm, std::vector<int64_t>{c.head_dim});
-    }
-    if (L.is_moe) {
-      fn(p + "mlp.gate.weight", L.moe.router, std::vector<int64_t>{c.num_experts, H});
-    } else {
-      const int64_t F = c.intermediate_size;
-      fn(p + "mlp.gate_proj.weight", L.mlp.gate_proj, std::vector<int64_t>{F, H});
-      fn(p + "mlp.up_proj.weight", L.mlp.up_proj, std::vector<int64_t>{F, H});
-      fn(p + "mlp.down_proj.weight", L.mlp.down_proj, std::vector<int64_t>{H, F});
-    }
-  }
-  fn("model.norm.weight", w.norm, std::vector<int64_t>{c.hidden_size});
+// The engine dtype of a layout entry: buffers stay fp32 whatever the parameters' dtype.
+at::TensorOptions TensorOptionsFor(const TensorSpec& spec, const ModelOptions& o) {
+  return at::TensorOptions().dtype(spec.role == TensorRole::kBuffer ? at::kFloat : o.dtype).device(o.device);
 }
 
-ModelWeights EmptyWeights(const ModelConfig& c) {
-  ModelWeights w;
-  w.layers.resize(c.num_hidden_layers);
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) w.layers[l].is_moe = c.IsMoeLayer(l);
-  w.tied = c.tie_word_embeddings;
-  return w;
-}
-
-std::string ExpertKey(int64_t layer, int64_t expert, const char* proj) {
-  return absl::StrCat("model.layers.", layer, ".mlp.experts.", expert, ".", proj, ".weight");
+// Layer index of "model.layers.<i>.<...>", or -1.
+int64_t LayerOfName(const std::string& name) {
+  static const std::string kPrefix = "model.layers.";
+  if (name.compare(0, kPrefix.size(), kPrefix) != 0) return -1;
+  int64_t layer = 0;
+  size_t i = kPrefix.size();
+  if (i >= name.size() || !std::isdigit(static_cast<unsigned char>(name[i]))) return -1;
+  for (; i < name.size() && std::isdigit(static_cast<unsigned char>(name[i])); ++i) layer = layer * 10 + (name[i] - '0');
+  return i < name.size() && name[i] == '.' ? layer : -1;
 }
 
 }  // namespace
@@ -89,38 +58,45 @@ absl::StatusOr<ModelWeights> LoadHfWeights(const std::string& model_dir, const M
                                            const ModelOptions& o) {
   FTD_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsReader> reader, SafetensorsReader::Open(model_dir));
   ModelWeights w = EmptyWeights(c);
-  auto to_model = at::TensorOptions().dtype(o.dtype).device(o.device);
-  absl::Status status;
-  ForEachDenseTensor(w, c, [&](const std::string& name, at::Tensor& t, std::vector<int64_t> shape) {
-    if (!status.ok()) return;
-    auto loaded = reader->Load(name, shape);
-    if (!loaded.ok()) {
-      status = loaded.status();
-      return;
+  const int64_t E = LocalExperts(c, o);
+  for (const TensorSpec& spec : w.layout) {
+    at::Tensor& t = SlotTensor(w, spec);
+    const auto to_model = TensorOptionsFor(spec, o);
+    if (!spec.expert) {
+      FTD_ASSIGN_OR_RETURN(at::Tensor loaded, reader->Load(spec.name, spec.shape));
+      t = loaded.to(to_model);
+      continue;
     }
-    t = loaded->to(to_model);
-  });
-  FTD_RETURN_IF_ERROR(status);
-  if (c.tie_word_embeddings) {
-    w.lm_head = w.embed;
-  } else {
-    FTD_ASSIGN_OR_RETURN(at::Tensor head, reader->Load("lm_head.weight", std::vector<int64_t>{c.vocab_size, c.hidden_size}));
-    w.lm_head = head.to(to_model);
-  }
-  const int64_t E = LocalExperts(c, o), H = c.hidden_size, F = c.moe_intermediate_size;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    LayerWeights& L = w.layers[l];
-    if (!L.is_moe) continue;
-    L.moe.gate_up = at::empty({E, H, 2 * F}, to_model);
-    L.moe.down = at::empty({E, F, H}, to_model);
+    // Fused experts from per-expert keys: gate_up [E, H, 2F] = [gate^T | up^T], down = down^T.
+    const bool gate_up = spec.slot == Slot::kExpertsGateUp;
+    const int64_t rows = spec.shape[1], cols = spec.shape[2];  // gate_up: H, 2F; down: F, H
+    t = at::empty({E, rows, cols}, to_model);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t global = o.expert_begin + e;
-      FTD_ASSIGN_OR_RETURN(at::Tensor gate, reader->Load(ExpertKey(l, global, "gate_proj"), std::vector<int64_t>{F, H}));
-      FTD_ASSIGN_OR_RETURN(at::Tensor up, reader->Load(ExpertKey(l, global, "up_proj"), std::vector<int64_t>{F, H}));
-      FTD_ASSIGN_OR_RETURN(at::Tensor down, reader->Load(ExpertKey(l, global, "down_proj"), std::vector<int64_t>{H, F}));
-      L.moe.gate_up[e].narrow(1, 0, F).copy_(gate.t());
-      L.moe.gate_up[e].narrow(1, F, F).copy_(up.t());
-      L.moe.down[e].copy_(down.t());
+      if (gate_up) {
+        const int64_t F = cols / 2;
+        FTD_ASSIGN_OR_RETURN(at::Tensor gate, reader->Load(ExpertTensorName(spec, global, "gate_proj"),
+                                                           std::vector<int64_t>{F, rows}));
+        FTD_ASSIGN_OR_RETURN(at::Tensor up, reader->Load(ExpertTensorName(spec, global, "up_proj"),
+                                                         std::vector<int64_t>{F, rows}));
+        t[e].narrow(1, 0, F).copy_(gate.t());
+        t[e].narrow(1, F, F).copy_(up.t());
+      } else {
+        FTD_ASSIGN_OR_RETURN(at::Tensor down, reader->Load(ExpertTensorName(spec, global, "down_proj"),
+                                                           std::vector<int64_t>{cols, rows}));
+        t[e].copy_(down.t());
+      }
+    }
+  }
+  if (c.tie_word_embeddings) w.lm_head = w.embed;
+  // MTP layers: stored after the decoder's layers, written back unchanged by a save.
+  if (c.num_nextn_predict_layers > 0) {
+    w.carried.source_dir = model_dir;
+    for (const std::string& name : reader->Keys()) {
+      const int64_t layer = LayerOfName(name);
+      if (layer >= c.num_hidden_layers && layer < c.num_hidden_layers + c.num_nextn_predict_layers) {
+        w.carried.names.push_back(name);
+      }
     }
   }
   return w;
@@ -128,41 +104,53 @@ absl::StatusOr<ModelWeights> LoadHfWeights(const std::string& model_dir, const M
 
 ModelWeights InitRandomWeights(const ModelConfig& c, const ModelOptions& o, uint64_t seed) {
   ModelWeights w = EmptyWeights(c);
-  auto to_model = at::TensorOptions().dtype(o.dtype).device(o.device);
   const double std = c.initializer_range;
   // Each tensor draws from its own generator seeded by (seed, tensor ordinal), so a tensor's
-  // values depend neither on the others nor on how experts are sharded.
+  // values depend neither on the others nor on how experts are sharded. Ordinals: the dense
+  // tensors in layout order, then lm_head, then per MoE layer 2 per expert (gate_up, down).
   uint64_t ordinal = 0;
-  auto normal = [&](std::vector<int64_t> shape) {
+  auto normal = [&](std::vector<int64_t> shape, const at::TensorOptions& to_model) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed * 1000003ull + (ordinal++));
     return at::normal(0.0, std, shape, gen, at::TensorOptions().dtype(at::kFloat)).to(to_model);
   };
-  ForEachDenseTensor(w, c, [&](const std::string& name, at::Tensor& t, std::vector<int64_t> shape) {
-    bool is_norm = name.find("norm.weight") != std::string::npos;
-    bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
-    if (is_norm) {
-      t = at::ones(shape, to_model);
-    } else if (is_bias) {
-      t = at::zeros(shape, to_model);
-    } else {
-      t = normal(shape);
+  auto init_dense = [&](const TensorSpec& spec) {
+    at::Tensor& t = SlotTensor(w, spec);
+    const auto to_model = TensorOptionsFor(spec, o);
+    switch (spec.role) {
+      case TensorRole::kNorm: t = at::ones(spec.shape, to_model); break;
+      case TensorRole::kBias:
+      case TensorRole::kBuffer: t = at::zeros(spec.shape, to_model); break;
+      case TensorRole::kWeight: t = normal(spec.shape, to_model); break;
     }
-  });
-  w.lm_head = c.tie_word_embeddings ? w.embed : normal({c.vocab_size, c.hidden_size});
-  const int64_t E = LocalExperts(c, o), H = c.hidden_size, F = c.moe_intermediate_size;
+  };
+  for (const TensorSpec& spec : w.layout) {
+    if (!spec.expert && spec.slot != Slot::kLmHead) init_dense(spec);
+  }
+  for (const TensorSpec& spec : w.layout) {
+    if (spec.slot == Slot::kLmHead) init_dense(spec);
+  }
+  if (c.tie_word_embeddings) w.lm_head = w.embed;
+  const int64_t E = LocalExperts(c, o);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    LayerWeights& L = w.layers[l];
-    if (!L.is_moe) continue;
-    std::vector<at::Tensor> gate_up, down;
+    const TensorSpec* gate_up = nullptr;
+    const TensorSpec* down = nullptr;
+    for (const TensorSpec& spec : w.layout) {
+      if (spec.layer != l) continue;
+      if (spec.slot == Slot::kExpertsGateUp) gate_up = &spec;
+      if (spec.slot == Slot::kExpertsDown) down = &spec;
+    }
+    if (gate_up == nullptr || down == nullptr) continue;
+    const auto to_model = TensorOptionsFor(*gate_up, o);
+    std::vector<at::Tensor> gu, dn;
     const uint64_t base = ordinal;
     for (int64_t e = 0; e < E; ++e) {
       ordinal = base + 2 * static_cast<uint64_t>(o.expert_begin + e);
-      gate_up.push_back(normal({H, 2 * F}));
-      down.push_back(normal({F, H}));
+      gu.push_back(normal({gate_up->shape[1], gate_up->shape[2]}, to_model));
+      dn.push_back(normal({down->shape[1], down->shape[2]}, to_model));
     }
     ordinal = base + 2 * static_cast<uint64_t>(c.num_experts);
-    L.moe.gate_up = at::stack(gate_up);
-    L.moe.down = at::stack(down);
+    SlotTensor(w, *gate_up) = at::stack(gu);
+    SlotTensor(w, *down) = at::stack(dn);
   }
   return w;
 }
@@ -176,21 +164,36 @@ std::vector<std::pair<std::string, at::Tensor>> ToHfTensors(ModelWeights& w, con
                                                             const ModelOptions& o, at::ScalarType dtype) {
   std::vector<std::pair<std::string, at::Tensor>> out;
   auto cpu = [dtype](const at::Tensor& t) { return t.detach().to(at::kCPU, dtype).contiguous(); };
-  ForEachDenseTensor(w, c, [&](const std::string& name, at::Tensor& t, const std::vector<int64_t>&) {
-    out.emplace_back(name, cpu(t));
-  });
-  if (!c.tie_word_embeddings) out.emplace_back("lm_head.weight", cpu(w.lm_head));
-  const int64_t E = LocalExperts(c, o), F = c.moe_intermediate_size;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    LayerWeights& L = w.layers[l];
-    if (!L.is_moe) continue;
+  const int64_t E = LocalExperts(c, o);
+  for (const TensorSpec& spec : w.layout) {
+    at::Tensor& t = SlotTensor(w, spec);
+    if (spec.role == TensorRole::kBuffer && !t.defined()) continue;  // e.g. a gradient set
+    if (!spec.expert) {
+      out.emplace_back(spec.name, cpu(t));
+      continue;
+    }
     for (int64_t e = 0; e < E; ++e) {
       const int64_t global = o.expert_begin + e;
-      at::Tensor gu = L.moe.gate_up.detach()[e];
-      out.emplace_back(ExpertKey(l, global, "gate_proj"), cpu(gu.narrow(1, 0, F).t()));
-      out.emplace_back(ExpertKey(l, global, "up_proj"), cpu(gu.narrow(1, F, F).t()));
-      out.emplace_back(ExpertKey(l, global, "down_proj"), cpu(L.moe.down.detach()[e].t()));
+      at::Tensor fused = t.detach()[e];
+      if (spec.slot == Slot::kExpertsGateUp) {
+        const int64_t F = fused.size(1) / 2;
+        out.emplace_back(ExpertTensorName(spec, global, "gate_proj"), cpu(fused.narrow(1, 0, F).t()));
+        out.emplace_back(ExpertTensorName(spec, global, "up_proj"), cpu(fused.narrow(1, F, F).t()));
+      } else {
+        out.emplace_back(ExpertTensorName(spec, global, "down_proj"), cpu(fused.t()));
+      }
     }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, at::Tensor>>> CarriedHfTensors(const ModelWeights& w) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  if (w.carried.names.empty()) return out;
+  FTD_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsReader> reader, SafetensorsReader::Open(w.carried.source_dir));
+  for (const std::string& name : w.carried.names) {
+    FTD_ASSIGN_OR_RETURN(at::Tensor t, reader->Load(name));  // as stored: dtype and bytes unchanged
+    out.emplace_back(name, std::move(t));
   }
   return out;
 }
@@ -209,7 +212,10 @@ absl::Status SaveHfCheckpoint(const std::string& dir, const ModelConfig& config,
   FTD_RETURN_IF_ERROR(WriteFileAtomically((tmp / "config.json").string(), ModelConfigToJson(saved)));
   SafetensorsWriteOptions write_options;
   write_options.max_shard_bytes = max_shard_bytes;
-  FTD_RETURN_IF_ERROR(SaveSafetensors(tmp.string(), ToHfTensors(weights, config, options, dtype), write_options));
+  std::vector<std::pair<std::string, at::Tensor>> tensors = ToHfTensors(weights, config, options, dtype);
+  FTD_ASSIGN_OR_RETURN(auto carried, CarriedHfTensors(weights));
+  for (auto& named : carried) tensors.push_back(std::move(named));
+  FTD_RETURN_IF_ERROR(SaveSafetensors(tmp.string(), tensors, write_options));
   FTD_RETURN_IF_ERROR(FsyncDirectory(tmp.string()));
   if (fs::exists(target)) {
     fs::path old = target;

@@ -7,7 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "engine/model/layers.h"
+#include "engine/model/core/gqa_attention.h"
+#include "engine/model/core/mla_attention.h"
+#include "engine/model/core/dense_mlp.h"
+#include "engine/model/core/norms.h"
+#include "engine/model/core/rope.h"
 #include "engine/model/linear_cross_entropy.h"
 #include "engine/model/varlen_attention.h"
 
@@ -61,15 +65,6 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   }
 };
 
-void CollectLayerParams(LayerWeights& L, std::vector<at::Tensor>* out) {
-  for (at::Tensor* t : {&L.input_norm, &L.post_attn_norm, &L.attn.q_proj, &L.attn.k_proj, &L.attn.v_proj,
-                        &L.attn.o_proj, &L.attn.q_bias, &L.attn.k_bias, &L.attn.v_bias, &L.attn.o_bias,
-                        &L.attn.q_norm, &L.attn.k_norm, &L.moe.router, &L.moe.gate_up, &L.moe.down,
-                        &L.mlp.gate_proj, &L.mlp.up_proj, &L.mlp.down_proj}) {
-    if (t->defined()) out->push_back(*t);
-  }
-}
-
 absl::Status CheckShape(const std::string& name, const at::Tensor& t, std::vector<int64_t> want) {
   if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat("missing tensor ", name));
   if (t.sizes().vec() != want) {
@@ -82,58 +77,33 @@ absl::Status CheckShape(const std::string& name, const at::Tensor& t, std::vecto
 }  // namespace
 
 absl::Status ValidateWeights(const ModelConfig& c, const ModelOptions& o, const ModelWeights& w) {
-  const int64_t H = c.hidden_size, V = c.vocab_size;
   const int64_t E_local = o.expert_count < 0 ? c.num_experts : o.expert_count;
-  auto check = CheckShape;
-  if (auto s = check("model.embed_tokens.weight", w.embed, {V, H}); !s.ok()) return s;
-  if (auto s = check("model.norm.weight", w.norm, {H}); !s.ok()) return s;
-  if (auto s = check("lm_head.weight", w.lm_head, {V, H}); !s.ok()) return s;
   if (static_cast<int64_t>(w.layers.size()) != c.num_hidden_layers) {
     return absl::InvalidArgumentError(absl::StrCat("expected ", c.num_hidden_layers, " layers, got ", w.layers.size()));
   }
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerWeights& L = w.layers[l];
-    std::string p = absl::StrCat("model.layers.", l, ".");
-    std::vector<std::pair<std::string, std::pair<const at::Tensor*, std::vector<int64_t>>>> items = {
-        {"input_layernorm.weight", {&L.input_norm, {H}}},
-        {"post_attention_layernorm.weight", {&L.post_attn_norm, {H}}},
-        {"self_attn.q_proj.weight", {&L.attn.q_proj, {c.q_dim(), H}}},
-        {"self_attn.k_proj.weight", {&L.attn.k_proj, {c.kv_dim(), H}}},
-        {"self_attn.v_proj.weight", {&L.attn.v_proj, {c.kv_dim(), H}}},
-        {"self_attn.o_proj.weight", {&L.attn.o_proj, {H, c.q_dim()}}},
-    };
-    if (c.qk_norm) {
-      items.push_back({"self_attn.q_norm.weight", {&L.attn.q_norm, {c.head_dim}}});
-      items.push_back({"self_attn.k_norm.weight", {&L.attn.k_norm, {c.head_dim}}});
-    }
-    if (c.attention_bias) {
-      items.push_back({"self_attn.q_proj.bias", {&L.attn.q_bias, {c.q_dim()}}});
-      items.push_back({"self_attn.k_proj.bias", {&L.attn.k_bias, {c.kv_dim()}}});
-      items.push_back({"self_attn.v_proj.bias", {&L.attn.v_bias, {c.kv_dim()}}});
-      items.push_back({"self_attn.o_proj.bias", {&L.attn.o_bias, {H}}});
-    }
-    if (L.is_moe != c.IsMoeLayer(l)) {
-      return absl::InvalidArgumentError(absl::StrCat(p, "mlp: sparse/dense layout disagrees with the config"));
-    }
-    const int64_t F = c.moe_intermediate_size, Fd = c.intermediate_size;
-    if (L.is_moe) {
-      items.push_back({"mlp.gate.weight", {&L.moe.router, {c.num_experts, H}}});
-      items.push_back({"mlp.experts.gate_up", {&L.moe.gate_up, {E_local, H, 2 * F}}});
-      items.push_back({"mlp.experts.down", {&L.moe.down, {E_local, F, H}}});
-    } else {
-      items.push_back({"mlp.gate_proj.weight", {&L.mlp.gate_proj, {Fd, H}}});
-      items.push_back({"mlp.up_proj.weight", {&L.mlp.up_proj, {Fd, H}}});
-      items.push_back({"mlp.down_proj.weight", {&L.mlp.down_proj, {H, Fd}}});
-    }
-    for (const auto& [name, spec] : items) {
-      if (auto s = CheckShape(p + name, *spec.first, spec.second); !s.ok()) return s;
+    if (w.layers[l].is_moe != c.IsMoeLayer(l)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model.layers.", l, ".mlp: sparse/dense layout disagrees with the config"));
     }
   }
+  ModelWeights& mutable_w = const_cast<ModelWeights&>(w);  // SlotTensor binds by reference; nothing is changed
+  for (const TensorSpec& spec : ModelTensorLayout(c)) {
+    std::vector<int64_t> want = spec.shape;
+    if (spec.expert) want[0] = E_local;
+    if (auto s = CheckShape(spec.name, SlotTensor(mutable_w, spec), want); !s.ok()) return s;
+  }
+  const int64_t V = c.vocab_size, H = c.hidden_size;
+  if (auto s = CheckShape("lm_head.weight", w.lm_head, {V, H}); !s.ok()) return s;
   return absl::OkStatus();
 }
 
 MoeTransformer::MoeTransformer(const ModelConfig& config, const ModelOptions& options, ModelWeights weights)
-    : config_(config), options_(options), weights_(std::move(weights)) {
+    : config_(config),
+      options_(options),
+      weights_(std::move(weights)),
+      local_dispatcher_(options.save_expert_activation) {
+  if (weights_.layout.empty()) weights_.layout = ModelTensorLayout(config_);
   auto [inv_freq, scaling] = RopeInverseFrequencies(config_);
   inv_freq_ = inv_freq.to(options_.device);
   rope_scaling_ = scaling;
@@ -163,12 +133,11 @@ ResidualStream MoeTransformer::Layer(int64_t index, const ResidualStream& in, co
                                      std::vector<at::Tensor>* router_logits, std::vector<at::Tensor>* counts) {
   LayerWeights& L = weights_.layers[index];
   auto [attn_in, h] = NormStream(in, L.input_norm, config_.rms_norm_eps);
-  at::Tensor attn = Attention(attn_in, L.attn, config_, ctx);
+  at::Tensor attn = config_.attention == AttentionKind::kMla ? MlaAttention(attn_in, L.attn, config_, ctx)
+                                                             : GqaAttention(attn_in, L.attn, config_, ctx);
   auto [normed, x] = AddRmsNorm(attn, h, L.post_attn_norm, config_.rms_norm_eps);  // x = h + attn
   if (!L.is_moe) return {x, DenseMlp(normed, L.mlp)};
-  MoeOutput moe = token_dispatch_ ? MoeBlockByToken(normed, L.moe, config_, options_.gate, token_dispatch_)
-                                  : MoeBlock(normed, L.moe, config_, options_.gate, dispatch_,
-                                             options_.save_expert_activation);
+  MoeOutput moe = MoeBlock(normed, L.moe, config_, options_.gate, dispatcher_);
   if (router_logits) router_logits->push_back(moe.router_logits);
   if (counts) counts->push_back(moe.expert_counts);
   return {x, moe.out};  // the next norm adds them
@@ -187,7 +156,7 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
   } else if (batch.segment_ids.defined()) {
     // Once per micro-batch, shared by every layer (and by checkpointed recomputation).
     if (options_.varlen_attention &&
-        VarlenAttentionSupports(options_.device, options_.dtype, config_.head_dim, config_.num_attention_heads,
+        VarlenAttentionSupports(options_.device, options_.dtype, config_.qk_head_dim(), config_.num_attention_heads,
                                 config_.num_key_value_heads)) {
       ctx.varlen = VarlenBoundariesFromSegmentIds(batch.segment_ids, options_.device);
     } else {
@@ -201,10 +170,17 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
   ResidualStream stream{own_lookup ? embedding_lookup_(weights_.embed, batch.input_ids)
                                    : at::embedding(weights_.embed, batch.input_ids),
                         {}};  // [B, S, H]
+  // The residual stream through a hook: its defined tensors out and back in.
+  auto through_hook = [this](int64_t l, const ResidualStream& r, bool enter) {
+    std::vector<at::Tensor> parts = {r.sum};
+    if (r.pending.defined()) parts.push_back(r.pending);
+    parts = enter ? layer_hooks_->Enter(l, std::move(parts)) : layer_hooks_->Exit(l, std::move(parts));
+    return ResidualStream{parts[0], parts.size() > 1 ? parts[1] : at::Tensor()};
+  };
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    if (layer_hooks_ != nullptr) stream = through_hook(l, stream, /*enter=*/true);
     if (options_.activation_checkpointing && at::GradMode::is_enabled()) {
-      std::vector<at::Tensor> params;
-      CollectLayerParams(weights_.layers[l], &params);
+      std::vector<at::Tensor> params = LayerParameters(weights_, l);
       // Router logits and counts are captured during the first (no-grad) pass only.
       // The closure outlives Forward (backward recomputes through it): it holds the context
       // by value, and the outputs only during the first, no-grad pass inside Forward.
@@ -219,6 +195,7 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
     } else {
       stream = Layer(l, stream, ctx, &router_logits, &result.expert_counts);
     }
+    if (layer_hooks_ != nullptr) stream = through_hook(l, stream, /*enter=*/false);
   }
   at::Tensor h = NormStream(stream, weights_.norm, config_.rms_norm_eps).first;
   at::Tensor logits;

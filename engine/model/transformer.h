@@ -1,5 +1,6 @@
-// The decoder-only MoE transformer: embedding -> layers (attention + MoE or dense MLP) -> norm
-// -> lm_head, with the loss as HF computes it.
+// The decoder of every family: embedding -> layers (GQA or MLA attention, then a MoE block or a
+// dense MLP, as the config's layout says) -> norm -> lm_head, with the loss as HF computes it.
+// The blocks are engine/model/core/; which of them a layer uses is data of the ModelConfig.
 #pragma once
 
 #include <functional>
@@ -10,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model/config.h"
-#include "engine/model/moe.h"
+#include "engine/model/core/moe/moe_block.h"
 #include "engine/model/varlen_attention.h"
 #include "engine/model/weights.h"
 
@@ -80,6 +81,18 @@ struct ResidualStream {
   at::Tensor Materialize() const;
 };
 
+// Called by the decoder around each layer, in forward order; both return their tensors as the
+// layer should use them (the same values): a hook's autograd nodes run in backward at the
+// mirrored points (after the layer's backward for Enter's outputs, before it for Exit's).
+class LayerHooks {
+ public:
+  virtual ~LayerHooks() = default;
+  // Before layer `layer` reads `inputs` (the residual stream's tensors).
+  virtual std::vector<at::Tensor> Enter(int64_t layer, std::vector<at::Tensor> inputs) = 0;
+  // After layer `layer` produced `outputs`.
+  virtual std::vector<at::Tensor> Exit(int64_t layer, std::vector<at::Tensor> outputs) = 0;
+};
+
 class MoeTransformer {
  public:
   // Weights must already match the config (see hf_checkpoint.h to load or initialise them).
@@ -93,9 +106,14 @@ class MoeTransformer {
   const ModelOptions& options() const { return options_; }
   ModelWeights& weights() { return weights_; }
   std::vector<NamedParam> Parameters() { return ListParameters(weights_); }
-  void SetExpertDispatch(ExpertDispatch dispatch) { dispatch_ = std::move(dispatch); }
-  // Token-level dispatch (expert parallelism); when set it replaces the expert dispatch.
-  void SetTokenDispatch(TokenDispatch dispatch) { token_dispatch_ = std::move(dispatch); }
+  // The MoE layers' token dispatcher (expert parallelism: the all-to-all one); null restores
+  // the local one. Not owned; must outlive the model's use of it.
+  void SetTokenDispatcher(TokenDispatcher* dispatcher) {
+    dispatcher_ = dispatcher != nullptr ? dispatcher : &local_dispatcher_;
+  }
+  // Hooks around every decoder layer (ZeRO-3 gathers and frees the layer's parameters there);
+  // null: none. Not owned.
+  void SetLayerHooks(LayerHooks* hooks) { layer_hooks_ = hooks; }
   // The input embedding's lookup (table, ids) -> [.., H], in place of at::embedding: the
   // optimizer's AdamW::EmbeddingLookup updates the table inside its backward. Ignored when the
   // table is tied to the output projection (it takes a gradient there too).
@@ -113,8 +131,9 @@ class MoeTransformer {
   ModelWeights weights_;
   at::Tensor inv_freq_;
   double rope_scaling_ = 1.0;
-  ExpertDispatch dispatch_;
-  TokenDispatch token_dispatch_;
+  LocalTokenDispatcher local_dispatcher_;
+  TokenDispatcher* dispatcher_ = &local_dispatcher_;
+  LayerHooks* layer_hooks_ = nullptr;
   EmbeddingLookup embedding_lookup_;
 };
 

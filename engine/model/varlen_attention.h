@@ -2,7 +2,7 @@
 // flattened to T = B * S tokens, every document (a maximal run of equal segment ids within a
 // row) becomes one sequence of FlashAttention-2's variable-length interface (cu_seqlens), and
 // each sequence attends causally to itself only. CUDA (fp16/bf16) only; CPU keeps the dense
-// block-causal mask (layers.h PackedCausalMask), which is the reference for this path.
+// block-causal mask (core/gqa_attention.h PackedCausalMask), which is the reference for this path.
 #pragma once
 
 #include <cstdint>

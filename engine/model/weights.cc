@@ -4,39 +4,77 @@
 
 namespace ftd::engine {
 
+at::Tensor& SlotTensor(ModelWeights& w, const TensorSpec& spec) {
+  switch (spec.slot) {
+    case Slot::kEmbed: return w.embed;
+    case Slot::kFinalNorm: return w.norm;
+    case Slot::kLmHead: return w.lm_head;
+    default: break;
+  }
+  LayerWeights& L = w.layers.at(static_cast<size_t>(spec.layer));
+  switch (spec.slot) {
+    case Slot::kInputNorm: return L.input_norm;
+    case Slot::kPostAttnNorm: return L.post_attn_norm;
+    case Slot::kQProj: return L.attn.q_proj;
+    case Slot::kKProj: return L.attn.k_proj;
+    case Slot::kVProj: return L.attn.v_proj;
+    case Slot::kOProj: return L.attn.o_proj;
+    case Slot::kQBias: return L.attn.q_bias;
+    case Slot::kKBias: return L.attn.k_bias;
+    case Slot::kVBias: return L.attn.v_bias;
+    case Slot::kOBias: return L.attn.o_bias;
+    case Slot::kQNorm: return L.attn.q_norm;
+    case Slot::kKNorm: return L.attn.k_norm;
+    case Slot::kQaProj: return L.attn.q_a_proj;
+    case Slot::kQaBias: return L.attn.q_a_bias;
+    case Slot::kQaNorm: return L.attn.q_a_norm;
+    case Slot::kQbProj: return L.attn.q_b_proj;
+    case Slot::kKvaProj: return L.attn.kv_a_proj;
+    case Slot::kKvaBias: return L.attn.kv_a_bias;
+    case Slot::kKvaNorm: return L.attn.kv_a_norm;
+    case Slot::kKvbProj: return L.attn.kv_b_proj;
+    case Slot::kRouter: return L.moe.router;
+    case Slot::kRouterBias: return L.moe.router_bias;
+    case Slot::kExpertsGateUp: return L.moe.gate_up;
+    case Slot::kExpertsDown: return L.moe.down;
+    case Slot::kSharedGate: return L.moe.shared.gate_proj;
+    case Slot::kSharedUp: return L.moe.shared.up_proj;
+    case Slot::kSharedDown: return L.moe.shared.down_proj;
+    case Slot::kMlpGate: return L.mlp.gate_proj;
+    case Slot::kMlpUp: return L.mlp.up_proj;
+    case Slot::kMlpDown: return L.mlp.down_proj;
+    default: break;
+  }
+  // Unreachable: every slot is bound above.
+  return w.embed;
+}
+
+ModelWeights EmptyWeights(const ModelConfig& c) {
+  ModelWeights w;
+  w.layers.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) w.layers[static_cast<size_t>(l)].is_moe = c.IsMoeLayer(l);
+  w.tied = c.tie_word_embeddings;
+  w.layout = ModelTensorLayout(c);
+  return w;
+}
+
 std::vector<NamedParam> ListParameters(ModelWeights& w) {
   std::vector<NamedParam> out;
-  auto add = [&out](std::string name, at::Tensor& t, bool expert = false) {
-    if (t.defined()) out.push_back({std::move(name), &t, expert});
-  };
-  add("model.embed_tokens.weight", w.embed);
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    LayerWeights& L = w.layers[l];
-    std::string p = absl::StrCat("model.layers.", l, ".");
-    add(p + "input_layernorm.weight", L.input_norm);
-    add(p + "self_attn.q_proj.weight", L.attn.q_proj);
-    add(p + "self_attn.k_proj.weight", L.attn.k_proj);
-    add(p + "self_attn.v_proj.weight", L.attn.v_proj);
-    add(p + "self_attn.o_proj.weight", L.attn.o_proj);
-    add(p + "self_attn.q_proj.bias", L.attn.q_bias);
-    add(p + "self_attn.k_proj.bias", L.attn.k_bias);
-    add(p + "self_attn.v_proj.bias", L.attn.v_bias);
-    add(p + "self_attn.o_proj.bias", L.attn.o_bias);
-    add(p + "self_attn.q_norm.weight", L.attn.q_norm);
-    add(p + "self_attn.k_norm.weight", L.attn.k_norm);
-    add(p + "post_attention_layernorm.weight", L.post_attn_norm);
-    if (L.is_moe) {
-      add(p + "mlp.gate.weight", L.moe.router);
-      add(p + "mlp.experts.gate_up", L.moe.gate_up, /*expert=*/true);
-      add(p + "mlp.experts.down", L.moe.down, /*expert=*/true);
-    } else {
-      add(p + "mlp.gate_proj.weight", L.mlp.gate_proj);
-      add(p + "mlp.up_proj.weight", L.mlp.up_proj);
-      add(p + "mlp.down_proj.weight", L.mlp.down_proj);
-    }
+  for (const TensorSpec& spec : w.layout) {
+    if (spec.role == TensorRole::kBuffer) continue;
+    at::Tensor& t = SlotTensor(w, spec);
+    if (t.defined()) out.push_back({spec.name, &t, spec.expert, spec.layer});
   }
-  add("model.norm.weight", w.norm);
-  if (!w.tied) add("lm_head.weight", w.lm_head);
+  return out;
+}
+
+std::vector<at::Tensor> LayerParameters(ModelWeights& w, int64_t layer) {
+  std::vector<at::Tensor> out;
+  for (const TensorSpec& spec : w.layout) {
+    if (spec.layer != layer || spec.role == TensorRole::kBuffer) continue;
+    const at::Tensor& t = SlotTensor(w, spec);
+    if (t.defined()) out.push_back(t);
+  }
   return out;
 }
 

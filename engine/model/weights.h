@@ -1,6 +1,8 @@
-// The parameters of a decoder-only MoE transformer, as plain tensors (TorchTitan style: data,
-// not a module tree). Dense weights keep HF's [out, in] layout so loading is a copy; expert
-// weights live fused for grouped GEMM: gate_up [E_local, H, 2F], down [E_local, F, H].
+// The parameters of a decoder-only transformer, as plain tensors (TorchTitan style: data, not a
+// module tree). Dense weights keep HF's [out, in] layout so loading is a copy; expert weights
+// live fused for grouped GEMM: gate_up [E_local, H, 2F], down [E_local, F, H]. Which tensors a
+// model has, and their names, come from its family's layout (engine/model/tensor_layout.h);
+// SlotTensor binds a layout entry to its field here. Fields a family does not use stay undefined.
 #pragma once
 
 #include <string>
@@ -9,22 +11,33 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "engine/model/config.h"
+#include "engine/model/tensor_layout.h"
+
 namespace ftd::engine {
 
 struct AttentionWeights {
-  at::Tensor q_proj, k_proj, v_proj, o_proj;  // [q_dim, H], [kv_dim, H], [kv_dim, H], [H, q_dim]
-  at::Tensor q_bias, k_bias, v_bias, o_bias;  // defined only with attention_bias
-  at::Tensor q_norm, k_norm;                  // [head_dim], defined with qk_norm
-};
-
-struct MoeWeights {
-  at::Tensor router;   // [E, H] (all experts: every rank routes every token)
-  at::Tensor gate_up;  // [E_local, H, 2F]: [..., :F] gate, [..., F:] up
-  at::Tensor down;     // [E_local, F, H]
+  // GQA: q_proj [q_dim, H] (MLA without q_lora_rank: [Hq * d_qk, H]), k/v [kv_dim, H], o [H, q_dim]
+  // (MLA: [H, Hq * d_v]); biases only with attention_bias; q/k norms [head_dim] with qk_norm.
+  at::Tensor q_proj, k_proj, v_proj, o_proj;
+  at::Tensor q_bias, k_bias, v_bias, o_bias;
+  at::Tensor q_norm, k_norm;
+  // MLA: q_a [q_lora, H] + q_a_norm [q_lora] + q_b [Hq * d_qk, q_lora] (with q_lora_rank),
+  // kv_a [kv_lora + d_rope, H] + kv_a_norm [kv_lora], kv_b [Hq * (d_nope + d_v), kv_lora].
+  at::Tensor q_a_proj, q_a_bias, q_a_norm, q_b_proj;
+  at::Tensor kv_a_proj, kv_a_bias, kv_a_norm, kv_b_proj;
 };
 
 struct DenseMlpWeights {
   at::Tensor gate_proj, up_proj, down_proj;  // [F, H], [F, H], [H, F]
+};
+
+struct MoeWeights {
+  at::Tensor router;       // [E, H] (all experts: every rank routes every token)
+  at::Tensor router_bias;  // [E] fp32 selection bias (DeepSeek-V3), not trained by gradient; or undefined
+  at::Tensor gate_up;      // [E_local, H, 2F]: [..., :F] gate, [..., F:] up
+  at::Tensor down;         // [E_local, F, H]
+  DenseMlpWeights shared;  // shared experts [Fs, H] ... (DeepSeek-V3), undefined without
 };
 
 struct LayerWeights {
@@ -36,23 +49,44 @@ struct LayerWeights {
   DenseMlpWeights mlp;
 };
 
+// Checkpoint tensors the model does not use but a save must write back unchanged (DeepSeek-V3's
+// MTP layers): read from `source_dir` when saved, never held in memory.
+struct CarriedTensors {
+  std::string source_dir;
+  std::vector<std::string> names;
+};
+
 struct ModelWeights {
   at::Tensor embed;    // [V, H]
   std::vector<LayerWeights> layers;
   at::Tensor norm;     // [H]
   at::Tensor lm_head;  // [V, H]; the same tensor as embed when tied
   bool tied = false;
+  CarriedTensors carried;
+  // The family's layout of these weights (all experts' shapes; this rank may hold fewer).
+  std::vector<TensorSpec> layout;
 };
 
+// Weights with the layers and layout of `config`, every tensor undefined.
+ModelWeights EmptyWeights(const ModelConfig& config);
+
+// The field of `w` that layout entry `spec` binds.
+at::Tensor& SlotTensor(ModelWeights& w, const TensorSpec& spec);
+
 // A parameter with its engine name; `expert` marks expert-sharded tensors (reduced only across
-// the ranks that own the same experts).
+// the ranks that own the same experts); `layer` is its decoder layer (-1: embedding, final norm,
+// head).
 struct NamedParam {
   std::string name;
   at::Tensor* tensor;
   bool expert = false;
+  int64_t layer = -1;
 };
 
-// Every trainable tensor once (a tied lm_head is listed once, as the embedding).
+// Every trainable tensor once, in layout order (a tied lm_head is listed once, as the
+// embedding; buffers such as the router's selection bias are not parameters).
 std::vector<NamedParam> ListParameters(ModelWeights& w);
+// The tensors of decoder layer `layer` that are trained (for activation checkpointing).
+std::vector<at::Tensor> LayerParameters(ModelWeights& w, int64_t layer);
 
 }  // namespace ftd::engine

@@ -154,6 +154,9 @@ absl::Status Forward(const ForwardArgs& a) {
     // Gradients in HF naming: the weights' structure with each tensor replaced by its grad.
     ModelWeights grads = model->weights();
     for (NamedParam& p : ListParameters(grads)) *p.tensor = p.tensor->grad();
+    for (const TensorSpec& spec : grads.layout) {
+      if (spec.role == TensorRole::kBuffer) SlotTensor(grads, spec) = at::Tensor();  // not parameters
+    }
     if (grads.tied) grads.lm_head = grads.embed;
     for (auto& [name, t] : ToHfTensors(grads, config, options, at::kFloat)) tensors.emplace_back("grad." + name, t);
   }

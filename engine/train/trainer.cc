@@ -231,7 +231,7 @@ absl::Status Trainer::LoadModel() {
   dispatch_ = std::make_unique<ExpertParallelDispatch>(groups_->ep.get(), config_.num_experts);
   // ep 1: every expert is local, so the layer keeps its own permute -> grouped GEMM path (the
   // fused CUDA kernels); ep > 1: tokens are exchanged with the ep group.
-  if (groups_->mesh.ep_size() > 1) model_->SetTokenDispatch(dispatch_->AsTokenDispatch());
+  if (groups_->mesh.ep_size() > 1) model_->SetTokenDispatcher(dispatch_.get());
 
   TrainStepOptions o;
   o.precision = policy_;

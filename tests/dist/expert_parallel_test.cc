@@ -9,7 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/dist/expert_parallel.h"
-#include "engine/model/moe.h"
+#include "engine/model/core/moe/moe_block.h"
 #include "tests/dist/ranks_util.h"
 
 namespace ftd::engine {
@@ -55,7 +55,10 @@ void CheckAgainstSingleProcess(const Case& tc) {
   }
 
   // Reference: one process, every expert, each rank's tokens as their own batch.
-  MoeWeights full{router.clone().requires_grad_(), gate_up.clone().requires_grad_(), down.clone().requires_grad_()};
+  MoeWeights full;
+  full.router = router.clone().requires_grad_();
+  full.gate_up = gate_up.clone().requires_grad_();
+  full.down = down.clone().requires_grad_();
   std::vector<at::Tensor> ref_out, ref_x;
   at::Tensor total = at::zeros({});
   for (int r = 0; r < tc.world; ++r) {
@@ -71,11 +74,13 @@ void CheckAgainstSingleProcess(const Case& tc) {
   std::mutex mu;
   testing::RunRanks({.world_size = tc.world, .ep_size = tc.ep, .num_experts = kE}, [&](int r, ProcessGroups& g) {
     const int64_t El = g.mesh.experts_per_rank(), begin = g.mesh.expert_begin();
-    MoeWeights local{router.clone().requires_grad_(), gate_up.narrow(0, begin, El).clone().requires_grad_(),
-                     down.narrow(0, begin, El).clone().requires_grad_()};
+    MoeWeights local;
+    local.router = router.clone().requires_grad_();
+    local.gate_up = gate_up.narrow(0, begin, El).clone().requires_grad_();
+    local.down = down.narrow(0, begin, El).clone().requires_grad_();
     ExpertParallelDispatch dispatch(g.ep.get(), kE);
     at::Tensor x = xs[r].clone().requires_grad_();
-    MoeOutput out = MoeBlockByToken(x, local, c, tc.gate, dispatch.AsTokenDispatch());
+    MoeOutput out = MoeBlock(x, local, c, tc.gate, &dispatch);
     (out.out * gs[r]).sum().backward();
     RankResult res;
     res.out = out.out.detach();

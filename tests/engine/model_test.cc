@@ -12,7 +12,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/model/config.h"
 #include "engine/model/hf_checkpoint.h"
-#include "engine/model/moe.h"
+#include "engine/model/core/moe/moe_block.h"
 #include "engine/model/transformer.h"
 #include "engine/train/lr_schedule.h"
 #include "engine/train/token_dataset.h"

@@ -10,7 +10,7 @@
 
 #include "engine/data/document_source.h"
 #include "engine/data/sequence_packer.h"
-#include "engine/model/layers.h"
+#include "engine/model/core/gqa_attention.h"
 #include "engine/model/varlen_attention.h"
 #include "engine/train/packed_batch.h"
 #include "gtest/gtest.h"

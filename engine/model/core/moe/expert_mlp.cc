@@ -1,4 +1,4 @@
-#include "engine/model/expert_mlp.h"
+#include "engine/model/core/moe/expert_mlp.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>

@@ -1,0 +1,57 @@
+// Helpers the families share to read and write config.json (LibTorch-free): typed field
+// readers whose errors name the field and the file, and the rope parameters.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/status.h"
+#include "engine/model/config.h"
+
+namespace ftd::engine {
+
+class FieldReader {
+ public:
+  FieldReader(const nlohmann::json& obj, std::string source) : obj_(obj), source_(std::move(source)) {}
+
+  // Absent or null leaves *out unchanged unless required (then an error naming the field).
+  absl::Status Int(const char* key, int64_t* out, bool required = false) const;
+  absl::Status Double(const char* key, double* out, bool required = false) const;
+  absl::Status Bool(const char* key, bool* out) const;
+  absl::Status String(const char* key, std::string* out, bool required = false) const;
+  absl::Status IntList(const char* key, std::vector<int64_t>* out) const;
+  // A token id: an integer, null, or a list (the first is kept).
+  absl::Status TokenId(const char* key, int64_t* out) const;
+  // Whether the field is present and not null.
+  bool Has(const char* key) const;
+
+  absl::Status Bad(const std::string& key, const std::string& want) const;
+  absl::Status Invalid(const std::string& message) const;  // "<source>: <message>"
+  const std::string& source() const { return source_; }
+
+ private:
+  absl::Status Missing(const char* key, bool required) const;
+  const nlohmann::json& obj_;
+  std::string source_;
+};
+
+// rope_theta + rope_parameters (v5) or rope_scaling (v4): type, factor, llama3 and yarn fields
+// (mscale, mscale_all_dim, truncate included). `default_factor_from_lengths`: yarn's factor,
+// when absent, is max_position_embeddings / original_max_position_embeddings (HF v5).
+absl::Status ParseRope(const nlohmann::json& root, const std::string& source, int64_t max_position_embeddings,
+                       RopeConfig* rope);
+// rope_parameters as HF v5 writes them (rope_theta inside).
+nlohmann::json RopeToJson(const RopeConfig& rope);
+
+// The fields every family reads the same way: architecture (architectures[0] or `fallback`),
+// dtype / torch_dtype, token ids, rms_norm_eps, initializer_range, tie_word_embeddings,
+// hidden_act (silu only), attention_bias.
+absl::Status ParseCommonFields(const nlohmann::json& root, const FieldReader& r, const std::string& fallback_architecture,
+                               ModelConfig* c);
+// Checks shared by every family: positive sizes, a supported dtype, k in [1, E].
+absl::Status ValidateCommon(const FieldReader& r, const ModelConfig& c);
+
+}  // namespace ftd::engine

@@ -1,0 +1,109 @@
+#include "engine/model/core/gqa_attention.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "engine/model/core/norms.h"
+#include "engine/model/core/rope.h"
+#include "kernels/kernels_available.h"
+#include "kernels/rope.h"
+
+namespace ftd::engine {
+
+using kernels::OnKernelDevice;
+
+at::Tensor PackedCausalMask(const at::Tensor& segment_ids) {
+  if (!segment_ids.defined()) return {};
+  const int64_t S = segment_ids.size(1);
+  at::Tensor same_doc = segment_ids.unsqueeze(2).eq(segment_ids.unsqueeze(1));  // [B, S, S]
+  at::Tensor causal = at::ones({S, S}, segment_ids.options().dtype(at::kBool)).tril();
+  return same_doc.logical_and(causal).unsqueeze(1);
+}
+
+namespace {
+
+// The q, k and v projections of one input [.., H] (no biases). Backward sums the three input
+// gradients in the GEMM epilogues (beta = 1) rather than in two separate adds over [T, H].
+struct QkvProjection : public torch::autograd::Function<QkvProjection> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& wq, const at::Tensor& wk, const at::Tensor& wv) {
+    ctx->save_for_backward({x, wq, wk, wv});
+    return {at::linear(x, wq), at::linear(x, wk), at::linear(x, wv)};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor x2 = x.reshape({-1, x.size(-1)});  // [T, H]
+    at::Tensor dx;                                      // [T, H]
+    torch::autograd::variable_list out(4);
+    for (int i = 0; i < 3; ++i) {
+      if (!grads[i].defined()) continue;
+      const at::Tensor& w = saved[1 + i];                     // [out, H]
+      const at::Tensor dy = grads[i].reshape({-1, w.size(0)});  // [T, out]
+      if (ctx->needs_input_grad(0)) dx = dx.defined() ? dx.addmm_(dy, w) : at::mm(dy, w);
+      if (ctx->needs_input_grad(1 + i)) out[1 + i] = at::mm(dy.t(), x2);
+    }
+    if (ctx->needs_input_grad(0)) out[0] = dx.defined() ? dx.view(x.sizes()) : at::zeros_like(x);
+    return out;
+  }
+};
+
+}  // namespace
+
+at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const ModelConfig& c,
+                        const AttentionContext& ctx) {
+  const int64_t B = x.size(0), S = x.size(1), D = c.head_dim;
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  at::Tensor q, k, v;
+  if (w.q_bias.defined() || w.k_bias.defined() || w.v_bias.defined()) {
+    q = at::linear(x, w.q_proj, w.q_bias);
+    k = at::linear(x, w.k_proj, w.k_bias);
+    v = at::linear(x, w.v_proj, w.v_bias);
+  } else {
+    auto qkv = QkvProjection::apply(x, w.q_proj, w.k_proj, w.v_proj);
+    q = qkv[0], k = qkv[1], v = qkv[2];
+  }
+  q = q.view({B, S, Hq, D});
+  k = k.view({B, S, Hkv, D});
+  v = v.view({B, S, Hkv, D});
+  // q, k stay [B, S, heads, D] (contiguous on CUDA) through norm and rotation.
+  if (c.qk_norm && OnKernelDevice(q) && kernels::RopeCudaSupports(q, ctx.cos, ctx.sin, w.q_norm) &&
+      kernels::RopeCudaSupports(k, ctx.cos, ctx.sin, w.k_norm)) {
+    // One read and one write per tensor for norm + rotation.
+    q = kernels::RmsNormRope(q, w.q_norm, c.rms_norm_eps, ctx.cos, ctx.sin);
+    k = kernels::RmsNormRope(k, w.k_norm, c.rms_norm_eps, ctx.cos, ctx.sin);
+  } else {
+    if (c.qk_norm) {
+      q = RmsNorm(q, w.q_norm, c.rms_norm_eps);
+      k = RmsNorm(k, w.k_norm, c.rms_norm_eps);
+    }
+    q = ApplyRope(q.transpose(1, 2), ctx.cos, ctx.sin).transpose(1, 2);
+    k = ApplyRope(k.transpose(1, 2), ctx.cos, ctx.sin).transpose(1, 2);
+  }
+  const double scale = c.AttentionScale();
+  at::Tensor out;  // [B, S, Hq * D]
+  if (ctx.varlen.cu_seqlens.defined()) {
+    // Packed documents on CUDA: [B * S, heads, D] views (copies only if the rotation left a
+    // strided layout), one causal sequence per document, no [S, S] mask.
+    out = VarlenCausalAttention(q.reshape({B * S, Hq, D}), k.reshape({B * S, Hkv, D}), v.reshape({B * S, Hkv, D}),
+                                ctx.varlen, scale)
+              .view({B, S, Hq * D});
+  } else {
+    // SDPA takes [B, heads, S, D].
+    at::Tensor qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);
+    if (ctx.mask.defined()) {
+      out = at::scaled_dot_product_attention(qt, kt, vt, ctx.mask, 0.0, /*is_causal=*/false, scale,
+                                             /*enable_gqa=*/true);
+    } else {
+      out = at::scaled_dot_product_attention(qt, kt, vt, {}, 0.0, /*is_causal=*/true, scale, /*enable_gqa=*/true);
+    }
+    out = out.transpose(1, 2).reshape({B, S, c.q_dim()});
+  }
+  return at::linear(out, w.o_proj, w.o_bias);
+}
+
+}  // namespace ftd::engine

@@ -1,0 +1,32 @@
+// Grouped-query self-attention (Qwen3-MoE): q/k/v/o projections, optional per-head q/k RMSNorm,
+// rotary embeddings, causal SDPA or varlen attention over packed documents. Also the per-batch
+// attention context every attention kind shares.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "engine/model/config.h"
+#include "engine/model/varlen_attention.h"
+#include "engine/model/weights.h"
+
+namespace ftd::engine {
+
+// Optional restrictions on attention beyond causality: tokens attend only within their
+// document (segment_ids [B, S], packed batches), through varlen boundaries (CUDA, fp16/bf16)
+// or a dense mask (CPU and the rest). At most one of the two is set; neither: plain causal.
+struct AttentionContext {
+  at::Tensor cos, sin;          // [B, S, rope_dim]
+  at::Tensor mask;              // [B, 1, S, S] bool (true = attend) or undefined
+  VarlenBoundaries varlen;      // cu_seqlens over the B * S flattened tokens, or undefined
+};
+
+// Builds the boolean attention mask for packed documents; undefined when segment_ids is.
+at::Tensor PackedCausalMask(const at::Tensor& segment_ids);
+
+// x [B, S, H] -> [B, S, H]. GQA through SDPA's enable_gqa, or natively in the varlen kernel
+// (K/V never repeated). On CUDA the q/k norm and RoPE run as one fused kernel per tensor
+// (kernels/rope.h).
+at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const ModelConfig& config,
+                        const AttentionContext& ctx);
+
+}  // namespace ftd::engine

@@ -1,0 +1,44 @@
+#include "engine/model/core/moe/grouped_experts.h"
+
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "kernels/kernels_available.h"
+#include "kernels/swiglu.h"
+
+namespace ftd::engine {
+
+using kernels::OnKernelDevice;
+
+at::Tensor GroupedMatmul(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& counts) {
+  if (rows.is_cuda() && rows.scalar_type() == at::kBFloat16) {
+    // offs[-1] must equal rows: rows past it would be left uninitialised.
+    at::Tensor offs = counts.cumsum(0).to(at::kInt);
+    return at::_grouped_mm(rows, w, offs);
+  }
+  at::Tensor counts_cpu = counts.to(at::kCPU);
+  std::vector<int64_t> sizes(counts_cpu.data_ptr<int64_t>(), counts_cpu.data_ptr<int64_t>() + counts_cpu.numel());
+  std::vector<at::Tensor> parts = rows.split_with_sizes(sizes, 0);
+  std::vector<at::Tensor> outs;
+  outs.reserve(parts.size());
+  for (size_t e = 0; e < parts.size(); ++e) {
+    if (sizes[e] == 0) continue;
+    outs.push_back(at::mm(parts[e], w.select(0, static_cast<int64_t>(e))));
+  }
+  if (outs.empty()) return at::zeros({0, w.size(2)}, rows.options()) + 0 * w.sum();
+  return at::cat(outs, 0);
+}
+
+at::Tensor ExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights, const at::Tensor& counts,
+                          const MoeWeights& w) {
+  const int64_t F = w.down.size(1);
+  at::Tensor h = GroupedMatmul(rows, w.gate_up, counts);  // [N, 2F]
+  if (OnKernelDevice(h) && h.scalar_type() == row_weights.scalar_type()) {
+    return GroupedMatmul(kernels::WeightedSwiglu(h, row_weights), w.down, counts);
+  }
+  at::Tensor act = at::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F) * row_weights.unsqueeze(-1);
+  return GroupedMatmul(act, w.down, counts);  // [N, H]
+}
+
+}  // namespace ftd::engine

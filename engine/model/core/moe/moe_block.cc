@@ -1,0 +1,24 @@
+#include "engine/model/core/moe/moe_block.h"
+
+#include <ATen/ATen.h>
+
+#include "engine/model/core/dense_mlp.h"
+
+namespace ftd::engine {
+
+MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& c, GateMode gate,
+                   TokenDispatcher* dispatcher) {
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
+  at::Tensor flat = x.reshape({B * S, H});
+  Routing routing = Route(flat, w.router, c, gate, w.router_bias);
+  LocalTokenDispatcher local;
+  DispatchResult routed = (dispatcher != nullptr ? dispatcher : &local)->Dispatch(flat, routing, w);
+  at::Tensor out = routed.out;
+  if (w.shared.gate_proj.defined()) out = out + DenseMlp(flat, w.shared);
+  at::Tensor counts = routed.counts.defined() ? routed.counts
+                      : routing.counts.defined() ? routing.counts
+                                                 : at::bincount(routing.experts.reshape({-1}), {}, c.num_experts);
+  return {out.view({B, S, H}), routing.logits, counts};
+}
+
+}  // namespace ftd::engine

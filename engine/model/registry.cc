@@ -1,0 +1,26 @@
+#include "engine/model/registry.h"
+
+#include "absl/strings/str_join.h"
+
+namespace ftd::engine {
+
+// Defined in engine/model/families/<model_type>/.
+const ModelFamily& Qwen3MoeFamily();
+const ModelFamily& DeepseekV3Family();
+
+std::vector<const ModelFamily*> ModelFamilies() { return {&Qwen3MoeFamily(), &DeepseekV3Family()}; }
+
+const ModelFamily* FindModelFamily(const std::string& model_type) {
+  for (const ModelFamily* f : ModelFamilies()) {
+    if (model_type == f->model_type()) return f;
+  }
+  return nullptr;
+}
+
+std::string SupportedModelTypes() {
+  std::vector<std::string> names;
+  for (const ModelFamily* f : ModelFamilies()) names.push_back(f->model_type());
+  return absl::StrJoin(names, ", ");
+}
+
+}  // namespace ftd::engine

@@ -1,0 +1,70 @@
+// The tensors of a model as data (LibTorch-free): every tensor a family's checkpoint holds, with
+// its HF name, the engine shape, how it is initialised, whether it is an expert tensor
+// (sharded over ep) and whether it is a GEMM weight applied per token. A family builds this
+// list once (engine/model/registry.h); loading, saving, initialisation, the parameter list, the
+// shape checks, and the parameter and FLOP counts of engine, coordinator plan and ftctl all
+// walk it. Routed experts are one entry per layer and projection: the engine keeps them fused
+// (gate_up [E, H, 2F] = [gate^T | up^T], down [E, F, H] = down_proj^T) while the checkpoint
+// holds HF's per-expert keys <experts module>.<e>.{gate,up,down}_proj.weight ([out, in]).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ftd::engine {
+
+struct ModelConfig;
+
+// Where a tensor lives in the engine's weights (engine/model/weights.h binds each slot).
+enum class Slot : uint8_t {
+  kEmbed, kFinalNorm, kLmHead,
+  kInputNorm, kPostAttnNorm,
+  // GQA attention.
+  kQProj, kKProj, kVProj, kOProj, kQBias, kKBias, kVBias, kOBias, kQNorm, kKNorm,
+  // MLA attention (q_proj and o_proj/o_bias shared with GQA's slots).
+  kQaProj, kQaBias, kQaNorm, kQbProj, kKvaProj, kKvaBias, kKvaNorm, kKvbProj,
+  // MoE block.
+  kRouter, kRouterBias, kExpertsGateUp, kExpertsDown, kSharedGate, kSharedUp, kSharedDown,
+  // Dense MLP.
+  kMlpGate, kMlpUp, kMlpDown,
+};
+
+enum class TensorRole : uint8_t {
+  kWeight,  // trained; normal(0, initializer_range) at random init
+  kNorm,    // trained; ones
+  kBias,    // trained; zeros
+  kBuffer,  // not trained by gradient (e_score_correction_bias); zeros; kept in fp32
+};
+
+struct TensorSpec {
+  // HF name; for fused experts the engine name <experts module>.gate_up / .down.
+  std::string name;
+  Slot slot;
+  int64_t layer = -1;           // -1: outside the decoder layers
+  std::vector<int64_t> shape;   // engine shape; experts: all E experts in dim 0
+  TensorRole role = TensorRole::kWeight;
+  bool expert = false;          // routed experts: dim 0 sharded over ep
+  bool matmul = false;          // a GEMM weight every token passes through (FLOPs)
+  int64_t numel() const;
+};
+
+// The per-expert HF key of fused expert tensor `spec` for global expert `e`: `proj` is
+// "gate_proj" or "up_proj" (of a gate_up spec) or "down_proj" (of a down spec).
+std::string ExpertTensorName(const TensorSpec& spec, int64_t expert, const char* proj);
+
+// Every tensor of `config`'s model (its family's layout), in checkpoint order.
+std::vector<TensorSpec> ModelTensorLayout(const ModelConfig& config);
+
+// Counts over a layout. Active: routed experts count top-k of E.
+struct ParameterCounts {
+  int64_t total = 0;
+  int64_t active = 0;
+  int64_t expert = 0;        // routed experts, all of them
+  int64_t dense = 0;         // everything else that is trained
+  int64_t buffers = 0;       // not trained (selection biases)
+  int64_t max_layer_dense = 0;  // the largest decoder layer's trained non-expert parameters
+};
+ParameterCounts CountParameters(const ModelConfig& config);
+
+}  // namespace ftd::engine
