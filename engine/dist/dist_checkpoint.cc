@@ -120,10 +120,18 @@ absl::Status SaveDistributedCheckpoint(const std::string& dir, const ParallelMes
     for (auto& [name, t] : ToHfTensors(*parts.weights, *parts.config, *parts.options, parts.dtype)) {
       if (leader || IsExpertTensor(name)) mine.emplace_back(name, std::move(t));
     }
+    if (leader) {  // MTP layers, copied as stored
+      absl::StatusOr<std::vector<std::pair<std::string, at::Tensor>>> carried = CarriedHfTensors(*parts.weights);
+      if (carried.ok()) {
+        for (auto& named : *carried) mine.push_back(std::move(named));
+      } else {
+        local = carried.status();
+      }
+    }
     const std::string file = mesh.ep_size() == 1
                                  ? std::string(kSafetensorsSingleFile)
                                  : absl::StrFormat("model-%05d-of-%05d.safetensors", mesh.ep_rank() + 1, mesh.ep_size());
-    local = WriteSingleFile((fs::path(tmp) / file).string(), mine);
+    if (local.ok()) local = WriteSingleFile((fs::path(tmp) / file).string(), mine);
   }
   if (local.ok()) {
     local = WriteSingleFile((fs::path(tmp) / "training_state" / RankStateFileName(mesh.rank(), mesh.world_size())).string(),
@@ -141,7 +149,10 @@ absl::Status SaveDistributedCheckpoint(const std::string& dir, const ParallelMes
     if (local.ok()) local = FsyncDirectory(tmp);
     if (local.ok()) local = RenameIntoPlace(tmp, dir);
   }
-  return AgreeOnStatus(world, local);
+  FTD_RETURN_IF_ERROR(AgreeOnStatus(world, local));
+  // Later saves copy the carried tensors from here: the source may be deleted (keep_last).
+  if (!parts.weights->carried.names.empty()) parts.weights->carried.source_dir = dir;
+  return absl::OkStatus();
 }
 
 }  // namespace ftd::engine

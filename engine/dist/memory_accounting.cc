@@ -15,6 +15,8 @@ RankMemory AccountRankMemory(const std::vector<NamedParam>& params, PrecisionPol
       m.expert_grad_bytes += bytes;
       m.expert_optimizer_bytes += static_cast<int64_t>(
           static_cast<double>(t.numel()) * OptimizerStateBytesPerParameter(policy, static_cast<int>(t.element_size())));
+    } else if (t.storage().nbytes() == 0 && bytes > 0) {
+      m.dense_released_bytes += bytes;  // released by ZeRO-3
     } else {
       m.dense_param_bytes += bytes;
       m.dense_grad_bytes += bytes;
@@ -34,10 +36,15 @@ std::string FormatRankMemory(const RankMemory& m, int rank, int world_size) {
   return absl::StrFormat(
       "rank %d/%d memory: parameters %.3f MiB (dense %.3f MiB, experts %.3f MiB), gradients %.3f MiB (dense %.3f MiB "
       "until reduce-scatter, slice %.3f MiB, experts %.3f MiB), optimizer %.3f MiB (dense slice %.3f MiB, experts "
-      "%.3f MiB); bytes: expert_params=%d dense_params=%d optimizer=%d",
+      "%.3f MiB)%s; bytes: expert_params=%d dense_params=%d optimizer=%d",
       rank, world_size, mib(m.param_bytes()), mib(m.dense_param_bytes), mib(m.expert_param_bytes), mib(m.grad_bytes()),
       mib(m.dense_grad_bytes), mib(m.dense_grad_slice_bytes), mib(m.expert_grad_bytes), mib(m.optimizer_bytes()),
-      mib(m.dense_optimizer_bytes), mib(m.expert_optimizer_bytes), m.expert_param_bytes, m.dense_param_bytes,
+      mib(m.dense_optimizer_bytes), mib(m.expert_optimizer_bytes),
+      m.dense_released_bytes > 0
+          ? absl::StrFormat("; ZeRO-3: %.3f MiB of layer parameters gathered per layer, not resident",
+                            mib(m.dense_released_bytes))
+          : std::string(),
+      m.expert_param_bytes, m.dense_param_bytes,
       m.optimizer_bytes());
 }
 

@@ -24,6 +24,9 @@ struct RankMemory {
   int64_t expert_grad_bytes = 0;
   int64_t dense_optimizer_bytes = 0;
   int64_t expert_optimizer_bytes = 0;
+  // ZeRO-3: decoder layers' dense parameters (and their gradients) not resident between uses;
+  // not counted above (one layer's worth is gathered at a time).
+  int64_t dense_released_bytes = 0;
 
   int64_t param_bytes() const { return dense_param_bytes + expert_param_bytes; }
   int64_t grad_bytes() const { return dense_grad_bytes + dense_grad_slice_bytes + expert_grad_bytes; }

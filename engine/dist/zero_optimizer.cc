@@ -17,12 +17,37 @@ constexpr int64_t kAlign = kernels::kCompactBlock;
 
 int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// dst's values := src (same numel), through a tensor of its own aliasing dst's storage: dst's
+// autograd version counter is not bumped, so variables a forward saved stay valid (ZeRO-3
+// refills parameters between a layer's forward and its backward).
+void CopyWithoutVersionBump(const at::Tensor& dst, const at::Tensor& src) {
+  at::Tensor alias = at::empty({0}, dst.options().requires_grad(false));
+  alias.set_(dst.storage(), dst.storage_offset(), dst.sizes(), dst.strides());
+  alias.view({-1}).copy_(src.reshape({-1}));
+}
+
+// Frees / reallocates a parameter's storage in place (the StorageImpl, and so every view and
+// saved variable of the tensor, is kept).
+void ReleaseStorage(const at::Tensor& t) {
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  s->set_data_ptr_noswap(at::DataPtr(nullptr, s->device()));
+  s->set_nbytes(0);
+}
+
+void AllocateStorage(const at::Tensor& t) {
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  const size_t bytes = static_cast<size_t>((t.storage_offset() + t.numel()) * t.element_size());
+  s->set_data_ptr_noswap(s->allocator()->allocate(bytes));
+  s->set_nbytes(bytes);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ShardedAdamW>> ShardedAdamW::Create(std::vector<NamedParam> params, Communicator* dp,
-                                                                   PrecisionPolicy policy, const AdamWConfig& config) {
+                                                                   PrecisionPolicy policy, const AdamWConfig& config,
+                                                                   std::string state_prefix) {
   c10::NoGradGuard no_grad;
-  std::unique_ptr<ShardedAdamW> opt(new ShardedAdamW(dp, policy, config));
+  std::unique_ptr<ShardedAdamW> opt(new ShardedAdamW(dp, policy, config, std::move(state_prefix)));
   if (params.empty()) return absl::InvalidArgumentError("ShardedAdamW needs at least one parameter");
   const at::Tensor& first = *params[0].tensor;
   for (const NamedParam& p : params) {
@@ -77,8 +102,9 @@ void ShardedAdamW::SetStepScalars(double lr, double grad_scale) {
   scalars_.select(0, 1).fill_(grad_scale);
 }
 
-absl::Status ShardedAdamW::ReduceGradients() {
+absl::Status ShardedAdamW::ReduceGradients(bool accumulate) {
   c10::NoGradGuard no_grad;
+  accumulate = accumulate && grad_.defined();
   const at::Tensor& first = *params_[0].tensor;
   at::Tensor has_grad = at::zeros({static_cast<int64_t>(params_.size())}, first.options().dtype(at::kFloat));
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -86,7 +112,9 @@ absl::Status ShardedAdamW::ReduceGradients() {
   }
   FTD_RETURN_IF_ERROR(dp_->AllReduce({has_grad}, ReduceKind::kMax));
   at::Tensor has_grad_cpu = has_grad.to(at::kCPU);
-  for (size_t i = 0; i < params_.size(); ++i) stepped_[i] = has_grad_cpu[i].item<float>() > 0;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    stepped_[i] = (accumulate && stepped_[i]) || has_grad_cpu[i].item<float>() > 0;
+  }
 
   // The flat fp32 gradient [W * S]: each parameter at its offset, zeros in the gaps.
   const int64_t padded = slice_numel_ * dp_->size();
@@ -97,8 +125,10 @@ absl::Status ShardedAdamW::ReduceGradients() {
     if (g.defined()) flat.narrow(0, offsets_[i], g.numel()).copy_(g.reshape({-1}));
     p.tensor->mutable_grad() = at::Tensor();
   }
-  grad_ = at::empty({slice_numel_}, first.options().dtype(at::kFloat));
-  return dp_->ReduceScatter(grad_, flat);
+  at::Tensor reduced = at::empty({slice_numel_}, first.options().dtype(at::kFloat));
+  FTD_RETURN_IF_ERROR(dp_->ReduceScatter(reduced, flat));
+  grad_ = accumulate ? grad_.add_(reduced) : reduced;
+  return absl::OkStatus();
 }
 
 at::Tensor ShardedAdamW::SliceSquaredNorm() const {
@@ -106,7 +136,7 @@ at::Tensor ShardedAdamW::SliceSquaredNorm() const {
   return grad_.defined() ? grad_.square().sum() : at::zeros({}, master_.options().dtype(at::kFloat));
 }
 
-absl::Status ShardedAdamW::Step() {
+absl::Status ShardedAdamW::Step(bool gather) {
   c10::NoGradGuard no_grad;
   if (!grad_.defined()) return absl::FailedPreconditionError("ShardedAdamW::Step before ReduceGradients");
   at::Tensor grad = grad_.scalar_type() == master_.scalar_type() ? grad_ : grad_.to(master_.scalar_type());
@@ -135,7 +165,7 @@ absl::Status ShardedAdamW::Step() {
                       /*maximize=*/false, std::nullopt, std::nullopt);
   }
   grad_ = at::Tensor();
-  return GatherParameters(/*stepped_only=*/true);
+  return gather ? GatherParameters(/*stepped_only=*/true) : absl::OkStatus();
 }
 
 absl::Status ShardedAdamW::GatherParameters(bool stepped_only) {
@@ -150,9 +180,30 @@ absl::Status ShardedAdamW::GatherParameters(bool stepped_only) {
   for (size_t i = 0; i < params_.size(); ++i) {
     if (stepped_only && !stepped_[i]) continue;
     at::Tensor& t = *params_[i].tensor;
-    t.detach().view({-1}).copy_(gathered.narrow(0, offsets_[i], t.numel()));
+    CopyWithoutVersionBump(t, gathered.narrow(0, offsets_[i], t.numel()));
   }
   return absl::OkStatus();
+}
+
+absl::Status ShardedAdamW::Gather() {
+  c10::NoGradGuard no_grad;
+  if (released_) {
+    for (NamedParam& p : params_) AllocateStorage(*p.tensor);
+    released_ = false;
+  }
+  return GatherParameters(/*stepped_only=*/false);
+}
+
+void ShardedAdamW::Release() {
+  if (released_) return;
+  for (NamedParam& p : params_) ReleaseStorage(*p.tensor);
+  released_ = true;
+}
+
+int64_t ShardedAdamW::ParameterBytes() const {
+  int64_t bytes = 0;
+  for (const NamedParam& p : params_) bytes += p.tensor->numel() * p.tensor->element_size();
+  return bytes;
 }
 
 at::Tensor ShardedAdamW::Layout() const {
@@ -166,50 +217,51 @@ at::Tensor ShardedAdamW::Layout() const {
 }
 
 std::vector<std::pair<std::string, at::Tensor>> ShardedAdamW::StateTensors() const {
-  std::vector<std::pair<std::string, at::Tensor>> out = {{"zero.master", master_.to(at::kCPU)},
-                                                         {"zero.layout", Layout()}};
+  std::vector<std::pair<std::string, at::Tensor>> out = {{prefix_ + "master", master_.to(at::kCPU)},
+                                                         {prefix_ + "layout", Layout()}};
   if (policy_ == PrecisionPolicy::kCompact) {
-    out.emplace_back("zero.moment_r", compact_.r_codes.to(at::kCPU));
-    out.emplace_back("zero.moment_s", compact_.s_codes.to(at::kCPU));
-    out.emplace_back("zero.moment_r_scale", compact_.r_scale.to(at::kCPU));
-    out.emplace_back("zero.moment_s_max", compact_.s_max.to(at::kCPU));
+    out.emplace_back(prefix_ + "moment_r", compact_.r_codes.to(at::kCPU));
+    out.emplace_back(prefix_ + "moment_s", compact_.s_codes.to(at::kCPU));
+    out.emplace_back(prefix_ + "moment_r_scale", compact_.r_scale.to(at::kCPU));
+    out.emplace_back(prefix_ + "moment_s_max", compact_.s_max.to(at::kCPU));
   } else {
-    out.emplace_back("zero.exp_avg", exp_avg_.to(at::kCPU));
-    out.emplace_back("zero.exp_avg_sq", exp_avg_sq_.to(at::kCPU));
+    out.emplace_back(prefix_ + "exp_avg", exp_avg_.to(at::kCPU));
+    out.emplace_back(prefix_ + "exp_avg_sq", exp_avg_sq_.to(at::kCPU));
   }
   return out;
 }
 
 absl::Status ShardedAdamW::LoadState(const SafetensorsReader& reader, int64_t steps) {
   c10::NoGradGuard no_grad;
-  FTD_ASSIGN_OR_RETURN(at::Tensor layout, reader.Load("zero.layout"));
+  FTD_ASSIGN_OR_RETURN(at::Tensor layout, reader.Load(prefix_ + "layout"));
   at::Tensor expected = Layout();
   if (!layout.sizes().equals(expected.sizes()) || !layout.to(at::kLong).equal(expected)) {
     return absl::FailedPreconditionError(absl::StrCat(
         reader.path(), ": the sharded optimizer state was written for a different model or data-parallel size"));
   }
   const std::vector<int64_t> shape = {slice_numel_};
-  FTD_ASSIGN_OR_RETURN(at::Tensor master, reader.Load("zero.master", shape, master_.scalar_type()));
+  FTD_ASSIGN_OR_RETURN(at::Tensor master, reader.Load(prefix_ + "master", shape, master_.scalar_type()));
   master_.copy_(master);
   if (policy_ == PrecisionPolicy::kCompact) {
     const std::vector<int64_t> blocks = {kernels::CompactBlocks(slice_numel_)};
-    FTD_ASSIGN_OR_RETURN(at::Tensor r, reader.Load("zero.moment_r", shape, at::kChar));
-    FTD_ASSIGN_OR_RETURN(at::Tensor sc, reader.Load("zero.moment_s", shape, at::kByte));
-    FTD_ASSIGN_OR_RETURN(at::Tensor rs, reader.Load("zero.moment_r_scale", blocks, at::kFloat));
-    FTD_ASSIGN_OR_RETURN(at::Tensor sm, reader.Load("zero.moment_s_max", blocks, at::kFloat));
+    FTD_ASSIGN_OR_RETURN(at::Tensor r, reader.Load(prefix_ + "moment_r", shape, at::kChar));
+    FTD_ASSIGN_OR_RETURN(at::Tensor sc, reader.Load(prefix_ + "moment_s", shape, at::kByte));
+    FTD_ASSIGN_OR_RETURN(at::Tensor rs, reader.Load(prefix_ + "moment_r_scale", blocks, at::kFloat));
+    FTD_ASSIGN_OR_RETURN(at::Tensor sm, reader.Load(prefix_ + "moment_s_max", blocks, at::kFloat));
     compact_.r_codes.copy_(r);
     compact_.s_codes.copy_(sc);
     compact_.r_scale.copy_(rs);
     compact_.s_max.copy_(sm);
   } else {
-    FTD_ASSIGN_OR_RETURN(at::Tensor avg, reader.Load("zero.exp_avg", shape));
-    FTD_ASSIGN_OR_RETURN(at::Tensor sq, reader.Load("zero.exp_avg_sq", shape));
+    FTD_ASSIGN_OR_RETURN(at::Tensor avg, reader.Load(prefix_ + "exp_avg", shape));
+    FTD_ASSIGN_OR_RETURN(at::Tensor sq, reader.Load(prefix_ + "exp_avg_sq", shape));
     exp_avg_.copy_(avg);
     exp_avg_sq_.copy_(sq);
   }
   for (Segment& s : segments_) s.step.fill_(static_cast<double>(steps));
-  // The parameters continue from the masters, exactly as after an uninterrupted step.
-  return GatherParameters(/*stepped_only=*/false);
+  // The parameters continue from the masters, exactly as after an uninterrupted step (released
+  // ones when they are next gathered).
+  return released_ ? absl::OkStatus() : GatherParameters(/*stepped_only=*/false);
 }
 
 int64_t ShardedAdamW::StateBytes() const {

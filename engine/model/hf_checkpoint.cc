@@ -228,6 +228,8 @@ absl::Status SaveHfCheckpoint(const std::string& dir, const ModelConfig& config,
     fs::rename(tmp, target, ec);
   }
   if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), " to ", dir, ": ", ec.message()));
+  // Later saves copy the carried tensors from here: the source may be deleted (keep_last).
+  if (!weights.carried.names.empty()) weights.carried.source_dir = dir;
   return FsyncDirectory(target.parent_path().empty() ? "." : target.parent_path().string());
 }
 

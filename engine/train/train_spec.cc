@@ -79,6 +79,7 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   FTD_RETURN_IF_ERROR(prefix(Read(hp, "adam_beta2", h, &s.adam_beta2)));
   FTD_RETURN_IF_ERROR(prefix(Read(hp, "adam_eps", h, &s.adam_eps)));
   FTD_RETURN_IF_ERROR(prefix(Read(hp, "seed", h, &s.seed)));
+  FTD_RETURN_IF_ERROR(prefix(Read(hp, "router_bias_update_speed", h, &s.router_bias_update_speed)));
   YAML::Node par = root["parallelism"];
   FTD_RETURN_IF_ERROR(prefix(Read(par, "ep_size", "parallelism", &s.ep_size)));
   FTD_RETURN_IF_ERROR(prefix(Read(par, "zero_stage", "parallelism", &s.zero_stage)));
@@ -98,6 +99,8 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   FTD_RETURN_IF_ERROR(prefix(Positive("hyperparameters.seq_len", s.seq_len)));
   FTD_RETURN_IF_ERROR(prefix(Positive("parallelism.ep_size", s.ep_size)));
   if (s.lr <= 0) return bad("hyperparameters.lr must be positive");
+  if (s.zero_stage < 0 || s.zero_stage > 3) return bad("parallelism.zero_stage must be 0, 1, 2 or 3");
+  if (s.router_bias_update_speed < 0) return bad("hyperparameters.router_bias_update_speed must be >= 0");
   if (s.grad_clip < 0) return bad("hyperparameters.grad_clip must be >= 0");
   if (s.gate != "real" && s.gate != "balanced" && s.gate != "skew_first_k" && s.gate != "skew_lower_half") {
     return bad("backends.gate must be real or balanced (or the test gates skew_first_k, skew_lower_half)");

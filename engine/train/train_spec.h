@@ -33,7 +33,10 @@ struct TrainSpec {
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   uint64_t seed = 0;
   int64_t ep_size = 1;
-  int64_t zero_stage = 0;
+  int64_t zero_stage = 0;       // several ranks: 3 gathers the layers' dense parameters per layer; else ZeRO-2
+  // hyperparameters.router_bias_update_speed (engine-only): DeepSeek-V3's aux-loss-free
+  // balancing of the selection bias after every step; 0 (default): the bias stays as loaded.
+  double router_bias_update_speed = 0;
   bool activation_checkpointing = false;
   std::string gate = "real";    // backends.gate: real | balanced (tests: skew_first_k | skew_lower_half)
   int64_t checkpoint_every = 0; // checkpointing.every_n_steps (0: only at the end)

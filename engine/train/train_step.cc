@@ -20,7 +20,9 @@
 #include "common/status_macros.h"
 #include "engine/dist/expert_parallel.h"
 #include "engine/dist/process_groups.h"
+#include "engine/dist/zero3.h"
 #include "engine/dist/zero_optimizer.h"
+#include "engine/model/core/moe/router.h"
 #include "engine/model/varlen_attention.h"
 #include "engine/util/compute_stream.h"
 #include "engine/util/device_memory.h"
@@ -73,6 +75,7 @@ struct TrainStep::State {
   // ShardedAdamW over the world, the experts in an AdamW (reduced over their replicas).
   std::unique_ptr<AdamW> adamw;
   std::unique_ptr<ShardedAdamW> dense;
+  std::unique_ptr<Zero3Layers> zero3;  // ZeRO-3: the decoder layers' dense parameters
   std::vector<NamedParam> expert_params;
   double normaliser = 1.0;  // F: the loss backward starts from is loss_sum / F
   int64_t global_micro = 1;
@@ -124,7 +127,26 @@ struct TrainStep::State {
   absl::Status UpdateAfterBackwardDistributed();
   // Everything of a step after its inputs are on the device.
   absl::Status Body(std::vector<Batch>& batches, bool capturing);
+  // The MoE layers' selection biases towards balance, from the step's expert load (summed over
+  // the ranks, so that every rank moves them alike).
+  absl::Status UpdateRouterBias();
 };
+
+absl::Status TrainStep::State::UpdateRouterBias() {
+  c10::NoGradGuard no_grad;
+  at::Tensor load = load_acc;  // [L, E] this rank's tokens per expert
+  if (world > 1) {
+    load = load_acc.clone();
+    FTD_RETURN_IF_ERROR(groups->world->AllReduce({load}));
+  }
+  int64_t i = 0;
+  for (LayerWeights& layer : model->weights().layers) {
+    if (!layer.is_moe) continue;
+    if (layer.moe.router_bias.defined()) UpdateSelectionBias(layer.moe.router_bias, load.select(0, i), o.router_bias_update_speed);
+    ++i;
+  }
+  return absl::OkStatus();
+}
 
 void TrainStep::State::Mark(size_t index, bool timed) {
   if (!timed) return;
@@ -189,6 +211,7 @@ void TrainStep::State::UpdateAfterBackward() {
 absl::Status TrainStep::State::UpdateAfterBackwardDistributed() {
   c10::NoGradGuard no_grad;
   FTD_RETURN_IF_ERROR(dense->ReduceGradients());
+  if (zero3) FTD_RETURN_IF_ERROR(zero3->FinishBackward());  // the layers reduced theirs in backward
   // Expert gradients: summed over the ranks that hold the same experts.
   std::vector<at::Tensor> expert_grads;
   for (NamedParam& p : expert_params) {
@@ -208,8 +231,9 @@ absl::Status TrainStep::State::UpdateAfterBackwardDistributed() {
   }
   at::Tensor expert_sq = adamw ? adamw->SquaredGradNorm() : at::zeros({}, values.options());
   // Each expert's gradient lives on num_replicas ranks: count it once.
-  at::Tensor total_sq =
-      (dense->SliceSquaredNorm() + expert_sq / groups->mesh.num_replicas()).to(at::kDouble).reshape({1});
+  at::Tensor dense_sq = dense->SliceSquaredNorm();
+  if (zero3) dense_sq = dense_sq + zero3->SliceSquaredNorm();
+  at::Tensor total_sq = (dense_sq + expert_sq / groups->mesh.num_replicas()).to(at::kDouble).reshape({1});
   FTD_RETURN_IF_ERROR(groups->world->AllReduce({total_sq}));
   at::Tensor norm = total_sq.to(at::kFloat).reshape({}).sqrt() * values.select(0, kGradScale);
   at::Tensor scale = values.select(0, kGradScale);
@@ -220,6 +244,10 @@ absl::Status TrainStep::State::UpdateAfterBackwardDistributed() {
     scalars.select(0, 1).copy_(scale);
   }
   FTD_RETURN_IF_ERROR(dense->Step());
+  if (zero3) {
+    zero3->SetStepScalars(dense->step_scalars());
+    FTD_RETURN_IF_ERROR(zero3->Step());
+  }
   if (adamw) {
     adamw->Step();
     adamw->ZeroGrad();
@@ -243,6 +271,7 @@ absl::Status TrainStep::State::Body(std::vector<Batch>& batches, bool capturing)
   } else {
     FTD_RETURN_IF_ERROR(UpdateAfterBackwardDistributed());
   }
+  if (o.router_bias_update_speed > 0 && moe_layers > 0) FTD_RETURN_IF_ERROR(UpdateRouterBias());
   Mark(update + 1, timed);
   results.select(0, 0).copy_(loss_acc);
   results.select(0, 1).copy_(grad_norm);
@@ -275,12 +304,34 @@ absl::StatusOr<std::unique_ptr<TrainStep>> TrainStep::Create(MoeTransformer* mod
   s->in_backward = options.grad_clip <= 0 && options.micro_batches == 1 && s->world == 1;
   if (s->cuda) s->stream.emplace(s->device);  // high priority; side-stream updates yield to it
 
-  std::vector<NamedParam> all = model->Parameters(), dense;
-  for (NamedParam& p : all) (p.expert ? s->expert_params : dense).push_back(p);
+  if (options.zero_stage < 0 || options.zero_stage > 3) {
+    return absl::InvalidArgumentError(absl::StrCat("parallelism.zero_stage must be 0..3, not ", options.zero_stage));
+  }
+  if (options.router_bias_update_speed < 0) {
+    return absl::InvalidArgumentError("the router bias update speed must not be negative");
+  }
+  if (options.router_bias_update_speed > 0 && !config.router_correction_bias) {
+    return absl::InvalidArgumentError(absl::StrCat("router bias updates need a router with a selection bias (",
+                                                   config.model_type, " has none)"));
+  }
+  std::vector<NamedParam> all = model->Parameters(), dense, layer_dense;
+  const bool zero3 = s->world > 1 && options.zero_stage == 3;
+  for (NamedParam& p : all) {
+    if (p.expert) {
+      s->expert_params.push_back(p);
+    } else {
+      (zero3 && p.layer >= 0 ? layer_dense : dense).push_back(p);
+    }
+  }
   if (s->world == 1) {
     FTD_ASSIGN_OR_RETURN(s->adamw, AdamW::Create(all, options.precision, options.adam));
   } else {
     FTD_ASSIGN_OR_RETURN(s->dense, ShardedAdamW::Create(dense, groups->world.get(), options.precision, options.adam));
+    if (zero3) {
+      FTD_ASSIGN_OR_RETURN(s->zero3, Zero3Layers::Create(layer_dense, config.num_hidden_layers, groups->world.get(),
+                                                         options.precision, options.adam));
+      model->SetLayerHooks(s->zero3.get());
+    }
     if (!s->expert_params.empty()) {
       FTD_ASSIGN_OR_RETURN(s->adamw, AdamW::Create(s->expert_params, options.precision, options.adam));
     }
@@ -340,7 +391,13 @@ bool TrainStep::optimizer_in_backward() const { return s_->in_backward; }
 std::string TrainStep::Describe() const {
   std::string mode = s_->in_backward ? "optimizer in backward (no clipping, one micro-batch)"
                                      : absl::StrFormat("optimizer after backward (global-norm clip %g)", s_->o.grad_clip);
-  return absl::StrCat("step: ", mode, ", precision ", PrecisionPolicyName(s_->o.precision), ", ",
+  std::string zero = s_->world == 1 ? ""
+                     : s_->zero3   ? ", ZeRO-3 (decoder layers' dense parameters gathered per layer)"
+                                   : ", ZeRO-2";
+  std::string bias = s_->o.router_bias_update_speed > 0
+                         ? absl::StrFormat(", router bias update speed %g", s_->o.router_bias_update_speed)
+                         : "";
+  return absl::StrCat("step: ", mode, ", precision ", PrecisionPolicyName(s_->o.precision), zero, bias, ", ",
                       s_->graphs_enabled ? "CUDA graphs after warm-up" : s_->graph_note);
 }
 
@@ -533,6 +590,9 @@ absl::StatusOr<StepOutcome> TrainStep::Wait() {
 std::vector<std::pair<std::string, at::Tensor>> TrainStep::StateTensors() const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   if (s_->dense) out = s_->dense->StateTensors();
+  if (s_->zero3) {
+    for (auto& t : s_->zero3->StateTensors()) out.push_back(std::move(t));
+  }
   if (s_->adamw) {
     for (auto& t : s_->adamw->StateTensors()) out.push_back(std::move(t));
   }
@@ -541,16 +601,29 @@ std::vector<std::pair<std::string, at::Tensor>> TrainStep::StateTensors() const 
 
 absl::Status TrainStep::LoadState(const SafetensorsReader& reader, int64_t steps) {
   if (s_->dense) FTD_RETURN_IF_ERROR(s_->dense->LoadState(reader, steps));
+  if (s_->zero3) FTD_RETURN_IF_ERROR(s_->zero3->LoadState(reader, steps));
   if (s_->adamw) FTD_RETURN_IF_ERROR(s_->adamw->LoadState(reader, steps));
   return absl::OkStatus();
 }
 
 int64_t TrainStep::OptimizerStateBytes() const {
-  return (s_->dense ? s_->dense->StateBytes() : 0) + (s_->adamw ? s_->adamw->StateBytes() : 0);
+  return DenseOptimizerStateBytes() + (s_->adamw ? s_->adamw->StateBytes() : 0);
 }
 
-int64_t TrainStep::DenseOptimizerStateBytes() const { return s_->dense ? s_->dense->StateBytes() : 0; }
+int64_t TrainStep::DenseOptimizerStateBytes() const {
+  return (s_->dense ? s_->dense->StateBytes() : 0) + (s_->zero3 ? s_->zero3->StateBytes() : 0);
+}
 
-int64_t TrainStep::GradientSliceBytes() const { return s_->dense ? s_->dense->slice_numel() * 4 : 0; }
+int64_t TrainStep::GradientSliceBytes() const {
+  return (s_->dense ? s_->dense->slice_numel() * 4 : 0) + (s_->zero3 ? s_->zero3->SliceBytes() : 0);
+}
+
+absl::Status TrainStep::GatherParameters() { return s_->zero3 ? s_->zero3->GatherAll() : absl::OkStatus(); }
+
+void TrainStep::ReleaseParameters() {
+  if (s_->zero3) s_->zero3->ReleaseAll();
+}
+
+int TrainStep::zero_stage() const { return s_->world == 1 ? 0 : s_->zero3 ? 3 : 2; }
 
 }  // namespace ftd::engine

@@ -50,6 +50,12 @@ struct TrainStepOptions {
   int64_t seq_len = 2048;        // tokens per row (CUDA graphs pad rows to it)
   bool cuda_graphs = true;       // capture and replay the step where it can be
   int64_t warmup_before_capture = 2;  // eager steps (per graph key) before capturing
+  // Several ranks: the dense parameters are ZeRO-2 sharded (optimizer state and gradients);
+  // 3 also shards the decoder layers' dense parameters, gathered per layer (engine/dist/zero3.h).
+  int64_t zero_stage = 2;
+  // DeepSeek-V3's aux-loss-free balancing: after each update, every MoE layer's selection bias
+  // moves by this much towards balance (core/moe/router.h UpdateSelectionBias); 0: off.
+  double router_bias_update_speed = 0;
 };
 
 // A step's inputs: this rank's micro-batches on the host (CollateMicroBatch), the number of
@@ -104,6 +110,11 @@ class TrainStep {
   int64_t DenseOptimizerStateBytes() const;
   // Bytes of the reduced gradient slice (ZeRO) a multi-rank step holds, for memory accounting.
   int64_t GradientSliceBytes() const;
+  // ZeRO-3: every parameter resident (to save a checkpoint), then released again; no-ops
+  // otherwise. Collective.
+  absl::Status GatherParameters();
+  void ReleaseParameters();
+  int zero_stage() const;
 
  private:
   struct State;

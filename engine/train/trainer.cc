@@ -241,6 +241,8 @@ absl::Status Trainer::LoadModel() {
   o.micro_batch = spec_.micro_batch;
   o.seq_len = spec_.seq_len;
   o.cuda_graphs = spec_.cuda_graphs;
+  o.zero_stage = spec_.zero_stage;
+  o.router_bias_update_speed = spec_.router_bias_update_speed;
   FTD_ASSIGN_OR_RETURN(step_fn_, TrainStep::Create(model_.get(), groups_.get(), dispatch_.get(), o));
 
   if (resume_) {
@@ -272,9 +274,10 @@ void Trainer::LogLayout() {
                             config_.ActiveParameters() / 1e6, cuda_ ? "cuda" : "cpu", DtypeName(mo_.dtype),
                             PrecisionPolicyName(policy_), spec_.gate, dataset_->num_rows(), total_steps_);
     log_ << absl::StrFormat("parallel: %d ranks (%s), dp %d, ep %d (%d experts per rank), %d expert replicas; "
-                            "ZeRO-2 over dp; %d sequences per rank per step in micro-batches of %d\n",
+                            "ZeRO-%d over dp; %d sequences per rank per step in micro-batches of %d\n",
                             world(), CommBackendName(groups_->backend), world(), mesh.ep_size(),
-                            mesh.experts_per_rank(), mesh.num_replicas(), spec_.global_batch / world(),
+                            mesh.experts_per_rank(), mesh.num_replicas(), step_fn_->zero_stage(),
+                            spec_.global_batch / world(),
                             spec_.micro_batch);
     log_ << step_fn_->Describe() << "\n";
   }
@@ -380,7 +383,11 @@ absl::Status Trainer::SaveCheckpoint(int64_t at_step) {
     CopyTokenizerFiles(spec_.base_model, tmp);
     return absl::OkStatus();
   };
-  FTD_RETURN_IF_ERROR(SaveDistributedCheckpoint(dir, groups_->mesh, *groups_->world, std::move(parts)));
+  // ZeRO-3: the layers' parameters resident while they are written.
+  FTD_RETURN_IF_ERROR(step_fn_->GatherParameters());
+  absl::Status saved = SaveDistributedCheckpoint(dir, groups_->mesh, *groups_->world, std::move(parts));
+  step_fn_->ReleaseParameters();
+  FTD_RETURN_IF_ERROR(saved);
   if (rank() == 0) {
     PruneCheckpoints(spec_.output, spec_.keep_last);
     log_ << "checkpoint " << dir << "\n";
