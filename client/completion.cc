@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "client/cli.h"
+#include "engine/model/config.h"
 
 namespace ftd::client {
 namespace {
@@ -57,7 +58,7 @@ _ftctl() {
     --out) COMPREPLY=($(compgen -d -- "$cur")); return;;
     -o|--output) COMPREPLY=($(compgen -W "table json yaml name" -- "$cur")); return;;
     -s|--state) COMPREPLY=($(compgen -W ")", kStates, R"(" -- "$cur")); return;;
-    --preset) COMPREPLY=($(compgen -W "tiny qwen3-30b-a3b" -- "$cur")); return;;
+    --preset) COMPREPLY=($(compgen -W ")", absl::StrJoin(engine::PresetNames(), " "), R"(" -- "$cur")); return;;
     --dtype) COMPREPLY=($(compgen -W "bf16 fp32" -- "$cur")); return;;
   esac
   case "$cmdpath" in

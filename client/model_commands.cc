@@ -9,10 +9,12 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/cli.h"
 #include "client/model_inspect.h"
+#include "engine/model/config.h"
 
 namespace ftd::client {
 namespace {
@@ -60,7 +62,8 @@ void AddModelCommands(CLI::App& app, Cli& cli, const std::string& argv0) {
   static std::string argv0_copy;
   argv0_copy = argv0;
   auto* in = model->add_subcommand("init", "Write a random-init HF MoE checkpoint from a preset (runs ftd-train init-model)");
-  in->add_option("--preset", init.preset, "tiny | qwen3-30b-a3b")->capture_default_str();
+  static const std::string preset_help = absl::StrJoin(engine::PresetNames(), " | ");
+  in->add_option("--preset", init.preset, preset_help)->capture_default_str();
   in->add_option("--layers", init.layers, "override the number of layers");
   in->add_option("--experts", init.experts, "override the number of experts");
   in->add_option("--seed", init.seed, "random seed")->capture_default_str();
@@ -71,7 +74,8 @@ ftctl, or on PATH (ftctl itself has no LibTorch).
 
 Examples:
   ftctl model init --preset tiny --dtype fp32 --out /tmp/tiny
-  ftctl model init --preset qwen3-30b-a3b --layers 4 --out /models/qwen3-4l)");
+  ftctl model init --preset qwen3-30b-a3b --layers 4 --out /models/qwen3-4l
+  ftctl model init --preset moonlight-16b-a3b --layers 4 --out /models/moonlight-4l)");
   in->callback([&] {
     cli.action = [&]() -> int {
       std::string bin = FindFtdTrain(argv0_copy);
@@ -95,8 +99,10 @@ Examples:
   static std::string inspect_dir;
   auto* ins = model->add_subcommand("inspect", "Describe an HF checkpoint: family, parameters, experts, dtype, size");
   ins->add_option("dir", inspect_dir, "HF model directory (config.json + *.safetensors)")->required();
-  ins->footer(R"(Reads config.json and the safetensors headers only (no tensor data). Active parameters are
-the non-expert ones plus routed experts x top-k / experts.
+  ins->footer(R"(Reads config.json and the safetensors headers only (no tensor data). For the families ftd
+trains (qwen3_moe, deepseek_v3) the counts are the engine's, from config.json; for others they are
+summed from the headers. Active parameters are the non-expert ones plus routed experts x top-k /
+experts.
 
 Examples:
   ftctl model inspect /models/Qwen3-30B-A3B
@@ -112,16 +118,26 @@ Examples:
         return kExitOk;
       }
       Table t({"Directory:", s->dir});
-      t.AddRow({"Family:", absl::StrCat(s->family, s->architecture.empty() ? "" : " (" + s->architecture + ")")});
+      t.AddRow({"Family:", absl::StrCat(s->family, s->architecture.empty() ? "" : " (" + s->architecture + ")",
+                                        s->supported ? "" : " - not trained by ftd")});
       t.AddRow({"Layers:", absl::StrCat(s->layers, ", hidden ", s->hidden_size, ", vocab ", s->vocab_size)});
       t.AddRow({"Experts:", s->experts > 0
                                 ? absl::StrCat(s->experts, " routed, top-", s->experts_per_token,
                                                s->shared_experts > 0 ? absl::StrCat(", ", s->shared_experts, " shared") : "",
                                                s->moe_intermediate_size > 0 ? absl::StrCat(", ffn ", s->moe_intermediate_size) : "")
                                 : "none (dense)"});
-      const char* est = s->parameters_estimated ? " (estimated from config.json: no weights)" : "";
-      t.AddRow({"Parameters:", absl::StrCat(HumanCount(static_cast<double>(s->parameters_total)), " total, ",
-                                            HumanCount(static_cast<double>(s->parameters_active)), " active", est)});
+      const char* est = s->parameters_estimated ? " (from config.json: no weights)" : "";
+      if (s->parameters_source == "none") {
+        t.AddRow({"Parameters:", "unknown (no weights, and not a family ftd counts from config.json)"});
+      } else {
+        t.AddRow({"Parameters:", absl::StrCat(HumanCount(static_cast<double>(s->parameters_total)), " total, ",
+                                              HumanCount(static_cast<double>(s->parameters_active)), " active", est)});
+      }
+      if (s->supported && s->tensor_count > 0 && s->parameters_stored != s->parameters_total) {
+        t.AddRow({"Stored:", absl::StrCat(HumanCount(static_cast<double>(s->parameters_stored)),
+                                          " in the files (buffers, MTP layers included)")});
+      }
+      if (!s->config_error.empty()) t.AddRow({"Config:", s->config_error});
       t.AddRow({"Dtype:", s->dtype()});
       t.AddRow({"Weights:", absl::StrCat(s->tensor_count, " tensors in ", s->safetensors_files, " safetensors file(s)")});
       t.AddRow({"Size on disk:", HumanBytes(static_cast<double>(s->size_on_disk))});

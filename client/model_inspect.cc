@@ -12,6 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "engine/model/config.h"
+#include "engine/model/registry.h"
+#include "engine/model/tensor_layout.h"
 
 namespace ftd::client {
 namespace {
@@ -61,27 +64,19 @@ int64_t DiskUsage(const std::string& dir) {
   return total;
 }
 
-// Parameters from config.json when no weights are present (Qwen3-MoE / Mixtral layout).
-void EstimateFromConfig(const nlohmann::json& c, ModelSummary* s) {
-  const int64_t h = s->hidden_size, v = s->vocab_size, layers = s->layers;
-  const int64_t nq = GetInt(c, {"num_attention_heads"});
-  const int64_t nkv = GetInt(c, {"num_key_value_heads"}, nq);
-  const int64_t d = GetInt(c, {"head_dim"}, nq > 0 ? h / nq : 0);
-  const int64_t f_dense = GetInt(c, {"intermediate_size"});
-  const int64_t f_moe = s->moe_intermediate_size > 0 ? s->moe_intermediate_size : f_dense;
-  const int64_t f_shared = GetInt(c, {"shared_expert_intermediate_size"}, f_moe * s->shared_experts);
-  const int64_t dense_layers = std::min<int64_t>(layers, GetInt(c, {"first_k_dense_replace"}));
-  const bool tied = c.value("tie_word_embeddings", false);
-  const int64_t attn = h * nq * d + 2 * h * nkv * d + nq * d * h + 2 * d /*q/k norms*/ + 2 * h /*norms*/;
-  int64_t dense_part = v * h * (tied ? 1 : 2) + h + layers * attn + dense_layers * 3 * h * f_dense;
-  const int64_t moe_layers = s->experts > 0 ? layers - dense_layers : 0;
-  if (s->experts == 0) dense_part += (layers - dense_layers) * 3 * h * f_dense;
-  dense_part += moe_layers * (h * s->experts + 3 * h * f_shared);
-  s->expert_parameters = moe_layers * s->experts * 3 * h * f_moe;
-  s->parameters_total = dense_part + s->expert_parameters;
-  s->parameters_active =
-      dense_part + (s->experts > 0 ? moe_layers * s->experts_per_token * 3 * h * f_moe : 0);
-  s->parameters_estimated = true;
+// The engine's counts for a family it trains (the same code as the engine's and the plan's).
+bool CountFromFamily(const std::string& config_text, const std::string& source, ModelSummary* s) {
+  absl::StatusOr<engine::ModelConfig> config = engine::ParseModelConfig(config_text, source);
+  if (!config.ok()) {
+    s->config_error = std::string(config.status().message());
+    return false;
+  }
+  const engine::ParameterCounts counts = engine::CountParameters(*config);
+  s->parameters_total = counts.total;
+  s->parameters_active = counts.active;
+  s->expert_parameters = counts.expert;
+  s->parameters_source = "family layout (config.json)";
+  return true;
 }
 
 }  // namespace
@@ -153,6 +148,10 @@ nlohmann::json ModelSummary::ToJson() const {
   j["parameters_active"] = parameters_active;
   j["expert_parameters"] = expert_parameters;
   j["parameters_estimated"] = parameters_estimated;
+  j["parameters_source"] = parameters_source;
+  j["parameters_stored"] = parameters_stored;
+  j["supported"] = supported;
+  if (!config_error.empty()) j["config_error"] = config_error;
   j["tensors"] = tensor_count;
   j["safetensors_files"] = safetensors_files;
   j["size_on_disk_bytes"] = size_on_disk;
@@ -185,6 +184,10 @@ absl::StatusOr<ModelSummary> InspectModel(const std::string& dir) {
     s.architecture = c["architectures"][0].get<std::string>();
   }
   s.family = FamilyName(s.model_type);
+  if (const engine::ModelFamily* f = engine::FindModelFamily(s.model_type)) {
+    s.family = f->display_name();
+    s.supported = true;
+  }
   s.layers = GetInt(c, {"num_hidden_layers", "n_layer"});
   s.hidden_size = GetInt(c, {"hidden_size", "d_model"});
   s.vocab_size = GetInt(c, {"vocab_size"});
@@ -219,13 +222,19 @@ absl::StatusOr<ModelSummary> InspectModel(const std::string& dir) {
       if (std::regex_search(it.key(), kExpert)) s.expert_parameters += n;
     }
   }
-  if (s.tensor_count > 0) {
+  s.parameters_stored = s.parameters_total;
+  if (s.supported && CountFromFamily(c.dump(), dir + "/config.json", &s)) {
+    s.parameters_estimated = s.tensor_count == 0;
+  } else if (s.tensor_count > 0) {
     const int64_t non_expert = s.parameters_total - s.expert_parameters;
     s.parameters_active = s.experts > 0 && s.experts_per_token > 0
                               ? non_expert + s.expert_parameters * s.experts_per_token / s.experts
                               : s.parameters_total;
+    s.parameters_source = "safetensors headers";
   } else {
-    EstimateFromConfig(c, &s);
+    // Neither a family the engine knows nor weights: nothing to count from.
+    s.expert_parameters = 0;
+    s.parameters_source = "none";
   }
   s.size_on_disk = DiskUsage(dir);
   return s;

@@ -1,6 +1,8 @@
 // `ftctl model inspect DIR`: what a Hugging Face MoE checkpoint is, from its config.json and
 // the headers of its .safetensors files (read directly: 8-byte little-endian length, JSON),
-// without loading any tensor and without LibTorch.
+// without loading any tensor and without LibTorch. For the families the engine trains the
+// parameter counts are the engine's own (engine/model/tensor_layout.h, from config.json); for
+// others they are summed from the headers.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +20,8 @@ struct ModelSummary {
   std::string model_type;    // config.json model_type, e.g. "qwen3_moe"
   std::string architecture;  // architectures[0]
   std::string family;        // human name: "Qwen3-MoE"
+  bool supported = false;    // the engine trains this family (engine/model/registry.h)
+  std::string config_error;  // why config.json does not parse as its family, if it does not
   int64_t layers = 0;
   int64_t hidden_size = 0;
   int64_t vocab_size = 0;
@@ -34,6 +38,8 @@ struct ModelSummary {
   int64_t parameters_active = 0;  // per token: non-expert + routed experts x k / E
   int64_t expert_parameters = 0;  // routed experts, all of them
   bool parameters_estimated = false;  // from config.json (no weights present)
+  std::string parameters_source;      // "family layout (config.json)" or "safetensors headers"
+  int64_t parameters_stored = 0;      // summed over the stored tensors (MTP layers, buffers included)
   int64_t size_on_disk = 0;  // bytes of all files in DIR (not following symlinks' targets' dirs)
 
   std::string dtype() const;  // the dominant stored dtype, else the config's

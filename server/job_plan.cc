@@ -5,59 +5,28 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/file_util.h"
+#include "engine/model/config.h"
+#include "engine/model/registry.h"
+#include "engine/model/tensor_layout.h"
 
 namespace ftd::server {
-namespace {
-
-// The first of `keys` present as a non-negative integer, or `fallback`.
-int64_t IntField(const nlohmann::json& j, std::initializer_list<const char*> keys, int64_t fallback) {
-  for (const char* key : keys) {
-    auto it = j.find(key);
-    if (it != j.end() && it->is_number_integer() && it->get<int64_t>() >= 0) return it->get<int64_t>();
-  }
-  return fallback;
-}
-
-}  // namespace
 
 absl::StatusOr<ModelSize> CountParameters(const std::string& config_json) {
-  nlohmann::json j = nlohmann::json::parse(config_json, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError("config.json: not a JSON object");
-  }
-  const int64_t hidden = IntField(j, {"hidden_size", "d_model"}, 0);
-  const int64_t layers = IntField(j, {"num_hidden_layers", "n_layer"}, 0);
-  const int64_t vocab = IntField(j, {"vocab_size"}, 0);
-  const int64_t heads = IntField(j, {"num_attention_heads"}, 0);
-  for (auto [name, v] : {std::pair{"hidden_size", hidden}, {"num_hidden_layers", layers},
-                         {"vocab_size", vocab}, {"num_attention_heads", heads}}) {
-    if (v <= 0 || v > (int64_t{1} << 24)) {
-      return absl::InvalidArgumentError(absl::StrCat("config.json: ", name, " missing or out of range"));
-    }
-  }
-  const int64_t kv_heads = IntField(j, {"num_key_value_heads"}, heads);
-  const int64_t head_dim = IntField(j, {"head_dim"}, hidden / heads);
-  const int64_t dense_ffn = IntField(j, {"intermediate_size"}, 4 * hidden);
-  const int64_t experts = IntField(j, {"num_experts", "n_routed_experts", "num_local_experts"}, 0);
-  const int64_t expert_ffn = IntField(j, {"moe_intermediate_size"}, dense_ffn);
-  const int64_t shared_ffn = IntField(j, {"shared_expert_intermediate_size"}, 0) +
-                             IntField(j, {"n_shared_experts"}, 0) * expert_ffn;
-  const int64_t dense_layers =
-      experts > 0 ? std::min(layers, IntField(j, {"first_k_dense_replace"}, 0)) : layers;
-  const int64_t moe_layers = layers - dense_layers;
-  const bool tied = j.value("tie_word_embeddings", false);
-
+  absl::StatusOr<engine::ModelConfig> config = engine::ParseModelConfig(config_json, "config.json");
+  if (!config.ok()) return config.status();
+  const engine::ParameterCounts counts = engine::CountParameters(*config);
   ModelSize size;
-  size.hidden_size = hidden;
-  size.num_layers = layers;
-  size.vocab_size = vocab;
-  const int64_t attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim;
-  const int64_t norms = 2 * hidden;
-  size.expert_parameters = moe_layers * experts * 3 * hidden * expert_ffn;
-  size.dense_parameters = layers * (attention + norms) + dense_layers * 3 * hidden * dense_ffn +
-                          moe_layers * (hidden * experts + 3 * hidden * shared_ffn) +
-                          vocab * hidden * (tied ? 1 : 2) + hidden;
+  const engine::ModelFamily* family = engine::FindModelFamily(config->model_type);
+  size.family = family != nullptr ? family->display_name() : config->model_type;
+  size.hidden_size = config->hidden_size;
+  size.num_layers = config->num_hidden_layers;
+  size.vocab_size = config->vocab_size;
+  size.expert_parameters = counts.expert;
+  size.dense_parameters = counts.dense;
+  size.layer_dense_parameters = counts.layer_dense;
+  size.max_layer_dense_parameters = counts.max_layer_dense;
   return size;
 }
 
@@ -66,8 +35,12 @@ int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec
   const double ep = std::max(1, spec.parallelism().ep_size());
   const int zero = spec.parallelism().zero_stage();
   const double pd = double(size.dense_parameters), pe = double(size.expert_parameters) / ep;
-  const double s_w = zero >= 3 ? world : 1, s_g = zero >= 2 ? world : 1, s_o = zero >= 1 ? world : 1;
-  const double weights = 2 * (pd / s_w + pe);
+  const double s_g = zero >= 2 ? world : 1, s_o = zero >= 1 ? world : 1;
+  double weights = 2 * (pd + pe);
+  if (zero >= 3 && world > 1) {
+    const double pl = double(size.layer_dense_parameters), lmax = double(size.max_layer_dense_parameters);
+    weights = 2 * (pd - pl + pl / world + 2 * lmax + pe);
+  }
   // The optimizer steps inside backward without clipping, accumulation or other ranks: then no
   // gradient outlives its update (engine/train/train_step.h); otherwise all of them are held.
   const auto& hp = spec.hyperparameters();
@@ -111,6 +84,17 @@ ftd::v1::JobPlan PlanJob(const ftd::v1::JobSpec& spec) {
   }
   plan.set_parameter_count(size->total());
   plan.set_memory_bytes_per_gpu(EstimateMemoryPerGpu(*size, spec));
+  // The same estimate under the engine's two sharding modes, to choose one.
+  std::string by_stage;
+  for (int stage : {2, 3}) {
+    ftd::v1::JobSpec other = spec;
+    other.mutable_parallelism()->set_zero_stage(stage);
+    absl::StrAppend(&by_stage, stage == 2 ? "" : ", ", stage, ": ",
+                    absl::StrFormat("%.1f GiB", double(EstimateMemoryPerGpu(*size, other)) / (1ull << 30)));
+  }
+  plan.add_notes(absl::StrCat(size->family, ", ", absl::StrFormat("%.2fB", double(size->total()) / 1e9),
+                              " parameters (", absl::StrFormat("%.2fB", double(size->expert_parameters) / 1e9),
+                              " in routed experts); memory per GPU by parallelism.zero_stage: ", by_stage));
   plan.add_notes(absl::StrCat("memory_bytes_per_gpu: bf16 weights, gradients, AdamW state under precision ",
                               PrecisionPolicyName(ParsePrecisionPolicy(spec.precision(), false)
                                                       .value_or(PrecisionPolicy::kCompact)),

@@ -1,11 +1,16 @@
 // The resolved plan of a validated JobSpec: world size, data-parallel degree, gradient
 // accumulation and an estimate of peak memory per GPU.
 //
-// Memory estimate (bytes per GPU), from the base model's config.json:
-//   P_e = expert parameters (MoE layers x experts x 3·H·F_moe), P_d = all other parameters.
+// Memory estimate (bytes per GPU), from the base model's config.json, counted by the model
+// family's tensor layout (engine/model/tensor_layout.h, the code the engine counts with):
+//   P_e = routed expert parameters, P_d = all other trained parameters, of which P_l are the
+//   decoder layers' and L_max the largest layer's.
 //   Experts are sharded over ep (never gathered); dense parameters over the world (ZeRO):
-//   s_w = world if zero_stage >= 3 else 1, s_g = world if >= 2, s_o = world if >= 1.
-//   weights    2·(P_d/s_w + P_e/ep)     bf16
+//   s_g = world if zero_stage >= 2, s_o = world if >= 1.
+//   weights    2·(P_d + P_e/ep)         bf16; zero_stage 3 (several GPUs): the layers' dense
+//                                       parameters are sharded and gathered one layer at a time,
+//                                       2·(P_d - P_l + P_l/world + 2·L_max + P_e/ep) (the layer
+//                                       computed and the next gathered)
 //   grads      2·(P_d/s_g + P_e/ep)     bf16; 0 when the optimizer steps inside backward (one
 //                                       GPU, grad_clip 0, one micro-batch a step)
 //   optimizer  b·(P_d/s_o + P_e/ep)     b = AdamW state bytes per parameter of spec.precision
@@ -28,16 +33,20 @@
 namespace ftd::server {
 
 struct ModelSize {
+  std::string family;             // "DeepSeek-V3"
   int64_t expert_parameters = 0;
   int64_t dense_parameters = 0;
+  int64_t layer_dense_parameters = 0;      // of dense_parameters: the decoder layers'
+  int64_t max_layer_dense_parameters = 0;  // the largest layer's
   int64_t hidden_size = 0;
   int64_t num_layers = 0;
   int64_t vocab_size = 0;
   int64_t total() const { return expert_parameters + dense_parameters; }
 };
 
-// Parameter counts from an HF config.json's text (Qwen3-MoE, Mixtral, DeepSeek-V2/3 and dense
-// Llama-style field names). INVALID_ARGUMENT naming the missing or bad field.
+// Parameter counts from an HF config.json's text, for the model families the engine trains
+// (engine/model/registry.h). INVALID_ARGUMENT naming the missing or bad field, or the model_type
+// no family supports.
 absl::StatusOr<ModelSize> CountParameters(const std::string& config_json);
 
 // Bytes per GPU by the formula above.

@@ -41,7 +41,10 @@ ParameterCounts CountParameters(const ModelConfig& config) {
     } else {
       c.dense += n;
       c.active += n;
-      if (t.layer >= 0 && t.layer < config.num_hidden_layers) layer_dense[static_cast<size_t>(t.layer)] += n;
+      if (t.layer >= 0 && t.layer < config.num_hidden_layers) {
+        layer_dense[static_cast<size_t>(t.layer)] += n;
+        c.layer_dense += n;
+      }
     }
   }
   for (int64_t n : layer_dense) c.max_layer_dense = std::max(c.max_layer_dense, n);

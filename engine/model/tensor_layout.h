@@ -63,6 +63,7 @@ struct ParameterCounts {
   int64_t expert = 0;        // routed experts, all of them
   int64_t dense = 0;         // everything else that is trained
   int64_t buffers = 0;       // not trained (selection biases)
+  int64_t layer_dense = 0;      // trained non-expert parameters of the decoder layers
   int64_t max_layer_dense = 0;  // the largest decoder layer's trained non-expert parameters
 };
 ParameterCounts CountParameters(const ModelConfig& config);

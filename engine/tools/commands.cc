@@ -13,12 +13,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "engine/dist/launcher.h"
 #include "engine/io/safetensors.h"
 #include "engine/model/config.h"
 #include "engine/model/hf_checkpoint.h"
+#include "engine/model/registry.h"
 #include "engine/model/transformer.h"
 #include "engine/train/trainer.h"
 #include "nlohmann/json.hpp"
@@ -87,13 +89,16 @@ absl::Status InitModel(const InitModelArgs& a) {
   if (a.dtype != "bf16" && a.dtype != "fp32") return absl::InvalidArgumentError("--dtype must be bf16 or fp32");
   at::ScalarType dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   config.dtype = DtypeName(dtype);
+  // The overridden shape must still be a valid config of its family (e.g. experts in n_group groups).
+  FTD_ASSIGN_OR_RETURN(config, ParseModelConfig(ModelConfigToJson(config), absl::StrCat("preset ", a.preset)));
   ModelOptions options;
   options.dtype = dtype;
   ModelWeights weights = InitRandomWeights(config, options, a.seed);
   FTD_RETURN_IF_ERROR(SaveHfCheckpoint(a.out, config, weights, options, dtype));
-  std::cout << absl::StrFormat("wrote %s: preset %s, %d layers, %d experts, %.1fM parameters, %s\n", a.out, a.preset,
+  std::cout << absl::StrFormat("wrote %s: preset %s (%s), %d layers, %d experts, %.1fM parameters (%.1fM active), %s\n",
+                               a.out, a.preset, FindModelFamily(config.model_type)->display_name(),
                                config.num_hidden_layers, config.num_experts, config.TotalParameters() / 1e6,
-                               config.dtype);
+                               config.ActiveParameters() / 1e6, config.dtype);
   return absl::OkStatus();
 }
 
@@ -213,7 +218,9 @@ absl::Status Inspect(const InspectArgs& a) {
   for (const auto& e : std::filesystem::directory_iterator(a.dir, ec)) {
     if (e.is_regular_file()) bytes += e.file_size();
   }
-  nlohmann::json j = {{"family", c.model_type},        {"architecture", c.architecture},
+  const ModelFamily* family = FindModelFamily(c.model_type);
+  nlohmann::json j = {{"family", family != nullptr ? family->display_name() : c.model_type},
+                      {"model_type", c.model_type},      {"architecture", c.architecture},
                       {"layers", c.num_hidden_layers}, {"moe_layers", c.NumMoeLayers()},
                       {"experts", c.num_experts},      {"experts_per_token", c.num_experts_per_tok},
                       {"hidden_size", c.hidden_size},  {"vocab_size", c.vocab_size},
@@ -231,7 +238,8 @@ absl::Status Inspect(const InspectArgs& a) {
 
 void RegisterCommands(CLI::App& app) {
   auto* init = app.add_subcommand("init-model", "Write a random-init HF checkpoint from a preset");
-  init->add_option("--preset", g_init.preset, "tiny | qwen3-30b-a3b")->capture_default_str();
+  static const std::string preset_help = absl::StrJoin(PresetNames(), " | ");
+  init->add_option("--preset", g_init.preset, preset_help)->capture_default_str();
   init->add_option("--layers", g_init.layers, "Override the number of layers");
   init->add_option("--experts", g_init.experts, "Override the number of experts");
   init->add_option("--seed", g_init.seed, "Random seed")->capture_default_str();

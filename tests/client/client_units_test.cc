@@ -230,6 +230,39 @@ TEST(ModelInspectTest, EstimatesWithoutWeightsAndRejectsNonModels) {
   EXPECT_THAT(none.status().message(), HasSubstr("config.json"));
 }
 
+TEST(ModelInspectTest, DeepseekV3CountsAreTheEnginesAndOtherFamiliesAreNamedUnsupported) {
+  Scratch s;
+  // Moonlight-16B-A3B's config.json: MLA without q_lora_rank, 2 shared experts, a dense first
+  // layer; counted by the engine's DeepSeek-V3 layout (engine/model/tensor_layout.h).
+  s.Write("config.json", R"({"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+    "vocab_size": 163840, "hidden_size": 2048, "intermediate_size": 11264, "moe_intermediate_size": 1408,
+    "num_hidden_layers": 27, "num_attention_heads": 16, "num_key_value_heads": 16, "n_shared_experts": 2,
+    "n_routed_experts": 64, "routed_scaling_factor": 2.446, "kv_lora_rank": 512, "q_lora_rank": null,
+    "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128, "n_group": 1, "topk_group": 1,
+    "num_experts_per_tok": 6, "first_k_dense_replace": 1, "norm_topk_prob": true, "rope_theta": 50000.0,
+    "max_position_embeddings": 8192, "num_nextn_predict_layers": 0, "torch_dtype": "bfloat16"})");
+  auto m = InspectModel(s.root());
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->family, "DeepSeek-V3");
+  EXPECT_TRUE(m->supported);
+  EXPECT_EQ(m->experts, 64);
+  EXPECT_EQ(m->shared_experts, 2);
+  EXPECT_EQ(m->parameters_total, 15960108544);  // as ftd-train and the coordinator's plan count
+  EXPECT_EQ(m->parameters_active, 2914774528);
+  EXPECT_EQ(m->parameters_source, "family layout (config.json)");
+  EXPECT_TRUE(m->parameters_estimated);
+
+  Scratch other;
+  other.Write("config.json", R"({"model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 2,
+    "vocab_size": 100, "num_local_experts": 4, "num_experts_per_tok": 2})");
+  auto mixtral = InspectModel(other.root());
+  ASSERT_TRUE(mixtral.ok()) << mixtral.status();
+  EXPECT_EQ(mixtral->family, "Mixtral");
+  EXPECT_FALSE(mixtral->supported);
+  EXPECT_EQ(mixtral->parameters_total, 0);  // no weights and no layout to count from
+  EXPECT_EQ(mixtral->parameters_source, "none");
+}
+
 int RunFtctl(const std::string& args, const std::string& env, std::string* out) {
   const std::string file = "/tmp/ftctl-unit-out-" + std::to_string(::getpid());
   int rc = std::system(absl::StrCat(env, " ", FTD_BIN_DIR, "/ftctl ", args, " > ", file, " 2>&1").c_str());
@@ -263,9 +296,9 @@ TEST(ModelCommandsTest, InitExecsFtdTrainAndInspectPrints) {
     "num_hidden_layers": 2, "vocab_size": 16, "num_attention_heads": 2, "num_local_experts": 8,
     "num_experts_per_tok": 2, "intermediate_size": 16})");
   ASSERT_EQ(RunFtctl(absl::StrCat("model inspect ", s.root()), "", &out), 0) << out;
-  EXPECT_THAT(out, HasSubstr("Mixtral (MixtralForCausalLM)"));
+  EXPECT_THAT(out, HasSubstr("Mixtral (MixtralForCausalLM) - not trained by ftd"));
   EXPECT_THAT(out, HasSubstr("8 routed, top-2"));
-  EXPECT_THAT(out, HasSubstr("estimated from config.json"));
+  EXPECT_THAT(out, HasSubstr("unknown (no weights"));
   ASSERT_EQ(RunFtctl(absl::StrCat("model inspect ", s.root(), " -o json"), "", &out), 0);
   EXPECT_EQ(nlohmann::json::parse(out)["experts"], 8);
   EXPECT_EQ(RunFtctl("model inspect /nonexistent-dir", "", &out), 1);
@@ -279,6 +312,20 @@ TEST(ModelCommandsTest, InitExecsFtdTrainAndInspectPrints) {
     nlohmann::json j = nlohmann::json::parse(out);
     EXPECT_GT(j["parameters_total"].get<int64_t>(), j["parameters_active"].get<int64_t>());
     EXPECT_EQ(j["dtype"], "F32");
+    // A DeepSeek-V3 preset: named, counted as the engine counts it (what init-model printed).
+    const std::string ds = s.root() + "/tiny-ds";
+    ASSERT_EQ(RunFtctl(absl::StrCat("model init --preset tiny-deepseek-v3 --dtype fp32 --out ", ds), "", &out), 0)
+        << out;
+    EXPECT_THAT(out, HasSubstr("(DeepSeek-V3)"));
+    ASSERT_EQ(RunFtctl(absl::StrCat("model inspect ", ds), "", &out), 0) << out;
+    EXPECT_THAT(out, HasSubstr("DeepSeek-V3 (DeepseekV3ForCausalLM)"));
+    EXPECT_THAT(out, HasSubstr("8 routed, top-2, 2 shared"));
+    ASSERT_EQ(RunFtctl(absl::StrCat("model inspect ", ds, " -o json"), "", &out), 0) << out;
+    j = nlohmann::json::parse(out);
+    EXPECT_EQ(j["family"], "DeepSeek-V3");
+    EXPECT_TRUE(j["supported"].get<bool>());
+    // The stored tensors hold the same parameters plus the selection biases (buffers).
+    EXPECT_EQ(j["parameters_stored"].get<int64_t>(), j["parameters_total"].get<int64_t>() + 2 * 8);
   }
 }
 

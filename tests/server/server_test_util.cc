@@ -99,7 +99,7 @@ TestEnv::TestEnv() {
   ::mkdir(data_root().c_str(), 0755);
   // A small Qwen3-MoE-shaped config: the plan's memory estimate reads it.
   WriteFile(model_dir() + "/config.json", R"({
-    "architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 256, "num_hidden_layers": 4,
+    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 256, "num_hidden_layers": 4,
     "vocab_size": 1024, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
     "intermediate_size": 512, "moe_intermediate_size": 128, "num_experts": 8,
     "num_experts_per_tok": 2, "tie_word_embeddings": false})");

@@ -488,12 +488,13 @@ TEST_F(ValidatorTest, ConfinesPathsToRootsThroughDotDotAndSymlinks) {
 
 TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
   // Qwen3-30B-A3B's config.json fields: about 30.5 B parameters.
-  auto size = CountParameters(R"({"hidden_size": 2048, "num_hidden_layers": 48,
+  auto size = CountParameters(R"({"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
       "vocab_size": 151936, "num_attention_heads": 32, "num_key_value_heads": 4,
       "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768,
-      "num_experts": 128, "tie_word_embeddings": false})");
+      "num_experts": 128, "num_experts_per_tok": 8, "tie_word_embeddings": false})");
   ASSERT_TRUE(size.ok()) << size.status();
-  EXPECT_NEAR(double(size->total()) / 1e9, 30.5, 0.2);
+  EXPECT_EQ(size->total(), 30532122624);  // the engine's count (engine/model/tensor_layout.h)
+  EXPECT_EQ(size->family, "Qwen3-MoE");
   ftd::v1::JobSpec spec;
   spec.mutable_resources()->set_nodes(1);
   spec.mutable_resources()->set_gpus_per_node(8);
@@ -526,8 +527,56 @@ TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
   spec.mutable_hyperparameters()->set_grad_clip(1.0);
   EXPECT_NEAR(double(EstimateMemoryPerGpu(*size, spec)), one_gpu + 2 * all, 2.0);
   EXPECT_EQ(CountParameters("[]").status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(CountParameters("{\"hidden_size\": 8}").status().message()),
-              HasSubstr("num_hidden_layers"));
+  EXPECT_THAT(std::string(CountParameters("{\"hidden_size\": 8}").status().message()), HasSubstr("model_type"));
+  EXPECT_THAT(std::string(CountParameters(R"({"model_type": "qwen3_moe", "hidden_size": 8})").status().message()),
+              HasSubstr("vocab_size"));
+  EXPECT_THAT(std::string(CountParameters(R"({"model_type": "llama"})").status().message()),
+              HasSubstr("deepseek_v3"));  // the supported families are named
+}
+
+// DeepSeek-V3's and Moonlight's config.json fields (as the presets of ftd-train init-model).
+constexpr char kDeepseekV3Config[] = R"({"model_type": "deepseek_v3", "vocab_size": 129280, "hidden_size": 7168,
+    "intermediate_size": 18432, "moe_intermediate_size": 2048, "num_hidden_layers": 61, "num_attention_heads": 128,
+    "num_key_value_heads": 128, "n_shared_experts": 1, "n_routed_experts": 256, "routed_scaling_factor": 2.5,
+    "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128,
+    "n_group": 8, "topk_group": 4, "num_experts_per_tok": 8, "first_k_dense_replace": 3, "norm_topk_prob": true,
+    "max_position_embeddings": 163840, "num_nextn_predict_layers": 1, "rope_theta": 10000,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                     "original_max_position_embeddings": 4096, "type": "yarn"}})";
+constexpr char kMoonlightConfig[] = R"({"model_type": "deepseek_v3", "vocab_size": 163840, "hidden_size": 2048,
+    "intermediate_size": 11264, "moe_intermediate_size": 1408, "num_hidden_layers": 27, "num_attention_heads": 16,
+    "num_key_value_heads": 16, "n_shared_experts": 2, "n_routed_experts": 64, "routed_scaling_factor": 2.446,
+    "kv_lora_rank": 512, "q_lora_rank": null, "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128,
+    "n_group": 1, "topk_group": 1, "num_experts_per_tok": 6, "first_k_dense_replace": 1, "norm_topk_prob": true,
+    "max_position_embeddings": 8192, "num_nextn_predict_layers": 0, "rope_theta": 50000.0, "rms_norm_eps": 1e-05,
+    "scoring_func": "sigmoid", "topk_method": "noaux_tc", "moe_layer_freq": 1})";
+
+TEST(JobPlanTest, DeepseekV3AndMoonlightCountsAndZeroStages) {
+  auto v3 = CountParameters(kDeepseekV3Config);
+  ASSERT_TRUE(v3.ok()) << v3.status();
+  EXPECT_EQ(v3->family, "DeepSeek-V3");
+  EXPECT_NEAR(double(v3->total()) / 1e9, 671.0, 1.0);  // DeepSeek-V3's "671B total" (main model, no MTP)
+  auto moonlight = CountParameters(kMoonlightConfig);
+  ASSERT_TRUE(moonlight.ok()) << moonlight.status();
+  EXPECT_NEAR(double(moonlight->total()) / 1e9, 16.0, 0.1);  // Moonlight-16B-A3B
+
+  // 64 GPUs (8 nodes of 8), ep 64: ZeRO-3 keeps one layer's dense parameters (and the one
+  // gathered next) plus a 1/64 shard of the rest, instead of every dense parameter.
+  ftd::v1::JobSpec spec;
+  spec.mutable_resources()->set_nodes(8);
+  spec.mutable_resources()->set_gpus_per_node(8);
+  spec.mutable_parallelism()->set_ep_size(64);
+  spec.mutable_parallelism()->set_activation_checkpointing(true);
+  spec.mutable_hyperparameters()->set_micro_batch(1);
+  spec.mutable_hyperparameters()->set_seq_len(4096);
+  spec.mutable_parallelism()->set_zero_stage(2);
+  const double two = double(EstimateMemoryPerGpu(*v3, spec));
+  spec.mutable_parallelism()->set_zero_stage(3);
+  const double three = double(EstimateMemoryPerGpu(*v3, spec));
+  const double pl = double(v3->layer_dense_parameters), lmax = double(v3->max_layer_dense_parameters);
+  EXPECT_GT(pl, 10e9);  // MLA and shared experts: ~11B dense parameters in the layers
+  EXPECT_NEAR(two - three, 2 * (pl - pl / 64 - 2 * lmax), 2.0);
+  EXPECT_LT(three, two - 18.0 * (1ull << 30));
 }
 
 }  // namespace
