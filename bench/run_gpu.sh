@@ -3,6 +3,7 @@
 # then ftd-bench and the HF Transformers v5 baseline on the same shapes from the same initial
 # weights, and print a side-by-side table. Logs and JSON lines go to $OUT.
 #   LAYERS="4 8" STEPS=8 WARMUP=3 SEQ=4096 bash bench/run_gpu.sh
+#   FAMILY=deepseek_v3 LAYERS=4 OUT=/tmp/ftd-gpu-moonlight bash bench/run_gpu.sh   (Moonlight-16B-A3B shape)
 # Knobs: GATES="real balanced"; KERNEL_BENCH=1 runs ftd-kernel-bench; PROFILE=1 adds a per-kernel
 # profile of one step of each ftd run ($OUT/profile-L-gate.txt); VARIANTS="name:args|name:args"
 # runs extra ftd-bench configurations (real gate) after the main ones; SKIP_TESTS=1;
@@ -16,6 +17,7 @@ LAYERS=${LAYERS:-"4 8"}
 STEPS=${STEPS:-8}
 WARMUP=${WARMUP:-3}
 SEQ=${SEQ:-4096}
+FAMILY=${FAMILY:-qwen3_moe}  # qwen3_moe: Qwen3-30B-A3B layers; deepseek_v3: Moonlight-16B-A3B layers
 BUILD=${BUILD:-build-gpu}
 source .gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
@@ -23,13 +25,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 t0=$(date +%s)
 cmake -S . -B "$BUILD" -G Ninja -DFTD_WITH_SERVICE=OFF -DFTD_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
   >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-cmake --build "$BUILD" -j "$(nproc)" --target ftd-train ftd-bench ftd-kernel-bench kernels_tests engine_tests \
+cmake --build "$BUILD" -j "$(nproc)" --target ftd-train ftd-bench ftd-kernel-bench kernels_tests engine_tests dist_tests \
   >"$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 
 status=0
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  for t in kernels_tests engine_tests; do
+  for t in kernels_tests engine_tests dist_tests; do
     "$BUILD/bin/$t" --gtest_brief=1 2>&1 | tee "$OUT/$t.log" | tail -4 || status=1
   done
 fi
@@ -41,12 +43,13 @@ fi
 
 for L in $LAYERS; do
   init=/tmp/ftd-init-$L
+  [ "$FAMILY" = qwen3_moe ] || init=/tmp/ftd-init-$FAMILY-$L
   if [ ! -f "$init/config.json" ]; then
-    python3 bench/hf_v5_baseline.py --layers "$L" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" \
+    python3 bench/hf_v5_baseline.py --family "$FAMILY" --layers "$L" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" \
       --save-init "$init" 2>"$OUT/hf-$L.err" | tail -1 | tee "$OUT/hf-$L.json"
   else
-    python3 bench/hf_v5_baseline.py --model "$init" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" \
-      2>"$OUT/hf-$L.err" | tail -1 | tee "$OUT/hf-$L.json"
+    python3 bench/hf_v5_baseline.py --family "$FAMILY" --model "$init" --seq "$SEQ" --steps "$STEPS" \
+      --warmup "$WARMUP" 2>"$OUT/hf-$L.err" | tail -1 | tee "$OUT/hf-$L.json"
   fi
   for gate in ${GATES:-real balanced}; do
     prof=()

@@ -55,7 +55,11 @@ absl::Status FieldReader::IntList(const char* key, std::vector<int64_t>* out) co
 
 absl::Status FieldReader::TokenId(const char* key, int64_t* out) const {
   auto it = obj_.find(key);
-  if (it == obj_.end() || it->is_null()) return absl::OkStatus();
+  if (it == obj_.end()) return absl::OkStatus();
+  if (it->is_null()) {
+    *out = -1;  // an explicit null stays null (over a family's default)
+    return absl::OkStatus();
+  }
   if (it->is_number_integer()) {
     *out = it->get<int64_t>();
   } else if (it->is_array() && !it->empty() && (*it)[0].is_number_integer()) {

@@ -25,6 +25,8 @@ class DeepseekV3 final : public ModelFamily {
 
   absl::Status Parse(const json& root, const std::string& source, ModelConfig* c) const override {
     FieldReader r(root, source);
+    c->bos_token_id = 0;  // HF DeepseekV3Config's defaults
+    c->eos_token_id = 1;
     FTD_RETURN_IF_ERROR(ParseCommonFields(root, r, "DeepseekV3ForCausalLM", c));
     c->attention = AttentionKind::kMla;
     c->qk_norm = false;
@@ -32,8 +34,6 @@ class DeepseekV3 final : public ModelFamily {
     c->router_correction_bias = true;
     c->norm_topk_prob = true;
     c->rope.interleave = true;
-    c->bos_token_id = 0;
-    c->eos_token_id = 1;
     FTD_RETURN_IF_ERROR(r.Int("vocab_size", &c->vocab_size, true));
     FTD_RETURN_IF_ERROR(r.Int("hidden_size", &c->hidden_size, true));
     FTD_RETURN_IF_ERROR(r.Int("intermediate_size", &c->intermediate_size, true));

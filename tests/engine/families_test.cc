@@ -1,0 +1,187 @@
+// The model family registry (engine/model/registry.h) and its LibTorch-free counting, and the
+// DeepSeek-V3 blocks on the CPU without HF (HF parity is tests/python/test_deepseek_parity.py):
+// - counts: Qwen3-MoE's are those of before the registry (tiny preset and Qwen3-30B-A3B, exact),
+//   DeepSeek-V3's 671B / 37.6B and Moonlight's 16.0B / 2.9B; FLOPs per token by the formula;
+// - the layout's names are unique and are exactly the checkpoint's keys;
+// - config errors name the DeepSeek-V3 field;
+// - the router: the selection bias moves the choice, never the weights; group-limited top-k
+//   picks only from the best groups (against a brute-force reference); the bias update.
+#include <set>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "engine/model/config.h"
+#include "engine/model/core/moe/router.h"
+#include "engine/model/hf_checkpoint.h"
+#include "engine/model/registry.h"
+#include "engine/model/tensor_layout.h"
+#include "gtest/gtest.h"
+
+namespace ftd::engine {
+namespace {
+
+TEST(ModelFamilies, RegistryNamesEveryFamilyAndItsPresets) {
+  EXPECT_EQ(SupportedModelTypes(), "qwen3_moe, deepseek_v3");
+  ASSERT_NE(FindModelFamily("deepseek_v3"), nullptr);
+  EXPECT_STREQ(FindModelFamily("deepseek_v3")->display_name(), "DeepSeek-V3");
+  EXPECT_EQ(FindModelFamily("llama"), nullptr);
+  for (const std::string& name : PresetNames()) {
+    auto c = PresetConfig(name);
+    ASSERT_TRUE(c.ok()) << name << ": " << c.status();
+    // A preset survives its own config.json (what init-model writes and the engine reads).
+    auto again = ParseModelConfig(ModelConfigToJson(*c), name);
+    ASSERT_TRUE(again.ok()) << name << ": " << again.status();
+    EXPECT_EQ(again->TotalParameters(), c->TotalParameters()) << name;
+    EXPECT_EQ(ModelConfigToJson(*again), ModelConfigToJson(*c)) << name;
+  }
+}
+
+TEST(ModelFamilies, Qwen3CountsAreUnchanged) {
+  // The values of the counting code before the registry (engine/model/config.cc at 977f2fd).
+  ModelConfig tiny = *PresetConfig("tiny");
+  EXPECT_EQ(tiny.TotalParameters(), 226848);
+  EXPECT_EQ(tiny.ActiveParameters(), 153120);
+  ModelConfig q30 = *PresetConfig("qwen3-30b-a3b");
+  EXPECT_EQ(q30.TotalParameters(), 30532122624);
+  EXPECT_EQ(q30.ActiveParameters(), 3353032704);
+}
+
+TEST(ModelFamilies, DeepseekCountsAndFlops) {
+  ModelConfig v3 = *PresetConfig("deepseek-v3");
+  EXPECT_EQ(v3.TotalParameters(), 671026404352);  // "671B total parameters"
+  EXPECT_EQ(v3.ActiveParameters(), 37552282624);  // "37B activated"
+  EXPECT_EQ(v3.NumMoeLayers(), 58);
+  ModelConfig moonlight = *PresetConfig("moonlight-16b-a3b");
+  EXPECT_EQ(moonlight.TotalParameters(), 15960108544);
+  EXPECT_EQ(moonlight.ActiveParameters(), 2914774528);
+  // 4 layers at seq 4096: 6 x (GEMM weights a token passes + V·H) + L·3·S·Hq·(192 + 128); the
+  // same number bench/hf_v5_baseline.py computes from HF's parameters (4.25852928 GFLOP).
+  moonlight.num_hidden_layers = 4;
+  EXPECT_EQ(moonlight.TotalParameters(), 2508607488);  // HF DeepseekV3ForCausalLM's num_parameters
+  EXPECT_NEAR(moonlight.TrainingFlopsPerToken(4096), 4.25852928e9, 1e3);
+  ParameterCounts counts = CountParameters(v3);
+  EXPECT_EQ(counts.total, counts.dense + counts.expert);
+  EXPECT_EQ(counts.buffers, 58 * 256);  // the selection biases
+  EXPECT_GT(counts.max_layer_dense, 0);
+  EXPECT_LT(counts.layer_dense, counts.dense);
+}
+
+TEST(ModelFamilies, LayoutNamesAreTheCheckpointKeys) {
+  for (const char* preset : {"tiny", "tiny-deepseek-v3"}) {
+    SCOPED_TRACE(preset);
+    ModelConfig c = *PresetConfig(preset);
+    std::set<std::string> names;
+    for (const TensorSpec& t : ModelTensorLayout(c)) EXPECT_TRUE(names.insert(t.name).second) << t.name;
+    ModelOptions o;
+    ModelWeights w = InitRandomWeights(c, o, 1);
+    std::set<std::string> keys;
+    int64_t stored = 0;
+    for (auto& [name, t] : ToHfTensors(w, c, o, at::kFloat)) {
+      EXPECT_TRUE(keys.insert(name).second) << name;
+      stored += t.numel();
+    }
+    const ParameterCounts counts = CountParameters(c);
+    EXPECT_EQ(stored, counts.total + counts.buffers);
+    // Every layout name is a key, except fused experts, which are per-expert keys.
+    for (const std::string& n : names) {
+      if (n.find(".mlp.experts.") == std::string::npos) EXPECT_TRUE(keys.count(n)) << n;
+    }
+    EXPECT_TRUE(keys.count("model.layers.2.mlp.experts.7.down_proj.weight"));
+  }
+}
+
+TEST(ModelFamilies, DeepseekConfigErrorsNameTheField) {
+  std::string base = ModelConfigToJson(*PresetConfig("tiny-deepseek-v3"));
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = base;
+    size_t at = s.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return ParseModelConfig(s.replace(at, from.size(), to), "ds/config.json");
+  };
+  auto groups = with("\"n_group\": 4", "\"n_group\": 3");
+  ASSERT_FALSE(groups.ok());
+  EXPECT_NE(groups.status().message().find("n_group"), std::string::npos) << groups.status();
+  auto topk = with("\"topk_group\": 2", "\"topk_group\": 5");
+  ASSERT_FALSE(topk.ok());
+  EXPECT_NE(topk.status().message().find("topk_group"), std::string::npos) << topk.status();
+  auto missing = with("\"kv_lora_rank\": 32,", "");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("kv_lora_rank"), std::string::npos);
+  EXPECT_NE(missing.status().message().find("ds/config.json"), std::string::npos);
+  auto scoring = with("\"n_group\": 4", "\"n_group\": 4, \"scoring_func\": \"softmax\"");
+  ASSERT_FALSE(scoring.ok());
+  EXPECT_NE(scoring.status().message().find("scoring_func"), std::string::npos);
+  auto qlora_null = with("\"q_lora_rank\": 48", "\"q_lora_rank\": null");
+  ASSERT_TRUE(qlora_null.ok()) << qlora_null.status();
+  EXPECT_EQ(qlora_null->mla.q_lora_rank, 0);  // Moonlight's layout: one q_proj
+}
+
+at::Tensor Randn(std::vector<int64_t> shape, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::normal(0.0, 1.0, shape, gen, at::TensorOptions().dtype(at::kFloat));
+}
+
+TEST(DeepseekRouter, BiasMovesTheChoiceNotTheWeights) {
+  ModelConfig c = *PresetConfig("tiny-deepseek-v3");
+  c.n_group = 1;
+  c.topk_group = 1;
+  at::Tensor x = Randn({16, c.hidden_size}, 1), w = Randn({c.num_experts, c.hidden_size}, 2) * 0.1;
+  Routing plain = Route(x, w, c, GateMode::kReal);
+  // A large bias on expert 5: every token picks it, with its own (unbiased) sigmoid weight.
+  at::Tensor bias = at::zeros({c.num_experts});
+  bias[5] = 10.0f;
+  Routing biased = Route(x, w, c, GateMode::kReal, bias);
+  EXPECT_TRUE(biased.experts.eq(5).any(1).all().item<bool>());
+  at::Tensor scores = at::sigmoid(at::linear(x, w));
+  at::Tensor chosen = scores.gather(1, biased.experts);
+  at::Tensor expect = chosen / (chosen.sum(-1, true) + 1e-20) * c.routed_scaling_factor;
+  EXPECT_TRUE(at::allclose(biased.weights, expect, 1e-6, 1e-7));
+  EXPECT_FALSE(at::equal(plain.experts, biased.experts));
+}
+
+TEST(DeepseekRouter, GroupLimitedTopKPicksFromTheBestGroups) {
+  ModelConfig c = *PresetConfig("tiny-deepseek-v3");  // 8 experts in 4 groups of 2, top 2 groups, k = 2
+  c.num_experts = 16;  // 4 groups of 4: the "two best" of a group differs from its best
+  c.num_experts_per_tok = 3;
+  at::Tensor x = Randn({64, c.hidden_size}, 3), w = Randn({c.num_experts, c.hidden_size}, 4) * 0.3;
+  at::Tensor bias = Randn({c.num_experts}, 5) * 0.05;
+  Routing r = Route(x, w, c, GateMode::kReal, bias);
+  at::Tensor sel = at::sigmoid(at::linear(x, w)) + bias;
+  for (int64_t t = 0; t < x.size(0); ++t) {
+    // Brute force: each group's two best summed, the topk_group best groups, the k best experts in them.
+    std::vector<std::pair<float, int64_t>> groups;
+    for (int64_t g = 0; g < c.n_group; ++g) {
+      std::vector<float> v;
+      for (int64_t e = g * 4; e < g * 4 + 4; ++e) v.push_back(sel[t][e].item<float>());
+      std::sort(v.rbegin(), v.rend());
+      groups.push_back({v[0] + v[1], g});
+    }
+    std::sort(groups.rbegin(), groups.rend());
+    std::vector<std::pair<float, int64_t>> candidates;
+    for (int64_t i = 0; i < c.topk_group; ++i) {
+      for (int64_t e = groups[i].second * 4; e < groups[i].second * 4 + 4; ++e) {
+        candidates.push_back({sel[t][e].item<float>(), e});
+      }
+    }
+    std::sort(candidates.rbegin(), candidates.rend());
+    std::set<int64_t> want, got;
+    for (int64_t j = 0; j < c.num_experts_per_tok; ++j) {
+      want.insert(candidates[j].second);
+      got.insert(r.experts[t][j].item<int64_t>());
+    }
+    EXPECT_EQ(got, want) << "token " << t;
+  }
+}
+
+TEST(DeepseekRouter, BiasUpdateMovesTowardsBalance) {
+  at::Tensor bias = at::zeros({4});
+  UpdateSelectionBias(bias, at::tensor({10.0, 2.0, 4.0, 4.0}), 0.01);  // mean 5
+  EXPECT_TRUE(at::allclose(bias, at::tensor({-0.01f, 0.01f, 0.01f, 0.01f})));
+  UpdateSelectionBias(bias, at::tensor({5.0, 5.0, 5.0, 5.0}), 0.01);  // balanced: unchanged
+  EXPECT_TRUE(at::allclose(bias, at::tensor({-0.01f, 0.01f, 0.01f, 0.01f})));
+}
+
+}  // namespace
+}  // namespace ftd::engine
