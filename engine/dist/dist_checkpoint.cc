@@ -56,8 +56,6 @@ absl::Status WriteSingleFile(const std::string& path, const std::vector<std::pai
   return RemoveTree(scratch);
 }
 
-bool IsExpertTensor(const std::string& name) { return absl::StrContains(name, ".mlp.experts."); }
-
 // Rank 0: model.safetensors.index.json over every model-*.safetensors in `dir`.
 absl::Status WriteIndex(const std::string& dir) {
   nlohmann::json weight_map = nlohmann::json::object();
@@ -116,10 +114,10 @@ absl::Status SaveDistributedCheckpoint(const std::string& dir, const ParallelMes
 
   // The HF tensors: the first ep group holds every expert once.
   if (mesh.ep_group() == 0) {
-    std::vector<std::pair<std::string, at::Tensor>> mine;
-    for (auto& [name, t] : ToHfTensors(*parts.weights, *parts.config, *parts.options, parts.dtype)) {
-      if (leader || IsExpertTensor(name)) mine.emplace_back(name, std::move(t));
-    }
+    // The leader writes every tensor it holds; the other ranks of the group their experts.
+    std::vector<std::pair<std::string, at::Tensor>> mine =
+        ToHfTensors(*parts.weights, *parts.config, *parts.options, parts.dtype,
+                    leader ? TensorSelection::kAll : TensorSelection::kExperts);
     if (leader) {  // MTP layers, copied as stored
       absl::StatusOr<std::vector<std::pair<std::string, at::Tensor>>> carried = CarriedHfTensors(*parts.weights);
       if (carried.ok()) {

@@ -161,11 +161,15 @@ void EnableGradients(ModelWeights& w) {
 }
 
 std::vector<std::pair<std::string, at::Tensor>> ToHfTensors(ModelWeights& w, const ModelConfig& c,
-                                                            const ModelOptions& o, at::ScalarType dtype) {
+                                                            const ModelOptions& o, at::ScalarType dtype,
+                                                            TensorSelection which) {
   std::vector<std::pair<std::string, at::Tensor>> out;
   auto cpu = [dtype](const at::Tensor& t) { return t.detach().to(at::kCPU, dtype).contiguous(); };
   const int64_t E = LocalExperts(c, o);
   for (const TensorSpec& spec : w.layout) {
+    if ((which == TensorSelection::kExperts && !spec.expert) || (which == TensorSelection::kDense && spec.expert)) {
+      continue;
+    }
     at::Tensor& t = SlotTensor(w, spec);
     if (spec.role == TensorRole::kBuffer && !t.defined()) continue;  // e.g. a gradient set
     if (!spec.expert) {

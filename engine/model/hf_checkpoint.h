@@ -40,10 +40,14 @@ ModelWeights InitRandomWeights(const ModelConfig& config, const ModelOptions& op
 // Marks every parameter as requiring gradients (leaf tensors).
 void EnableGradients(ModelWeights& weights);
 
+// Which tensors ToHfTensors returns: all, the routed experts' (sharded over ep) or the rest.
+enum class TensorSelection { kAll, kExperts, kDense };
+
 // HF-named tensors (per-expert keys) on CPU in `dtype`, this rank's experts only
 // (expert indices offset by options.expert_begin); carried tensors not included.
 std::vector<std::pair<std::string, at::Tensor>> ToHfTensors(ModelWeights& weights, const ModelConfig& config,
-                                                            const ModelOptions& options, at::ScalarType dtype);
+                                                            const ModelOptions& options, at::ScalarType dtype,
+                                                            TensorSelection which = TensorSelection::kAll);
 // The carried tensors (weights.carried), read from their source checkpoint as stored.
 absl::StatusOr<std::vector<std::pair<std::string, at::Tensor>>> CarriedHfTensors(const ModelWeights& weights);
 

@@ -93,8 +93,9 @@ absl::Status ValidateWeights(const ModelConfig& c, const ModelOptions& o, const 
     if (spec.expert) want[0] = E_local;
     if (auto s = CheckShape(spec.name, SlotTensor(mutable_w, spec), want); !s.ok()) return s;
   }
-  const int64_t V = c.vocab_size, H = c.hidden_size;
-  if (auto s = CheckShape("lm_head.weight", w.lm_head, {V, H}); !s.ok()) return s;
+  if (c.tie_word_embeddings && !w.lm_head.is_same(w.embed)) {
+    return absl::InvalidArgumentError("the output projection must be the embedding (tie_word_embeddings)");
+  }
   return absl::OkStatus();
 }
 
