@@ -106,7 +106,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   FTD_ASSIGN_OR_RETURN(d->scheduler_, Scheduler::Create(d->manager_.get(), options.scheduler));
   // Read at scrape time; /metrics (rest_) stops before the scheduler goes.
   d->metrics_->AddCollectable(std::make_shared<WorkerCapacityCollector>(&d->scheduler_->workers()));
-  d->worker_service_ = std::make_unique<WorkerServiceImpl>(d->scheduler_.get(), d->tokens_.get());
+  d->worker_service_ = std::make_unique<WorkerServiceImpl>(d->scheduler_.get(), d->tokens_.get(), d->api_.get());
   d->log_service_ = std::make_unique<JobLogServiceImpl>(d->scheduler_.get(), d->api_.get());
   builder.RegisterService(d->worker_service_.get());
   builder.RegisterService(d->log_service_.get());
@@ -145,7 +145,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   spdlog::info("ftd: gRPC{} on port {}, HTTP{} on port {}; replaying {}", tls ? "+TLS" : "",
                d->grpc_port_, d->rest_->tls() ? "S" : "", d->rest_->port(),
                options.data_dir + "/jobs.db");
-  // Running attempts wait for their workers to re-register (adoption), see scheduler.h.
+  // Running attempts await their workers (adoption, see scheduler.h); workers are served
+  // from SetReady on (WorkerServiceImpl), so their first heartbeat finds these attempts.
   FTD_ASSIGN_OR_RETURN(RecoveryReport report, d->scheduler_->Recover());
   spdlog::info("ftd: store replayed: {} jobs, {} events; {} requeued, {} cancelled", report.jobs,
                report.events, report.requeued, report.cancelled);

@@ -108,6 +108,8 @@ absl::StatusOr<FineTuneJob> JobManager::RecordProgress(const std::string& id,
           merged.set_eval_step(stored.eval_step());
           merged.set_eval_loss(stored.eval_loss());
         }
+        merged.set_step(progress.step());
+        merged.set_total_steps(progress.total_steps());
         *job.mutable_status()->mutable_progress() = progress;
         stored = merged;
         JobEvent event;

@@ -176,7 +176,13 @@ absl::StatusOr<ftd::v1::RegisterResponse> Scheduler::Register(
                request.name(), session, request.address(), slots,
                request.resources().gpus_size() > 0 ? "GPU" : "CPU", request.ranks_size(),
                was_known ? ", replacing its previous session" : "");
-  // The ranks it reports are handled like a heartbeat's (adoption happens there).
+  // The ranks it reports are handled as a first heartbeat without reports (adoption happens
+  // there; exits wait for the reports that precede them, see RankProcess.last_report_seq).
+  ftd::v1::HeartbeatRequest first;
+  first.set_name(request.name());
+  first.set_session_id(session);
+  *first.mutable_ranks() = request.ranks();
+  HeartbeatLocked(first, now).IgnoreError();
   ftd::v1::RegisterResponse response;
   response.set_session_id(session);
   response.set_heartbeat_interval_ms(
@@ -231,7 +237,11 @@ void Scheduler::ApplyReport(const ftd::v1::RankReport& report) {
 absl::StatusOr<ftd::v1::HeartbeatResponse> Scheduler::Heartbeat(
     const ftd::v1::HeartbeatRequest& request) {
   absl::MutexLock lock(&mu_);
-  const absl::Time now = absl::Now();
+  return HeartbeatLocked(request, absl::Now());
+}
+
+absl::StatusOr<ftd::v1::HeartbeatResponse> Scheduler::HeartbeatLocked(
+    const ftd::v1::HeartbeatRequest& request, absl::Time now) {
   if (!registry_.Touch(request.name(), request.session_id(), now)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "heartbeat: worker ", request.name(), " session ", request.session_id(),
@@ -269,7 +279,9 @@ absl::StatusOr<ftd::v1::HeartbeatResponse> Scheduler::Heartbeat(
     listed.insert({a->job_id, slot.rank});
     touched.insert(a->job_id);
     slot.seen = true;
-    if (p.state() == ftd::v1::RANK_EXITED) {
+    // An exit counts once the reports the rank produced before it have been applied; until
+    // then the rank is still finishing (its reports come with a later heartbeat).
+    if (p.state() == ftd::v1::RANK_EXITED && p.last_report_seq() <= acked) {
       if (!slot.exited) {
         slot.exited = true;
         slot.exit_code = p.exit_code();

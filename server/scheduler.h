@@ -110,6 +110,9 @@ class Scheduler {
       : manager_(manager), options_(std::move(options)) {}
 
   void Loop();
+  absl::StatusOr<ftd::v1::HeartbeatResponse> HeartbeatLocked(const ftd::v1::HeartbeatRequest& request,
+                                                             absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyReport(const ftd::v1::RankReport& report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Evaluate(Attempt& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void BeginStop(Attempt& a, Outcome outcome, ftd::v1::JobError error)

@@ -101,7 +101,20 @@ class SchedulerTest : public ::testing::Test {
     return p;
   }
 
+  // Rank 0's report of optimizer step `step` of `total`, numbered `seq`.
+  static ftd::v1::RankReport StepReport(const std::string& job, int64_t seq, int64_t step, int64_t total) {
+    ftd::v1::RankReport r;
+    r.set_seq(seq);
+    r.mutable_key()->set_job_id(job);
+    r.mutable_key()->set_rank(0);
+    r.mutable_step()->mutable_progress()->set_step(step);
+    r.mutable_step()->mutable_progress()->set_total_steps(total);
+    r.mutable_step()->mutable_metrics()->set_loss(10.0 / static_cast<double>(step));
+    return r;
+  }
+
   ftd::v1::FineTuneJob Job(const std::string& id) { return *store_->GetJob(id); }
+
 
   std::string dir_;
   EventHub hub_;
@@ -305,6 +318,60 @@ TEST_F(SchedulerTest, RestartAdoptsRunningAttempt) {
   Beat("a", {Proc(id, 0, 0, true)});
   Beat("b", {Proc(id, 0, 1, true)});
   EXPECT_EQ(Job(id).status().state(), ftd::v1::SUCCEEDED);
+}
+
+// The ranks finish while the coordinator is down: the workers register again with exited
+// ranks (a Register carries no reports) and send rank 0's last steps in the next heartbeat. The
+// job must not end before those steps are applied (it ended SUCCEEDED at the step of the last
+// report the old coordinator saw).
+TEST_F(SchedulerTest, RestartWithRanksExitedMeanwhileAppliesTheirReportsFirst) {
+  const std::string id = AddJob(2, 1);
+  Register("a", 1);
+  Register("b", 1);
+  sched_->Tick();
+  Beat("a", {Proc(id, 0, 0)});
+  Beat("b", {Proc(id, 0, 1)});
+  Beat("a", {Proc(id, 0, 0)}, {StepReport(id, 1, 4, 40)});
+  ASSERT_EQ(Job(id).status().progress().step(), 4);
+
+  OpenScheduler();  // the coordinator restarts; meanwhile both ranks finish all 40 steps
+  ASSERT_TRUE(sched_->Recover().ok());
+  ftd::v1::RankProcess r0 = Proc(id, 0, 0, /*exited=*/true);
+  r0.set_last_report_seq(40);  // its steps 5..40 are reports 5..40, not yet delivered
+  ftd::v1::RankProcess r1 = Proc(id, 0, 1, /*exited=*/true);
+  Register("b", 1, {r1});
+  Register("a", 1, {r0});
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::RUNNING) << "ended before rank 0's reports";
+  std::vector<ftd::v1::RankReport> steps;
+  for (int step = 5; step <= 40; ++step) steps.push_back(StepReport(id, step, step, 40));
+  auto resp = Beat("a", {r0}, steps);
+  EXPECT_EQ(resp.ack_seq(), 40);
+  ASSERT_EQ(resp.forget_size(), 1);  // the exit is recorded now
+  sched_->Tick();
+  const ftd::v1::FineTuneJob job = Job(id);
+  EXPECT_EQ(job.status().state(), ftd::v1::SUCCEEDED);
+  EXPECT_EQ(job.status().attempt(), 0);
+  EXPECT_EQ(job.status().progress().step(), 40);
+  EXPECT_EQ(job.status().metrics().step(), 40);
+}
+
+// A heartbeat whose report batch stops short of a rank's last report (the worker sends at most
+// kMaxReportsPerHeartbeat) leaves the exit for a later heartbeat.
+TEST_F(SchedulerTest, ExitWaitsForTheReportsBeforeIt) {
+  const std::string id = AddJob(1, 1);
+  Register("a", 1);
+  sched_->Tick();
+  Beat("a", {Proc(id, 0, 0)});
+  ftd::v1::RankProcess done = Proc(id, 0, 0, /*exited=*/true);
+  done.set_last_report_seq(3);
+  auto first = Beat("a", {done}, {StepReport(id, 1, 1, 3), StepReport(id, 2, 2, 3)});
+  EXPECT_EQ(first.forget_size(), 0);
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  auto second = Beat("a", {done}, {StepReport(id, 3, 3, 3)});
+  EXPECT_EQ(second.forget_size(), 1);
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::SUCCEEDED);
+  EXPECT_EQ(Job(id).status().progress().step(), 3);
 }
 
 TEST_F(SchedulerTest, LostWorkerFailsTheAttemptAndStopsTheGang) {
