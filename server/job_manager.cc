@@ -82,6 +82,8 @@ absl::StatusOr<FineTuneJob> JobManager::Transition(const std::string& id, JobSta
           status.set_attempt(status.attempt() + 1);
         }
         if (to != ftd::v1::QUEUED) status.set_queue_position(0);
+        // The runtime limit counts from the first placement, across requeues and restarts.
+        if (to == ftd::v1::STARTING && !status.has_start_time()) *status.mutable_start_time() = ToProtoTime(absl::Now());
         if (options.placement.has_value()) *status.mutable_placement() = *options.placement;
         if (options.error.has_value()) *status.mutable_error() = *options.error;
         if (!options.message.empty()) events.push_back(MessageEvent(options.message));

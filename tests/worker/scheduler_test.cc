@@ -49,7 +49,8 @@ class SchedulerTest : public ::testing::Test {
     return o;
   }
 
-  std::string AddJob(int nodes, int per_node, int priority = 0, int max_restarts = 0) {
+  std::string AddJob(int nodes, int per_node, int priority = 0, int max_restarts = 0,
+                     int64_t max_runtime_seconds = 0) {
     NewJob n;
     n.job.set_id(absl::StrCat("job-", ++next_id_));
     n.job.set_tenant("t");
@@ -57,6 +58,7 @@ class SchedulerTest : public ::testing::Test {
     n.job.mutable_spec()->mutable_resources()->set_gpus_per_node(per_node);
     n.job.mutable_spec()->mutable_scheduling()->set_priority(priority);
     n.job.mutable_spec()->mutable_scheduling()->set_max_restarts(max_restarts);
+    n.job.mutable_spec()->mutable_scheduling()->set_max_runtime_seconds(max_runtime_seconds);
     n.job.mutable_spec()->set_output("/tmp/out");
     n.job.mutable_status()->set_state(ftd::v1::QUEUED);
     *n.job.mutable_create_time() = ToProtoTime(absl::Now() + absl::Microseconds(next_id_));
@@ -115,6 +117,13 @@ class SchedulerTest : public ::testing::Test {
 
   ftd::v1::FineTuneJob Job(const std::string& id) { return *store_->GetJob(id); }
 
+  // Until the job's first start + max_runtime_seconds has passed.
+  void SleepPastDeadline(const std::string& id) {
+    const ftd::v1::FineTuneJob job = Job(id);
+    const absl::Time deadline = FromProtoTime(job.status().start_time()) +
+                                absl::Seconds(job.spec().scheduling().max_runtime_seconds());
+    absl::SleepFor(deadline - absl::Now() + absl::Milliseconds(50));
+  }
 
   std::string dir_;
   EventHub hub_;
@@ -289,6 +298,86 @@ TEST_F(SchedulerTest, StrictPriorityThenFifoWithoutPartialPlacement) {
   int busy = 0;
   for (const WorkerInfo& w : sched_->workers().Snapshot()) busy += w.busy_slots;
   EXPECT_EQ(busy, 3);
+}
+
+// spec.scheduling.max_runtime_seconds: the gang is stopped (the ranks save a checkpoint on
+// SIGTERM) and the job FAILS with DEADLINE_EXCEEDED, not requeued despite max_restarts.
+TEST_F(SchedulerTest, DeadlineStopsTheGangAndFailsTheJob) {
+  const std::string id = AddJob(1, 1, 0, /*max_restarts=*/3, /*max_runtime_seconds=*/3);
+  Register("a", 1);
+  sched_->Tick();
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::STARTING);
+  ASSERT_TRUE(Job(id).status().has_start_time());
+  Beat("a", {Proc(id, 0, 0)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  sched_->Tick();
+  EXPECT_EQ(Beat("a", {Proc(id, 0, 0)}).stop_size(), 0);  // not yet
+  SleepPastDeadline(id);
+  sched_->Tick();
+  auto r = Beat("a", {Proc(id, 0, 0)});
+  ASSERT_EQ(r.stop_size(), 1);
+  EXPECT_EQ(r.stop(0).ranks(0).job_id(), id);
+  // The rank saves a checkpoint at its step boundary and exits 1 (stopped by SIGTERM).
+  ftd::v1::RankReport ck;
+  ck.set_seq(1);
+  ck.mutable_key()->set_job_id(id);
+  ck.mutable_checkpoint()->set_step(7);
+  ck.mutable_checkpoint()->set_path("/tmp/out/checkpoint-7");
+  ftd::v1::RankProcess gone = Proc(id, 0, 0, /*exited=*/true, /*code=*/1);
+  gone.set_last_report_seq(1);
+  Beat("a", {gone}, {ck});
+  sched_->Tick();
+  const ftd::v1::FineTuneJob job = Job(id);
+  EXPECT_EQ(job.status().state(), ftd::v1::FAILED);
+  EXPECT_EQ(job.status().error().code(), "DEADLINE_EXCEEDED");
+  EXPECT_FALSE(job.status().error().retryable());
+  EXPECT_NE(job.status().error().message().find("last checkpoint /tmp/out/checkpoint-7"), std::string::npos)
+      << job.status().error().message();
+  EXPECT_EQ(job.status().attempt(), 0);
+}
+
+// The clock starts at the first placement and survives a coordinator restart and a requeue.
+TEST_F(SchedulerTest, DeadlineSurvivesRestartsAndRequeues) {
+  const std::string id = AddJob(1, 1, 0, /*max_restarts=*/3, /*max_runtime_seconds=*/5);
+  Register("a", 1);
+  sched_->Tick();
+  Beat("a", {Proc(id, 0, 0)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  const int64_t started = Job(id).status().start_time().seconds();
+
+  OpenScheduler();  // restart: the adopted attempt keeps the deadline of the first start
+  ASSERT_TRUE(sched_->Recover().ok());
+  Register("a", 1, {Proc(id, 0, 0)});
+  // The rank fails: requeued (attempt 1) and placed again, with the same start time.
+  Beat("a", {Proc(id, 0, 0, /*exited=*/true, /*code=*/1)});
+  sched_->Tick();
+  ASSERT_EQ(Job(id).status().attempt(), 1);
+  sched_->Tick();
+  Beat("a", {});
+  Beat("a", {Proc(id, 1, 0)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  EXPECT_EQ(Job(id).status().start_time().seconds(), started);
+  SleepPastDeadline(id);
+  sched_->Tick();
+  EXPECT_EQ(Beat("a", {Proc(id, 1, 0)}).stop_size(), 1);
+  Beat("a", {Proc(id, 1, 0, /*exited=*/true, /*code=*/1)});
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::FAILED);
+  EXPECT_EQ(Job(id).status().error().code(), "DEADLINE_EXCEEDED");
+}
+
+// A job requeued after a failure that runs out of time while waiting fails without starting.
+TEST_F(SchedulerTest, QueuedJobPastItsDeadlineFailsWithoutStarting) {
+  const std::string id = AddJob(1, 1, 0, /*max_restarts=*/3, /*max_runtime_seconds=*/3);
+  Register("a", 1);
+  sched_->Tick();
+  Beat("a", {Proc(id, 0, 0)});
+  Beat("a", {Proc(id, 0, 0, /*exited=*/true, /*code=*/1)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::QUEUED);
+  SleepPastDeadline(id);
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::FAILED);
+  EXPECT_EQ(Job(id).status().error().code(), "DEADLINE_EXCEEDED");
 }
 
 TEST_F(SchedulerTest, RestartAdoptsRunningAttempt) {
