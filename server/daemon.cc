@@ -16,7 +16,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
-#include "server/job_recovery.h"
 #include "server/worker_service.h"
 #include "server/metrics/grpc_metrics_interceptor.h"
 #include "server/metrics/metrics_endpoint.h"

@@ -105,7 +105,7 @@ class JobStore {
   virtual absl::StatusOr<std::vector<std::string>> JobIdsInStates(
       const std::vector<ftd::v1::JobState>& states) = 0;
 
-  // Counts for tests and the metrics issue: jobs and events stored.
+  // Jobs and events stored (startup report, tests).
   virtual absl::StatusOr<int64_t> CountJobs() = 0;
   virtual absl::StatusOr<int64_t> CountEvents() = 0;
 };

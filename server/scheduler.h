@@ -33,11 +33,18 @@
 #include "absl/time/time.h"
 #include "ftd/v1/worker.pb.h"
 #include "server/job_manager.h"
-#include "server/job_recovery.h"
 #include "server/scheduler_logs.h"
 #include "server/worker_registry.h"
 
 namespace ftd::server {
+
+// What Scheduler::Recover found in the store at start.
+struct RecoveryReport {
+  int requeued = 0;    // STARTING/RUNNING jobs never placed on a worker: back to QUEUED
+  int cancelled = 0;   // CANCELLING jobs never placed: CANCELLED
+  int64_t jobs = 0;    // jobs in the store
+  int64_t events = 0;  // events in the store
+};
 
 struct SchedulerOptions {
   absl::Duration tick = absl::Milliseconds(100);
