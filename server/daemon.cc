@@ -57,7 +57,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
 
   ValidatorConfig vc;
   vc.model_roots = options.model_roots;
+  vc.shared_model_roots = options.shared_model_roots;
   vc.data_roots = options.data_roots;
+  vc.webhook_allow = options.webhook_allow;
   vc.output_roots = options.output_roots;
   if (vc.output_roots.empty()) {
     const std::string outputs = options.data_dir + "/outputs";

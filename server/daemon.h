@@ -32,9 +32,13 @@ struct DaemonOptions {
   std::string tokens_file;
   std::string tls_cert_file;  // PEM; with tls_key_file: gRPC and HTTP both use TLS
   std::string tls_key_file;
+  // Tenant T's paths lie in <root>/T/ of these; shared model roots are readable by every tenant.
   std::vector<std::string> model_roots;
+  std::vector<std::string> shared_model_roots;
   std::vector<std::string> data_roots;
   std::vector<std::string> output_roots;  // empty: <data_dir>/outputs
+  // spec.webhook_url: allowed destinations (HOST or HOST:PORT; empty: webhooks refused).
+  std::vector<std::string> webhook_allow;
   ValidationLimits limits;
   int64_t max_request_bytes = 1 << 20;
   int http_threads = 64;

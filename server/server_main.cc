@@ -26,10 +26,15 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--tls-cert", options.tls_cert_file, "PEM certificate chain (with --tls-key)");
   app.add_option("--tls-key", options.tls_key_file, "PEM private key (with --tls-cert)");
-  app.add_option("--model-root", options.model_roots, "base models must lie under one of these");
-  app.add_option("--data-root", options.data_roots, "datasets must lie under one of these");
+  app.add_option("--model-root", options.model_roots,
+                 "tenant T's base models must lie under ROOT/T/ of one of these");
+  app.add_option("--shared-model-root", options.shared_model_roots,
+                 "base models every tenant may read (never written: no output may lie there)");
+  app.add_option("--data-root", options.data_roots, "tenant T's datasets must lie under ROOT/T/ of one of these");
   app.add_option("--output-root", options.output_roots,
-                 "outputs must lie under one of these (default: DATA_DIR/outputs)");
+                 "tenant T's outputs must lie under ROOT/T/ of one of these (default: DATA_DIR/outputs)");
+  app.add_option("--webhook-allow", options.webhook_allow,
+                 "HOST or HOST:PORT that spec.webhook_url may name (none: webhooks are refused)");
   app.add_option("--max-world-size", options.limits.max_world_size)->capture_default_str();
   app.add_option("--max-seq-len", options.limits.max_seq_len)->capture_default_str();
   app.add_option("--max-request-bytes", options.max_request_bytes)->capture_default_str();
