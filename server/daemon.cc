@@ -81,6 +81,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                                                                    &d->metrics_->registry(),
                                                                    options.job_metrics));
   d->api_ = std::make_unique<JobApi>(d->manager_.get(), d->validator_.get(), d->tokens_.get());
+  FTD_ASSIGN_OR_RETURN(d->webhooks_, WebhookNotifier::Create(options.webhooks, d->manager_.get(), d->validator_.get()));
+  d->api_->SetWebhookTenantCheck([w = d->webhooks_.get()](const std::string& tenant) { return w->CheckTenant(tenant); });
+  d->webhooks_->Start();
 
   // gRPC: JobService, health (NOT_SERVING until replayed) and reflection.
   grpc::EnableDefaultHealthCheckService(true);
@@ -177,6 +180,7 @@ void Daemon::Shutdown(absl::Duration grace) {
   if (api_ != nullptr) api_->SetReady(false);
   if (local_worker_ != nullptr) local_worker_->Stop(absl::Seconds(15));  // stops its ranks
   if (scheduler_ != nullptr) scheduler_->Stop();
+  if (webhooks_ != nullptr) webhooks_->Stop();
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
     grpc_server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));
