@@ -232,7 +232,8 @@ absl::StatusOr<int> HttpPost(const std::string& url, const std::vector<std::pair
     }
     head.append(buf, static_cast<size_t>(n));
   }
-  std::vector<absl::string_view> parts = absl::StrSplit(head.substr(0, head.find("\r\n")), ' ');
+  const std::string status_line = head.substr(0, head.find("\r\n"));
+  std::vector<absl::string_view> parts = absl::StrSplit(status_line, ' ');
   int status = 0;
   if (parts.size() < 2 || !absl::StartsWith(parts[0], "HTTP/1.") || !absl::SimpleAtoi(parts[1], &status)) {
     return absl::UnavailableError(absl::StrCat(u.host, ":", u.port, " answered something other than HTTP/1.x"));
