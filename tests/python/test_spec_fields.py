@@ -6,19 +6,10 @@ import subprocess
 
 import pytest
 
-from conftest import binary
 
 BASE = {"base_model": "/nonexistent/model", "datasets": {"train": "/nonexistent/train.jsonl"},
         "output": "/nonexistent/out", "hyperparameters": {"max_steps": 1, "global_batch": 1, "micro_batch": 1,
                                                           "seq_len": 8, "lr": 1e-4}}
-
-
-@pytest.fixture(scope="module")
-def engine():
-    p = binary("ftd-train")
-    if not p.exists():
-        pytest.skip(f"{p} is not built")
-    return p
 
 
 def train(engine, tmp_path, **override):
@@ -44,16 +35,16 @@ def train(engine, tmp_path, **override):
     ("parallelism__zero_stage", 3, "parallelism.zero_stage 3 is not supported"),
     ("parallelism__zero_stage", 1, "parallelism.zero_stage 1 is not supported"),
 ])
-def test_unimplemented_settings_are_refused_by_name(engine, tmp_path, field, value, message):
-    res = train(engine, tmp_path, **{field: value})
+def test_unimplemented_settings_are_refused_by_name(ftd_train, tmp_path, field, value, message):
+    res = train(ftd_train, tmp_path, **{field: value})
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
     assert message in res.stderr, res.stderr
     assert "step 1/" not in res.stdout  # nothing trained
 
 
-def test_the_implemented_values_pass_the_spec_check(engine, tmp_path):
+def test_the_implemented_values_pass_the_spec_check(ftd_train, tmp_path):
     # Past the spec (which accepts them), the run fails on the missing model instead.
-    res = train(engine, tmp_path, method="full", backends__attention="sdpa", backends__experts="grouped_mm",
+    res = train(ftd_train, tmp_path, method="full", backends__attention="sdpa", backends__experts="grouped_mm",
                 backends__dispatcher="alltoall", parallelism__zero_stage=2)
     assert res.returncode != 0
     assert "not supported" not in res.stderr and "not selectable" not in res.stderr, res.stderr

@@ -141,6 +141,9 @@ class Cluster:
     def job(self, job_id):
         return self.call("GET", f"/v1/jobs/{job_id}")
 
+    def step(self, job_id):
+        return int(self.job(job_id)["status"].get("progress", {}).get("step", 0))
+
     def state(self, job_id):
         return self.job(job_id)["status"]["state"]
 
@@ -195,6 +198,16 @@ def cluster(tmp_path, service_bins, engine, assets):
 LONG_GATE = "real"
 
 STEP_RE = re.compile(r"step (\d+)/(\d+) loss ([0-9.eE+-]+)")
+
+
+def running_job(cluster, out, steps, every, min_step):
+    """A 4-rank job on workers w1 and w2 (started here), once it has made `min_step` steps."""
+    cluster.start_worker("w1")
+    cluster.start_worker("w2")
+    job_id = cluster.submit(job_spec(cluster.assets, cluster.out(out), steps=steps, every=every, gate=LONG_GATE))
+    cluster.wait_state(job_id, "RUNNING")
+    wait_for(f"step {min_step}", lambda: cluster.step(job_id) >= min_step)
+    return job_id
 
 
 def step_losses(text):
@@ -337,12 +350,7 @@ def test_sigkill_worker_resumes_from_checkpoint(cluster, engine):
 
 
 def test_cancel_stops_every_rank_within_10s(cluster):
-    cluster.start_worker("w1")
-    cluster.start_worker("w2")
-    job_id = cluster.submit(job_spec(cluster.assets, cluster.out("out-cancel"), steps=2000, every=1000,
-                                                 gate=LONG_GATE))
-    cluster.wait_state(job_id, "RUNNING")
-    wait_for("a step", lambda: int(cluster.job(job_id)["status"].get("progress", {}).get("step", 0)) >= 1)
+    job_id = running_job(cluster, "out-cancel", steps=2000, every=1000, min_step=1)
     pids = cluster.rank_pids(job_id)
     assert len(pids) == 4, pids
     t0 = time.monotonic()
@@ -355,14 +363,9 @@ def test_cancel_stops_every_rank_within_10s(cluster):
 
 
 def test_coordinator_restart_adopts_running_job(cluster):
-    cluster.start_worker("w1")
-    cluster.start_worker("w2")
     # Long enough that the ranks are still training a second after the coordinator died.
     steps = 300
-    job_id = cluster.submit(job_spec(cluster.assets, cluster.out("out-restart"), steps=steps, every=100,
-                                     gate=LONG_GATE))
-    cluster.wait_state(job_id, "RUNNING")
-    wait_for("a step", lambda: int(cluster.job(job_id)["status"].get("progress", {}).get("step", 0)) >= 2)
+    job_id = running_job(cluster, "out-restart", steps=steps, every=100, min_step=2)
     pids = cluster.rank_pids(job_id)
     assert len(pids) == 4
     cluster.ftd.send_signal(signal.SIGKILL)
@@ -410,14 +413,9 @@ def test_ranks_that_finish_while_the_coordinator_is_down_keep_their_progress(clu
     # The ranks train to the end while no coordinator runs; the workers then register again
     # with exited ranks (a register carries no reports) and deliver the steps afterwards. The
     # job must end with the last step's progress, not with what the old coordinator saw.
-    cluster.start_worker("w1")
-    cluster.start_worker("w2")
     steps = 12
-    job_id = cluster.submit(job_spec(cluster.assets, cluster.out("out-offline"), steps=steps, every=6,
-                                     gate=LONG_GATE))
-    cluster.wait_state(job_id, "RUNNING")
-    wait_for("a step", lambda: int(cluster.job(job_id)["status"].get("progress", {}).get("step", 0)) >= 1)
-    seen = int(cluster.job(job_id)["status"]["progress"]["step"])
+    job_id = running_job(cluster, "out-offline", steps=steps, every=6, min_step=1)
+    seen = cluster.step(job_id)
     cluster.ftd.send_signal(signal.SIGKILL)
     cluster.ftd.wait()
     wait_for("the ranks to finish without a coordinator", lambda: cluster.rank_pids(job_id) == [], timeout=180)
