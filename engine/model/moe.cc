@@ -116,14 +116,14 @@ at::Tensor ExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights,
 }
 
 MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& c, GateMode gate,
-                   const ExpertDispatch& dispatch, bool save_expert_activation) {
+                   bool save_expert_activation) {
   const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
   at::Tensor flat = x.reshape({B * S, H});
   Routing routing = Route(flat, w.router, c, gate);
   Permutation perm = PermuteByExpert(routing, c.num_experts);
   const int64_t k = routing.experts.size(1);
   const bool fused = perm.order.defined();  // CUDA: gather and k-way sum kernels, each the other's backward
-  if (fused && !dispatch && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
+  if (fused && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
     // One op from gather to k-way sum, saving only h for backward (engine/model/expert_mlp.h).
     at::Tensor out = ExpertMlpRecompute(flat, perm.order, perm.inverse, perm.weights, perm.counts, w.gate_up, w.down, k,
                                         save_expert_activation);
@@ -131,8 +131,7 @@ MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& 
   }
   at::Tensor rows = fused ? kernels::PermuteRows(flat, perm.order, perm.inverse, k)
                           : flat.index_select(0, perm.token_index);  // [T*k, H]
-  at::Tensor y = dispatch ? dispatch(rows, perm.weights, perm.counts, w)
-                          : ExpertsForward(rows, perm.weights, perm.counts, w);
+  at::Tensor y = ExpertsForward(rows, perm.weights, perm.counts, w);
   at::Tensor out = fused ? kernels::UnpermuteSum(y, perm.order, perm.inverse, k)
                          : at::zeros_like(flat).index_add(0, perm.token_index, y);
   return {out.view({B, S, H}), routing.logits, perm.counts};

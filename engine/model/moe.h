@@ -52,11 +52,6 @@ at::Tensor GroupedMatmul(const at::Tensor& rows, const at::Tensor& w, const at::
 at::Tensor ExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights, const at::Tensor& counts,
                           const MoeWeights& w);
 
-// Sends grouped rows to the experts and brings their outputs back; the default runs the local
-// experts. Expert parallelism substitutes an all-to-all exchange here.
-using ExpertDispatch = std::function<at::Tensor(const at::Tensor& rows, const at::Tensor& row_weights,
-                                                const at::Tensor& counts, const MoeWeights& w)>;
-
 // Token-level form of the dispatch: the layer's tokens [T, H] (each once) and their routing in,
 // the combined expert output [T, H] out. Expert parallelism uses it to send each token once per
 // destination rank and expand it to its experts there.
@@ -68,9 +63,10 @@ struct MoeOutput {
   at::Tensor expert_counts;  // [E] tokens routed to each expert
 };
 
+// This rank's experts on all of the layer's tokens (no expert parallelism).
 // save_expert_activation: see ExpertMlpRecompute (engine/model/expert_mlp.h).
 MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& config, GateMode gate,
-                   const ExpertDispatch& dispatch, bool save_expert_activation = false);
+                   bool save_expert_activation = false);
 
 // MoeBlock with a token-level dispatch in place of permute -> experts -> unpermute.
 MoeOutput MoeBlockByToken(const at::Tensor& x, const MoeWeights& w, const ModelConfig& config, GateMode gate,

@@ -167,8 +167,7 @@ ResidualStream MoeTransformer::Layer(int64_t index, const ResidualStream& in, co
   auto [normed, x] = AddRmsNorm(attn, h, L.post_attn_norm, config_.rms_norm_eps);  // x = h + attn
   if (!L.is_moe) return {x, DenseMlp(normed, L.mlp)};
   MoeOutput moe = token_dispatch_ ? MoeBlockByToken(normed, L.moe, config_, options_.gate, token_dispatch_)
-                                  : MoeBlock(normed, L.moe, config_, options_.gate, dispatch_,
-                                             options_.save_expert_activation);
+                                  : MoeBlock(normed, L.moe, config_, options_.gate, options_.save_expert_activation);
   if (router_logits) router_logits->push_back(moe.router_logits);
   if (counts) counts->push_back(moe.expert_counts);
   return {x, moe.out};  // the next norm adds them

@@ -93,8 +93,7 @@ class MoeTransformer {
   const ModelOptions& options() const { return options_; }
   ModelWeights& weights() { return weights_; }
   std::vector<NamedParam> Parameters() { return ListParameters(weights_); }
-  void SetExpertDispatch(ExpertDispatch dispatch) { dispatch_ = std::move(dispatch); }
-  // Token-level dispatch (expert parallelism); when set it replaces the expert dispatch.
+  // Token-level dispatch (expert parallelism); when set it replaces MoeBlock's local experts.
   void SetTokenDispatch(TokenDispatch dispatch) { token_dispatch_ = std::move(dispatch); }
   // The input embedding's lookup (table, ids) -> [.., H], in place of at::embedding: the
   // optimizer's AdamW::EmbeddingLookup updates the table inside its backward. Ignored when the
@@ -113,7 +112,6 @@ class MoeTransformer {
   ModelWeights weights_;
   at::Tensor inv_freq_;
   double rope_scaling_ = 1.0;
-  ExpertDispatch dispatch_;
   TokenDispatch token_dispatch_;
   EmbeddingLookup embedding_lookup_;
 };

@@ -33,9 +33,17 @@ struct TrainSpec {
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   uint64_t seed = 0;
   int64_t ep_size = 1;
-  int64_t zero_stage = 0;
+  // parallelism.zero_stage: 2 (0 in a spec means unset: 2). The trainer shards the dense
+  // parameters' gradients and optimizer state over the world (ZeRO-2); other stages are refused.
+  int64_t zero_stage = 2;
   bool activation_checkpointing = false;
   std::string gate = "real";    // backends.gate: real | balanced (tests: skew_first_k | skew_lower_half)
+  // method and backends.{attention, experts, dispatcher}: the one implementation of each that
+  // exists; any other value is refused (ParseTrainSpec) rather than silently ignored.
+  std::string method = "full";
+  std::string attention = "sdpa";
+  std::string experts = "grouped_mm";
+  std::string dispatcher = "alltoall";
   int64_t checkpoint_every = 0; // checkpointing.every_n_steps (0: only at the end)
   int64_t keep_last = 0;        // checkpointing.keep_last (0: keep all)
   std::string precision = "auto";  // auto | compact | fp32_master | bf16_pure (common/precision_policy.h)
