@@ -64,7 +64,7 @@ std::map<std::string, Consumer> Consumers() {
         "hyperparameters.warmup_steps", "hyperparameters.weight_decay", "hyperparameters.grad_clip",
         "hyperparameters.seed", "hyperparameters.eval_every", "parallelism.ep_size", "parallelism.zero_stage",
         "parallelism.activation_checkpointing", "backends.attention", "backends.experts", "backends.dispatcher",
-        "backends.gate", "checkpointing.every_n_steps", "checkpointing.keep_last", "output"}) {
+        "backends.gate", "checkpointing.every_n_steps", "checkpointing.keep_last", "output", "precision"}) {
     c[f] = Engine(f);
   }
   // The scheduler: gang size and placement, queue order, restarts, the runtime limit.

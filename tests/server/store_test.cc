@@ -404,13 +404,13 @@ TEST_F(ValidatorTest, GradClipAndPrecisionDefaults) {
   ftd::v1::JobSpec spec = ftd::testing::ValidSpec(env_);
   spec.mutable_hyperparameters()->clear_grad_clip();
   std::vector<std::string> notes;
-  ASSERT_TRUE(validator_->ValidateAndNormalize(&spec, &notes).ok());
+  ASSERT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &spec, &notes).ok());
   EXPECT_TRUE(spec.hyperparameters().has_grad_clip());
   EXPECT_EQ(spec.hyperparameters().grad_clip(), 1.0);
   EXPECT_EQ(spec.precision(), "auto");
   spec = ftd::testing::ValidSpec(env_);
   spec.mutable_hyperparameters()->set_grad_clip(0.0);
-  ASSERT_TRUE(validator_->ValidateAndNormalize(&spec, &notes).ok());
+  ASSERT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &spec, &notes).ok());
   EXPECT_EQ(spec.hyperparameters().grad_clip(), 0.0);
   std::string json;
   google::protobuf::util::JsonPrintOptions o;
