@@ -27,6 +27,18 @@ const char* CommBackendName(CommBackend backend) { return backend == CommBackend
 
 namespace {
 
+// c10d's flight recorder (on by default, 2000 entries) records every collective into a process-wide
+// singleton whose per-group status map is written without its lock: ranks that share a process
+// (threads in tests) crash in it, and no one here reads its traces. Off unless the operator asks
+// for it (TORCH_FR_BUFFER_SIZE / TORCH_NCCL_TRACE_BUFFER_SIZE). Set while loading, before any thread
+// or process group exists: setenv is not safe beside other threads' getenv.
+const bool kFlightRecorderOffByDefault = [] {
+  if (std::getenv("TORCH_FR_BUFFER_SIZE") == nullptr && std::getenv("TORCH_NCCL_TRACE_BUFFER_SIZE") == nullptr) {
+    ::setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
+  }
+  return true;
+}();
+
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Rendezvous(const DistEnv& env, std::chrono::milliseconds timeout) {
   try {
     if (!env.store_file.empty()) {

@@ -88,8 +88,8 @@ void RunRanks(const RanksOptions& options, const std::function<void(int rank, Pr
   for (int r = 0; r < world; ++r) {
     if (!errors[r].empty()) ADD_FAILURE() << "rank " << r << " of " << world << ": " << errors[r];
   }
-  std::error_code ignored;
-  std::filesystem::remove_all(dir, ignored);
+  // RemoveTree, not std::filesystem::remove_all: libtorch.so's exported copy crashes here.
+  if (absl::Status st = RemoveTree(dir); !st.ok()) ADD_FAILURE() << st;
 }
 
 }  // namespace ftd::engine::testing
