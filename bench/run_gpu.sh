@@ -7,8 +7,8 @@
 # Knobs: GATES="real balanced"; KERNEL_BENCH=1 runs ftd-kernel-bench; PROFILE=1 adds a per-kernel
 # profile of one step of each ftd run ($OUT/profile-L-gate.txt); VARIANTS="name:args|name:args"
 # runs extra ftd-bench configurations (real gate) after the main ones; SKIP_TESTS=1;
-# FTD_BENCH_ARGS (default --cuda-graph: the step replayed from CUDA graphs; set it empty for the
-# eager step).
+# FTD_BENCH_ARGS: extra ftd-bench arguments (e.g. --no-cuda-graph, --grad-clip 0,
+# --precision bf16_pure). bench/run_service_gpu.sh measures the service path itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/ftd-gpu}
@@ -55,7 +55,7 @@ for L in $LAYERS; do
     prof=()
     [ "${PROFILE:-0}" = 1 ] && prof=(--profile "$OUT/profile-$L-$gate.txt")
     "$BUILD/bin/ftd-bench" --model "$init" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --gate "$gate" \
-      ${FTD_BENCH_ARGS---cuda-graph} "${prof[@]}" 2>"$OUT/ftd-$L-$gate.err" | tail -1 | tee "$OUT/ftd-$L-$gate.json"
+      ${FTD_BENCH_ARGS:-} "${prof[@]}" 2>"$OUT/ftd-$L-$gate.err" | tail -1 | tee "$OUT/ftd-$L-$gate.json"
   done
   if [ -n "${VARIANTS:-}" ]; then
     IFS='|' read -ra vs <<<"$VARIANTS"

@@ -56,7 +56,8 @@ class Coordinator:
         self.out = open(os.path.join(work, "ftd.out"), "w")
         self.proc = subprocess.Popen(
             [f"{bin_dir}/ftd", "--data-dir", f"{work}/ftd", "--tokens-file", tokens, "--grpc-listen", "127.0.0.1:0",
-             "--http-listen", "127.0.0.1:0", "--model-root", work, "--data-root", work, "--output-root", work,
+             "--http-listen", "127.0.0.1:0", "--shared-model-root", f"{work}/models", "--data-root", f"{work}/datasets",
+             "--output-root", f"{work}/outputs",
              "--local-worker", "--local-worker-slots", "1"],
             stdout=self.out, stderr=open(os.path.join(work, "ftd.log"), "w"))
         for _ in range(300):
@@ -159,19 +160,22 @@ def main():
     a = p.parse_args()
     work = os.path.join("/tmp", "ftd-service-work")
     subprocess.run(["rm", "-rf", work])
-    os.makedirs(work)
+    # The roots: base models shared read-only, data and outputs in the tenant's namespace.
+    models, data_dir, outputs = (os.path.join(work, d) for d in ("models", "datasets/default", "outputs/default"))
+    for d in (models, data_dir, outputs):
+        os.makedirs(d)
     coord = Coordinator(a.bin, work)
     rows = []
     try:
         for L in a.layers:
-            init = os.path.join(work, f"init-{L}")
+            init = os.path.join(models, f"init-{L}")
             hf = run([sys.executable, "bench/hf_v5_baseline.py", "--layers", L, "--seq", a.seq, "--steps",
                       a.hf_steps, "--warmup", WARMUP, "--save-init", init], f"{a.out}/hf-{L}.err")
             hf = last_json(hf.stdout) or {}
             log(f"HF v5, {L} layers: {json.dumps(hf)}")
             # The baseline's input every step: torch.randint(0, V, (1, S), generator seed 1234).
             ids = torch.randint(0, 151936, (1, a.seq), generator=torch.Generator().manual_seed(1234))[0].tolist()
-            data = os.path.join(work, f"data-{L}.jsonl")
+            data = os.path.join(data_dir, f"data-{L}.jsonl")
             with open(data, "w") as f:
                 for _ in range(a.steps):
                     f.write(json.dumps({"input_ids": ids}) + "\n")
@@ -179,7 +183,7 @@ def main():
             for clip in (1.0, 0.0):
                 name = f"service-{L}-clip{clip:g}"
                 spec = {"base_model": init, "datasets": {"train": data, "format": "jsonl_tokens"},
-                        "output": os.path.join(work, name),
+                        "output": os.path.join(outputs, name),
                         "hyperparameters": {"max_steps": a.steps, "global_batch": 1, "micro_batch": 1,
                                             "seq_len": a.seq, "lr": 1e-5, "schedule": "constant",
                                             "grad_clip": clip},

@@ -194,8 +194,11 @@ std::string EventDetail(const JobEvent& e) {
     }
     case JobEvent::kMetrics: {
       const auto& m = e.metrics();
-      return absl::StrFormat("loss %.4f, %s tok/s/GPU, MFU %.1f%%, step %.2fs", m.loss(),
-                             HumanCount(m.tokens_per_second_per_gpu()), 100 * m.mfu(), m.step_seconds());
+      std::string d = m.step() > 0 ? absl::StrCat("step ", m.step(), m.total_steps() > 0 ? absl::StrCat("/", m.total_steps()) : "", ": ")
+                                   : "";
+      absl::StrAppend(&d, absl::StrFormat("loss %.4f, %s tok/s/GPU, MFU %.1f%%, step time %.2fs", m.loss(),
+                                          HumanCount(m.tokens_per_second_per_gpu()), 100 * m.mfu(), m.step_seconds()));
+      return d;
     }
     case JobEvent::kMessage: return OneLine(e.message());
     case JobEvent::kCheckpoint: return absl::StrCat("step ", e.checkpoint().step(), ": ", e.checkpoint().path());
@@ -289,7 +292,6 @@ int WatchJob(Cli& cli, Connection* c, const std::string& id) {
   render(true);
 
   int64_t last_seq = 0;
-  absl::Time last_refresh = absl::InfinitePast();
   int reconnects = 0;
   for (;;) {
     auto ctx = c->NewContext(/*streaming=*/true);
@@ -310,13 +312,10 @@ int WatchJob(Cli& cli, Connection* c, const std::string& id) {
         }
         case JobEvent::kMetrics:
           *current.mutable_metrics() = ev.metrics();
-          // Metric events carry no step: refresh the progress from the job, at most twice a second.
-          if (absl::Now() - last_refresh > absl::Milliseconds(500)) {
-            if (absl::StatusOr<FineTuneJob> j = GetJob(c, id); j.ok()) {
-              *current.mutable_progress() = j->status().progress();
-              current.set_state(j->status().state() == JobState::RUNNING ? JobState::RUNNING : current.state());
-            }
-            last_refresh = absl::Now();
+          // Each sample names its own step: the line shows that step with that sample's numbers.
+          if (ev.metrics().step() > 0) current.mutable_progress()->set_step(ev.metrics().step());
+          if (ev.metrics().total_steps() > 0) {
+            current.mutable_progress()->set_total_steps(ev.metrics().total_steps());
           }
           break;
         case JobEvent::kMessage:

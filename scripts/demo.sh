@@ -13,10 +13,12 @@ cmake -S . -B "$BUILD_DIR" -G Ninja >/dev/null
 cmake --build "$BUILD_DIR" -j "$(nproc)" --target ftd-train ftd ftd-worker ftctl
 bin="$(cd "$BUILD_DIR/bin" && pwd)"
 
-rm -rf "$WORK" && mkdir -p "$WORK"
-"$bin/ftd-train" init-model --preset tiny --seed 0 --dtype fp32 --out "$WORK/base"
+rm -rf "$WORK" && mkdir -p "$WORK/models" "$WORK/datasets/demo" "$WORK/outputs"
+# Tenant "demo": its datasets and outputs lie in its namespaces (datasets/demo/, outputs/demo/);
+# the base model in the operator's shared, read-only model root.
+"$bin/ftd-train" init-model --preset tiny --seed 0 --dtype fp32 --out "$WORK/models/base"
 # The bundled dataset: deterministic token sequences (a cyclic pattern the model can learn).
-python3 - "$WORK/train.jsonl" <<'PY'
+python3 - "$WORK/datasets/demo/train.jsonl" <<'PY'
 import json, random, sys
 rng = random.Random(0)
 with open(sys.argv[1], "w") as f:
@@ -32,7 +34,8 @@ chmod 600 "$WORK/tokens"
 GPUS=$(nvidia-smi -L 2>/dev/null | wc -l || true)
 RANKS=$(( GPUS > 0 ? GPUS : 2 ))
 "$bin/ftd" --data-dir "$WORK/ftd" --tokens-file "$WORK/tokens" --grpc-listen 127.0.0.1:0 \
-  --http-listen 127.0.0.1:0 --model-root "$WORK" --data-root "$WORK" --output-root "$WORK" \
+  --http-listen 127.0.0.1:0 --shared-model-root "$WORK/models" --data-root "$WORK/datasets" \
+  --output-root "$WORK/outputs" \
   --local-worker --local-worker-slots "$RANKS" >"$WORK/ftd.out" 2>"$WORK/ftd.log" &
 FTD_PID=$!
 trap 'kill $FTD_PID 2>/dev/null; wait $FTD_PID 2>/dev/null || true' EXIT
@@ -44,9 +47,9 @@ auth=(-H "Authorization: Bearer $USER_TOKEN")
 echo "ftd is up: REST $API (log $WORK/ftd.log), local worker with $RANKS slots"
 
 cat > "$WORK/job.yaml" <<YAML
-base_model: $WORK/base
-datasets: {train: $WORK/train.jsonl}
-output: $WORK/out
+base_model: $WORK/models/base
+datasets: {train: $WORK/datasets/demo/train.jsonl}
+output: $WORK/outputs/demo/out
 hyperparameters: {max_steps: 30, global_batch: 8, micro_batch: 4, seq_len: 48, lr: 3.0e-3,
                   schedule: cosine, warmup_steps: 3, weight_decay: 0.01, grad_clip: 1.0, seed: 0}
 resources: {nodes: 1, gpus_per_node: $RANKS}

@@ -16,7 +16,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
-#include "server/job_recovery.h"
 #include "server/openapi_endpoint.h"
 #include "server/worker_service.h"
 #include "server/metrics/grpc_metrics_interceptor.h"
@@ -59,7 +58,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
 
   ValidatorConfig vc;
   vc.model_roots = options.model_roots;
+  vc.shared_model_roots = options.shared_model_roots;
   vc.data_roots = options.data_roots;
+  vc.webhook_allow = options.webhook_allow;
   vc.output_roots = options.output_roots;
   if (vc.output_roots.empty()) {
     const std::string outputs = options.data_dir + "/outputs";
@@ -81,6 +82,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
                                                                    &d->metrics_->registry(),
                                                                    options.job_metrics));
   d->api_ = std::make_unique<JobApi>(d->manager_.get(), d->validator_.get(), d->tokens_.get());
+  FTD_ASSIGN_OR_RETURN(d->webhooks_, WebhookNotifier::Create(options.webhooks, d->manager_.get(), d->validator_.get()));
+  d->api_->SetWebhookTenantCheck([w = d->webhooks_.get()](const std::string& tenant) { return w->CheckTenant(tenant); });
+  d->webhooks_->Start();
 
   // gRPC: JobService, health (NOT_SERVING until replayed) and reflection.
   grpc::EnableDefaultHealthCheckService(true);
@@ -107,7 +111,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   FTD_ASSIGN_OR_RETURN(d->scheduler_, Scheduler::Create(d->manager_.get(), options.scheduler));
   // Read at scrape time; /metrics (rest_) stops before the scheduler goes.
   d->metrics_->AddCollectable(std::make_shared<WorkerCapacityCollector>(&d->scheduler_->workers()));
-  d->worker_service_ = std::make_unique<WorkerServiceImpl>(d->scheduler_.get(), d->tokens_.get());
+  d->worker_service_ = std::make_unique<WorkerServiceImpl>(d->scheduler_.get(), d->tokens_.get(), d->api_.get());
   d->log_service_ = std::make_unique<JobLogServiceImpl>(d->scheduler_.get(), d->api_.get());
   builder.RegisterService(d->worker_service_.get());
   builder.RegisterService(d->log_service_.get());
@@ -147,7 +151,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   spdlog::info("ftd: gRPC{} on port {}, HTTP{} on port {}; replaying {}", tls ? "+TLS" : "",
                d->grpc_port_, d->rest_->tls() ? "S" : "", d->rest_->port(),
                options.data_dir + "/jobs.db");
-  // Running attempts wait for their workers to re-register (adoption), see scheduler.h.
+  // Running attempts await their workers (adoption, see scheduler.h); workers are served
+  // from SetReady on (WorkerServiceImpl), so their first heartbeat finds these attempts.
   FTD_ASSIGN_OR_RETURN(RecoveryReport report, d->scheduler_->Recover());
   spdlog::info("ftd: store replayed: {} jobs, {} events; {} requeued, {} cancelled", report.jobs,
                report.events, report.requeued, report.cancelled);
@@ -177,6 +182,7 @@ void Daemon::Shutdown(absl::Duration grace) {
   if (api_ != nullptr) api_->SetReady(false);
   if (local_worker_ != nullptr) local_worker_->Stop(absl::Seconds(15));  // stops its ranks
   if (scheduler_ != nullptr) scheduler_->Stop();
+  if (webhooks_ != nullptr) webhooks_->Stop();
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
     grpc_server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));

@@ -22,6 +22,7 @@
 #include "server/spec_validator.h"
 #include "server/sqlite_job_store.h"
 #include "server/token_registry.h"
+#include "server/webhook_notifier.h"
 
 namespace ftd::server {
 
@@ -32,9 +33,15 @@ struct DaemonOptions {
   std::string tokens_file;
   std::string tls_cert_file;  // PEM; with tls_key_file: gRPC and HTTP both use TLS
   std::string tls_key_file;
+  // Tenant T's paths lie in <root>/T/ of these; shared model roots are readable by every tenant.
   std::vector<std::string> model_roots;
+  std::vector<std::string> shared_model_roots;
   std::vector<std::string> data_roots;
   std::vector<std::string> output_roots;  // empty: <data_dir>/outputs
+  // spec.webhook_url: allowed destinations (HOST or HOST:PORT; empty: webhooks refused) and
+  // delivery settings, the tenants' secrets among them (webhook_notifier.h).
+  std::vector<std::string> webhook_allow;
+  WebhookOptions webhooks;
   ValidationLimits limits;
   int64_t max_request_bytes = 1 << 20;
   int http_threads = 64;
@@ -85,6 +92,7 @@ class Daemon {
   EventHub hub_;
   std::unique_ptr<JobManager> manager_;
   std::unique_ptr<JobMetricsExporter> job_metrics_;  // before hub_ and store_ go
+  std::unique_ptr<WebhookNotifier> webhooks_;        // likewise
   std::unique_ptr<JobApi> api_;
   std::unique_ptr<GrpcJobService> grpc_service_;
   std::unique_ptr<Scheduler> scheduler_;

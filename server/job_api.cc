@@ -1,5 +1,7 @@
 #include "server/job_api.h"
 
+#include <filesystem>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -70,6 +72,48 @@ absl::Status JobApi::Decorate(FineTuneJob* job) {
   return absl::OkStatus();
 }
 
+absl::Status JobApi::CheckOutputOwnership(const std::string& tenant, const std::string& output) {
+  if (output.empty()) return absl::InvalidArgumentError("spec.output: is required (no output root is configured)");
+  auto overlaps = [](const std::string& a, const std::string& b) {
+    return SpecValidator::PathWithin(a, b) || SpecValidator::PathWithin(b, a);
+  };
+  FTD_ASSIGN_OR_RETURN(std::vector<std::string> live,
+                       manager_->store()->JobIdsInStates(
+                           {ftd::v1::QUEUED, ftd::v1::STARTING, ftd::v1::RUNNING, ftd::v1::CANCELLING}));
+  for (const std::string& id : live) {
+    absl::StatusOr<FineTuneJob> other = manager_->store()->GetJob(id);
+    if (!other.ok() || !overlaps(output, other->spec().output())) continue;
+    const bool same = other->spec().output() == output;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "spec.output: ", output, same ? " is" : " overlaps", " the output directory of ",
+        other->tenant() == tenant ? absl::StrCat("live job ", id, " (", ftd::v1::JobState_Name(other->status().state()), ")")
+                                  : std::string("another live job"),
+        "; two live jobs never share one"));
+  }
+  // An existing, non-empty directory: only an earlier job of this tenant may have written it.
+  std::error_code ec;
+  const bool exists = std::filesystem::exists(output, ec);
+  if (!exists) return absl::OkStatus();
+  if (!std::filesystem::is_directory(output, ec)) {
+    return absl::FailedPreconditionError(absl::StrCat("spec.output: ", output, " exists and is not a directory"));
+  }
+  if (std::filesystem::is_empty(output, ec)) return absl::OkStatus();
+  JobQuery query;
+  query.tenant = tenant;
+  query.page_size = 500;
+  for (;;) {
+    FTD_ASSIGN_OR_RETURN(JobPage page, manager_->store()->ListJobs(query));
+    for (const FineTuneJob& earlier : page.jobs) {
+      if (earlier.spec().output() == output) return absl::OkStatus();
+    }
+    if (page.next_page_token.empty()) break;
+    query.page_token = page.next_page_token;
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "spec.output: ", output, " already exists and is not the output of an earlier job of tenant ", tenant,
+      "; name a new directory"));
+}
+
 absl::StatusOr<ftd::v1::CreateJobResponse> JobApi::CreateJob(
     const Principal& who, const ftd::v1::CreateJobRequest& request) {
   FTD_RETURN_IF_ERROR(CheckReady());
@@ -78,7 +122,15 @@ absl::StatusOr<ftd::v1::CreateJobResponse> JobApi::CreateJob(
   if (!request.has_spec()) return absl::InvalidArgumentError("spec: is required");
   ftd::v1::JobSpec spec = request.spec();
   std::vector<std::string> notes;
-  FTD_RETURN_IF_ERROR(validator_->ValidateAndNormalize(&spec, &notes));
+  FTD_RETURN_IF_ERROR(validator_->ValidateAndNormalize(who.tenant, &spec, &notes));
+  if (!spec.webhook_url().empty()) {
+    if (!webhook_tenant_check_) {
+      return absl::InvalidArgumentError("spec.webhook_url: webhooks are disabled on this coordinator");
+    }
+    if (absl::Status st = webhook_tenant_check_(who.tenant); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("spec.webhook_url: ", st.message()));
+    }
+  }
 
   ftd::v1::CreateJobResponse response;
   ftd::v1::JobPlan& plan = *response.mutable_plan();
@@ -90,6 +142,7 @@ absl::StatusOr<ftd::v1::CreateJobResponse> JobApi::CreateJob(
     return response;
   }
 
+  absl::MutexLock create_lock(&create_mu_);
   FineTuneJob& job = *response.mutable_job();
   job.set_id(NewJobId());
   job.set_tenant(who.tenant);
@@ -100,10 +153,18 @@ absl::StatusOr<ftd::v1::CreateJobResponse> JobApi::CreateJob(
   *job.mutable_update_time() = now;
   job.mutable_status()->set_state(ftd::v1::QUEUED);
   job.mutable_status()->mutable_progress()->set_total_steps(spec.hyperparameters().max_steps());
-  if (job.spec().output().empty() && !validator_->config().output_roots.empty()) {
-    job.mutable_spec()->set_output(
-        absl::StrCat(validator_->config().output_roots.front(), "/", job.id()));
+  if (job.spec().output().empty()) {
+    job.mutable_spec()->set_output(validator_->DefaultOutput(who.tenant, job.id()));
   }
+  // A retry of an earlier request (same request_id) is answered by the store; anything else
+  // must own its output directory.
+  bool retry = false;
+  if (!request.request_id().empty()) {
+    FTD_ASSIGN_OR_RETURN(std::optional<FineTuneJob> earlier,
+                         manager_->store()->FindByRequestId(who.tenant, request.request_id()));
+    retry = earlier.has_value();
+  }
+  if (!retry) FTD_RETURN_IF_ERROR(CheckOutputOwnership(who.tenant, job.spec().output()));
 
   // The idempotency hash covers what the caller sent after normalization, not the generated
   // id or times: a retry of the same request hashes the same.

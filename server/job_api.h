@@ -24,6 +24,12 @@ class JobApi {
   JobApi(JobManager* manager, const SpecValidator* validator, const TokenRegistry* tokens)
       : manager_(manager), validator_(validator), tokens_(tokens) {}
 
+  // Checks that a tenant may have webhooks delivered (its signing secret is configured); jobs
+  // with spec.webhook_url are refused with the returned error. Unset: webhooks are refused.
+  void SetWebhookTenantCheck(std::function<absl::Status(const std::string& tenant)> check) {
+    webhook_tenant_check_ = std::move(check);
+  }
+
   // Every call but health is refused with UNAVAILABLE until the store has been replayed.
   void SetReady(bool ready) { ready_.store(ready, std::memory_order_release); }
   bool ready() const { return ready_.load(std::memory_order_acquire); }
@@ -57,12 +63,21 @@ class JobApi {
   absl::StatusOr<ftd::v1::FineTuneJob> LoadVisibleJob(const Principal& who, const std::string& id);
   // Fills queue_position of a QUEUED job.
   absl::Status Decorate(ftd::v1::FineTuneJob* job);
+  // spec.output of a new job of `tenant`: no live job writes to it (or inside it, or around
+  // it), and an existing non-empty directory must be the output of an earlier job of the same
+  // tenant. FAILED_PRECONDITION naming spec.output otherwise.
+  absl::Status CheckOutputOwnership(const std::string& tenant, const std::string& output)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(create_mu_);
   std::string NewJobId();
 
   JobManager* const manager_;
   const SpecValidator* const validator_;
   const TokenRegistry* const tokens_;
   std::atomic<bool> ready_{false};
+  std::function<absl::Status(const std::string& tenant)> webhook_tenant_check_;
+
+  // Creates are serialized: the output checks and the insert act as one.
+  absl::Mutex create_mu_;
 
   absl::Mutex id_mu_;
   absl::BitGen id_gen_ ABSL_GUARDED_BY(id_mu_);

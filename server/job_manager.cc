@@ -82,6 +82,8 @@ absl::StatusOr<FineTuneJob> JobManager::Transition(const std::string& id, JobSta
           status.set_attempt(status.attempt() + 1);
         }
         if (to != ftd::v1::QUEUED) status.set_queue_position(0);
+        // The runtime limit counts from the first placement, across requeues and restarts.
+        if (to == ftd::v1::STARTING && !status.has_start_time()) *status.mutable_start_time() = ToProtoTime(absl::Now());
         if (options.placement.has_value()) *status.mutable_placement() = *options.placement;
         if (options.error.has_value()) *status.mutable_error() = *options.error;
         if (!options.message.empty()) events.push_back(MessageEvent(options.message));
@@ -108,6 +110,8 @@ absl::StatusOr<FineTuneJob> JobManager::RecordProgress(const std::string& id,
           merged.set_eval_step(stored.eval_step());
           merged.set_eval_loss(stored.eval_loss());
         }
+        merged.set_step(progress.step());
+        merged.set_total_steps(progress.total_steps());
         *job.mutable_status()->mutable_progress() = progress;
         stored = merged;
         JobEvent event;

@@ -1,6 +1,6 @@
 // JobManager: the only writer of jobs. Every change is a store transaction that appends events,
 // followed by publication of those events to watchers. The API layer uses Create and Cancel;
-// the scheduler (a later issue) drives execution through Transition, RecordProgress,
+// the scheduler drives execution through Transition, RecordProgress,
 // RecordEval, AddCheckpoint and AppendMessage, all of which validate against job_state_machine.
 #pragma once
 
@@ -39,7 +39,7 @@ class JobManager {
   // Progress and the latest metric sample; appends a metrics event. Process-crash safe, not
   // fsync'd: samples are frequent and the next one supersedes them. The job's latest eval
   // (eval_loss, eval_step) is kept unless `metrics` carries a newer one (eval_step > 0); the
-  // event carries the job's metrics as stored.
+  // event carries the job's metrics as stored, with step/total_steps of `progress`.
   absl::StatusOr<ftd::v1::FineTuneJob> RecordProgress(
       const std::string& id, const ftd::v1::JobStatus::Progress& progress,
       const ftd::v1::JobMetrics& metrics);

@@ -77,6 +77,10 @@ class JobStore {
   // NOT_FOUND naming the id when absent.
   virtual absl::StatusOr<ftd::v1::FineTuneJob> GetJob(const std::string& id) = 0;
 
+  // The job created under (tenant, request_id), or nullopt.
+  virtual absl::StatusOr<std::optional<ftd::v1::FineTuneJob>> FindByRequestId(const std::string& tenant,
+                                                                               const std::string& request_id) = 0;
+
   // Newest first. INVALID_ARGUMENT naming page_token when it is not one of ours.
   virtual absl::StatusOr<JobPage> ListJobs(const JobQuery& query) = 0;
 
@@ -105,7 +109,7 @@ class JobStore {
   virtual absl::StatusOr<std::vector<std::string>> JobIdsInStates(
       const std::vector<ftd::v1::JobState>& states) = 0;
 
-  // Counts for tests and the metrics issue: jobs and events stored.
+  // Jobs and events stored (startup report, tests).
   virtual absl::StatusOr<int64_t> CountJobs() = 0;
   virtual absl::StatusOr<int64_t> CountEvents() = 0;
 };

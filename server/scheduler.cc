@@ -27,6 +27,21 @@ ftd::v1::JobError MakeError(std::string code, std::string message, bool retryabl
   return e;
 }
 
+// When the job's runtime limit ends (InfiniteFuture without a limit or before its first start).
+absl::Time RuntimeDeadline(const ftd::v1::FineTuneJob& job) {
+  const int64_t limit = job.spec().scheduling().max_runtime_seconds();
+  if (limit <= 0 || !job.status().has_start_time()) return absl::InfiniteFuture();
+  return FromProtoTime(job.status().start_time()) + absl::Seconds(limit);
+}
+
+ftd::v1::JobError DeadlineError(const ftd::v1::FineTuneJob& job) {
+  return MakeError("DEADLINE_EXCEEDED",
+                   absl::StrCat("the job ran for its spec.scheduling.max_runtime_seconds = ",
+                                job.spec().scheduling().max_runtime_seconds(), " s since its first start at ",
+                                absl::FormatTime(FromProtoTime(job.status().start_time()))),
+                   /*retryable=*/false);
+}
+
 int SlotsOf(const ftd::v1::WorkerResources& r) {
   return r.gpus_size() > 0 ? r.gpus_size() : r.cpu_slots();
 }
@@ -119,6 +134,7 @@ absl::StatusOr<RecoveryReport> Scheduler::Recover() {
     a.started = now;
     a.last_progress = now;
     a.stop_deadline = now + options_.adopt_grace;
+    a.runtime_deadline = RuntimeDeadline(job);
     for (const auto& r : job.status().placement().ranks()) {
       RankSlot slot;
       slot.rank = r.rank();
@@ -176,7 +192,13 @@ absl::StatusOr<ftd::v1::RegisterResponse> Scheduler::Register(
                request.name(), session, request.address(), slots,
                request.resources().gpus_size() > 0 ? "GPU" : "CPU", request.ranks_size(),
                was_known ? ", replacing its previous session" : "");
-  // The ranks it reports are handled like a heartbeat's (adoption happens there).
+  // The ranks it reports are handled as a first heartbeat without reports (adoption happens
+  // there; exits wait for the reports that precede them, see RankProcess.last_report_seq).
+  ftd::v1::HeartbeatRequest first;
+  first.set_name(request.name());
+  first.set_session_id(session);
+  *first.mutable_ranks() = request.ranks();
+  HeartbeatLocked(first, now).IgnoreError();
   ftd::v1::RegisterResponse response;
   response.set_session_id(session);
   response.set_heartbeat_interval_ms(
@@ -231,7 +253,11 @@ void Scheduler::ApplyReport(const ftd::v1::RankReport& report) {
 absl::StatusOr<ftd::v1::HeartbeatResponse> Scheduler::Heartbeat(
     const ftd::v1::HeartbeatRequest& request) {
   absl::MutexLock lock(&mu_);
-  const absl::Time now = absl::Now();
+  return HeartbeatLocked(request, absl::Now());
+}
+
+absl::StatusOr<ftd::v1::HeartbeatResponse> Scheduler::HeartbeatLocked(
+    const ftd::v1::HeartbeatRequest& request, absl::Time now) {
   if (!registry_.Touch(request.name(), request.session_id(), now)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "heartbeat: worker ", request.name(), " session ", request.session_id(),
@@ -269,7 +295,9 @@ absl::StatusOr<ftd::v1::HeartbeatResponse> Scheduler::Heartbeat(
     listed.insert({a->job_id, slot.rank});
     touched.insert(a->job_id);
     slot.seen = true;
-    if (p.state() == ftd::v1::RANK_EXITED) {
+    // An exit counts once the reports the rank produced before it have been applied; until
+    // then the rank is still finishing (its reports come with a later heartbeat).
+    if (p.state() == ftd::v1::RANK_EXITED && p.last_report_seq() <= acked) {
       if (!slot.exited) {
         slot.exited = true;
         slot.exit_code = p.exit_code();
@@ -444,6 +472,12 @@ void Scheduler::Finalize(Attempt& a) {
   if (IsTerminalState(state)) return;
   JobManager::TransitionOptions o;
   absl::StatusOr<ftd::v1::FineTuneJob> st = *job;
+  if (a.outcome == Outcome::kFailed && a.error.code() == "DEADLINE_EXCEEDED" && !a.final_checkpoint.empty()) {
+    // The ranks had finished training when the deadline came: every rank exited 0.
+    bool all_ok = true;
+    for (const RankSlot& s : a.ranks) all_ok &= s.exited && s.exit_code == 0 && s.term_signal == 0;
+    if (all_ok) a.outcome = Outcome::kSucceeded;
+  }
   if (state == ftd::v1::CANCELLING) {
     o.message = absl::StrCat("cancelled: attempt ", a.attempt, "'s ranks stopped");
     st = manager_->Transition(a.job_id, ftd::v1::CANCELLED, o);
@@ -466,13 +500,20 @@ void Scheduler::Finalize(Attempt& a) {
                           true);
     }
     const int max_restarts = job->spec().scheduling().max_restarts();
-    if (a.attempt < max_restarts) {
+    if (a.error.code() == "DEADLINE_EXCEEDED") {
+      const auto& cks = job->status().checkpoints();
+      absl::StrAppend(a.error.mutable_message(), "; stopped after step ", job->status().progress().step(),
+                      cks.empty() ? std::string("; no checkpoint")
+                                  : absl::StrCat("; last checkpoint ", cks[cks.size() - 1].path(), " (step ",
+                                                 cks[cks.size() - 1].step(), ")"));
+    }
+    if (a.error.retryable() && a.attempt < max_restarts) {
       o.message = absl::StrCat(a.error.code(), ": ", a.error.message(), "; requeued to resume (restart ",
                                a.attempt + 1, " of ", max_restarts, ")");
       st = manager_->Transition(a.job_id, ftd::v1::QUEUED, o);
     } else {
       o.message = absl::StrCat(a.error.code(), ": ", a.error.message(),
-                               max_restarts > 0 ? "; out of restarts" : "; no restarts allowed");
+                               !a.error.retryable() ? "" : max_restarts > 0 ? "; out of restarts" : "; no restarts allowed");
       o.error = a.error;
       st = manager_->Transition(a.job_id, ftd::v1::FAILED, o);
     }
@@ -596,6 +637,14 @@ void Scheduler::ScheduleQueue(absl::Time now) {
     address[w.name] = w.address;
   }
   for (const ftd::v1::FineTuneJob& job : queue) {
+    if (now >= RuntimeDeadline(job)) {  // requeued after a failure, and out of time meanwhile
+      JobManager::TransitionOptions o;
+      o.error = DeadlineError(job);
+      o.error->set_message(absl::StrCat(o.error->message(), "; not restarted"));
+      o.message = absl::StrCat("DEADLINE_EXCEEDED: ", o.error->message());
+      manager_->Transition(job.id(), ftd::v1::FAILED, o).IgnoreError();
+      continue;
+    }
     const int nodes = std::max(1, job.spec().resources().nodes());
     const int per_node = std::max(1, job.spec().resources().gpus_per_node());
     if (!GangFitsCapacity(total, nodes, per_node)) {
@@ -640,6 +689,7 @@ void Scheduler::ScheduleQueue(absl::Time now) {
     absl::StatusOr<ftd::v1::FineTuneJob> started = manager_->Transition(job.id(), ftd::v1::STARTING, o);
     if (!started.ok()) continue;  // cancelled meanwhile
     a.attempt = started->status().attempt();
+    a.runtime_deadline = RuntimeDeadline(*started);
     spdlog::info("scheduler: job {} attempt {}: {}", job.id(), a.attempt, o.message);
     for (const auto& [w, n] : placement->per_worker) {
       for (FreeSlots& f : free) {
@@ -675,8 +725,20 @@ void Scheduler::Tick() {
                           true));
     }
   }
+  EnforceDeadlines(now);
   Reap();
   ScheduleQueue(now);
+}
+
+void Scheduler::EnforceDeadlines(absl::Time now) {
+  for (auto& [id, a] : attempts_) {
+    if (a.phase == Phase::kStopping || now < a.runtime_deadline) continue;
+    absl::StatusOr<ftd::v1::FineTuneJob> job = manager_->store()->GetJob(id);
+    if (!job.ok()) continue;
+    // Stopped like a cancel: SIGTERM, the ranks finish their step and save a checkpoint.
+    a.orphan = false;
+    BeginStop(a, Outcome::kFailed, DeadlineError(*job));
+  }
 }
 
 }  // namespace ftd::server

@@ -11,6 +11,10 @@
 // - Failures: a worker that misses heartbeats, a rank that exits non-zero or is killed, or no
 //   step for hang_timeout fails the attempt: the whole gang is stopped, and the job is requeued
 //   (resuming from its last checkpoint) while attempts <= max_restarts, else FAILED.
+// - Deadline: spec.scheduling.max_runtime_seconds after the job's first placement
+//   (JobStatus.start_time, kept across restarts) the gang is stopped (SIGTERM: the ranks stop
+//   at a step boundary and save a checkpoint) and the job FAILS with DEADLINE_EXCEEDED, never
+//   requeued; a queued job past its deadline fails without starting.
 // - Restart: Recover() keeps STARTING/RUNNING jobs as orphan attempts for adopt_grace; workers
 //   that re-register with their ranks adopt them. What is not adopted by then is requeued.
 #pragma once
@@ -29,11 +33,18 @@
 #include "absl/time/time.h"
 #include "ftd/v1/worker.pb.h"
 #include "server/job_manager.h"
-#include "server/job_recovery.h"
 #include "server/scheduler_logs.h"
 #include "server/worker_registry.h"
 
 namespace ftd::server {
+
+// What Scheduler::Recover found in the store at start.
+struct RecoveryReport {
+  int requeued = 0;    // STARTING/RUNNING jobs never placed on a worker: back to QUEUED
+  int cancelled = 0;   // CANCELLING jobs never placed: CANCELLED
+  int64_t jobs = 0;    // jobs in the store
+  int64_t events = 0;  // events in the store
+};
 
 struct SchedulerOptions {
   absl::Duration tick = absl::Milliseconds(100);
@@ -97,6 +108,7 @@ class Scheduler {
     absl::Time started;
     absl::Time last_progress;
     absl::Time stop_deadline;  // kStopping: finalize by then whatever the workers say
+    absl::Time runtime_deadline = absl::InfiniteFuture();  // start_time + max_runtime_seconds
     std::string final_checkpoint;
     std::string lost_worker;  // a worker of the gang that was lost (the root cause of a failure)
     absl::flat_hash_set<int64_t> checkpoint_steps;
@@ -110,6 +122,9 @@ class Scheduler {
       : manager_(manager), options_(std::move(options)) {}
 
   void Loop();
+  absl::StatusOr<ftd::v1::HeartbeatResponse> HeartbeatLocked(const ftd::v1::HeartbeatRequest& request,
+                                                             absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyReport(const ftd::v1::RankReport& report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Evaluate(Attempt& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void BeginStop(Attempt& a, Outcome outcome, ftd::v1::JobError error)
@@ -120,6 +135,8 @@ class Scheduler {
   void HandleCancels() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleQueue(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Reap() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stops attempts whose job has run past spec.scheduling.max_runtime_seconds.
+  void EnforceDeadlines(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateBusy() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int NextPort(const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Attempt* FindAttempt(const ftd::v1::RankKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

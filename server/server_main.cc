@@ -26,10 +26,25 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--tls-cert", options.tls_cert_file, "PEM certificate chain (with --tls-key)");
   app.add_option("--tls-key", options.tls_key_file, "PEM private key (with --tls-cert)");
-  app.add_option("--model-root", options.model_roots, "base models must lie under one of these");
-  app.add_option("--data-root", options.data_roots, "datasets must lie under one of these");
+  app.add_option("--model-root", options.model_roots,
+                 "tenant T's base models must lie under ROOT/T/ of one of these");
+  app.add_option("--shared-model-root", options.shared_model_roots,
+                 "base models every tenant may read (never written: no output may lie there)");
+  app.add_option("--data-root", options.data_roots, "tenant T's datasets must lie under ROOT/T/ of one of these");
   app.add_option("--output-root", options.output_roots,
-                 "outputs must lie under one of these (default: DATA_DIR/outputs)");
+                 "tenant T's outputs must lie under ROOT/T/ of one of these (default: DATA_DIR/outputs)");
+  app.add_option("--webhook-allow", options.webhook_allow,
+                 "HOST or HOST:PORT that spec.webhook_url may name (none: webhooks are refused)");
+  app.add_option("--webhook-secrets", options.webhooks.secrets_file,
+                 "`TENANT SECRET` per line: the key of each tenant's webhook signatures (HMAC-SHA256)");
+  app.add_option("--webhook-max-attempts", options.webhooks.max_attempts, "attempts per webhook delivery")
+      ->capture_default_str();
+  double webhook_backoff = 1, webhook_timeout = 10;
+  app.add_option("--webhook-backoff", webhook_backoff, "seconds before the first retry (doubling, at most 60)")
+      ->capture_default_str();
+  app.add_option("--webhook-timeout", webhook_timeout, "seconds per delivery attempt")->capture_default_str();
+  app.add_option("--webhook-ca-file", options.webhooks.ca_file,
+                 "PEM CAs trusted for https webhooks instead of the system's");
   app.add_option("--max-world-size", options.limits.max_world_size)->capture_default_str();
   app.add_option("--max-seq-len", options.limits.max_seq_len)->capture_default_str();
   app.add_option("--max-request-bytes", options.max_request_bytes)->capture_default_str();
@@ -64,6 +79,8 @@ int main(int argc, char** argv) {
   options.scheduler.hang_timeout = absl::Seconds(hang_timeout);
   options.scheduler.stop_grace = absl::Seconds(stop_grace);
   options.scheduler.adopt_grace = absl::Seconds(adopt_grace);
+  options.webhooks.initial_backoff = absl::Seconds(webhook_backoff);
+  options.webhooks.timeout = absl::Seconds(webhook_timeout);
 
   // Signals are taken synchronously by this thread; every thread started from here on
   // inherits the blocked mask.

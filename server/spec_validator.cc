@@ -2,6 +2,7 @@
 
 #include <limits.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <memory>
@@ -9,6 +10,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -50,6 +53,75 @@ absl::Status CheckChoice(absl::string_view field, std::string* value,
   }
   return FieldError(field, absl::StrCat("must be one of ", absl::StrJoin(choices, ", "),
                                         "; got `", absl::CEscape(value->substr(0, 64)), "`"));
+}
+
+// A choice the engine may not support yet: an empty value takes `supported` (noted); a value
+// of `unsupported` is refused with its reason; anything else is not a choice at all.
+absl::Status CheckSupportedChoice(absl::string_view field, std::string* value, const std::string& supported,
+                                  const std::vector<std::pair<std::string, std::string>>& unsupported,
+                                  std::vector<std::string>* notes) {
+  if (value->empty()) {
+    *value = supported;
+    notes->push_back(absl::StrCat(field, " defaulted to ", supported));
+    return absl::OkStatus();
+  }
+  if (*value == supported) return absl::OkStatus();
+  std::vector<std::string> names = {supported};
+  for (const auto& [name, reason] : unsupported) {
+    if (*value == name) return FieldError(field, absl::StrCat(name, " is not supported yet: ", reason));
+    names.push_back(name);
+  }
+  return FieldError(field, absl::StrCat("must be one of ", absl::StrJoin(names, ", "), " (", supported,
+                                        " is the one available now); got `", absl::CEscape(value->substr(0, 64)),
+                                        "`"));
+}
+
+bool IsTenantName(absl::string_view t) {
+  if (t.empty() || t.size() > 63 || t == "." || t == "..") return false;
+  for (char c : t) {
+    if (!(absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '-')) return false;
+  }
+  return true;
+}
+
+// "host" or "host:port" of an http(s) URL (lower-case host, the scheme's port when none).
+struct UrlTarget {
+  std::string host;
+  int port = 0;
+};
+
+absl::StatusOr<UrlTarget> ParseUrlTarget(absl::string_view url) {
+  absl::string_view rest;
+  int default_port = 0;
+  if (absl::ConsumePrefix(&url, "https://")) {
+    default_port = 443;
+  } else if (absl::ConsumePrefix(&url, "http://")) {
+    default_port = 80;
+  } else {
+    return absl::InvalidArgumentError("must be an http:// or https:// URL");
+  }
+  rest = url.substr(0, url.find_first_of("/?#"));
+  if (absl::StrContains(rest, "@")) return absl::InvalidArgumentError("must not carry user information (`@`)");
+  UrlTarget t;
+  absl::string_view host = rest;
+  t.port = default_port;
+  if (!host.empty() && host.front() == '[') {
+    return absl::InvalidArgumentError("IPv6 literal hosts are not supported");
+  }
+  if (size_t colon = host.rfind(':'); colon != absl::string_view::npos) {
+    if (!absl::SimpleAtoi(host.substr(colon + 1), &t.port) || t.port <= 0 || t.port > 65535) {
+      return absl::InvalidArgumentError("has an invalid port");
+    }
+    host = host.substr(0, colon);
+  }
+  if (host.empty()) return absl::InvalidArgumentError("must have a host");
+  for (char c : host) {
+    if (!(absl::ascii_isalnum(c) || c == '.' || c == '-')) {
+      return absl::InvalidArgumentError("host must be letters, digits, `.` and `-`");
+    }
+  }
+  t.host = absl::AsciiStrToLower(host);
+  return t;
 }
 
 bool IsPrintable(absl::string_view s) {
@@ -100,9 +172,43 @@ absl::StatusOr<SpecValidator> SpecValidator::Create(const ValidatorConfig& confi
     return absl::OkStatus();
   };
   FTD_RETURN_IF_ERROR(resolve(&canonical.model_roots, "--model-root"));
+  FTD_RETURN_IF_ERROR(resolve(&canonical.shared_model_roots, "--shared-model-root"));
   FTD_RETURN_IF_ERROR(resolve(&canonical.data_roots, "--data-root"));
   FTD_RETURN_IF_ERROR(resolve(&canonical.output_roots, "--output-root"));
+  for (const std::string& shared : canonical.shared_model_roots) {
+    for (const std::string& out : canonical.output_roots) {
+      if (IsWithin(out, shared) || IsWithin(shared, out)) {
+        return absl::InvalidArgumentError(absl::StrCat("--shared-model-root ", shared, " overlaps --output-root ", out,
+                                                       ": shared models must stay read-only"));
+      }
+    }
+  }
+  for (std::string& entry : canonical.webhook_allow) {
+    // Parsed as a URL's authority, so the entry and a job's URL compare alike.
+    absl::StatusOr<UrlTarget> t = ParseUrlTarget(absl::StrCat("http://", entry));
+    if (!t.ok() || entry.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--webhook-allow `", entry, "`: expected HOST or HOST:PORT"));
+    }
+    entry = absl::StrContains(entry, ":") ? absl::StrCat(t->host, ":", t->port) : t->host;
+  }
   return SpecValidator(std::move(canonical));
+}
+
+bool SpecValidator::PathWithin(const std::string& path, const std::string& root) {
+  return !path.empty() && !root.empty() && IsWithin(path, root);
+}
+
+std::vector<std::string> SpecValidator::TenantRoots(const std::vector<std::string>& roots,
+                                                    const std::string& tenant) {
+  std::vector<std::string> out;
+  out.reserve(roots.size());
+  for (const std::string& root : roots) out.push_back(root == "/" ? "/" + tenant : root + "/" + tenant);
+  return out;
+}
+
+std::string SpecValidator::DefaultOutput(const std::string& tenant, const std::string& job_id) const {
+  if (config_.output_roots.empty()) return "";
+  return absl::StrCat(TenantRoots({config_.output_roots.front()}, tenant).front(), "/", job_id);
 }
 
 absl::StatusOr<std::string> SpecValidator::ConfinePath(const std::string& field,
@@ -123,7 +229,17 @@ absl::StatusOr<std::string> SpecValidator::ConfinePath(const std::string& field,
     if (part == "..") return FieldError(field, "must not contain `..`");
   }
   if (roots.empty()) return FieldError(field, "no root is configured for this kind of path");
-  if (local.empty() || local[0] != '/') local = absl::StrCat(roots.front(), "/", local);
+  if (local.empty() || local[0] != '/') {
+    std::string relative = local;
+    local = absl::StrCat(roots.front(), "/", relative);
+    for (const std::string& root : roots) {
+      const std::string candidate = absl::StrCat(root, "/", relative);
+      if (::access(candidate.c_str(), F_OK) == 0) {
+        local = candidate;
+        break;
+      }
+    }
+  }
   FTD_ASSIGN_OR_RETURN(std::string canonical, CanonicalizeExistingPrefix(local));
   for (const std::string& root : roots) {
     if (IsWithin(canonical, root)) return canonical;
@@ -167,21 +283,28 @@ absl::Status SpecValidator::ValidateRequestId(const std::string& request_id) {
   return absl::OkStatus();
 }
 
-absl::Status SpecValidator::ValidateAndNormalize(ftd::v1::JobSpec* spec,
+absl::Status SpecValidator::ValidateAndNormalize(const std::string& tenant, ftd::v1::JobSpec* spec,
                                                  std::vector<std::string>* notes) const {
   const ValidationLimits& lim = config_.limits;
+  if (!IsTenantName(tenant)) {
+    return absl::PermissionDeniedError(absl::StrCat("tenant `", absl::CEscape(tenant.substr(0, 64)),
+                                                    "` cannot own paths (1-63 characters of [A-Za-z0-9._-])"));
+  }
+  // The tenant's namespaces; base models also come from the shared read-only roots.
+  std::vector<std::string> model_roots = TenantRoots(config_.model_roots, tenant);
+  model_roots.insert(model_roots.end(), config_.shared_model_roots.begin(), config_.shared_model_roots.end());
+  const std::vector<std::string> data_roots = TenantRoots(config_.data_roots, tenant);
+  const std::vector<std::string> output_roots = TenantRoots(config_.output_roots, tenant);
 
-  FTD_ASSIGN_OR_RETURN(std::string base_model,
-                       ConfinePath("spec.base_model", spec->base_model(), config_.model_roots));
+  FTD_ASSIGN_OR_RETURN(std::string base_model, ConfinePath("spec.base_model", spec->base_model(), model_roots));
   spec->set_base_model(base_model);
 
   auto* ds = spec->mutable_datasets();
-  FTD_ASSIGN_OR_RETURN(std::string train,
-                       ConfinePath("spec.datasets.train", ds->train(), config_.data_roots));
+  FTD_ASSIGN_OR_RETURN(std::string train, ConfinePath("spec.datasets.train", ds->train(), data_roots));
   ds->set_train(train);
   if (!ds->validation().empty()) {
-    FTD_ASSIGN_OR_RETURN(std::string validation, ConfinePath("spec.datasets.validation",
-                                                             ds->validation(), config_.data_roots));
+    FTD_ASSIGN_OR_RETURN(std::string validation,
+                         ConfinePath("spec.datasets.validation", ds->validation(), data_roots));
     ds->set_validation(validation);
   }
   FTD_RETURN_IF_ERROR(CheckChoice("spec.datasets.format", ds->mutable_format(),
@@ -268,15 +391,35 @@ absl::Status SpecValidator::ValidateAndNormalize(ftd::v1::JobSpec* spec,
     return FieldError("spec.parallelism.ep_size",
                       absl::StrCat("must divide the world size ", world, ", got ", par->ep_size()));
   }
-  FTD_RETURN_IF_ERROR(CheckRange("spec.parallelism.zero_stage", par->zero_stage(), 0, 3));
+  // The engine shards the dense parameters' gradients and optimizer state over the world (ZeRO-2),
+  // and with stage 3 the dense parameters too (gathered per layer).
+  if (par->zero_stage() == 0) {
+    par->set_zero_stage(2);
+    notes->push_back("spec.parallelism.zero_stage defaulted to 2");
+  } else if (par->zero_stage() != 2 && par->zero_stage() != 3) {
+    return FieldError("spec.parallelism.zero_stage",
+                      absl::StrCat("must be 2 (dense gradients reduce-scattered and optimizer state sharded over "
+                                   "the world) or 3 (dense parameters sharded too, gathered per layer); got ",
+                                   par->zero_stage()));
+  }
 
+  // Each backend names what the engine runs; the alternatives are refused until they exist
+  // (a setting that is accepted must take effect).
   auto* be = spec->mutable_backends();
-  FTD_RETURN_IF_ERROR(
-      CheckChoice("spec.backends.attention", be->mutable_attention(), {"sdpa", "flash", "cudnn"}, notes));
-  FTD_RETURN_IF_ERROR(
-      CheckChoice("spec.backends.experts", be->mutable_experts(), {"grouped_mm", "loop"}, notes));
-  FTD_RETURN_IF_ERROR(CheckChoice("spec.backends.dispatcher", be->mutable_dispatcher(),
-                                  {"alltoall", "fused"}, notes));
+  FTD_RETURN_IF_ERROR(CheckSupportedChoice(
+      "spec.backends.attention", be->mutable_attention(), "sdpa",
+      {{"flash", "attention runs sdpa (ATen's scaled_dot_product_attention, FlashAttention's varlen kernel for "
+                 "packed rows on CUDA); a forced flash path is not selectable"},
+       {"cudnn", "attention runs sdpa; the cuDNN attention path is not selectable"}},
+      notes));
+  FTD_RETURN_IF_ERROR(CheckSupportedChoice(
+      "spec.backends.experts", be->mutable_experts(), "grouped_mm",
+      {{"loop", "experts run grouped_mm (at::_grouped_mm on CUDA, a per-expert matmul fallback on CPU); a forced "
+                "per-expert loop is not selectable"}},
+      notes));
+  FTD_RETURN_IF_ERROR(CheckSupportedChoice(
+      "spec.backends.dispatcher", be->mutable_dispatcher(), "alltoall",
+      {{"fused", "no fused (DeepEP-style) dispatch kernel exists yet; use alltoall"}}, notes));
   FTD_RETURN_IF_ERROR(
       CheckChoice("spec.backends.gate", be->mutable_gate(), {"real", "balanced"}, notes));
 
@@ -292,8 +435,7 @@ absl::Status SpecValidator::ValidateAndNormalize(ftd::v1::JobSpec* spec,
   FTD_RETURN_IF_ERROR(CheckRange("spec.scheduling.max_restarts", sc.max_restarts(), 0, 1000));
 
   if (!spec->output().empty()) {
-    FTD_ASSIGN_OR_RETURN(std::string output,
-                         ConfinePath("spec.output", spec->output(), config_.output_roots));
+    FTD_ASSIGN_OR_RETURN(std::string output, ConfinePath("spec.output", spec->output(), output_roots));
     spec->set_output(output);
   }
 
@@ -302,20 +444,28 @@ absl::Status SpecValidator::ValidateAndNormalize(ftd::v1::JobSpec* spec,
     if (static_cast<int>(hook.size()) > lim.max_string_length) {
       return FieldError("spec.webhook_url", absl::StrCat("longer than ", lim.max_string_length, " bytes"));
     }
-    absl::string_view rest;
-    if (absl::StartsWith(hook, "https://")) {
-      rest = absl::string_view(hook).substr(8);
-    } else if (absl::StartsWith(hook, "http://")) {
-      rest = absl::string_view(hook).substr(7);
-    } else {
-      return FieldError("spec.webhook_url", "must be an http:// or https:// URL");
+    for (char c : hook) {
+      if (c <= 0x20 || c >= 0x7f) return FieldError("spec.webhook_url", "must have no spaces or control characters");
     }
-    absl::string_view host = rest.substr(0, rest.find_first_of("/?#"));
-    bool ok = !host.empty();
-    for (char c : hook) ok = ok && c > 0x20 && c < 0x7f;
-    if (!ok) return FieldError("spec.webhook_url", "must have a host and no spaces or control characters");
+    absl::StatusOr<UrlTarget> target = ParseUrlTarget(hook);
+    if (!target.ok()) return FieldError("spec.webhook_url", target.status().message());
+    FTD_RETURN_IF_ERROR(CheckWebhookDestination(hook));
   }
   return absl::OkStatus();
+}
+
+absl::Status SpecValidator::CheckWebhookDestination(const std::string& url) const {
+  absl::StatusOr<UrlTarget> target = ParseUrlTarget(url);
+  if (!target.ok()) return FieldError("spec.webhook_url", target.status().message());
+  if (config_.webhook_allow.empty()) {
+    return FieldError("spec.webhook_url", "webhooks are disabled on this coordinator (no --webhook-allow)");
+  }
+  const std::string with_port = absl::StrCat(target->host, ":", target->port);
+  for (const std::string& allowed : config_.webhook_allow) {
+    if (allowed == target->host || allowed == with_port) return absl::OkStatus();
+  }
+  return FieldError("spec.webhook_url",
+                    absl::StrCat("destination ", with_port, " is not in the operator's allow-list (--webhook-allow)"));
 }
 
 }  // namespace ftd::server

@@ -240,6 +240,19 @@ absl::StatusOr<FineTuneJob> SqliteJobStore::GetJob(const std::string& id) {
   return LoadJob(conn.get(), id, nullptr);
 }
 
+absl::StatusOr<std::optional<FineTuneJob>> SqliteJobStore::FindByRequestId(const std::string& tenant,
+                                                                            const std::string& request_id) {
+  FTD_ASSIGN_OR_RETURN(ReadLease conn, AcquireReader());
+  FTD_ASSIGN_OR_RETURN(SqliteStatement q, conn->Prepare("SELECT job FROM jobs WHERE tenant = ? AND request_id = ?"));
+  q.BindText(1, tenant);
+  q.BindText(2, request_id);
+  FTD_ASSIGN_OR_RETURN(bool row, q.Step());
+  if (!row) return std::optional<FineTuneJob>();
+  FineTuneJob job;
+  FTD_RETURN_IF_ERROR(ParseStored(q.ColumnBlob(0), &job, "job"));
+  return std::optional<FineTuneJob>(std::move(job));
+}
+
 absl::StatusOr<JobPage> SqliteJobStore::ListJobs(const JobQuery& query) {
   std::string sql = "SELECT job, create_us, id FROM jobs WHERE 1";
   std::vector<std::string> text_args;  // bound in order after the fixed ones

@@ -29,6 +29,8 @@ class SqliteJobStore : public JobStore {
 
   absl::StatusOr<CreateOutcome> CreateJob(const NewJob& new_job) override;
   absl::StatusOr<ftd::v1::FineTuneJob> GetJob(const std::string& id) override;
+  absl::StatusOr<std::optional<ftd::v1::FineTuneJob>> FindByRequestId(const std::string& tenant,
+                                                                       const std::string& request_id) override;
   absl::StatusOr<JobPage> ListJobs(const JobQuery& query) override;
   absl::StatusOr<UpdateOutcome> UpdateJob(const std::string& id, const JobMutation& mutate,
                                           Durability durability) override;

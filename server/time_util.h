@@ -21,4 +21,8 @@ inline int64_t ToUnixMicros(const google::protobuf::Timestamp& ts) {
   return ts.seconds() * 1000000 + ts.nanos() / 1000;
 }
 
+inline absl::Time FromProtoTime(const google::protobuf::Timestamp& ts) {
+  return absl::FromUnixMicros(ToUnixMicros(ts));
+}
+
 }  // namespace ftd::server

@@ -30,6 +30,9 @@ bool JobEnded(JobManager* manager, const std::string& id) {
 }  // namespace
 
 absl::Status WorkerServiceImpl::AuthenticateWorker(grpc::ServerContext* ctx) const {
+  if (!api_->ready()) {
+    return absl::UnavailableError("the coordinator is recovering its jobs; register again shortly");
+  }
   absl::StatusOr<Principal> who = tokens_->Authenticate(Metadata(ctx, "authorization"));
   if (!who.ok()) return who.status();
   if (!who->is_admin()) {
@@ -45,12 +48,6 @@ grpc::Status WorkerServiceImpl::Register(grpc::ServerContext* ctx,
   absl::StatusOr<ftd::v1::RegisterResponse> r = scheduler_->Register(*request);
   if (!r.ok()) return ToGrpcStatus(r.status());
   *response = *std::move(r);
-  // The ranks it brings along are processed as its first heartbeat (adoption).
-  ftd::v1::HeartbeatRequest first;
-  first.set_name(request->name());
-  first.set_session_id(response->session_id());
-  *first.mutable_ranks() = request->ranks();
-  scheduler_->Heartbeat(first).IgnoreError();
   return grpc::Status::OK;
 }
 

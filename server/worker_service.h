@@ -17,8 +17,11 @@ namespace ftd::server {
 
 class WorkerServiceImpl final : public ftd::v1::WorkerService::Service {
  public:
-  WorkerServiceImpl(Scheduler* scheduler, const TokenRegistry* tokens)
-      : scheduler_(scheduler), tokens_(tokens) {}
+  // Workers are served once `api` is ready: the store's running attempts have been recovered,
+  // so a worker's first heartbeat finds the attempts it reports (else its reports would be
+  // fenced off as stale and lost).
+  WorkerServiceImpl(Scheduler* scheduler, const TokenRegistry* tokens, const JobApi* api)
+      : scheduler_(scheduler), tokens_(tokens), api_(api) {}
 
   grpc::Status Register(grpc::ServerContext* ctx, const ftd::v1::RegisterRequest* request,
                         ftd::v1::RegisterResponse* response) override;
@@ -31,6 +34,7 @@ class WorkerServiceImpl final : public ftd::v1::WorkerService::Service {
 
   Scheduler* const scheduler_;
   const TokenRegistry* const tokens_;
+  const JobApi* const api_;
 };
 
 class JobLogServiceImpl final : public ftd::v1::JobLogService::Service {

@@ -167,6 +167,7 @@ std::vector<ftd::v1::RankProcess> WorkerAgent::RankList() {
     p.set_stop_requested(r.stop_requested);
     if (r.exit.has_value()) {
       p.set_state(ftd::v1::RANK_EXITED);
+      p.set_last_report_seq(r.last_report_seq);
       p.set_exit_code(r.exit->exit_code);
       p.set_term_signal(r.exit->term_signal);
       if (r.process != nullptr) {
@@ -366,8 +367,7 @@ void WorkerAgent::StartRanks(const ftd::v1::StartRanks& start) {
       ftd::v1::RankReport rep;
       *rep.mutable_key() = key;
       rep.mutable_log()->add_lines(absl::StrCat("ftd-worker: cannot start the rank: ", proc.status().ToString()));
-      rep.set_seq(next_seq_++);
-      unacked_.push_back(std::move(rep));
+      Enqueue(r, std::move(rep));
     } else {
       r.process = *std::move(proc);
       spdlog::info("ftd-worker {}: started {} (pid {}, local rank {}, rendezvous {}:{}{})", options_.name,
@@ -390,9 +390,14 @@ void WorkerAgent::TailMetrics(Rank& r) {
     std::optional<ftd::v1::RankReport> rep = ParseMetricsLine(line);
     if (!rep.has_value()) continue;
     *rep->mutable_key() = r.key;
-    rep->set_seq(next_seq_++);
-    unacked_.push_back(*std::move(rep));
+    Enqueue(r, *std::move(rep));
   }
+}
+
+void WorkerAgent::Enqueue(Rank& r, ftd::v1::RankReport report) {
+  report.set_seq(next_seq_++);
+  r.last_report_seq = report.seq();
+  unacked_.push_back(std::move(report));
 }
 
 void WorkerAgent::Reap() {
@@ -421,13 +426,9 @@ void WorkerAgent::CollectReports() {
       ftd::v1::RankReport rep;
       *rep.mutable_key() = it->second.key;
       *rep.mutable_log() = std::move(p.log);
-      rep.set_seq(next_seq_++);
-      unacked_.push_back(std::move(rep));
+      Enqueue(it->second, std::move(rep));
     }
-    for (ftd::v1::RankReport& rep : p.reports) {
-      rep.set_seq(next_seq_++);
-      unacked_.push_back(std::move(rep));
-    }
+    for (ftd::v1::RankReport& rep : p.reports) Enqueue(it->second, std::move(rep));
   }
   for (auto& [k, r] : ranks_) {
     if (!r.exit.has_value()) TailMetrics(r);

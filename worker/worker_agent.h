@@ -50,6 +50,7 @@ class WorkerAgent {
     std::unique_ptr<RankProcess> process;
     std::optional<ExitStatus> exit;
     bool stop_requested = false;
+    int64_t last_report_seq = 0;  // the seq of its latest numbered report
     std::string metrics_file;  // rank 0 with --metrics-out: tailed for reports
     int64_t metrics_offset = 0;
     std::vector<std::string> gpus;  // physical GPU indices it holds
@@ -68,6 +69,8 @@ class WorkerAgent {
   void Reap();
   void CollectReports();
   void TailMetrics(Rank& r);
+  // Numbers `report` (of rank `r`) and queues it for the coordinator.
+  void Enqueue(Rank& r, ftd::v1::RankReport report);
   std::vector<ftd::v1::RankProcess> RankList();
   static std::string KeyString(const ftd::v1::RankKey& k);
 

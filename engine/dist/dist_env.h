@@ -23,6 +23,9 @@ struct DistEnv {
   // How long a collective (and the rendezvous) may wait for a peer before failing; zero: the
   // backend's default (kDefaultGlooTimeout, kDefaultNcclTimeout).
   std::chrono::milliseconds timeout{0};
+  // How long joining the rendezvous and connecting the groups may take, when that should differ
+  // from `timeout` (a short collective timeout must not fail a slow start); zero: `timeout`.
+  std::chrono::milliseconds rendezvous_timeout{0};
 };
 
 inline constexpr std::chrono::seconds kDefaultGlooTimeout{60};

@@ -27,6 +27,18 @@ const char* CommBackendName(CommBackend backend) { return backend == CommBackend
 
 namespace {
 
+// c10d's flight recorder (on by default, 2000 entries) records every collective into a process-wide
+// singleton whose per-group status map is written without its lock: ranks that share a process
+// (threads in tests) crash in it, and no one here reads its traces. Off unless the operator asks
+// for it (TORCH_FR_BUFFER_SIZE / TORCH_NCCL_TRACE_BUFFER_SIZE). Set while loading, before any thread
+// or process group exists: setenv is not safe beside other threads' getenv.
+const bool kFlightRecorderOffByDefault = [] {
+  if (std::getenv("TORCH_FR_BUFFER_SIZE") == nullptr && std::getenv("TORCH_NCCL_TRACE_BUFFER_SIZE") == nullptr) {
+    ::setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
+  }
+  return true;
+}();
+
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Rendezvous(const DistEnv& env, std::chrono::milliseconds timeout) {
   try {
     if (!env.store_file.empty()) {
@@ -63,11 +75,13 @@ std::shared_ptr<gloo::transport::Device> GlooDevice(const DistEnv& env) {
 }
 #endif
 
-// One group over `ranks` (global ranks; this rank among them), its store keys under `prefix`.
+// One group over `ranks` (global ranks; this rank among them), its store keys under `prefix`:
+// connected within `connect_timeout`, then failing collectives after `timeout`.
 absl::StatusOr<std::unique_ptr<Communicator>> CreateGroup(const std::string& name, const std::string& prefix,
                                                           const std::vector<int>& ranks, const DistEnv& env,
                                                           const c10::intrusive_ptr<c10d::Store>& store,
-                                                          CommBackend backend, std::chrono::milliseconds timeout) {
+                                                          CommBackend backend, std::chrono::milliseconds connect_timeout,
+                                                          std::chrono::milliseconds timeout) {
   auto impl = std::make_unique<Communicator::Impl>();
   impl->name = name;
   impl->size = static_cast<int>(ranks.size());
@@ -76,9 +90,10 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateGroup(const std::string& nam
   try {
     if (backend == CommBackend::kGloo) {
 #ifdef FTD_HAVE_GLOO
-      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+      auto opts = c10d::ProcessGroupGloo::Options::create(connect_timeout);
       opts->devices.push_back(GlooDevice(env));
       impl->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(group_store, impl->rank, impl->size, opts);
+      impl->backend->setTimeout(timeout);
 #else
       return absl::UnimplementedError("this build has no Gloo support (Gloo's headers were missing at build time)");
 #endif
@@ -107,20 +122,23 @@ absl::StatusOr<std::unique_ptr<ProcessGroups>> CreateProcessGroups(const DistEnv
   if (!mesh.ok()) return mesh.status();
   std::chrono::milliseconds timeout = env.timeout;
   if (timeout.count() == 0) timeout = backend == CommBackend::kNccl ? kDefaultNcclTimeout : kDefaultGlooTimeout;
-  auto store = Rendezvous(env, timeout);
+  // The groups connect under the rendezvous timeout, then take the collective timeout.
+  const std::chrono::milliseconds connect_timeout =
+      env.rendezvous_timeout.count() > 0 ? env.rendezvous_timeout : timeout;
+  auto store = Rendezvous(env, connect_timeout);
   if (!store.ok()) return store.status();
   auto groups = std::unique_ptr<ProcessGroups>(new ProcessGroups{*mesh, backend, timeout, nullptr, nullptr, nullptr, nullptr});
   std::vector<int> all(env.world_size);
   for (int r = 0; r < env.world_size; ++r) all[r] = r;
-  auto world = CreateGroup("world", "ftd/world", all, env, *store, backend, timeout);
+  auto world = CreateGroup("world", "ftd/world", all, env, *store, backend, connect_timeout, timeout);
   if (!world.ok()) return world.status();
   groups->world = std::move(*world);
   auto ep = CreateGroup("ep", absl::StrCat("ftd/ep", mesh->ep_group()), mesh->EpGroupRanks(), env, *store, backend,
-                        timeout);
+                        connect_timeout, timeout);
   if (!ep.ok()) return ep.status();
   groups->ep = std::move(*ep);
   auto replicas = CreateGroup("expert-replica", absl::StrCat("ftd/replica", mesh->ep_rank()), mesh->ReplicaRanks(),
-                              env, *store, backend, timeout);
+                              env, *store, backend, connect_timeout, timeout);
   if (!replicas.ok()) return replicas.status();
   groups->replicas = std::move(*replicas);
   // The store outlives the groups' use of it; held type-erased so the header stays c10d-free.

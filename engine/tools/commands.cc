@@ -1,5 +1,6 @@
 #include "engine/tools/commands.h"
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -190,6 +191,12 @@ absl::Status Resave(const ResaveArgs& a) {
 
 absl::Status Train(const TrainArgs& a) {
   FTD_ASSIGN_OR_RETURN(TrainSpec spec, LoadTrainSpec(a.spec));
+  if (const char* rank = std::getenv("RANK"); rank == nullptr || std::string(rank) == "0") {
+    // What runs, for the job's log (every value here is the only one the spec accepts).
+    std::cout << "backends: method " << spec.method << ", attention " << spec.attention << ", experts "
+              << spec.experts << ", dispatcher " << spec.dispatcher << ", zero_stage " << spec.zero_stage
+              << ", gate " << spec.gate << "\n";
+  }
   TrainOptions options;
   options.resume = a.resume;
   options.stop_after = a.stop_after;

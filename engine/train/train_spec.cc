@@ -85,6 +85,10 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   FTD_RETURN_IF_ERROR(prefix(Read(par, "zero_stage", "parallelism", &s.zero_stage)));
   FTD_RETURN_IF_ERROR(prefix(Read(par, "activation_checkpointing", "parallelism", &s.activation_checkpointing)));
   FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "gate", "backends", &s.gate)));
+  FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "attention", "backends", &s.attention)));
+  FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "experts", "backends", &s.experts)));
+  FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "dispatcher", "backends", &s.dispatcher)));
+  FTD_RETURN_IF_ERROR(prefix(Read(root, "method", "", &s.method)));
   YAML::Node ck = root["checkpointing"];
   FTD_RETURN_IF_ERROR(prefix(Read(ck, "every_n_steps", "checkpointing", &s.checkpoint_every)));
   FTD_RETURN_IF_ERROR(prefix(Read(ck, "keep_last", "checkpointing", &s.keep_last)));
@@ -105,6 +109,31 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   if (s.gate != "real" && s.gate != "balanced" && s.gate != "skew_first_k" && s.gate != "skew_lower_half") {
     return bad("backends.gate must be real or balanced (or the test gates skew_first_k, skew_lower_half)");
   }
+  // Settings with one implementation: an empty value means it; any other is refused by name.
+  if (s.method.empty()) s.method = "full";
+  if (s.method == "lora") return bad("method: lora is not supported yet (the engine has no LoRA adapters); use full");
+  if (s.method != "full") return bad("method \"" + s.method + "\" is not one of full, lora");
+  if (s.zero_stage == 0) s.zero_stage = 2;
+  if (s.zero_stage != 2 && s.zero_stage != 3) {
+    return bad(absl::StrCat("parallelism.zero_stage ", s.zero_stage,
+                            " is not supported: use 2 (dense gradients reduce-scattered, optimizer state sharded over "
+                            "the world) or 3 (dense parameters sharded too, gathered per layer)"));
+  }
+  if (s.attention.empty()) s.attention = "sdpa";
+  if (s.attention != "sdpa") {
+    return bad("backends.attention \"" + s.attention +
+               "\" is not selectable: attention runs sdpa (ATen's scaled_dot_product_attention, FlashAttention's "
+               "varlen kernel for packed rows on CUDA)");
+  }
+  if (s.experts.empty()) s.experts = "grouped_mm";
+  if (s.experts != "grouped_mm") {
+    return bad("backends.experts \"" + s.experts +
+               "\" is not selectable: experts run grouped_mm (at::_grouped_mm on CUDA, a per-expert matmul "
+               "fallback on CPU)");
+  }
+  if (s.dispatcher.empty()) s.dispatcher = "alltoall";
+  if (s.dispatcher == "fused") return bad("backends.dispatcher: fused is not supported yet (no fused dispatch kernel); use alltoall");
+  if (s.dispatcher != "alltoall") return bad("backends.dispatcher \"" + s.dispatcher + "\" is not one of alltoall, fused");
   if (s.device != "auto" && s.device != "cpu" && s.device != "cuda") return bad("device must be auto, cpu or cuda");
   if (s.dtype != "auto" && s.dtype != "fp32" && s.dtype != "bf16") return bad("dtype must be auto, fp32 or bf16");
   if (s.data_format == "jsonl_tokens") s.data_format = "tokens";

@@ -33,12 +33,21 @@ struct TrainSpec {
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   uint64_t seed = 0;
   int64_t ep_size = 1;
-  int64_t zero_stage = 0;       // several ranks: 3 gathers the layers' dense parameters per layer; else ZeRO-2
+  // parallelism.zero_stage: 2 or 3 (0 in a spec means unset: 2). With several ranks, 2 shards the
+  // dense parameters' gradients and optimizer state over the world; 3 also gathers each layer's
+  // dense parameters for its forward and backward and frees them after. Stage 1 is refused.
+  int64_t zero_stage = 2;
   // hyperparameters.router_bias_update_speed (engine-only): DeepSeek-V3's aux-loss-free
   // balancing of the selection bias after every step; 0 (default): the bias stays as loaded.
   double router_bias_update_speed = 0;
   bool activation_checkpointing = false;
   std::string gate = "real";    // backends.gate: real | balanced (tests: skew_first_k | skew_lower_half)
+  // method and backends.{attention, experts, dispatcher}: the one implementation of each that
+  // exists; any other value is refused (ParseTrainSpec) rather than silently ignored.
+  std::string method = "full";
+  std::string attention = "sdpa";
+  std::string experts = "grouped_mm";
+  std::string dispatcher = "alltoall";
   int64_t checkpoint_every = 0; // checkpointing.every_n_steps (0: only at the end)
   int64_t keep_last = 0;        // checkpointing.keep_last (0: keep all)
   std::string precision = "auto";  // auto | compact | fp32_master | bf16_pure (common/precision_policy.h)

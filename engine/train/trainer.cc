@@ -56,10 +56,16 @@ class SigtermGuard {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, &previous_);
   }
-  ~SigtermGuard() { sigaction(SIGTERM, &previous_, nullptr); }
+  ~SigtermGuard() {
+    if (!keep_catching_) sigaction(SIGTERM, &previous_, nullptr);
+  }
+  // After a stop that any rank was asked for, the others' SIGTERMs are on their way (the
+  // coordinator stops the whole gang): they must not kill this rank while it reports and exits.
+  void KeepCatching() { keep_catching_ = true; }
 
  private:
   struct sigaction previous_ {};
+  bool keep_catching_ = false;
 };
 
 // The busiest expert's tokens over the mean, averaged over layers; counts [L, E].
@@ -541,8 +547,10 @@ absl::StatusOr<std::string> Trainer::Run() {
     if (stopping) {
       if (stop_requested || g_stop_requested.load()) {
         stopped_by_signal = true;
+        sigterm.KeepCatching();
         if (rank() == 0) {
           log_ << "stopping at step " << step_ << " (SIGTERM); resumable from " << last_checkpoint_ << "\n";
+          log_.flush();
         }
       } else if (rank() == 0) {
         log_ << "stopping after " << steps_this_run << " steps as asked\n";

@@ -63,10 +63,6 @@ const prometheus::Histogram::BucketBoundaries& StepBuckets() {
   return *b;
 }
 
-absl::Time FromProtoTime(const google::protobuf::Timestamp& ts) {
-  return absl::FromUnixMicros(ToUnixMicros(ts));
-}
-
 // A model label: the last component of base_model (no directories of the server's layout),
 // bounded in length.
 std::string ModelLabel(absl::string_view base_model) {
@@ -322,7 +318,12 @@ void JobMetricsExporter::ApplyMetrics(const std::string& id, const ftd::v1::JobM
   if (m.step_seconds() > 0) s->step_duration->Observe(m.step_seconds());
   if (m.tokens() > 0) s->tokens->Increment(static_cast<double>(m.tokens()));
   s->last_update = absl::Now();
-  s->needs_progress = true;
+  if (m.step() > 0) {  // the sample's own step: the gauges above and the step agree
+    set(kStep, static_cast<double>(m.step()));
+    if (m.total_steps() > 0) set(kTotalSteps, static_cast<double>(m.total_steps()));
+  } else {
+    s->needs_progress = true;
+  }
 }
 
 void JobMetricsExporter::SetEval(JobSeries* s, int64_t step, double loss) {

@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -402,6 +403,39 @@ TEST_F(FtctlTest, PlanShowsWorldSizeMemoryAndFit) {
   EXPECT_EQ(j["world_size"], 2);
   EXPECT_EQ(j["data_parallel_size"], 1);
   EXPECT_EQ(*daemon_->store()->CountJobs(), 0);  // validate_only stored nothing
+}
+
+// Each line of `watch` shows a sample's own step with that sample's numbers: the steps advance
+// with every update (they once stood still while the loss changed).
+TEST_F(FtctlTest, WatchShowsEachSamplesOwnStep) {
+  const std::string id = Submit();
+  Process watch({"watch", id}, Env(), env_.root());
+  ASSERT_TRUE(WaitFor([&] { return watch.out().find("QUEUED") != std::string::npos; })) << watch.out();
+  int n = 0;  // once a message shows up, the watch's stream is live
+  ASSERT_TRUE(WaitFor([&] {
+    EXPECT_TRUE(daemon_->jobs()->AppendMessage(id, absl::StrCat("live ", n++)).ok());
+    return watch.out().find("live") != std::string::npos;
+  }));
+  Transition(id, JobState::STARTING);
+  Transition(id, JobState::RUNNING);
+  for (int step = 1; step <= 10; ++step) Progress(id, step, 5.0 - 0.25 * step);
+  Transition(id, JobState::SUCCEEDED);
+  Result r = watch.Wait();
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  std::vector<int> steps;
+  for (absl::string_view line : absl::StrSplit(r.out, '\n')) {
+    if (!absl::StrContains(line, "RUNNING  step ")) continue;
+    int step = 0;
+    double loss = 0;
+    ASSERT_EQ(std::sscanf(std::string(line.substr(line.find("step "))).c_str(), "step %d/10", &step), 1) << line;
+    if (step == 0) continue;  // the RUNNING status, before any sample
+    const size_t at = line.find("loss ");
+    ASSERT_NE(at, absl::string_view::npos) << line;
+    ASSERT_EQ(std::sscanf(std::string(line.substr(at)).c_str(), "loss %lf", &loss), 1) << line;
+    EXPECT_NEAR(loss, 5.0 - 0.25 * step, 1e-4) << "step and loss of different samples: " << line;
+    steps.push_back(step);
+  }
+  EXPECT_EQ(steps, (std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10})) << r.out;
 }
 
 TEST_F(FtctlTest, WatchShowsProgressAndExitsWithTheFinalState) {

@@ -1,5 +1,6 @@
 """One `ftd` coordinator for a test: fixed loopback ports (so that it restarts on them), a
-tokens file with a user and an admin, roots under the test's directory, REST calls."""
+tokens file with a user and an admin of tenant `pipelines`, roots under the test's directory
+(base models in a shared model root, datasets and outputs in the tenant's namespace), REST calls."""
 import json
 import os
 import random
@@ -12,19 +13,27 @@ from conftest import binary, free_port, run, wait_for
 
 USER = "usertoken-pipeline-0123456789"
 ADMIN = "admintoken-pipeline-0123456789"
+TENANT = "pipelines"
+
+
+def tenant_dirs(root):
+    """(shared models, the tenant's datasets, the tenant's outputs) under root, created."""
+    dirs = (root / "models", root / "data" / TENANT, root / "outputs" / TENANT)
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
 
 
 class LocalCoordinator:
     def __init__(self, root, *, local_worker=False, engine=None, extra_args=()):
         self.root = root
         self.grpc_port, self.http_port = free_port(), free_port()
-        (root / "tokens").write_text(f"{USER} pipelines user\n{ADMIN} ops admin\n")
-        for d in ("models", "data", "outputs"):
-            (root / d).mkdir(exist_ok=True)
+        (root / "tokens").write_text(f"{USER} {TENANT} user\n{ADMIN} ops admin\n")
+        self.models, self.data, self.outputs = tenant_dirs(root)
         self.args = [binary("ftd"), "--data-dir", root / "store", "--tokens-file", root / "tokens",
                      "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
                      "--http-listen", f"127.0.0.1:{self.http_port}",
-                     "--model-root", root / "models", "--data-root", root / "data",
+                     "--shared-model-root", root / "models", "--data-root", root / "data",
                      "--output-root", root / "outputs", *extra_args]
         if local_worker:
             self.args += ["--local-worker"]
@@ -85,10 +94,10 @@ class LocalCoordinator:
 
 
 def make_tiny_job_assets(root, ftd_train, docs=200, seed=5):
-    """A tiny random MoE checkpoint at root/models/tiny and `docs` token documents at
-    root/data/train.jsonl: under LocalCoordinator's roots. Returns (model dir, dataset)."""
-    model, data = root / "models" / "tiny", root / "data" / "train.jsonl"
-    data.parent.mkdir(parents=True, exist_ok=True)
+    """A tiny random MoE checkpoint in the shared model root and `docs` token documents in the
+    tenant's datasets: under LocalCoordinator's roots. Returns (model dir, dataset)."""
+    models, datasets, _ = tenant_dirs(root)
+    model, data = models / "tiny", datasets / "train.jsonl"
     run([ftd_train, "init-model", "--preset", "tiny", "--dtype", "fp32", "--seed", "3", "--out", model])
     rnd = random.Random(seed)
     with open(data, "w") as f:

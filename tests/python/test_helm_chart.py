@@ -174,12 +174,13 @@ def test_coordinator_statefulset_command_probes_and_storage():
 
 
 def test_coordinator_optional_flags_and_existing_claim():
-    rendered = render({"coordinator": {"modelRoot": "/models", "dataRoot": "/data",
+    rendered = render({"coordinator": {"modelRoot": "/models", "sharedModelRoot": "/base-models", "dataRoot": "/data",
                                        "extraArgs": ["--log-level=debug"],
                                        "persistence": {"existingClaim": "ftd-store"}}})
     sts = one(rendered, "StatefulSet", "-coordinator")
     args = pod_spec(sts)["containers"][0]["args"]
     assert "--model-root=/models" in args and "--data-root=/data" in args
+    assert "--shared-model-root=/base-models" in args
     assert args[-1] == "--log-level=debug"
     assert "volumeClaimTemplates" not in sts["spec"]
     data = next(v for v in pod_spec(sts)["volumes"] if v["name"] == "data")

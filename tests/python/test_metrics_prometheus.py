@@ -67,13 +67,18 @@ class Coordinator:
         self.http_port, self.grpc_port = free_port(), free_port()
         # The admin token is what the local worker presents to the coordinator.
         (root / "tokens").write_text(f"{TOKEN} team-metrics user\n{ADMIN} ops admin\n")
-        run([engine, "init-model", "--preset", "tiny", "--dtype", "fp32", "--seed", "3", "--out", root / "tiny-moe"])
+        # The tenant's namespaces of the data and output roots; the model in the shared root.
+        self.data = root / "datasets" / "team-metrics"
+        self.data.mkdir(parents=True)
+        self.out = root / "outputs" / "team-metrics" / "out"
+        run([engine, "init-model", "--preset", "tiny", "--dtype", "fp32", "--seed", "3", "--out",
+             root / "models" / "tiny-moe"])
         rnd = random.Random(5)
-        with open(root / "data.jsonl", "w") as f:
+        with open(self.data / "data.jsonl", "w") as f:
             for _ in range(400):
                 f.write(json.dumps({"input_ids": [rnd.randrange(512) for _ in range(rnd.randrange(20, 48))]}) + "\n")
         # A small validation set: an evaluation costs about one step.
-        with open(root / "valid.jsonl", "w") as f:
+        with open(self.data / "valid.jsonl", "w") as f:
             for _ in range(6):
                 f.write(json.dumps({"input_ids": [rnd.randrange(512) for _ in range(rnd.randrange(20, 48))]}) + "\n")
         self.log = open(root / "ftd.log", "w")
@@ -81,7 +86,8 @@ class Coordinator:
         self.proc = subprocess.Popen(
             [binary("ftd"), "--data-dir", root / "data", "--tokens-file", root / "tokens",
              "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--http-listen", f"127.0.0.1:{self.http_port}",
-             "--model-root", root, "--data-root", root, "--output-root", root,
+             "--shared-model-root", root / "models", "--data-root", root / "datasets",
+             "--output-root", (root / "outputs").mkdir() or root / "outputs",
              "--local-worker", "--local-worker-slots", "2"],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         # stdout carries the log too: copy it to ftd.log (the pipe must not fill up).
@@ -102,9 +108,9 @@ class Coordinator:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
     def submit(self, steps):
-        spec = {"base_model": str(self.root / "tiny-moe"),
-                "datasets": {"train": str(self.root / "data.jsonl"), "validation": str(self.root / "valid.jsonl")},
-                "output": str(self.root / "out"),
+        spec = {"base_model": str(self.root / "models" / "tiny-moe"),
+                "datasets": {"train": str(self.data / "data.jsonl"), "validation": str(self.data / "valid.jsonl")},
+                "output": str(self.out),
                 "hyperparameters": {"max_steps": steps, "global_batch": 8, "micro_batch": 1, "seq_len": 48,
                                     "lr": 3e-3, "schedule": "cosine", "warmup_steps": 2, "seed": 7,
                                     "eval_every": EVAL_EVERY},

@@ -60,9 +60,9 @@ def coordinator(tmp_path):
 
 def test_steps_follow_a_job_to_its_end_and_exit_by_outcome(client_python, coordinator, tmp_path):
     c = coordinator
-    (c.root / "models" / "tiny").mkdir()
-    (c.root / "data" / "train.jsonl").write_text('{"input_ids": [1, 2, 3]}\n')
-    spec = {"baseModel": str(c.root / "models" / "tiny"), "datasets": {"train": str(c.root / "data" / "train.jsonl")},
+    (c.models / "tiny").mkdir()
+    (c.data / "train.jsonl").write_text('{"input_ids": [1, 2, 3]}\n')
+    spec = {"baseModel": str(c.models / "tiny"), "datasets": {"train": str(c.data / "train.jsonl")},
             "hyperparameters": {"maxSteps": 4, "globalBatch": 1, "microBatch": 1, "seqLen": 16, "lr": 0.001},
             "resources": {"nodes": 1, "gpusPerNode": 1}}
     spec_file = tmp_path / "job.json"

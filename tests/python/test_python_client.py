@@ -79,10 +79,10 @@ def coordinator(tmp_path):
 
 def queued_spec(c):
     """A spec that validates (no worker runs it: it stays QUEUED)."""
-    (c.root / "models" / "tiny").mkdir(exist_ok=True)
-    (c.root / "data" / "train.jsonl").write_text('{"input_ids": [1, 2, 3]}\n')
-    return {"base_model": str(c.root / "models" / "tiny"),
-            "datasets": {"train": str(c.root / "data" / "train.jsonl")},
+    (c.models / "tiny").mkdir(exist_ok=True)
+    (c.data / "train.jsonl").write_text('{"input_ids": [1, 2, 3]}\n')
+    return {"base_model": str(c.models / "tiny"),
+            "datasets": {"train": str(c.data / "train.jsonl")},
             "hyperparameters": {"max_steps": 10, "global_batch": 2, "micro_batch": 1, "seq_len": 32, "lr": 1e-4},
             "resources": {"nodes": 1, "gpus_per_node": 2}}
 

@@ -20,6 +20,7 @@ from conftest import binary, free_port, process_running, run, wait_for
 
 ADMIN = "admintoken-0123456789"
 USER = "usertoken-0123456789"
+TENANT = "team"  # USER's tenant: its paths lie in <root>/team/
 
 
 @pytest.fixture(scope="session")
@@ -45,14 +46,15 @@ def assets(tmp_path_factory, engine):
     run([engine, "init-model", "--preset", "tiny", "--dtype", "fp32", "--seed", "3", "--out", d / "model"])
     import random
     rnd = random.Random(5)
-    with open(d / "data.jsonl", "w") as f:
+    (d / TENANT).mkdir()  # the tenant's namespace of the data root
+    with open(d / TENANT / "data.jsonl", "w") as f:
         for _ in range(200):
             f.write(json.dumps({"input_ids": [rnd.randrange(512) for _ in range(rnd.randrange(10, 40))]}) + "\n")
     return d
 
 
 def job_spec(assets, out, steps, nodes=2, per_node=2, ep=2, every=2, priority=0, restarts=0, gb=8, gate="real"):
-    return {"base_model": str(assets / "model"), "datasets": {"train": str(assets / "data.jsonl")},
+    return {"base_model": str(assets / "model"), "datasets": {"train": str(assets / TENANT / "data.jsonl")},
             "output": str(out),
             "hyperparameters": {"max_steps": steps, "global_batch": gb, "micro_batch": 1, "seq_len": 48,
                                 "lr": 3e-3, "schedule": "cosine", "warmup_steps": 2, "seed": 7},
@@ -68,21 +70,25 @@ class Cluster:
         self.root, self.engine, self.assets = root, engine, assets
         self.ftd_bin, self.worker_bin = service_bins
         self.grpc, self.http = free_port(), free_port()
-        (root / "tokens").write_text(f"{ADMIN} ops admin\n{USER} team user\n")
+        (root / "tokens").write_text(f"{ADMIN} ops admin\n{USER} {TENANT} user\n")
         (root / "worker.token").write_text(ADMIN + "\n")
         self.ftd = None
         self.workers = {}
         self.logs = []
 
-    def start_ftd(self):
+    def out(self, name):
+        """An output directory in the tenant's namespace of the output root."""
+        return self.root / TENANT / name
+
+    def start_ftd(self, stop_grace=3):
         start_at = (self.root / "ftd.log").stat().st_size if (self.root / "ftd.log").exists() else 0
         log = open(self.root / "ftd.log", "a")
         self.logs.append(log)
         self.ftd = subprocess.Popen(
             [self.ftd_bin, "--data-dir", self.root / "data", "--tokens-file", self.root / "tokens",
              "--grpc-listen", f"127.0.0.1:{self.grpc}", "--http-listen", f"127.0.0.1:{self.http}",
-             "--model-root", self.assets, "--data-root", self.assets, "--output-root", self.root,
-             "--heartbeat-interval", "0.2", "--heartbeat-timeout", "2", "--stop-grace", "3",
+             "--shared-model-root", self.assets, "--data-root", self.assets, "--output-root", self.root,
+             "--heartbeat-interval", "0.2", "--heartbeat-timeout", "2", "--stop-grace", str(stop_grace),
              "--adopt-grace", "15"],
             stdout=log, stderr=log)
 
@@ -100,6 +106,10 @@ class Cluster:
              "--work-dir", self.root / f"work-{name}", "--address", "127.0.0.1", "--stop-grace", "3"],
             stdout=log, stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"})
         return self.workers[name]
+
+    def stop_ftd(self):
+        self.ftd.send_signal(signal.SIGTERM)
+        self.ftd.wait(timeout=30)
 
     def stop(self):
         for p in list(self.workers.values()) + [self.ftd]:
@@ -130,6 +140,9 @@ class Cluster:
 
     def job(self, job_id):
         return self.call("GET", f"/v1/jobs/{job_id}")
+
+    def step(self, job_id):
+        return int(self.job(job_id)["status"].get("progress", {}).get("step", 0))
 
     def state(self, job_id):
         return self.job(job_id)["status"]["state"]
@@ -180,11 +193,21 @@ def cluster(tmp_path, service_bins, engine, assets):
     c.stop()
 
 
-# The real router everywhere (an earlier engine build aborted at step 18 of this data with ep=2;
-# fixed in f33e579: a rank that receives no rows still runs the backward all-to-all).
+# The real router on long runs: with ep=2 on this data some ranks receive no rows at some steps,
+# and must still take part in the backward all-to-all.
 LONG_GATE = "real"
 
 STEP_RE = re.compile(r"step (\d+)/(\d+) loss ([0-9.eE+-]+)")
+
+
+def running_job(cluster, out, steps, every, min_step):
+    """A 4-rank job on workers w1 and w2 (started here), once it has made `min_step` steps."""
+    cluster.start_worker("w1")
+    cluster.start_worker("w2")
+    job_id = cluster.submit(job_spec(cluster.assets, cluster.out(out), steps=steps, every=every, gate=LONG_GATE))
+    cluster.wait_state(job_id, "RUNNING")
+    wait_for(f"step {min_step}", lambda: cluster.step(job_id) >= min_step)
+    return job_id
 
 
 def step_losses(text):
@@ -201,7 +224,7 @@ def step_losses(text):
 def test_four_rank_job_on_two_workers(cluster, engine):
     cluster.start_worker("w1")
     cluster.start_worker("w2")
-    out = cluster.root / "out-4rank"
+    out = cluster.out("out-4rank")
     job_id = cluster.submit(job_spec(cluster.assets, out, steps=6))
     followed = {}
 
@@ -241,15 +264,23 @@ def test_four_rank_job_on_two_workers(cluster, engine):
     assert any("final checkpoint" in s and str(final) in s for s in msgs), msgs
     logs = cluster.logs_text(job_id)
     assert "[rank 0] step 6/6" in logs and "[rank 3]" in logs, logs[-2000:]
+    assert "[rank 0] backends: method full, attention sdpa, experts grouped_mm, dispatcher alltoall, zero_stage 2" \
+        in logs, logs[:3000]
     assert cluster.rank_pids(job_id) == []
+    # Every metrics event names the step it describes: one per step, in order, each with its loss.
+    samples = [e["metrics"] for e in cluster.events(job_id) if "metrics" in e]
+    assert [int(m["step"]) for m in samples] == list(range(1, 7)), samples
+    assert all(int(m["totalSteps"]) == 6 for m in samples)
+    losses = step_losses(logs)
+    assert all(abs(m["loss"] - losses[int(m["step"])]) < 1e-5 for m in samples), (samples, losses)
 
 
 def test_two_three_slot_jobs_queue_by_priority(cluster):
     # Both need 3 of the cluster's 4 slots. Submitted before any worker exists: the later,
     # higher-priority job must run first; the other waits (QUEUED, nothing partially placed).
-    low = cluster.submit(job_spec(cluster.assets, cluster.root / "low", steps=4, nodes=3, per_node=1, ep=1,
+    low = cluster.submit(job_spec(cluster.assets, cluster.out("low"), steps=4, nodes=3, per_node=1, ep=1,
                                   every=4, priority=0, gb=6))
-    high = cluster.submit(job_spec(cluster.assets, cluster.root / "high", steps=4, nodes=3, per_node=1, ep=1,
+    high = cluster.submit(job_spec(cluster.assets, cluster.out("high"), steps=4, nodes=3, per_node=1, ep=1,
                                    every=4, priority=5, gb=6))
     cluster.start_worker("w1")
     cluster.start_worker("w2")
@@ -280,7 +311,7 @@ def test_sigkill_worker_resumes_from_checkpoint(cluster, engine):
     steps, every = 40, 4
     cluster.start_worker("w1")
     victim = cluster.start_worker("w2")
-    out = cluster.root / "out-kill"
+    out = cluster.out("out-kill")
     spec = job_spec(cluster.assets, out, steps=steps, every=every, restarts=2, gate=LONG_GATE)
     job_id = cluster.submit(spec)
     wait_for("a checkpoint at step >= 8",
@@ -319,12 +350,7 @@ def test_sigkill_worker_resumes_from_checkpoint(cluster, engine):
 
 
 def test_cancel_stops_every_rank_within_10s(cluster):
-    cluster.start_worker("w1")
-    cluster.start_worker("w2")
-    job_id = cluster.submit(job_spec(cluster.assets, cluster.root / "out-cancel", steps=2000, every=1000,
-                                                 gate=LONG_GATE))
-    cluster.wait_state(job_id, "RUNNING")
-    wait_for("a step", lambda: int(cluster.job(job_id)["status"].get("progress", {}).get("step", 0)) >= 1)
+    job_id = running_job(cluster, "out-cancel", steps=2000, every=1000, min_step=1)
     pids = cluster.rank_pids(job_id)
     assert len(pids) == 4, pids
     t0 = time.monotonic()
@@ -337,12 +363,9 @@ def test_cancel_stops_every_rank_within_10s(cluster):
 
 
 def test_coordinator_restart_adopts_running_job(cluster):
-    cluster.start_worker("w1")
-    cluster.start_worker("w2")
-    job_id = cluster.submit(job_spec(cluster.assets, cluster.root / "out-restart", steps=40, every=10,
-                                                 gate=LONG_GATE))
-    cluster.wait_state(job_id, "RUNNING")
-    wait_for("a step", lambda: int(cluster.job(job_id)["status"].get("progress", {}).get("step", 0)) >= 2)
+    # Long enough that the ranks are still training a second after the coordinator died.
+    steps = 300
+    job_id = running_job(cluster, "out-restart", steps=steps, every=100, min_step=2)
     pids = cluster.rank_pids(job_id)
     assert len(pids) == 4
     cluster.ftd.send_signal(signal.SIGKILL)
@@ -352,6 +375,56 @@ def test_coordinator_restart_adopts_running_job(cluster):
     cluster.start_ftd()
     job = cluster.wait_state(job_id, "SUCCEEDED", timeout=180)
     assert job["status"].get("attempt", 0) == 0  # adopted, not restarted
-    assert int(job["status"]["progress"]["step"]) == 40
+    assert int(job["status"]["progress"]["step"]) == steps
     msgs = " ".join(e.get("message", "") for e in cluster.events(job_id))
     assert "adopted" in msgs, msgs
+
+
+def test_deadline_stops_the_ranks_with_a_checkpoint_and_fails_the_job(cluster):
+    # A long job with a runtime limit: stopped mid-run at a step boundary, where the ranks save
+    # a checkpoint; FAILED with DEADLINE_EXCEEDED and not restarted, despite max_restarts. The
+    # coordinator gives the ranks time to save (stop grace 60 s) before it would kill them.
+    cluster.stop_ftd()
+    cluster.start_ftd(stop_grace=60)
+    cluster.start_worker("w1")
+    cluster.start_worker("w2")
+    spec = job_spec(cluster.assets, cluster.out("out-deadline"), steps=5000, every=1000, restarts=3, gate=LONG_GATE)
+    spec["scheduling"]["max_runtime_seconds"] = 30
+    job_id = cluster.submit(spec)
+    cluster.wait_state(job_id, "RUNNING")
+    job = cluster.wait_state(job_id, "FAILED", timeout=120)
+    st = job["status"]
+    assert st["error"]["code"] == "DEADLINE_EXCEEDED", st
+    assert not st["error"].get("retryable", False)
+    assert st.get("attempt", 0) == 0, "not restarted"
+    step = int(st["progress"]["step"])
+    assert 0 < step < 5000, st["progress"]
+    ckpts = st.get("checkpoints", [])
+    assert ckpts and int(ckpts[-1]["step"]) == step, (ckpts, step)
+    assert (cluster.out("out-deadline") / f"checkpoint-{step}" / "training_state").is_dir()
+    assert f"last checkpoint {ckpts[-1]['path']}" in st["error"]["message"], st["error"]
+    # The ranks are gone.
+    assert cluster.rank_pids(job_id) == []
+    logs = cluster.logs_text(job_id)
+    assert f"stopping at step {step} (SIGTERM)" in logs, logs[-2000:]
+
+
+def test_ranks_that_finish_while_the_coordinator_is_down_keep_their_progress(cluster):
+    # The ranks train to the end while no coordinator runs; the workers then register again
+    # with exited ranks (a register carries no reports) and deliver the steps afterwards. The
+    # job must end with the last step's progress, not with what the old coordinator saw.
+    steps = 12
+    job_id = running_job(cluster, "out-offline", steps=steps, every=6, min_step=1)
+    seen = cluster.step(job_id)
+    cluster.ftd.send_signal(signal.SIGKILL)
+    cluster.ftd.wait()
+    wait_for("the ranks to finish without a coordinator", lambda: cluster.rank_pids(job_id) == [], timeout=180)
+    assert seen < steps
+    cluster.start_ftd()
+    job = cluster.wait_state(job_id, "SUCCEEDED", timeout=120)
+    assert job["status"].get("attempt", 0) == 0
+    assert int(job["status"]["progress"]["step"]) == steps, job["status"]["progress"]
+    assert int(job["status"]["metrics"]["step"]) == steps
+    assert int(job["status"]["checkpoints"][-1]["step"]) == steps
+    samples = [int(e["metrics"]["step"]) for e in cluster.events(job_id) if "metrics" in e]
+    assert samples[-1] == steps and samples == sorted(samples), samples

@@ -23,7 +23,7 @@ TEST(CliTest, FlagsComeFromAConfigFile) {
   std::ofstream(config) << "data-dir = \"" << env.data_dir() << "\"\n"
                         << "grpc-listen = \"127.0.0.1:0\"\nhttp-listen = \"127.0.0.1:0\"\n"
                         << "tokens-file = \"" << env.tokens_file() << "\"\n"
-                        << "model-root = [\"" << env.model_root() << "\"]\n"
+                        << "shared-model-root = [\"" << env.model_root() << "\"]\n"
                         << "data-root = [\"" << env.data_root() << "\"]\n"
                         << "local-worker = true\n";
   auto d = SpawnDaemon({"--config", config});
@@ -63,7 +63,7 @@ TEST(ReadinessTest, CallsAreUnavailableAndReadyzIs503UntilReplayed) {
   server::EventHub hub;
   server::JobManager manager(store->get(), &hub);
   server::ValidatorConfig vc;
-  vc.model_roots = {env.model_root()};
+  vc.shared_model_roots = {env.model_root()};
   vc.data_roots = {env.data_root()};
   auto validator = server::SpecValidator::Create(vc);
   ASSERT_TRUE(validator.ok());

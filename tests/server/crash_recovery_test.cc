@@ -33,7 +33,7 @@ using google::protobuf::util::MessageDifferencer;
 
 std::vector<std::string> DaemonArgs(const TestEnv& env) {
   return {"--data-dir", env.data_dir(), "--grpc-listen", "127.0.0.1:0", "--http-listen",
-          "127.0.0.1:0", "--tokens-file", env.tokens_file(), "--model-root", env.model_root(),
+          "127.0.0.1:0", "--tokens-file", env.tokens_file(), "--shared-model-root", env.model_root(),
           "--data-root", env.data_root()};
 }
 

@@ -97,15 +97,20 @@ TestEnv::TestEnv() {
   ::mkdir((root_ + "/models").c_str(), 0755);
   ::mkdir(model_dir().c_str(), 0755);
   ::mkdir(data_root().c_str(), 0755);
+  ::mkdir(output_root().c_str(), 0755);
   // A small Qwen3-MoE-shaped config: the plan's memory estimate reads it.
   WriteFile(model_dir() + "/config.json", R"({
     "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 256, "num_hidden_layers": 4,
     "vocab_size": 1024, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
     "intermediate_size": 512, "moe_intermediate_size": 128, "num_experts": 8,
     "num_experts_per_tok": 2, "tie_word_embeddings": false})");
-  WriteFile(train_file(), "{\"input_ids\": [1, 2, 3]}\n");
-  WriteFile(tokens_file(), absl::StrCat("# test tokens\n", kTokenA, " tenant-a user\n", kTokenB,
-                                        " tenant-b user\n", kTokenAdmin, " ops admin  # admin\n"));
+  // Each tenant's datasets lie in its namespace of the data root.
+  for (const char* tenant : {kTenantA, kTenantB, kTenantAdmin}) {
+    ::mkdir(absl::StrCat(data_root(), "/", tenant).c_str(), 0755);
+    WriteFile(train_file(tenant), "{\"input_ids\": [1, 2, 3]}\n");
+  }
+  WriteFile(tokens_file(), absl::StrCat("# test tokens\n", kTokenA, " ", kTenantA, " user\n", kTokenB, " ",
+                                        kTenantB, " user\n", kTokenAdmin, " ", kTenantAdmin, " admin  # admin\n"));
 }
 
 TestEnv::~TestEnv() {
@@ -120,7 +125,7 @@ server::DaemonOptions TestEnv::Options() const {
   o.grpc_listen = "127.0.0.1:0";
   o.http_listen = "127.0.0.1:0";
   o.tokens_file = tokens_file();
-  o.model_roots = {model_root()};
+  o.shared_model_roots = {model_root()};
   o.data_roots = {data_root()};
   o.http_threads = 16;
   return o;
@@ -129,7 +134,7 @@ server::DaemonOptions TestEnv::Options() const {
 ftd::v1::JobSpec ValidSpec(const TestEnv& env) {
   ftd::v1::JobSpec spec;
   spec.set_base_model(env.model_dir());
-  spec.mutable_datasets()->set_train(env.train_file());
+  spec.mutable_datasets()->set_train("train.jsonl");  // in the submitting tenant's namespace
   spec.mutable_datasets()->set_format("jsonl_tokens");
   auto* hp = spec.mutable_hyperparameters();
   hp->set_max_steps(100);

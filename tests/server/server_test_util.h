@@ -22,8 +22,12 @@ namespace ftd::testing {
 inline constexpr char kTokenA[] = "token-tenant-a-0123456789";
 inline constexpr char kTokenB[] = "token-tenant-b-0123456789";
 inline constexpr char kTokenAdmin[] = "token-admin-000-0123456789";
+inline constexpr char kTenantA[] = "tenant-a";
+inline constexpr char kTenantB[] = "tenant-b";
+inline constexpr char kTenantAdmin[] = "ops";
 
-// A scratch tree: root/{data,models/tiny-moe,datasets/train.jsonl,tokens}. Removed on exit.
+// A scratch tree: root/{data, models/tiny-moe (the shared model root), datasets/<tenant>/
+// train.jsonl for each of the three tenants, tokens}. Removed on exit.
 class TestEnv {
  public:
   TestEnv();
@@ -33,7 +37,10 @@ class TestEnv {
   std::string model_root() const { return root_ + "/models"; }
   std::string model_dir() const { return root_ + "/models/tiny-moe"; }
   std::string data_root() const { return root_ + "/datasets"; }
-  std::string train_file() const { return root_ + "/datasets/train.jsonl"; }
+  std::string output_root() const { return root_ + "/outputs"; }  // for validators built by hand
+  std::string train_file(const std::string& tenant = kTenantA) const {
+    return root_ + "/datasets/" + tenant + "/train.jsonl";
+  }
   std::string tokens_file() const { return root_ + "/tokens"; }
   server::DaemonOptions Options() const;  // loopback, port 0
 
@@ -41,7 +48,8 @@ class TestEnv {
   std::string root_;
 };
 
-// A spec that validates against TestEnv's roots.
+// A spec that validates against TestEnv's roots for any of its tenants (its dataset path is
+// relative: the submitting tenant's train.jsonl).
 ftd::v1::JobSpec ValidSpec(const TestEnv& env);
 
 // --- gRPC

@@ -372,16 +372,16 @@ class ValidatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ValidatorConfig config;
-    config.model_roots = {env_.model_root()};
+    config.shared_model_roots = {env_.model_root()};
     config.data_roots = {env_.data_root()};
-    config.output_roots = {env_.data_root()};
+    config.output_roots = {env_.output_root()};
     auto v = SpecValidator::Create(config);
     ASSERT_TRUE(v.ok()) << v.status();
     validator_ = std::make_unique<SpecValidator>(*std::move(v));
   }
   std::string Error(ftd::v1::JobSpec spec) {
     std::vector<std::string> notes;
-    absl::Status st = validator_->ValidateAndNormalize(&spec, &notes);
+    absl::Status st = validator_->ValidateAndNormalize(ftd::testing::kTenantA, &spec, &notes);
     return st.ok() ? "OK" : std::string(st.message());
   }
   TestEnv env_;
@@ -392,7 +392,7 @@ TEST_F(ValidatorTest, AcceptsTheValidSpecAndAppliesDefaults) {
   ftd::v1::JobSpec spec = ftd::testing::ValidSpec(env_);
   spec.clear_backends();
   std::vector<std::string> notes;
-  ASSERT_TRUE(validator_->ValidateAndNormalize(&spec, &notes).ok());
+  ASSERT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &spec, &notes).ok());
   EXPECT_EQ(spec.backends().gate(), "real");
   EXPECT_EQ(spec.method(), "full");
   EXPECT_THAT(notes, ::testing::Contains(HasSubstr("spec.backends.gate defaulted to real")));
@@ -404,13 +404,13 @@ TEST_F(ValidatorTest, GradClipAndPrecisionDefaults) {
   ftd::v1::JobSpec spec = ftd::testing::ValidSpec(env_);
   spec.mutable_hyperparameters()->clear_grad_clip();
   std::vector<std::string> notes;
-  ASSERT_TRUE(validator_->ValidateAndNormalize(&spec, &notes).ok());
+  ASSERT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &spec, &notes).ok());
   EXPECT_TRUE(spec.hyperparameters().has_grad_clip());
   EXPECT_EQ(spec.hyperparameters().grad_clip(), 1.0);
   EXPECT_EQ(spec.precision(), "auto");
   spec = ftd::testing::ValidSpec(env_);
   spec.mutable_hyperparameters()->set_grad_clip(0.0);
-  ASSERT_TRUE(validator_->ValidateAndNormalize(&spec, &notes).ok());
+  ASSERT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &spec, &notes).ok());
   EXPECT_EQ(spec.hyperparameters().grad_clip(), 0.0);
   std::string json;
   google::protobuf::util::JsonPrintOptions o;
@@ -461,6 +461,76 @@ TEST_F(ValidatorTest, NamesTheFieldOfEveryViolation) {
   EXPECT_THAT(Error(s), HasSubstr("spec.scheduling.priority"));
 }
 
+// A setting that is accepted must take effect: values the engine has no implementation of are
+// refused by name, with the reason; the implemented one (or none: the default) passes.
+TEST_F(ValidatorTest, RefusesSettingsTheEngineCannotHonour) {
+  auto spec = [&] { return ftd::testing::ValidSpec(env_); };
+  auto s = spec();
+  s.set_method("lora");
+  EXPECT_THAT(Error(s), HasSubstr("spec.method: lora is not supported yet"));
+  s = spec();
+  s.mutable_backends()->set_dispatcher("fused");
+  EXPECT_THAT(Error(s), HasSubstr("spec.backends.dispatcher: fused is not supported yet"));
+  s = spec();
+  s.mutable_backends()->set_attention("flash");
+  EXPECT_THAT(Error(s), HasSubstr("spec.backends.attention: flash is not supported yet"));
+  s = spec();
+  s.mutable_backends()->set_attention("cudnn");
+  EXPECT_THAT(Error(s), HasSubstr("spec.backends.attention: cudnn is not supported yet"));
+  s = spec();
+  s.mutable_backends()->set_experts("loop");
+  EXPECT_THAT(Error(s), HasSubstr("spec.backends.experts: loop is not supported yet"));
+  s = spec();
+  s.mutable_backends()->set_experts("magic");
+  EXPECT_THAT(Error(s), HasSubstr("spec.backends.experts: must be one of grouped_mm, loop"));
+  for (int stage : {1, 4}) {
+    s = spec();
+    s.mutable_parallelism()->set_zero_stage(stage);
+    EXPECT_THAT(Error(s), HasSubstr("spec.parallelism.zero_stage: must be 2 (dense gradients")) << stage;
+  }
+  s = spec();
+  s.mutable_parallelism()->set_zero_stage(3);  // dense parameters sharded too
+  std::vector<std::string> stage3_notes;
+  EXPECT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &s, &stage3_notes).ok());
+  s = spec();
+  s.clear_backends();
+  s.mutable_parallelism()->set_zero_stage(0);
+  std::vector<std::string> notes;
+  ASSERT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &s, &notes).ok());
+  EXPECT_EQ(s.parallelism().zero_stage(), 2);
+  EXPECT_EQ(s.backends().attention(), "sdpa");
+  EXPECT_EQ(s.backends().experts(), "grouped_mm");
+  EXPECT_EQ(s.backends().dispatcher(), "alltoall");
+  EXPECT_THAT(notes, ::testing::Contains(HasSubstr("spec.parallelism.zero_stage defaulted to 2")));
+}
+
+TEST_F(ValidatorTest, WebhooksGoOnlyToAllowedDestinations) {
+  auto s = ftd::testing::ValidSpec(env_);
+  s.set_webhook_url("http://hooks.example.com/ftd");
+  EXPECT_THAT(Error(s), HasSubstr("spec.webhook_url: webhooks are disabled on this coordinator"));
+  ValidatorConfig config = validator_->config();
+  config.webhook_allow = {"hooks.example.com", "127.0.0.1:8443"};
+  auto allowing = SpecValidator::Create(config);
+  ASSERT_TRUE(allowing.ok()) << allowing.status();
+  auto check = [&](const std::string& url) {
+    auto spec = ftd::testing::ValidSpec(env_);
+    spec.set_webhook_url(url);
+    std::vector<std::string> notes;
+    absl::Status st = allowing->ValidateAndNormalize(ftd::testing::kTenantA, &spec, &notes);
+    return st.ok() ? "OK" : std::string(st.message());
+  };
+  EXPECT_EQ(check("http://hooks.example.com/ftd"), "OK");
+  EXPECT_EQ(check("https://HOOKS.example.com:443/x?y=1"), "OK");  // any port of a bare host
+  EXPECT_EQ(check("https://127.0.0.1:8443/hook"), "OK");
+  EXPECT_THAT(check("http://127.0.0.1:8080/hook"), HasSubstr("destination 127.0.0.1:8080 is not in the operator's allow-list"));
+  EXPECT_THAT(check("http://169.254.169.254/latest/meta-data"), HasSubstr("not in the operator's allow-list"));
+  EXPECT_THAT(check("http://localhost/admin"), HasSubstr("not in the operator's allow-list"));
+  EXPECT_THAT(check("http://hooks.example.com@10.0.0.1/"), HasSubstr("spec.webhook_url: must not carry user information"));
+  EXPECT_THAT(check("ftp://hooks.example.com/"), HasSubstr("spec.webhook_url: must be an http:// or https:// URL"));
+  config.webhook_allow = {"bad host"};
+  EXPECT_THAT(std::string(SpecValidator::Create(config).status().message()), HasSubstr("--webhook-allow `bad host`"));
+}
+
 TEST_F(ValidatorTest, ConfinesPathsToRootsThroughDotDotAndSymlinks) {
   auto s = ftd::testing::ValidSpec(env_);
   s.set_base_model(env_.model_root() + "/../datasets");
@@ -480,10 +550,10 @@ TEST_F(ValidatorTest, ConfinesPathsToRootsThroughDotDotAndSymlinks) {
   s = ftd::testing::ValidSpec(env_);
   s.mutable_datasets()->set_train("future/train.jsonl");
   std::vector<std::string> notes;
-  ASSERT_TRUE(validator_->ValidateAndNormalize(&s, &notes).ok());
+  ASSERT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &s, &notes).ok());
   char real_root[PATH_MAX];
   ASSERT_NE(::realpath(env_.data_root().c_str(), real_root), nullptr);
-  EXPECT_EQ(s.datasets().train(), std::string(real_root) + "/future/train.jsonl");
+  EXPECT_EQ(s.datasets().train(), std::string(real_root) + "/tenant-a/future/train.jsonl");
 }
 
 TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {

@@ -19,9 +19,9 @@ class ValidationSplitSpecTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ValidatorConfig config;
-    config.model_roots = {env_.model_root()};
+    config.shared_model_roots = {env_.model_root()};
     config.data_roots = {env_.data_root()};
-    config.output_roots = {env_.data_root()};
+    config.output_roots = {env_.output_root()};
     auto v = SpecValidator::Create(config);
     ASSERT_TRUE(v.ok()) << v.status();
     validator_ = std::make_unique<SpecValidator>(*std::move(v));
@@ -32,7 +32,7 @@ class ValidationSplitSpecTest : public ::testing::Test {
     if (!validation.empty()) spec.mutable_datasets()->set_validation(validation);
     spec.mutable_hyperparameters()->set_eval_every(eval_every);
     std::vector<std::string> notes;
-    absl::Status st = validator_->ValidateAndNormalize(&spec, &notes);
+    absl::Status st = validator_->ValidateAndNormalize(ftd::testing::kTenantA, &spec, &notes);
     return st.ok() ? "OK" : std::string(st.message());
   }
   ftd::testing::TestEnv env_;

@@ -49,7 +49,8 @@ class SchedulerTest : public ::testing::Test {
     return o;
   }
 
-  std::string AddJob(int nodes, int per_node, int priority = 0, int max_restarts = 0) {
+  std::string AddJob(int nodes, int per_node, int priority = 0, int max_restarts = 0,
+                     int64_t max_runtime_seconds = 0) {
     NewJob n;
     n.job.set_id(absl::StrCat("job-", ++next_id_));
     n.job.set_tenant("t");
@@ -57,6 +58,7 @@ class SchedulerTest : public ::testing::Test {
     n.job.mutable_spec()->mutable_resources()->set_gpus_per_node(per_node);
     n.job.mutable_spec()->mutable_scheduling()->set_priority(priority);
     n.job.mutable_spec()->mutable_scheduling()->set_max_restarts(max_restarts);
+    n.job.mutable_spec()->mutable_scheduling()->set_max_runtime_seconds(max_runtime_seconds);
     n.job.mutable_spec()->set_output("/tmp/out");
     n.job.mutable_status()->set_state(ftd::v1::QUEUED);
     *n.job.mutable_create_time() = ToProtoTime(absl::Now() + absl::Microseconds(next_id_));
@@ -101,7 +103,27 @@ class SchedulerTest : public ::testing::Test {
     return p;
   }
 
+  // Rank 0's report of optimizer step `step` of `total`, numbered `seq`.
+  static ftd::v1::RankReport StepReport(const std::string& job, int64_t seq, int64_t step, int64_t total) {
+    ftd::v1::RankReport r;
+    r.set_seq(seq);
+    r.mutable_key()->set_job_id(job);
+    r.mutable_key()->set_rank(0);
+    r.mutable_step()->mutable_progress()->set_step(step);
+    r.mutable_step()->mutable_progress()->set_total_steps(total);
+    r.mutable_step()->mutable_metrics()->set_loss(10.0 / static_cast<double>(step));
+    return r;
+  }
+
   ftd::v1::FineTuneJob Job(const std::string& id) { return *store_->GetJob(id); }
+
+  // Until the job's first start + max_runtime_seconds has passed.
+  void SleepPastDeadline(const std::string& id) {
+    const ftd::v1::FineTuneJob job = Job(id);
+    const absl::Time deadline = FromProtoTime(job.status().start_time()) +
+                                absl::Seconds(job.spec().scheduling().max_runtime_seconds());
+    absl::SleepFor(deadline - absl::Now() + absl::Milliseconds(50));
+  }
 
   std::string dir_;
   EventHub hub_;
@@ -278,6 +300,86 @@ TEST_F(SchedulerTest, StrictPriorityThenFifoWithoutPartialPlacement) {
   EXPECT_EQ(busy, 3);
 }
 
+// spec.scheduling.max_runtime_seconds: the gang is stopped (the ranks save a checkpoint on
+// SIGTERM) and the job FAILS with DEADLINE_EXCEEDED, not requeued despite max_restarts.
+TEST_F(SchedulerTest, DeadlineStopsTheGangAndFailsTheJob) {
+  const std::string id = AddJob(1, 1, 0, /*max_restarts=*/3, /*max_runtime_seconds=*/3);
+  Register("a", 1);
+  sched_->Tick();
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::STARTING);
+  ASSERT_TRUE(Job(id).status().has_start_time());
+  Beat("a", {Proc(id, 0, 0)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  sched_->Tick();
+  EXPECT_EQ(Beat("a", {Proc(id, 0, 0)}).stop_size(), 0);  // not yet
+  SleepPastDeadline(id);
+  sched_->Tick();
+  auto r = Beat("a", {Proc(id, 0, 0)});
+  ASSERT_EQ(r.stop_size(), 1);
+  EXPECT_EQ(r.stop(0).ranks(0).job_id(), id);
+  // The rank saves a checkpoint at its step boundary and exits 1 (stopped by SIGTERM).
+  ftd::v1::RankReport ck;
+  ck.set_seq(1);
+  ck.mutable_key()->set_job_id(id);
+  ck.mutable_checkpoint()->set_step(7);
+  ck.mutable_checkpoint()->set_path("/tmp/out/checkpoint-7");
+  ftd::v1::RankProcess gone = Proc(id, 0, 0, /*exited=*/true, /*code=*/1);
+  gone.set_last_report_seq(1);
+  Beat("a", {gone}, {ck});
+  sched_->Tick();
+  const ftd::v1::FineTuneJob job = Job(id);
+  EXPECT_EQ(job.status().state(), ftd::v1::FAILED);
+  EXPECT_EQ(job.status().error().code(), "DEADLINE_EXCEEDED");
+  EXPECT_FALSE(job.status().error().retryable());
+  EXPECT_NE(job.status().error().message().find("last checkpoint /tmp/out/checkpoint-7"), std::string::npos)
+      << job.status().error().message();
+  EXPECT_EQ(job.status().attempt(), 0);
+}
+
+// The clock starts at the first placement and survives a coordinator restart and a requeue.
+TEST_F(SchedulerTest, DeadlineSurvivesRestartsAndRequeues) {
+  const std::string id = AddJob(1, 1, 0, /*max_restarts=*/3, /*max_runtime_seconds=*/5);
+  Register("a", 1);
+  sched_->Tick();
+  Beat("a", {Proc(id, 0, 0)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  const int64_t started = Job(id).status().start_time().seconds();
+
+  OpenScheduler();  // restart: the adopted attempt keeps the deadline of the first start
+  ASSERT_TRUE(sched_->Recover().ok());
+  Register("a", 1, {Proc(id, 0, 0)});
+  // The rank fails: requeued (attempt 1) and placed again, with the same start time.
+  Beat("a", {Proc(id, 0, 0, /*exited=*/true, /*code=*/1)});
+  sched_->Tick();
+  ASSERT_EQ(Job(id).status().attempt(), 1);
+  sched_->Tick();
+  Beat("a", {});
+  Beat("a", {Proc(id, 1, 0)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  EXPECT_EQ(Job(id).status().start_time().seconds(), started);
+  SleepPastDeadline(id);
+  sched_->Tick();
+  EXPECT_EQ(Beat("a", {Proc(id, 1, 0)}).stop_size(), 1);
+  Beat("a", {Proc(id, 1, 0, /*exited=*/true, /*code=*/1)});
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::FAILED);
+  EXPECT_EQ(Job(id).status().error().code(), "DEADLINE_EXCEEDED");
+}
+
+// A job requeued after a failure that runs out of time while waiting fails without starting.
+TEST_F(SchedulerTest, QueuedJobPastItsDeadlineFailsWithoutStarting) {
+  const std::string id = AddJob(1, 1, 0, /*max_restarts=*/3, /*max_runtime_seconds=*/3);
+  Register("a", 1);
+  sched_->Tick();
+  Beat("a", {Proc(id, 0, 0)});
+  Beat("a", {Proc(id, 0, 0, /*exited=*/true, /*code=*/1)});
+  ASSERT_EQ(Job(id).status().state(), ftd::v1::QUEUED);
+  SleepPastDeadline(id);
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::FAILED);
+  EXPECT_EQ(Job(id).status().error().code(), "DEADLINE_EXCEEDED");
+}
+
 TEST_F(SchedulerTest, RestartAdoptsRunningAttempt) {
   const std::string id = AddJob(2, 1);
   Register("a", 1);
@@ -305,6 +407,60 @@ TEST_F(SchedulerTest, RestartAdoptsRunningAttempt) {
   Beat("a", {Proc(id, 0, 0, true)});
   Beat("b", {Proc(id, 0, 1, true)});
   EXPECT_EQ(Job(id).status().state(), ftd::v1::SUCCEEDED);
+}
+
+// The ranks finish while the coordinator is down: the workers register again with exited
+// ranks (a Register carries no reports) and send rank 0's last steps in the next heartbeat. The
+// job must not end before those steps are applied (it ended SUCCEEDED at the step of the last
+// report the old coordinator saw).
+TEST_F(SchedulerTest, RestartWithRanksExitedMeanwhileAppliesTheirReportsFirst) {
+  const std::string id = AddJob(2, 1);
+  Register("a", 1);
+  Register("b", 1);
+  sched_->Tick();
+  Beat("a", {Proc(id, 0, 0)});
+  Beat("b", {Proc(id, 0, 1)});
+  Beat("a", {Proc(id, 0, 0)}, {StepReport(id, 1, 4, 40)});
+  ASSERT_EQ(Job(id).status().progress().step(), 4);
+
+  OpenScheduler();  // the coordinator restarts; meanwhile both ranks finish all 40 steps
+  ASSERT_TRUE(sched_->Recover().ok());
+  ftd::v1::RankProcess r0 = Proc(id, 0, 0, /*exited=*/true);
+  r0.set_last_report_seq(40);  // its steps 5..40 are reports 5..40, not yet delivered
+  ftd::v1::RankProcess r1 = Proc(id, 0, 1, /*exited=*/true);
+  Register("b", 1, {r1});
+  Register("a", 1, {r0});
+  sched_->Tick();
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::RUNNING) << "ended before rank 0's reports";
+  std::vector<ftd::v1::RankReport> steps;
+  for (int step = 5; step <= 40; ++step) steps.push_back(StepReport(id, step, step, 40));
+  auto resp = Beat("a", {r0}, steps);
+  EXPECT_EQ(resp.ack_seq(), 40);
+  ASSERT_EQ(resp.forget_size(), 1);  // the exit is recorded now
+  sched_->Tick();
+  const ftd::v1::FineTuneJob job = Job(id);
+  EXPECT_EQ(job.status().state(), ftd::v1::SUCCEEDED);
+  EXPECT_EQ(job.status().attempt(), 0);
+  EXPECT_EQ(job.status().progress().step(), 40);
+  EXPECT_EQ(job.status().metrics().step(), 40);
+}
+
+// A heartbeat whose report batch stops short of a rank's last report (the worker sends at most
+// kMaxReportsPerHeartbeat) leaves the exit for a later heartbeat.
+TEST_F(SchedulerTest, ExitWaitsForTheReportsBeforeIt) {
+  const std::string id = AddJob(1, 1);
+  Register("a", 1);
+  sched_->Tick();
+  Beat("a", {Proc(id, 0, 0)});
+  ftd::v1::RankProcess done = Proc(id, 0, 0, /*exited=*/true);
+  done.set_last_report_seq(3);
+  auto first = Beat("a", {done}, {StepReport(id, 1, 1, 3), StepReport(id, 2, 2, 3)});
+  EXPECT_EQ(first.forget_size(), 0);
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
+  auto second = Beat("a", {done}, {StepReport(id, 3, 3, 3)});
+  EXPECT_EQ(second.forget_size(), 1);
+  EXPECT_EQ(Job(id).status().state(), ftd::v1::SUCCEEDED);
+  EXPECT_EQ(Job(id).status().progress().step(), 3);
 }
 
 TEST_F(SchedulerTest, LostWorkerFailsTheAttemptAndStopsTheGang) {
