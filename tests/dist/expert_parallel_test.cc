@@ -63,7 +63,7 @@ void CheckAgainstSingleProcess(const Case& tc) {
   at::Tensor total = at::zeros({});
   for (int r = 0; r < tc.world; ++r) {
     at::Tensor x = xs[r].clone().requires_grad_();
-    at::Tensor out = tc.tokens_per_rank[r] > 0 ? MoeBlock(x, full, c, tc.gate).out : x * 0;
+    at::Tensor out = tc.tokens_per_rank[r] > 0 ? MoeBlock(x, full, c, tc.gate, nullptr).out : x * 0;
     total = total + (out * gs[r]).sum();
     ref_out.push_back(out.detach());
     ref_x.push_back(x);

@@ -157,7 +157,7 @@ TEST(MoeBlock, MatchesPerTokenReference) {
   const MoeWeights& m = w.layers[0].moe;
   at::manual_seed(0);
   at::Tensor x = at::randn({2, 7, c->hidden_size});
-  MoeOutput out = MoeBlock(x, m, *c, GateMode::kReal);
+  MoeOutput out = MoeBlock(x, m, *c, GateMode::kReal, nullptr);
   // Reference: every token through its top-k experts one at a time.
   at::Tensor flat = x.reshape({-1, c->hidden_size});
   at::Tensor probs = at::softmax(at::linear(flat, m.router), -1);
