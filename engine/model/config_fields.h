@@ -51,6 +51,10 @@ nlohmann::json RopeToJson(const RopeConfig& rope);
 // hidden_act (silu only), attention_bias.
 absl::Status ParseCommonFields(const nlohmann::json& root, const FieldReader& r, const std::string& fallback_architecture,
                                ModelConfig* c);
+// config.json's fields that every family writes the same way (ParseCommonFields' and the sizes
+// every family has: hidden, intermediate, heads, layers, vocabulary, rope, experts per token);
+// a family adds its own to the object.
+nlohmann::json CommonFieldsToJson(const ModelConfig& c);
 // Checks shared by every family: positive sizes, a supported dtype, k in [1, E].
 absl::Status ValidateCommon(const FieldReader& r, const ModelConfig& c);
 
