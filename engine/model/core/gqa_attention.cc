@@ -67,6 +67,15 @@ at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
     auto qkv = QkvProjection::apply(x, w.q_proj, w.k_proj, w.v_proj);
     q = qkv[0], k = qkv[1], v = qkv[2];
   }
+  if (c.qk_norm_full) {  // OLMoE: over the whole projection, before the heads are split
+    q = RmsNorm(q, w.q_norm, c.rms_norm_eps);
+    k = RmsNorm(k, w.k_norm, c.rms_norm_eps);
+  }
+  if (c.clip_qkv > 0) {
+    q = q.clamp(-c.clip_qkv, c.clip_qkv);
+    k = k.clamp(-c.clip_qkv, c.clip_qkv);
+    v = v.clamp(-c.clip_qkv, c.clip_qkv);
+  }
   q = q.view({B, S, Hq, D});
   k = k.view({B, S, Hkv, D});
   v = v.view({B, S, Hkv, D});
