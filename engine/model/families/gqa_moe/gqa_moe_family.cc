@@ -1,0 +1,166 @@
+#include "engine/model/families/gqa_moe/gqa_moe_family.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace ftd::engine {
+
+using nlohmann::json;
+
+absl::Status GqaMoeFamily::Parse(const json& root, const std::string& source, ModelConfig* c) const {
+  const Traits t = traits();
+  FieldReader r(root, source);
+  FTD_RETURN_IF_ERROR(ParseCommonFields(root, r, t.architecture, c));
+  c->attention = AttentionKind::kGqa;
+  c->router_scoring = RouterScoring::kSoftmax;
+  FTD_RETURN_IF_ERROR(r.Int("vocab_size", &c->vocab_size, true));
+  FTD_RETURN_IF_ERROR(r.Int("hidden_size", &c->hidden_size, true));
+  FTD_RETURN_IF_ERROR(r.Int("intermediate_size", &c->intermediate_size, true));
+  if (t.moe_intermediate_field) {
+    FTD_RETURN_IF_ERROR(r.Int("moe_intermediate_size", &c->moe_intermediate_size, true));
+  } else {
+    c->moe_intermediate_size = c->intermediate_size;
+  }
+  FTD_RETURN_IF_ERROR(r.Int("num_hidden_layers", &c->num_hidden_layers, true));
+  FTD_RETURN_IF_ERROR(r.Int("num_attention_heads", &c->num_attention_heads, true));
+  c->num_key_value_heads = c->num_attention_heads;
+  FTD_RETURN_IF_ERROR(r.Int("num_key_value_heads", &c->num_key_value_heads, false));
+  c->head_dim = c->num_attention_heads > 0 ? c->hidden_size / c->num_attention_heads : 0;
+  FTD_RETURN_IF_ERROR(r.Int("head_dim", &c->head_dim, false));
+  c->max_position_embeddings = t.default_max_position_embeddings;
+  FTD_RETURN_IF_ERROR(r.Int("max_position_embeddings", &c->max_position_embeddings, false));
+  FTD_RETURN_IF_ERROR(ParseRope(root, source, c->max_position_embeddings, &c->rope));
+  // HF v5 may write num_local_experts (an attribute map) where v4 configs have num_experts.
+  FTD_RETURN_IF_ERROR(r.Int("num_experts", &c->num_experts, false));
+  FTD_RETURN_IF_ERROR(r.Int("num_local_experts", &c->num_experts, false));
+  if (c->num_experts <= 0) return r.Invalid(absl::StrCat("\"", t.experts_field, "\" must be positive"));
+  FTD_RETURN_IF_ERROR(r.Int("num_experts_per_tok", &c->num_experts_per_tok, true));
+  FTD_RETURN_IF_ERROR(r.Double("router_aux_loss_coef", &c->router_aux_loss_coef, false));
+  FTD_RETURN_IF_ERROR(r.Bool("output_router_logits", &c->output_router_logits));
+  FTD_RETURN_IF_ERROR(ParseFamilyFields(r, c));
+  FTD_RETURN_IF_ERROR(ValidateCommon(r, *c));
+  if (c->head_dim <= 0) return r.Invalid("\"head_dim\" must be positive");
+  if (c->decoder_sparse_step <= 0) return r.Invalid("\"decoder_sparse_step\" must be positive");
+  return absl::OkStatus();
+}
+
+std::string GqaMoeFamily::ToJson(const ModelConfig& c) const {
+  const Traits t = traits();
+  json j = json::object();
+  j["architectures"] = json::array({c.architecture});
+  j["attention_bias"] = c.attention_bias;
+  j["attention_dropout"] = 0.0;
+  auto token = [](int64_t id) { return id < 0 ? json(nullptr) : json(id); };
+  j["bos_token_id"] = token(c.bos_token_id);
+  j["eos_token_id"] = token(c.eos_token_id);
+  j["pad_token_id"] = token(c.pad_token_id);
+  j["dtype"] = c.dtype;
+  j["head_dim"] = c.head_dim;
+  j["hidden_act"] = c.hidden_act;
+  j["hidden_size"] = c.hidden_size;
+  j["initializer_range"] = c.initializer_range;
+  j["intermediate_size"] = c.intermediate_size;
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["model_type"] = c.model_type;
+  if (t.moe_intermediate_field) j["moe_intermediate_size"] = c.moe_intermediate_size;
+  j["num_attention_heads"] = c.num_attention_heads;
+  j["num_experts_per_tok"] = c.num_experts_per_tok;
+  j["num_hidden_layers"] = c.num_hidden_layers;
+  j["num_key_value_heads"] = c.num_key_value_heads;
+  j[t.experts_field] = c.num_experts;
+  j["output_router_logits"] = c.output_router_logits;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["rope_parameters"] = RopeToJson(c.rope);
+  j["router_aux_loss_coef"] = c.router_aux_loss_coef;
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["use_cache"] = true;
+  j["vocab_size"] = c.vocab_size;
+  FamilyFieldsToJson(c, &j);
+  return j.dump(2) + "\n";
+}
+
+std::vector<TensorSpec> GqaMoeFamily::Layout(const ModelConfig& c) const {
+  const Traits t = traits();
+  std::vector<TensorSpec> out;
+  auto add = [&out](std::string name, Slot slot, int64_t layer, std::vector<int64_t> shape,
+                    TensorRole role = TensorRole::kWeight, bool matmul = false, bool expert = false) {
+    out.push_back({std::move(name), slot, layer, std::move(shape), role, expert, matmul});
+  };
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  const TensorRole kW = TensorRole::kWeight;
+  add("model.embed_tokens.weight", Slot::kEmbed, -1, {V, H});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    add(p + "input_layernorm.weight", Slot::kInputNorm, l, {H}, TensorRole::kNorm);
+    add(p + "post_attention_layernorm.weight", Slot::kPostAttnNorm, l, {H}, TensorRole::kNorm);
+    add(p + "self_attn.q_proj.weight", Slot::kQProj, l, {c.q_dim(), H}, kW, true);
+    add(p + "self_attn.k_proj.weight", Slot::kKProj, l, {c.kv_dim(), H}, kW, true);
+    add(p + "self_attn.v_proj.weight", Slot::kVProj, l, {c.kv_dim(), H}, kW, true);
+    add(p + "self_attn.o_proj.weight", Slot::kOProj, l, {H, c.q_dim()}, kW, true);
+    if (c.attention_bias || c.qkv_bias) {
+      add(p + "self_attn.q_proj.bias", Slot::kQBias, l, {c.q_dim()}, TensorRole::kBias);
+      add(p + "self_attn.k_proj.bias", Slot::kKBias, l, {c.kv_dim()}, TensorRole::kBias);
+      add(p + "self_attn.v_proj.bias", Slot::kVBias, l, {c.kv_dim()}, TensorRole::kBias);
+    }
+    if (c.attention_bias) add(p + "self_attn.o_proj.bias", Slot::kOBias, l, {H}, TensorRole::kBias);
+    if (c.qk_norm) {
+      add(p + "self_attn.q_norm.weight", Slot::kQNorm, l, {c.head_dim}, TensorRole::kNorm);
+      add(p + "self_attn.k_norm.weight", Slot::kKNorm, l, {c.head_dim}, TensorRole::kNorm);
+    } else if (c.qk_norm_full) {
+      add(p + "self_attn.q_norm.weight", Slot::kQNorm, l, {c.q_dim()}, TensorRole::kNorm);
+      add(p + "self_attn.k_norm.weight", Slot::kKNorm, l, {c.kv_dim()}, TensorRole::kNorm);
+    }
+    if (c.IsMoeLayer(l)) {
+      const std::string m = p + t.moe_module + ".";
+      const int64_t E = c.num_experts, F = c.moe_intermediate_size;
+      add(m + "gate.weight", Slot::kRouter, l, {E, H}, kW, true);
+      add(m + "experts.gate_up", Slot::kExpertsGateUp, l, {E, H, 2 * F}, kW, true, true);
+      out.back().expert_names = t.expert_names;
+      add(m + "experts.down", Slot::kExpertsDown, l, {E, F, H}, kW, true, true);
+      out.back().expert_names = t.expert_names;
+      if (const int64_t Fs = c.shared_intermediate_size(); Fs > 0) {
+        const std::string s = m + t.shared_expert_module + ".";
+        add(s + "gate_proj.weight", Slot::kSharedGate, l, {Fs, H}, kW, true);
+        add(s + "up_proj.weight", Slot::kSharedUp, l, {Fs, H}, kW, true);
+        add(s + "down_proj.weight", Slot::kSharedDown, l, {H, Fs}, kW, true);
+        if (c.shared_expert_gate) add(m + "shared_expert_gate.weight", Slot::kSharedExpertGate, l, {1, H}, kW, true);
+      }
+    } else {
+      const int64_t F = c.intermediate_size;
+      add(p + "mlp.gate_proj.weight", Slot::kMlpGate, l, {F, H}, kW, true);
+      add(p + "mlp.up_proj.weight", Slot::kMlpUp, l, {F, H}, kW, true);
+      add(p + "mlp.down_proj.weight", Slot::kMlpDown, l, {H, F}, kW, true);
+    }
+  }
+  add("model.norm.weight", Slot::kFinalNorm, -1, {H}, TensorRole::kNorm);
+  if (!c.tie_word_embeddings) add("lm_head.weight", Slot::kLmHead, -1, {V, H});
+  return out;
+}
+
+absl::Status GqaMoeFamily::ParseSparseLayout(const FieldReader& r, ModelConfig* c) {
+  FTD_RETURN_IF_ERROR(r.Bool("norm_topk_prob", &c->norm_topk_prob));
+  FTD_RETURN_IF_ERROR(r.Int("decoder_sparse_step", &c->decoder_sparse_step, false));
+  FTD_RETURN_IF_ERROR(r.IntList("mlp_only_layers", &c->mlp_only_layers));
+  return absl::OkStatus();
+}
+
+void GqaMoeFamily::SparseLayoutToJson(const ModelConfig& c, json* j) {
+  (*j)["decoder_sparse_step"] = c.decoder_sparse_step;
+  (*j)["mlp_only_layers"] = c.mlp_only_layers;
+  (*j)["norm_topk_prob"] = c.norm_topk_prob;
+}
+
+absl::Status GqaMoeFamily::RefuseSlidingWindow(const FieldReader& r, const char* sliding_window_field) {
+  bool use_sliding_window = false;
+  FTD_RETURN_IF_ERROR(r.Bool("use_sliding_window", &use_sliding_window));
+  if (use_sliding_window) {
+    return r.Invalid("\"use_sliding_window\": true is not supported (sliding-window attention is not implemented)");
+  }
+  if (sliding_window_field != nullptr && r.Has(sliding_window_field)) {
+    return r.Invalid(absl::StrCat("\"", sliding_window_field,
+                                  "\" must be null (sliding-window attention is not implemented)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ftd::engine
