@@ -7,8 +7,11 @@ namespace ftd::engine {
 // Defined in engine/model/families/<model_type>/.
 const ModelFamily& Qwen3MoeFamily();
 const ModelFamily& DeepseekV3Family();
+const ModelFamily& MixtralFamily();
 
-std::vector<const ModelFamily*> ModelFamilies() { return {&Qwen3MoeFamily(), &DeepseekV3Family()}; }
+std::vector<const ModelFamily*> ModelFamilies() {
+  return {&Qwen3MoeFamily(), &DeepseekV3Family(), &MixtralFamily()};
+}
 
 const ModelFamily* FindModelFamily(const std::string& model_type) {
   for (const ModelFamily* f : ModelFamilies()) {
