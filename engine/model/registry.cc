@@ -8,9 +8,10 @@ namespace ftd::engine {
 const ModelFamily& Qwen3MoeFamily();
 const ModelFamily& DeepseekV3Family();
 const ModelFamily& MixtralFamily();
+const ModelFamily& Qwen2MoeFamily();
 
 std::vector<const ModelFamily*> ModelFamilies() {
-  return {&Qwen3MoeFamily(), &DeepseekV3Family(), &MixtralFamily()};
+  return {&Qwen3MoeFamily(), &DeepseekV3Family(), &MixtralFamily(), &Qwen2MoeFamily()};
 }
 
 const ModelFamily* FindModelFamily(const std::string& model_type) {
