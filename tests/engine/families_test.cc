@@ -23,7 +23,9 @@ namespace ftd::engine {
 namespace {
 
 TEST(ModelFamilies, RegistryNamesEveryFamilyAndItsPresets) {
-  EXPECT_EQ(SupportedModelTypes(), "qwen3_moe, deepseek_v3");
+  EXPECT_EQ(SupportedModelTypes(), "qwen3_moe, deepseek_v3, mixtral, qwen2_moe, olmoe");
+  ASSERT_NE(FindModelFamily("mixtral"), nullptr);
+  EXPECT_STREQ(FindModelFamily("olmoe")->display_name(), "OLMoE");
   ASSERT_NE(FindModelFamily("deepseek_v3"), nullptr);
   EXPECT_STREQ(FindModelFamily("deepseek_v3")->display_name(), "DeepSeek-V3");
   EXPECT_EQ(FindModelFamily("llama"), nullptr);
@@ -46,6 +48,54 @@ TEST(ModelFamilies, Qwen3CountsAreUnchanged) {
   ModelConfig q30 = *PresetConfig("qwen3-30b-a3b");
   EXPECT_EQ(q30.TotalParameters(), 30532122624);
   EXPECT_EQ(q30.ActiveParameters(), 3353032704);
+}
+
+TEST(ModelFamilies, MixtralQwen2MoeOlmoeCountsAsPublished) {
+  // The model cards: Mixtral-8x7B 46.7B / 12.9B active, Qwen1.5-MoE-A2.7B 14.3B / 2.7B,
+  // Qwen2-57B-A14B 57.4B / 14.2B, OLMoE-1B-7B 6.9B / 1.3B (exact values: the layout's; the same
+  // as transformers counts, tests/python/test_moe_families_parity.py).
+  struct Want {
+    const char* preset;
+    int64_t total, active;
+  };
+  for (const Want& w : {Want{"mixtral-8x7b", 46702792704, 12879925248},
+                        Want{"qwen1.5-moe-a2.7b", 14315784192, 2689173504},
+                        Want{"qwen2-57b-a14b", 57408658944, 14249270784},
+                        Want{"olmoe-1b-7b", 6919161856, 1282017280}}) {
+    ModelConfig c = *PresetConfig(w.preset);
+    EXPECT_EQ(c.TotalParameters(), w.total) << w.preset;
+    EXPECT_EQ(c.ActiveParameters(), w.active) << w.preset;
+    EXPECT_EQ(c.NumMoeLayers(), c.num_hidden_layers) << w.preset;
+  }
+}
+
+TEST(ModelFamilies, UnimplementedGqaMoeSettingsAreRefusedByName) {
+  auto error = [](const std::string& json) {
+    auto c = ParseModelConfig(json, "x/config.json");
+    return c.ok() ? std::string("ok") : std::string(c.status().message());
+  };
+  const std::string mixtral = R"({"model_type": "mixtral", "vocab_size": 32, "hidden_size": 16,
+    "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "num_local_experts": 4,
+    "num_experts_per_tok": 2)";
+  EXPECT_EQ(error(mixtral + "}"), "ok");
+  EXPECT_NE(error(mixtral + R"(, "sliding_window": 4096})").find("\"sliding_window\" must be null"), std::string::npos);
+  EXPECT_NE(error(mixtral + R"(, "router_jitter_noise": 0.01})").find("router_jitter_noise"), std::string::npos);
+  const std::string qwen2 = R"({"model_type": "qwen2_moe", "vocab_size": 32, "hidden_size": 16,
+    "intermediate_size": 8, "moe_intermediate_size": 4, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "num_experts": 4, "num_experts_per_tok": 2)";
+  // HF ignores sliding_window unless use_sliding_window is true.
+  EXPECT_EQ(error(qwen2 + R"(, "sliding_window": 4096})"), "ok");
+  EXPECT_NE(error(qwen2 + R"(, "use_sliding_window": true})").find("x/config.json: \"use_sliding_window\""),
+            std::string::npos);
+  const std::string olmoe = R"({"model_type": "olmoe", "vocab_size": 32, "hidden_size": 16,
+    "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "num_experts": 4,
+    "num_experts_per_tok": 2)";
+  EXPECT_EQ(error(olmoe + R"(, "clip_qkv": null})"), "ok");
+  EXPECT_NE(error(olmoe + R"(, "clip_qkv": -1})").find("clip_qkv"), std::string::npos);
+  EXPECT_NE(error(olmoe + R"(, "head_dim": 4})").find("head_dim"), std::string::npos);
+  EXPECT_NE(error(R"({"model_type": "olmoe", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 8,
+    "num_hidden_layers": 1, "num_attention_heads": 2, "num_experts_per_tok": 2})").find("num_experts"),
+            std::string::npos);
 }
 
 TEST(ModelFamilies, DeepseekCountsAndFlops) {
