@@ -65,6 +65,11 @@ struct ModelConfig {
   // GQA (OLMoE): RMSNorm over the whole q projection [q_dim] and k projection [kv_dim], not per head.
   bool qk_norm_full = false;
   bool qkv_bias = false;  // GQA (Qwen2-MoE): q/k/v projections biased, o_proj not
+  // Sliding-window attention (Mixtral, Qwen2-MoE): in the layers whose layer_types entry is
+  // "sliding_attention", a query attends to itself and the sliding_window - 1 keys before it.
+  // 0: full attention everywhere (layer_types then empty or all "full_attention").
+  int64_t sliding_window = 0;
+  std::vector<std::string> layer_types;  // HF v5's per-layer attention kinds, num_hidden_layers long
   double clip_qkv = 0.0;  // GQA (OLMoE): q, k, v clamped to [-clip_qkv, clip_qkv] after the norm; 0: none
   std::string hidden_act = "silu";
   bool tie_word_embeddings = false;
@@ -99,6 +104,7 @@ struct ModelConfig {
 
   // Whether layer `layer` has a sparse MoE block (else a dense MLP), as HF decides it.
   bool IsMoeLayer(int64_t layer) const;
+  bool IsSlidingLayer(int64_t layer) const;
   int64_t NumMoeLayers() const;
   // Attention shapes: per-head q/k width, v width and the rotary width.
   int64_t qk_head_dim() const { return attention == AttentionKind::kMla ? mla.qk_head_dim() : head_dim; }

@@ -53,6 +53,18 @@ absl::Status FieldReader::IntList(const char* key, std::vector<int64_t>* out) co
   return absl::OkStatus();
 }
 
+absl::Status FieldReader::StringList(const char* key, std::vector<std::string>* out) const {
+  auto it = obj_.find(key);
+  if (it == obj_.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_array()) return Bad(key, "a list of strings");
+  out->clear();
+  for (const auto& v : *it) {
+    if (!v.is_string()) return Bad(key, "a list of strings");
+    out->push_back(v.get<std::string>());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status FieldReader::TokenId(const char* key, int64_t* out) const {
   auto it = obj_.find(key);
   if (it == obj_.end()) return absl::OkStatus();

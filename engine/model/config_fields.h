@@ -23,6 +23,7 @@ class FieldReader {
   absl::Status Bool(const char* key, bool* out) const;
   absl::Status String(const char* key, std::string* out, bool required = false) const;
   absl::Status IntList(const char* key, std::vector<int64_t>* out) const;
+  absl::Status StringList(const char* key, std::vector<std::string>* out) const;
   // A token id: an integer, null (-1), or a list (the first is kept).
   absl::Status TokenId(const char* key, int64_t* out) const;
   // Whether the field is present and not null.

@@ -150,17 +150,66 @@ void GqaMoeFamily::SparseLayoutToJson(const ModelConfig& c, json* j) {
   (*j)["norm_topk_prob"] = c.norm_topk_prob;
 }
 
-absl::Status GqaMoeFamily::RefuseSlidingWindow(const FieldReader& r, const char* sliding_window_field) {
+absl::Status GqaMoeFamily::RefuseSlidingWindow(const FieldReader& r) {
   bool use_sliding_window = false;
   FTD_RETURN_IF_ERROR(r.Bool("use_sliding_window", &use_sliding_window));
   if (use_sliding_window) {
-    return r.Invalid("\"use_sliding_window\": true is not supported (sliding-window attention is not implemented)");
-  }
-  if (sliding_window_field != nullptr && r.Has(sliding_window_field)) {
-    return r.Invalid(absl::StrCat("\"", sliding_window_field,
-                                  "\" must be null (sliding-window attention is not implemented)"));
+    return r.Invalid("\"use_sliding_window\": true is not supported for this family (no sliding-window attention)");
   }
   return absl::OkStatus();
+}
+
+absl::Status GqaMoeFamily::ParseSlidingWindowEveryLayer(const FieldReader& r, ModelConfig* c) {
+  c->sliding_window = 0;
+  FTD_RETURN_IF_ERROR(r.Int("sliding_window", &c->sliding_window, false));
+  if (c->sliding_window < 0) return r.Invalid("\"sliding_window\" must be positive or null");
+  c->layer_types.assign(static_cast<size_t>(c->num_hidden_layers),
+                        c->sliding_window > 0 ? "sliding_attention" : "full_attention");
+  return absl::OkStatus();
+}
+
+absl::Status GqaMoeFamily::ParseQwenSlidingWindow(const FieldReader& r, ModelConfig* c) {
+  bool use_sliding_window = false;
+  int64_t window = 4096, max_window_layers = 28;  // HF Qwen2MoeConfig's defaults
+  FTD_RETURN_IF_ERROR(r.Bool("use_sliding_window", &use_sliding_window));
+  FTD_RETURN_IF_ERROR(r.Int("sliding_window", &window, false));
+  FTD_RETURN_IF_ERROR(r.Int("max_window_layers", &max_window_layers, false));
+  c->layer_types.clear();
+  FTD_RETURN_IF_ERROR(r.StringList("layer_types", &c->layer_types));
+  const size_t L = static_cast<size_t>(c->num_hidden_layers);
+  if (c->layer_types.empty()) {
+    for (size_t l = 0; l < L; ++l) {
+      const bool sliding = use_sliding_window && (l + 1) % 2 == 1 && static_cast<int64_t>(l) < max_window_layers;
+      c->layer_types.push_back(sliding ? "sliding_attention" : "full_attention");
+    }
+  }
+  if (c->layer_types.size() != L) {
+    return r.Invalid(absl::StrCat("\"layer_types\" has ", c->layer_types.size(), " entries, num_hidden_layers is ", L));
+  }
+  bool any_sliding = false;
+  for (const std::string& t : c->layer_types) {
+    if (t != "sliding_attention" && t != "full_attention") {
+      return r.Invalid(absl::StrCat("\"layer_types\": \"", t, "\" is not sliding_attention or full_attention"));
+    }
+    any_sliding = any_sliding || t == "sliding_attention";
+  }
+  // HF sets sliding_window to 0 without use_sliding_window: its sliding layers would attend to nothing.
+  if (any_sliding && !use_sliding_window) {
+    return r.Invalid("\"layer_types\" has sliding_attention layers but \"use_sliding_window\" is false");
+  }
+  c->sliding_window = use_sliding_window ? window : 0;
+  if (use_sliding_window && window <= 0) return r.Invalid("\"sliding_window\" must be positive with use_sliding_window");
+  return absl::OkStatus();
+}
+
+void GqaMoeFamily::QwenSlidingWindowToJson(const ModelConfig& c, json* j) {
+  (*j)["use_sliding_window"] = c.sliding_window > 0;
+  (*j)["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
+  json types = json::array();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    types.push_back(c.IsSlidingLayer(l) ? "sliding_attention" : "full_attention");
+  }
+  (*j)["layer_types"] = types;
 }
 
 }  // namespace ftd::engine

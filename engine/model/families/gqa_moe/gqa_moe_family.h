@@ -42,9 +42,14 @@ class GqaMoeFamily : public ModelFamily {
   // Sparse-step fields of the Qwen families: decoder_sparse_step, mlp_only_layers, norm_topk_prob.
   static absl::Status ParseSparseLayout(const FieldReader& r, ModelConfig* c);
   static void SparseLayoutToJson(const ModelConfig& c, nlohmann::json* j);
-  // Sliding-window attention is not implemented: a config that turns it on (use_sliding_window
-  // true, or `sliding_window_field` non-null when given) is refused, naming the field.
-  static absl::Status RefuseSlidingWindow(const FieldReader& r, const char* sliding_window_field = nullptr);
+  // Qwen3-MoE's sliding window is not implemented: use_sliding_window true is refused, naming it.
+  static absl::Status RefuseSlidingWindow(const FieldReader& r);
+  // Mixtral: sliding_window (null: none) applies to every layer.
+  static absl::Status ParseSlidingWindowEveryLayer(const FieldReader& r, ModelConfig* c);
+  // Qwen2-MoE: use_sliding_window turns sliding_window on in the layer_types' "sliding_attention"
+  // layers; without layer_types, HF's rule: layers l < max_window_layers with l + 1 odd.
+  static absl::Status ParseQwenSlidingWindow(const FieldReader& r, ModelConfig* c);
+  static void QwenSlidingWindowToJson(const ModelConfig& c, nlohmann::json* j);
 };
 
 }  // namespace ftd::engine

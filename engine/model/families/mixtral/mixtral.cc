@@ -1,7 +1,7 @@
 // Mixtral (model_type mixtral), as HF transformers' MixtralForCausalLM: GQA attention without
 // q/k norms, every layer sparse, a softmax top-k router whose top-k weights are renormalised,
 // experts intermediate_size wide stored as block_sparse_moe.experts.<e>.{w1,w3,w2} (gate, up,
-// down). Not implemented, so refused: sliding_window (non-null) and router_jitter_noise > 0.
+// down), sliding_window (every layer) when set. router_jitter_noise > 0 is not implemented, so refused.
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -79,7 +79,7 @@ class Mixtral final : public GqaMoeFamily {
   absl::Status ParseFamilyFields(const FieldReader& r, ModelConfig* c) const override {
     c->qk_norm = false;
     c->norm_topk_prob = true;  // MixtralTopKRouter always renormalises
-    FTD_RETURN_IF_ERROR(RefuseSlidingWindow(r, "sliding_window"));
+    FTD_RETURN_IF_ERROR(ParseSlidingWindowEveryLayer(r, c));
     double jitter = 0.0;
     FTD_RETURN_IF_ERROR(r.Double("router_jitter_noise", &jitter, false));
     if (jitter != 0.0) return r.Invalid("\"router_jitter_noise\" must be 0 (router jitter is not implemented)");
@@ -87,9 +87,8 @@ class Mixtral final : public GqaMoeFamily {
   }
 
   void FamilyFieldsToJson(const ModelConfig& c, json* j) const override {
-    (void)c;
     (*j)["router_jitter_noise"] = 0.0;
-    (*j)["sliding_window"] = nullptr;
+    (*j)["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
   }
 };
 

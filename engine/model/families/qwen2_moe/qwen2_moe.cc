@@ -2,8 +2,8 @@
 // Qwen2MoeForCausalLM: GQA attention with q/k/v biases (qkv_bias; o_proj unbiased), no q/k norm,
 // a softmax top-k router (renormalised only with norm_topk_prob), one shared SwiGLU expert of
 // shared_expert_intermediate_size whose output is scaled by sigmoid(shared_expert_gate · x),
-// dense layers where decoder_sparse_step / mlp_only_layers say. use_sliding_window true is
-// refused (sliding-window attention is not implemented; HF ignores sliding_window without it).
+// dense layers where decoder_sparse_step / mlp_only_layers say, sliding-window attention in the
+// layer_types' sliding layers when use_sliding_window (HF ignores sliding_window without it).
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -106,15 +106,14 @@ class Qwen2Moe final : public GqaMoeFamily {
       return r.Invalid("\"shared_expert_intermediate_size\" must be positive");
     }
     FTD_RETURN_IF_ERROR(ParseSparseLayout(r, c));
-    return RefuseSlidingWindow(r);
+    return ParseQwenSlidingWindow(r, c);
   }
 
   void FamilyFieldsToJson(const ModelConfig& c, json* j) const override {
     SparseLayoutToJson(c, j);
     (*j)["qkv_bias"] = c.qkv_bias;
     (*j)["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
-    (*j)["sliding_window"] = nullptr;
-    (*j)["use_sliding_window"] = false;
+    QwenSlidingWindowToJson(c, j);
   }
 };
 
