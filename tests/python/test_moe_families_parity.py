@@ -30,6 +30,10 @@ FAMILIES = {
             intermediate_size=24, num_local_experts=8, num_experts_per_tok=3, num_attention_heads=4,
             num_key_value_heads=4, head_dim=16, tie_word_embeddings=True, output_router_logits=True,
             router_aux_loss_coef=0.02),
+        # A sliding window shorter than the sequences (19 and 33 tokens): every layer attends to
+        # itself and the 4 tokens before.
+        "sliding_window5": dict(intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, num_attention_heads=4,
+                                num_key_value_heads=2, sliding_window=5),
     }),
     "qwen2_moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM, "mlp", ("gate_proj", "up_proj", "down_proj"), {
         # qkv biases, a dense layer between sparse ones, renormalised top-2, GQA.
@@ -47,6 +51,12 @@ FAMILIES = {
             intermediate_size=40, moe_intermediate_size=24, shared_expert_intermediate_size=24, num_experts=5,
             num_experts_per_tok=2, qkv_bias=False, num_attention_heads=4, num_key_value_heads=1,
             output_router_logits=True, router_aux_loss_coef=0.01),
+        # Sliding-window layers as HF derives them: layer 0 (l + 1 odd, below max_window_layers 2)
+        # has a window of 6, layers 1 and 2 attend fully.
+        "sliding_window_layers": dict(
+            intermediate_size=40, moe_intermediate_size=16, shared_expert_intermediate_size=24, num_experts=4,
+            num_experts_per_tok=2, num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+            sliding_window=6, max_window_layers=2),
     }),
     "olmoe": (OlmoeConfig, OlmoeForCausalLM, "mlp", ("gate_proj", "up_proj", "down_proj"), {
         # clip_qkv small enough to clip (q and k after their norm, v), top-3 of 8 not
@@ -218,9 +228,11 @@ def test_full_presets_count_as_transformers(tmp_path, ftd_train, preset):
 
 
 REFUSED = [
-    ("mixtral", "gqa_top2", {"sliding_window": 64}, "sliding_window"),
     ("mixtral", "gqa_top2", {"router_jitter_noise": 0.1}, "router_jitter_noise"),
-    ("qwen2_moe", "dense_mix_norm_gqa", {"use_sliding_window": True}, "use_sliding_window"),
+    ("qwen2_moe", "dense_mix_norm_gqa", {"use_sliding_window": False,
+                                         "layer_types": ["sliding_attention", "full_attention", "full_attention"]},
+     "use_sliding_window"),
+    ("qwen2_moe", "dense_mix_norm_gqa", {"layer_types": ["full_attention"]}, "layer_types"),
     ("olmoe", "clip_gqa_top3", {"head_dim": 8}, "head_dim"),
 ]
 
