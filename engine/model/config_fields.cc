@@ -197,6 +197,35 @@ absl::Status ParseCommonFields(const json& root, const FieldReader& r, const std
   return absl::OkStatus();
 }
 
+json CommonFieldsToJson(const ModelConfig& c) {
+  json j = json::object();
+  j["architectures"] = json::array({c.architecture});
+  j["attention_bias"] = c.attention_bias;
+  j["attention_dropout"] = 0.0;
+  auto token = [](int64_t id) { return id < 0 ? json(nullptr) : json(id); };
+  j["bos_token_id"] = token(c.bos_token_id);
+  j["eos_token_id"] = token(c.eos_token_id);
+  j["pad_token_id"] = token(c.pad_token_id);
+  j["dtype"] = c.dtype;
+  j["hidden_act"] = c.hidden_act;
+  j["hidden_size"] = c.hidden_size;
+  j["initializer_range"] = c.initializer_range;
+  j["intermediate_size"] = c.intermediate_size;
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["model_type"] = c.model_type;
+  j["num_attention_heads"] = c.num_attention_heads;
+  j["num_experts_per_tok"] = c.num_experts_per_tok;
+  j["num_hidden_layers"] = c.num_hidden_layers;
+  j["num_key_value_heads"] = c.num_key_value_heads;
+  j["output_router_logits"] = c.output_router_logits;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["rope_parameters"] = RopeToJson(c.rope);
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["use_cache"] = true;
+  j["vocab_size"] = c.vocab_size;
+  return j;
+}
+
 absl::Status ValidateCommon(const FieldReader& r, const ModelConfig& c) {
   auto positive = [&](const char* name, int64_t v) -> absl::Status {
     if (v <= 0) return r.Invalid(absl::StrCat("\"", name, "\" must be positive"));

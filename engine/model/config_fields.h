@@ -52,6 +52,12 @@ nlohmann::json RopeToJson(const RopeConfig& rope);
 // hidden_act (silu only), attention_bias.
 absl::Status ParseCommonFields(const nlohmann::json& root, const FieldReader& r, const std::string& fallback_architecture,
                                ModelConfig* c);
+// The fields every family writes the same way (HF v5 names): architectures, attention_bias,
+// attention_dropout, token ids, dtype, hidden_act, hidden_size, initializer_range,
+// intermediate_size, max_position_embeddings, model_type, num_attention_heads,
+// num_experts_per_tok, num_hidden_layers, num_key_value_heads, output_router_logits,
+// rms_norm_eps, rope_parameters, tie_word_embeddings, use_cache, vocab_size.
+nlohmann::json CommonFieldsToJson(const ModelConfig& c);
 // Checks shared by every family: positive sizes, a supported dtype, k in [1, E].
 absl::Status ValidateCommon(const FieldReader& r, const ModelConfig& c);
 

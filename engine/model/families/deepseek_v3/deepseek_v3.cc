@@ -116,48 +116,24 @@ class DeepseekV3 final : public ModelFamily {
   }
 
   std::string ToJson(const ModelConfig& c) const override {
-    json j = json::object();
-    j["architectures"] = json::array({c.architecture});
-    j["attention_bias"] = c.attention_bias;
-    j["attention_dropout"] = 0.0;
-    auto token = [](int64_t id) { return id < 0 ? json(nullptr) : json(id); };
-    j["bos_token_id"] = token(c.bos_token_id);
-    j["eos_token_id"] = token(c.eos_token_id);
-    j["pad_token_id"] = token(c.pad_token_id);
-    j["dtype"] = c.dtype;
+    json j = CommonFieldsToJson(c);
     j["first_k_dense_replace"] = c.first_k_dense_replace;
     j["head_dim"] = c.mla.qk_rope_head_dim;
-    j["hidden_act"] = c.hidden_act;
-    j["hidden_size"] = c.hidden_size;
-    j["initializer_range"] = c.initializer_range;
-    j["intermediate_size"] = c.intermediate_size;
     j["kv_lora_rank"] = c.mla.kv_lora_rank;
-    j["max_position_embeddings"] = c.max_position_embeddings;
-    j["model_type"] = c.model_type;
     j["moe_intermediate_size"] = c.moe_intermediate_size;
     j["n_group"] = c.n_group;
     j["n_routed_experts"] = c.num_experts;
     j["n_shared_experts"] = c.n_shared_experts;
     j["norm_topk_prob"] = c.norm_topk_prob;
-    j["num_attention_heads"] = c.num_attention_heads;
-    j["num_experts_per_tok"] = c.num_experts_per_tok;
-    j["num_hidden_layers"] = c.num_hidden_layers;
-    j["num_key_value_heads"] = c.num_key_value_heads;
     j["num_nextn_predict_layers"] = c.num_nextn_predict_layers;
-    j["output_router_logits"] = c.output_router_logits;
     j["q_lora_rank"] = c.mla.q_lora_rank > 0 ? json(c.mla.q_lora_rank) : json(nullptr);
     j["qk_head_dim"] = c.mla.qk_head_dim();
     j["qk_nope_head_dim"] = c.mla.qk_nope_head_dim;
     j["qk_rope_head_dim"] = c.mla.qk_rope_head_dim;
-    j["rms_norm_eps"] = c.rms_norm_eps;
     j["rope_interleave"] = c.rope.interleave;
-    j["rope_parameters"] = RopeToJson(c.rope);
     j["routed_scaling_factor"] = c.routed_scaling_factor;
-    j["tie_word_embeddings"] = c.tie_word_embeddings;
     j["topk_group"] = c.topk_group;
-    j["use_cache"] = true;
     j["v_head_dim"] = c.mla.v_head_dim;
-    j["vocab_size"] = c.vocab_size;
     return j.dump(2) + "\n";
   }
 

@@ -46,35 +46,11 @@ absl::Status GqaMoeFamily::Parse(const json& root, const std::string& source, Mo
 
 std::string GqaMoeFamily::ToJson(const ModelConfig& c) const {
   const Traits t = traits();
-  json j = json::object();
-  j["architectures"] = json::array({c.architecture});
-  j["attention_bias"] = c.attention_bias;
-  j["attention_dropout"] = 0.0;
-  auto token = [](int64_t id) { return id < 0 ? json(nullptr) : json(id); };
-  j["bos_token_id"] = token(c.bos_token_id);
-  j["eos_token_id"] = token(c.eos_token_id);
-  j["pad_token_id"] = token(c.pad_token_id);
-  j["dtype"] = c.dtype;
+  json j = CommonFieldsToJson(c);
   j["head_dim"] = c.head_dim;
-  j["hidden_act"] = c.hidden_act;
-  j["hidden_size"] = c.hidden_size;
-  j["initializer_range"] = c.initializer_range;
-  j["intermediate_size"] = c.intermediate_size;
-  j["max_position_embeddings"] = c.max_position_embeddings;
-  j["model_type"] = c.model_type;
   if (t.moe_intermediate_field) j["moe_intermediate_size"] = c.moe_intermediate_size;
-  j["num_attention_heads"] = c.num_attention_heads;
-  j["num_experts_per_tok"] = c.num_experts_per_tok;
-  j["num_hidden_layers"] = c.num_hidden_layers;
-  j["num_key_value_heads"] = c.num_key_value_heads;
   j[t.experts_field] = c.num_experts;
-  j["output_router_logits"] = c.output_router_logits;
-  j["rms_norm_eps"] = c.rms_norm_eps;
-  j["rope_parameters"] = RopeToJson(c.rope);
   j["router_aux_loss_coef"] = c.router_aux_loss_coef;
-  j["tie_word_embeddings"] = c.tie_word_embeddings;
-  j["use_cache"] = true;
-  j["vocab_size"] = c.vocab_size;
   FamilyFieldsToJson(c, &j);
   return j.dump(2) + "\n";
 }
