@@ -15,6 +15,7 @@
 #include "client/cli.h"
 #include "client/model_inspect.h"
 #include "engine/model/config.h"
+#include "engine/model/registry.h"
 
 namespace ftd::client {
 namespace {
@@ -75,7 +76,8 @@ ftctl, or on PATH (ftctl itself has no LibTorch).
 Examples:
   ftctl model init --preset tiny --dtype fp32 --out /tmp/tiny
   ftctl model init --preset qwen3-30b-a3b --layers 4 --out /models/qwen3-4l
-  ftctl model init --preset moonlight-16b-a3b --layers 4 --out /models/moonlight-4l)");
+  ftctl model init --preset moonlight-16b-a3b --layers 4 --out /models/moonlight-4l
+  ftctl model init --preset mixtral-8x7b --layers 2 --out /models/mixtral-2l)");
   in->callback([&] {
     cli.action = [&]() -> int {
       std::string bin = FindFtdTrain(argv0_copy);
@@ -99,14 +101,15 @@ Examples:
   static std::string inspect_dir;
   auto* ins = model->add_subcommand("inspect", "Describe an HF checkpoint: family, parameters, experts, dtype, size");
   ins->add_option("dir", inspect_dir, "HF model directory (config.json + *.safetensors)")->required();
-  ins->footer(R"(Reads config.json and the safetensors headers only (no tensor data). For the families ftd
-trains (qwen3_moe, deepseek_v3) the counts are the engine's, from config.json; for others they are
+  static const std::string inspect_footer = std::string(R"(Reads config.json and the safetensors headers only (no tensor data). For the families ftd
+trains ()" + engine::SupportedModelTypes() + R"() the counts are the engine's, from config.json; for others they are
 summed from the headers. Active parameters are the non-expert ones plus routed experts x top-k /
 experts.
 
 Examples:
   ftctl model inspect /models/Qwen3-30B-A3B
   ftctl model inspect /tmp/tiny -o json)");
+  ins->footer(inspect_footer);
   ins->callback([&] {
     cli.action = [&]() -> int {
       absl::StatusOr<OutputFormat> f = cli.Format();

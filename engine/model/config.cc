@@ -20,6 +20,11 @@ bool ModelConfig::IsMoeLayer(int64_t layer) const {
   return (layer + 1) % decoder_sparse_step == 0;
 }
 
+bool ModelConfig::IsSlidingLayer(int64_t layer) const {
+  return sliding_window > 0 && layer >= 0 && layer < static_cast<int64_t>(layer_types.size()) &&
+         layer_types[static_cast<size_t>(layer)] == "sliding_attention";
+}
+
 int64_t ModelConfig::NumMoeLayers() const {
   int64_t n = 0;
   for (int64_t l = 0; l < num_hidden_layers; ++l) n += IsMoeLayer(l) ? 1 : 0;

@@ -62,6 +62,15 @@ struct ModelConfig {
   MlaConfig mla;
   bool attention_bias = false;
   bool qk_norm = true;  // GQA (Qwen3): RMSNorm over head_dim on q and k
+  // GQA (OLMoE): RMSNorm over the whole q projection [q_dim] and k projection [kv_dim], not per head.
+  bool qk_norm_full = false;
+  bool qkv_bias = false;  // GQA (Qwen2-MoE): q/k/v projections biased, o_proj not
+  // Sliding-window attention (Mixtral, Qwen2-MoE): in the layers whose layer_types entry is
+  // "sliding_attention", a query attends to itself and the sliding_window - 1 keys before it.
+  // 0: full attention everywhere (layer_types then empty or all "full_attention").
+  int64_t sliding_window = 0;
+  std::vector<std::string> layer_types;  // HF v5's per-layer attention kinds, num_hidden_layers long
+  double clip_qkv = 0.0;  // GQA (OLMoE): q, k, v clamped to [-clip_qkv, clip_qkv] after the norm; 0: none
   std::string hidden_act = "silu";
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
@@ -77,6 +86,10 @@ struct ModelConfig {
   int64_t topk_group = 1;     // (by their two best scores) are the only candidates
   double routed_scaling_factor = 1.0;  // routed output weights are multiplied by it
   int64_t n_shared_experts = 0;        // shared SwiGLU expert of n_shared × moe_intermediate_size
+  // Qwen2-MoE: one shared expert of this width (instead of n_shared × moe_intermediate_size),
+  // its output scaled by sigmoid(shared_expert_gate · x) when shared_expert_gate.
+  int64_t shared_expert_intermediate_size = 0;
+  bool shared_expert_gate = false;
   int64_t decoder_sparse_step = 1;     // Qwen3-MoE: layer l is sparse when (l + 1) % step == 0
   std::vector<int64_t> mlp_only_layers;
   int64_t first_k_dense_replace = 0;   // DeepSeek-V3: layers [0, k) are dense
@@ -91,6 +104,7 @@ struct ModelConfig {
 
   // Whether layer `layer` has a sparse MoE block (else a dense MLP), as HF decides it.
   bool IsMoeLayer(int64_t layer) const;
+  bool IsSlidingLayer(int64_t layer) const;
   int64_t NumMoeLayers() const;
   // Attention shapes: per-head q/k width, v width and the rotary width.
   int64_t qk_head_dim() const { return attention == AttentionKind::kMla ? mla.qk_head_dim() : head_dim; }
@@ -98,7 +112,10 @@ struct ModelConfig {
   int64_t rope_dim() const { return attention == AttentionKind::kMla ? mla.qk_rope_head_dim : head_dim; }
   int64_t q_dim() const { return num_attention_heads * qk_head_dim(); }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }  // GQA
-  int64_t shared_intermediate_size() const { return n_shared_experts * moe_intermediate_size; }
+  int64_t shared_intermediate_size() const {
+    return shared_expert_intermediate_size > 0 ? shared_expert_intermediate_size
+                                               : n_shared_experts * moe_intermediate_size;
+  }
   // The softmax scale of attention: 1/sqrt(qk_head_dim), times mscale(factor, mscale_all_dim)^2
   // for MLA with YaRN (HF's yarn_apply_mscale).
   double AttentionScale() const;

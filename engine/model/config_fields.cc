@@ -53,6 +53,18 @@ absl::Status FieldReader::IntList(const char* key, std::vector<int64_t>* out) co
   return absl::OkStatus();
 }
 
+absl::Status FieldReader::StringList(const char* key, std::vector<std::string>* out) const {
+  auto it = obj_.find(key);
+  if (it == obj_.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_array()) return Bad(key, "a list of strings");
+  out->clear();
+  for (const auto& v : *it) {
+    if (!v.is_string()) return Bad(key, "a list of strings");
+    out->push_back(v.get<std::string>());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status FieldReader::TokenId(const char* key, int64_t* out) const {
   auto it = obj_.find(key);
   if (it == obj_.end()) return absl::OkStatus();
@@ -187,10 +199,10 @@ absl::Status ParseCommonFields(const json& root, const FieldReader& r, const std
 
 json CommonFieldsToJson(const ModelConfig& c) {
   json j = json::object();
-  auto token = [](int64_t id) { return id < 0 ? json(nullptr) : json(id); };
   j["architectures"] = json::array({c.architecture});
   j["attention_bias"] = c.attention_bias;
   j["attention_dropout"] = 0.0;
+  auto token = [](int64_t id) { return id < 0 ? json(nullptr) : json(id); };
   j["bos_token_id"] = token(c.bos_token_id);
   j["eos_token_id"] = token(c.eos_token_id);
   j["pad_token_id"] = token(c.pad_token_id);
@@ -205,6 +217,7 @@ json CommonFieldsToJson(const ModelConfig& c) {
   j["num_experts_per_tok"] = c.num_experts_per_tok;
   j["num_hidden_layers"] = c.num_hidden_layers;
   j["num_key_value_heads"] = c.num_key_value_heads;
+  j["output_router_logits"] = c.output_router_logits;
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["rope_parameters"] = RopeToJson(c.rope);
   j["tie_word_embeddings"] = c.tie_word_embeddings;

@@ -23,6 +23,7 @@ class FieldReader {
   absl::Status Bool(const char* key, bool* out) const;
   absl::Status String(const char* key, std::string* out, bool required = false) const;
   absl::Status IntList(const char* key, std::vector<int64_t>* out) const;
+  absl::Status StringList(const char* key, std::vector<std::string>* out) const;
   // A token id: an integer, null (-1), or a list (the first is kept).
   absl::Status TokenId(const char* key, int64_t* out) const;
   // Whether the field is present and not null.
@@ -51,9 +52,11 @@ nlohmann::json RopeToJson(const RopeConfig& rope);
 // hidden_act (silu only), attention_bias.
 absl::Status ParseCommonFields(const nlohmann::json& root, const FieldReader& r, const std::string& fallback_architecture,
                                ModelConfig* c);
-// config.json's fields that every family writes the same way (ParseCommonFields' and the sizes
-// every family has: hidden, intermediate, heads, layers, vocabulary, rope, experts per token);
-// a family adds its own to the object.
+// The fields every family writes the same way (HF v5 names): architectures, attention_bias,
+// attention_dropout, token ids, dtype, hidden_act, hidden_size, initializer_range,
+// intermediate_size, max_position_embeddings, model_type, num_attention_heads,
+// num_experts_per_tok, num_hidden_layers, num_key_value_heads, output_router_logits,
+// rms_norm_eps, rope_parameters, tie_word_embeddings, use_cache, vocab_size.
 nlohmann::json CommonFieldsToJson(const ModelConfig& c);
 // Checks shared by every family: positive sizes, a supported dtype, k in [1, E].
 absl::Status ValidateCommon(const FieldReader& r, const ModelConfig& c);

@@ -7,8 +7,13 @@ namespace ftd::engine {
 // Defined in engine/model/families/<model_type>/.
 const ModelFamily& Qwen3MoeFamily();
 const ModelFamily& DeepseekV3Family();
+const ModelFamily& MixtralFamily();
+const ModelFamily& Qwen2MoeFamily();
+const ModelFamily& OlmoeFamily();
 
-std::vector<const ModelFamily*> ModelFamilies() { return {&Qwen3MoeFamily(), &DeepseekV3Family()}; }
+std::vector<const ModelFamily*> ModelFamilies() {
+  return {&Qwen3MoeFamily(), &DeepseekV3Family(), &MixtralFamily(), &Qwen2MoeFamily(), &OlmoeFamily()};
+}
 
 const ModelFamily* FindModelFamily(const std::string& model_type) {
   for (const ModelFamily* f : ModelFamilies()) {

@@ -40,7 +40,7 @@ class ModelFamily {
 // The family of `model_type`, or null.
 const ModelFamily* FindModelFamily(const std::string& model_type);
 std::vector<const ModelFamily*> ModelFamilies();
-// "qwen3_moe, deepseek_v3", for errors.
+// "qwen3_moe, deepseek_v3, ...", for errors.
 std::string SupportedModelTypes();
 
 }  // namespace ftd::engine

@@ -17,7 +17,11 @@ int64_t TensorSpec::numel() const {
 std::string ExpertTensorName(const TensorSpec& spec, int64_t expert, const char* proj) {
   // spec.name is "<experts module>.gate_up" or "<experts module>.down".
   const std::string module = spec.name.substr(0, spec.name.rfind('.'));
-  return absl::StrCat(module, ".", expert, ".", proj, ".weight");
+  std::string name = proj;
+  if (spec.expert_names == ExpertNames::kW1W3W2) {
+    name = name == "gate_proj" ? "w1" : name == "up_proj" ? "w3" : "w2";
+  }
+  return absl::StrCat(module, ".", expert, ".", name, ".weight");
 }
 
 std::vector<TensorSpec> ModelTensorLayout(const ModelConfig& config) {

@@ -26,6 +26,7 @@ enum class Slot : uint8_t {
   kQaProj, kQaBias, kQaNorm, kQbProj, kKvaProj, kKvaBias, kKvaNorm, kKvbProj,
   // MoE block.
   kRouter, kRouterBias, kExpertsGateUp, kExpertsDown, kSharedGate, kSharedUp, kSharedDown,
+  kSharedExpertGate,  // Qwen2-MoE's sigmoid gate of the shared expert [1, H]
   // Dense MLP.
   kMlpGate, kMlpUp, kMlpDown,
 };
@@ -37,6 +38,10 @@ enum class TensorRole : uint8_t {
   kBuffer,  // not trained by gradient (e_score_correction_bias); zeros; kept in fp32
 };
 
+// How a checkpoint names its per-expert projections: <module>.<e>.{gate,up,down}_proj.weight
+// (Qwen, DeepSeek, OLMoE) or <module>.<e>.{w1,w3,w2}.weight (Mixtral).
+enum class ExpertNames : uint8_t { kGateUpDown, kW1W3W2 };
+
 struct TensorSpec {
   // HF name; for fused experts the engine name <experts module>.gate_up / .down.
   std::string name;
@@ -46,6 +51,7 @@ struct TensorSpec {
   TensorRole role = TensorRole::kWeight;
   bool expert = false;          // routed experts: dim 0 sharded over ep
   bool matmul = false;          // a GEMM weight every token passes through (FLOPs)
+  ExpertNames expert_names = ExpertNames::kGateUpDown;  // routed experts' per-expert HF keys
   int64_t numel() const;
 };
 

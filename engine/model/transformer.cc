@@ -165,6 +165,19 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
     }
   }
 
+  // Sliding-window layers (Mixtral, Qwen2-MoE) attend through a window mask when the window is
+  // shorter than the sequence (dense: the varlen kernel has no window).
+  AttentionContext sliding_ctx = ctx;
+  bool any_sliding = false;
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) any_sliding = any_sliding || config_.IsSlidingLayer(l);
+  const bool window_applies = any_sliding && config_.sliding_window < S;
+  if (window_applies) {
+    TORCH_CHECK(batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
+                "sliding-window attention over packed documents needs the batch's segment_ids");
+    sliding_ctx.varlen = VarlenBoundaries{};
+    sliding_ctx.mask = SlidingWindowCausalMask(S, config_.sliding_window, batch.segment_ids, options_.device);
+  }
+
   ForwardResult result;
   std::vector<at::Tensor> router_logits;
   const bool own_lookup = embedding_lookup_ && !weights_.tied;
@@ -180,6 +193,7 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
   };
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     if (layer_hooks_ != nullptr) stream = through_hook(l, stream, /*enter=*/true);
+    const AttentionContext& layer_ctx = window_applies && config_.IsSlidingLayer(l) ? sliding_ctx : ctx;
     if (options_.activation_checkpointing && at::GradMode::is_enabled()) {
       std::vector<at::Tensor> params = LayerParameters(weights_, l);
       // Router logits and counts are captured during the first (no-grad) pass only.
@@ -187,14 +201,14 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
       // by value, and the outputs only during the first, no-grad pass inside Forward.
       std::vector<at::Tensor>* logits_out = &router_logits;
       std::vector<at::Tensor>* counts_out = &result.expert_counts;
-      auto fn = [this, l, ctx, logits_out, counts_out](const at::Tensor& in) {
+      auto fn = [this, l, layer_ctx, logits_out, counts_out](const at::Tensor& in) {
         bool first = !at::GradMode::is_enabled();
-        return Layer(l, ResidualStream{in, {}}, ctx, first ? logits_out : nullptr, first ? counts_out : nullptr)
+        return Layer(l, ResidualStream{in, {}}, layer_ctx, first ? logits_out : nullptr, first ? counts_out : nullptr)
             .Materialize();
       };
       stream = {CheckpointedLayer::apply(stream.Materialize(), at::TensorList(params), LayerFn(fn))[0], {}};
     } else {
-      stream = Layer(l, stream, ctx, &router_logits, &result.expert_counts);
+      stream = Layer(l, stream, layer_ctx, &router_logits, &result.expert_counts);
     }
     if (layer_hooks_ != nullptr) stream = through_hook(l, stream, /*enter=*/false);
   }

@@ -40,6 +40,7 @@ at::Tensor& SlotTensor(ModelWeights& w, const TensorSpec& spec) {
     case Slot::kSharedGate: return L.moe.shared.gate_proj;
     case Slot::kSharedUp: return L.moe.shared.up_proj;
     case Slot::kSharedDown: return L.moe.shared.down_proj;
+    case Slot::kSharedExpertGate: return L.moe.shared_expert_gate;
     case Slot::kMlpGate: return L.mlp.gate_proj;
     case Slot::kMlpUp: return L.mlp.up_proj;
     case Slot::kMlpDown: return L.mlp.down_proj;

@@ -37,7 +37,8 @@ struct MoeWeights {
   at::Tensor router_bias;  // [E] fp32 selection bias (DeepSeek-V3), not trained by gradient; or undefined
   at::Tensor gate_up;      // [E_local, H, 2F]: [..., :F] gate, [..., F:] up
   at::Tensor down;         // [E_local, F, H]
-  DenseMlpWeights shared;  // shared experts [Fs, H] ... (DeepSeek-V3), undefined without
+  DenseMlpWeights shared;  // shared experts [Fs, H] ... (DeepSeek-V3, Qwen2-MoE), undefined without
+  at::Tensor shared_expert_gate;  // [1, H]: shared output times sigmoid(gate · x) (Qwen2-MoE), or undefined
 };
 
 struct LayerWeights {

@@ -36,6 +36,7 @@ struct InitModelArgs {
   uint64_t seed = 0;
   std::string dtype = "bf16";
   std::string out;
+  bool config_only = false;
 };
 struct ForwardArgs {
   std::string model, input, out, device = "cpu", dtype = "fp32";
@@ -92,6 +93,18 @@ absl::Status InitModel(const InitModelArgs& a) {
   config.dtype = DtypeName(dtype);
   // The overridden shape must still be a valid config of its family (e.g. experts in n_group groups).
   FTD_ASSIGN_OR_RETURN(config, ParseModelConfig(ModelConfigToJson(config), absl::StrCat("preset ", a.preset)));
+  if (a.config_only) {
+    // The shape alone (full-size presets for counting and planning, without their weights).
+    std::error_code ec;
+    std::filesystem::create_directories(a.out, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot create ", a.out, ": ", ec.message()));
+    FTD_RETURN_IF_ERROR(WriteFileAtomically(a.out + "/config.json", ModelConfigToJson(config)));
+    std::cout << absl::StrFormat("wrote %s/config.json: preset %s (%s), %d layers, %.1fM parameters (%.1fM active)\n",
+                                 a.out, a.preset, FindModelFamily(config.model_type)->display_name(),
+                                 config.num_hidden_layers, config.TotalParameters() / 1e6,
+                                 config.ActiveParameters() / 1e6);
+    return absl::OkStatus();
+  }
   ModelOptions options;
   options.dtype = dtype;
   ModelWeights weights = InitRandomWeights(config, options, a.seed);
@@ -252,6 +265,7 @@ void RegisterCommands(CLI::App& app) {
   init->add_option("--seed", g_init.seed, "Random seed")->capture_default_str();
   init->add_option("--dtype", g_init.dtype, "bf16 | fp32")->capture_default_str();
   init->add_option("--out", g_init.out, "Output directory")->required();
+  init->add_flag("--config-only", g_init.config_only, "Write config.json only (no weights)");
 
   auto* fwd = app.add_subcommand("forward", "Logits and loss of token ids (labels = inputs)");
   fwd->add_option("--model", g_forward.model, "HF model directory")->required();

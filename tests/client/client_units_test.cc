@@ -9,6 +9,9 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -24,6 +27,7 @@ namespace ftd::client {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class Scratch {
  public:
@@ -253,14 +257,50 @@ TEST(ModelInspectTest, DeepseekV3CountsAreTheEnginesAndOtherFamiliesAreNamedUnsu
   EXPECT_TRUE(m->parameters_estimated);
 
   Scratch other;
-  other.Write("config.json", R"({"model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 2,
+  other.Write("config.json", R"({"model_type": "gpt_oss", "hidden_size": 64, "num_hidden_layers": 2,
     "vocab_size": 100, "num_local_experts": 4, "num_experts_per_tok": 2})");
-  auto mixtral = InspectModel(other.root());
-  ASSERT_TRUE(mixtral.ok()) << mixtral.status();
-  EXPECT_EQ(mixtral->family, "Mixtral");
-  EXPECT_FALSE(mixtral->supported);
-  EXPECT_EQ(mixtral->parameters_total, 0);  // no weights and no layout to count from
-  EXPECT_EQ(mixtral->parameters_source, "none");
+  auto gpt_oss = InspectModel(other.root());
+  ASSERT_TRUE(gpt_oss.ok()) << gpt_oss.status();
+  EXPECT_EQ(gpt_oss->family, "GPT-OSS");
+  EXPECT_FALSE(gpt_oss->supported);
+  EXPECT_EQ(gpt_oss->parameters_total, 0);  // no weights and no layout to count from
+  EXPECT_EQ(gpt_oss->parameters_source, "none");
+}
+
+TEST(ModelInspectTest, MixtralQwen2MoeAndOlmoeAreNamedAndCountedAsPublished) {
+  // The config.json files as published (v4 field names), without weights: the engine's counts.
+  struct Case {
+    const char* config;
+    const char* family;
+    double total_b, active_b;  // as the model cards give them
+  };
+  const Case cases[] = {
+      {R"({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": 4096,
+          "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+          "num_key_value_heads": 8, "vocab_size": 32000, "num_local_experts": 8, "num_experts_per_tok": 2,
+          "rope_theta": 1e6, "sliding_window": null, "router_aux_loss_coef": 0.02, "torch_dtype": "bfloat16"})",
+       "Mixtral", 46.7, 12.9},
+      {R"({"model_type": "qwen2_moe", "hidden_size": 2048, "intermediate_size": 5632,
+          "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632, "num_hidden_layers": 24,
+          "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 151936, "num_experts": 60,
+          "num_experts_per_tok": 4, "use_sliding_window": false, "sliding_window": 32768})",
+       "Qwen2-MoE", 14.3, 2.7},
+      {R"({"model_type": "olmoe", "hidden_size": 2048, "intermediate_size": 1024, "num_hidden_layers": 16,
+          "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 50304, "num_experts": 64,
+          "num_experts_per_tok": 8, "clip_qkv": null, "norm_topk_prob": false})",
+       "OLMoE", 6.9, 1.3},
+  };
+  for (const Case& c : cases) {
+    Scratch s;
+    s.Write("config.json", c.config);
+    auto m = InspectModel(s.root());
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(m->family, c.family);
+    EXPECT_TRUE(m->supported) << c.family;
+    EXPECT_TRUE(m->parameters_estimated) << c.family;
+    EXPECT_NEAR(m->parameters_total / 1e9, c.total_b, 0.05) << c.family;
+    EXPECT_NEAR(m->parameters_active / 1e9, c.active_b, 0.05) << c.family;
+  }
 }
 
 int RunFtctl(const std::string& args, const std::string& env, std::string* out) {
@@ -292,11 +332,11 @@ TEST(ModelCommandsTest, InitExecsFtdTrainAndInspectPrints) {
     EXPECT_THAT(out, HasSubstr("ftd-train not found"));
   }
 
-  s.Write("config.json", R"({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": 8,
+  s.Write("config.json", R"({"model_type": "gpt_oss", "architectures": ["GptOssForCausalLM"], "hidden_size": 8,
     "num_hidden_layers": 2, "vocab_size": 16, "num_attention_heads": 2, "num_local_experts": 8,
     "num_experts_per_tok": 2, "intermediate_size": 16})");
   ASSERT_EQ(RunFtctl(absl::StrCat("model inspect ", s.root()), "", &out), 0) << out;
-  EXPECT_THAT(out, HasSubstr("Mixtral (MixtralForCausalLM) - not trained by ftd"));
+  EXPECT_THAT(out, HasSubstr("GPT-OSS (GptOssForCausalLM) - not trained by ftd"));
   EXPECT_THAT(out, HasSubstr("8 routed, top-2"));
   EXPECT_THAT(out, HasSubstr("unknown (no weights"));
   ASSERT_EQ(RunFtctl(absl::StrCat("model inspect ", s.root(), " -o json"), "", &out), 0);
@@ -326,6 +366,22 @@ TEST(ModelCommandsTest, InitExecsFtdTrainAndInspectPrints) {
     EXPECT_TRUE(j["supported"].get<bool>());
     // The stored tensors hold the same parameters plus the selection biases (buffers).
     EXPECT_EQ(j["parameters_stored"].get<int64_t>(), j["parameters_total"].get<int64_t>() + 2 * 8);
+    // The Mixtral, Qwen2-MoE and OLMoE presets: named, trained by ftd, counted as stored.
+    for (const auto& [preset, named] : std::vector<std::pair<std::string, std::string>>{
+             {"tiny-mixtral", "Mixtral (MixtralForCausalLM)"},
+             {"tiny-qwen2-moe", "Qwen2-MoE (Qwen2MoeForCausalLM)"},
+             {"tiny-olmoe", "OLMoE (OlmoeForCausalLM)"}}) {
+      const std::string dir = absl::StrCat(s.root(), "/", preset);
+      ASSERT_EQ(RunFtctl(absl::StrCat("model init --preset ", preset, " --dtype fp32 --out ", dir), "", &out), 0)
+          << out;
+      ASSERT_EQ(RunFtctl(absl::StrCat("model inspect ", dir), "", &out), 0) << out;
+      EXPECT_THAT(out, HasSubstr(named));
+      EXPECT_THAT(out, Not(HasSubstr("not trained by ftd")));
+      ASSERT_EQ(RunFtctl(absl::StrCat("model inspect ", dir, " -o json"), "", &out), 0) << out;
+      j = nlohmann::json::parse(out);
+      EXPECT_TRUE(j["supported"].get<bool>()) << preset;
+      EXPECT_EQ(j["parameters_stored"].get<int64_t>(), j["parameters_total"].get<int64_t>()) << preset;
+    }
   }
 }
 

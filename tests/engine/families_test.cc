@@ -17,13 +17,16 @@
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/registry.h"
 #include "engine/model/tensor_layout.h"
+#include "engine/model/transformer.h"
 #include "gtest/gtest.h"
 
 namespace ftd::engine {
 namespace {
 
 TEST(ModelFamilies, RegistryNamesEveryFamilyAndItsPresets) {
-  EXPECT_EQ(SupportedModelTypes(), "qwen3_moe, deepseek_v3");
+  EXPECT_EQ(SupportedModelTypes(), "qwen3_moe, deepseek_v3, mixtral, qwen2_moe, olmoe");
+  ASSERT_NE(FindModelFamily("mixtral"), nullptr);
+  EXPECT_STREQ(FindModelFamily("olmoe")->display_name(), "OLMoE");
   ASSERT_NE(FindModelFamily("deepseek_v3"), nullptr);
   EXPECT_STREQ(FindModelFamily("deepseek_v3")->display_name(), "DeepSeek-V3");
   EXPECT_EQ(FindModelFamily("llama"), nullptr);
@@ -46,6 +49,71 @@ TEST(ModelFamilies, Qwen3CountsAreUnchanged) {
   ModelConfig q30 = *PresetConfig("qwen3-30b-a3b");
   EXPECT_EQ(q30.TotalParameters(), 30532122624);
   EXPECT_EQ(q30.ActiveParameters(), 3353032704);
+}
+
+TEST(ModelFamilies, MixtralQwen2MoeOlmoeCountsAsPublished) {
+  // The model cards: Mixtral-8x7B 46.7B / 12.9B active, Qwen1.5-MoE-A2.7B 14.3B / 2.7B,
+  // Qwen2-57B-A14B 57.4B / 14.2B, OLMoE-1B-7B 6.9B / 1.3B (exact values: the layout's; the same
+  // as transformers counts, tests/python/test_moe_families_parity.py).
+  struct Want {
+    const char* preset;
+    int64_t total, active;
+  };
+  for (const Want& w : {Want{"mixtral-8x7b", 46702792704, 12879925248},
+                        Want{"qwen1.5-moe-a2.7b", 14315784192, 2689173504},
+                        Want{"qwen2-57b-a14b", 57408658944, 14249270784},
+                        Want{"olmoe-1b-7b", 6919161856, 1282017280}}) {
+    ModelConfig c = *PresetConfig(w.preset);
+    EXPECT_EQ(c.TotalParameters(), w.total) << w.preset;
+    EXPECT_EQ(c.ActiveParameters(), w.active) << w.preset;
+    EXPECT_EQ(c.NumMoeLayers(), c.num_hidden_layers) << w.preset;
+  }
+}
+
+TEST(ModelFamilies, GqaMoeSlidingWindowsAndUnimplementedSettingsAreRefusedByName) {
+  auto error = [](const std::string& json) {
+    auto c = ParseModelConfig(json, "x/config.json");
+    return c.ok() ? std::string("ok") : std::string(c.status().message());
+  };
+  const std::string mixtral = R"({"model_type": "mixtral", "vocab_size": 32, "hidden_size": 16,
+    "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "num_local_experts": 4,
+    "num_experts_per_tok": 2)";
+  EXPECT_EQ(error(mixtral + "}"), "ok");
+  auto sliding = ParseModelConfig(mixtral + R"(, "sliding_window": 4096})");
+  ASSERT_TRUE(sliding.ok()) << sliding.status();
+  EXPECT_TRUE(sliding->IsSlidingLayer(0));
+  EXPECT_EQ(sliding->sliding_window, 4096);
+  EXPECT_NE(error(mixtral + R"(, "sliding_window": -1})").find("\"sliding_window\""), std::string::npos);
+  EXPECT_NE(error(mixtral + R"(, "router_jitter_noise": 0.01})").find("router_jitter_noise"), std::string::npos);
+  const std::string qwen2 = R"({"model_type": "qwen2_moe", "vocab_size": 32, "hidden_size": 16,
+    "intermediate_size": 8, "moe_intermediate_size": 4, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "num_experts": 4, "num_experts_per_tok": 2)";
+  // HF ignores sliding_window unless use_sliding_window is true.
+  auto full = ParseModelConfig(qwen2 + R"(, "sliding_window": 4096})");
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_FALSE(full->IsSlidingLayer(0));
+  auto windowed = ParseModelConfig(qwen2 + R"(, "use_sliding_window": true, "sliding_window": 64})");
+  ASSERT_TRUE(windowed.ok()) << windowed.status();
+  EXPECT_TRUE(windowed->IsSlidingLayer(0));  // layer 0 < max_window_layers (28), l + 1 odd
+  EXPECT_NE(error(qwen2 + R"(, "layer_types": ["sliding_attention"]})").find("\"use_sliding_window\" is false"),
+            std::string::npos);
+  EXPECT_NE(error(qwen2 + R"(, "layer_types": ["full_attention", "full_attention"]})").find("\"layer_types\" has 2"),
+            std::string::npos);
+  // Qwen3-MoE's sliding window is not implemented.
+  const std::string qwen3 = R"({"model_type": "qwen3_moe", "vocab_size": 32, "hidden_size": 16,
+    "intermediate_size": 8, "moe_intermediate_size": 4, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "num_experts": 4, "num_experts_per_tok": 2)";
+  EXPECT_NE(error(qwen3 + R"(, "use_sliding_window": true})").find("x/config.json: \"use_sliding_window\""),
+            std::string::npos);
+  const std::string olmoe = R"({"model_type": "olmoe", "vocab_size": 32, "hidden_size": 16,
+    "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "num_experts": 4,
+    "num_experts_per_tok": 2)";
+  EXPECT_EQ(error(olmoe + R"(, "clip_qkv": null})"), "ok");
+  EXPECT_NE(error(olmoe + R"(, "clip_qkv": -1})").find("clip_qkv"), std::string::npos);
+  EXPECT_NE(error(olmoe + R"(, "head_dim": 4})").find("head_dim"), std::string::npos);
+  EXPECT_NE(error(R"({"model_type": "olmoe", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 8,
+    "num_hidden_layers": 1, "num_attention_heads": 2, "num_experts_per_tok": 2})").find("num_experts"),
+            std::string::npos);
 }
 
 TEST(ModelFamilies, DeepseekCountsAndFlops) {
@@ -90,6 +158,39 @@ TEST(ModelFamilies, LayoutNamesAreTheCheckpointKeys) {
     }
     EXPECT_TRUE(keys.count("model.layers.2.mlp.experts.7.down_proj.weight"));
   }
+}
+
+// Packed documents under a sliding window: each document's logits are those of the document alone
+// (the window never reaches across a boundary), and the window changes them against full attention.
+TEST(ModelFamilies, SlidingWindowStaysInsideEachPackedDocument) {
+  ModelConfig c = *PresetConfig("tiny-mixtral");
+  c.sliding_window = 3;
+  c.layer_types.assign(static_cast<size_t>(c.num_hidden_layers), "sliding_attention");
+  ModelOptions o;
+  auto run = [&](const ModelConfig& config, const at::Tensor& ids, const at::Tensor& positions,
+                 const at::Tensor& segments) {
+    auto model = *MoeTransformer::Create(config, o, InitRandomWeights(config, o, 5));
+    Batch b;
+    b.input_ids = ids;
+    b.position_ids = positions;
+    b.segment_ids = segments;
+    return model->Forward(b, /*return_logits=*/true).logits;
+  };
+  at::manual_seed(3);
+  at::Tensor ids = at::randint(0, c.vocab_size, {1, 13}, at::kLong);
+  at::Tensor segments = at::cat({at::zeros({1, 6}, at::kLong), at::ones({1, 7}, at::kLong)}, 1);
+  at::Tensor positions = at::cat({at::arange(6, at::kLong), at::arange(7, at::kLong)}).unsqueeze(0);
+  at::Tensor packed = run(c, ids, positions, segments);
+  at::Tensor first = run(c, ids.narrow(1, 0, 6), at::arange(6, at::kLong).unsqueeze(0), {});
+  at::Tensor second = run(c, ids.narrow(1, 6, 7), at::arange(7, at::kLong).unsqueeze(0), {});
+  EXPECT_TRUE(at::allclose(packed.narrow(1, 0, 6), first, 1e-5, 1e-5));
+  EXPECT_TRUE(at::allclose(packed.narrow(1, 6, 7), second, 1e-5, 1e-5));
+  ModelConfig full = c;
+  full.sliding_window = 0;
+  at::Tensor unwindowed = run(full, ids.narrow(1, 6, 7), at::arange(7, at::kLong).unsqueeze(0), {});
+  EXPECT_FALSE(at::allclose(second, unwindowed, 1e-5, 1e-5));
+  // Inside the window (the first 3 tokens) both agree.
+  EXPECT_TRUE(at::allclose(second.narrow(1, 0, 3), unwindowed.narrow(1, 0, 3), 1e-5, 1e-5));
 }
 
 TEST(ModelFamilies, DeepseekConfigErrorsNameTheField) {

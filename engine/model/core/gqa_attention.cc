@@ -22,6 +22,15 @@ at::Tensor PackedCausalMask(const at::Tensor& segment_ids) {
   return same_doc.logical_and(causal).unsqueeze(1);
 }
 
+at::Tensor SlidingWindowCausalMask(int64_t S, int64_t window, const at::Tensor& segment_ids, at::Device device) {
+  at::Tensor pos = at::arange(S, at::TensorOptions().dtype(at::kLong).device(device));
+  at::Tensor distance = pos.unsqueeze(1) - pos.unsqueeze(0);  // [S, S]: i - j
+  at::Tensor allowed = distance.ge(0).logical_and(distance.lt(window)).view({1, 1, S, S});
+  if (!segment_ids.defined()) return allowed;
+  at::Tensor ids = segment_ids.to(device);
+  return allowed.logical_and(ids.unsqueeze(2).eq(ids.unsqueeze(1)).unsqueeze(1));  // [B, 1, S, S]
+}
+
 namespace {
 
 // The q, k and v projections of one input [.., H] (no biases). Backward sums the three input
@@ -66,6 +75,15 @@ at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
   } else {
     auto qkv = QkvProjection::apply(x, w.q_proj, w.k_proj, w.v_proj);
     q = qkv[0], k = qkv[1], v = qkv[2];
+  }
+  if (c.qk_norm_full) {  // OLMoE: over the whole projection, before the heads are split
+    q = RmsNorm(q, w.q_norm, c.rms_norm_eps);
+    k = RmsNorm(k, w.k_norm, c.rms_norm_eps);
+  }
+  if (c.clip_qkv > 0) {
+    q = q.clamp(-c.clip_qkv, c.clip_qkv);
+    k = k.clamp(-c.clip_qkv, c.clip_qkv);
+    v = v.clamp(-c.clip_qkv, c.clip_qkv);
   }
   q = q.view({B, S, Hq, D});
   k = k.view({B, S, Hkv, D});

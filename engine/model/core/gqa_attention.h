@@ -22,6 +22,10 @@ struct AttentionContext {
 
 // Builds the boolean attention mask for packed documents; undefined when segment_ids is.
 at::Tensor PackedCausalMask(const at::Tensor& segment_ids);
+// Causal attention within a window: query i attends to keys j with i - window < j <= i (HF's
+// sliding-window causal mask), and only within its document when segment_ids [B, S] is defined.
+// [B or 1, 1, S, S] bool on `device`.
+at::Tensor SlidingWindowCausalMask(int64_t seq, int64_t window, const at::Tensor& segment_ids, at::Device device);
 
 // x [B, S, H] -> [B, S, H]. GQA through SDPA's enable_gqa, or natively in the varlen kernel
 // (K/V never repeated). On CUDA the q/k norm and RoPE run as one fused kernel per tensor

@@ -14,7 +14,11 @@ MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& 
   LocalTokenDispatcher local;
   DispatchResult routed = (dispatcher != nullptr ? dispatcher : &local)->Dispatch(flat, routing, w);
   at::Tensor out = routed.out;
-  if (w.shared.gate_proj.defined()) out = out + DenseMlp(flat, w.shared);
+  if (w.shared.gate_proj.defined()) {
+    at::Tensor shared = DenseMlp(flat, w.shared);  // [T, H]
+    if (w.shared_expert_gate.defined()) shared = at::sigmoid(at::linear(flat, w.shared_expert_gate)) * shared;
+    out = out + shared;
+  }
   at::Tensor counts = routed.counts.defined() ? routed.counts
                       : routing.counts.defined() ? routing.counts
                                                  : at::bincount(routing.experts.reshape({-1}), {}, c.num_experts);

@@ -126,7 +126,6 @@ class DeepseekV3 final : public ModelFamily {
     j["n_shared_experts"] = c.n_shared_experts;
     j["norm_topk_prob"] = c.norm_topk_prob;
     j["num_nextn_predict_layers"] = c.num_nextn_predict_layers;
-    j["output_router_logits"] = c.output_router_logits;
     j["q_lora_rank"] = c.mla.q_lora_rank > 0 ? json(c.mla.q_lora_rank) : json(nullptr);
     j["qk_head_dim"] = c.mla.qk_head_dim();
     j["qk_nope_head_dim"] = c.mla.qk_nope_head_dim;
