@@ -43,7 +43,9 @@ void Check(const Case& c, double hint, double scale) {
   auto [loss_ref, dh_ref, dw_ref] = Run(h, w, t, false, 0, 1.0, scale);
   auto [loss, dh, dw] = Run(h, w, t, true, 16, hint, scale);
   const bool bf16 = c.dtype == at::kBFloat16;
-  const double rtol = bf16 ? 2e-2 : 1e-5, atol = bf16 ? 2e-2 * scale : 1e-6 * scale;
+  // fp32: the fused path scales its gradient by scale / hint afterwards and sums in another order
+  // (BLAS's blocking can change with the threads it gets): ~3e-5 relative at worst, seen under load.
+  const double rtol = bf16 ? 2e-2 : 1e-4, atol = bf16 ? 2e-2 * scale : 1e-6 * scale;
   EXPECT_TRUE(at::allclose(loss.to(at::kFloat).cpu(), loss_ref.cpu(), bf16 ? 1e-2 : 1e-5))
       << loss.item<double>() << " vs " << loss_ref.item<double>();
   EXPECT_TRUE(at::allclose(dh.cpu(), dh_ref.cpu(), rtol, atol)) << (dh - dh_ref).abs().max().item<double>();
