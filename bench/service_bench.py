@@ -157,6 +157,9 @@ def main():
     p.add_argument("--hf-steps", type=int, default=8, help="timed steps of the HF baseline and ftd-bench")
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--unchanged", action="store_true")
+    p.add_argument("--family", default="qwen3_moe", choices=["qwen3_moe", "deepseek_v3", "mixtral"],
+                   help="layer shape (bench/hf_v5_baseline.py --family): Qwen3-30B-A3B, Moonlight-16B-A3B, Mixtral-8x7B")
+    p.add_argument("--clips", type=float, nargs="+", default=[1.0, 0.0], help="grad_clip of each job (1.0: the default spec)")
     a = p.parse_args()
     work = os.path.join("/tmp", "ftd-service-work")
     subprocess.run(["rm", "-rf", work])
@@ -168,20 +171,24 @@ def main():
     rows = []
     try:
         for L in a.layers:
-            init = os.path.join(models, f"init-{L}")
-            hf = run([sys.executable, "bench/hf_v5_baseline.py", "--layers", L, "--seq", a.seq, "--steps",
-                      a.hf_steps, "--warmup", WARMUP, "--save-init", init], f"{a.out}/hf-{L}.err")
+            init = os.path.join(models, f"init-{a.family}-{L}")
+            hf = run([sys.executable, "bench/hf_v5_baseline.py", "--family", a.family, "--layers", L, "--seq", a.seq, "--steps",
+                      a.hf_steps, "--warmup", WARMUP, "--save-init", init], f"{a.out}/hf-{a.family}-{L}.err")
             hf = last_json(hf.stdout) or {}
-            log(f"HF v5, {L} layers: {json.dumps(hf)}")
+            log(f"HF v5, {a.family}, {L} layers: {json.dumps(hf)}")
+            if not os.path.exists(os.path.join(init, "config.json")):
+                raise RuntimeError(f"the HF baseline wrote no checkpoint to {init}: see {a.out}/hf-{a.family}-{L}.err")
+            with open(os.path.join(init, "config.json")) as f:
+                vocab = json.load(f)["vocab_size"]
             # The baseline's input every step: torch.randint(0, V, (1, S), generator seed 1234).
-            ids = torch.randint(0, 151936, (1, a.seq), generator=torch.Generator().manual_seed(1234))[0].tolist()
+            ids = torch.randint(0, vocab, (1, a.seq), generator=torch.Generator().manual_seed(1234))[0].tolist()
             data = os.path.join(data_dir, f"data-{L}.jsonl")
             with open(data, "w") as f:
                 for _ in range(a.steps):
                     f.write(json.dumps({"input_ids": ids}) + "\n")
             jobs = {}
-            for clip in (1.0, 0.0):
-                name = f"service-{L}-clip{clip:g}"
+            for clip in a.clips:
+                name = f"service-{a.family}-{L}-clip{clip:g}"
                 spec = {"base_model": init, "datasets": {"train": data, "format": "jsonl_tokens"},
                         "output": os.path.join(outputs, name),
                         "hyperparameters": {"max_steps": a.steps, "global_batch": 1, "micro_batch": 1,
@@ -192,11 +199,11 @@ def main():
                     del spec["hyperparameters"]["grad_clip"]  # the default
                 jobs[clip] = run_job(coord, name, spec, a.out)
             bench = {}
-            for clip in (1.0, 0.0):
+            for clip in a.clips:
                 r = run([f"{a.bin}/ftd-bench", "--model", init, "--seq", a.seq, "--steps", a.hf_steps,
-                         "--warmup", WARMUP, "--grad-clip", clip], f"{a.out}/bench-{L}-clip{clip:g}.err")
+                         "--warmup", WARMUP, "--grad-clip", clip], f"{a.out}/bench-{a.family}-{L}-clip{clip:g}.err")
                 bench[clip] = last_json(r.stdout) or {}
-                log(f"ftd-bench, {L} layers, clip {clip:g}: {json.dumps(bench[clip])}")
+                log(f"ftd-bench, {a.family}, {L} layers, clip {clip:g}: {json.dumps(bench[clip])}")
             unchanged = {}
             if a.unchanged:
                 r = run([sys.executable, "bench/hf_v5_baseline.py", "--model", init, "--seq", a.seq, "--steps", 17,
@@ -207,12 +214,12 @@ def main():
                              "--precision", policy, "--report-unchanged"], f"{a.out}/unchanged-{L}-{policy}.err")
                     unchanged[f"ftd {policy}"] = (last_json(r.stdout) or {}).get("unchanged")
                 log(f"unchanged after 20 steps at lr 1e-5, {L} layers: {json.dumps(unchanged)}")
-            rows.append(dict(layers=L, hf=hf, jobs={f"{k:g}": v for k, v in jobs.items()},
+            rows.append(dict(family=a.family, layers=L, hf=hf, jobs={f"{k:g}": v for k, v in jobs.items()},
                              bench={f"{k:g}": v for k, v in bench.items()}, unchanged=unchanged))
             subprocess.run(["rm", "-rf", init])
     finally:
         coord.stop()
-        with open(os.path.join(a.out, "service.json"), "w") as f:
+        with open(os.path.join(a.out, f"service-{a.family}.json"), "w") as f:
             json.dump(rows, f, default=str)
     print_table(rows)
     ok = all(j.get("state") == "SUCCEEDED" for r in rows for j in r["jobs"].values())
@@ -220,8 +227,8 @@ def main():
 
 
 def print_table(rows):
-    print("\n| layers | path | TPS/GPU | step ms | TFLOP/s | MFU | peak GiB | TPS x HF | mem x HF | first losses | /metrics TPS/GPU (steps sampled) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| family | layers | path | TPS/GPU | step ms | TFLOP/s | MFU | peak GiB | TPS x HF | mem x HF | first losses | /metrics TPS/GPU (steps sampled) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         hf = r["hf"]
         base_tps, base_mem = hf.get("tps"), hf.get("peak_gib")
@@ -230,7 +237,7 @@ def print_table(rows):
             x = f"{tps / base_tps:.3f}" if tps and base_tps else "-"
             m = f"{peak / base_mem:.3f}" if peak and base_mem else "-"
             f = lambda v, d: f"{v:,.{d}f}" if isinstance(v, (int, float)) else "-"
-            print(f"| {r['layers']} | {path} | {f(tps, 0)} | {f(step_ms, 1)} | {f(tflops, 1)} | {f(mfu, 3)} | "
+            print(f"| {r.get('family', 'qwen3_moe')} | {r['layers']} | {path} | {f(tps, 0)} | {f(step_ms, 1)} | {f(tflops, 1)} | {f(mfu, 3)} | "
                   f"{f(peak, 2)} | {x} | {m} | {', '.join(f'{l:.5f}' for l in losses or [])} | {metrics} |")
 
         line("HF v5 (bench/hf_v5_baseline.py)", base_tps, hf.get("step_ms"), hf.get("tflops"),
