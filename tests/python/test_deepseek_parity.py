@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import run
-from test_engine_parity import hf_train_losses, ids_for, parse_losses, rel, write_dataset, write_spec
+from hf_parity import (assert_forward_matches_hf, ftd_forward, hf_train_losses, ids_for, parse_losses,
+                       write_dataset, write_spec)
 
 transformers = pytest.importorskip("transformers")
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402
@@ -70,54 +71,11 @@ def make_model(tmp_path, name, seed=0, dtype=torch.float32):
     return model, d
 
 
-def hf_gradients(model):
-    """Every HF parameter's gradient under the checkpoint's per-expert names."""
-    grads = {}
-    for n, p in model.named_parameters():
-        if p.numel() == 0:  # n_shared_experts 0: HF keeps empty shared-expert weights
-            continue
-        if n.endswith("mlp.experts.gate_up_proj"):  # HF v5 fuses [E, 2F, H] in memory
-            layer = n[: -len("gate_up_proj")]
-            F = p.shape[1] // 2
-            for e in range(p.shape[0]):
-                grads[f"{layer}{e}.gate_proj.weight"] = p.grad[e, :F]
-                grads[f"{layer}{e}.up_proj.weight"] = p.grad[e, F:]
-        elif n.endswith("mlp.experts.down_proj"):
-            layer = n[: -len("down_proj")]
-            for e in range(p.shape[0]):
-                grads[f"{layer}{e}.down_proj.weight"] = p.grad[e]
-        else:
-            grads[n] = p.grad if p.grad is not None else torch.zeros_like(p)
-    if model.config.tie_word_embeddings:
-        grads.pop("lm_head.weight", None)
-    return grads
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_forward_and_gradients_match_hf(tmp_path, ftd_train, name):
     model, d = make_model(tmp_path, name)
     ids = ids_for(model.config, batch=2, seq=19)
-    (tmp_path / "ids.json").write_text(json.dumps(ids.tolist()))
-    run([ftd_train, "forward", "--model", d, "--input", tmp_path / "ids.json", "--out", tmp_path / "out.safetensors",
-         "--grads"])
-    ours = load_file(tmp_path / "out.safetensors")
-
-    model.train()
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    logits_diff = (ours["logits"] - out.logits.detach()).abs().max().item()
-    assert logits_diff <= 1e-4, f"logits max abs diff {logits_diff}"
-    loss_rel = abs(ours["loss"].item() - out.loss.item()) / abs(out.loss.item())
-    assert loss_rel <= 1e-5, f"loss {ours['loss'].item()} vs HF {out.loss.item()}"
-
-    theirs = hf_gradients(model)
-    ours_grads = {k[len("grad."):]: v for k, v in ours.items() if k.startswith("grad.")}
-    assert set(ours_grads) == set(theirs), set(ours_grads) ^ set(theirs)
-    worst = max((rel(ours_grads[k], theirs[k]), k) for k in theirs if theirs[k].norm() > 0)
-    assert worst[0] <= 1e-4, f"gradient of {worst[1]} differs by {worst[0]:.2e} (relative)"
-    for k, g in theirs.items():  # experts no token reached: both exactly zero
-        if g.norm() == 0:
-            assert ours_grads[k].abs().max().item() == 0, k
+    assert_forward_matches_hf(ftd_forward(ftd_train, tmp_path, d, ids), model, ids)
 
 
 @pytest.mark.parametrize("name", ["qlora_groups4of2_shared1_dense1_yarn", "moonlight_like_no_qlora_shared2",

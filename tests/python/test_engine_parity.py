@@ -1,18 +1,16 @@
 """The engine against HF Transformers on the same tiny Qwen3-MoE checkpoints (CPU, fp32):
 logits, loss, every gradient, and the losses of AdamW training steps."""
-import json
-import math
-import re
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import run
+from hf_parity import (assert_forward_matches_hf, ftd_forward, hf_train_losses, ids_for,  # noqa: F401 (shared)
+                       parse_losses, rel, write_dataset, write_spec)
 
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM  # noqa: E402
-from transformers.optimization import get_cosine_schedule_with_warmup  # noqa: E402
 
 # Each config exercises a different corner: top-k, renormalisation, tying, dense/sparse mix,
 # GQA ratio, expert counts that are not powers of two, the aux loss.
@@ -46,92 +44,11 @@ def make_model(tmp_path, name, seed=0):
     return model, d
 
 
-def ids_for(cfg, batch=2, seq=17, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, cfg.vocab_size, (batch, seq), generator=g)
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_forward_and_gradients_match_hf(tmp_path, ftd_train, name):
     model, d = make_model(tmp_path, name)
     ids = ids_for(model.config)
-    (tmp_path / "ids.json").write_text(json.dumps(ids.tolist()))
-    run([ftd_train, "forward", "--model", d, "--input", tmp_path / "ids.json", "--out", tmp_path / "out.safetensors",
-         "--grads"])
-    ours = load_file(tmp_path / "out.safetensors")
-
-    model.train()
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    logits_diff = (ours["logits"] - out.logits.detach()).abs().max().item()
-    assert logits_diff <= 1e-4, f"logits max abs diff {logits_diff}"
-    loss_rel = abs(ours["loss"].item() - out.loss.item()) / abs(out.loss.item())
-    assert loss_rel <= 1e-5, f"loss {ours['loss'].item()} vs HF {out.loss.item()}"
-
-    # Every HF parameter's gradient, per-expert keys included.
-    hf_grads = {}
-    for n, p in model.named_parameters():
-        if n.endswith("mlp.experts.gate_up_proj"):  # HF v5 fuses [E, 2F, H] in memory
-            layer = n[: -len("gate_up_proj")]
-            F = p.shape[1] // 2
-            for e in range(p.shape[0]):
-                hf_grads[f"{layer}{e}.gate_proj.weight"] = p.grad[e, :F]
-                hf_grads[f"{layer}{e}.up_proj.weight"] = p.grad[e, F:]
-        elif n.endswith("mlp.experts.down_proj"):
-            layer = n[: -len("down_proj")]
-            for e in range(p.shape[0]):
-                hf_grads[f"{layer}{e}.down_proj.weight"] = p.grad[e]
-        else:
-            hf_grads[n] = p.grad
-    ours_grads = {k[len("grad."):]: v for k, v in ours.items() if k.startswith("grad.")}
-    if model.config.tie_word_embeddings:
-        hf_grads.pop("lm_head.weight", None)
-    assert set(ours_grads) == set(hf_grads)
-    worst = max((rel(ours_grads[k], hf_grads[k]), k) for k in hf_grads if hf_grads[k].norm() > 0)
-    assert worst[0] <= 1e-4, f"gradient of {worst[1]} differs by {worst[0]:.2e} (relative)"
-    for k, g in hf_grads.items():  # experts no token reached: both exactly zero
-        if g.norm() == 0:
-            assert ours_grads[k].abs().max().item() == 0, k
-
-
-def write_dataset(path, ids):
-    path.write_text("".join(json.dumps({"input_ids": row}) + "\n" for row in ids.tolist()))
-
-
-def write_spec(path, model_dir, data, out, **hp):
-    spec = {"base_model": str(model_dir), "datasets": {"train": str(data), "format": "tokens"}, "output": str(out),
-            "hyperparameters": {"max_steps": 5, "global_batch": 2, "micro_batch": 1, "seq_len": 64, "lr": 3e-3,
-                                "schedule": "cosine", "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 0.5,
-                                "seed": 7, **hp},
-            "device": "cpu", "dtype": "fp32", "precision": "fp32_master"}
-    path.write_text(json.dumps(spec))
-
-
-def parse_losses(stdout):
-    return [float(m.group(1)) for m in re.finditer(r"^step \d+/\d+ loss ([0-9.eE+-]+)", stdout, re.M)]
-
-
-def hf_train_losses(model, ids, steps, lr, warmup, wd, clip):
-    decay = [p for n, p in model.named_parameters() if "norm" not in n and not n.endswith(".bias")]
-    no_decay = [p for n, p in model.named_parameters() if "norm" in n or n.endswith(".bias")]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    sched = get_cosine_schedule_with_warmup(opt, warmup, steps)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        out = model(input_ids=ids, labels=ids)
-        losses.append(out.loss.item())
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-    return losses
+    assert_forward_matches_hf(ftd_forward(ftd_train, tmp_path, d, ids), model, ids)
 
 
 @pytest.mark.parametrize("name", ["top1_gqa4_dense_mix", "top2_tied_sparse_step2", "top8_mha_aux"])

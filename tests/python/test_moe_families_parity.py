@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run
-from test_engine_parity import hf_train_losses, ids_for, parse_losses, rel, write_dataset, write_spec
+from hf_parity import (assert_forward_matches_hf, ftd_forward, hf_train_losses, ids_for, parse_losses,
+                       write_dataset, write_spec)
 
 transformers = pytest.importorskip("transformers")
 from transformers import (MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM,  # noqa: E402
@@ -92,54 +93,17 @@ def make_model(tmp_path, family, name, seed=0, dtype=torch.float32):
     return model, d
 
 
-def hf_gradients(model, family):
-    """Every HF parameter's gradient under the checkpoint's names (per-expert keys)."""
-    _, _, module, (gate, up, down), _ = FAMILIES[family]
-    grads = {}
-    for n, p in model.named_parameters():
-        g = p.grad if p.grad is not None else torch.zeros_like(p)
-        n = n.replace(".mlp.", f".{module}.")
-        if n.endswith(".experts.gate_up_proj"):  # HF v5 fuses [E, 2F, H] in memory
-            prefix, F = n[: -len("gate_up_proj")], p.shape[1] // 2
-            for e in range(p.shape[0]):
-                grads[f"{prefix}{e}.{gate}.weight"] = g[e, :F]
-                grads[f"{prefix}{e}.{up}.weight"] = g[e, F:]
-        elif n.endswith(".experts.down_proj"):
-            prefix = n[: -len("down_proj")]
-            for e in range(p.shape[0]):
-                grads[f"{prefix}{e}.{down}.weight"] = g[e]
-        else:
-            grads[n] = g
-    if model.config.tie_word_embeddings:
-        grads.pop("lm_head.weight", None)
-    return grads
+def hf_names(family):
+    """Where the family's HF checkpoint keeps its experts: the MoE module and the expert names."""
+    _, _, module, experts, _ = FAMILIES[family]
+    return dict(module=module, experts=experts)
 
 
 @pytest.mark.parametrize("family,name", CASES)
 def test_forward_and_gradients_match_hf(tmp_path, ftd_train, family, name):
     model, d = make_model(tmp_path, family, name)
     ids = ids_for(model.config, batch=2, seq=19)
-    (tmp_path / "ids.json").write_text(json.dumps(ids.tolist()))
-    run([ftd_train, "forward", "--model", d, "--input", tmp_path / "ids.json", "--out", tmp_path / "out.safetensors",
-         "--grads"])
-    ours = load_file(tmp_path / "out.safetensors")
-
-    model.train()
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    logits_diff = (ours["logits"] - out.logits.detach()).abs().max().item()
-    assert logits_diff <= 1e-4, f"logits max abs diff {logits_diff}"
-    loss_rel = abs(ours["loss"].item() - out.loss.item()) / abs(out.loss.item())
-    assert loss_rel <= 1e-5, f"loss {ours['loss'].item()} vs HF {out.loss.item()}"
-
-    theirs = hf_gradients(model, family)
-    ours_grads = {k[len("grad."):]: v for k, v in ours.items() if k.startswith("grad.")}
-    assert set(ours_grads) == set(theirs), set(ours_grads) ^ set(theirs)
-    worst = max((rel(ours_grads[k], theirs[k]), k) for k in theirs if theirs[k].norm() > 0)
-    assert worst[0] <= 1e-4, f"gradient of {worst[1]} differs by {worst[0]:.2e} (relative)"
-    for k, g in theirs.items():  # experts no token reached: both exactly zero
-        if g.norm() == 0:
-            assert ours_grads[k].abs().max().item() == 0, k
+    assert_forward_matches_hf(ftd_forward(ftd_train, tmp_path, d, ids), model, ids, **hf_names(family))
 
 
 @pytest.mark.parametrize("family,name", CASES)
