@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "engine/model/layout_builder.h"
 #include "engine/model/config_fields.h"
 #include "engine/model/registry.h"
 
@@ -138,59 +139,45 @@ class DeepseekV3 final : public ModelFamily {
   }
 
   std::vector<TensorSpec> Layout(const ModelConfig& c) const override {
-    std::vector<TensorSpec> out;
-    auto add = [&out](std::string name, Slot slot, int64_t layer, std::vector<int64_t> shape,
-                      TensorRole role = TensorRole::kWeight, bool matmul = false, bool expert = false) {
-      out.push_back({std::move(name), slot, layer, std::move(shape), role, expert, matmul});
-    };
-    const int64_t H = c.hidden_size, V = c.vocab_size, Hq = c.num_attention_heads;
+    LayoutBuilder out(c);
+    const int64_t H = c.hidden_size, Hq = c.num_attention_heads;
     const MlaConfig& m = c.mla;
-    const TensorRole kW = TensorRole::kWeight;
-    add("model.embed_tokens.weight", Slot::kEmbed, -1, {V, H});
+    const TensorRole kBias = TensorRole::kBias;
+    out.Embedding();
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-      const std::string p = absl::StrCat("model.layers.", l, ".");
+      const std::string p = LayoutBuilder::LayerPrefix(l);
       const std::string a = p + "self_attn.";
-      add(p + "input_layernorm.weight", Slot::kInputNorm, l, {H}, TensorRole::kNorm);
-      add(p + "post_attention_layernorm.weight", Slot::kPostAttnNorm, l, {H}, TensorRole::kNorm);
+      out.LayerNorms(l);
       if (m.q_lora_rank > 0) {
-        add(a + "q_a_proj.weight", Slot::kQaProj, l, {m.q_lora_rank, H}, kW, true);
-        if (c.attention_bias) add(a + "q_a_proj.bias", Slot::kQaBias, l, {m.q_lora_rank}, TensorRole::kBias);
-        add(a + "q_a_layernorm.weight", Slot::kQaNorm, l, {m.q_lora_rank}, TensorRole::kNorm);
-        add(a + "q_b_proj.weight", Slot::kQbProj, l, {Hq * m.qk_head_dim(), m.q_lora_rank}, kW, true);
+        out.Matmul(a + "q_a_proj.weight", Slot::kQaProj, l, {m.q_lora_rank, H});
+        if (c.attention_bias) out.Add(a + "q_a_proj.bias", Slot::kQaBias, l, {m.q_lora_rank}, kBias);
+        out.Norm(a + "q_a_layernorm.weight", Slot::kQaNorm, l, m.q_lora_rank);
+        out.Matmul(a + "q_b_proj.weight", Slot::kQbProj, l, {Hq * m.qk_head_dim(), m.q_lora_rank});
       } else {
-        add(a + "q_proj.weight", Slot::kQProj, l, {Hq * m.qk_head_dim(), H}, kW, true);
+        out.Matmul(a + "q_proj.weight", Slot::kQProj, l, {Hq * m.qk_head_dim(), H});
       }
-      add(a + "kv_a_proj_with_mqa.weight", Slot::kKvaProj, l, {m.kv_lora_rank + m.qk_rope_head_dim, H}, kW, true);
+      out.Matmul(a + "kv_a_proj_with_mqa.weight", Slot::kKvaProj, l, {m.kv_lora_rank + m.qk_rope_head_dim, H});
       if (c.attention_bias) {
-        add(a + "kv_a_proj_with_mqa.bias", Slot::kKvaBias, l, {m.kv_lora_rank + m.qk_rope_head_dim},
-            TensorRole::kBias);
+        out.Add(a + "kv_a_proj_with_mqa.bias", Slot::kKvaBias, l, {m.kv_lora_rank + m.qk_rope_head_dim}, kBias);
       }
-      add(a + "kv_a_layernorm.weight", Slot::kKvaNorm, l, {m.kv_lora_rank}, TensorRole::kNorm);
-      add(a + "kv_b_proj.weight", Slot::kKvbProj, l, {Hq * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank}, kW,
-          true);
-      add(a + "o_proj.weight", Slot::kOProj, l, {H, Hq * m.v_head_dim}, kW, true);
-      if (c.attention_bias) add(a + "o_proj.bias", Slot::kOBias, l, {H}, TensorRole::kBias);
+      out.Norm(a + "kv_a_layernorm.weight", Slot::kKvaNorm, l, m.kv_lora_rank);
+      out.Matmul(a + "kv_b_proj.weight", Slot::kKvbProj, l, {Hq * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank});
+      out.Matmul(a + "o_proj.weight", Slot::kOProj, l, {H, Hq * m.v_head_dim});
+      if (c.attention_bias) out.Add(a + "o_proj.bias", Slot::kOBias, l, {H}, kBias);
       if (c.IsMoeLayer(l)) {
-        const int64_t E = c.num_experts, F = c.moe_intermediate_size, Fs = c.shared_intermediate_size();
-        add(p + "mlp.gate.weight", Slot::kRouter, l, {E, H}, kW, true);
-        add(p + "mlp.gate.e_score_correction_bias", Slot::kRouterBias, l, {E}, TensorRole::kBuffer);
-        add(p + "mlp.experts.gate_up", Slot::kExpertsGateUp, l, {E, H, 2 * F}, kW, true, true);
-        add(p + "mlp.experts.down", Slot::kExpertsDown, l, {E, F, H}, kW, true, true);
-        if (Fs > 0) {
-          add(p + "mlp.shared_experts.gate_proj.weight", Slot::kSharedGate, l, {Fs, H}, kW, true);
-          add(p + "mlp.shared_experts.up_proj.weight", Slot::kSharedUp, l, {Fs, H}, kW, true);
-          add(p + "mlp.shared_experts.down_proj.weight", Slot::kSharedDown, l, {H, Fs}, kW, true);
+        const int64_t E = c.num_experts;
+        out.Matmul(p + "mlp.gate.weight", Slot::kRouter, l, {E, H});
+        out.Add(p + "mlp.gate.e_score_correction_bias", Slot::kRouterBias, l, {E}, TensorRole::kBuffer);
+        out.RoutedExperts(p + "mlp.experts.", l, ExpertNames::kGateUpDown);
+        if (const int64_t Fs = c.shared_intermediate_size(); Fs > 0) {
+          out.SwigluMlp(p + "mlp.shared_experts.", l, Fs, /*shared_experts=*/true);
         }
       } else {
-        const int64_t F = c.intermediate_size;
-        add(p + "mlp.gate_proj.weight", Slot::kMlpGate, l, {F, H}, kW, true);
-        add(p + "mlp.up_proj.weight", Slot::kMlpUp, l, {F, H}, kW, true);
-        add(p + "mlp.down_proj.weight", Slot::kMlpDown, l, {H, F}, kW, true);
+        out.SwigluMlp(p + "mlp.", l, c.intermediate_size, /*shared_experts=*/false);
       }
     }
-    add("model.norm.weight", Slot::kFinalNorm, -1, {H}, TensorRole::kNorm);
-    if (!c.tie_word_embeddings) add("lm_head.weight", Slot::kLmHead, -1, {V, H});
-    return out;
+    out.FinalNormAndHead();
+    return std::move(out).Take();
   }
 
   std::vector<std::string> PresetNames() const override {

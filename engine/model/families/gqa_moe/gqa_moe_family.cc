@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "engine/model/layout_builder.h"
 
 namespace ftd::engine {
 
@@ -57,60 +58,44 @@ std::string GqaMoeFamily::ToJson(const ModelConfig& c) const {
 
 std::vector<TensorSpec> GqaMoeFamily::Layout(const ModelConfig& c) const {
   const Traits t = traits();
-  std::vector<TensorSpec> out;
-  auto add = [&out](std::string name, Slot slot, int64_t layer, std::vector<int64_t> shape,
-                    TensorRole role = TensorRole::kWeight, bool matmul = false, bool expert = false) {
-    out.push_back({std::move(name), slot, layer, std::move(shape), role, expert, matmul});
-  };
-  const int64_t H = c.hidden_size, V = c.vocab_size;
-  const TensorRole kW = TensorRole::kWeight;
-  add("model.embed_tokens.weight", Slot::kEmbed, -1, {V, H});
+  LayoutBuilder out(c);
+  const int64_t H = c.hidden_size;
+  const TensorRole kBias = TensorRole::kBias;
+  out.Embedding();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    add(p + "input_layernorm.weight", Slot::kInputNorm, l, {H}, TensorRole::kNorm);
-    add(p + "post_attention_layernorm.weight", Slot::kPostAttnNorm, l, {H}, TensorRole::kNorm);
-    add(p + "self_attn.q_proj.weight", Slot::kQProj, l, {c.q_dim(), H}, kW, true);
-    add(p + "self_attn.k_proj.weight", Slot::kKProj, l, {c.kv_dim(), H}, kW, true);
-    add(p + "self_attn.v_proj.weight", Slot::kVProj, l, {c.kv_dim(), H}, kW, true);
-    add(p + "self_attn.o_proj.weight", Slot::kOProj, l, {H, c.q_dim()}, kW, true);
+    const std::string p = LayoutBuilder::LayerPrefix(l);
+    out.LayerNorms(l);
+    out.Matmul(p + "self_attn.q_proj.weight", Slot::kQProj, l, {c.q_dim(), H});
+    out.Matmul(p + "self_attn.k_proj.weight", Slot::kKProj, l, {c.kv_dim(), H});
+    out.Matmul(p + "self_attn.v_proj.weight", Slot::kVProj, l, {c.kv_dim(), H});
+    out.Matmul(p + "self_attn.o_proj.weight", Slot::kOProj, l, {H, c.q_dim()});
     if (c.attention_bias || c.qkv_bias) {
-      add(p + "self_attn.q_proj.bias", Slot::kQBias, l, {c.q_dim()}, TensorRole::kBias);
-      add(p + "self_attn.k_proj.bias", Slot::kKBias, l, {c.kv_dim()}, TensorRole::kBias);
-      add(p + "self_attn.v_proj.bias", Slot::kVBias, l, {c.kv_dim()}, TensorRole::kBias);
+      out.Add(p + "self_attn.q_proj.bias", Slot::kQBias, l, {c.q_dim()}, kBias);
+      out.Add(p + "self_attn.k_proj.bias", Slot::kKBias, l, {c.kv_dim()}, kBias);
+      out.Add(p + "self_attn.v_proj.bias", Slot::kVBias, l, {c.kv_dim()}, kBias);
     }
-    if (c.attention_bias) add(p + "self_attn.o_proj.bias", Slot::kOBias, l, {H}, TensorRole::kBias);
+    if (c.attention_bias) out.Add(p + "self_attn.o_proj.bias", Slot::kOBias, l, {H}, kBias);
     if (c.qk_norm) {
-      add(p + "self_attn.q_norm.weight", Slot::kQNorm, l, {c.head_dim}, TensorRole::kNorm);
-      add(p + "self_attn.k_norm.weight", Slot::kKNorm, l, {c.head_dim}, TensorRole::kNorm);
+      out.Norm(p + "self_attn.q_norm.weight", Slot::kQNorm, l, c.head_dim);
+      out.Norm(p + "self_attn.k_norm.weight", Slot::kKNorm, l, c.head_dim);
     } else if (c.qk_norm_full) {
-      add(p + "self_attn.q_norm.weight", Slot::kQNorm, l, {c.q_dim()}, TensorRole::kNorm);
-      add(p + "self_attn.k_norm.weight", Slot::kKNorm, l, {c.kv_dim()}, TensorRole::kNorm);
+      out.Norm(p + "self_attn.q_norm.weight", Slot::kQNorm, l, c.q_dim());
+      out.Norm(p + "self_attn.k_norm.weight", Slot::kKNorm, l, c.kv_dim());
     }
     if (c.IsMoeLayer(l)) {
       const std::string m = p + t.moe_module + ".";
-      const int64_t E = c.num_experts, F = c.moe_intermediate_size;
-      add(m + "gate.weight", Slot::kRouter, l, {E, H}, kW, true);
-      add(m + "experts.gate_up", Slot::kExpertsGateUp, l, {E, H, 2 * F}, kW, true, true);
-      out.back().expert_names = t.expert_names;
-      add(m + "experts.down", Slot::kExpertsDown, l, {E, F, H}, kW, true, true);
-      out.back().expert_names = t.expert_names;
+      out.Matmul(m + "gate.weight", Slot::kRouter, l, {c.num_experts, H});
+      out.RoutedExperts(m + "experts.", l, t.expert_names);
       if (const int64_t Fs = c.shared_intermediate_size(); Fs > 0) {
-        const std::string s = m + t.shared_expert_module + ".";
-        add(s + "gate_proj.weight", Slot::kSharedGate, l, {Fs, H}, kW, true);
-        add(s + "up_proj.weight", Slot::kSharedUp, l, {Fs, H}, kW, true);
-        add(s + "down_proj.weight", Slot::kSharedDown, l, {H, Fs}, kW, true);
-        if (c.shared_expert_gate) add(m + "shared_expert_gate.weight", Slot::kSharedExpertGate, l, {1, H}, kW, true);
+        out.SwigluMlp(m + t.shared_expert_module + ".", l, Fs, /*shared_experts=*/true);
+        if (c.shared_expert_gate) out.Matmul(m + "shared_expert_gate.weight", Slot::kSharedExpertGate, l, {1, H});
       }
     } else {
-      const int64_t F = c.intermediate_size;
-      add(p + "mlp.gate_proj.weight", Slot::kMlpGate, l, {F, H}, kW, true);
-      add(p + "mlp.up_proj.weight", Slot::kMlpUp, l, {F, H}, kW, true);
-      add(p + "mlp.down_proj.weight", Slot::kMlpDown, l, {H, F}, kW, true);
+      out.SwigluMlp(p + "mlp.", l, c.intermediate_size, /*shared_experts=*/false);
     }
   }
-  add("model.norm.weight", Slot::kFinalNorm, -1, {H}, TensorRole::kNorm);
-  if (!c.tie_word_embeddings) add("lm_head.weight", Slot::kLmHead, -1, {V, H});
-  return out;
+  out.FinalNormAndHead();
+  return std::move(out).Take();
 }
 
 absl::Status GqaMoeFamily::ParseSparseLayout(const FieldReader& r, ModelConfig* c) {
