@@ -22,15 +22,6 @@ namespace {
 
 constexpr const char* kPeftPrefix = "base_model.model.";
 
-struct TargetName {
-  const char* name;
-  LoraTarget bit;
-};
-constexpr TargetName kTargetNames[] = {{"attention", kLoraAttention},
-                                       {"mlp", kLoraMlp},
-                                       {"experts", kLoraExperts},
-                                       {"shared_experts", kLoraSharedExperts}};
-
 std::string ModuleOf(const std::string& weight_name) {
   return absl::EndsWith(weight_name, ".weight") ? weight_name.substr(0, weight_name.size() - 7) : weight_name;
 }
@@ -73,28 +64,38 @@ at::Tensor ExpertBFromPeft(const at::Tensor& B, int64_t E) {
   return B.view({B.size(0), -1, E}).permute({2, 1, 0}).contiguous();
 }
 
+std::string AdapterConfigJson(const LoraOptions& o, const std::string& base_model,
+                              const std::vector<std::string>& target_modules,
+                              const std::vector<std::string>& target_parameters) {
+  nlohmann::json j = {{"peft_type", "LORA"},
+                      {"task_type", "CAUSAL_LM"},
+                      {"base_model_name_or_path", base_model},
+                      {"r", o.rank},
+                      {"lora_alpha", o.alpha},
+                      {"lora_dropout", 0.0},
+                      {"use_rslora", o.use_rslora},
+                      {"target_modules", target_modules},
+                      {"target_parameters", target_parameters.empty() ? nlohmann::json(nullptr)
+                                                                      : nlohmann::json(target_parameters)},
+                      {"bias", "none"},
+                      {"fan_in_fan_out", false},
+                      {"init_lora_weights", true},
+                      {"inference_mode", true},
+                      {"modules_to_save", nullptr},
+                      {"rank_pattern", nlohmann::json::object()},
+                      {"alpha_pattern", nlohmann::json::object()},
+                      {"use_dora", false},
+                      {"lora_bias", false},
+                      {"layers_to_transform", nullptr},
+                      {"layers_pattern", nullptr},
+                      {"revision", nullptr}};
+  return j.dump(2);
+}
+
 }  // namespace
 
 double LoraOptions::scale() const {
   return use_rslora ? alpha / std::sqrt(static_cast<double>(rank)) : alpha / static_cast<double>(rank);
-}
-
-bool LoraTargetFromName(const std::string& name, uint32_t* bit) {
-  for (const TargetName& t : kTargetNames) {
-    if (name == t.name) {
-      *bit = t.bit;
-      return true;
-    }
-  }
-  return false;
-}
-
-std::vector<std::string> LoraTargetNames(uint32_t targets) {
-  std::vector<std::string> out;
-  for (const TargetName& t : kTargetNames) {
-    if (targets & t.bit) out.push_back(t.name);
-  }
-  return out;
 }
 
 std::vector<LoraSite> LoraSites(ModelWeights& w) {
@@ -105,6 +106,7 @@ std::vector<LoraSite> LoraSites(ModelWeights& w) {
     LoraSite site;
     site.layer = spec.layer;
     site.module = ModuleOf(spec.name);
+    site.spec = &spec;
     site.base = &SlotTensor(w, spec);
     site.base_shape = spec.shape;
     auto linear = [&](LoraTarget target, LoraLinear* l) {
@@ -146,6 +148,7 @@ std::vector<LoraSite> LoraSites(ModelWeights& w) {
 absl::Status AddLoraAdapters(ModelWeights& w, const ModelConfig& c, const ModelOptions& mo, const LoraOptions& o,
                              uint64_t seed) {
   if (o.rank < 1) return absl::InvalidArgumentError(absl::StrCat("lora.rank must be positive (got ", o.rank, ")"));
+  FTD_RETURN_IF_ERROR(CheckLoraTargets(c, o.targets, "lora.targets"));
   c10::NoGradGuard no_grad;
   for (NamedParam& p : ListParameters(w)) p.tensor->set_requires_grad(false);  // the base, frozen
   at::Generator gen = at::detail::createCPUGenerator(seed);
@@ -153,10 +156,8 @@ absl::Status AddLoraAdapters(ModelWeights& w, const ModelConfig& c, const ModelO
   const int64_t r = o.rank;
   const int64_t E_local = LocalExperts(c, mo);
   auto opts = at::TensorOptions().dtype(mo.dtype).device(mo.device);
-  uint32_t matched = 0;
   for (LoraSite& site : LoraSites(w)) {
     if (!(o.targets & site.target)) continue;
-    matched |= site.target;
     if (site.linear != nullptr) {
       const int64_t out = site.base_shape[0], in = site.base_shape[1];
       const double bound = 1.0 / std::sqrt(static_cast<double>(in));  // kaiming_uniform(a = sqrt(5))
@@ -171,11 +172,6 @@ absl::Status AddLoraAdapters(ModelWeights& w, const ModelConfig& c, const ModelO
       *site.experts = {a.to(opts).requires_grad_(true), at::zeros({E_local, r, out}, opts).requires_grad_(true),
                        scale};
     }
-  }
-  const uint32_t missing = o.targets & ~matched;
-  if (missing != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("lora.targets: ", absl::StrJoin(LoraTargetNames(missing), ", "),
-                                                   " matches nothing in this ", c.model_type, " model"));
   }
   w.lora = true;
   return absl::OkStatus();
@@ -225,29 +221,61 @@ std::string PeftAdapterConfigJson(ModelWeights& w, const LoraOptions& o, const s
     }
   }
   for (const std::string& p : expert_params) params.push_back(p);
-  nlohmann::json j = {{"peft_type", "LORA"},
-                      {"task_type", "CAUSAL_LM"},
-                      {"base_model_name_or_path", base_model},
-                      {"r", o.rank},
-                      {"lora_alpha", o.alpha},
-                      {"lora_dropout", 0.0},
-                      {"use_rslora", o.use_rslora},
-                      {"target_modules", std::vector<std::string>(modules.begin(), modules.end())},
-                      {"target_parameters", params},
-                      {"bias", "none"},
-                      {"fan_in_fan_out", false},
-                      {"init_lora_weights", true},
-                      {"inference_mode", true},
-                      {"modules_to_save", nullptr},
-                      {"rank_pattern", nlohmann::json::object()},
-                      {"alpha_pattern", nlohmann::json::object()},
-                      {"use_dora", false},
-                      {"lora_bias", false},
-                      {"layers_to_transform", nullptr},
-                      {"layers_pattern", nullptr},
-                      {"revision", nullptr}};
-  return j.dump(2);
+  return AdapterConfigJson(o, base_model, std::vector<std::string>(modules.begin(), modules.end()), params);
 }
+
+std::vector<std::pair<std::string, at::Tensor>> PerExpertAdapterTensors(ModelWeights& w,
+                                                                        const ExpertGather& full_experts) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const LoraSite& site : LoraSites(w)) {
+    if (site.linear != nullptr && site.linear->defined()) {
+      out.emplace_back(PeftKey(site, false, "lora_A"), site.linear->a.detach());
+      out.emplace_back(PeftKey(site, false, "lora_B"), site.linear->b.detach());
+      continue;
+    }
+    if (site.experts == nullptr || !site.experts->defined()) continue;
+    const at::Tensor a = full_experts(site.experts->a.detach());  // [E, in, r]
+    const at::Tensor b = full_experts(site.experts->b.detach());  // [E, r, out]
+    const bool gate_up = std::string(site.expert_param) == "gate_up_proj";
+    const int64_t half = b.size(2) / 2;
+    auto key = [&](int64_t e, const char* proj, const char* ab) {
+      std::string name = ExpertTensorName(*site.spec, e, proj);  // <module>.<e>.<proj>.weight
+      return absl::StrCat(kPeftPrefix, ModuleOf(name), ".", ab, ".weight");
+    };
+    for (int64_t e = 0; e < a.size(0); ++e) {
+      at::Tensor A = a[e].t().contiguous();  // [r, in]
+      at::Tensor B = b[e].t();               // [out, r]
+      if (gate_up) {
+        out.emplace_back(key(e, "gate_proj", "lora_A"), A);
+        out.emplace_back(key(e, "gate_proj", "lora_B"), B.narrow(0, 0, half).contiguous());
+        out.emplace_back(key(e, "up_proj", "lora_A"), A.clone());
+        out.emplace_back(key(e, "up_proj", "lora_B"), B.narrow(0, half, half).contiguous());
+      } else {
+        out.emplace_back(key(e, "down_proj", "lora_A"), A);
+        out.emplace_back(key(e, "down_proj", "lora_B"), B.contiguous());
+      }
+    }
+  }
+  return out;
+}
+
+std::string PerExpertAdapterConfigJson(ModelWeights& w, const LoraOptions& o, const std::string& base_model) {
+  std::set<std::string> modules;
+  for (const LoraSite& site : LoraSites(w)) {
+    if (site.linear != nullptr && site.linear->defined()) {
+      modules.insert(site.module.substr(site.module.rfind('.') + 1));
+    } else if (site.experts != nullptr && site.experts->defined()) {
+      const bool gate_up = std::string(site.expert_param) == "gate_up_proj";
+      for (const char* proj : gate_up ? std::vector<const char*>{"gate_proj", "up_proj"}
+                                      : std::vector<const char*>{"down_proj"}) {
+        std::string m = ModuleOf(ExpertTensorName(*site.spec, 0, proj));
+        modules.insert(m.substr(m.rfind('.') + 1));
+      }
+    }
+  }
+  return AdapterConfigJson(o, base_model, std::vector<std::string>(modules.begin(), modules.end()), {});
+}
+
 
 absl::StatusOr<LoraOptions> LoadPeftAdapter(const std::string& dir, ModelWeights& w, const ModelConfig& c,
                                             const ModelOptions& mo) {

@@ -19,32 +19,20 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model/config.h"
+#include "engine/model/lora_targets.h"
 #include "engine/model/weights.h"
 
 namespace ftd::engine {
 
 struct ModelOptions;
 
-// Module families an adapter may target (lora.targets in a job spec).
-enum LoraTarget : uint32_t {
-  kLoraAttention = 1,      // q/k/v/o, or MLA's q_a/q_b (q)/kv_a/kv_b/o projections
-  kLoraMlp = 2,            // the dense MLP of dense layers (gate/up/down)
-  kLoraExperts = 4,        // routed experts: gate_up and down
-  kLoraSharedExperts = 8,  // shared experts' gate/up/down (DeepSeek-V3, Qwen2-MoE)
-};
-
 struct LoraOptions {
   int64_t rank = 16;
   double alpha = 32;
   bool use_rslora = false;
-  uint32_t targets = kLoraAttention | kLoraExperts;
+  uint32_t targets = kDefaultLoraTargets;
   double scale() const;
 };
-
-// "attention" | "mlp" | "experts" | "shared_experts" -> the target bit; false for other names
-// ("router" included: the router is never adapted).
-bool LoraTargetFromName(const std::string& name, uint32_t* bit);
-std::vector<std::string> LoraTargetNames(uint32_t targets);
 
 // One adapter slot of a model: the HF module it adapts and where its tensors live.
 struct LoraSite {
@@ -54,6 +42,7 @@ struct LoraSite {
   LoraLinear* linear = nullptr;    // exactly one of linear / experts
   LoraExperts* experts = nullptr;
   const char* expert_param = "";   // experts: gate_up_proj | down_proj (the HF v5 parameter)
+  const TensorSpec* spec = nullptr;  // the adapted weight's layout entry (in weights.layout)
   at::Tensor* base = nullptr;       // the adapted weight
   std::vector<int64_t> base_shape;  // its engine shape ([out, in]; experts [E, in, out], all experts)
 };
@@ -83,6 +72,17 @@ std::vector<std::pair<std::string, at::Tensor>> PeftAdapterTensors(ModelWeights&
 // projections' names; target_parameters: the experts' fused parameters and the dense/shared MLP
 // weights by full name, which PEFT's v4->v5 renaming of gate_proj/up_proj/down_proj leaves alone).
 std::string PeftAdapterConfigJson(ModelWeights& weights, const LoraOptions& options, const std::string& base_model);
+
+// The same adapters in the per-expert layout of the HF checkpoint's names, the layout vLLM loads
+// for MoE LoRA on Qwen3-MoE-style models (and PEFT, converting it, on transformers v5): experts
+// as <experts module>.<e>.{gate_proj, up_proj, down_proj} (Mixtral: w1, w3, w2) with lora_A
+// [r, in] and lora_B [out, r]; gate and up share their expert's A (the fused adapter's), each
+// with its half of B, so the update is exactly the fused one. Linears as in PeftAdapterTensors.
+std::vector<std::pair<std::string, at::Tensor>> PerExpertAdapterTensors(ModelWeights& weights,
+                                                                        const ExpertGather& full_experts);
+// adapter_config.json for PerExpertAdapterTensors: every adapted module by name (target_modules).
+std::string PerExpertAdapterConfigJson(ModelWeights& weights, const LoraOptions& options,
+                                       const std::string& base_model);
 
 // Loads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) onto
 // `weights` (this rank's experts of options.expert_begin/count), freezing the base. Settings the
