@@ -113,11 +113,14 @@ absl::Status SaveDistributedCheckpoint(const std::string& dir, const ParallelMes
   FTD_RETURN_IF_ERROR(AgreeOnStatus(world, local));
 
   if (parts.adapter) {
-    if (leader) {
-      local = WriteSingleFile((fs::path(tmp) / "adapter_model.safetensors").string(), parts.adapter_tensors);
-      if (local.ok()) {
-        local = WriteFileAtomically((fs::path(tmp) / "adapter_config.json").string(), parts.adapter_config_json);
-      }
+    for (const DistCheckpointParts::AdapterExport& a : parts.adapters) {
+      if (!leader || !local.ok()) break;
+      const fs::path sub = a.subdir.empty() ? fs::path(tmp) : fs::path(tmp) / a.subdir;
+      std::error_code ec;
+      fs::create_directories(sub, ec);
+      if (ec) local = absl::InternalError(absl::StrCat("cannot create ", sub.string(), ": ", ec.message()));
+      if (local.ok()) local = WriteSingleFile((sub / "adapter_model.safetensors").string(), a.tensors);
+      if (local.ok()) local = WriteFileAtomically((sub / "adapter_config.json").string(), a.config_json);
     }
   } else if (mesh.ep_group() == 0) {  // the HF tensors: the first ep group holds every expert once
     // The leader writes every tensor it holds; the other ranks of the group their experts.

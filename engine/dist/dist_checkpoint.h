@@ -42,11 +42,16 @@ struct DistCheckpointParts {
   std::vector<std::pair<std::string, at::Tensor>> rank_state;
   bool write_rank_state = true;  // false: no training_state/ (an export such as a merged checkpoint)
   // Method lora: the checkpoint is a PEFT adapter directory instead of the HF weights. Rank 0
-  // writes adapter_model.safetensors (every expert's adapters, gathered by the caller) and
-  // adapter_config.json; no config.json or model weights.
+  // writes each export's adapter_model.safetensors (every expert's adapters, gathered by the
+  // caller) and adapter_config.json into DIR/<subdir> ("" first: DIR itself); no config.json or
+  // model weights.
+  struct AdapterExport {
+    std::string subdir;
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    std::string config_json;
+  };
   bool adapter = false;
-  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors;
-  std::string adapter_config_json;
+  std::vector<AdapterExport> adapters;
   // Run by rank 0 on the temporary directory before it is renamed into place.
   std::function<absl::Status(const std::string& tmp_dir)> finalize;
 };

@@ -32,6 +32,9 @@ absl::Status Read(const YAML::Node& node, const char* key, const std::string& pa
 // The lora section of a method lora spec; errors name the field.
 absl::Status ValidateLora(TrainSpec& s) {
   auto bad = [](const std::string& msg) { return absl::InvalidArgumentError(msg); };
+  if (s.lora_rank == 0) s.lora_rank = 16;
+  if (s.lora_alpha == 0) s.lora_alpha = 2.0 * static_cast<double>(s.lora_rank);
+  if (s.lora_targets.empty()) s.lora_targets = {"attention", "experts"};
   if (s.lora_rank < 1 || s.lora_rank > 4096) {
     return bad(absl::StrCat("lora.rank must be in [1, 4096] (got ", s.lora_rank, ")"));
   }
@@ -42,7 +45,6 @@ absl::Status ValidateLora(TrainSpec& s) {
     return bad(absl::StrCat("lora.dropout ", s.lora_dropout,
                             " is not supported: only 0 (PEFT cannot apply dropout to fused experts' adapters either)"));
   }
-  if (s.lora_targets.empty()) return bad("lora.targets must name at least one of attention, mlp, experts, shared_experts");
   for (const std::string& t : s.lora_targets) {
     if (t == "router") return bad("lora.targets: router cannot be adapted (the router stays frozen)");
     if (t != "attention" && t != "mlp" && t != "experts" && t != "shared_experts") {

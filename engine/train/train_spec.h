@@ -49,10 +49,10 @@ struct TrainSpec {
   // lora.* (method lora): adapters of this rank and scale lora_alpha / lora_rank (alpha /
   // sqrt(rank) with use_rslora) on the module families of lora_targets (attention, mlp, experts,
   // shared_experts); lora_merge also writes OUTPUT/merged, a full HF checkpoint of base + adapter.
-  int64_t lora_rank = 16;
-  double lora_alpha = 32;
+  int64_t lora_rank = 16;       // 0 (as in jobs.proto): 16
+  double lora_alpha = 0;        // 0: 2 x rank
   double lora_dropout = 0;
-  std::vector<std::string> lora_targets = {"attention", "experts"};
+  std::vector<std::string> lora_targets;  // empty: attention, experts
   bool lora_use_rslora = false;
   bool lora_merge = false;
   // lora.init_adapter: start from this PEFT adapter directory (its rank, alpha and rslora must

@@ -331,6 +331,23 @@ void Trainer::LogLayout() {
                             spec_.micro_batch);
     log_ << step_fn_->Describe() << "\n";
   }
+  if (lora()) {
+    int64_t adapter = 0, adapter_experts = 0, frozen_bytes = 0;
+    for (const NamedParam& p : model_->Parameters()) (p.expert ? adapter_experts : adapter) += p.tensor->numel();
+    for (const TensorSpec& spec : model_->weights().layout) {
+      const at::Tensor& t = SlotTensor(model_->weights(), spec);
+      if (t.defined() && !(spec.slot == Slot::kLmHead && model_->weights().tied)) frozen_bytes += t.nbytes();
+    }
+    LoraOptions o;
+    o.rank = spec_.lora_rank;
+    o.alpha = spec_.lora_alpha;
+    o.use_rslora = spec_.lora_use_rslora;
+    log_ << absl::StrFormat(
+        "rank %d/%d lora: rank %d, alpha %g (scale %g), %d adapter parameters (%d on this rank's experts), fp32 "
+        "AdamW state; frozen base %.3f MiB (no gradients, no optimizer state)\n",
+        rank(), world(), o.rank, o.alpha, o.scale(), adapter + adapter_experts, adapter_experts,
+        static_cast<double>(frozen_bytes) / (1 << 20));
+  }
   // Several ranks: the ZeRO slice's state (the expert AdamW's is counted per parameter).
   const int64_t dense_state = world() > 1 ? step_fn_->DenseOptimizerStateBytes() : -1;
   RankMemory memory = AccountRankMemory(model_->Parameters(), policy_, dense_state, step_fn_->GradientSliceBytes());
@@ -421,20 +438,29 @@ absl::Status Trainer::SaveCheckpoint(int64_t at_step) {
   parts.dtype = DtypeFromName(config_.dtype);
   parts.rank_state = step_fn_->StateTensors();
   if (lora()) {
-    // Every rank takes part in the experts' gather; rank 0 writes the adapter.
+    // Every rank takes part in the experts' gathers; rank 0 writes the adapters: PEFT's layout
+    // (transformers v5) in DIR, the per-expert layout (vLLM; PEFT converts it too) in DIR/vllm.
     parts.adapter = true;
-    try {
-      parts.adapter_tensors =
-          PeftAdapterTensors(model_->weights(), [this](const at::Tensor& t) { return GatherExperts(t); });
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("gathering the experts' adapters: ", ExceptionMessage(e)));
-    }
-    for (auto& [name, t] : parts.adapter_tensors) t = t.to(at::kCPU, DtypeFromName(config_.dtype)).contiguous();
     LoraOptions o;
     o.rank = spec_.lora_rank;
     o.alpha = spec_.lora_alpha;
     o.use_rslora = spec_.lora_use_rslora;
-    parts.adapter_config_json = PeftAdapterConfigJson(model_->weights(), o, spec_.base_model);
+    auto gather = [this](const at::Tensor& t) { return GatherExperts(t); };
+    bool experts = false;  // the per-expert export differs from PEFT's only with expert adapters
+    for (const LoraSite& site : LoraSites(model_->weights())) experts |= site.experts != nullptr && site.experts->defined();
+    try {
+      parts.adapters.push_back({"", PeftAdapterTensors(model_->weights(), gather),
+                                PeftAdapterConfigJson(model_->weights(), o, spec_.base_model)});
+      if (experts) {
+        parts.adapters.push_back({"vllm", PerExpertAdapterTensors(model_->weights(), gather),
+                                  PerExpertAdapterConfigJson(model_->weights(), o, spec_.base_model)});
+      }
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("gathering the experts' adapters: ", ExceptionMessage(e)));
+    }
+    for (auto& a : parts.adapters) {
+      for (auto& [name, t] : a.tensors) t = t.to(at::kCPU, DtypeFromName(config_.dtype)).contiguous();
+    }
   }
   nlohmann::json st = {{"step", at_step},
                        {"method", spec_.method},

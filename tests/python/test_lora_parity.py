@@ -300,7 +300,8 @@ def test_lora_spec_errors_name_the_field(tmp_path, ftd_train):
     write_dataset(tmp_path / "data.jsonl", ids_for(model.config))
     cases = [
         ({"dropout": 0.1}, "lora.dropout"),
-        ({"rank": 0}, "lora.rank"),
+        ({"rank": -1}, "lora.rank"),
+        ({"rank": 5000}, "lora.rank"),
         ({"alpha": -1}, "lora.alpha"),
         ({"targets": ["router"]}, "lora.targets: router"),
         ({"targets": ["attention", "embeddings"]}, "lora.targets"),
@@ -318,3 +319,39 @@ def test_lora_spec_errors_name_the_field(tmp_path, ftd_train):
     res = subprocess.run([str(ftd_train), "train", "--spec", str(tmp_path / "job.json")], capture_output=True,
                          text=True)
     assert res.returncode != 0 and "lora: only with method lora" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("family,name", [("qwen3_moe", "top1_gqa4_dense_mix"), ("mixtral", "gqa_top2")])
+def test_per_expert_export_loads_in_peft_with_ftd_logits(tmp_path, ftd_train, family, name):
+    """checkpoint-N/vllm: the per-expert layout (vLLM's MoE LoRA keys, the checkpoint's expert
+    names) that PEFT converts onto the transformers v5 model: the same logits as ftd's."""
+    model, d = make(tmp_path, family, name)
+    ids = ids_for(model.config, batch=2, seq=33)
+    write_dataset(tmp_path / "data.jsonl", ids)
+    lora = {"rank": 4, "alpha": 8, "targets": ["attention", "experts"]}
+    write_lora_spec(tmp_path / "job.json", d, tmp_path / "data.jsonl", tmp_path / "out", lora, max_steps=3)
+    run([ftd_train, "train", "--spec", tmp_path / "job.json"])
+    ck = tmp_path / "out" / "checkpoint-3"
+    per_expert = load_file(ck / "vllm" / "adapter_model.safetensors")
+    cfg = json.loads((ck / "vllm" / "adapter_config.json").read_text())
+    E = model.config.num_local_experts if family == "mixtral" else model.config.num_experts
+    module = "block_sparse_moe" if family == "mixtral" else "mlp"
+    gate, up, down = ("w1", "w3", "w2") if family == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", gate, up, down}
+    for e in range(E):
+        for proj in (gate, up, down):
+            assert f"base_model.model.model.layers.0.{module}.experts.{e}.{proj}.lora_A.weight" in per_expert
+    eval_ids = ids_for(model.config, batch=1, seq=11, seed=4)
+    (tmp_path / "eval.json").write_text(json.dumps(eval_ids.tolist()))
+    run([ftd_train, "forward", "--model", d, "--adapter", ck, "--input", tmp_path / "eval.json",
+         "--out", tmp_path / "fwd.safetensors"])
+    ftd_logits = load_file(tmp_path / "fwd.safetensors")["logits"]
+    base = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    with torch.no_grad():
+        plain = base(input_ids=eval_ids).logits
+    loaded = PeftModel.from_pretrained(base, ck / "vllm")
+    loaded.eval()
+    with torch.no_grad():
+        got = loaded(input_ids=eval_ids).logits
+    assert (got - ftd_logits).abs().max().item() <= 1e-4
+    assert (plain - ftd_logits).abs().max().item() > 1e-4  # the adapter was applied
