@@ -171,6 +171,7 @@ int main(int argc, char** argv) {
     LoraOptions lo;
     lo.rank = lora_rank;
     lo.alpha = lora_alpha > 0 ? lora_alpha : 2.0 * static_cast<double>(lora_rank);
+    lora_alpha = lo.alpha;
     lo.targets = 0;
     for (absl::string_view t : absl::StrSplit(lora_targets, ',')) {
       uint32_t bit = 0;
@@ -196,7 +197,8 @@ int main(int argc, char** argv) {
   o.grad_clip = grad_clip;
   o.micro_batch = batch;
   o.seq_len = seq;
-  o.cuda_graphs = !no_cuda_graph;
+  // A LoRA rank not a multiple of 8 takes the per-expert loop (host reads): no graph capture.
+  o.cuda_graphs = !no_cuda_graph && !(lora && lora_rank % 8 != 0);
   auto step = TrainStep::Create(model->get(), /*groups=*/nullptr, /*dispatch=*/nullptr, o);
   if (!step.ok()) return Fail(step.status());
 

@@ -290,7 +290,9 @@ absl::Status Trainer::LoadModel() {
   o.micro_batches = spec_.global_batch / world() / spec_.micro_batch;
   o.micro_batch = spec_.micro_batch;
   o.seq_len = spec_.seq_len;
-  o.cuda_graphs = spec_.cuda_graphs;
+  // A LoRA rank that is not a multiple of 8 runs the experts' adapter GEMMs as a per-expert loop
+  // (grouped GEMMs need 16-byte rows), which reads the counts on the host: no graph capture then.
+  o.cuda_graphs = spec_.cuda_graphs && !(lora() && spec_.lora_rank % 8 != 0);
   o.zero_stage = spec_.zero_stage;
   o.router_bias_update_speed = spec_.router_bias_update_speed;
   FTD_ASSIGN_OR_RETURN(step_fn_, TrainStep::Create(model_.get(), groups_.get(), dispatch_.get(), o));

@@ -1,7 +1,7 @@
 """LoRA (method lora) against PEFT on transformers v5 (CPU, fp32): a PEFT-wrapped model's adapter,
 saved by PEFT, applied by `ftd-train forward --adapter` gives the same logits, loss and adapter
 gradients, on Qwen3-MoE, DeepSeek-V3, Mixtral, Qwen2-MoE and OLMoE; ftd's LoRA training equals
-PEFT's over AdamW steps; PEFT loads ftd's checkpoints (adapter_config.json +
+PEFT's over 5 AdamW steps on each of them; PEFT loads ftd's checkpoints (adapter_config.json +
 adapter_model.safetensors) and reproduces ftd's logits; the merged checkpoint is base + B A scale;
 resume equals an uninterrupted run; the base stays bit-identical and the optimizer state holds
 adapters only."""
@@ -154,6 +154,8 @@ TRAIN_CASES = [
     ("qwen3_moe", "top2_tied_sparse_step2", ["attention", "experts", "mlp"], False),
     ("deepseek_v3", "qlora_groups4of2_shared1_dense1_yarn", ["attention", "experts", "shared_experts"], True),
     ("qwen2_moe", "dense_mix_norm_gqa", ["attention", "experts", "shared_experts"], False),
+    ("mixtral", "gqa_top2", ["attention", "experts"], False),
+    ("olmoe", "clip_gqa_top3", ["attention", "experts"], False),
 ]
 
 
@@ -212,7 +214,7 @@ def test_lora_training_matches_peft_and_exports_for_peft(tmp_path, ftd_train, fa
     for f in sorted((tmp_path / "out" / "merged").glob("*.safetensors")):
         merged.update(load_file(f))
     plain = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
-    want = merged_reference(plain, ours_adapter, scale=8 / (math.sqrt(4) if rslora else 4))
+    want = merged_reference(plain, ours_adapter, scale=8 / (math.sqrt(4) if rslora else 4), family=family)
     for k in set(merged) - set(want):  # buffers (DeepSeek-V3's selection bias): as in the base
         assert k.endswith("e_score_correction_bias") and torch.equal(merged[k], base_before[k]), k
     assert set(want) <= set(merged)
@@ -227,8 +229,10 @@ def test_lora_training_matches_peft_and_exports_for_peft(tmp_path, ftd_train, fa
     assert (merged_logits - ftd_logits).abs().max().item() <= 1e-4
 
 
-def merged_reference(base_model, adapter, scale):
+def merged_reference(base_model, adapter, scale, family="qwen3_moe"):
     """Base weights (checkpoint names, per-expert keys) + scale * B A from a PEFT adapter."""
+    moe, (gate, up, down) = ("block_sparse_moe", ("w1", "w3", "w2")) if family == "mixtral" else \
+        ("mlp", ("gate_proj", "up_proj", "down_proj"))
     ref = {}
     with torch.no_grad():
         for n, p in base_model.named_parameters():
@@ -245,15 +249,15 @@ def merged_reference(base_model, adapter, scale):
                 A = adapter[f"{key}.lora_A.weight"].reshape(E, -1, w.shape[2])          # [E, r, in]
                 B = adapter[f"{key}.lora_B.weight"].reshape(w.shape[1], -1, E)          # [out, r, E]
                 w = w + scale * torch.einsum("ore,eri->eoi", B, A)
-            layer = module + "."
+            layer = module.replace(".mlp.experts", f".{moe}.experts") + "."
             if n.endswith("gate_up_proj"):
                 F = w.shape[1] // 2
                 for e in range(E):
-                    out[f"{layer}{e}.gate_proj.weight"] = w[e, :F]
-                    out[f"{layer}{e}.up_proj.weight"] = w[e, F:]
+                    out[f"{layer}{e}.{gate}.weight"] = w[e, :F]
+                    out[f"{layer}{e}.{up}.weight"] = w[e, F:]
             else:
                 for e in range(E):
-                    out[f"{layer}{e}.down_proj.weight"] = w[e]
+                    out[f"{layer}{e}.{down}.weight"] = w[e]
             continue
         module = n[: -len(".weight")]
         key = f"base_model.model.{module}"
@@ -262,6 +266,8 @@ def merged_reference(base_model, adapter, scale):
         out[n] = w
     if getattr(base_model.config, "tie_word_embeddings", False):
         out.pop("lm_head.weight", None)
+    if family == "mixtral":  # the checkpoint keeps v4's module name (transformers v5 renames it on load)
+        out = {k.replace(".mlp.", ".block_sparse_moe."): v for k, v in out.items()}
     return out
 
 

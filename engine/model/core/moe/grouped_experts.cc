@@ -12,7 +12,9 @@ namespace ftd::engine {
 using kernels::OnKernelDevice;
 
 at::Tensor GroupedMatmul(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& counts) {
-  if (rows.is_cuda() && rows.scalar_type() == at::kBFloat16) {
+  // _grouped_mm needs 16-byte aligned rows: K and N multiples of 8 in bf16 (a LoRA rank of 4,
+  // say, is not; such GEMMs take the loop below).
+  if (rows.is_cuda() && rows.scalar_type() == at::kBFloat16 && w.size(1) % 8 == 0 && w.size(2) % 8 == 0) {
     // offs[-1] must equal rows: rows past it would be left uninitialised.
     at::Tensor offs = counts.cumsum(0).to(at::kInt);
     return at::_grouped_mm(rows, w, offs);
