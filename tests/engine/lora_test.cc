@@ -11,6 +11,7 @@
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/lora.h"
 #include "engine/model/transformer.h"
+#include "engine/train/train_step.h"
 #include "gtest/gtest.h"
 
 namespace ftd::engine {
@@ -136,6 +137,61 @@ TEST(Lora, MergedWeightsGiveTheAdaptedLogits) {
   ModelWeights base = InitRandomWeights(c, mo, 1);
   EXPECT_GT((adapted - Logits(c, mo, base)).abs().max().item<float>(), 1e-3);  // the adapters matter
   EXPECT_LE((adapted - after).abs().max().item<float>(), 1e-5);
+}
+
+// Training with the step every job runs: the base is bit-identical afterwards, every adapter
+// moved, and the optimizer's state names adapters only; in both optimizer modes (after backward
+// with clipping, inside backward without), with and without activation checkpointing.
+TEST(Lora, TrainingLeavesTheBaseBitIdenticalAndStatesOnlyAdapters) {
+  for (bool in_backward : {false, true}) {
+    for (bool checkpointing : {false, true}) {
+      ModelConfig c = Config();
+      ModelOptions mo;
+      mo.activation_checkpointing = checkpointing;
+      ModelWeights w = InitRandomWeights(c, mo, 1);
+      ModelWeights original = InitRandomWeights(c, mo, 1);
+      ASSERT_TRUE(AddLoraAdapters(w, c, mo, AllTargets(), 5).ok());
+      EnableGradients(w);
+      std::vector<at::Tensor> adapters_before;
+      for (NamedParam& p : ListParameters(w)) adapters_before.push_back(p.tensor->detach().clone());
+      auto model = MoeTransformer::Create(c, mo, std::move(w));
+      ASSERT_TRUE(model.ok()) << model.status();
+      TrainStepOptions o;
+      o.precision = PrecisionPolicy::kFp32Master;
+      o.adam.weight_decay = 0.1;
+      o.grad_clip = in_backward ? 0.0 : 1.0;
+      o.seq_len = 12;
+      auto step = TrainStep::Create(model->get(), nullptr, nullptr, o);
+      ASSERT_TRUE(step.ok()) << step.status();
+      EXPECT_EQ((*step)->optimizer_in_backward(), in_backward);
+      for (int i = 0; i < 3; ++i) {
+        at::Tensor ids = (at::arange(12, at::kLong) * (7 + i)).remainder(c.vocab_size).view({1, 12});
+        StepInput in;
+        in.micro.push_back({ids, ShiftLabels(ids), {}, {}});
+        in.targets_total = 11;
+        in.lr = 1e-2;
+        ASSERT_TRUE((*step)->Launch(in).ok());
+        ASSERT_TRUE((*step)->Wait().ok());
+      }
+      ModelWeights& trained = (*model)->weights();
+      for (const TensorSpec& spec : trained.layout) {
+        const at::Tensor& t = SlotTensor(trained, spec);
+        EXPECT_FALSE(t.requires_grad()) << spec.name;
+        EXPECT_TRUE(at::equal(t, SlotTensor(original, spec))) << spec.name << " changed";
+      }
+      std::vector<NamedParam> params = ListParameters(trained);
+      ASSERT_EQ(params.size(), adapters_before.size());
+      for (size_t i = 0; i < params.size(); ++i) {
+        EXPECT_FALSE(at::equal(*params[i].tensor, adapters_before[i])) << params[i].name << " did not train";
+      }
+      auto state = (*step)->StateTensors();
+      ASSERT_FALSE(state.empty());
+      for (const auto& [name, t] : state) {
+        if (t.numel() <= 1) continue;  // step counters and scalars
+        EXPECT_NE(name.find(".lora_"), std::string::npos) << name << " is not an adapter's state";
+      }
+    }
+  }
 }
 
 }  // namespace
