@@ -5,26 +5,15 @@ same global batch, on Qwen3-MoE and DeepSeek-V3 (MLA, shared experts)."""
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from conftest import clean_env, run
 from test_distributed import losses
+from test_moe_families_distributed import workdir  # noqa: F401 (the fixture: a token dataset)
 
 NPROC = 2
 STEPS = 3
 PRESETS = ["tiny", "tiny-deepseek-v3"]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lora_dist")
-    g = torch.Generator().manual_seed(17)
-    with open(d / "data.jsonl", "w") as f:
-        for _ in range(24):
-            n = int(torch.randint(10, 40, (1,), generator=g))
-            f.write(json.dumps({"input_ids": torch.randint(0, 512, (n,), generator=g).tolist()}) + "\n")
-    return d
 
 
 def train(ftd_train, workdir, preset, name, nproc=1, ep=1):
