@@ -344,3 +344,24 @@ def test_per_expert_export_loads_in_peft_with_ftd_logits(tmp_path, ftd_train, fa
         got = loaded(input_ids=eval_ids).logits
     assert (got - ftd_logits).abs().max().item() <= 1e-4
     assert (plain - ftd_logits).abs().max().item() > 1e-4  # the adapter was applied
+
+
+def test_resume_refuses_a_checkpoint_of_the_other_method(tmp_path, ftd_train):
+    model, d = qwen3.make_model(tmp_path, "top1_gqa4_dense_mix")
+    write_dataset(tmp_path / "data.jsonl", ids_for(model.config))
+    write_lora_spec(tmp_path / "lora.json", d, tmp_path / "data.jsonl", tmp_path / "out", {"rank": 4}, max_steps=1)
+    spec = json.loads((tmp_path / "lora.json").read_text())
+    spec["method"] = "full"
+    del spec["lora"]
+    (tmp_path / "full.json").write_text(json.dumps(spec))
+    run([ftd_train, "train", "--spec", tmp_path / "full.json"])
+    res = subprocess.run([str(ftd_train), "train", "--spec", str(tmp_path / "lora.json"), "--resume"],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "was written by a method full run" in res.stderr, res.stderr
+    # And a LoRA checkpoint of another rank is refused by name.
+    write_lora_spec(tmp_path / "lora8.json", d, tmp_path / "data.jsonl", tmp_path / "out8", {"rank": 8}, max_steps=1)
+    run([ftd_train, "train", "--spec", tmp_path / "lora8.json"])
+    write_lora_spec(tmp_path / "lora4.json", d, tmp_path / "data.jsonl", tmp_path / "out8", {"rank": 4}, max_steps=2)
+    res = subprocess.run([str(ftd_train), "train", "--spec", str(tmp_path / "lora4.json"), "--resume"],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "holds a rank 8 alpha 16 adapter" in res.stderr, res.stderr
