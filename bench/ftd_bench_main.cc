@@ -19,8 +19,10 @@
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "engine/model/config.h"
 #include "engine/model/hf_checkpoint.h"
+#include "engine/model/lora.h"
 #include "engine/model/transformer.h"
 #include "engine/train/train_step.h"
 #include "engine/util/device_memory.h"
@@ -108,7 +110,16 @@ int main(int argc, char** argv) {
   bool ckpt = false, no_cuda_graph = false, save_expert_act = false;
   int64_t loss_chunk = ModelOptions{}.loss_chunk_tokens;
   std::string profile_out, trace_out;
+  int64_t lora_rank = 0;
+  double lora_alpha = 0;
+  std::string lora_targets = "attention,experts", adapter_dir;
   app.add_option("--preset", preset)->capture_default_str();
+  app.add_option("--lora-rank", lora_rank, "method lora: adapters of this rank on a frozen base (0: full fine-tune)")
+      ->capture_default_str();
+  app.add_option("--lora-alpha", lora_alpha, "LoRA alpha (0: 2 x rank)")->capture_default_str();
+  app.add_option("--lora-targets", lora_targets, "comma-separated: attention, mlp, experts, shared_experts")
+      ->capture_default_str();
+  app.add_option("--adapter", adapter_dir, "method lora: start from this PEFT adapter directory (its rank)");
   app.add_option("--layers", layers)->capture_default_str();
   app.add_option("--seq", seq)->capture_default_str();
   app.add_option("--batch", batch, "rows per step (one micro-batch)")->capture_default_str();
@@ -150,13 +161,35 @@ int main(int argc, char** argv) {
   absl::StatusOr<ModelWeights> weights = model_dir.empty() ? absl::StatusOr<ModelWeights>(InitRandomWeights(*config, options, 0))
                                                            : LoadHfWeights(model_dir, *config, options);
   if (!weights.ok()) return Fail(weights.status());
-  EnableGradients(*weights);
+  const bool lora = lora_rank > 0 || !adapter_dir.empty();
+  if (!adapter_dir.empty()) {
+    absl::StatusOr<LoraOptions> loaded = LoadPeftAdapter(adapter_dir, *weights, *config, options);
+    if (!loaded.ok()) return Fail(loaded.status());
+    lora_rank = loaded->rank;
+    lora_alpha = loaded->alpha;
+  } else if (lora) {
+    LoraOptions lo;
+    lo.rank = lora_rank;
+    lo.alpha = lora_alpha > 0 ? lora_alpha : 2.0 * static_cast<double>(lora_rank);
+    lora_alpha = lo.alpha;
+    lo.targets = 0;
+    for (absl::string_view t : absl::StrSplit(lora_targets, ',')) {
+      uint32_t bit = 0;
+      if (!LoraTargetFromName(std::string(t), &bit)) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat("--lora-targets: unknown target ", t)));
+      }
+      lo.targets |= bit;
+    }
+    if (absl::Status s = AddLoraAdapters(*weights, *config, options, lo, 0); !s.ok()) return Fail(s);
+  }
+  EnableGradients(*weights);  // with LoRA: the adapters only
   auto model = MoeTransformer::Create(*config, options, std::move(*weights));
   if (!model.ok()) return Fail(model.status());
   int64_t n_params = 0;
   for (auto& p : (*model)->Parameters()) n_params += p.tensor->numel();
 
-  auto policy = ftd::ParsePrecisionPolicy(precision, /*fp32_params=*/false);
+  // LoRA: the adapters keep fp32 master weights and moments (as the trainer runs them).
+  auto policy = ftd::ParsePrecisionPolicy(lora ? "fp32_master" : precision, /*fp32_params=*/false);
   if (!policy.ok()) return Fail(policy.status());
   TrainStepOptions o;
   o.precision = *policy;
@@ -164,7 +197,8 @@ int main(int argc, char** argv) {
   o.grad_clip = grad_clip;
   o.micro_batch = batch;
   o.seq_len = seq;
-  o.cuda_graphs = !no_cuda_graph;
+  // A LoRA rank not a multiple of 8 takes the per-expert loop (host reads): no graph capture.
+  o.cuda_graphs = !no_cuda_graph && !(lora && lora_rank % 8 != 0);
   auto step = TrainStep::Create(model->get(), /*groups=*/nullptr, /*dispatch=*/nullptr, o);
   if (!step.ok()) return Fail(step.status());
 
@@ -220,7 +254,9 @@ int main(int argc, char** argv) {
                       {"layers", config->num_hidden_layers},
                       {"seq", seq},
                       {"batch", batch},
-                      {"params", n_params},
+                      {"params", n_params},  // trained: the adapters' with LoRA
+                      {"lora_rank", lora_rank},
+                      {"lora_alpha", lora_alpha},
                       {"tps", std::round(tokens / step_s)},
                       {"fwd_ms", std::round(Median(fwd) * 1e4) / 10},
                       {"bwd_ms", std::round(Median(bwd) * 1e4) / 10},

@@ -83,6 +83,11 @@ void DescribeJob(std::ostream& out, const FineTuneJob& job) {
   t.AddRow({"Created:", absl::StrCat(TimeString(job.create_time()), " (", Age(job.create_time()), " ago)")});
   t.AddRow({"Updated:", TimeString(job.update_time())});
   t.AddRow({"Base model:", s.base_model()});
+  t.AddRow({"Method:", s.method() != "lora" ? (s.method().empty() ? std::string("full") : s.method())
+                                            : absl::StrFormat("lora (rank %d, alpha %g%s, targets %s%s)", s.lora().rank(),
+                                                              s.lora().alpha(), s.lora().use_rslora() ? ", rslora" : "",
+                                                              absl::StrJoin(s.lora().targets(), ", "),
+                                                              s.lora().merge() ? ", merge" : "")});
   t.AddRow({"Train data:", absl::StrCat(s.datasets().train(), " (", s.datasets().format(), ")")});
   if (!s.datasets().validation().empty()) {
     const int every = s.hyperparameters().eval_every();
@@ -124,7 +129,8 @@ void DescribeJob(std::ostream& out, const FineTuneJob& job) {
   }
   if (st.checkpoints_size() > 0) {
     const auto& last = st.checkpoints(st.checkpoints_size() - 1);
-    t.AddRow({"Checkpoints:", absl::StrCat(st.checkpoints_size(), " (latest: step ", last.step(), ", ", last.path(), ")")});
+    t.AddRow({"Checkpoints:", absl::StrCat(st.checkpoints_size(), last.kind() == "adapter" ? " LoRA adapters" : "",
+                                           " (latest: step ", last.step(), ", ", last.path(), ")")});
   }
   if (st.has_error()) {
     t.AddRow({"Error:", absl::StrCat(st.error().code(), ": ", st.error().message(),
@@ -627,7 +633,8 @@ Examples:
 
   // checkpoints
   static std::string ckpt_id;
-  auto* ckpt = app.add_subcommand("checkpoints", "List a job's checkpoints (HF directories)");
+  auto* ckpt = app.add_subcommand("checkpoints",
+                                  "List a job's checkpoints (HF directories; PEFT adapter directories for method lora)");
   ckpt->add_option("id", ckpt_id, "job id")->required();
   ckpt->footer("Examples:\n  ftctl checkpoints job-0123abcd\n  ftctl checkpoints job-0123abcd -o name   # paths only");
   ckpt->callback([&] {
@@ -647,8 +654,11 @@ Examples:
               *cli.out << "No checkpoints yet." << std::endl;
               return;
             }
-            Table t({"STEP", "TIME", "PATH"});
-            for (const auto& k : resp.checkpoints()) t.AddRow({absl::StrCat(k.step()), TimeString(k.create_time()), k.path()});
+            Table t({"STEP", "TIME", "KIND", "PATH"});
+            for (const auto& k : resp.checkpoints()) {
+              t.AddRow({absl::StrCat(k.step()), TimeString(k.create_time()), k.kind().empty() ? "full" : k.kind(),
+                        k.path()});
+            }
             t.Print(*cli.out);
           },
           [&] {

@@ -123,6 +123,7 @@ absl::StatusOr<ftd::v1::CreateJobResponse> JobApi::CreateJob(
   ftd::v1::JobSpec spec = request.spec();
   std::vector<std::string> notes;
   FTD_RETURN_IF_ERROR(validator_->ValidateAndNormalize(who.tenant, &spec, &notes));
+  FTD_RETURN_IF_ERROR(CheckLoraTargets(spec));
   if (!spec.webhook_url().empty()) {
     if (!webhook_tenant_check_) {
       return absl::InvalidArgumentError("spec.webhook_url: webhooks are disabled on this coordinator");

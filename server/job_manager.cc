@@ -155,12 +155,14 @@ absl::StatusOr<FineTuneJob> JobManager::AddCheckpoint(const std::string& id,
       id,
       [&](FineTuneJob& job, std::vector<JobEvent>& events) -> absl::Status {
         auto* list = job.mutable_status()->mutable_checkpoints();
-        *list->Add() = checkpoint;
+        ftd::v1::Checkpoint& added = *list->Add();
+        added = checkpoint;
+        if (added.kind().empty()) added.set_kind(job.spec().method() == "lora" ? "adapter" : "full");
         const int keep = job.spec().checkpointing().keep_last();
         if (keep > 0 && list->size() > keep) list->DeleteSubrange(0, list->size() - keep);
         JobEvent event;
         *event.mutable_time() = ToProtoTime(absl::Now());
-        *event.mutable_checkpoint() = checkpoint;
+        *event.mutable_checkpoint() = added;
         events.push_back(std::move(event));
         return absl::OkStatus();
       },

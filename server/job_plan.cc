@@ -7,7 +7,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
+#include "common/status_macros.h"
+#include "absl/strings/match.h"
 #include "engine/model/config.h"
+#include "engine/model/lora_targets.h"
 #include "engine/model/registry.h"
 #include "engine/model/tensor_layout.h"
 
@@ -28,6 +31,45 @@ absl::StatusOr<ModelSize> CountParameters(const std::string& config_json) {
   size.layer_dense_parameters = counts.layer_dense;
   size.max_layer_dense_parameters = counts.max_layer_dense;
   return size;
+}
+
+namespace {
+
+absl::StatusOr<uint32_t> LoraTargetBits(const ftd::v1::JobSpec& spec) {
+  uint32_t bits = 0;
+  for (const std::string& t : spec.lora().targets()) {
+    uint32_t bit = 0;
+    if (!engine::LoraTargetFromName(t, &bit)) {
+      return absl::InvalidArgumentError(absl::StrCat("spec.lora.targets: `", t, "` is not a target"));
+    }
+    bits |= bit;
+  }
+  return bits == 0 ? engine::kDefaultLoraTargets : bits;
+}
+
+}  // namespace
+
+absl::StatusOr<ModelSize> CountParameters(const std::string& config_json, const ftd::v1::JobSpec& spec) {
+  FTD_ASSIGN_OR_RETURN(ModelSize size, CountParameters(config_json));
+  if (spec.method() != "lora") return size;
+  absl::StatusOr<engine::ModelConfig> config = engine::ParseModelConfig(config_json, "config.json");
+  if (!config.ok()) return config.status();
+  FTD_ASSIGN_OR_RETURN(uint32_t bits, LoraTargetBits(spec));
+  FTD_RETURN_IF_ERROR(engine::CheckLoraTargets(*config, bits, "spec.lora.targets"));
+  const engine::LoraParameterCounts lora =
+      engine::CountLoraParameters(*config, spec.lora().rank() > 0 ? spec.lora().rank() : 16, bits);
+  size.lora_dense_parameters = lora.dense;
+  size.lora_expert_parameters = lora.expert;
+  return size;
+}
+
+absl::Status CheckLoraTargets(const ftd::v1::JobSpec& spec) {
+  if (spec.method() != "lora") return absl::OkStatus();
+  absl::StatusOr<std::string> config = ReadFileToString(spec.base_model() + "/config.json");
+  if (!config.ok()) return absl::OkStatus();
+  absl::StatusOr<ModelSize> size = CountParameters(*config, spec);
+  if (!size.ok() && absl::StrContains(size.status().message(), "spec.lora.targets")) return size.status();
+  return absl::OkStatus();
 }
 
 int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec) {
@@ -57,6 +99,14 @@ int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec
                                  ? layers * 2 * h * tokens + per_layer_full
                                  : layers * per_layer_full;
   const double logits = 4 * double(size.vocab_size) * tokens;
+  if (spec.method() == "lora") {
+    // The frozen base: bf16, unsharded, no gradients or optimizer state; the adapters train.
+    const double ad = double(size.lora_dense_parameters), ae = double(size.lora_expert_parameters) / ep;
+    const double base = 2 * (pd + pe) + 2 * (ad + ae);
+    const double adapter_grads = in_backward ? 0 : 2 * (ad / s_g + ae);
+    const double adapter_state = OptimizerStateBytesPerParameter(PrecisionPolicy::kFp32Master, 2) * (ad / s_o + ae);
+    return static_cast<int64_t>(base + adapter_grads + adapter_state + activations + logits);
+  }
   return static_cast<int64_t>(weights + grads + optimizer + activations + logits);
 }
 
@@ -77,13 +127,21 @@ ftd::v1::JobPlan PlanJob(const ftd::v1::JobSpec& spec) {
     plan.add_notes(absl::StrCat("memory estimate unavailable: cannot read ", config_path));
     return plan;
   }
-  absl::StatusOr<ModelSize> size = CountParameters(*config);
+  absl::StatusOr<ModelSize> size = CountParameters(*config, spec);
   if (!size.ok()) {
     plan.add_notes(absl::StrCat("memory estimate unavailable: ", size.status().message()));
     return plan;
   }
   plan.set_parameter_count(size->total());
   plan.set_memory_bytes_per_gpu(EstimateMemoryPerGpu(*size, spec));
+  if (spec.method() == "lora") {
+    plan.add_notes(absl::StrCat(
+        "method lora: ", absl::StrFormat("%.2fM", double(size->lora_dense_parameters + size->lora_expert_parameters) / 1e6),
+        " trainable adapter parameters (", absl::StrFormat("%.2fM", double(size->lora_expert_parameters) / 1e6),
+        " on the routed experts, sharded with them); the base is frozen: bf16 weights only, no gradients or "
+        "optimizer state; adapters with fp32 AdamW state"));
+    return plan;
+  }
   // The same estimate under the engine's two sharding modes, to choose one.
   std::string by_stage;
   for (int stage : {2, 3}) {

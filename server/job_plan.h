@@ -20,6 +20,10 @@
 //     flash attention, no s² term): 34·H·T per layer; with activation checkpointing
 //     2·H·T per layer (the saved layer inputs) + 34·H·T for the layer being recomputed;
 //     plus 4·V·T for fp32 logits.
+// Method lora: the base is frozen (bf16, not sharded, no gradients, no optimizer state); the
+// adapters (A_d on linears, A_e on the routed experts, engine/model/lora_targets.h) add
+//   weights 2·(A_d + A_e/ep), grads 2·(A_d/s_g + A_e/ep), optimizer b·(A_d/s_o + A_e/ep) with
+//   b of fp32_master (the adapters' only precision).
 // It ignores allocator fragmentation, communication buffers and routing imbalance: a lower
 // bound to plan with, not a promise.
 #pragma once
@@ -41,6 +45,9 @@ struct ModelSize {
   int64_t hidden_size = 0;
   int64_t num_layers = 0;
   int64_t vocab_size = 0;
+  // Method lora: the adapters' parameters (0 for a full fine-tune).
+  int64_t lora_dense_parameters = 0;
+  int64_t lora_expert_parameters = 0;
   int64_t total() const { return expert_parameters + dense_parameters; }
 };
 
@@ -48,6 +55,13 @@ struct ModelSize {
 // (engine/model/registry.h). INVALID_ARGUMENT naming the missing or bad field, or the model_type
 // no family supports.
 absl::StatusOr<ModelSize> CountParameters(const std::string& config_json);
+// The same, with the adapters of `spec` when its method is lora (spec.lora.targets checked
+// against the model: INVALID_ARGUMENT naming spec.lora.targets when one matches nothing).
+absl::StatusOr<ModelSize> CountParameters(const std::string& config_json, const ftd::v1::JobSpec& spec);
+
+// A method lora spec's targets against <base_model>/config.json (OK when it cannot be read: the
+// ranks check again when they load the model).
+absl::Status CheckLoraTargets(const ftd::v1::JobSpec& spec);
 
 // Bytes per GPU by the formula above.
 int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec);

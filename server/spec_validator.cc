@@ -283,6 +283,52 @@ absl::Status SpecValidator::ValidateRequestId(const std::string& request_id) {
   return absl::OkStatus();
 }
 
+absl::Status SpecValidator::ValidateLora(ftd::v1::JobSpec* spec, const std::vector<std::string>& model_roots,
+                                         std::vector<std::string>* notes) const {
+  auto* lora = spec->mutable_lora();
+  if (lora->rank() == 0) {
+    lora->set_rank(16);
+    notes->push_back("spec.lora.rank defaulted to 16");
+  }
+  FTD_RETURN_IF_ERROR(CheckRange("spec.lora.rank", lora->rank(), 1, 4096));
+  if (lora->alpha() == 0) {
+    lora->set_alpha(2.0 * lora->rank());
+    notes->push_back(absl::StrCat("spec.lora.alpha defaulted to ", 2 * lora->rank(), " (2 x rank)"));
+  }
+  if (!std::isfinite(lora->alpha()) || lora->alpha() <= 0) {
+    return FieldError("spec.lora.alpha", absl::StrCat("must be a positive finite number, got ", lora->alpha()));
+  }
+  if (lora->dropout() != 0) {
+    return FieldError("spec.lora.dropout", absl::StrCat("only 0 is supported (got ", lora->dropout(),
+                                                        "): dropout cannot be applied to the fused experts' adapters"));
+  }
+  if (lora->targets().empty()) {
+    lora->add_targets("attention");
+    lora->add_targets("experts");
+    notes->push_back("spec.lora.targets defaulted to attention, experts");
+  }
+  for (const std::string& t : lora->targets()) {
+    if (t == "router") return FieldError("spec.lora.targets", "router cannot be adapted (the router stays frozen)");
+    if (t != "attention" && t != "mlp" && t != "experts" && t != "shared_experts") {
+      return FieldError("spec.lora.targets", absl::StrCat("`", absl::CEscape(t.substr(0, 64)),
+                                                          "` is not one of attention, mlp, experts, shared_experts"));
+    }
+  }
+  if (!lora->init_adapter().empty()) {
+    FTD_ASSIGN_OR_RETURN(std::string init, ConfinePath("spec.lora.init_adapter", lora->init_adapter(), model_roots));
+    lora->set_init_adapter(init);
+  }
+  if (!spec->precision().empty() && spec->precision() != "auto" && spec->precision() != "fp32_master") {
+    return FieldError("spec.precision", absl::StrCat(spec->precision(), " is not supported with method lora: the "
+                                                     "adapters keep fp32 master weights and moments (auto or "
+                                                     "fp32_master)"));
+  }
+  if (spec->parallelism().zero_stage() == 3) {
+    return FieldError("spec.parallelism.zero_stage", "3 is not supported with method lora (use 2)");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SpecValidator::ValidateAndNormalize(const std::string& tenant, ftd::v1::JobSpec* spec,
                                                  std::vector<std::string>* notes) const {
   const ValidationLimits& lim = config_.limits;
@@ -318,10 +364,12 @@ absl::Status SpecValidator::ValidateAndNormalize(const std::string& tenant, ftd:
                       "excludes spec.datasets.validation (a held-out split or a file, not both)");
   }
 
+  FTD_RETURN_IF_ERROR(CheckChoice("spec.method", spec->mutable_method(), {"full", "lora"}, notes));
   if (spec->method() == "lora") {
-    return FieldError("spec.method", "lora is not supported yet; use full");
+    FTD_RETURN_IF_ERROR(ValidateLora(spec, model_roots, notes));
+  } else if (spec->has_lora()) {
+    return FieldError("spec.lora", "only with spec.method lora");
   }
-  FTD_RETURN_IF_ERROR(CheckChoice("spec.method", spec->mutable_method(), {"full"}, notes));
   FTD_RETURN_IF_ERROR(CheckChoice("spec.precision", spec->mutable_precision(),
                                   {"auto", "compact", "fp32_master", "bf16_pure"}, notes));
 

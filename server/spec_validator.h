@@ -77,6 +77,10 @@ class SpecValidator {
 
  private:
   explicit SpecValidator(ValidatorConfig config) : config_(std::move(config)) {}
+  // spec.lora of a method lora job: defaults (rank 16, alpha 2 x rank, targets attention and
+  // experts) noted, each field checked by name, init_adapter confined to the model roots.
+  absl::Status ValidateLora(ftd::v1::JobSpec* spec, const std::vector<std::string>& model_roots,
+                            std::vector<std::string>* notes) const;
   ValidatorConfig config_;  // roots canonical
 };
 

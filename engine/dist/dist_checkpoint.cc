@@ -112,8 +112,17 @@ absl::Status SaveDistributedCheckpoint(const std::string& dir, const ParallelMes
   }
   FTD_RETURN_IF_ERROR(AgreeOnStatus(world, local));
 
-  // The HF tensors: the first ep group holds every expert once.
-  if (mesh.ep_group() == 0) {
+  if (parts.adapter) {
+    for (const DistCheckpointParts::AdapterExport& a : parts.adapters) {
+      if (!leader || !local.ok()) break;
+      const fs::path sub = a.subdir.empty() ? fs::path(tmp) : fs::path(tmp) / a.subdir;
+      std::error_code ec;
+      fs::create_directories(sub, ec);
+      if (ec) local = absl::InternalError(absl::StrCat("cannot create ", sub.string(), ": ", ec.message()));
+      if (local.ok()) local = WriteSingleFile((sub / "adapter_model.safetensors").string(), a.tensors);
+      if (local.ok()) local = WriteFileAtomically((sub / "adapter_config.json").string(), a.config_json);
+    }
+  } else if (mesh.ep_group() == 0) {  // the HF tensors: the first ep group holds every expert once
     // The leader writes every tensor it holds; the other ranks of the group their experts.
     std::vector<std::pair<std::string, at::Tensor>> mine =
         ToHfTensors(*parts.weights, *parts.config, *parts.options, parts.dtype,
@@ -131,7 +140,7 @@ absl::Status SaveDistributedCheckpoint(const std::string& dir, const ParallelMes
                                  : absl::StrFormat("model-%05d-of-%05d.safetensors", mesh.ep_rank() + 1, mesh.ep_size());
     if (local.ok()) local = WriteSingleFile((fs::path(tmp) / file).string(), mine);
   }
-  if (local.ok()) {
+  if (local.ok() && parts.write_rank_state) {
     local = WriteSingleFile((fs::path(tmp) / "training_state" / RankStateFileName(mesh.rank(), mesh.world_size())).string(),
                             parts.rank_state);
   }
@@ -140,16 +149,19 @@ absl::Status SaveDistributedCheckpoint(const std::string& dir, const ParallelMes
   if (leader) {
     ModelConfig saved = *parts.config;
     saved.dtype = DtypeName(parts.dtype);
-    local = WriteFileAtomically((fs::path(tmp) / "config.json").string(), ModelConfigToJson(saved));
-    if (local.ok() && mesh.ep_size() > 1) local = WriteIndex(tmp);
+    if (!parts.adapter) {
+      local = WriteFileAtomically((fs::path(tmp) / "config.json").string(), ModelConfigToJson(saved));
+    }
+    if (local.ok() && !parts.adapter && mesh.ep_size() > 1) local = WriteIndex(tmp);
     if (local.ok() && parts.finalize) local = parts.finalize(tmp);
-    if (local.ok()) local = FsyncDirectory((fs::path(tmp) / "training_state").string());
+    if (local.ok() && parts.write_rank_state) local = FsyncDirectory((fs::path(tmp) / "training_state").string());
+    if (local.ok() && !parts.write_rank_state) local = RemoveTree((fs::path(tmp) / "training_state").string());
     if (local.ok()) local = FsyncDirectory(tmp);
     if (local.ok()) local = RenameIntoPlace(tmp, dir);
   }
   FTD_RETURN_IF_ERROR(AgreeOnStatus(world, local));
   // Later saves copy the carried tensors from here: the source may be deleted (keep_last).
-  if (!parts.weights->carried.names.empty()) parts.weights->carried.source_dir = dir;
+  if (!parts.adapter && !parts.weights->carried.names.empty()) parts.weights->carried.source_dir = dir;
   return absl::OkStatus();
 }
 

@@ -4,6 +4,7 @@
 //   config.json; model.safetensors (ep 1: rank 0 writes everything), or
 //   model-0000j-of-0000P.safetensors (ep P > 1: ep rank j-1 of the first ep group writes its
 //   experts, rank 0 also the dense tensors) + model.safetensors.index.json (rank 0);
+//   or, for a LoRA job, adapter_config.json + adapter_model.safetensors (rank 0) as PEFT writes them;
 //   training_state/rank-0000r-of-0000W.safetensors (every rank its optimizer state), plus what
 //   the caller's finalize step writes (trainer_state.json, tokenizer files).
 // Every rank writes into DIR.tmp; after all have written, rank 0 renames it to DIR (moving any
@@ -39,6 +40,18 @@ struct DistCheckpointParts {
   const ModelOptions* options = nullptr;  // this rank's experts
   at::ScalarType dtype = at::kFloat;      // of the HF tensors
   std::vector<std::pair<std::string, at::Tensor>> rank_state;
+  bool write_rank_state = true;  // false: no training_state/ (an export such as a merged checkpoint)
+  // Method lora: the checkpoint is a PEFT adapter directory instead of the HF weights. Rank 0
+  // writes each export's adapter_model.safetensors (every expert's adapters, gathered by the
+  // caller) and adapter_config.json into DIR/<subdir> ("" first: DIR itself); no config.json or
+  // model weights.
+  struct AdapterExport {
+    std::string subdir;
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    std::string config_json;
+  };
+  bool adapter = false;
+  std::vector<AdapterExport> adapters;
   // Run by rank 0 on the temporary directory before it is renamed into place.
   std::function<absl::Status(const std::string& tmp_dir)> finalize;
 };

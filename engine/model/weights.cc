@@ -1,6 +1,7 @@
 #include "engine/model/weights.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/lora.h"
 
 namespace ftd::engine {
 
@@ -59,7 +60,29 @@ ModelWeights EmptyWeights(const ModelConfig& c) {
   return w;
 }
 
+namespace {
+
+// The adapters of method lora as parameters (engine names: PEFT's module path, then
+// lora_A/lora_B; experts' under their fused parameter's name, in the engine layout).
+std::vector<NamedParam> ListLoraParameters(ModelWeights& w, int64_t only_layer) {
+  std::vector<NamedParam> out;
+  for (LoraSite& site : LoraSites(w)) {
+    if (only_layer >= 0 && site.layer != only_layer) continue;
+    if (site.linear != nullptr && site.linear->defined()) {
+      out.push_back({site.module + ".lora_A.weight", &site.linear->a, false, site.layer});
+      out.push_back({site.module + ".lora_B.weight", &site.linear->b, false, site.layer});
+    } else if (site.experts != nullptr && site.experts->defined()) {
+      out.push_back({absl::StrCat(site.module, ".", site.expert_param, ".lora_A"), &site.experts->a, true, site.layer});
+      out.push_back({absl::StrCat(site.module, ".", site.expert_param, ".lora_B"), &site.experts->b, true, site.layer});
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<NamedParam> ListParameters(ModelWeights& w) {
+  if (w.lora) return ListLoraParameters(w, -1);
   std::vector<NamedParam> out;
   for (const TensorSpec& spec : w.layout) {
     if (spec.role == TensorRole::kBuffer) continue;
@@ -71,6 +94,10 @@ std::vector<NamedParam> ListParameters(ModelWeights& w) {
 
 std::vector<at::Tensor> LayerParameters(ModelWeights& w, int64_t layer) {
   std::vector<at::Tensor> out;
+  if (w.lora) {
+    for (NamedParam& p : ListLoraParameters(w, layer)) out.push_back(*p.tensor);
+    return out;
+  }
   for (const TensorSpec& spec : w.layout) {
     if (spec.layer != layer || spec.role == TensorRole::kBuffer) continue;
     const at::Tensor& t = SlotTensor(w, spec);

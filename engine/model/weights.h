@@ -16,6 +16,23 @@
 
 namespace ftd::engine {
 
+// A LoRA adapter on one linear y = x W^T (+ b): y += scale * (x A^T) B^T, with A [r, in] and
+// B [out, r] as PEFT's lora_A / lora_B weights (engine/model/lora.h). Undefined: no adapter.
+struct LoraLinear {
+  at::Tensor a, b;
+  double scale = 0;
+  bool defined() const { return a.defined(); }
+};
+
+// LoRA on fused routed experts, in the experts' x @ W layout so the grouped GEMMs need no
+// transpose: a [E_local, in, r], b [E_local, r, out]; rows of expert e get
+// scale * (x a[e]) b[e] added to x W[e].
+struct LoraExperts {
+  at::Tensor a, b;
+  double scale = 0;
+  bool defined() const { return a.defined(); }
+};
+
 struct AttentionWeights {
   // GQA: q_proj [q_dim, H] (MLA without q_lora_rank: [Hq * d_qk, H]), k/v [kv_dim, H], o [H, q_dim]
   // (MLA: [H, Hq * d_v]); biases only with attention_bias; q/k norms [head_dim] with qk_norm.
@@ -26,10 +43,13 @@ struct AttentionWeights {
   // kv_a [kv_lora + d_rope, H] + kv_a_norm [kv_lora], kv_b [Hq * (d_nope + d_v), kv_lora].
   at::Tensor q_a_proj, q_a_bias, q_a_norm, q_b_proj;
   at::Tensor kv_a_proj, kv_a_bias, kv_a_norm, kv_b_proj;
+  // LoRA adapters (method lora), one per projection; undefined where not targeted.
+  LoraLinear q_lora, k_lora, v_lora, o_lora, q_a_lora, q_b_lora, kv_a_lora, kv_b_lora;
 };
 
 struct DenseMlpWeights {
   at::Tensor gate_proj, up_proj, down_proj;  // [F, H], [F, H], [H, F]
+  LoraLinear gate_lora, up_lora, down_lora;   // method lora, or undefined
 };
 
 struct MoeWeights {
@@ -39,6 +59,7 @@ struct MoeWeights {
   at::Tensor down;         // [E_local, F, H]
   DenseMlpWeights shared;  // shared experts [Fs, H] ... (DeepSeek-V3, Qwen2-MoE), undefined without
   at::Tensor shared_expert_gate;  // [1, H]: shared output times sigmoid(gate · x) (Qwen2-MoE), or undefined
+  LoraExperts gate_up_lora, down_lora;  // method lora: this rank's experts' adapters, or undefined
 };
 
 struct LayerWeights {
@@ -66,6 +87,8 @@ struct ModelWeights {
   CarriedTensors carried;
   // The family's layout of these weights (all experts' shapes; this rank may hold fewer).
   std::vector<TensorSpec> layout;
+  // Method lora: the base is frozen and the parameters are the LoRA adapters (engine/model/lora.h).
+  bool lora = false;
 };
 
 // Weights with the layers and layout of `config`, every tensor undefined.
@@ -85,7 +108,8 @@ struct NamedParam {
 };
 
 // Every trainable tensor once, in layout order (a tied lm_head is listed once, as the
-// embedding; buffers such as the router's selection bias are not parameters).
+// embedding; buffers such as the router's selection bias are not parameters). With LoRA
+// (w.lora) the adapters' A and B, and nothing of the frozen base.
 std::vector<NamedParam> ListParameters(ModelWeights& w);
 // The tensors of decoder layer `layer` that are trained (for activation checkpointing).
 std::vector<at::Tensor> LayerParameters(ModelWeights& w, int64_t layer);

@@ -21,6 +21,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/model/config.h"
 #include "engine/model/hf_checkpoint.h"
+#include "engine/model/lora.h"
 #include "engine/model/registry.h"
 #include "engine/model/transformer.h"
 #include "engine/train/trainer.h"
@@ -39,7 +40,7 @@ struct InitModelArgs {
   bool config_only = false;
 };
 struct ForwardArgs {
-  std::string model, input, out, device = "cpu", dtype = "fp32";
+  std::string model, adapter, input, out, device = "cpu", dtype = "fp32";
   bool grads = false;
 };
 struct ResaveArgs {
@@ -156,7 +157,8 @@ absl::Status Forward(const ForwardArgs& a) {
   if (a.dtype != "fp32" && a.dtype != "bf16") return absl::InvalidArgumentError("--dtype must be fp32 or bf16");
   options.dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   FTD_ASSIGN_OR_RETURN(ModelWeights weights, LoadHfWeights(a.model, config, options));
-  if (a.grads) EnableGradients(weights);
+  if (!a.adapter.empty()) FTD_RETURN_IF_ERROR(LoadPeftAdapter(a.adapter, weights, config, options).status());
+  if (a.grads) EnableGradients(weights);  // with an adapter: the adapter's tensors only
   FTD_ASSIGN_OR_RETURN(auto model, MoeTransformer::Create(config, options, std::move(weights)));
   c10::AutoGradMode grad_mode(a.grads);
   Batch batch;
@@ -168,7 +170,14 @@ absl::Status Forward(const ForwardArgs& a) {
   std::vector<std::pair<std::string, at::Tensor>> tensors = {
       {"logits", r.logits.detach().to(at::kCPU).contiguous()},
       {"loss", loss.detach().to(at::kCPU, at::kFloat).reshape({})}};
-  if (a.grads) {
+  if (a.grads && model->weights().lora) {
+    loss.backward();
+    // The adapter's gradients in PEFT's names and layout.
+    auto identity = [](const at::Tensor& t) { return t; };
+    for (auto& [name, t] : PeftAdapterTensors(model->weights(), identity, /*grads=*/true)) {
+      tensors.emplace_back("grad." + name, t.to(at::kCPU, at::kFloat).contiguous());
+    }
+  } else if (a.grads) {
     loss.backward();
     // Gradients in HF naming: the weights' structure with each tensor replaced by its grad.
     ModelWeights grads = model->weights();
@@ -269,6 +278,8 @@ void RegisterCommands(CLI::App& app) {
 
   auto* fwd = app.add_subcommand("forward", "Logits and loss of token ids (labels = inputs)");
   fwd->add_option("--model", g_forward.model, "HF model directory")->required();
+  fwd->add_option("--adapter", g_forward.adapter, "PEFT LoRA adapter directory to apply (adapter_config.json + "
+                  "adapter_model.safetensors); --grads then writes the adapter's gradients (grad.<PEFT key>)");
   fwd->add_option("--input", g_forward.input, "ids.json: [[ids...], ...], equal lengths")->required();
   fwd->add_option("--out", g_forward.out, "Output .safetensors (logits [B,S,V] fp32, loss)")->required();
   fwd->add_option("--device", g_forward.device, "cpu | cuda")->capture_default_str();

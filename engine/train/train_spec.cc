@@ -1,6 +1,7 @@
 #include "engine/train/train_spec.h"
 
 #include <algorithm>
+#include <cmath>
 #include <iterator>
 
 #include <yaml-cpp/yaml.h>
@@ -25,6 +26,37 @@ absl::Status Read(const YAML::Node& node, const char* key, const std::string& pa
     return absl::InvalidArgumentError(absl::StrCat(path.empty() ? "" : path + ".", key, ": invalid value \"",
                                                    v.IsScalar() ? v.Scalar() : std::string("<non-scalar>"), "\""));
   }
+  return absl::OkStatus();
+}
+
+// The lora section of a method lora spec; errors name the field.
+absl::Status ValidateLora(TrainSpec& s) {
+  auto bad = [](const std::string& msg) { return absl::InvalidArgumentError(msg); };
+  if (s.lora_rank == 0) s.lora_rank = 16;
+  if (s.lora_alpha == 0) s.lora_alpha = 2.0 * static_cast<double>(s.lora_rank);
+  if (s.lora_targets.empty()) s.lora_targets = {"attention", "experts"};
+  if (s.lora_rank < 1 || s.lora_rank > 4096) {
+    return bad(absl::StrCat("lora.rank must be in [1, 4096] (got ", s.lora_rank, ")"));
+  }
+  if (!(s.lora_alpha > 0) || !std::isfinite(s.lora_alpha)) {
+    return bad(absl::StrCat("lora.alpha must be a positive number (got ", s.lora_alpha, ")"));
+  }
+  if (s.lora_dropout != 0) {
+    return bad(absl::StrCat("lora.dropout ", s.lora_dropout,
+                            " is not supported: only 0 (PEFT cannot apply dropout to fused experts' adapters either)"));
+  }
+  for (const std::string& t : s.lora_targets) {
+    if (t == "router") return bad("lora.targets: router cannot be adapted (the router stays frozen)");
+    if (t != "attention" && t != "mlp" && t != "experts" && t != "shared_experts") {
+      return bad("lora.targets: \"" + t + "\" is not one of attention, mlp, experts, shared_experts");
+    }
+  }
+  if (s.precision != "auto" && s.precision != "fp32_master") {
+    return bad("precision " + s.precision +
+               " is not supported with method lora: adapters keep fp32 master weights and moments (auto or "
+               "fp32_master)");
+  }
+  if (s.zero_stage == 3) return bad("parallelism.zero_stage 3 is not supported with method lora (use 2)");
   return absl::OkStatus();
 }
 
@@ -89,6 +121,14 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "experts", "backends", &s.experts)));
   FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "dispatcher", "backends", &s.dispatcher)));
   FTD_RETURN_IF_ERROR(prefix(Read(root, "method", "", &s.method)));
+  YAML::Node lora = root["lora"];
+  FTD_RETURN_IF_ERROR(prefix(Read(lora, "rank", "lora", &s.lora_rank)));
+  FTD_RETURN_IF_ERROR(prefix(Read(lora, "alpha", "lora", &s.lora_alpha)));
+  FTD_RETURN_IF_ERROR(prefix(Read(lora, "dropout", "lora", &s.lora_dropout)));
+  FTD_RETURN_IF_ERROR(prefix(Read(lora, "targets", "lora", &s.lora_targets)));
+  FTD_RETURN_IF_ERROR(prefix(Read(lora, "use_rslora", "lora", &s.lora_use_rslora)));
+  FTD_RETURN_IF_ERROR(prefix(Read(lora, "merge", "lora", &s.lora_merge)));
+  FTD_RETURN_IF_ERROR(prefix(Read(lora, "init_adapter", "lora", &s.lora_init_adapter)));
   YAML::Node ck = root["checkpointing"];
   FTD_RETURN_IF_ERROR(prefix(Read(ck, "every_n_steps", "checkpointing", &s.checkpoint_every)));
   FTD_RETURN_IF_ERROR(prefix(Read(ck, "keep_last", "checkpointing", &s.keep_last)));
@@ -111,8 +151,9 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   }
   // Settings with one implementation: an empty value means it; any other is refused by name.
   if (s.method.empty()) s.method = "full";
-  if (s.method == "lora") return bad("method: lora is not supported yet (the engine has no LoRA adapters); use full");
-  if (s.method != "full") return bad("method \"" + s.method + "\" is not one of full, lora");
+  if (s.method != "full" && s.method != "lora") return bad("method \"" + s.method + "\" is not one of full, lora");
+  if (s.method == "full" && lora && !lora.IsNull()) return bad("lora: only with method lora (method is full)");
+  if (s.method == "lora") FTD_RETURN_IF_ERROR(prefix(ValidateLora(s)));
   if (s.zero_stage == 0) s.zero_stage = 2;
   if (s.zero_stage != 2 && s.zero_stage != 3) {
     return bad(absl::StrCat("parallelism.zero_stage ", s.zero_stage,

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -44,7 +45,19 @@ struct TrainSpec {
   std::string gate = "real";    // backends.gate: real | balanced (tests: skew_first_k | skew_lower_half)
   // method and backends.{attention, experts, dispatcher}: the one implementation of each that
   // exists; any other value is refused (ParseTrainSpec) rather than silently ignored.
-  std::string method = "full";
+  std::string method = "full";   // full | lora
+  // lora.* (method lora): adapters of this rank and scale lora_alpha / lora_rank (alpha /
+  // sqrt(rank) with use_rslora) on the module families of lora_targets (attention, mlp, experts,
+  // shared_experts); lora_merge also writes OUTPUT/merged, a full HF checkpoint of base + adapter.
+  int64_t lora_rank = 16;       // 0 (as in jobs.proto): 16
+  double lora_alpha = 0;        // 0: 2 x rank
+  double lora_dropout = 0;
+  std::vector<std::string> lora_targets;  // empty: attention, experts
+  bool lora_use_rslora = false;
+  bool lora_merge = false;
+  // lora.init_adapter: start from this PEFT adapter directory (its rank, alpha and rslora must
+  // match lora.*) instead of fresh adapters (A random, B zero); empty: fresh.
+  std::string lora_init_adapter;
   std::string attention = "sdpa";
   std::string experts = "grouped_mm";
   std::string dispatcher = "alltoall";

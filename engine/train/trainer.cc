@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -26,6 +27,7 @@
 #include "engine/dist/process_groups.h"
 #include "engine/io/safetensors.h"
 #include "engine/model/hf_checkpoint.h"
+#include "engine/model/lora.h"
 #include "engine/model/transformer.h"
 #include "engine/train/checkpoint_dir.h"
 #include "engine/train/lr_schedule.h"
@@ -120,6 +122,11 @@ class Trainer {
   }
   int rank() const { return env_.rank; }
   int world() const { return env_.world_size; }
+  bool lora() const { return spec_.method == "lora"; }
+  absl::Status AddOrResumeAdapters(ModelWeights& weights);
+  // Every expert of an expert adapter tensor of this rank (an all-gather over the ep group).
+  at::Tensor GatherExperts(const at::Tensor& local);
+  absl::Status SaveMerged();
 
   const TrainSpec& spec_;
   const TrainOptions& options_;
@@ -201,7 +208,8 @@ absl::Status Trainer::SetUpDevice() {
                                       : (cuda_ ? at::kBFloat16 : at::kFloat);
   FTD_ASSIGN_OR_RETURN(mo_.gate, GateFromName(spec_.gate));
   mo_.activation_checkpointing = spec_.activation_checkpointing;
-  FTD_ASSIGN_OR_RETURN(policy_, ParsePrecisionPolicy(spec_.precision, mo_.dtype == at::kFloat));
+  // LoRA: the adapters are small; AdamW keeps fp32 master weights and moments for them.
+  FTD_ASSIGN_OR_RETURN(policy_, ParsePrecisionPolicy(lora() ? "fp32_master" : spec_.precision, mo_.dtype == at::kFloat));
   return absl::OkStatus();
 }
 
@@ -228,11 +236,47 @@ absl::Status Trainer::AgreeOnResume() {
   return absl::OkStatus();
 }
 
+absl::Status Trainer::AddOrResumeAdapters(ModelWeights& weights) {
+  const bool adapter_checkpoint = resume_ && fs::exists(fs::path(resume_->dir) / "adapter_config.json");
+  if (resume_ && adapter_checkpoint != lora()) {
+    return absl::FailedPreconditionError(absl::StrCat(resume_->dir, " was written by a method ",
+                                                      adapter_checkpoint ? "lora" : "full", " run; this run's method is ",
+                                                      spec_.method, " (use another output directory)"));
+  }
+  if (!lora()) return absl::OkStatus();
+  LoraOptions want;
+  want.rank = spec_.lora_rank;
+  want.alpha = spec_.lora_alpha;
+  want.use_rslora = spec_.lora_use_rslora;
+  want.targets = 0;
+  for (const std::string& t : spec_.lora_targets) {
+    uint32_t bit = 0;
+    if (!LoraTargetFromName(t, &bit)) return absl::InvalidArgumentError("lora.targets: unknown target " + t);
+    want.targets |= bit;
+  }
+  if (!resume_ && spec_.lora_init_adapter.empty()) return AddLoraAdapters(weights, config_, mo_, want, spec_.seed);
+  const std::string from = resume_ ? resume_->dir : spec_.lora_init_adapter;
+  absl::StatusOr<LoraOptions> got = LoadPeftAdapter(from, weights, config_, mo_);
+  if (!got.ok()) {
+    return resume_ ? got.status()
+                   : absl::Status(got.status().code(), absl::StrCat("lora.init_adapter: ", got.status().message()));
+  }
+  if (got->rank != want.rank || got->alpha != want.alpha || got->use_rslora != want.use_rslora) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        resume_ ? "" : "lora.init_adapter: ", from, " holds a rank ", got->rank, " alpha ", got->alpha,
+        got->use_rslora ? " rslora" : "", " adapter; the spec asks for lora.rank ", want.rank, " lora.alpha ",
+        want.alpha, want.use_rslora ? " rslora" : ""));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::LoadModel() {
-  const std::string weights_dir = resume_ ? resume_->dir : spec_.base_model;
+  // A LoRA checkpoint holds the adapter only: the base always comes from base_model.
+  const std::string weights_dir = resume_ && !lora() ? resume_->dir : spec_.base_model;
   // Straight into shards: this rank reads the dense tensors and its own experts only.
   FTD_ASSIGN_OR_RETURN(ModelWeights weights, LoadHfWeights(weights_dir, config_, mo_));
-  EnableGradients(weights);
+  FTD_RETURN_IF_ERROR(AddOrResumeAdapters(weights));
+  EnableGradients(weights);  // LoRA: the adapters only; the base stays frozen
   FTD_ASSIGN_OR_RETURN(model_, MoeTransformer::Create(config_, mo_, std::move(weights)));
   dispatch_ = std::make_unique<ExpertParallelDispatch>(groups_->ep.get(), config_.num_experts);
   // ep 1: every expert is local, so the layer keeps its own permute -> grouped GEMM path (the
@@ -246,7 +290,9 @@ absl::Status Trainer::LoadModel() {
   o.micro_batches = spec_.global_batch / world() / spec_.micro_batch;
   o.micro_batch = spec_.micro_batch;
   o.seq_len = spec_.seq_len;
-  o.cuda_graphs = spec_.cuda_graphs;
+  // A LoRA rank that is not a multiple of 8 runs the experts' adapter GEMMs as a per-expert loop
+  // (grouped GEMMs need 16-byte rows), which reads the counts on the host: no graph capture then.
+  o.cuda_graphs = spec_.cuda_graphs && !(lora() && spec_.lora_rank % 8 != 0);
   o.zero_stage = spec_.zero_stage;
   o.router_bias_update_speed = spec_.router_bias_update_speed;
   FTD_ASSIGN_OR_RETURN(step_fn_, TrainStep::Create(model_.get(), groups_.get(), dispatch_.get(), o));
@@ -286,6 +332,23 @@ void Trainer::LogLayout() {
                             spec_.global_batch / world(),
                             spec_.micro_batch);
     log_ << step_fn_->Describe() << "\n";
+  }
+  if (lora()) {
+    int64_t adapter = 0, adapter_experts = 0, frozen_bytes = 0;
+    for (const NamedParam& p : model_->Parameters()) (p.expert ? adapter_experts : adapter) += p.tensor->numel();
+    for (const TensorSpec& spec : model_->weights().layout) {
+      const at::Tensor& t = SlotTensor(model_->weights(), spec);
+      if (t.defined() && !(spec.slot == Slot::kLmHead && model_->weights().tied)) frozen_bytes += t.nbytes();
+    }
+    LoraOptions o;
+    o.rank = spec_.lora_rank;
+    o.alpha = spec_.lora_alpha;
+    o.use_rslora = spec_.lora_use_rslora;
+    log_ << absl::StrFormat(
+        "rank %d/%d lora: rank %d, alpha %g (scale %g), %d adapter parameters (%d on this rank's experts), fp32 "
+        "AdamW state; frozen base %.3f MiB (no gradients, no optimizer state)\n",
+        rank(), world(), o.rank, o.alpha, o.scale(), adapter + adapter_experts, adapter_experts,
+        static_cast<double>(frozen_bytes) / (1 << 20));
   }
   // Several ranks: the ZeRO slice's state (the expert AdamW's is counted per parameter).
   const int64_t dense_state = world() > 1 ? step_fn_->DenseOptimizerStateBytes() : -1;
@@ -376,7 +439,33 @@ absl::Status Trainer::SaveCheckpoint(int64_t at_step) {
   parts.options = &mo_;
   parts.dtype = DtypeFromName(config_.dtype);
   parts.rank_state = step_fn_->StateTensors();
+  if (lora()) {
+    // Every rank takes part in the experts' gathers; rank 0 writes the adapters: PEFT's layout
+    // (transformers v5) in DIR, the per-expert layout (vLLM; PEFT converts it too) in DIR/vllm.
+    parts.adapter = true;
+    LoraOptions o;
+    o.rank = spec_.lora_rank;
+    o.alpha = spec_.lora_alpha;
+    o.use_rslora = spec_.lora_use_rslora;
+    auto gather = [this](const at::Tensor& t) { return GatherExperts(t); };
+    bool experts = false;  // the per-expert export differs from PEFT's only with expert adapters
+    for (const LoraSite& site : LoraSites(model_->weights())) experts |= site.experts != nullptr && site.experts->defined();
+    try {
+      parts.adapters.push_back({"", PeftAdapterTensors(model_->weights(), gather),
+                                PeftAdapterConfigJson(model_->weights(), o, spec_.base_model)});
+      if (experts) {
+        parts.adapters.push_back({"vllm", PerExpertAdapterTensors(model_->weights(), gather),
+                                  PerExpertAdapterConfigJson(model_->weights(), o, spec_.base_model)});
+      }
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("gathering the experts' adapters: ", ExceptionMessage(e)));
+    }
+    for (auto& a : parts.adapters) {
+      for (auto& [name, t] : a.tensors) t = t.to(at::kCPU, DtypeFromName(config_.dtype)).contiguous();
+    }
+  }
   nlohmann::json st = {{"step", at_step},
+                       {"method", spec_.method},
                        {"epoch", position_.epoch},
                        {"index", position_.index},
                        {"seed", spec_.seed},
@@ -400,6 +489,39 @@ absl::Status Trainer::SaveCheckpoint(int64_t at_step) {
     if (metrics_) FTD_RETURN_IF_ERROR(metrics_->WriteCheckpoint(at_step, dir));
   }
   last_checkpoint_ = dir;
+  return absl::OkStatus();
+}
+
+at::Tensor Trainer::GatherExperts(const at::Tensor& local) {
+  Communicator& ep = *groups_->ep;
+  if (ep.size() == 1) return local;
+  std::vector<int64_t> shape = local.sizes().vec();
+  shape[0] *= ep.size();
+  at::Tensor in = local.contiguous().to(ep.device());
+  at::Tensor gathered = at::empty(shape, in.options());  // ep ranks hold consecutive experts
+  if (absl::Status st = ep.AllGather(gathered.view({-1}), in.view({-1})); !st.ok()) {
+    throw std::runtime_error(std::string(st.message()));
+  }
+  return gathered.to(local.device());
+}
+
+// method lora with lora.merge: OUTPUT/merged, a full HF checkpoint of the base with the adapter
+// folded in (W + scale B A), written like any checkpoint of the run (no training state).
+absl::Status Trainer::SaveMerged() {
+  MergeLoraAdapters(model_->weights());
+  const std::string dir = spec_.output + "/merged";
+  DistCheckpointParts parts;
+  parts.config = &config_;
+  parts.weights = &model_->weights();
+  parts.options = &mo_;
+  parts.dtype = DtypeFromName(config_.dtype);
+  parts.write_rank_state = false;
+  parts.finalize = [&](const std::string& tmp) -> absl::Status {
+    CopyTokenizerFiles(spec_.base_model, tmp);
+    return absl::OkStatus();
+  };
+  FTD_RETURN_IF_ERROR(SaveDistributedCheckpoint(dir, groups_->mesh, *groups_->world, std::move(parts)));
+  if (rank() == 0) log_ << "merged checkpoint " << dir << "\n";
   return absl::OkStatus();
 }
 
@@ -572,6 +694,9 @@ absl::StatusOr<std::string> Trainer::Run() {
   if (stopped_by_signal) {
     return RankError(absl::CancelledError(
         absl::StrCat("stopped by SIGTERM after step ", step_, "; resume from ", last_checkpoint_)));
+  }
+  if (lora() && spec_.lora_merge && step_ == total_steps_) {
+    if (absl::Status st = SaveMerged(); !st.ok()) return RankError(st);
   }
   if (metrics_ && rank() == 0 && step_ == total_steps_) {
     if (absl::Status st = metrics_->WriteDone(step_, last_checkpoint_); !st.ok()) return RankError(st);

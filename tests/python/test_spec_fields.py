@@ -26,7 +26,7 @@ def train(engine, tmp_path, **override):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("method", "lora", "method: lora is not supported yet"),
+    ("lora__rank", 8, "lora: only with method lora"),
     ("method", "qlora", 'method "qlora" is not one of full, lora'),
     ("backends__dispatcher", "fused", "backends.dispatcher: fused is not supported yet"),
     ("backends__attention", "flash", 'backends.attention "flash" is not selectable'),

@@ -88,7 +88,7 @@ std::vector<std::function<void(ftd::v1::JobSpec*, std::mt19937&)>> InvalidSpecMu
       [](S* s, std::mt19937& r) { s->mutable_parallelism()->set_zero_stage(4 + int(r() % 10)); },
       [](S* s, std::mt19937& r) { s->mutable_backends()->set_gate(RandomWord(r, 1 + r() % 8)); },
       [](S* s, std::mt19937&) { s->mutable_backends()->set_attention("flash3"); },
-      [](S* s, std::mt19937&) { s->set_method("lora"); },
+      [](S* s, std::mt19937& r) { s->set_method("lora"); s->mutable_lora()->set_dropout(0.01 + double(r() % 50) / 100); },
       [](S* s, std::mt19937& r) { s->mutable_checkpointing()->set_keep_last(-1 - int(r() % 5)); },
       [](S* s, std::mt19937& r) { s->mutable_scheduling()->set_priority(1001 + int(r() % 100000)); },
       [](S* s, std::mt19937& r) { s->mutable_scheduling()->set_max_runtime_seconds(-1 - int64_t(r() % 5)); },

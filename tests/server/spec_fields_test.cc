@@ -64,7 +64,8 @@ std::map<std::string, Consumer> Consumers() {
         "hyperparameters.warmup_steps", "hyperparameters.weight_decay", "hyperparameters.grad_clip",
         "hyperparameters.seed", "hyperparameters.eval_every", "parallelism.ep_size", "parallelism.zero_stage",
         "parallelism.activation_checkpointing", "backends.attention", "backends.experts", "backends.dispatcher",
-        "backends.gate", "checkpointing.every_n_steps", "checkpointing.keep_last", "output", "precision"}) {
+        "backends.gate", "checkpointing.every_n_steps", "checkpointing.keep_last", "output", "precision", "lora.rank", "lora.alpha",
+        "lora.dropout", "lora.targets", "lora.use_rslora", "lora.merge", "lora.init_adapter"}) {
     c[f] = Engine(f);
   }
   // The scheduler: gang size and placement, queue order, restarts, the runtime limit.

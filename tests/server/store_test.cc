@@ -447,8 +447,8 @@ TEST_F(ValidatorTest, NamesTheFieldOfEveryViolation) {
   s.mutable_backends()->set_gate("random");
   EXPECT_THAT(Error(s), HasSubstr("spec.backends.gate: must be one of real, balanced"));
   s = spec();
-  s.set_method("lora");
-  EXPECT_THAT(Error(s), HasSubstr("spec.method"));
+  s.set_method("qlora");
+  EXPECT_THAT(Error(s), HasSubstr("spec.method: must be one of full, lora"));
   s = spec();
   s.set_webhook_url("ftp://x");
   EXPECT_THAT(Error(s), HasSubstr("spec.webhook_url"));
@@ -467,7 +467,8 @@ TEST_F(ValidatorTest, RefusesSettingsTheEngineCannotHonour) {
   auto spec = [&] { return ftd::testing::ValidSpec(env_); };
   auto s = spec();
   s.set_method("lora");
-  EXPECT_THAT(Error(s), HasSubstr("spec.method: lora is not supported yet"));
+  s.mutable_lora()->set_dropout(0.05);
+  EXPECT_THAT(Error(s), HasSubstr("spec.lora.dropout: only 0 is supported"));
   s = spec();
   s.mutable_backends()->set_dispatcher("fused");
   EXPECT_THAT(Error(s), HasSubstr("spec.backends.dispatcher: fused is not supported yet"));
@@ -502,6 +503,51 @@ TEST_F(ValidatorTest, RefusesSettingsTheEngineCannotHonour) {
   EXPECT_EQ(s.backends().experts(), "grouped_mm");
   EXPECT_EQ(s.backends().dispatcher(), "alltoall");
   EXPECT_THAT(notes, ::testing::Contains(HasSubstr("spec.parallelism.zero_stage defaulted to 2")));
+}
+
+// Method lora: defaults noted, every field checked by name, lora without method lora refused.
+TEST_F(ValidatorTest, LoraSpec) {
+  auto spec = [&] {
+    ftd::v1::JobSpec s = ftd::testing::ValidSpec(env_);
+    s.set_method("lora");
+    return s;
+  };
+  ftd::v1::JobSpec s = spec();
+  std::vector<std::string> notes;
+  ASSERT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &s, &notes).ok());
+  EXPECT_EQ(s.lora().rank(), 16);
+  EXPECT_EQ(s.lora().alpha(), 32);
+  EXPECT_THAT(std::vector<std::string>(s.lora().targets().begin(), s.lora().targets().end()),
+              ::testing::ElementsAre("attention", "experts"));
+  EXPECT_THAT(notes, ::testing::Contains(HasSubstr("spec.lora.rank defaulted to 16")));
+  s = spec();
+  s.mutable_lora()->set_rank(8);
+  ASSERT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &s, &notes).ok());
+  EXPECT_EQ(s.lora().alpha(), 16);  // 2 x rank
+  s = spec();
+  s.mutable_lora()->set_rank(5000);
+  EXPECT_THAT(Error(s), HasSubstr("spec.lora.rank"));
+  s = spec();
+  s.mutable_lora()->set_alpha(-2);
+  EXPECT_THAT(Error(s), HasSubstr("spec.lora.alpha"));
+  s = spec();
+  s.mutable_lora()->add_targets("router");
+  EXPECT_THAT(Error(s), HasSubstr("spec.lora.targets: router cannot be adapted"));
+  s = spec();
+  s.mutable_lora()->add_targets("lm_head");
+  EXPECT_THAT(Error(s), HasSubstr("spec.lora.targets: `lm_head` is not one of"));
+  s = spec();
+  s.set_precision("compact");
+  EXPECT_THAT(Error(s), HasSubstr("spec.precision: compact is not supported with method lora"));
+  s = spec();
+  s.mutable_parallelism()->set_zero_stage(3);
+  EXPECT_THAT(Error(s), HasSubstr("spec.parallelism.zero_stage: 3 is not supported with method lora"));
+  s = spec();
+  s.mutable_lora()->set_init_adapter("/etc");
+  EXPECT_THAT(Error(s), HasSubstr("spec.lora.init_adapter"));
+  s = ftd::testing::ValidSpec(env_);
+  s.mutable_lora()->set_rank(4);
+  EXPECT_THAT(Error(s), HasSubstr("spec.lora: only with spec.method lora"));
 }
 
 TEST_F(ValidatorTest, WebhooksGoOnlyToAllowedDestinations) {
@@ -602,6 +648,45 @@ TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
               HasSubstr("vocab_size"));
   EXPECT_THAT(std::string(CountParameters(R"({"model_type": "llama"})").status().message()),
               HasSubstr("deepseek_v3"));  // the supported families are named
+}
+
+// Method lora: the base frozen (bf16 weights only), the adapters trained with fp32 state.
+TEST(JobPlanTest, LoraCountsAdaptersAndPlansAFrozenBase) {
+  const char* qwen3 = R"({"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
+      "vocab_size": 151936, "num_attention_heads": 32, "num_key_value_heads": 4,
+      "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768,
+      "num_experts": 128, "num_experts_per_tok": 8, "tie_word_embeddings": false})";
+  ftd::v1::JobSpec spec;
+  spec.set_method("lora");
+  spec.mutable_lora()->set_rank(16);
+  spec.mutable_lora()->add_targets("attention");
+  spec.mutable_lora()->add_targets("experts");
+  spec.mutable_resources()->set_nodes(1);
+  spec.mutable_resources()->set_gpus_per_node(1);
+  spec.mutable_parallelism()->set_ep_size(1);
+  spec.mutable_parallelism()->set_activation_checkpointing(true);
+  spec.mutable_hyperparameters()->set_micro_batch(1);
+  spec.mutable_hyperparameters()->set_global_batch(1);
+  spec.mutable_hyperparameters()->set_seq_len(4096);
+  auto size = CountParameters(qwen3, spec);
+  ASSERT_TRUE(size.ok()) << size.status();
+  // r (in + out) per projection: q/k/v/o 278,528 a layer; every expert's gate_up and down
+  // 13,107,200 a layer: 642.5M, the count PEFT reports for the same targets (DESIGN.md).
+  EXPECT_EQ(size->lora_dense_parameters, 48 * 278528);
+  EXPECT_EQ(size->lora_expert_parameters, int64_t{48} * 13107200);
+  const double all = double(size->total()), adapters = 48.0 * 278528 + 48.0 * 13107200;
+  const double expected = 2 * all + 2 * adapters + 2 * adapters + 12 * adapters + 48 * 2 * 2048.0 * 4096 +
+                          34 * 2048.0 * 4096 + 4 * 151936.0 * 4096;
+  EXPECT_NEAR(double(EstimateMemoryPerGpu(*size, spec)), expected, 2.0);
+  // Far below a full fine-tune of the same model on the same GPU.
+  ftd::v1::JobSpec full = spec;
+  full.set_method("full");
+  full.clear_lora();
+  EXPECT_LT(double(EstimateMemoryPerGpu(*size, spec)), 0.4 * double(EstimateMemoryPerGpu(*size, full)));
+  // A target the model lacks is named.
+  spec.mutable_lora()->add_targets("shared_experts");
+  EXPECT_THAT(std::string(CountParameters(qwen3, spec).status().message()),
+              HasSubstr("spec.lora.targets: shared_experts matches nothing in this qwen3_moe model"));
 }
 
 // DeepSeek-V3's and Moonlight's config.json fields (as the presets of ftd-train init-model).

@@ -2,9 +2,16 @@
 
 #include <ATen/ATen.h>
 
+#include "engine/model/lora.h"
+
 namespace ftd::engine {
 
 at::Tensor DenseMlp(const at::Tensor& x, const DenseMlpWeights& w) {
+  if (w.gate_lora.defined() || w.up_lora.defined() || w.down_lora.defined()) {
+    return LinearWithLora(at::silu(LinearWithLora(x, w.gate_proj, {}, w.gate_lora)) *
+                              LinearWithLora(x, w.up_proj, {}, w.up_lora),
+                          w.down_proj, {}, w.down_lora);
+  }
   return at::linear(at::silu(at::linear(x, w.gate_proj)) * at::linear(x, w.up_proj), w.down_proj);
 }
 

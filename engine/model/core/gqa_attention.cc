@@ -6,6 +6,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "engine/model/core/norms.h"
+#include "engine/model/lora.h"
 #include "engine/model/core/rope.h"
 #include "kernels/kernels_available.h"
 #include "kernels/rope.h"
@@ -68,10 +69,11 @@ at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
   const int64_t B = x.size(0), S = x.size(1), D = c.head_dim;
   const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
   at::Tensor q, k, v;
-  if (w.q_bias.defined() || w.k_bias.defined() || w.v_bias.defined()) {
-    q = at::linear(x, w.q_proj, w.q_bias);
-    k = at::linear(x, w.k_proj, w.k_bias);
-    v = at::linear(x, w.v_proj, w.v_bias);
+  if (w.q_bias.defined() || w.k_bias.defined() || w.v_bias.defined() || w.q_lora.defined() || w.k_lora.defined() ||
+      w.v_lora.defined()) {
+    q = LinearWithLora(x, w.q_proj, w.q_bias, w.q_lora);
+    k = LinearWithLora(x, w.k_proj, w.k_bias, w.k_lora);
+    v = LinearWithLora(x, w.v_proj, w.v_bias, w.v_lora);
   } else {
     auto qkv = QkvProjection::apply(x, w.q_proj, w.k_proj, w.v_proj);
     q = qkv[0], k = qkv[1], v = qkv[2];
@@ -121,7 +123,7 @@ at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
     }
     out = out.transpose(1, 2).reshape({B, S, c.q_dim()});
   }
-  return at::linear(out, w.o_proj, w.o_bias);
+  return LinearWithLora(out, w.o_proj, w.o_bias, w.o_lora);
 }
 
 }  // namespace ftd::engine

@@ -4,6 +4,7 @@
 
 #include "engine/model/core/norms.h"
 #include "engine/model/core/rope.h"
+#include "engine/model/lora.h"
 #include "engine/model/varlen_attention.h"
 
 namespace ftd::engine {
@@ -15,14 +16,15 @@ at::Tensor MlaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
   const int64_t dn = m.qk_nope_head_dim, dr = m.qk_rope_head_dim, dv = m.v_head_dim, dqk = dn + dr;
 
   at::Tensor q = w.q_b_proj.defined()
-                     ? at::linear(RmsNorm(at::linear(x, w.q_a_proj, w.q_a_bias), w.q_a_norm, kMlaLatentNormEps),
-                                  w.q_b_proj)
-                     : at::linear(x, w.q_proj);                                  // [B, S, Hq * dqk]
+                     ? LinearWithLora(RmsNorm(LinearWithLora(x, w.q_a_proj, w.q_a_bias, w.q_a_lora), w.q_a_norm,
+                                              kMlaLatentNormEps),
+                                      w.q_b_proj, {}, w.q_b_lora)
+                     : LinearWithLora(x, w.q_proj, {}, w.q_lora);                // [B, S, Hq * dqk]
   q = q.view({B, S, Hq, dqk});
-  at::Tensor compressed = at::linear(x, w.kv_a_proj, w.kv_a_bias);             // [B, S, kv_lora + dr]
+  at::Tensor compressed = LinearWithLora(x, w.kv_a_proj, w.kv_a_bias, w.kv_a_lora);  // [B, S, kv_lora + dr]
   at::Tensor latent = compressed.narrow(-1, 0, m.kv_lora_rank);
   at::Tensor k_rope = compressed.narrow(-1, m.kv_lora_rank, dr).unsqueeze(1);  // [B, 1, S, dr]
-  at::Tensor kv = at::linear(RmsNorm(latent, w.kv_a_norm, kMlaLatentNormEps), w.kv_b_proj)
+  at::Tensor kv = LinearWithLora(RmsNorm(latent, w.kv_a_norm, kMlaLatentNormEps), w.kv_b_proj, {}, w.kv_b_lora)
                       .view({B, S, Hq, dn + dv});                               // [B, S, Hq, dn + dv]
 
   // Rotary part: q [B, Hq, S, dr], k [B, 1, S, dr] (one head, shared).
@@ -56,7 +58,7 @@ at::Tensor MlaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
     out = out.transpose(1, 2);
   }
   if (pad_value) out = out.narrow(-1, 0, dv);
-  return at::linear(out.reshape({B, S, Hq * dv}), w.o_proj, w.o_bias);
+  return LinearWithLora(out.reshape({B, S, Hq * dv}), w.o_proj, w.o_bias, w.o_lora);
 }
 
 }  // namespace ftd::engine

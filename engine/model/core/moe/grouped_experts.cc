@@ -12,7 +12,9 @@ namespace ftd::engine {
 using kernels::OnKernelDevice;
 
 at::Tensor GroupedMatmul(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& counts) {
-  if (rows.is_cuda() && rows.scalar_type() == at::kBFloat16) {
+  // _grouped_mm needs 16-byte aligned rows: K and N multiples of 8 in bf16 (a LoRA rank of 4,
+  // say, is not; such GEMMs take the loop below).
+  if (rows.is_cuda() && rows.scalar_type() == at::kBFloat16 && w.size(1) % 8 == 0 && w.size(2) % 8 == 0) {
     // offs[-1] must equal rows: rows past it would be left uninitialised.
     at::Tensor offs = counts.cumsum(0).to(at::kInt);
     return at::_grouped_mm(rows, w, offs);
@@ -30,15 +32,28 @@ at::Tensor GroupedMatmul(const at::Tensor& rows, const at::Tensor& w, const at::
   return at::cat(outs, 0);
 }
 
+namespace {
+
+// rows @ w[e] (+ scale * (rows @ a[e]) @ b[e] with an adapter): two more grouped GEMMs on the
+// same grouped rows, [N, K] -> [N, r] -> [N, M].
+at::Tensor GroupedMatmulWithLora(const at::Tensor& rows, const at::Tensor& w, const LoraExperts& lora,
+                                 const at::Tensor& counts) {
+  at::Tensor y = GroupedMatmul(rows, w, counts);
+  if (!lora.defined()) return y;
+  return y + GroupedMatmul(GroupedMatmul(rows, lora.a, counts), lora.b, counts) * lora.scale;
+}
+
+}  // namespace
+
 at::Tensor ExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights, const at::Tensor& counts,
                           const MoeWeights& w) {
   const int64_t F = w.down.size(1);
-  at::Tensor h = GroupedMatmul(rows, w.gate_up, counts);  // [N, 2F]
+  at::Tensor h = GroupedMatmulWithLora(rows, w.gate_up, w.gate_up_lora, counts);  // [N, 2F]
   if (OnKernelDevice(h) && h.scalar_type() == row_weights.scalar_type()) {
-    return GroupedMatmul(kernels::WeightedSwiglu(h, row_weights), w.down, counts);
+    return GroupedMatmulWithLora(kernels::WeightedSwiglu(h, row_weights), w.down, w.down_lora, counts);
   }
   at::Tensor act = at::silu(h.narrow(-1, 0, F)) * h.narrow(-1, F, F) * row_weights.unsqueeze(-1);
-  return GroupedMatmul(act, w.down, counts);  // [N, H]
+  return GroupedMatmulWithLora(act, w.down, w.down_lora, counts);  // [N, H]
 }
 
 }  // namespace ftd::engine

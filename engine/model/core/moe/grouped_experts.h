@@ -9,7 +9,8 @@
 namespace ftd::engine {
 
 // out[r] = rows[r] @ w[e(r)] where rows of expert e are the e-th contiguous group of `counts`.
-// rows [N, K], w [E, K, M] -> [N, M]. bf16 CUDA uses at::_grouped_mm; otherwise a loop of mm.
+// rows [N, K], w [E, K, M] -> [N, M]. bf16 CUDA uses at::_grouped_mm (K and M multiples of 8);
+// otherwise a loop of mm.
 at::Tensor GroupedMatmul(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& counts);
 
 // Expert compute on grouped rows: [N, H] -> [N, H] (SwiGLU, row weight folded in); `counts`

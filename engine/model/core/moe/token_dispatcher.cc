@@ -39,7 +39,8 @@ DispatchResult LocalTokenDispatcher::Dispatch(const at::Tensor& flat, const Rout
   Permutation perm = PermuteByExpert(routing, E);
   const int64_t k = routing.experts.size(1);
   const bool fused = perm.order.defined();  // CUDA: gather and k-way sum kernels, each the other's backward
-  if (fused && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
+  const bool adapters = w.gate_up_lora.defined() || w.down_lora.defined();
+  if (fused && !adapters && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
     // One op from gather to k-way sum, saving only h for backward.
     at::Tensor out = ExpertMlpRecompute(flat, perm.order, perm.inverse, perm.weights, perm.counts, w.gate_up, w.down, k,
                                         save_expert_activation_);

@@ -1,0 +1,198 @@
+// LoRA adapters in the engine (engine/model/lora.h): fresh adapters as PEFT initialises them,
+// frozen base, adapters as the only parameters, expert adapters identical under any expert
+// sharding, targets that match nothing refused, and merging equal to applying.
+#include <cmath>
+#include <memory>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "engine/model/config.h"
+#include "engine/model/hf_checkpoint.h"
+#include "engine/model/lora.h"
+#include "engine/model/transformer.h"
+#include "engine/train/train_step.h"
+#include "gtest/gtest.h"
+
+namespace ftd::engine {
+namespace {
+
+const char* kConfig = R"({"model_type": "qwen3_moe", "vocab_size": 64, "hidden_size": 16,
+  "intermediate_size": 24, "moe_intermediate_size": 8, "num_hidden_layers": 2, "num_attention_heads": 4,
+  "num_key_value_heads": 2, "head_dim": 4, "num_experts": 4, "num_experts_per_tok": 2,
+  "mlp_only_layers": [1], "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}})";
+
+ModelConfig Config() {
+  auto c = ParseModelConfig(kConfig);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *c;
+}
+
+LoraOptions AllTargets() {
+  LoraOptions o;
+  o.rank = 3;
+  o.alpha = 6;
+  o.targets = kLoraAttention | kLoraExperts | kLoraMlp;
+  return o;
+}
+
+at::Tensor Logits(const ModelConfig& c, const ModelOptions& mo, ModelWeights w) {
+  auto model = MoeTransformer::Create(c, mo, std::move(w));
+  EXPECT_TRUE(model.ok()) << model.status();
+  c10::NoGradGuard no_grad;
+  Batch batch;
+  batch.input_ids = at::arange(10, at::kLong).remainder(c.vocab_size).view({1, 10});
+  return (*model)->Forward(batch, /*return_logits=*/true).logits;
+}
+
+TEST(Lora, FreshAdaptersAsPeftWithTheBaseFrozen) {
+  ModelConfig c = Config();
+  ModelOptions mo;
+  ModelWeights w = InitRandomWeights(c, mo, 1);
+  EnableGradients(w);
+  ASSERT_TRUE(AddLoraAdapters(w, c, mo, AllTargets(), 5).ok());
+  EXPECT_TRUE(w.lora);
+  EXPECT_FALSE(w.layers[0].attn.q_proj.requires_grad());
+  EXPECT_FALSE(w.layers[0].moe.gate_up.requires_grad());
+  EXPECT_FALSE(w.embed.requires_grad());
+  int experts = 0, linears = 0;
+  for (const NamedParam& p : ListParameters(w)) {
+    EXPECT_NE(p.name.find(".lora_"), std::string::npos) << p.name;
+    EXPECT_TRUE(p.tensor->requires_grad()) << p.name;
+    const bool is_b = p.name.find(".lora_B") != std::string::npos;
+    if (is_b) {
+      EXPECT_EQ(p.tensor->abs().max().item<float>(), 0.0f) << p.name;  // B starts at zero
+    } else {
+      // kaiming_uniform(a = sqrt(5)): uniform in +-1/sqrt(fan_in); the input width is dim 1 of
+      // both A [r, in] and the experts' a [E, in, r].
+      const int64_t in = p.tensor->size(1);
+      EXPECT_LE(p.tensor->abs().max().item<float>(), 1.0 / std::sqrt(static_cast<double>(in)) + 1e-7) << p.name;
+      EXPECT_GT(p.tensor->std().item<float>(), 0.1 / std::sqrt(static_cast<double>(in))) << p.name;
+    }
+    (p.expert ? experts : linears)++;
+  }
+  EXPECT_EQ(experts, 2 * 2);                // one MoE layer: gate_up and down, A and B
+  EXPECT_EQ(linears, 2 * (2 * 4) + 2 * 3);  // q/k/v/o in both layers, the dense layer's MLP
+  EXPECT_DOUBLE_EQ(w.layers[0].attn.q_lora.scale, 2.0);
+  EXPECT_EQ(w.layers[0].moe.gate_up_lora.a.sizes(), (std::vector<int64_t>{4, 16, 3}));
+  EXPECT_EQ(w.layers[0].moe.gate_up_lora.b.sizes(), (std::vector<int64_t>{4, 3, 16}));
+
+  // B = 0: the adapted model is the base model, exactly.
+  ModelWeights base = InitRandomWeights(c, mo, 1);
+  EXPECT_TRUE(at::equal(Logits(c, mo, w), Logits(c, mo, base)));
+}
+
+TEST(Lora, RsloraScale) {
+  LoraOptions o = AllTargets();
+  o.rank = 16;
+  o.alpha = 8;
+  EXPECT_DOUBLE_EQ(o.scale(), 0.5);
+  o.use_rslora = true;
+  EXPECT_DOUBLE_EQ(o.scale(), 2.0);
+}
+
+TEST(Lora, ExpertAdaptersDoNotDependOnTheSharding) {
+  ModelConfig c = Config();
+  ModelOptions all, half;
+  half.expert_begin = 2;
+  half.expert_count = 2;
+  ModelWeights w_all = InitRandomWeights(c, all, 1), w_half = InitRandomWeights(c, half, 1);
+  ASSERT_TRUE(AddLoraAdapters(w_all, c, all, AllTargets(), 9).ok());
+  ASSERT_TRUE(AddLoraAdapters(w_half, c, half, AllTargets(), 9).ok());
+  EXPECT_TRUE(at::equal(w_half.layers[0].moe.gate_up_lora.a, w_all.layers[0].moe.gate_up_lora.a.narrow(0, 2, 2)));
+  EXPECT_TRUE(at::equal(w_half.layers[0].moe.down_lora.a, w_all.layers[0].moe.down_lora.a.narrow(0, 2, 2)));
+  EXPECT_TRUE(at::equal(w_half.layers[1].attn.o_lora.a, w_all.layers[1].attn.o_lora.a));
+}
+
+TEST(Lora, TargetMatchingNothingIsRefused) {
+  ModelConfig c = Config();
+  ModelOptions mo;
+  ModelWeights w = InitRandomWeights(c, mo, 1);
+  LoraOptions o = AllTargets();
+  o.targets = kLoraAttention | kLoraSharedExperts;  // Qwen3-MoE has no shared experts
+  absl::Status s = AddLoraAdapters(w, c, mo, o, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("lora.targets: shared_experts"), std::string::npos) << s;
+  uint32_t bit = 0;
+  EXPECT_FALSE(LoraTargetFromName("router", &bit));
+  EXPECT_TRUE(LoraTargetFromName("experts", &bit));
+  EXPECT_EQ(bit, kLoraExperts);
+}
+
+TEST(Lora, MergedWeightsGiveTheAdaptedLogits) {
+  ModelConfig c = Config();
+  ModelOptions mo;
+  ModelWeights w = InitRandomWeights(c, mo, 1);
+  ASSERT_TRUE(AddLoraAdapters(w, c, mo, AllTargets(), 5).ok());
+  {
+    c10::NoGradGuard no_grad;
+    for (NamedParam& p : ListParameters(w)) p.tensor->normal_(0, 0.3);  // B off zero
+  }
+  at::Tensor adapted = Logits(c, mo, w);
+  ModelWeights merged = w;  // shares the tensors: merge in place afterwards
+  MergeLoraAdapters(merged);
+  EXPECT_FALSE(merged.lora);
+  EXPECT_FALSE(merged.layers[0].attn.q_lora.defined());
+  at::Tensor after = Logits(c, mo, merged);
+  ModelWeights base = InitRandomWeights(c, mo, 1);
+  EXPECT_GT((adapted - Logits(c, mo, base)).abs().max().item<float>(), 1e-3);  // the adapters matter
+  EXPECT_LE((adapted - after).abs().max().item<float>(), 1e-5);
+}
+
+// Training with the step every job runs: the base is bit-identical afterwards, every adapter
+// moved, and the optimizer's state names adapters only; in both optimizer modes (after backward
+// with clipping, inside backward without), with and without activation checkpointing.
+TEST(Lora, TrainingLeavesTheBaseBitIdenticalAndStatesOnlyAdapters) {
+  for (bool in_backward : {false, true}) {
+    for (bool checkpointing : {false, true}) {
+      ModelConfig c = Config();
+      ModelOptions mo;
+      mo.activation_checkpointing = checkpointing;
+      ModelWeights w = InitRandomWeights(c, mo, 1);
+      ModelWeights original = InitRandomWeights(c, mo, 1);
+      ASSERT_TRUE(AddLoraAdapters(w, c, mo, AllTargets(), 5).ok());
+      EnableGradients(w);
+      std::vector<at::Tensor> adapters_before;
+      for (NamedParam& p : ListParameters(w)) adapters_before.push_back(p.tensor->detach().clone());
+      auto model = MoeTransformer::Create(c, mo, std::move(w));
+      ASSERT_TRUE(model.ok()) << model.status();
+      TrainStepOptions o;
+      o.precision = PrecisionPolicy::kFp32Master;
+      o.adam.weight_decay = 0.1;
+      o.grad_clip = in_backward ? 0.0 : 1.0;
+      o.seq_len = 12;
+      auto step = TrainStep::Create(model->get(), nullptr, nullptr, o);
+      ASSERT_TRUE(step.ok()) << step.status();
+      EXPECT_EQ((*step)->optimizer_in_backward(), in_backward);
+      for (int i = 0; i < 3; ++i) {
+        at::Tensor ids = (at::arange(12, at::kLong) * (7 + i)).remainder(c.vocab_size).view({1, 12});
+        StepInput in;
+        in.micro.push_back({ids, ShiftLabels(ids), {}, {}});
+        in.targets_total = 11;
+        in.lr = 1e-2;
+        ASSERT_TRUE((*step)->Launch(in).ok());
+        ASSERT_TRUE((*step)->Wait().ok());
+      }
+      ModelWeights& trained = (*model)->weights();
+      for (const TensorSpec& spec : trained.layout) {
+        const at::Tensor& t = SlotTensor(trained, spec);
+        EXPECT_FALSE(t.requires_grad()) << spec.name;
+        EXPECT_TRUE(at::equal(t, SlotTensor(original, spec))) << spec.name << " changed";
+      }
+      std::vector<NamedParam> params = ListParameters(trained);
+      ASSERT_EQ(params.size(), adapters_before.size());
+      for (size_t i = 0; i < params.size(); ++i) {
+        EXPECT_FALSE(at::equal(*params[i].tensor, adapters_before[i])) << params[i].name << " did not train";
+      }
+      auto state = (*step)->StateTensors();
+      ASSERT_FALSE(state.empty());
+      for (const auto& [name, t] : state) {
+        if (t.numel() <= 1) continue;  // step counters and scalars
+        EXPECT_NE(name.find(".lora_"), std::string::npos) << name << " is not an adapter's state";
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ftd::engine
