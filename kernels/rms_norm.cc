@@ -114,4 +114,9 @@ std::tuple<at::Tensor, at::Tensor> AddRmsNorm(const at::Tensor& x, const at::Ten
   return {outs[0], outs[1]};
 }
 
+#ifndef FTD_WITH_CUDA
+// CPU-only builds (FTD_CUDA=OFF): no kernel supports any tensor.
+bool RmsNormCudaSupports(const at::Tensor&, const at::Tensor&) { return false; }
+#endif
+
 }  // namespace ftd::kernels

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run
-from hf_parity import (assert_forward_matches_hf, ftd_forward, hf_train_losses, ids_for,  # noqa: F401 (shared)
-                       parse_losses, rel, write_dataset, write_spec)
+from hf_parity import (assert_forward_matches_hf, ftd_forward, hf_train_losses, ids_for, parse_losses,
+                       write_dataset, write_spec)
 
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM  # noqa: E402

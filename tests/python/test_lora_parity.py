@@ -17,7 +17,7 @@ from conftest import run
 import test_deepseek_parity as deepseek
 import test_engine_parity as qwen3
 import test_moe_families_parity as families
-from test_engine_parity import ids_for, parse_losses, rel, write_dataset
+from hf_parity import hf_train_losses, ids_for, parse_losses, rel, write_dataset
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -155,7 +155,7 @@ def test_lora_training_matches_peft_and_exports_for_peft(tmp_path, ftd_train, fa
     res = run([ftd_train, "train", "--spec", tmp_path / "job.json"])
     ours = parse_losses(res.stdout)
     # HF Trainer's AdamW: the frozen base gets no gradient, so only the adapters move.
-    theirs = qwen3.hf_train_losses(pm, ids, 5, 2e-2, 2, 0.1, 0.5)
+    theirs = hf_train_losses(pm, ids, 5, 2e-2, 2, 0.1, 0.5)
     assert len(ours) == 5, res.stdout
     assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 1e-4, f"ftd {ours}\nPEFT {theirs}"
     assert theirs[-1] < theirs[0] - 1e-3  # the adapters learned something
