@@ -23,6 +23,6 @@ struct ExpertOrder {
 ExpertOrder SortByExpert(const at::Tensor& experts, int64_t num_experts);
 
 ExpertOrder SortByExpertReference(const at::Tensor& experts, int64_t num_experts);
-ExpertOrder SortByExpertCuda(const at::Tensor& experts, int64_t num_experts);  // FTD_WITH_CUDA only
+ExpertOrder SortByExpertCuda(const at::Tensor& experts, int64_t num_experts);  // CPU-only builds: throws
 
 }  // namespace ftd::kernels

@@ -86,4 +86,15 @@ at::Tensor UnpermuteSum(const at::Tensor& y, const at::Tensor& order, const at::
   return UnpermuteSumFunction::apply(y.contiguous(), order.contiguous(), inverse.contiguous(), k);
 }
 
+#ifndef FTD_WITH_CUDA
+// CPU-only builds (FTD_CUDA=OFF): the raw launchers exist so that callers and the CUDA tests
+// (which skip without a GPU) link; callers check the kernel applies first.
+at::Tensor PermuteRowsCuda(const at::Tensor&, const at::Tensor&, int64_t) {
+  TORCH_CHECK(false, "PermuteRowsCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+at::Tensor UnpermuteSumCuda(const at::Tensor&, const at::Tensor&, int64_t) {
+  TORCH_CHECK(false, "UnpermuteSumCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+#endif
+
 }  // namespace ftd::kernels

@@ -20,7 +20,7 @@ at::Tensor UnpermuteSum(const at::Tensor& y, const at::Tensor& order, const at::
 at::Tensor PermuteRowsReference(const at::Tensor& x, const at::Tensor& order, int64_t k);
 at::Tensor UnpermuteSumReference(const at::Tensor& y, const at::Tensor& inverse, int64_t k);
 
-// FTD_WITH_CUDA only.
+// FTD_WITH_CUDA; CPU-only builds define them to throw.
 at::Tensor PermuteRowsCuda(const at::Tensor& x, const at::Tensor& order, int64_t k);
 at::Tensor UnpermuteSumCuda(const at::Tensor& y, const at::Tensor& inverse, int64_t k);
 

@@ -115,7 +115,16 @@ std::tuple<at::Tensor, at::Tensor> AddRmsNorm(const at::Tensor& x, const at::Ten
 }
 
 #ifndef FTD_WITH_CUDA
-// CPU-only builds (FTD_CUDA=OFF): no kernel supports any tensor.
+// CPU-only builds (FTD_CUDA=OFF): the raw launchers exist so that callers and the CUDA tests
+// (which skip without a GPU) link; callers check the kernel applies first.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> RmsNormForwardCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                                  double) {
+  TORCH_CHECK(false, "RmsNormForwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+std::tuple<at::Tensor, at::Tensor> RmsNormBackwardCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                       const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "RmsNormBackwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
 bool RmsNormCudaSupports(const at::Tensor&, const at::Tensor&) { return false; }
 #endif
 

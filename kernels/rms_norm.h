@@ -28,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor> RmsNormForwardReference(const at::Tensor& x, 
 std::tuple<at::Tensor, at::Tensor> RmsNormBackwardReference(const at::Tensor& dy, const at::Tensor& x,
                                                             const at::Tensor& w, const at::Tensor& rstd);
 
-// Raw CUDA launchers (defined only with FTD_WITH_CUDA). `residual` may be undefined; when
+// Raw CUDA launchers (FTD_WITH_CUDA; CPU-only builds define them to throw). `residual` may be undefined; when
 // given, the kernel normalises x + residual and returns it as `sum`. Returns (y, sum, rstd).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> RmsNormForwardCuda(const at::Tensor& x, const at::Tensor& residual,
                                                                   const at::Tensor& w, double eps);

@@ -115,4 +115,17 @@ at::Tensor RmsNormRope(const at::Tensor& x, const at::Tensor& w, double eps, con
   return RmsNormRopeFunction::apply(x.contiguous(), w.contiguous(), eps, cos.contiguous(), sin.contiguous());
 }
 
+#ifndef FTD_WITH_CUDA
+// CPU-only builds (FTD_CUDA=OFF): the raw launchers exist so that callers and the CUDA tests
+// (which skip without a GPU) link; callers check the kernel applies first.
+std::tuple<at::Tensor, at::Tensor> RopeForwardCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&, double) {
+  TORCH_CHECK(false, "RopeForwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+std::tuple<at::Tensor, at::Tensor> RopeBackwardCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "RopeBackwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+#endif
+
 }  // namespace ftd::kernels

@@ -28,7 +28,7 @@ bool RopeCudaSupports(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 at::Tensor RopeReference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 at::Tensor RopeBackwardReference(const at::Tensor& dy, const at::Tensor& cos, const at::Tensor& sin);
 
-// Raw CUDA launchers (FTD_WITH_CUDA only). `w` undefined: plain RoPE (rstd undefined).
+// Raw CUDA launchers (FTD_WITH_CUDA; CPU-only builds define them to throw). `w` undefined: plain RoPE (rstd undefined).
 // Returns (y, rstd [B*S*H] fp32).
 std::tuple<at::Tensor, at::Tensor> RopeForwardCuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                                                    const at::Tensor& w, double eps);

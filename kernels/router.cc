@@ -113,4 +113,15 @@ RouterOutput RouterTopK(const at::Tensor& logits, const at::Tensor& bias, const 
   return {outs[0], outs[1], outs[2]};
 }
 
+#ifndef FTD_WITH_CUDA
+// CPU-only builds (FTD_CUDA=OFF): the raw launchers exist so that callers and the CUDA tests
+// (which skip without a GPU) link; callers check the kernel applies first.
+RouterOutput RouterTopKForwardCuda(const at::Tensor&, const at::Tensor&, const RouterOptions&) {
+  TORCH_CHECK(false, "RouterTopKForwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+at::Tensor RouterTopKBackwardCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const RouterOptions&) {
+  TORCH_CHECK(false, "RouterTopKBackwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+#endif
+
 }  // namespace ftd::kernels

@@ -38,7 +38,7 @@ RouterOutput RouterTopKReference(const at::Tensor& logits, const at::Tensor& bia
 at::Tensor RouterTopKBackwardReference(const at::Tensor& dweights, const at::Tensor& logits, const at::Tensor& experts,
                                        const RouterOptions& options);
 
-// FTD_WITH_CUDA only.
+// FTD_WITH_CUDA; CPU-only builds define them to throw.
 RouterOutput RouterTopKForwardCuda(const at::Tensor& logits, const at::Tensor& bias, const RouterOptions& options);
 at::Tensor RouterTopKBackwardCuda(const at::Tensor& dweights, const at::Tensor& logits, const at::Tensor& experts,
                                   const RouterOptions& options);

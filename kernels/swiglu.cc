@@ -62,4 +62,15 @@ at::Tensor WeightedSwiglu(const at::Tensor& h, const at::Tensor& w) {
   return WeightedSwigluFunction::apply(h.contiguous(), w.contiguous());
 }
 
+#ifndef FTD_WITH_CUDA
+// CPU-only builds (FTD_CUDA=OFF): the raw launchers exist so that callers and the CUDA tests
+// (which skip without a GPU) link; callers check the kernel applies first.
+at::Tensor WeightedSwigluForwardCuda(const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "WeightedSwigluForwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "WeightedSwigluBackwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+#endif
+
 }  // namespace ftd::kernels

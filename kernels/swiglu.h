@@ -20,7 +20,7 @@ at::Tensor WeightedSwigluForwardReference(const at::Tensor& h, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardReference(const at::Tensor& dout, const at::Tensor& h,
                                                                    const at::Tensor& w);
 
-// The raw CUDA launchers (defined only with FTD_WITH_CUDA).
+// The raw CUDA launchers (FTD_WITH_CUDA; CPU-only builds define them to throw).
 at::Tensor WeightedSwigluForwardCuda(const at::Tensor& h, const at::Tensor& w);
 std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardCuda(const at::Tensor& dout, const at::Tensor& h,
                                                               const at::Tensor& w);
