@@ -1,6 +1,7 @@
 #include "engine/model/core/gqa_attention.h"
 
 #include <cmath>
+#include <limits>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -62,6 +63,26 @@ struct QkvProjection : public torch::autograd::Function<QkvProjection> {
   }
 };
 
+// Causal attention with a learned sink logit per head (GPT-OSS, HF's eager_attention_forward):
+// the sink joins each softmax as one more logit that carries no value, so a query's weights sum
+// to less than one. Composed of ATen ops (autograd gives backward); q [B, Hq, S, D], k/v
+// [B, Hkv, S, D], mask [B or 1, 1, S, S] bool or undefined (causal), sinks [Hq] -> [B, Hq, S, D].
+// Materialises the [B, Hq, S, S] scores: SDPA and the FlashAttention kernels take no sinks.
+at::Tensor SinkAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                         const at::Tensor& sinks, double scale) {
+  const int64_t B = q.size(0), Hq = q.size(1), S = q.size(2), D = q.size(3), Hkv = k.size(1);
+  auto repeat_kv = [&](const at::Tensor& t) {  // [B, Hkv, S, D] -> [B, Hq, S, D]
+    return Hq == Hkv ? t : t.unsqueeze(2).expand({B, Hkv, Hq / Hkv, S, D}).reshape({B, Hq, S, D});
+  };
+  at::Tensor scores = at::matmul(q, repeat_kv(k).transpose(2, 3)).mul(scale).to(at::kFloat);  // [B, Hq, S, S]
+  at::Tensor allowed =
+      mask.defined() ? mask : at::ones({S, S}, q.options().dtype(at::kBool)).tril().view({1, 1, S, S});
+  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  at::Tensor sink = sinks.to(at::kFloat).view({1, Hq, 1, 1}).expand({B, Hq, S, 1});
+  at::Tensor probs = at::softmax(at::cat({scores, sink}, -1), -1).narrow(-1, 0, S);  // the sink's share dropped
+  return at::matmul(probs.to(v.scalar_type()), repeat_kv(v));
+}
+
 }  // namespace
 
 at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const ModelConfig& c,
@@ -106,7 +127,13 @@ at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
   }
   const double scale = c.AttentionScale();
   at::Tensor out;  // [B, S, Hq * D]
-  if (ctx.varlen.cu_seqlens.defined()) {
+  if (w.sinks.defined()) {
+    // GPT-OSS: never through varlen (no sinks there); packed rows carry their document mask.
+    TORCH_CHECK(!ctx.varlen.cu_seqlens.defined(), "attention sinks take the dense path: no varlen boundaries");
+    out = SinkAttention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.mask, w.sinks, scale)
+              .transpose(1, 2)
+              .reshape({B, S, c.q_dim()});
+  } else if (ctx.varlen.cu_seqlens.defined()) {
     // Packed documents on CUDA: [B * S, heads, D] views (copies only if the rotation left a
     // strided layout), one causal sequence per document, no [S, S] mask.
     out = VarlenCausalAttention(q.reshape({B * S, Hq, D}), k.reshape({B * S, Hkv, D}), v.reshape({B * S, Hkv, D}),
