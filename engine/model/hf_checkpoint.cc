@@ -12,6 +12,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
+#include "engine/model/mxfp4.h"
 
 namespace ftd::engine {
 namespace fs = std::filesystem;
@@ -84,7 +85,25 @@ absl::StatusOr<ModelWeights> LoadHfWeights(const std::string& model_dir, const M
     }
     if (spec.expert_names == ExpertNames::kFusedInterleaved) {
       // One tensor of all experts (x @ W already): this rank's slice, gate/up de-interleaved.
-      FTD_ASSIGN_OR_RETURN(at::Tensor all, reader->Load(spec.name, spec.shape));
+      // Hub checkpoints store the expert weights in MXFP4 (<name>_blocks, <name>_scales):
+      // dequantised here (to the model's dtype below).
+      at::Tensor all;
+      if (!reader->Has(spec.name) && reader->Has(spec.name + "_blocks")) {
+        const int64_t K = spec.shape[1], N = spec.shape[2];
+        FTD_ASSIGN_OR_RETURN(at::Tensor blocks,
+                             reader->Load(spec.name + "_blocks", std::vector<int64_t>{spec.shape[0], N, K / 32, 16}));
+        FTD_ASSIGN_OR_RETURN(at::Tensor scales,
+                             reader->Load(spec.name + "_scales", std::vector<int64_t>{spec.shape[0], N, K / 32}));
+        if (blocks.scalar_type() != at::kByte || scales.scalar_type() != at::kByte) {
+          return absl::InvalidArgumentError(absl::StrCat(spec.name, "_blocks/_scales: MXFP4 tensors must be U8"));
+        }
+        blocks = blocks.narrow(0, o.expert_begin, E);
+        scales = scales.narrow(0, o.expert_begin, E);
+        t = DequantizeMxfp4(blocks, scales);
+        t = (Interleaved(spec) ? Deinterleave(t) : t).to(to_model).contiguous();
+        continue;
+      }
+      FTD_ASSIGN_OR_RETURN(all, reader->Load(spec.name, spec.shape));
       at::Tensor mine = all.narrow(0, o.expert_begin, E);
       t = (Interleaved(spec) ? Deinterleave(mine) : mine).to(to_model).contiguous();
       continue;

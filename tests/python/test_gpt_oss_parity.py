@@ -197,3 +197,54 @@ def test_lora_is_refused_naming_the_targets(tmp_path, ftd_train):
     assert res.returncode != 0
     assert "lora.targets" in res.stderr and "gpt_oss" in res.stderr, res.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_mxfp4_experts_dequantise_as_transformers(tmp_path, ftd_train):
+    """A hub-style checkpoint (experts as MXFP4 _blocks/_scales, quantization_config mxfp4) loads
+    with every expert weight equal to transformers' dequantisation (convert_moe_packed_tensors),
+    bit for bit in bf16; the resaved checkpoint is plain bf16 and loads in transformers."""
+    from safetensors.torch import save_file
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+    # Widths multiples of 32 (one MXFP4 scale per 32 values).
+    cfg = GptOssConfig(**{**BASE, "hidden_size": 64, "intermediate_size": 32, "num_local_experts": 4,
+                          "num_experts_per_tok": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                          "head_dim": 16, "sliding_window": 4})
+    torch.manual_seed(0)
+    GptOssForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "plain")
+    state = load_file(tmp_path / "plain" / "model.safetensors")
+    g = torch.Generator().manual_seed(5)
+    expected = {}
+    for k in [k for k in state if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        E, K, N = state.pop(k).shape
+        blocks = torch.randint(0, 256, (E, N, K // 32, 16), generator=g, dtype=torch.uint8)
+        scales = torch.randint(117, 133, (E, N, K // 32), generator=g, dtype=torch.uint8)
+        state[k + "_blocks"], state[k + "_scales"] = blocks, scales
+        expected[k] = convert_moe_packed_tensors(blocks, scales, dtype=torch.bfloat16)
+        assert expected[k].shape == (E, K, N)
+    mx = tmp_path / "mxfp4"
+    mx.mkdir()
+    save_file(state, mx / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4",
+                                     "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                                "model.embed_tokens", "lm_head"]}
+    (mx / "config.json").write_text(json.dumps(config))
+
+    out = tmp_path / "out"
+    run([ftd_train, "resave", "--model", mx, "--out", out])
+    saved = load_file(out / "model.safetensors")
+    assert not any(k.endswith(("_blocks", "_scales")) for k in saved)
+    for k, want in expected.items():
+        assert saved[k].dtype == torch.bfloat16 and torch.equal(saved[k], want), k
+    for k, v in state.items():
+        if not k.endswith(("_blocks", "_scales")):
+            assert torch.equal(saved[k], v), k
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    reloaded = GptOssForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    assert torch.equal(reloaded.model.layers[1].mlp.experts.down_proj.detach(),
+                       expected["model.layers.1.mlp.experts.down_proj"])
+
+    config["quantization_config"] = {"quant_method": "fp8"}
+    (mx / "config.json").write_text(json.dumps(config))
+    res = _error_of(ftd_train, tmp_path, mx)
+    assert res.returncode == 2 and "quantization_config" in res.stderr, res.stderr

@@ -103,6 +103,18 @@ class GptOss final : public ModelFamily {
         return r.Invalid("\"layer_types\" has sliding_attention layers but \"sliding_window\" is null");
       }
     }
+    // The hub's checkpoints: experts in MXFP4, dequantised at load (engine/model/mxfp4.h); a
+    // saved checkpoint is unquantised and carries no quantization_config.
+    if (auto q = root.find("quantization_config"); q != root.end() && !q->is_null()) {
+      const std::string method =
+          q->is_object() && q->contains("quant_method") && (*q)["quant_method"].is_string()
+              ? (*q)["quant_method"].get<std::string>()
+              : "";
+      if (method != "mxfp4") {
+        return r.Invalid(absl::StrCat("\"quantization_config\": quant_method \"", method,
+                                      "\" is not supported (mxfp4 only, dequantised at load)"));
+      }
+    }
     FTD_RETURN_IF_ERROR(ValidateCommon(r, *c));
     if (c->head_dim <= 0) return r.Invalid("\"head_dim\" must be positive");
     return absl::OkStatus();
