@@ -42,6 +42,14 @@ namespace ftd::engine {
 namespace fs = std::filesystem;
 namespace {
 
+// Whether the checkpoint keeps experts fused, one tensor for all of them (GPT-OSS).
+bool HasFusedExperts(const ModelWeights& w) {
+  for (const TensorSpec& spec : w.layout) {
+    if (spec.expert && spec.expert_names == ExpertNames::kFusedInterleaved) return true;
+  }
+  return false;
+}
+
 constexpr double kPeakTflops = 989.0;  // H100/H200 dense bf16, DESIGN.md's MFU denominator
 
 // SIGTERM asks for a stop at the next step boundary (every rank agrees on it in the step's
@@ -439,6 +447,28 @@ absl::Status Trainer::SaveCheckpoint(int64_t at_step) {
   parts.options = &mo_;
   parts.dtype = DtypeFromName(config_.dtype);
   parts.rank_state = step_fn_->StateTensors();
+  // Fused expert tensors (GPT-OSS) under expert parallelism: every expert gathered, one tensor at
+  // a time onto the host, and rank 0 writes them (the other ranks' copies are dropped).
+  ModelWeights gathered;
+  ModelOptions all_experts = mo_;
+  if (!lora() && groups_->mesh.ep_size() > 1 && HasFusedExperts(model_->weights())) {
+    gathered = model_->weights();
+    try {
+      for (const TensorSpec& spec : gathered.layout) {
+        if (!spec.expert) continue;
+        at::Tensor& t = SlotTensor(gathered, spec);
+        at::Tensor full = GatherExperts(t.detach()).to(at::kCPU);  // collective: every rank
+        t = rank() == 0 ? full : at::Tensor();                      // only rank 0 writes
+      }
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("gathering the experts: ", ExceptionMessage(e)));
+    }
+    all_experts.expert_begin = 0;
+    all_experts.expert_count = -1;
+    parts.weights = &gathered;
+    parts.options = &all_experts;
+    parts.experts_gathered = true;
+  }
   if (lora()) {
     // Every rank takes part in the experts' gathers; rank 0 writes the adapters: PEFT's layout
     // (transformers v5) in DIR, the per-expert layout (vLLM; PEFT converts it too) in DIR/vllm.
