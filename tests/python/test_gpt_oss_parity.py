@@ -183,14 +183,15 @@ def test_unimplemented_settings_are_refused(tmp_path, ftd_train, fields, named):
     assert named in res.stderr and "config.json" in res.stderr, res.stderr
 
 
-def test_lora_is_refused_naming_the_targets(tmp_path, ftd_train):
-    """LoRA on GPT-OSS is not implemented yet: a LoRA job is refused up front, naming lora.targets."""
+def test_lora_on_experts_is_refused_naming_the_targets(tmp_path, ftd_train):
+    """LoRA on GPT-OSS's experts is not implemented yet: such a job is refused up front, naming
+    lora.targets (the default targets include the experts)."""
     model, d = make_model(tmp_path, "gqa4_top4_e8_window3_nobias")
     write_dataset(tmp_path / "data.jsonl", ids_for(model.config, batch=2, seq=17))
     write_spec(tmp_path / "job.json", d, tmp_path / "data.jsonl", tmp_path / "out")
     spec = json.loads((tmp_path / "job.json").read_text())
     spec["method"] = "lora"
-    spec["lora"] = {"rank": 4, "alpha": 8, "targets": ["attention"]}
+    spec["lora"] = {"rank": 4, "alpha": 8, "targets": ["attention", "experts"]}
     (tmp_path / "job.json").write_text(json.dumps(spec))
     res = subprocess.run([str(ftd_train), "train", "--spec", str(tmp_path / "job.json")], capture_output=True,
                          text=True)
