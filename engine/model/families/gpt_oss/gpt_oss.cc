@@ -144,16 +144,7 @@ class GptOss final : public ModelFamily {
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       const std::string p = LayoutBuilder::LayerPrefix(l);
       out.LayerNorms(l);
-      out.Matmul(p + "self_attn.q_proj.weight", Slot::kQProj, l, {c.q_dim(), H});
-      out.Matmul(p + "self_attn.k_proj.weight", Slot::kKProj, l, {c.kv_dim(), H});
-      out.Matmul(p + "self_attn.v_proj.weight", Slot::kVProj, l, {c.kv_dim(), H});
-      out.Matmul(p + "self_attn.o_proj.weight", Slot::kOProj, l, {H, c.q_dim()});
-      if (c.attention_bias) {
-        out.Add(p + "self_attn.q_proj.bias", Slot::kQBias, l, {c.q_dim()}, kBias);
-        out.Add(p + "self_attn.k_proj.bias", Slot::kKBias, l, {c.kv_dim()}, kBias);
-        out.Add(p + "self_attn.v_proj.bias", Slot::kVBias, l, {c.kv_dim()}, kBias);
-        out.Add(p + "self_attn.o_proj.bias", Slot::kOBias, l, {H}, kBias);
-      }
+      out.GqaProjections(l);  // with attention_bias: biases on q, k, v and o
       // HF initialises the sinks normal(0, initializer_range), as a weight.
       out.Add(p + "self_attn.sinks", Slot::kSinks, l, {c.num_attention_heads});
       const std::string m = p + "mlp.";
