@@ -67,20 +67,22 @@ struct QkvProjection : public torch::autograd::Function<QkvProjection> {
 // the sink joins each softmax as one more logit that carries no value, so a query's weights sum
 // to less than one. Composed of ATen ops (autograd gives backward); q [B, Hq, S, D], k/v
 // [B, Hkv, S, D], mask [B or 1, 1, S, S] bool or undefined (causal), sinks [Hq] -> [B, Hq, S, D].
-// Materialises the [B, Hq, S, S] scores: SDPA and the FlashAttention kernels take no sinks.
+// Materialises the [B, Hq, S, S] scores: SDPA and the FlashAttention kernels take no sinks. The
+// scores stay in the activation dtype, as HF's eager path keeps them (softmax accumulates in
+// fp32 inside the kernel): fp32 copies would double the S^2 memory in bf16 training.
 at::Tensor SinkAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                          const at::Tensor& sinks, double scale) {
   const int64_t B = q.size(0), Hq = q.size(1), S = q.size(2), D = q.size(3), Hkv = k.size(1);
   auto repeat_kv = [&](const at::Tensor& t) {  // [B, Hkv, S, D] -> [B, Hq, S, D]
     return Hq == Hkv ? t : t.unsqueeze(2).expand({B, Hkv, Hq / Hkv, S, D}).reshape({B, Hq, S, D});
   };
-  at::Tensor scores = at::matmul(q, repeat_kv(k).transpose(2, 3)).mul(scale).to(at::kFloat);  // [B, Hq, S, S]
+  at::Tensor scores = at::matmul(q, repeat_kv(k).transpose(2, 3)).mul(scale);  // [B, Hq, S, S]
   at::Tensor allowed =
       mask.defined() ? mask : at::ones({S, S}, q.options().dtype(at::kBool)).tril().view({1, 1, S, S});
   scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-  at::Tensor sink = sinks.to(at::kFloat).view({1, Hq, 1, 1}).expand({B, Hq, S, 1});
+  at::Tensor sink = sinks.to(scores.scalar_type()).view({1, Hq, 1, 1}).expand({B, Hq, S, 1});
   at::Tensor probs = at::softmax(at::cat({scores, sink}, -1), -1).narrow(-1, 0, S);  // the sink's share dropped
-  return at::matmul(probs.to(v.scalar_type()), repeat_kv(v));
+  return at::matmul(probs, repeat_kv(v));
 }
 
 }  // namespace
