@@ -2,6 +2,7 @@
 // - the presets count as transformers counts GptOssForCausalLM (values from its meta-device model);
 // - a packed row (documents with their own positions, sliding windows and attention sinks) gives
 //   each document the logits, loss and parameter gradients it has alone;
+// - attention with sinks through SDPA (CUDA's path) equals the dense formula, forward and backward;
 // - config errors name the field.
 #include <string>
 #include <vector>
@@ -10,6 +11,7 @@
 #include <c10/core/GradMode.h>
 
 #include "engine/model/config.h"
+#include "engine/model/core/gqa_attention.h"
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/transformer.h"
 #include "gtest/gtest.h"
@@ -104,6 +106,39 @@ TEST(GptOss, PackedRowEqualsItsDocumentsOneByOne) {
   c10::NoGradGuard no_grad;
   at::Tensor leaked = packed_model->Forward(unmasked, true).logits;
   EXPECT_FALSE(at::allclose(leaked.narrow(1, n1, n2), logits_alone[1], 1e-5, 1e-5));
+}
+
+// The SDPA form of attention with sinks (CUDA's) equals HF's dense formula (the CPU's, checked
+// against transformers by the parity tests), with GQA, causal, packed and sliding-window masks.
+TEST(GptOss, SinkAttentionSdpaEqualsTheDenseFormulaForwardAndBackward) {
+  at::manual_seed(7);
+  const int64_t B = 2, Hq = 8, Hkv = 2, S = 11, D = 16;
+  at::Tensor segments = at::cat({at::zeros({B, 4}, at::kLong), at::ones({B, S - 4}, at::kLong)}, 1);
+  const at::Tensor masks[] = {at::Tensor(), PackedCausalMask(segments),
+                              SlidingWindowCausalMask(S, 3, segments, at::kCPU)};
+  for (const at::Tensor& mask : masks) {
+    at::Tensor q = at::randn({B, Hq, S, D}).requires_grad_(true), k = at::randn({B, Hkv, S, D}).requires_grad_(true);
+    at::Tensor v = at::randn({B, Hkv, S, D}).requires_grad_(true), sinks = (2 * at::randn({Hq})).requires_grad_(true);
+    at::Tensor g = at::randn({B, Hq, S, D});
+    auto grads = [&](const at::Tensor& out) {
+      std::vector<at::Tensor> r;
+      (out * g).sum().backward();
+      for (at::Tensor* t : {&q, &k, &v, &sinks}) {
+        r.push_back(t->grad().clone());
+        t->mutable_grad().zero_();
+      }
+      return r;
+    };
+    at::Tensor ours = SinkAttentionSdpa(q, k, v, mask, sinks, 0.25);
+    std::vector<at::Tensor> ours_grads = grads(ours);
+    at::Tensor ref = SinkAttentionDense(q, k, v, mask, sinks, 0.25);
+    std::vector<at::Tensor> ref_grads = grads(ref);
+    EXPECT_TRUE(at::allclose(ours, ref, 1e-5, 1e-6)) << (ours - ref).abs().max().item<double>();
+    for (size_t i = 0; i < ref_grads.size(); ++i) {
+      EXPECT_TRUE(at::allclose(ours_grads[i], ref_grads[i], 1e-4, 1e-6)) << i;
+    }
+    EXPECT_GT(ref_grads[3].abs().sum().item<double>(), 0);  // the sinks take gradients
+  }
 }
 
 TEST(GptOss, ConfigErrorsNameTheField) {

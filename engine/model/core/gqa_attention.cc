@@ -63,15 +63,11 @@ struct QkvProjection : public torch::autograd::Function<QkvProjection> {
   }
 };
 
-// Causal attention with a learned sink logit per head (GPT-OSS, HF's eager_attention_forward):
-// the sink joins each softmax as one more logit that carries no value, so a query's weights sum
-// to less than one. Composed of ATen ops (autograd gives backward); q [B, Hq, S, D], k/v
-// [B, Hkv, S, D], mask [B or 1, 1, S, S] bool or undefined (causal), sinks [Hq] -> [B, Hq, S, D].
-// Materialises the [B, Hq, S, S] scores: SDPA and the FlashAttention kernels take no sinks. The
-// scores stay in the activation dtype, as HF's eager path keeps them (softmax accumulates in
-// fp32 inside the kernel): fp32 copies would double the S^2 memory in bf16 training.
-at::Tensor SinkAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                         const at::Tensor& sinks, double scale) {
+}  // namespace
+
+at::Tensor SinkAttentionDense(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                              const at::Tensor& sinks, double scale) {
+  // HF's eager formula: scores in the activation dtype (softmax accumulates in fp32 inside).
   const int64_t B = q.size(0), Hq = q.size(1), S = q.size(2), D = q.size(3), Hkv = k.size(1);
   auto repeat_kv = [&](const at::Tensor& t) {  // [B, Hkv, S, D] -> [B, Hq, S, D]
     return Hq == Hkv ? t : t.unsqueeze(2).expand({B, Hkv, Hq / Hkv, S, D}).reshape({B, Hq, S, D});
@@ -85,7 +81,40 @@ at::Tensor SinkAttention(const at::Tensor& q, const at::Tensor& k, const at::Ten
   return at::matmul(probs, repeat_kv(v));
 }
 
-}  // namespace
+at::Tensor SinkAttentionSdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                             const at::Tensor& sinks, double scale) {
+  // The sink as one more key that SDPA sees: every head's q and k get `kPad` more dimensions,
+  // q's first extra one 1 and the rest 0, real keys' all 0 (their logits are unchanged), and the
+  // sink key [0 .. 0, sink / scale, 0 ..] with a zero value, appended after the S keys and
+  // visible to every query. Its logit is then exactly the sink (scale is a power of two for
+  // head_dim 64), and SDPA's backward gives the sinks their gradient through that key. K/V are
+  // repeated to the q heads (the sink differs per q head). A boolean mask keeps SDPA on its
+  // memory-efficient kernel on CUDA: no [S, S] scores are materialised in training.
+  constexpr int64_t kPad = 8;  // extra dims, keeping rows 16-byte aligned
+  const int64_t B = q.size(0), Hq = q.size(1), S = q.size(2), D = q.size(3), Hkv = k.size(1);
+  const at::TensorOptions opts = q.options();
+  auto repeat_kv = [&](const at::Tensor& t) {  // [B, Hkv, S, D] -> [B, Hq, S, D]
+    return Hq == Hkv ? t : t.unsqueeze(2).expand({B, Hkv, Hq / Hkv, S, D}).reshape({B, Hq, S, D});
+  };
+  at::Tensor q_extra = at::cat({at::ones({B, Hq, S, 1}, opts), at::zeros({B, Hq, S, kPad - 1}, opts)}, -1);
+  at::Tensor q2 = at::cat({q, q_extra}, -1);                                              // [B, Hq, S, D+8]
+  at::Tensor sink_logit = (sinks.to(q.scalar_type()) / scale).view({1, Hq, 1, 1}).expand({B, Hq, 1, 1});
+  at::Tensor sink_key = at::cat({at::zeros({B, Hq, 1, D}, opts), sink_logit, at::zeros({B, Hq, 1, kPad - 1}, opts)}, -1);
+  at::Tensor k2 = at::cat({at::cat({repeat_kv(k), at::zeros({B, Hq, S, kPad}, opts)}, -1), sink_key}, 2);
+  at::Tensor v2 = at::cat({at::cat({repeat_kv(v), at::zeros({B, Hq, S, kPad}, opts)}, -1),
+                           at::zeros({B, Hq, 1, D + kPad}, opts)},
+                          2);                                                             // [B, Hq, S+1, D+8]
+  at::Tensor allowed =
+      mask.defined() ? mask : at::ones({S, S}, opts.dtype(at::kBool)).tril().view({1, 1, S, S});
+  at::Tensor allowed2 = at::cat({allowed, at::ones({allowed.size(0), 1, S, 1}, allowed.options())}, -1);
+  at::Tensor out = at::scaled_dot_product_attention(q2, k2, v2, allowed2, 0.0, /*is_causal=*/false, scale);
+  return out.narrow(-1, 0, D);  // [B, Hq, S, D]
+}
+
+at::Tensor SinkAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                         const at::Tensor& sinks, double scale) {
+  return q.is_cuda() ? SinkAttentionSdpa(q, k, v, mask, sinks, scale) : SinkAttentionDense(q, k, v, mask, sinks, scale);
+}
 
 at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const ModelConfig& c,
                         const AttentionContext& ctx) {
