@@ -32,8 +32,8 @@ at::Tensor SlidingWindowCausalMask(int64_t seq, int64_t window, const at::Tensor
 // to less than one. q [B, Hq, S, D], k/v [B, Hkv, S, D], mask [B or 1, 1, S, S] bool (true =
 // attend) or undefined (causal), sinks [Hq] -> [B, Hq, S, D]. FlashAttention's varlen kernel takes
 // no sinks, so packed rows come with their document mask. CUDA: SinkAttentionSdpa; else
-// SinkAttentionDense, HF's own formula (the parity tests' rounding: a near-tie in routing can
-// turn a 1e-7 difference into a different expert over a few AdamW steps).
+// SinkAttentionDense, HF's own formula and rounding (with the SDPA form on the CPU, one 5-step
+// AdamW parity config drifted from HF's losses by 5e-4 at step 4 after agreeing to 4e-7).
 at::Tensor SinkAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                          const at::Tensor& sinks, double scale);
 // The [B, Hq, S, S] scores materialised, as HF's eager_attention_forward.
