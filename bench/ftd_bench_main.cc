@@ -148,7 +148,7 @@ int main(int argc, char** argv) {
 
   absl::StatusOr<ModelConfig> config = model_dir.empty() ? PresetConfig(preset) : LoadModelConfig(model_dir);
   if (!config.ok()) return Fail(config.status());
-  if (model_dir.empty() && layers > 0) config->num_hidden_layers = layers;
+  if (model_dir.empty() && layers > 0) *config = WithLayers(*config, layers);
   const bool cuda = device == "cuda" || (device == "auto" && at::hasCUDA());
   ModelOptions options;
   options.device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);

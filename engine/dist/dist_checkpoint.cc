@@ -122,7 +122,8 @@ absl::Status SaveDistributedCheckpoint(const std::string& dir, const ParallelMes
       if (local.ok()) local = WriteSingleFile((sub / "adapter_model.safetensors").string(), a.tensors);
       if (local.ok()) local = WriteFileAtomically((sub / "adapter_config.json").string(), a.config_json);
     }
-  } else if (mesh.ep_group() == 0) {  // the HF tensors: the first ep group holds every expert once
+  } else if (parts.experts_gathered ? leader : mesh.ep_group() == 0) {
+    // The HF tensors: the first ep group holds every expert once (or rank 0 all of them).
     // The leader writes every tensor it holds; the other ranks of the group their experts.
     std::vector<std::pair<std::string, at::Tensor>> mine =
         ToHfTensors(*parts.weights, *parts.config, *parts.options, parts.dtype,
@@ -135,7 +136,7 @@ absl::Status SaveDistributedCheckpoint(const std::string& dir, const ParallelMes
         local = carried.status();
       }
     }
-    const std::string file = mesh.ep_size() == 1
+    const std::string file = mesh.ep_size() == 1 || parts.experts_gathered
                                  ? std::string(kSafetensorsSingleFile)
                                  : absl::StrFormat("model-%05d-of-%05d.safetensors", mesh.ep_rank() + 1, mesh.ep_size());
     if (local.ok()) local = WriteSingleFile((fs::path(tmp) / file).string(), mine);
@@ -152,7 +153,7 @@ absl::Status SaveDistributedCheckpoint(const std::string& dir, const ParallelMes
     if (!parts.adapter) {
       local = WriteFileAtomically((fs::path(tmp) / "config.json").string(), ModelConfigToJson(saved));
     }
-    if (local.ok() && !parts.adapter && mesh.ep_size() > 1) local = WriteIndex(tmp);
+    if (local.ok() && !parts.adapter && mesh.ep_size() > 1 && !parts.experts_gathered) local = WriteIndex(tmp);
     if (local.ok() && parts.finalize) local = parts.finalize(tmp);
     if (local.ok() && parts.write_rank_state) local = FsyncDirectory((fs::path(tmp) / "training_state").string());
     if (local.ok() && !parts.write_rank_state) local = RemoveTree((fs::path(tmp) / "training_state").string());

@@ -52,6 +52,10 @@ struct DistCheckpointParts {
   };
   bool adapter = false;
   std::vector<AdapterExport> adapters;
+  // The weights hold every expert on rank 0 (gathered by the caller): rank 0 writes the whole
+  // checkpoint as one file, no per-ep-rank shards. Checkpoints with fused expert tensors (GPT-OSS:
+  // one tensor per layer and projection) cannot be split across ep ranks' files.
+  bool experts_gathered = false;
   // Run by rank 0 on the temporary directory before it is renamed into place.
   std::function<absl::Status(const std::string& tmp_dir)> finalize;
 };

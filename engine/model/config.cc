@@ -113,4 +113,16 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
       absl::StrCat("unknown preset \"", name, "\" (known: ", absl::StrJoin(PresetNames(), ", "), ")"));
 }
 
+ModelConfig WithLayers(const ModelConfig& config, int64_t layers) {
+  ModelConfig c = config;
+  c.num_hidden_layers = layers;
+  if (!config.layer_types.empty()) {
+    c.layer_types.resize(static_cast<size_t>(layers));
+    for (size_t l = config.layer_types.size(); l < c.layer_types.size(); ++l) {
+      c.layer_types[l] = config.layer_types[l % config.layer_types.size()];
+    }
+  }
+  return c;
+}
+
 }  // namespace ftd::engine

@@ -70,6 +70,9 @@ struct ModelConfig {
   // 0: full attention everywhere (layer_types then empty or all "full_attention").
   int64_t sliding_window = 0;
   std::vector<std::string> layer_types;  // HF v5's per-layer attention kinds, num_hidden_layers long
+  // GPT-OSS: a learned logit per query head (self_attn.sinks [Hq]) joins every softmax
+  // denominator as one more key that carries no value.
+  bool attention_sinks = false;
   double clip_qkv = 0.0;  // GQA (OLMoE): q, k, v clamped to [-clip_qkv, clip_qkv] after the norm; 0: none
   std::string hidden_act = "silu";
   bool tie_word_embeddings = false;
@@ -92,6 +95,14 @@ struct ModelConfig {
   bool shared_expert_gate = false;
   int64_t decoder_sparse_step = 1;     // Qwen3-MoE: layer l is sparse when (l + 1) % step == 0
   std::vector<int64_t> mlp_only_layers;
+  // GPT-OSS: a trained bias on the router logits (mlp.router.bias [E]); the routing weights are
+  // the softmax over the selected top-k logits (= softmax, top-k, renormalised).
+  bool router_logit_bias = false;
+  // GPT-OSS experts: biases on gate_up [E, 2F] and down [E, H], and the clamped SwiGLU
+  // (gate <= limit, |up| <= limit, out = (up + 1) * gate * sigmoid(alpha * gate)). 0: plain SwiGLU.
+  bool expert_bias = false;
+  double swiglu_limit = 0.0;
+  double swiglu_alpha = 1.702;
   int64_t first_k_dense_replace = 0;   // DeepSeek-V3: layers [0, k) are dense
   int64_t num_nextn_predict_layers = 0;  // MTP layers in the checkpoint (carried, not trained)
   double router_aux_loss_coef = 0.0;
@@ -141,5 +152,8 @@ std::string ModelConfigToJson(const ModelConfig& config);
 // "qwen3-30b-a3b", "tiny-deepseek-v3", "moonlight-16b-a3b", "deepseek-v3".
 absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
 std::vector<std::string> PresetNames();
+// `config` with `layers` decoder layers; per-layer settings (layer_types) keep their pattern
+// (truncated, or repeated with the period of the preset's pattern).
+ModelConfig WithLayers(const ModelConfig& config, int64_t layers);
 
 }  // namespace ftd::engine

@@ -12,6 +12,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
+#include "engine/model/mxfp4.h"
 
 namespace ftd::engine {
 namespace fs = std::filesystem;
@@ -52,6 +53,21 @@ int64_t LayerOfName(const std::string& name) {
   return i < name.size() && name[i] == '.' ? layer : -1;
 }
 
+// GPT-OSS's fused experts interleave gate and up in the last dim (gate at even, up at odd
+// columns); the engine keeps [gate | up]. Both directions are pure permutations: exact.
+bool Interleaved(const TensorSpec& spec) {
+  return spec.expert_names == ExpertNames::kFusedInterleaved &&
+         (spec.slot == Slot::kExpertsGateUp || spec.slot == Slot::kExpertsGateUpBias);
+}
+at::Tensor Deinterleave(const at::Tensor& t) {  // [..., 2F] (g0 u0 g1 u1 ...) -> [..., 2F] (g | u)
+  const int64_t last = t.dim() - 1;
+  return at::cat({t.slice(last, 0, t.size(last), 2), t.slice(last, 1, t.size(last), 2)}, last);
+}
+at::Tensor Interleave(const at::Tensor& t) {  // [..., 2F] (g | u) -> [..., 2F] (g0 u0 g1 u1 ...)
+  const int64_t last = t.dim() - 1, F = t.size(last) / 2;
+  return at::stack({t.narrow(last, 0, F), t.narrow(last, F, F)}, -1).flatten(last, last + 1);
+}
+
 }  // namespace
 
 absl::StatusOr<ModelWeights> LoadHfWeights(const std::string& model_dir, const ModelConfig& c,
@@ -65,6 +81,31 @@ absl::StatusOr<ModelWeights> LoadHfWeights(const std::string& model_dir, const M
     if (!spec.expert) {
       FTD_ASSIGN_OR_RETURN(at::Tensor loaded, reader->Load(spec.name, spec.shape));
       t = loaded.to(to_model);
+      continue;
+    }
+    if (spec.expert_names == ExpertNames::kFusedInterleaved) {
+      // One tensor of all experts (x @ W already): this rank's slice, gate/up de-interleaved.
+      // Hub checkpoints store the expert weights in MXFP4 (<name>_blocks, <name>_scales):
+      // dequantised here (to the model's dtype below).
+      at::Tensor all;
+      if (!reader->Has(spec.name) && reader->Has(spec.name + "_blocks")) {
+        const int64_t K = spec.shape[1], N = spec.shape[2];
+        FTD_ASSIGN_OR_RETURN(at::Tensor blocks,
+                             reader->Load(spec.name + "_blocks", std::vector<int64_t>{spec.shape[0], N, K / 32, 16}));
+        FTD_ASSIGN_OR_RETURN(at::Tensor scales,
+                             reader->Load(spec.name + "_scales", std::vector<int64_t>{spec.shape[0], N, K / 32}));
+        if (blocks.scalar_type() != at::kByte || scales.scalar_type() != at::kByte) {
+          return absl::InvalidArgumentError(absl::StrCat(spec.name, "_blocks/_scales: MXFP4 tensors must be U8"));
+        }
+        blocks = blocks.narrow(0, o.expert_begin, E);
+        scales = scales.narrow(0, o.expert_begin, E);
+        t = DequantizeMxfp4(blocks, scales);
+        t = (Interleaved(spec) ? Deinterleave(t) : t).to(to_model).contiguous();
+        continue;
+      }
+      FTD_ASSIGN_OR_RETURN(all, reader->Load(spec.name, spec.shape));
+      at::Tensor mine = all.narrow(0, o.expert_begin, E);
+      t = (Interleaved(spec) ? Deinterleave(mine) : mine).to(to_model).contiguous();
       continue;
     }
     // Fused experts from per-expert keys: gate_up [E, H, 2F] = [gate^T | up^T], down = down^T.
@@ -123,8 +164,14 @@ ModelWeights InitRandomWeights(const ModelConfig& c, const ModelOptions& o, uint
       case TensorRole::kWeight: t = normal(spec.shape, to_model); break;
     }
   };
+  const int64_t E_local = LocalExperts(c, o);
   for (const TensorSpec& spec : w.layout) {
     if (!spec.expert && spec.slot != Slot::kLmHead) init_dense(spec);
+    if (spec.expert && spec.role == TensorRole::kBias) {  // GPT-OSS's expert biases: zeros, as HF
+      std::vector<int64_t> shape = spec.shape;
+      shape[0] = E_local;
+      SlotTensor(w, spec) = at::zeros(shape, TensorOptionsFor(spec, o));
+    }
   }
   for (const TensorSpec& spec : w.layout) {
     if (spec.slot == Slot::kLmHead) init_dense(spec);
@@ -174,6 +221,14 @@ std::vector<std::pair<std::string, at::Tensor>> ToHfTensors(ModelWeights& w, con
     if (spec.role == TensorRole::kBuffer && !t.defined()) continue;  // e.g. a gradient set
     if (!spec.expert) {
       out.emplace_back(spec.name, cpu(t));
+      continue;
+    }
+    if (spec.expert_names == ExpertNames::kFusedInterleaved) {
+      // One tensor under one name: a rank holding a slice cannot write it alone.
+      TORCH_CHECK(E == c.num_experts, spec.name,
+                  ": a fused-expert checkpoint (gpt_oss) is written only by a rank holding every expert "
+                  "(expert parallelism saves are not implemented for it)");
+      out.emplace_back(spec.name, cpu(Interleaved(spec) ? Interleave(t.detach()) : t.detach()));
       continue;
     }
     for (int64_t e = 0; e < E; ++e) {

@@ -44,6 +44,23 @@ class LayoutBuilder {
     Norm(p + "post_attention_layernorm.weight", Slot::kPostAttnNorm, layer, c_.hidden_size);
   }
 
+  // model.layers.<layer>.self_attn.{q,k,v,o}_proj.weight ([q_dim, H], [kv_dim, H] twice,
+  // [H, q_dim]); q/k/v biases with attention_bias or qkv_bias, the o bias with attention_bias.
+  void GqaProjections(int64_t layer) {
+    const std::string p = LayerPrefix(layer) + "self_attn.";
+    const int64_t H = c_.hidden_size;
+    Matmul(p + "q_proj.weight", Slot::kQProj, layer, {c_.q_dim(), H});
+    Matmul(p + "k_proj.weight", Slot::kKProj, layer, {c_.kv_dim(), H});
+    Matmul(p + "v_proj.weight", Slot::kVProj, layer, {c_.kv_dim(), H});
+    Matmul(p + "o_proj.weight", Slot::kOProj, layer, {H, c_.q_dim()});
+    if (c_.attention_bias || c_.qkv_bias) {
+      Add(p + "q_proj.bias", Slot::kQBias, layer, {c_.q_dim()}, TensorRole::kBias);
+      Add(p + "k_proj.bias", Slot::kKBias, layer, {c_.kv_dim()}, TensorRole::kBias);
+      Add(p + "v_proj.bias", Slot::kVBias, layer, {c_.kv_dim()}, TensorRole::kBias);
+    }
+    if (c_.attention_bias) Add(p + "o_proj.bias", Slot::kOBias, layer, {H}, TensorRole::kBias);
+  }
+
   // <prefix>gate_proj.weight, up_proj.weight [F, H] and down_proj.weight [H, F]: a layer's dense
   // MLP (kMlp* slots) or an MoE block's shared experts (kShared* slots).
   void SwigluMlp(const std::string& prefix, int64_t layer, int64_t F, bool shared_experts) {

@@ -10,9 +10,11 @@ const ModelFamily& DeepseekV3Family();
 const ModelFamily& MixtralFamily();
 const ModelFamily& Qwen2MoeFamily();
 const ModelFamily& OlmoeFamily();
+const ModelFamily& GptOssFamily();
 
 std::vector<const ModelFamily*> ModelFamilies() {
-  return {&Qwen3MoeFamily(), &DeepseekV3Family(), &MixtralFamily(), &Qwen2MoeFamily(), &OlmoeFamily()};
+  return {&Qwen3MoeFamily(), &DeepseekV3Family(), &MixtralFamily(), &Qwen2MoeFamily(), &OlmoeFamily(),
+          &GptOssFamily()};
 }
 
 const ModelFamily* FindModelFamily(const std::string& model_type) {

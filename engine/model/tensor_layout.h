@@ -22,10 +22,14 @@ enum class Slot : uint8_t {
   kInputNorm, kPostAttnNorm,
   // GQA attention.
   kQProj, kKProj, kVProj, kOProj, kQBias, kKBias, kVBias, kOBias, kQNorm, kKNorm,
+  kSinks,  // GPT-OSS: per-head attention sink logits [Hq]
   // MLA attention (q_proj and o_proj/o_bias shared with GQA's slots).
   kQaProj, kQaBias, kQaNorm, kQbProj, kKvaProj, kKvaBias, kKvaNorm, kKvbProj,
   // MoE block.
   kRouter, kRouterBias, kExpertsGateUp, kExpertsDown, kSharedGate, kSharedUp, kSharedDown,
+  kRouterLogitBias,    // GPT-OSS: trained bias on the router logits [E]
+  kExpertsGateUpBias,  // GPT-OSS: [E, 2F] (engine order: [gate | up])
+  kExpertsDownBias,    // GPT-OSS: [E, H]
   kSharedExpertGate,  // Qwen2-MoE's sigmoid gate of the shared expert [1, H]
   // Dense MLP.
   kMlpGate, kMlpUp, kMlpDown,
@@ -38,9 +42,12 @@ enum class TensorRole : uint8_t {
   kBuffer,  // not trained by gradient (e_score_correction_bias); zeros; kept in fp32
 };
 
-// How a checkpoint names its per-expert projections: <module>.<e>.{gate,up,down}_proj.weight
-// (Qwen, DeepSeek, OLMoE) or <module>.<e>.{w1,w3,w2}.weight (Mixtral).
-enum class ExpertNames : uint8_t { kGateUpDown, kW1W3W2 };
+// How a checkpoint names its experts: per expert <module>.<e>.{gate,up,down}_proj.weight
+// (Qwen, DeepSeek, OLMoE) or <module>.<e>.{w1,w3,w2}.weight (Mixtral); or fused, one tensor
+// per layer under the spec's own name, x @ W like the engine, gate and up interleaved in the
+// last dim (gate at even, up at odd columns) (GPT-OSS: gate_up_proj [E, H, 2F], its bias
+// [E, 2F], down_proj [E, F, H], its bias [E, H]).
+enum class ExpertNames : uint8_t { kGateUpDown, kW1W3W2, kFusedInterleaved };
 
 struct TensorSpec {
   // HF name; for fused experts the engine name <experts module>.gate_up / .down.

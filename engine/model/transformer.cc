@@ -152,11 +152,14 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
   }
   AttentionContext ctx;
   std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, rope_scaling_, positions, options_.dtype);
-  if (batch.varlen.cu_seqlens.defined()) {
+  // Attention sinks (GPT-OSS) have no varlen kernel: packed rows attend through the dense
+  // document mask there, built from segment_ids.
+  const bool sinks = config_.attention_sinks;
+  if (batch.varlen.cu_seqlens.defined() && !sinks) {
     ctx.varlen = batch.varlen;
   } else if (batch.segment_ids.defined()) {
     // Once per micro-batch, shared by every layer (and by checkpointed recomputation).
-    if (options_.varlen_attention &&
+    if (options_.varlen_attention && !sinks &&
         VarlenAttentionSupports(options_.device, options_.dtype, config_.qk_head_dim(), config_.num_attention_heads,
                                 config_.num_key_value_heads)) {
       ctx.varlen = VarlenBoundariesFromSegmentIds(batch.segment_ids, options_.device);
@@ -171,6 +174,8 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
   bool any_sliding = false;
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) any_sliding = any_sliding || config_.IsSlidingLayer(l);
   const bool window_applies = any_sliding && config_.sliding_window < S;
+  TORCH_CHECK(!sinks || batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
+              "attention sinks over packed documents need the batch's segment_ids");
   if (window_applies) {
     TORCH_CHECK(batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
                 "sliding-window attention over packed documents needs the batch's segment_ids");

@@ -25,6 +25,7 @@ at::Tensor& SlotTensor(ModelWeights& w, const TensorSpec& spec) {
     case Slot::kVBias: return L.attn.v_bias;
     case Slot::kOBias: return L.attn.o_bias;
     case Slot::kQNorm: return L.attn.q_norm;
+    case Slot::kSinks: return L.attn.sinks;
     case Slot::kKNorm: return L.attn.k_norm;
     case Slot::kQaProj: return L.attn.q_a_proj;
     case Slot::kQaBias: return L.attn.q_a_bias;
@@ -38,6 +39,9 @@ at::Tensor& SlotTensor(ModelWeights& w, const TensorSpec& spec) {
     case Slot::kRouterBias: return L.moe.router_bias;
     case Slot::kExpertsGateUp: return L.moe.gate_up;
     case Slot::kExpertsDown: return L.moe.down;
+    case Slot::kRouterLogitBias: return L.moe.router_logit_bias;
+    case Slot::kExpertsGateUpBias: return L.moe.gate_up_bias;
+    case Slot::kExpertsDownBias: return L.moe.down_bias;
     case Slot::kSharedGate: return L.moe.shared.gate_proj;
     case Slot::kSharedUp: return L.moe.shared.up_proj;
     case Slot::kSharedDown: return L.moe.shared.down_proj;
@@ -54,7 +58,12 @@ at::Tensor& SlotTensor(ModelWeights& w, const TensorSpec& spec) {
 ModelWeights EmptyWeights(const ModelConfig& c) {
   ModelWeights w;
   w.layers.resize(static_cast<size_t>(c.num_hidden_layers));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) w.layers[static_cast<size_t>(l)].is_moe = c.IsMoeLayer(l);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerWeights& L = w.layers[static_cast<size_t>(l)];
+    L.is_moe = c.IsMoeLayer(l);
+    L.moe.swiglu_limit = c.swiglu_limit;
+    L.moe.swiglu_alpha = c.swiglu_alpha;
+  }
   w.tied = c.tie_word_embeddings;
   w.layout = ModelTensorLayout(c);
   return w;

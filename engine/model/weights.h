@@ -39,6 +39,7 @@ struct AttentionWeights {
   at::Tensor q_proj, k_proj, v_proj, o_proj;
   at::Tensor q_bias, k_bias, v_bias, o_bias;
   at::Tensor q_norm, k_norm;
+  at::Tensor sinks;  // [Hq] attention sink logits (GPT-OSS), or undefined
   // MLA: q_a [q_lora, H] + q_a_norm [q_lora] + q_b [Hq * d_qk, q_lora] (with q_lora_rank),
   // kv_a [kv_lora + d_rope, H] + kv_a_norm [kv_lora], kv_b [Hq * (d_nope + d_v), kv_lora].
   at::Tensor q_a_proj, q_a_bias, q_a_norm, q_b_proj;
@@ -60,6 +61,13 @@ struct MoeWeights {
   DenseMlpWeights shared;  // shared experts [Fs, H] ... (DeepSeek-V3, Qwen2-MoE), undefined without
   at::Tensor shared_expert_gate;  // [1, H]: shared output times sigmoid(gate · x) (Qwen2-MoE), or undefined
   LoraExperts gate_up_lora, down_lora;  // method lora: this rank's experts' adapters, or undefined
+  // GPT-OSS: router_logit_bias [E] on the router logits (trained); gate_up_bias [E_local, 2F],
+  // down_bias [E_local, H]; undefined elsewhere.
+  at::Tensor router_logit_bias, gate_up_bias, down_bias;
+  // The experts' activation constants (the config's swiglu_limit/alpha; limit 0: plain SwiGLU),
+  // set by EmptyWeights so that every dispatcher's expert compute sees them.
+  double swiglu_limit = 0.0;
+  double swiglu_alpha = 1.702;
 };
 
 struct LayerWeights {

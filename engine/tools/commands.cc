@@ -84,7 +84,7 @@ int Fail(const absl::Status& status) {
 
 absl::Status InitModel(const InitModelArgs& a) {
   FTD_ASSIGN_OR_RETURN(ModelConfig config, PresetConfig(a.preset));
-  if (a.layers > 0) config.num_hidden_layers = a.layers;
+  if (a.layers > 0) config = WithLayers(config, a.layers);
   if (a.experts > 0) {
     config.num_experts = a.experts;
     config.num_experts_per_tok = std::min(config.num_experts_per_tok, a.experts);

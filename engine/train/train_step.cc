@@ -423,6 +423,7 @@ absl::Status TrainStep::Launch(const StepInput& input) {
   int64_t max_seqlen = 0;
   const MicroBatchTensors& first = input.micro[0];
   const bool varlen = first.segment_ids.defined() && s.cuda && s.model->options().varlen_attention &&
+                      !s.model->config().attention_sinks &&
                       VarlenAttentionSupports(s.device, s.model->options().dtype, s.model->config().qk_head_dim(),
                                               s.model->config().num_attention_heads,
                                               s.model->config().num_key_value_heads);

@@ -42,6 +42,14 @@ namespace ftd::engine {
 namespace fs = std::filesystem;
 namespace {
 
+// Whether the checkpoint keeps experts fused, one tensor for all of them (GPT-OSS).
+bool HasFusedExperts(const ModelWeights& w) {
+  for (const TensorSpec& spec : w.layout) {
+    if (spec.expert && spec.expert_names == ExpertNames::kFusedInterleaved) return true;
+  }
+  return false;
+}
+
 constexpr double kPeakTflops = 989.0;  // H100/H200 dense bf16, DESIGN.md's MFU denominator
 
 // SIGTERM asks for a stop at the next step boundary (every rank agrees on it in the step's
@@ -126,6 +134,9 @@ class Trainer {
   absl::Status AddOrResumeAdapters(ModelWeights& weights);
   // Every expert of an expert adapter tensor of this rank (an all-gather over the ep group).
   at::Tensor GatherExperts(const at::Tensor& local);
+  // Fused-expert checkpoints (GPT-OSS) under ep > 1: points `parts` at `gathered` (every expert,
+  // on the host) and `all_experts`, for rank 0 to write alone. Collective; a no-op otherwise.
+  absl::Status GatherFusedExperts(DistCheckpointParts* parts, ModelWeights* gathered, ModelOptions* all_experts);
   absl::Status SaveMerged();
 
   const TrainSpec& spec_;
@@ -439,6 +450,9 @@ absl::Status Trainer::SaveCheckpoint(int64_t at_step) {
   parts.options = &mo_;
   parts.dtype = DtypeFromName(config_.dtype);
   parts.rank_state = step_fn_->StateTensors();
+  ModelWeights gathered;
+  ModelOptions all_experts;
+  if (!lora()) FTD_RETURN_IF_ERROR(GatherFusedExperts(&parts, &gathered, &all_experts));
   if (lora()) {
     // Every rank takes part in the experts' gathers; rank 0 writes the adapters: PEFT's layout
     // (transformers v5) in DIR, the per-expert layout (vLLM; PEFT converts it too) in DIR/vllm.
@@ -505,6 +519,31 @@ at::Tensor Trainer::GatherExperts(const at::Tensor& local) {
   return gathered.to(local.device());
 }
 
+absl::Status Trainer::GatherFusedExperts(DistCheckpointParts* parts, ModelWeights* gathered,
+                                         ModelOptions* all_experts) {
+  // Fused expert tensors (GPT-OSS) under expert parallelism: every expert gathered, one tensor at
+  // a time onto the host, and rank 0 writes them (the other ranks' copies are dropped).
+  if (groups_->mesh.ep_size() == 1 || !HasFusedExperts(model_->weights())) return absl::OkStatus();
+  *gathered = model_->weights();
+  try {
+    for (const TensorSpec& spec : gathered->layout) {
+      if (!spec.expert) continue;
+      at::Tensor& t = SlotTensor(*gathered, spec);
+      at::Tensor full = GatherExperts(t.detach()).to(at::kCPU);  // collective: every rank
+      t = rank() == 0 ? full : at::Tensor();                      // only rank 0 writes
+    }
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("gathering the experts: ", ExceptionMessage(e)));
+  }
+  *all_experts = mo_;
+  all_experts->expert_begin = 0;
+  all_experts->expert_count = -1;
+  parts->weights = gathered;
+  parts->options = all_experts;
+  parts->experts_gathered = true;
+  return absl::OkStatus();
+}
+
 // method lora with lora.merge: OUTPUT/merged, a full HF checkpoint of the base with the adapter
 // folded in (W + scale B A), written like any checkpoint of the run (no training state).
 absl::Status Trainer::SaveMerged() {
@@ -520,6 +559,9 @@ absl::Status Trainer::SaveMerged() {
     CopyTokenizerFiles(spec_.base_model, tmp);
     return absl::OkStatus();
   };
+  ModelWeights gathered;
+  ModelOptions all_experts;
+  FTD_RETURN_IF_ERROR(GatherFusedExperts(&parts, &gathered, &all_experts));
   FTD_RETURN_IF_ERROR(SaveDistributedCheckpoint(dir, groups_->mesh, *groups_->world, std::move(parts)));
   if (rank() == 0) log_ << "merged checkpoint " << dir << "\n";
   return absl::OkStatus();

@@ -257,14 +257,14 @@ TEST(ModelInspectTest, DeepseekV3CountsAreTheEnginesAndOtherFamiliesAreNamedUnsu
   EXPECT_TRUE(m->parameters_estimated);
 
   Scratch other;
-  other.Write("config.json", R"({"model_type": "gpt_oss", "hidden_size": 64, "num_hidden_layers": 2,
+  other.Write("config.json", R"({"model_type": "granitemoe", "hidden_size": 64, "num_hidden_layers": 2,
     "vocab_size": 100, "num_local_experts": 4, "num_experts_per_tok": 2})");
-  auto gpt_oss = InspectModel(other.root());
-  ASSERT_TRUE(gpt_oss.ok()) << gpt_oss.status();
-  EXPECT_EQ(gpt_oss->family, "GPT-OSS");
-  EXPECT_FALSE(gpt_oss->supported);
-  EXPECT_EQ(gpt_oss->parameters_total, 0);  // no weights and no layout to count from
-  EXPECT_EQ(gpt_oss->parameters_source, "none");
+  auto granite = InspectModel(other.root());
+  ASSERT_TRUE(granite.ok()) << granite.status();
+  EXPECT_EQ(granite->family, "Granite-MoE");
+  EXPECT_FALSE(granite->supported);
+  EXPECT_EQ(granite->parameters_total, 0);  // no weights and no layout to count from
+  EXPECT_EQ(granite->parameters_source, "none");
 }
 
 TEST(ModelInspectTest, MixtralQwen2MoeAndOlmoeAreNamedAndCountedAsPublished) {
@@ -289,6 +289,16 @@ TEST(ModelInspectTest, MixtralQwen2MoeAndOlmoeAreNamedAndCountedAsPublished) {
           "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 50304, "num_experts": 64,
           "num_experts_per_tok": 8, "clip_qkv": null, "norm_topk_prob": false})",
        "OLMoE", 6.9, 1.3},
+      // openai/gpt-oss-20b's config.json (its quantization_config left out): 20.9B total as the
+      // model card; active 4.19B counts the input embedding (0.58B), which the card's 3.6B does not.
+      {R"({"model_type": "gpt_oss", "architectures": ["GptOssForCausalLM"], "attention_bias": true,
+          "head_dim": 64, "hidden_size": 2880, "intermediate_size": 2880, "num_hidden_layers": 24,
+          "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 201088, "num_local_experts": 32,
+          "num_experts_per_tok": 4, "experts_per_token": 4, "sliding_window": 128, "swiglu_limit": 7.0,
+          "rope_theta": 150000, "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+          "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": false},
+          "router_aux_loss_coef": 0.9, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05})",
+       "GPT-OSS", 20.91, 4.19},
   };
   for (const Case& c : cases) {
     Scratch s;
@@ -332,11 +342,11 @@ TEST(ModelCommandsTest, InitExecsFtdTrainAndInspectPrints) {
     EXPECT_THAT(out, HasSubstr("ftd-train not found"));
   }
 
-  s.Write("config.json", R"({"model_type": "gpt_oss", "architectures": ["GptOssForCausalLM"], "hidden_size": 8,
+  s.Write("config.json", R"({"model_type": "granitemoe", "architectures": ["GraniteMoeForCausalLM"], "hidden_size": 8,
     "num_hidden_layers": 2, "vocab_size": 16, "num_attention_heads": 2, "num_local_experts": 8,
     "num_experts_per_tok": 2, "intermediate_size": 16})");
   ASSERT_EQ(RunFtctl(absl::StrCat("model inspect ", s.root()), "", &out), 0) << out;
-  EXPECT_THAT(out, HasSubstr("GPT-OSS (GptOssForCausalLM) - not trained by ftd"));
+  EXPECT_THAT(out, HasSubstr("Granite-MoE (GraniteMoeForCausalLM) - not trained by ftd"));
   EXPECT_THAT(out, HasSubstr("8 routed, top-2"));
   EXPECT_THAT(out, HasSubstr("unknown (no weights"));
   ASSERT_EQ(RunFtctl(absl::StrCat("model inspect ", s.root(), " -o json"), "", &out), 0);

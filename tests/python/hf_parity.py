@@ -26,10 +26,11 @@ def ftd_forward(ftd_train, tmp_path, model_dir, ids):
     return load_file(tmp_path / "out.safetensors")
 
 
-def hf_gradients(model, module="mlp", experts=("gate_proj", "up_proj", "down_proj")):
+def hf_gradients(model, module="mlp", experts=("gate_proj", "up_proj", "down_proj"), fused=False):
     """Every HF parameter's gradient under the checkpoint's names: HF v5 fuses the experts in
     memory (gate_up_proj [E, 2F, H], down_proj [E, H, F]); the checkpoint has per-expert keys
-    `...<module>.experts.<e>.<gate|up|down name>.weight`."""
+    `...<module>.experts.<e>.<gate|up|down name>.weight`. fused: the checkpoint keeps the
+    parameters' own names and layouts (GPT-OSS)."""
     gate, up, down = experts
     grads = {}
     for n, p in model.named_parameters():
@@ -37,7 +38,9 @@ def hf_gradients(model, module="mlp", experts=("gate_proj", "up_proj", "down_pro
             continue
         g = p.grad if p.grad is not None else torch.zeros_like(p)
         n = n.replace(".mlp.", f".{module}.")
-        if n.endswith(".experts.gate_up_proj"):
+        if fused:
+            grads[n] = g
+        elif n.endswith(".experts.gate_up_proj"):
             prefix, F = n[: -len("gate_up_proj")], p.shape[1] // 2
             for e in range(p.shape[0]):
                 grads[f"{prefix}{e}.{gate}.weight"] = g[e, :F]

@@ -1,6 +1,7 @@
 #include "engine/model/core/gqa_attention.h"
 
 #include <cmath>
+#include <limits>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -64,6 +65,57 @@ struct QkvProjection : public torch::autograd::Function<QkvProjection> {
 
 }  // namespace
 
+at::Tensor SinkAttentionDense(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                              const at::Tensor& sinks, double scale) {
+  // HF's eager formula: scores in the activation dtype (softmax accumulates in fp32 inside).
+  const int64_t B = q.size(0), Hq = q.size(1), S = q.size(2), D = q.size(3), Hkv = k.size(1);
+  auto repeat_kv = [&](const at::Tensor& t) {  // [B, Hkv, S, D] -> [B, Hq, S, D]
+    return Hq == Hkv ? t : t.unsqueeze(2).expand({B, Hkv, Hq / Hkv, S, D}).reshape({B, Hq, S, D});
+  };
+  at::Tensor scores = at::matmul(q, repeat_kv(k).transpose(2, 3)).mul(scale);  // [B, Hq, S, S]
+  at::Tensor allowed =
+      mask.defined() ? mask : at::ones({S, S}, q.options().dtype(at::kBool)).tril().view({1, 1, S, S});
+  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  at::Tensor sink = sinks.to(scores.scalar_type()).view({1, Hq, 1, 1}).expand({B, Hq, S, 1});
+  at::Tensor probs = at::softmax(at::cat({scores, sink}, -1), -1).narrow(-1, 0, S);  // the sink's share dropped
+  return at::matmul(probs, repeat_kv(v));
+}
+
+at::Tensor SinkAttentionSdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                             const at::Tensor& sinks, double scale) {
+  // The sink as one more key that SDPA sees: every head's q and k get `kPad` more dimensions,
+  // q's first extra one 1 and the rest 0, real keys' all 0 (their logits are unchanged), and the
+  // sink key [0 .. 0, sink / scale, 0 ..] with a zero value, appended after the S keys and
+  // visible to every query. Its logit is then exactly the sink (scale is a power of two for
+  // head_dim 64), and SDPA's backward gives the sinks their gradient through that key. K/V are
+  // repeated to the q heads (the sink differs per q head). A boolean mask keeps SDPA on its
+  // memory-efficient kernel on CUDA: no [S, S] scores are materialised in training.
+  constexpr int64_t kPad = 8;  // extra dims, keeping rows 16-byte aligned
+  const int64_t B = q.size(0), Hq = q.size(1), S = q.size(2), D = q.size(3), Hkv = k.size(1);
+  const at::TensorOptions opts = q.options();
+  auto repeat_kv = [&](const at::Tensor& t) {  // [B, Hkv, S, D] -> [B, Hq, S, D]
+    return Hq == Hkv ? t : t.unsqueeze(2).expand({B, Hkv, Hq / Hkv, S, D}).reshape({B, Hq, S, D});
+  };
+  at::Tensor q_extra = at::cat({at::ones({B, Hq, S, 1}, opts), at::zeros({B, Hq, S, kPad - 1}, opts)}, -1);
+  at::Tensor q2 = at::cat({q, q_extra}, -1);                                              // [B, Hq, S, D+8]
+  at::Tensor sink_logit = (sinks.to(q.scalar_type()) / scale).view({1, Hq, 1, 1}).expand({B, Hq, 1, 1});
+  at::Tensor sink_key = at::cat({at::zeros({B, Hq, 1, D}, opts), sink_logit, at::zeros({B, Hq, 1, kPad - 1}, opts)}, -1);
+  at::Tensor k2 = at::cat({at::cat({repeat_kv(k), at::zeros({B, Hq, S, kPad}, opts)}, -1), sink_key}, 2);
+  at::Tensor v2 = at::cat({at::cat({repeat_kv(v), at::zeros({B, Hq, S, kPad}, opts)}, -1),
+                           at::zeros({B, Hq, 1, D + kPad}, opts)},
+                          2);                                                             // [B, Hq, S+1, D+8]
+  at::Tensor allowed =
+      mask.defined() ? mask : at::ones({S, S}, opts.dtype(at::kBool)).tril().view({1, 1, S, S});
+  at::Tensor allowed2 = at::cat({allowed, at::ones({allowed.size(0), 1, S, 1}, allowed.options())}, -1);
+  at::Tensor out = at::scaled_dot_product_attention(q2, k2, v2, allowed2, 0.0, /*is_causal=*/false, scale);
+  return out.narrow(-1, 0, D);  // [B, Hq, S, D]
+}
+
+at::Tensor SinkAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                         const at::Tensor& sinks, double scale) {
+  return q.is_cuda() ? SinkAttentionSdpa(q, k, v, mask, sinks, scale) : SinkAttentionDense(q, k, v, mask, sinks, scale);
+}
+
 at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const ModelConfig& c,
                         const AttentionContext& ctx) {
   const int64_t B = x.size(0), S = x.size(1), D = c.head_dim;
@@ -106,7 +158,13 @@ at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
   }
   const double scale = c.AttentionScale();
   at::Tensor out;  // [B, S, Hq * D]
-  if (ctx.varlen.cu_seqlens.defined()) {
+  if (w.sinks.defined()) {
+    // GPT-OSS: never through varlen (no sinks there); packed rows carry their document mask.
+    TORCH_CHECK(!ctx.varlen.cu_seqlens.defined(), "attention sinks take the dense path: no varlen boundaries");
+    out = SinkAttention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.mask, w.sinks, scale)
+              .transpose(1, 2)
+              .reshape({B, S, c.q_dim()});
+  } else if (ctx.varlen.cu_seqlens.defined()) {
     // Packed documents on CUDA: [B * S, heads, D] views (copies only if the rotation left a
     // strided layout), one causal sequence per document, no [S, S] mask.
     out = VarlenCausalAttention(q.reshape({B * S, Hq, D}), k.reshape({B * S, Hkv, D}), v.reshape({B * S, Hkv, D}),

@@ -27,6 +27,24 @@ at::Tensor PackedCausalMask(const at::Tensor& segment_ids);
 // [B or 1, 1, S, S] bool on `device`.
 at::Tensor SlidingWindowCausalMask(int64_t seq, int64_t window, const at::Tensor& segment_ids, at::Device device);
 
+// Causal attention with a learned sink logit per query head (GPT-OSS, HF's eager_attention_forward):
+// the sink joins each softmax as one more logit that carries no value, so a query's weights sum
+// to less than one. q [B, Hq, S, D], k/v [B, Hkv, S, D], mask [B or 1, 1, S, S] bool (true =
+// attend) or undefined (causal), sinks [Hq] -> [B, Hq, S, D]. FlashAttention's varlen kernel takes
+// no sinks, so packed rows come with their document mask. CUDA: SinkAttentionSdpa; else
+// SinkAttentionDense, HF's own formula and rounding (with the SDPA form on the CPU, one 5-step
+// AdamW parity config drifted from HF's losses by 5e-4 at step 4 after agreeing to 4e-7).
+at::Tensor SinkAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                         const at::Tensor& sinks, double scale);
+// The [B, Hq, S, S] scores materialised, as HF's eager_attention_forward.
+at::Tensor SinkAttentionDense(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                              const at::Tensor& sinks, double scale);
+// Through SDPA with the sink as one more key (an extra head dimension carries its logit): the
+// memory-efficient kernel on CUDA, no [S, S] scores kept for backward. Equal to the dense
+// formula forward and backward (tests/engine/gpt_oss_test.cc, on the CPU).
+at::Tensor SinkAttentionSdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                             const at::Tensor& sinks, double scale);
+
 // x [B, S, H] -> [B, S, H]. GQA through SDPA's enable_gqa, or natively in the varlen kernel
 // (K/V never repeated). On CUDA the q/k norm and RoPE run as one fused kernel per tensor
 // (kernels/rope.h).

@@ -10,7 +10,7 @@ MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& 
                    TokenDispatcher* dispatcher) {
   const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
   at::Tensor flat = x.reshape({B * S, H});
-  Routing routing = Route(flat, w.router, c, gate, w.router_bias);
+  Routing routing = Route(flat, w.router, c, gate, w.router_bias, w.router_logit_bias);
   LocalTokenDispatcher local;
   DispatchResult routed = (dispatcher != nullptr ? dispatcher : &local)->Dispatch(flat, routing, w);
   at::Tensor out = routed.out;

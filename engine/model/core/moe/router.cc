@@ -32,15 +32,16 @@ at::Tensor LimitToGroups(const at::Tensor& selection, const ModelConfig& c) {
 }  // namespace
 
 Routing Route(const at::Tensor& x, const at::Tensor& router_weight, const ModelConfig& c, GateMode gate,
-              const at::Tensor& selection_bias) {
+              const at::Tensor& selection_bias, const at::Tensor& logit_bias) {
   const int64_t T = x.size(0), E = c.num_experts, k = c.num_experts_per_tok;
   Routing r;
   if (OnKernelDevice(x) && x.scalar_type() == at::kBFloat16 && router_weight.scalar_type() == at::kBFloat16) {
     // CUDA bf16: the logits GEMM in bf16 (fp32 accumulate) as HF's Qwen3-MoE gate, then fp32
     // for the scores; fp32 GEMMs of this shape ran on a SIMT path (1.9 ms a step at 4 layers).
-    r.logits = at::linear(x, router_weight).to(at::kFloat);  // [T, E]
+    r.logits = at::linear(x, router_weight, logit_bias).to(at::kFloat);  // [T, E]
   } else {
-    r.logits = at::linear(x.to(at::kFloat), router_weight.to(at::kFloat));  // [T, E]
+    r.logits = at::linear(x.to(at::kFloat), router_weight.to(at::kFloat),
+                          logit_bias.defined() ? logit_bias.to(at::kFloat) : logit_bias);  // [T, E]
   }
   if (gate == GateMode::kBalanced) {
     auto long_opts = x.options().dtype(at::kLong);

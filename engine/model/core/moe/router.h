@@ -32,9 +32,10 @@ struct Routing {
 
 // x [T, H], router_weight [E, H], selection_bias [E] fp32 or undefined. On CUDA with the real
 // gate, one fused kernel (kernels/router.h) that also counts tokens per expert, unless the
-// selection is group-limited (then ATen).
+// selection is group-limited (then ATen). logit_bias [E] (GPT-OSS's trained router bias) is added
+// to the logits, or undefined.
 Routing Route(const at::Tensor& x, const at::Tensor& router_weight, const ModelConfig& config, GateMode gate,
-              const at::Tensor& selection_bias = {});
+              const at::Tensor& selection_bias = {}, const at::Tensor& logit_bias = {});
 
 // HF's load-balancing loss over layers' router logits [T, E] (mean over tokens; no padding mask).
 at::Tensor LoadBalancingLoss(const std::vector<at::Tensor>& router_logits, int64_t num_experts, int64_t top_k);

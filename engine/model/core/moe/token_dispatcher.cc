@@ -40,7 +40,9 @@ DispatchResult LocalTokenDispatcher::Dispatch(const at::Tensor& flat, const Rout
   const int64_t k = routing.experts.size(1);
   const bool fused = perm.order.defined();  // CUDA: gather and k-way sum kernels, each the other's backward
   const bool adapters = w.gate_up_lora.defined() || w.down_lora.defined();
-  if (fused && !adapters && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
+  // GPT-OSS's biased, clamped experts take ExpertsForward's ATen path (the fused op has neither).
+  const bool plain_swiglu = w.swiglu_limit == 0 && !w.gate_up_bias.defined() && !w.down_bias.defined();
+  if (fused && !adapters && plain_swiglu && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
     // One op from gather to k-way sum, saving only h for backward.
     at::Tensor out = ExpertMlpRecompute(flat, perm.order, perm.inverse, perm.weights, perm.counts, w.gate_up, w.down, k,
                                         save_expert_activation_);

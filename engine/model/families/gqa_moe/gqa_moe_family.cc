@@ -60,21 +60,11 @@ std::vector<TensorSpec> GqaMoeFamily::Layout(const ModelConfig& c) const {
   const Traits t = traits();
   LayoutBuilder out(c);
   const int64_t H = c.hidden_size;
-  const TensorRole kBias = TensorRole::kBias;
   out.Embedding();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = LayoutBuilder::LayerPrefix(l);
     out.LayerNorms(l);
-    out.Matmul(p + "self_attn.q_proj.weight", Slot::kQProj, l, {c.q_dim(), H});
-    out.Matmul(p + "self_attn.k_proj.weight", Slot::kKProj, l, {c.kv_dim(), H});
-    out.Matmul(p + "self_attn.v_proj.weight", Slot::kVProj, l, {c.kv_dim(), H});
-    out.Matmul(p + "self_attn.o_proj.weight", Slot::kOProj, l, {H, c.q_dim()});
-    if (c.attention_bias || c.qkv_bias) {
-      out.Add(p + "self_attn.q_proj.bias", Slot::kQBias, l, {c.q_dim()}, kBias);
-      out.Add(p + "self_attn.k_proj.bias", Slot::kKBias, l, {c.kv_dim()}, kBias);
-      out.Add(p + "self_attn.v_proj.bias", Slot::kVBias, l, {c.kv_dim()}, kBias);
-    }
-    if (c.attention_bias) out.Add(p + "self_attn.o_proj.bias", Slot::kOBias, l, {H}, kBias);
+    out.GqaProjections(l);
     if (c.qk_norm) {
       out.Norm(p + "self_attn.q_norm.weight", Slot::kQNorm, l, c.head_dim);
       out.Norm(p + "self_attn.k_norm.weight", Slot::kKNorm, l, c.head_dim);
