@@ -116,6 +116,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonOptions& optio
   builder.RegisterService(d->worker_service_.get());
   builder.RegisterService(d->log_service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_request_bytes));
+  // Clients (ftctl, ftd-client, workers) ping a quiet connection every 30 s (ftd-client: at
+  // least every 10 s) to notice one that died silently (a vanished host, a NAT that dropped the
+  // flow); gRPC's default answers pings more often than every 5 min on a call with no data (an
+  // idle watch) with GOAWAY. Half the clients' floor, so that timer jitter never counts.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5'000);
   {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
     creators.push_back(MakeGrpcMetricsInterceptorFactory(d->metrics_.get()));

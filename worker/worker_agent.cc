@@ -146,6 +146,10 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(WorkerOptions o
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  // And notice a coordinator connection that died without closing within ~40 s.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // else only 2 pings on a quiet stream
   a->channel_ = grpc::CreateCustomChannel(options.coordinator, grpc::InsecureChannelCredentials(), args);
   a->stub_ = ftd::v1::WorkerService::NewStub(a->channel_);
   spdlog::info("ftd-worker {}: {} {} slots, address {}, engine {} ({}), work dir {}", options.name,

@@ -121,19 +121,6 @@ bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout = absl::S
   return pred();
 }
 
-// A loopback port with nothing listening.
-int ClosedPort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 class FtctlTest : public ::testing::Test {
  protected:
   void SetUp() override { StartDaemon(env_.Options()); }
@@ -364,7 +351,7 @@ TEST_F(FtctlTest, ValidationErrorNamesFieldAndLine) {
 }
 
 TEST_F(FtctlTest, UnreachableBadTokenAndNotFound) {
-  Result down = RunEnv({"list"}, {{"FTD_ENDPOINT", absl::StrCat("127.0.0.1:", ClosedPort())}, {"FTD_TOKEN", kTokenA}});
+  Result down = RunEnv({"list"}, {{"FTD_ENDPOINT", absl::StrCat("127.0.0.1:", UnusedLoopbackPort())}, {"FTD_TOKEN", kTokenA}});
   EXPECT_EQ(down.code, 1);
   EXPECT_THAT(down.err, HasSubstr("cannot reach the coordinator at 127.0.0.1:"));
   EXPECT_THAT(down.err, HasSubstr("connection refused"));
@@ -499,6 +486,11 @@ TEST_F(FtctlTest, WatchShowsProgressAndExitsWithTheFinalState) {
 }
 
 TEST_F(FtctlTest, WatchReconnectsAcrossACoordinatorRestart) {
+  // A port it can restart on (outside the ephemeral range; see UnusedLoopbackPort).
+  daemon_.reset();
+  server::DaemonOptions o = env_.Options();
+  o.grpc_listen = absl::StrCat("127.0.0.1:", UnusedLoopbackPort());
+  StartDaemon(o);
   const std::string id = Submit();
   Process watch({"watch", id}, Env(), env_.root());
   ASSERT_TRUE(WaitFor([&] { return watch.out().find("QUEUED") != std::string::npos; }));
@@ -508,10 +500,7 @@ TEST_F(FtctlTest, WatchReconnectsAcrossACoordinatorRestart) {
     return watch.out().find("before restart") != std::string::npos;
   }));
   // Same data directory and port: the store (and the job) survive.
-  const int port = daemon_->grpc_port();
   daemon_.reset();
-  server::DaemonOptions o = env_.Options();
-  o.grpc_listen = absl::StrCat("127.0.0.1:", port);
   StartDaemon(o);
   Transition(id, JobState::STARTING);
   Transition(id, JobState::RUNNING);

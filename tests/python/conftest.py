@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import random
 import socket
 import subprocess
 import sys
@@ -37,11 +38,25 @@ def run(cmd, **kw):
     return res
 
 
+# Below Linux's ephemeral range (32768-60999): a port picked there can, once its daemon is
+# stopped for a restart, become the source port of some outgoing connection (even of a client
+# reconnecting to it), so that the restarted daemon shares or loses it.
+_FIXED_PORTS = (20000, 32000)
+
+
 def free_port():
-    """A TCP port free on loopback now (the daemon under test binds it next)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on loopback now, outside the ephemeral range (the daemon under test
+    binds it next, and again when it restarts)."""
+    rnd = random.Random()
+    for _ in range(1000):
+        port = rnd.randrange(*_FIXED_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {_FIXED_PORTS}")
 
 
 def wait_for(what, cond, timeout=120.0, interval=0.1):

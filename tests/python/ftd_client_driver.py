@@ -1,11 +1,18 @@
 """Scenarios for test_python_client.py, run by the Python of the fresh virtual environment that
 ftd-client was pip-installed into (so this file imports nothing from the tests). Each prints
 JSON lines on stdout: `python ftd_client_driver.py SCENARIO ARGS_JSON`."""
+import faulthandler
 import json
 import os
+import signal
 import sys
+import time
 
 import ftd_client as fc
+
+
+# The test sends SIGUSR1 to a driver that overran its time: every thread's stack to stderr.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def out(**kw):
@@ -100,10 +107,11 @@ def tls(a):
 
 
 def watch(a):
-    c = fc.Client(a["endpoint"], token=a["token"], retry_seconds=60)
+    c = fc.Client(a["endpoint"], token=a["token"], retry_seconds=60,
+                  keepalive_seconds=a.get("keepalive_seconds", 30))
 
     def on_reconnect(last_seq, e):
-        out(reconnect=last_seq, code=e.code.name)
+        out(reconnect=last_seq, code=e.code.name, message=e.message, time=time.time())
     for e in c.watch(a["job"], after_seq=a.get("after_seq", 0), resume_seconds=120,
                      on_reconnect=on_reconnect):
         kind = e.WhichOneof("kind")

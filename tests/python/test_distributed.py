@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import clean_env, process_running, run
+from conftest import clean_env, free_port, process_running, run
 
 NPROC = 4
 STEPS = 5
@@ -315,13 +315,6 @@ def start_ranks(ftd_train, spec, port):
         procs.append(subprocess.Popen([str(ftd_train), "train", "--spec", str(spec)], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, env=env))
     return procs
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_step(proc, step, timeout):

@@ -5,7 +5,9 @@ field; a watch that resumes across a coordinator restart; and, with the engine b
 `ftd --local-worker` from submission to SUCCEEDED and its checkpoints, across a restart too."""
 import json
 import pathlib
+import select
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -53,12 +55,19 @@ class Streamed:
             return any(pred(x) for x in self.lines)
         wait_for(what, seen, timeout=timeout)
 
-    def finish(self, timeout=300):
+    def finish(self, timeout=300, context=lambda: ""):
+        """Waits for the driver to end; its lines. An overrun fails with the driver's thread
+        stacks, its lines and `context()` (e.g. the coordinator's log)."""
         try:
             self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # the driver dumps its threads' stacks
+            time.sleep(1)
+            self.proc.kill()
+            self.proc.wait()
+            self.reader.join(timeout=10)
+            pytest.fail(f"driver still running after {timeout} s\n--- its stderr:\n{self.errors()}\n"
+                        f"--- its lines:\n{self.lines}\n--- context:\n{context()}")
         self.reader.join(timeout=10)
         assert self.proc.returncode == 0, f"driver failed:\n{self.errors()}\n{self.lines}"
         return self.lines
@@ -189,7 +198,7 @@ def test_watch_resumes_across_a_coordinator_restart(client_python, coordinator):
     watch.wait_for("a reconnect attempt", lambda x: "reconnect" in x)
     coordinator.start()
     assert coordinator.call("POST", f"/v1/jobs/{job}:cancel", {"reason": "while watched"})[0] == 200
-    lines = watch.finish()
+    lines = watch.finish(timeout=120, context=coordinator.log_tail)
 
     seqs = [x["seq"] for x in lines if "seq" in x]
     assert lines[-1] == {"done": True}
@@ -200,6 +209,95 @@ def test_watch_resumes_across_a_coordinator_restart(client_python, coordinator):
     status, page = coordinator.call("GET", f"/v1/jobs/{job}/events?pageSize=1000")
     stored = [int(e["seq"]) for e in page["events"]]
     assert seqs == [s for s in stored if s >= first], (seqs, stored)
+
+
+class FreezingProxy:
+    """A TCP proxy to `target` whose open connections can be frozen: their bytes stop flowing
+    both ways while the sockets stay open, as when a NAT or load balancer drops a flow without
+    a word. Connections made after freeze() flow."""
+
+    def __init__(self, target):
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.generation = 0
+        self.sockets = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            generation = self.generation
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst, generation), daemon=True).start()
+
+    def _pump(self, src, dst, generation):
+        try:
+            while generation == self.generation:
+                ready, _, _ = select.select([src], [], [], 0.1)
+                if not ready:
+                    continue
+                data = src.recv(65536)
+                if not data or generation != self.generation:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        if generation == self.generation:  # a real close passes through; a frozen one does not
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def freeze(self):
+        self.generation += 1
+
+    def close(self):
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+
+def test_watch_notices_a_connection_that_went_silent_and_resumes(client_python, coordinator):
+    """Keepalive pings find a watch connection that stopped carrying bytes without closing;
+    the watch reopens (through a fresh connection) and gets the rest, without gap or repeat."""
+    status, body = coordinator.call("POST", "/v1/jobs", {"spec": queued_spec(coordinator), "requestId": "silent-1"})
+    assert status == 200, body
+    job = body["job"]["id"]
+    proxy = FreezingProxy(coordinator.endpoint)
+    try:
+        watch = Streamed(client_python, "watch", endpoint=proxy.endpoint, token=USER, job=job, keepalive_seconds=10)
+        watch.wait_for("the first event", lambda x: "seq" in x)
+        first = watch.lines[0]["seq"]
+        proxy.freeze()
+        frozen_at = time.time()
+        assert coordinator.call("POST", f"/v1/jobs/{job}:cancel", {"reason": "while frozen"})[0] == 200
+        # Pings every 10 s, 10 s for the answer: the dead connection is given up within ~20 s
+        # (the previous client, pinging every 310 s, waited past any test's patience).
+        lines = watch.finish(timeout=90, context=coordinator.log_tail)
+    finally:
+        proxy.close()
+    reconnects = [x for x in lines if "reconnect" in x]
+    assert reconnects and reconnects[0]["code"] == "UNAVAILABLE" and reconnects[0]["reconnect"] == first, lines
+    assert 5 < reconnects[0]["time"] - frozen_at < 60, (reconnects[0]["time"] - frozen_at, lines)
+    assert lines[-1] == {"done": True}
+    assert lines[-2]["kind"] == "status" and lines[-2]["state"] == "CANCELLED", lines
+    seqs = [x["seq"] for x in lines if "seq" in x]
+    status, page = coordinator.call("GET", f"/v1/jobs/{job}/events?pageSize=1000")
+    assert seqs == [int(e["seq"]) for e in page["events"] if int(e["seq"]) >= first], (seqs, page)
+
+
+def test_keepalive_below_what_the_coordinator_accepts_is_refused(client_python):
+    res = subprocess.run([str(client_python), "-c", "import ftd_client as fc; fc.Client('127.0.0.1:1', keepalive_seconds=5)"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "keepalive_seconds: must be at least 10" in res.stderr, res.stderr
 
 
 # --- With the engine: a real job on `ftd --local-worker`.

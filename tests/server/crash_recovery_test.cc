@@ -206,18 +206,6 @@ TEST(CrashRecoveryTest, KillDashNineLosesNothingAcknowledged) {
   KillHard(*third);
 }
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 TEST(CrashRecoveryTest, HealthIsNotServingWhileTheStoreIsReplayed) {
   TestEnv env;
   ::mkdir(env.data_dir().c_str(), 0755);
@@ -235,7 +223,7 @@ TEST(CrashRecoveryTest, HealthIsNotServingWhileTheStoreIsReplayed) {
       ASSERT_TRUE((*store)->CreateJob(n).ok());
     }
   }
-  const int grpc_port = FreePort(), http_port = FreePort();
+  const int grpc_port = UnusedLoopbackPort(), http_port = UnusedLoopbackPort();
   std::vector<std::string> args = DaemonArgs(env);
   args[3] = absl::StrCat("127.0.0.1:", grpc_port);
   args[5] = absl::StrCat("127.0.0.1:", http_port);

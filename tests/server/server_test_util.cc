@@ -14,6 +14,8 @@
 #include <cstdio>
 #include <fstream>
 #include <future>
+#include <random>
+#include <stdexcept>
 
 #include <grpcpp/generic/generic_stub.h>
 #include <nlohmann/json.hpp>
@@ -410,6 +412,23 @@ void KillHard(const SpawnedDaemon& d) {
   ::kill(d.pid, SIGKILL);
   int status;
   ::waitpid(d.pid, &status, 0);
+}
+
+int UnusedLoopbackPort() {
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_int_distribution<int> pick(20000, 31999);
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const int port = pick(rng);
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(fd);
+    if (bound) return port;
+  }
+  throw std::runtime_error("no unused loopback port in [20000, 32000)");
 }
 
 }  // namespace ftd::testing

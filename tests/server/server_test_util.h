@@ -113,4 +113,10 @@ absl::StatusOr<SpawnedDaemon> SpawnDaemon(const std::vector<std::string>& args);
 // SIGKILL and reap.
 void KillHard(const SpawnedDaemon& d);
 
+// A loopback TCP port with nothing bound to it now, below Linux's ephemeral range (32768+):
+// a port from that range can, while its daemon is down for a restart, become the source port
+// of an outgoing connection (even one reconnecting to it). For daemons restarted on a fixed
+// port, and for "nothing listens here" checks.
+int UnusedLoopbackPort();
+
 }  // namespace ftd::testing

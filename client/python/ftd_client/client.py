@@ -89,27 +89,37 @@ class Client:
     Unset arguments come from the environment and the config file as ftctl reads them (see
     ftd_client.config). Every call raises an ftd_client.errors.FtdError subclass on failure.
     Unary calls are retried on UNAVAILABLE for up to `retry_seconds` (create_job too: its
-    request_id makes a retry return the job the first attempt created)."""
+    request_id makes a retry return the job the first attempt created). A connection that died
+    without closing (a vanished coordinator, a NAT that dropped the flow) is noticed after
+    about `keepalive_seconds` plus 10 s of silence, and a watch then resumes (at least 10:
+    ftd refuses pings much closer together)."""
 
     def __init__(self, endpoint: Optional[str] = None, *, token: Optional[str] = None,
                  token_file: Optional[str] = None, tls: Optional[bool] = None,
                  ca_cert: Optional[str] = None, server_name: Optional[str] = None,
                  timeout: Optional[float] = None, config_file: Optional[str] = None,
-                 retry_seconds: float = 20.0):
+                 retry_seconds: float = 20.0, keepalive_seconds: float = 30.0):
         self.options = _config.resolve(endpoint=endpoint, token=token, token_file=token_file,
                                        tls=tls, ca_cert=ca_cert, server_name=server_name,
                                        timeout=timeout, config_file=config_file)
         self.retry_seconds = retry_seconds
+        if not keepalive_seconds >= 10:
+            raise ValueError(f"keepalive_seconds: must be at least 10 (ftd refuses pings closer "
+                             f"together), got {keepalive_seconds}")
         channel_options = [
             ("grpc.max_receive_message_length", 64 << 20),
             # Reconnect soon after a coordinator restart (gRPC's default backoff reaches 120 s).
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
-            # Notice a coordinator that vanished without closing the connection (watch streams);
-            # above the server's minimum ping interval (5 min) so that it never objects.
-            ("grpc.keepalive_time_ms", 310_000),
-            ("grpc.keepalive_timeout_ms", 20_000),
+            # Notice a connection that died without closing (watch streams stay quiet for long).
+            ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            # gRPC otherwise stops pinging after 2 pings with no data sent (a watch sends none
+            # after its request), and gives its other pings (bandwidth probes, which delay the
+            # keepalive ones) a minute to be answered.
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.ping_timeout_ms", 10_000),
         ]
         o = self.options
         if o.tls:
