@@ -1,5 +1,7 @@
 #include "engine/data/chat_format.h"
 
+#include <ctime>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -32,10 +34,20 @@ const FamilyMarkers& MarkersOf(ChatFamily family) {
   return AllFamilies().front();
 }
 
-constexpr char kHarmonySystemHeader[] =
-    "You are ChatGPT, a large language model trained by OpenAI.\nKnowledge cutoff: 2024-06\n\n"
-    "Reasoning: medium\n\n# Valid channels: analysis, commentary, final. Channel must be included for every "
-    "message.";
+// The system message GPT-OSS's own chat template writes with its defaults (model identity,
+// reasoning_effort medium, no tools), today's date included as its strftime_now gives it (local
+// time); tests/data/chat_format_test.cc renders both and compares.
+std::string HarmonySystemHeader() {
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&now, &local);
+  char date[16];
+  std::strftime(date, sizeof(date), "%Y-%m-%d", &local);
+  return absl::StrCat(
+      "You are ChatGPT, a large language model trained by OpenAI.\nKnowledge cutoff: 2024-06\nCurrent date: ", date,
+      "\n\nReasoning: medium\n\n# Valid channels: analysis, commentary, final. Channel must be included for every "
+      "message.");
+}
 
 }  // namespace
 
@@ -128,10 +140,6 @@ std::vector<ChatFormatter::Piece> ChatFormatter::Pieces(const std::vector<ChatMe
   const auto trained_turn = [&](const ChatMessage& m) {
     return options_.train_on_all_turns || m.role == "assistant";
   };
-  size_t last_assistant = messages.size();
-  for (size_t i = 0; i < messages.size(); ++i) {
-    if (messages[i].role == "assistant") last_assistant = i;
-  }
 
   switch (family_) {
     case ChatFamily::kChatMl:
@@ -189,7 +197,7 @@ std::vector<ChatFormatter::Piece> ChatFormatter::Pieces(const std::vector<ChatMe
       token("<|start|>");
       text("system");
       token("<|message|>");
-      text(kHarmonySystemHeader);
+      text(HarmonySystemHeader());
       token("<|end|>");
       for (size_t i = 0; i < messages.size(); ++i) {
         const ChatMessage& m = messages[i];
@@ -201,13 +209,14 @@ std::vector<ChatFormatter::Piece> ChatFormatter::Pieces(const std::vector<ChatMe
           text("final");
           token("<|message|>");
           text(m.content, trained);
-          token(i == last_assistant ? "<|return|>" : "<|end|>", trained);
+          // <|return|> ends the conversation's last message only (the template's loop.last).
+          token(i + 1 == messages.size() ? "<|return|>" : "<|end|>", trained);
           continue;
         }
-        if (m.role == "system") {
+        if (m.role == "system" || m.role == "developer") {  // first message only (FormatBuiltIn)
           text("developer");
           token("<|message|>");
-          text(absl::StrCat("# Instructions\n\n", m.content), trained);
+          text(absl::StrCat("# Instructions\n\n", m.content, "\n\n"), trained);
         } else {
           text(m.role);
           token("<|message|>");
@@ -277,6 +286,23 @@ std::string ChatFormatter::Render(const std::vector<ChatMessage>& messages) cons
 }
 
 absl::StatusOr<TokenizedDocument> ChatFormatter::FormatBuiltIn(const std::vector<ChatMessage>& messages) const {
+  if (family_ == ChatFamily::kHarmony) {
+    for (size_t i = 0; i < messages.size(); ++i) {
+      const std::string& role = messages[i].role;
+      if (role == "tool") {
+        // Harmony writes a tool result as a message from the function a tool call named.
+        return absl::FailedPreconditionError(absl::StrCat(
+            "\"messages\"[", i, "] has role tool, which the built-in harmony layout cannot render (GPT-OSS tool "
+            "results answer a tool call); the model needs its chat template (chat_template.jinja)"));
+      }
+      if (i > 0 && (role == "system" || role == "developer")) {
+        // GPT-OSS's template reads instructions from the first message only (it drops others).
+        return absl::InvalidArgumentError(absl::StrCat("\"messages\"[", i, "] has role ", role,
+                                                       ": harmony takes system/developer instructions from the "
+                                                       "first message only"));
+      }
+    }
+  }
   TokenizedDocument document;
   std::vector<int32_t> ids;
   for (const Piece& piece : Pieces(messages)) {

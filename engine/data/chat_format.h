@@ -13,7 +13,9 @@
 //   GPT-OSS harmony:       <|start|>{role}<|message|>{content}<|end|>; assistant turns are
 //                          <|start|>assistant<|channel|>final<|message|>{content}<|end|>, the last
 //                          one ending in <|return|>; a system message becomes the developer
-//                          message "# Instructions\n\n{content}" after the harmony system header.
+//                          message "# Instructions\n\n{content}\n\n" after the harmony system
+//                          header (as GPT-OSS's own template renders them, date included; tool
+//                          results are refused: they need the template's tool calls).
 //
 // Trained tokens of an assistant turn: its content and its end-of-turn token; the role header
 // is never trained. Text between special tokens is encoded piecewise (header, then content);

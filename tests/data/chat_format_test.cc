@@ -1,7 +1,11 @@
 #include "engine/data/chat_format.h"
 
+#include <fstream>
+#include <sstream>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "engine/data/chat_template.h"
 #include "tests/data/test_tokenizer_util.h"
 
 namespace ftd::data {
@@ -104,6 +108,52 @@ TEST(ChatFormatErrorsTest, MissingMarkerIsNamed) {
   ASSERT_FALSE(formatter.ok());
   EXPECT_THAT(formatter.status().message(), ::testing::HasSubstr("\"<|im_end|>\" is not in the vocabulary"));
   EXPECT_EQ(DetectChatFamily(**tokenizer).status().code(), absl::StatusCode::kNotFound);
+}
+
+// The built-in harmony layout (for a GPT-OSS-style vocabulary without a chat template) against
+// GPT-OSS's own template (tests/data/chat_templates/openai-gpt-oss-120b.jinja, which
+// test_chat_template_parity.py checks byte for byte against transformers): the same text and
+// token ids for the conversations the layout accepts; clear errors for those it cannot render.
+TEST(ChatFormatHarmonyTest, BuiltInLayoutRendersAsGptOssOwnTemplate) {
+  std::ifstream in(std::string(FTD_SOURCE_DIR) + "/tests/data/chat_templates/openai-gpt-oss-120b.jinja");
+  std::stringstream source;
+  source << in.rdbuf();
+  ASSERT_FALSE(source.str().empty());
+  TestTokenizerSpec spec;
+  spec.special_tokens = {"<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>"};
+  auto tokenizer = Tokenizer::FromFile(testing::WriteTokenizerDir("harmony-real", spec, "<|return|>", "<|channel|>"));
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  auto real = ChatTemplate::Create(source.str(), (*tokenizer)->config());
+  ASSERT_TRUE(real.ok()) << real.status();
+  auto built_in = ChatFormatter::Create(tokenizer->get(), ChatFamily::kHarmony);
+  ASSERT_TRUE(built_in.ok()) << built_in.status();
+
+  const std::vector<std::vector<ChatMessage>> conversations = {
+      kConversation,                                                                     // system + two turns
+      {{"user", "hi"}, {"assistant", "hello"}},                                          // no system
+      {{"user", "hi"}, {"assistant", "hello"}, {"user", "and?"}},                        // ends with the user
+      {{"developer", "Answer in French."}, {"user", "hi"}, {"assistant", "bonjour"}},    // developer role
+      {{"user", "  spaces\n\nand lines  "}, {"assistant", ""}},                         // empty reply
+  };
+  for (const auto& messages : conversations) {
+    ChatConversation conversation;
+    for (const ChatMessage& m : messages) conversation.messages.push_back({{"role", m.role}, {"content", m.content}});
+    auto theirs = (*real)->Render(conversation, /*add_generation_prompt=*/false, nullptr);
+    ASSERT_TRUE(theirs.ok()) << theirs.status();
+    const std::string ours = (*built_in)->Render(messages);
+    EXPECT_EQ(ours, theirs->text);
+    auto document = (*built_in)->Format(messages);
+    ASSERT_TRUE(document.ok()) << document.status();
+    EXPECT_EQ(document->input_ids, (*tokenizer)->Encode(theirs->text, /*add_special_tokens=*/false)) << ours;
+  }
+
+  // What the layout cannot render the same way is refused, naming the message.
+  auto tool = (*built_in)->Format(std::vector<ChatMessage>{{"user", "hi"}, {"assistant", "calling"}, {"tool", "42"}});
+  ASSERT_FALSE(tool.ok());
+  EXPECT_THAT(tool.status().message(), ::testing::HasSubstr("\"messages\"[2] has role tool"));
+  auto late_system = (*built_in)->Format(std::vector<ChatMessage>{{"user", "hi"}, {"system", "be brief"}, {"assistant", "ok"}});
+  ASSERT_FALSE(late_system.ok());
+  EXPECT_THAT(late_system.status().message(), ::testing::HasSubstr("\"messages\"[1] has role system"));
 }
 
 }  // namespace
