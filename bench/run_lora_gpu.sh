@@ -7,10 +7,13 @@
 #   2. bench/hf_peft_lora.py: HF + PEFT with and without activation checkpointing over SEQS, after
 #      writing its random base (an HF checkpoint, ~61 GB: INIT_DIR defaults to /dev/shm, the GPU
 #      machine's disk is 64 GiB) and its initial adapter;
-#   3. ftd-bench --model INIT --adapter ADAPTER (the same base and adapter) over SEQS, with and
+#   3. the service path, what a user's job runs (bench/service_lora_bench.py): `ftd --local-worker`,
+#      a `method: lora` job per sequence length and activation-checkpointing setting submitted with
+#      ftctl (init_adapter: the same adapter), each rank the ftd-train the worker starts;
+#   4. ftd-bench --model INIT --adapter ADAPTER (the same base and adapter) over SEQS, with and
 #      without --ckpt, one process per setting (an out-of-memory run is recorded as such);
-#   4. prints the table for bench/RESULTS.md: TPS, step time, peak memory, the ratios at seq 4096,
-#      and the longest sequence each fits.
+#   5. prints the table for bench/RESULTS.md: TPS, step time, peak memory, the ratios at seq 4096
+#      (the service's against HF + PEFT's), and the longest sequence each fits.
 #   SEQS=4096,8192,16384,32768 bash bench/run_lora_gpu.sh
 # BIN=dir uses binaries already built; LAYERS=4 for a quick check. Logs and JSON lines go to $OUT.
 set -uo pipefail
@@ -21,15 +24,16 @@ BUILD=${BUILD:-build-gpu}
 LAYERS=${LAYERS:-48}
 SEQS=${SEQS:-4096,8192,16384}
 INIT_DIR=${INIT_DIR:-/dev/shm/ftd-lora-init-$LAYERS}
-ADAPTER_DIR=${ADAPTER_DIR:-$OUT/init-adapter}
+# Beside the base: the service's jobs name both under one shared model root.
+ADAPTER_DIR=${ADAPTER_DIR:-$INIT_DIR-adapter}
 source .gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 
 if [ -z "${BIN:-}" ]; then
   t0=$(date +%s)
-  cmake -S . -B "$BUILD" -G Ninja -DFTD_CUDA=ON -DFTD_WITH_SERVICE=OFF -DCMAKE_BUILD_TYPE=Release \
+  cmake -S . -B "$BUILD" -G Ninja -DFTD_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
     >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-  cmake --build "$BUILD" -j "$(nproc)" --target ftd-bench ftd-train >"$OUT/build.log" 2>&1 ||
+  cmake --build "$BUILD" -j "$(nproc)" --target ftd ftd-worker ftctl ftd-bench ftd-train >"$OUT/build.log" 2>&1 ||
     { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
   echo "build: $(( $(date +%s) - t0 )) s"
   BIN=$BUILD/bin
@@ -46,6 +50,8 @@ PYTHONUNBUFFERED=1 python3 bench/hf_peft_lora.py --layers "$LAYERS" --seqs "$SEQ
   --save-init "$INIT_DIR" --save-adapter "$ADAPTER_DIR" 2>"$OUT/hf.err" | tee -a "$RESULTS" || status=1
 [ -f "$INIT_DIR/config.json" ] && [ -f "$ADAPTER_DIR/adapter_config.json" ] ||
   { echo "HF did not write the shared weights (see $OUT/hf.err)"; tail -20 "$OUT/hf.err"; exit 1; }
+PYTHONUNBUFFERED=1 python3 bench/service_lora_bench.py --bin "$BIN" --out "$OUT" --base "$INIT_DIR" \
+  --adapter "$ADAPTER_DIR" --seqs "$SEQS" --ckpt 1,0 2>"$OUT/service.err" | tee -a "$RESULTS" || status=1
 for seq in ${SEQS//,/ }; do
   for ckpt in 1 0; do
     flag=$([ "$ckpt" = 1 ] && echo --ckpt)
@@ -62,7 +68,8 @@ done
 python3 - "$RESULTS" <<'PY' | tee "$OUT/table.md"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{") and '"impl"' in l]
-def key(r): return (r["impl"].split("+")[0].split("-")[0], r["seq"], bool(r["ckpt"]))
+def impl_of(r): return "ftd-service" if r["impl"] == "ftd-service" else r["impl"].split("+")[0].split("-")[0]
+def key(r): return (impl_of(r), r["seq"], bool(r["ckpt"]))
 by = {key(r): r for r in rows}
 gpu = next((r.get("gpu") for r in rows if r.get("gpu")), "?")
 print(f"LoRA r16 a32 (q/k/v/o + experts gate_up/down), Qwen3-30B-A3B 48 layers, bf16 base, one {gpu}\n")
@@ -74,14 +81,16 @@ for r in rows:
 def best(impl, seq):
     fits = [r for r in rows if key(r)[0] == impl and r["seq"] == seq and not r.get("oom")]
     return max(fits, key=lambda r: r["tps"]) if fits else None
-f, h = best("ftd", 4096), best("hf", 4096)
-if f and h:
-    print(f"\nseq 4096, each at its fastest setting that fits: ftd {f['tps']} tokens/s, {f['peak_gib']} GiB; "
-          f"HF + PEFT {h['tps']} tokens/s, {h['peak_gib']} GiB: {f['tps'] / h['tps']:.2f}x the tokens/s at "
-          f"{f['peak_gib'] / h['peak_gib']:.2f}x the peak memory")
-for impl in ("ftd", "hf"):
+h = best("hf", 4096)
+for impl in ("ftd-service", "ftd"):
+    f = best(impl, 4096)
+    if f and h:
+        print(f"\nseq 4096, each at its fastest setting that fits: {impl} {f['tps']} tokens/s, {f['peak_gib']} GiB; "
+              f"HF + PEFT {h['tps']} tokens/s, {h['peak_gib']} GiB: {f['tps'] / h['tps']:.2f}x the tokens/s at "
+              f"{f['peak_gib'] / h['peak_gib']:.2f}x the peak memory")
+for impl in ("ftd-service", "ftd", "hf"):
     fits = [r["seq"] for r in rows if key(r)[0] == impl and not r.get("oom")]
     print(f"longest sequence {impl} fits (of those tried): {max(fits) if fits else 'none'}")
 PY
-rm -rf "$INIT_DIR"
+rm -rf "$INIT_DIR" "$ADAPTER_DIR"
 exit $status

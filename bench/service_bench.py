@@ -46,7 +46,7 @@ def last_json(text):
 
 
 class Coordinator:
-    def __init__(self, bin_dir, work):
+    def __init__(self, bin_dir, work, models_root=None):
         self.bin, self.work = bin_dir, work
         self.token = "svc-" + secrets.token_hex(8)
         tokens = os.path.join(work, "tokens")
@@ -56,7 +56,7 @@ class Coordinator:
         self.out = open(os.path.join(work, "ftd.out"), "w")
         self.proc = subprocess.Popen(
             [f"{bin_dir}/ftd", "--data-dir", f"{work}/ftd", "--tokens-file", tokens, "--grpc-listen", "127.0.0.1:0",
-             "--http-listen", "127.0.0.1:0", "--shared-model-root", f"{work}/models", "--data-root", f"{work}/datasets",
+             "--http-listen", "127.0.0.1:0", "--shared-model-root", models_root or f"{work}/models", "--data-root", f"{work}/datasets",
              "--output-root", f"{work}/outputs",
              "--local-worker", "--local-worker-slots", "1"],
             stdout=self.out, stderr=open(os.path.join(work, "ftd.log"), "w"))

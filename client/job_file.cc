@@ -44,9 +44,11 @@ std::string KnownFields(const Descriptor* d) {
   return absl::StrJoin(names, ", ");
 }
 
-// Sets scalar field `f` of `msg` from YAML scalar text; the error says what was expected.
+// Sets scalar field `f` of `msg` from YAML scalar text (appends, for a list field); the error
+// says what was expected.
 absl::Status SetScalar(Message* msg, const FieldDescriptor* f, const std::string& text) {
   const Reflection* r = msg->GetReflection();
+  const bool add = f->is_repeated();
   std::string t(absl::StripAsciiWhitespace(text));
   auto bad = [&](const char* what) {
     return absl::InvalidArgumentError(absl::StrCat("expected ", what, ", got \"", absl::CEscape(t), "\""));
@@ -55,25 +57,25 @@ absl::Status SetScalar(Message* msg, const FieldDescriptor* f, const std::string
     case FieldDescriptor::CPPTYPE_INT32: {
       int32_t v;
       if (!absl::SimpleAtoi(t, &v)) return bad("an integer (32-bit)");
-      r->SetInt32(msg, f, v);
+      add ? r->AddInt32(msg, f, v) : r->SetInt32(msg, f, v);
       break;
     }
     case FieldDescriptor::CPPTYPE_INT64: {
       int64_t v;
       if (!absl::SimpleAtoi(t, &v)) return bad("an integer");
-      r->SetInt64(msg, f, v);
+      add ? r->AddInt64(msg, f, v) : r->SetInt64(msg, f, v);
       break;
     }
     case FieldDescriptor::CPPTYPE_UINT32: {
       uint32_t v;
       if (!absl::SimpleAtoi(t, &v)) return bad("a non-negative integer (32-bit)");
-      r->SetUInt32(msg, f, v);
+      add ? r->AddUInt32(msg, f, v) : r->SetUInt32(msg, f, v);
       break;
     }
     case FieldDescriptor::CPPTYPE_UINT64: {
       uint64_t v;
       if (!absl::SimpleAtoi(t, &v)) return bad("a non-negative integer");
-      r->SetUInt64(msg, f, v);
+      add ? r->AddUInt64(msg, f, v) : r->SetUInt64(msg, f, v);
       break;
     }
     case FieldDescriptor::CPPTYPE_DOUBLE:
@@ -81,30 +83,30 @@ absl::Status SetScalar(Message* msg, const FieldDescriptor* f, const std::string
       double v;
       if (!absl::SimpleAtod(t, &v)) return bad("a number");
       if (f->cpp_type() == FieldDescriptor::CPPTYPE_DOUBLE) {
-        r->SetDouble(msg, f, v);
+        add ? r->AddDouble(msg, f, v) : r->SetDouble(msg, f, v);
       } else {
-        r->SetFloat(msg, f, static_cast<float>(v));
+        add ? r->AddFloat(msg, f, static_cast<float>(v)) : r->SetFloat(msg, f, static_cast<float>(v));
       }
       break;
     }
     case FieldDescriptor::CPPTYPE_BOOL: {
       std::string l = absl::AsciiStrToLower(t);
       if (l == "true" || l == "yes" || l == "on") {
-        r->SetBool(msg, f, true);
+        add ? r->AddBool(msg, f, true) : r->SetBool(msg, f, true);
       } else if (l == "false" || l == "no" || l == "off") {
-        r->SetBool(msg, f, false);
+        add ? r->AddBool(msg, f, false) : r->SetBool(msg, f, false);
       } else {
         return bad("true or false");
       }
       break;
     }
     case FieldDescriptor::CPPTYPE_STRING:
-      r->SetString(msg, f, text);
+      add ? r->AddString(msg, f, text) : r->SetString(msg, f, text);
       break;
     case FieldDescriptor::CPPTYPE_ENUM: {
       const auto* v = f->enum_type()->FindValueByName(absl::AsciiStrToUpper(t));
       if (v == nullptr) return bad("an enum value name");
-      r->SetEnum(msg, f, v);
+      add ? r->AddEnum(msg, f, v) : r->SetEnum(msg, f, v);
       break;
     }
     case FieldDescriptor::CPPTYPE_MESSAGE:
@@ -167,7 +169,22 @@ class Converter {
       }
       return absl::OkStatus();
     }
-    if (f->is_repeated()) return Error(line, path, "lists are not supported in job files");
+    if (f->is_repeated()) {
+      if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+        return Error(line, path, "lists of sections are not supported in job files");
+      }
+      if (!value.IsSequence()) return Error(line, path, "expected a list, e.g. [a, b] or one \"- item\" per line");
+      msg->GetReflection()->ClearField(msg, f);
+      for (size_t i = 0; i < value.size(); ++i) {
+        const YAML::Node& item = value[i];
+        const std::string item_path = absl::StrCat(path, "[", i, "]");
+        const int item_line = LineOf(item) > 0 ? LineOf(item) : line;
+        if (!item.IsScalar()) return Error(item_line, item_path, "expected a single value");
+        absl::Status st = SetScalar(msg, f, item.Scalar());
+        if (!st.ok()) return Error(item_line, item_path, std::string(st.message()));
+      }
+      return absl::OkStatus();
+    }
     if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
       return FillMessage(value, msg->GetReflection()->MutableMessage(msg, f), path);
     }
@@ -292,8 +309,17 @@ absl::StatusOr<JobFile> JobFile::Parse(const std::string& text, const std::strin
         msg = msg->GetReflection()->MutableMessage(msg, f);
         continue;
       }
-      absl::Status st = SetScalar(msg, f, value);
-      if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", path, ": ", st.message()));
+      if (f->is_repeated() && f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": ", path, ": is a list of sections, not a value"));
+      }
+      // A list field takes comma-separated items and replaces what the file had.
+      if (f->is_repeated()) msg->GetReflection()->ClearField(msg, f);
+      const std::vector<std::string> items =
+          f->is_repeated() ? absl::StrSplit(value, ',', absl::SkipWhitespace()) : std::vector<std::string>{value};
+      for (const std::string& item : items) {
+        absl::Status st = SetScalar(msg, f, std::string(absl::StripAsciiWhitespace(item)));
+        if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", path, ": ", st.message()));
+      }
       job.sets_[path] = where;
     }
   }

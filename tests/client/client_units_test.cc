@@ -115,6 +115,29 @@ TEST(JobFileTest, WrappedLayoutAndErrors) {
   EXPECT_EQ(only_sets->request().spec().resources().nodes(), 2);
 }
 
+// List fields (lora.targets): a YAML list in the file, comma-separated items with --set (which
+// replace the file's); items are checked and named by index.
+TEST(JobFileTest, ListFields) {
+  auto block = JobFile::Parse("method: lora\nlora:\n  targets:\n    - attention\n    - experts\n", "l.yaml", {});
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_THAT(block->request().spec().lora().targets(), ::testing::ElementsAre("attention", "experts"));
+  EXPECT_EQ(block->Locate("spec.lora.targets[1]"), "l.yaml:3");
+  auto flow = JobFile::Parse("lora: {targets: [mlp]}\n", "l.yaml", {});
+  ASSERT_TRUE(flow.ok()) << flow.status();
+  EXPECT_THAT(flow->request().spec().lora().targets(), ::testing::ElementsAre("mlp"));
+  auto set = JobFile::Parse("lora: {targets: [mlp]}\n", "l.yaml", {"lora.targets=attention, shared_experts"});
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_THAT(set->request().spec().lora().targets(), ::testing::ElementsAre("attention", "shared_experts"));
+
+  auto err = [](const std::string& text) {
+    auto r = JobFile::Parse(text, "l.yaml", {});
+    return r.ok() ? std::string("ok") : std::string(r.status().message());
+  };
+  EXPECT_THAT(err("lora:\n  targets: attention\n"), HasSubstr("l.yaml:2: spec.lora.targets: expected a list"));
+  EXPECT_THAT(err("lora:\n  targets:\n    - attention\n    - {a: b}\n"),
+              HasSubstr("l.yaml:4: spec.lora.targets[1]: expected a single value"));
+}
+
 TEST(ProgressLineTest, LineAndEta) {
   ftd::v1::JobStatus st;
   st.set_state(ftd::v1::RUNNING);
