@@ -410,7 +410,7 @@ absl::StatusOr<ftd::v1::CreateJobResponse> Create(Connection* c, const JobFile& 
 
 void AddFileOptions(CLI::App* sub, SubmitArgs& a) {
   sub->add_option("-f,--filename", a.file, "job file (YAML or JSON; - for stdin)")->required();
-  sub->add_option("--set", a.sets, "override a field: key=value (e.g. hyperparameters.lr=2e-5); repeatable");
+  sub->add_option("--set", a.sets, "override a field: key=value (e.g. hyperparameters.lr=2e-5; a list: lora.targets=attention,experts); repeatable");
 }
 
 }  // namespace
