@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from conftest import run
 from hf_parity import hf_train_losses, ids_for, parse_losses, rel, write_dataset
 from test_gpt_oss_parity import make_model
-from test_lora_parity import peft_grads, peft_model, write_lora_spec
+from test_lora_parity import assert_lora_resume_equals_uninterrupted, peft_grads, peft_model, write_lora_spec
 
 peft = pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402
@@ -193,18 +193,6 @@ def test_expert_lora_resume_equals_uninterrupted(tmp_path, ftd_train):
     """--resume reloads the adapter from its own checkpoint (lora_B of gate_up de-interleaved back
     into the engine's columns): the losses after the restart are those of one uninterrupted run."""
     model, d = make_model(tmp_path, "gqa2_top2_e4_window4_clamped")
-    g = torch.Generator().manual_seed(5)
-    write_dataset(tmp_path / "data.jsonl", torch.randint(0, model.config.vocab_size, (6, 21), generator=g))
     lora = {"rank": 4, "alpha": 8, "targets": ["attention", "experts"]}
-    hp = dict(max_steps=6, warmup_steps=2)
-    write_lora_spec(tmp_path / "full.json", d, tmp_path / "data.jsonl", tmp_path / "full", lora, **hp)
-    full = parse_losses(run([ftd_train, "train", "--spec", tmp_path / "full.json"]).stdout)
-    write_lora_spec(tmp_path / "split.json", d, tmp_path / "data.jsonl", tmp_path / "split", lora, **hp)
-    first = parse_losses(run([ftd_train, "train", "--spec", tmp_path / "split.json", "--stop-after", "3"]).stdout)
-    second = run([ftd_train, "train", "--spec", tmp_path / "split.json", "--resume"])
-    assert "resumed from" in second.stdout
-    assert len(full) == 6 and first + parse_losses(second.stdout) == full
-    a = load_file(tmp_path / "full" / "checkpoint-6" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "split" / "checkpoint-6" / "adapter_model.safetensors")
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert any(".mlp.experts.base_layer.lora_B" in k for k in a)
+    _, adapter = assert_lora_resume_equals_uninterrupted(ftd_train, tmp_path, model, d, lora, 6, 3, 2)
+    assert any(".mlp.experts.base_layer.lora_B" in k for k in adapter)
