@@ -12,6 +12,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
+#include "engine/model/gate_up_columns.h"
 #include "engine/model/mxfp4.h"
 
 namespace ftd::engine {
@@ -53,21 +54,6 @@ int64_t LayerOfName(const std::string& name) {
   return i < name.size() && name[i] == '.' ? layer : -1;
 }
 
-// GPT-OSS's fused experts interleave gate and up in the last dim (gate at even, up at odd
-// columns); the engine keeps [gate | up]. Both directions are pure permutations: exact.
-bool Interleaved(const TensorSpec& spec) {
-  return spec.expert_names == ExpertNames::kFusedInterleaved &&
-         (spec.slot == Slot::kExpertsGateUp || spec.slot == Slot::kExpertsGateUpBias);
-}
-at::Tensor Deinterleave(const at::Tensor& t) {  // [..., 2F] (g0 u0 g1 u1 ...) -> [..., 2F] (g | u)
-  const int64_t last = t.dim() - 1;
-  return at::cat({t.slice(last, 0, t.size(last), 2), t.slice(last, 1, t.size(last), 2)}, last);
-}
-at::Tensor Interleave(const at::Tensor& t) {  // [..., 2F] (g | u) -> [..., 2F] (g0 u0 g1 u1 ...)
-  const int64_t last = t.dim() - 1, F = t.size(last) / 2;
-  return at::stack({t.narrow(last, 0, F), t.narrow(last, F, F)}, -1).flatten(last, last + 1);
-}
-
 }  // namespace
 
 absl::StatusOr<ModelWeights> LoadHfWeights(const std::string& model_dir, const ModelConfig& c,
@@ -100,12 +86,12 @@ absl::StatusOr<ModelWeights> LoadHfWeights(const std::string& model_dir, const M
         blocks = blocks.narrow(0, o.expert_begin, E);
         scales = scales.narrow(0, o.expert_begin, E);
         t = DequantizeMxfp4(blocks, scales);
-        t = (Interleaved(spec) ? Deinterleave(t) : t).to(to_model).contiguous();
+        t = (HasInterleavedGateUp(spec) ? DeinterleaveGateUp(t) : t).to(to_model).contiguous();
         continue;
       }
       FTD_ASSIGN_OR_RETURN(all, reader->Load(spec.name, spec.shape));
       at::Tensor mine = all.narrow(0, o.expert_begin, E);
-      t = (Interleaved(spec) ? Deinterleave(mine) : mine).to(to_model).contiguous();
+      t = (HasInterleavedGateUp(spec) ? DeinterleaveGateUp(mine) : mine).to(to_model).contiguous();
       continue;
     }
     // Fused experts from per-expert keys: gate_up [E, H, 2F] = [gate^T | up^T], down = down^T.
@@ -228,7 +214,7 @@ std::vector<std::pair<std::string, at::Tensor>> ToHfTensors(ModelWeights& w, con
       TORCH_CHECK(E == c.num_experts, spec.name,
                   ": a fused-expert checkpoint (gpt_oss) is written only by a rank holding every expert "
                   "(expert parallelism saves are not implemented for it)");
-      out.emplace_back(spec.name, cpu(Interleaved(spec) ? Interleave(t.detach()) : t.detach()));
+      out.emplace_back(spec.name, cpu(HasInterleavedGateUp(spec) ? InterleaveGateUp(t.detach()) : t.detach()));
       continue;
     }
     for (int64_t e = 0; e < E; ++e) {

@@ -14,6 +14,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
+#include "engine/model/gate_up_columns.h"
 #include "engine/model/transformer.h"
 #include "nlohmann/json.hpp"
 
@@ -62,6 +63,15 @@ at::Tensor ExpertAFromPeft(const at::Tensor& A, int64_t E) {
 }
 at::Tensor ExpertBFromPeft(const at::Tensor& B, int64_t E) {
   return B.view({B.size(0), -1, E}).permute({2, 1, 0}).contiguous();
+}
+
+// b's output columns follow its base weight's: GPT-OSS's gate_up is interleaved (gate at even,
+// up at odd columns) in HF and so in PEFT's lora_B, [gate | up] in the engine.
+at::Tensor ExpertBColumnsToHf(const LoraSite& site, const at::Tensor& b) {
+  return HasInterleavedGateUp(*site.spec) ? InterleaveGateUp(b) : b;
+}
+at::Tensor ExpertBColumnsFromHf(const LoraSite& site, const at::Tensor& b) {
+  return HasInterleavedGateUp(*site.spec) ? DeinterleaveGateUp(b) : b;
 }
 
 std::string AdapterConfigJson(const LoraOptions& o, const std::string& base_model,
@@ -199,7 +209,8 @@ std::vector<std::pair<std::string, at::Tensor>> PeftAdapterTensors(ModelWeights&
     } else if (site.experts != nullptr && site.experts->defined()) {
       const bool b2 = both.count(site.layer) > 0;
       out.emplace_back(PeftKey(site, b2, "lora_A"), ExpertAToPeft(full_experts(value(site.experts->a))));
-      out.emplace_back(PeftKey(site, b2, "lora_B"), ExpertBToPeft(full_experts(value(site.experts->b))));
+      out.emplace_back(PeftKey(site, b2, "lora_B"),
+                       ExpertBToPeft(ExpertBColumnsToHf(site, full_experts(value(site.experts->b)))));
     }
   }
   return out;
@@ -234,6 +245,8 @@ std::vector<std::pair<std::string, at::Tensor>> PerExpertAdapterTensors(ModelWei
       continue;
     }
     if (site.experts == nullptr || !site.experts->defined()) continue;
+    TORCH_CHECK(site.spec->expert_names != ExpertNames::kFusedInterleaved, site.module,
+                ": fused-expert checkpoints have no per-expert modules to name (use PeftAdapterTensors)");
     const at::Tensor a = full_experts(site.experts->a.detach());  // [E, in, r]
     const at::Tensor b = full_experts(site.experts->b.detach());  // [E, r, out]
     const bool gate_up = std::string(site.expert_param) == "gate_up_proj";
@@ -351,7 +364,7 @@ absl::StatusOr<LoraOptions> LoadPeftAdapter(const std::string& dir, ModelWeights
       FTD_ASSIGN_OR_RETURN(at::Tensor A, load(key_a, std::vector<int64_t>{E * r, in}));
       FTD_ASSIGN_OR_RETURN(at::Tensor B, load(key_b, std::vector<int64_t>{out, r * E}));
       at::Tensor a = ExpertAFromPeft(A, E).narrow(0, mo.expert_begin, E_local).contiguous();
-      at::Tensor b = ExpertBFromPeft(B, E).narrow(0, mo.expert_begin, E_local).contiguous();
+      at::Tensor b = ExpertBColumnsFromHf(site, ExpertBFromPeft(B, E)).narrow(0, mo.expert_begin, E_local).contiguous();
       *site.experts = {a.to(opts).requires_grad_(true), b.to(opts).requires_grad_(true), scale};
     }
   }

@@ -4,7 +4,9 @@
 // expert, applied with grouped GEMMs on the same permuted rows as the base experts
 // (core/moe/grouped_experts.h), stored a [E, in, r], b [E, r, out]. PEFT keeps experts' adapters
 // as lora_A [E*r, in] (expert-major) and lora_B [out, r*E] (expert-minor) of its ParamWrapper on
-// mlp.experts.{gate_up_proj, down_proj} (target_parameters); the conversion is exact.
+// mlp.experts.{gate_up_proj, down_proj} (target_parameters); the conversion is exact. lora_B's
+// rows follow the base weight's HF column order: GPT-OSS's gate_up interleaves gate (even) and
+// up (odd), the engine keeps [gate | up] (gate_up_columns.h), converted at import and export.
 // Scale: alpha / r, or alpha / sqrt(r) with use_rslora. A starts kaiming-uniform(a = sqrt(5))
 // (uniform in +-1/sqrt(in)), B at zero: the adapted model starts equal to the base.
 #pragma once
@@ -78,6 +80,7 @@ std::string PeftAdapterConfigJson(ModelWeights& weights, const LoraOptions& opti
 // as <experts module>.<e>.{gate_proj, up_proj, down_proj} (Mixtral: w1, w3, w2) with lora_A
 // [r, in] and lora_B [out, r]; gate and up share their expert's A (the fused adapter's), each
 // with its half of B, so the update is exactly the fused one. Linears as in PeftAdapterTensors.
+// Not for fused-expert checkpoints (GPT-OSS: no per-expert modules; PeftAdapterTensors is theirs).
 std::vector<std::pair<std::string, at::Tensor>> PerExpertAdapterTensors(ModelWeights& weights,
                                                                         const ExpertGather& full_experts);
 // adapter_config.json for PerExpertAdapterTensors: every adapted module by name (target_modules).

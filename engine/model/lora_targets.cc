@@ -67,12 +67,6 @@ LoraParameterCounts CountLoraParameters(const ModelConfig& config, int64_t rank,
 }
 
 absl::Status CheckLoraTargets(const ModelConfig& config, uint32_t targets, const std::string& field) {
-  // GPT-OSS: adapters on its biased, interleaved experts (and their PEFT export) are not
-  // implemented: refused rather than half-supported. Attention adapters are (tested against PEFT).
-  if (config.expert_bias && (targets & kLoraExperts)) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": experts cannot be adapted in ", config.model_type,
-                                                   " models yet (LoRA on its attention only: targets [attention])"));
-  }
   uint32_t matched = 0;
   for (const TensorSpec& spec : ModelTensorLayout(config)) matched |= LoraTargetOfSlot(spec.slot);
   const uint32_t missing = targets & ~matched;

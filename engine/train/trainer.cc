@@ -456,6 +456,8 @@ absl::Status Trainer::SaveCheckpoint(int64_t at_step) {
   if (lora()) {
     // Every rank takes part in the experts' gathers; rank 0 writes the adapters: PEFT's layout
     // (transformers v5) in DIR, the per-expert layout (vLLM; PEFT converts it too) in DIR/vllm.
+    // Fused-expert checkpoints (GPT-OSS) have no per-expert modules: PEFT's stacked 3-D layout
+    // (lora_A [E*r, in], lora_B [out, r*E] on mlp.experts.*) is their only export.
     parts.adapter = true;
     LoraOptions o;
     o.rank = spec_.lora_rank;
@@ -467,7 +469,7 @@ absl::Status Trainer::SaveCheckpoint(int64_t at_step) {
     try {
       parts.adapters.push_back({"", PeftAdapterTensors(model_->weights(), gather),
                                 PeftAdapterConfigJson(model_->weights(), o, spec_.base_model)});
-      if (experts) {
+      if (experts && !HasFusedExperts(model_->weights())) {
         parts.adapters.push_back({"vllm", PerExpertAdapterTensors(model_->weights(), gather),
                                   PerExpertAdapterConfigJson(model_->weights(), o, spec_.base_model)});
       }

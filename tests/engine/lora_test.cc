@@ -1,13 +1,16 @@
 // LoRA adapters in the engine (engine/model/lora.h): fresh adapters as PEFT initialises them,
 // frozen base, adapters as the only parameters, expert adapters identical under any expert
-// sharding, targets that match nothing refused, and merging equal to applying.
+// sharding, targets that match nothing refused, and merging equal to applying; GPT-OSS's
+// interleaved gate_up adapters exported in HF's column order and imported back exactly.
 #include <cmath>
+#include <map>
 #include <memory>
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
 #include "engine/model/config.h"
+#include "engine/model/gate_up_columns.h"
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/lora.h"
 #include "engine/model/transformer.h"
@@ -137,6 +140,45 @@ TEST(Lora, MergedWeightsGiveTheAdaptedLogits) {
   ModelWeights base = InitRandomWeights(c, mo, 1);
   EXPECT_GT((adapted - Logits(c, mo, base)).abs().max().item<float>(), 1e-3);  // the adapters matter
   EXPECT_LE((adapted - after).abs().max().item<float>(), 1e-5);
+}
+
+// GPT-OSS: the experts take adapters; PEFT's lora_B of gate_up has HF's interleaved rows, so
+// that PEFT's per-expert delta A[e]^T B[e]^T is the engine's a[e] b[e] with gate/up interleaved;
+// merging equals applying.
+TEST(Lora, GptOssExpertAdaptersInHfColumns) {
+  auto preset = PresetConfig("tiny-gpt-oss");
+  ASSERT_TRUE(preset.ok()) << preset.status();
+  ModelConfig c = *preset;
+  ModelOptions mo;
+  ModelWeights w = InitRandomWeights(c, mo, 1);
+  LoraOptions o;
+  o.rank = 3;
+  o.alpha = 6;
+  o.targets = kLoraAttention | kLoraExperts;
+  ASSERT_TRUE(AddLoraAdapters(w, c, mo, o, 5).ok());
+  {
+    c10::NoGradGuard no_grad;
+    for (NamedParam& p : ListParameters(w)) p.tensor->normal_(0, 0.3);  // B off zero
+  }
+  const LoraExperts& gu = w.layers[0].moe.gate_up_lora;
+  const int64_t E = c.num_experts, r = o.rank;
+  std::map<std::string, at::Tensor> peft;
+  for (auto& [k, t] : PeftAdapterTensors(w, [](const at::Tensor& t) { return t; })) peft[k] = t;
+  const std::string key = "base_model.model.model.layers.0.mlp.experts.base_layer.";
+  ASSERT_TRUE(peft.count(key + "lora_A.weight") && peft.count(key + "lora_B.weight"));
+  at::Tensor A = peft[key + "lora_A.weight"].view({E, r, -1});                       // [E, r, H]
+  at::Tensor B = peft[key + "lora_B.weight"].view({-1, r, E}).permute({2, 0, 1});  // [E, 2F, r]
+  at::Tensor peft_delta = at::bmm(A.transpose(1, 2), B.transpose(1, 2));          // [E, H, 2F], HF's columns
+  at::Tensor ours = InterleaveGateUp(at::bmm(gu.a, gu.b));
+  EXPECT_TRUE(at::allclose(peft_delta, ours, 1e-5, 1e-6));
+  EXPECT_FALSE(at::allclose(peft_delta, at::bmm(gu.a, gu.b), 1e-3, 1e-3));  // the order matters
+  EXPECT_TRUE(at::equal(DeinterleaveGateUp(InterleaveGateUp(gu.b)), gu.b));
+
+  at::Tensor adapted = Logits(c, mo, w);
+  ModelWeights merged = w;
+  MergeLoraAdapters(merged);
+  EXPECT_GT((adapted - Logits(c, mo, InitRandomWeights(c, mo, 1))).abs().max().item<float>(), 1e-3);
+  EXPECT_LE((adapted - Logits(c, mo, merged)).abs().max().item<float>(), 1e-5);
 }
 
 // Training with the step every job runs: the base is bit-identical afterwards, every adapter

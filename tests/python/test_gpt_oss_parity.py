@@ -172,21 +172,22 @@ def test_unimplemented_settings_are_refused(tmp_path, ftd_train, fields, named):
     assert named in res.stderr and "config.json" in res.stderr, res.stderr
 
 
-def test_lora_on_experts_is_refused_naming_the_targets(tmp_path, ftd_train):
-    """LoRA on GPT-OSS's experts is not implemented yet: such a job is refused up front, naming
-    lora.targets (the default targets include the experts)."""
+def test_lora_targets_gpt_oss_lacks_are_refused_naming_the_field(tmp_path, ftd_train):
+    """GPT-OSS has no dense MLP and no shared experts: LoRA targets naming them are refused up
+    front, naming lora.targets (its attention and experts are adapted: test_gpt_oss_lora.py)."""
     model, d = make_model(tmp_path, "gqa4_top4_e8_window3_nobias")
     write_dataset(tmp_path / "data.jsonl", ids_for(model.config, batch=2, seq=17))
     write_spec(tmp_path / "job.json", d, tmp_path / "data.jsonl", tmp_path / "out")
     spec = json.loads((tmp_path / "job.json").read_text())
     spec["method"] = "lora"
-    spec["lora"] = {"rank": 4, "alpha": 8, "targets": ["attention", "experts"]}
-    (tmp_path / "job.json").write_text(json.dumps(spec))
-    res = subprocess.run([str(ftd_train), "train", "--spec", str(tmp_path / "job.json")], capture_output=True,
-                         text=True)
-    assert res.returncode != 0
-    assert "lora.targets" in res.stderr and "gpt_oss" in res.stderr, res.stderr
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("checkpoint-*"))
+    for targets, named in ((["experts", "mlp"], "lora.targets: mlp matches nothing in this gpt_oss model"),
+                           (["shared_experts"], "lora.targets: shared_experts matches nothing in this gpt_oss")):
+        spec["lora"] = {"rank": 4, "alpha": 8, "targets": targets}
+        (tmp_path / "job.json").write_text(json.dumps(spec))
+        res = subprocess.run([str(ftd_train), "train", "--spec", str(tmp_path / "job.json")], capture_output=True,
+                             text=True)
+        assert res.returncode != 0 and named in res.stderr, res.stderr
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("checkpoint-*"))
 
 
 def test_mxfp4_experts_dequantise_as_transformers(tmp_path, ftd_train):

@@ -254,26 +254,34 @@ def merged_reference(base_model, adapter, scale, family="qwen3_moe"):
     return out
 
 
-def test_lora_resume_equals_uninterrupted(tmp_path, ftd_train):
-    model, d = qwen3.make_model(tmp_path, "top2_tied_sparse_step2")
+def assert_lora_resume_equals_uninterrupted(ftd_train, tmp_path, model, model_dir, lora, steps, stop_after, warmup):
+    """One LoRA run of `steps` steps on 6 random rows of 21 tokens against the same run stopped
+    after `stop_after` and resumed: the same printed losses (identical, not merely close) and the
+    same final adapter, byte for byte. Returns the uninterrupted run's losses and adapter."""
     g = torch.Generator().manual_seed(5)
-    ids = torch.randint(0, model.config.vocab_size, (6, 21), generator=g)
-    write_dataset(tmp_path / "data.jsonl", ids)
-    lora = {"rank": 8, "alpha": 16, "targets": ["attention", "experts"]}  # fresh adapters: A random, B zero
-    hp = dict(max_steps=8, warmup_steps=3)
-    write_lora_spec(tmp_path / "full.json", d, tmp_path / "data.jsonl", tmp_path / "full", lora, **hp)
+    write_dataset(tmp_path / "data.jsonl", torch.randint(0, model.config.vocab_size, (6, 21), generator=g))
+    hp = dict(max_steps=steps, warmup_steps=warmup)
+    write_lora_spec(tmp_path / "full.json", model_dir, tmp_path / "data.jsonl", tmp_path / "full", lora, **hp)
     full = parse_losses(run([ftd_train, "train", "--spec", tmp_path / "full.json"]).stdout)
-    write_lora_spec(tmp_path / "split.json", d, tmp_path / "data.jsonl", tmp_path / "split", lora, **hp)
-    first = parse_losses(run([ftd_train, "train", "--spec", tmp_path / "split.json", "--stop-after", "4"]).stdout)
+    write_lora_spec(tmp_path / "split.json", model_dir, tmp_path / "data.jsonl", tmp_path / "split", lora, **hp)
+    first = parse_losses(run([ftd_train, "train", "--spec", tmp_path / "split.json", "--stop-after",
+                              stop_after]).stdout)
     second = run([ftd_train, "train", "--spec", tmp_path / "split.json", "--resume"])
     assert "resumed from" in second.stdout
     rest = parse_losses(second.stdout)
-    assert len(full) == 8 and len(first) == 4 and len(rest) == 4, (full, first, rest)
-    assert first + rest == full  # the printed losses are identical, not merely close
+    assert len(full) == steps and len(first) == stop_after and len(rest) == steps - stop_after, (full, first, rest)
+    assert first + rest == full
     assert full[-1] < full[0]
-    a = load_file(tmp_path / "full" / "checkpoint-8" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "split" / "checkpoint-8" / "adapter_model.safetensors")
+    a = load_file(tmp_path / "full" / f"checkpoint-{steps}" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "split" / f"checkpoint-{steps}" / "adapter_model.safetensors")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    return full, a
+
+
+def test_lora_resume_equals_uninterrupted(tmp_path, ftd_train):
+    model, d = qwen3.make_model(tmp_path, "top2_tied_sparse_step2")
+    lora = {"rank": 8, "alpha": 16, "targets": ["attention", "experts"]}  # fresh adapters: A random, B zero
+    full, _ = assert_lora_resume_equals_uninterrupted(ftd_train, tmp_path, model, d, lora, 8, 4, 3)
     # A fresh adapter starts as PEFT's does: B zero, so the first loss is the base model's (a
     # full fine-tune's first loss on the same rows).
     spec = json.loads((tmp_path / "full.json").read_text())
