@@ -73,6 +73,12 @@ absl::Status CheckLoraTargets(const ModelConfig& config, uint32_t targets, const
     return absl::InvalidArgumentError(absl::StrCat(field, ": experts cannot be adapted in ", config.model_type,
                                                    " models yet (LoRA on its attention only: targets [attention])"));
   }
+  // Nemotron-H: adapters on its Mamba2, relu^2 and latent layers (and their PEFT export) are not
+  // implemented: LoRA is refused for it.
+  if (config.IsHybrid()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": LoRA is not supported for ", config.model_type,
+                                                   " models yet (use method full)"));
+  }
   uint32_t matched = 0;
   for (const TensorSpec& spec : ModelTensorLayout(config)) matched |= LoraTargetOfSlot(spec.slot);
   const uint32_t missing = targets & ~matched;

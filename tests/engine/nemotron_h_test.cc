@@ -1,0 +1,220 @@
+// Nemotron-H on the CPU without HF (HF parity is tests/python/test_nemotron_h_parity.py):
+// - the Nemotron Nano 3 preset counts as transformers counts NemotronHForCausalLM;
+// - the SSD chunked scan equals the token-by-token recurrence (chunks that do and do not divide
+//   the sequence, B/C groups, packed rows with the state reset at document starts);
+// - the causal convolution over packed rows reads nothing of the previous document;
+// - a packed row gives each document the logits, loss and parameter gradients it has alone;
+// - config errors name the field.
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "engine/model/config.h"
+#include "engine/model/core/mamba2.h"
+#include "engine/model/hf_checkpoint.h"
+#include "engine/model/transformer.h"
+#include "gtest/gtest.h"
+
+namespace ftd::engine {
+namespace {
+
+TEST(NemotronH, PresetsCountAsTransformers) {
+  // sum(p.numel() for p in NemotronHForCausalLM(cfg).parameters()) on the meta device,
+  // transformers 5.25, with the published Nano 3 config (hybrid_override_pattern cut to L).
+  ModelConfig nano = *PresetConfig("nemotron-nano-3-30b-a3b");
+  EXPECT_EQ(nano.num_hidden_layers, 52);
+  EXPECT_EQ(nano.TotalParameters(), 31577937344);
+  EXPECT_EQ(nano.NumMoeLayers(), 23);
+  EXPECT_EQ(nano.NumMambaLayers(), 23);
+  EXPECT_EQ(nano.NumAttentionLayers(), 6);
+  ModelConfig six = WithLayers(nano, 6);
+  EXPECT_EQ(six.TotalParameters(), 3439215552);
+  // --layers repeats the pattern past its end.
+  ModelConfig tiny = *PresetConfig("tiny-nemotron-h");
+  ModelConfig more = WithLayers(tiny, 8);
+  EXPECT_EQ(more.BlockOf(6), tiny.BlockOf(0));
+  EXPECT_EQ(more.BlockOf(7), tiny.BlockOf(1));
+  // FLOPs: the causal attention term grows with the sequence for the 6 attention layers only
+  // (3 x S x Hq x (d_qk + d_v) each); the Mamba2 scan's term depends on the chunk, not on S.
+  EXPECT_NEAR(nano.TrainingFlopsPerToken(8192) - nano.TrainingFlopsPerToken(4096), 6 * 3.0 * 4096 * 32 * 256, 1.0);
+  // The scan's term: 23 layers x 3 x 2 x (Q N G / 2 + nh (Q P / 2 + 2 N P)).
+  const double ssd = 3.0 * 2.0 * (0.5 * 128 * 128 * 8 + 64 * (0.5 * 128 * 64 + 2.0 * 128 * 64));
+  EXPECT_GT(nano.TrainingFlopsPerToken(4096), 23 * ssd);
+}
+
+struct ScanInputs {
+  at::Tensor x, dt, A, b, c, D;
+};
+
+ScanInputs RandomScan(int64_t B, int64_t S, int64_t nh, int64_t P, int64_t G, int64_t N) {
+  ScanInputs in;
+  in.x = at::randn({B, S, nh, P});
+  in.dt = at::softplus(at::randn({B, S, nh}));
+  in.A = -at::rand({nh}) * 2 - 0.1;
+  in.b = at::randn({B, S, G, N});
+  in.c = at::randn({B, S, G, N});
+  in.D = at::randn({nh});
+  return in;
+}
+
+TEST(NemotronH, ChunkedScanEqualsTheRecurrence) {
+  at::manual_seed(1);
+  const int64_t B = 2, S = 23, nh = 6, P = 4, N = 5;
+  for (int64_t G : {1, 3}) {
+    ScanInputs in = RandomScan(B, S, nh, P, G, N);
+    at::Tensor ref = SsdSequentialReference(in.x, in.dt, in.A, in.b, in.c, in.D, {});
+    for (int64_t chunk : {1, 4, 23, 32}) {
+      SCOPED_TRACE(testing::Message() << "groups " << G << " chunk " << chunk);
+      at::Tensor y = SsdChunkScan(in.x, in.dt, in.A, in.b, in.c, in.D, chunk, {});
+      EXPECT_TRUE(at::allclose(y, ref, 1e-4, 1e-4)) << (y - ref).abs().max().item<double>();
+    }
+  }
+}
+
+TEST(NemotronH, ChunkedScanResetsTheStateAtDocumentStarts) {
+  at::manual_seed(2);
+  const int64_t S = 29, nh = 4, P = 3, G = 2, N = 4;
+  ScanInputs in = RandomScan(2, S, nh, P, G, N);
+  // Row 0: documents of 5, 11 (crossing chunk ends) and 13 tokens; row 1: one document.
+  at::Tensor seg = at::zeros({2, S}, at::kLong);
+  seg[0].narrow(0, 5, 11).fill_(1);
+  seg[0].narrow(0, 16, 13).fill_(2);
+  at::Tensor ref = SsdSequentialReference(in.x, in.dt, in.A, in.b, in.c, in.D, seg);
+  for (int64_t chunk : {4, 8, 16, 64}) {
+    SCOPED_TRACE(testing::Message() << "chunk " << chunk);
+    at::Tensor y = SsdChunkScan(in.x, in.dt, in.A, in.b, in.c, in.D, chunk, seg);
+    EXPECT_TRUE(at::allclose(y, ref, 1e-4, 1e-4)) << (y - ref).abs().max().item<double>();
+    // The third document alone gives the same outputs.
+    auto doc = [](const at::Tensor& t) { return t.narrow(0, 0, 1).narrow(1, 16, 13); };
+    at::Tensor alone = SsdChunkScan(doc(in.x), doc(in.dt), in.A, doc(in.b), doc(in.c), in.D, chunk, {});
+    EXPECT_TRUE(at::allclose(doc(y), alone, 1e-4, 1e-4)) << (doc(y) - alone).abs().max().item<double>();
+  }
+  // Without the reset, the documents would leak into each other.
+  at::Tensor leaked = SsdChunkScan(in.x, in.dt, in.A, in.b, in.c, in.D, 8, {});
+  EXPECT_FALSE(at::allclose(leaked[0], ref[0], 1e-4, 1e-4));
+}
+
+TEST(NemotronH, CausalConvOverPackedRowsStaysInEachDocument) {
+  at::manual_seed(3);
+  const int64_t S = 12, C = 5, K = 4;
+  at::Tensor x = at::randn({1, S, C}), w = at::randn({C, 1, K}), bias = at::randn({C});
+  at::Tensor seg = at::cat({at::zeros({1, 5}, at::kLong), at::ones({1, S - 5}, at::kLong)}, 1);
+  at::Tensor packed = CausalDepthwiseConv1d(x, w, bias, seg);
+  at::Tensor first = CausalDepthwiseConv1d(x.narrow(1, 0, 5), w, bias, {});
+  at::Tensor second = CausalDepthwiseConv1d(x.narrow(1, 5, S - 5), w, bias, {});
+  EXPECT_TRUE(at::allclose(packed.narrow(1, 0, 5), first, 1e-5, 1e-6));
+  EXPECT_TRUE(at::allclose(packed.narrow(1, 5, S - 5), second, 1e-5, 1e-6));
+  // One document: the masked form equals conv1d.
+  at::Tensor one = CausalDepthwiseConv1d(x, w, bias, at::zeros({1, S}, at::kLong));
+  EXPECT_TRUE(at::allclose(one, CausalDepthwiseConv1d(x, w, bias, {}), 1e-5, 1e-6));
+}
+
+TEST(NemotronH, PackedRowEqualsItsDocumentsOneByOne) {
+  ModelConfig c = *PresetConfig("tiny-nemotron-h");
+  ModelOptions o;
+  ModelWeights init = InitRandomWeights(c, o, 11);
+  {
+    c10::NoGradGuard no_grad;
+    for (LayerWeights& L : init.layers) {
+      if (L.mamba.d.defined()) {
+        L.mamba.d.normal_(0, 1);
+        L.mamba.dt_bias.normal_(0, 1);
+        L.mamba.conv_bias.normal_(0, 0.2);
+      }
+    }
+  }
+  auto fresh = [&] {
+    ModelWeights w = init;
+    for (NamedParam& p : ListParameters(w)) *p.tensor = p.tensor->detach().clone();
+    EnableGradients(w);
+    return *MoeTransformer::Create(c, o, std::move(w));
+  };
+  at::manual_seed(3);
+  const int64_t n1 = 13, n2 = 22;  // chunk 16: the boundary inside the first chunk, the row over two
+  at::Tensor ids = at::randint(0, c.vocab_size, {1, n1 + n2}, at::kLong);
+  at::Tensor doc1 = ids.narrow(1, 0, n1), doc2 = ids.narrow(1, n1, n2);
+
+  auto packed_model = fresh();
+  Batch packed;
+  packed.input_ids = ids;
+  packed.position_ids = at::cat({at::arange(n1, at::kLong), at::arange(n2, at::kLong)}).unsqueeze(0);
+  packed.segment_ids = at::cat({at::zeros({1, n1}, at::kLong), at::ones({1, n2}, at::kLong)}, 1);
+  packed.targets = at::cat({ShiftLabels(doc1), ShiftLabels(doc2)}, 1);
+  ForwardResult p = packed_model->Forward(packed, /*return_logits=*/true);
+  p.loss_sum.backward();
+
+  auto alone_model = fresh();
+  at::Tensor loss_alone = at::zeros({}, at::kFloat);
+  std::vector<at::Tensor> logits_alone;
+  for (const at::Tensor& doc : {doc1, doc2}) {
+    Batch b;
+    b.input_ids = doc;
+    b.targets = ShiftLabels(doc);
+    ForwardResult r = alone_model->Forward(b, true);
+    logits_alone.push_back(r.logits);
+    loss_alone = loss_alone + r.loss_sum;
+  }
+  loss_alone.backward();
+
+  EXPECT_TRUE(at::allclose(p.logits.narrow(1, 0, n1), logits_alone[0], 1e-5, 1e-5));
+  EXPECT_TRUE(at::allclose(p.logits.narrow(1, n1, n2), logits_alone[1], 1e-5, 1e-5))
+      << (p.logits.narrow(1, n1, n2) - logits_alone[1]).abs().max().item<double>();
+  EXPECT_NEAR(p.loss_sum.item<double>(), loss_alone.item<double>(), 1e-4);
+  std::vector<NamedParam> pp = packed_model->Parameters(), ap = alone_model->Parameters();
+  ASSERT_EQ(pp.size(), ap.size());
+  for (size_t i = 0; i < pp.size(); ++i) {
+    SCOPED_TRACE(pp[i].name);
+    const at::Tensor& g1 = pp[i].tensor->grad();
+    const at::Tensor& g2 = ap[i].tensor->grad();
+    ASSERT_TRUE(g1.defined() && g2.defined());
+    EXPECT_TRUE(at::allclose(g1, g2, 1e-4, 1e-5)) << (g1 - g2).abs().max().item<double>();
+  }
+  // Without the document ids, the second document would see the first through the Mamba2 state.
+  Batch unmasked = packed;
+  unmasked.segment_ids = at::Tensor();
+  c10::NoGradGuard no_grad;
+  at::Tensor leaked = packed_model->Forward(unmasked, true).logits;
+  EXPECT_FALSE(at::allclose(leaked.narrow(1, n1, n2), logits_alone[1], 1e-5, 1e-5));
+}
+
+TEST(NemotronH, ConfigErrorsNameTheField) {
+  const std::string base = R"({"model_type": "nemotron_h", "vocab_size": 64, "hidden_size": 32,
+      "layers_block_type": ["mamba", "moe"], "mamba_num_heads": 4, "mamba_head_dim": 8, "n_groups": 2,
+      "ssm_state_size": 8, "n_routed_experts": 4, "num_experts_per_tok": 2, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "head_dim": 8, "moe_intermediate_size": 16,
+      "moe_shared_expert_intermediate_size": 8)";
+  ASSERT_TRUE(ParseModelConfig(base + "}").ok()) << ParseModelConfig(base + "}").status();
+  EXPECT_EQ(ParseModelConfig(base + "}")->num_hidden_layers, 2);
+  struct Case {
+    std::string extra, named;
+  };
+  for (const Case& k : std::vector<Case>{{R"(, "n_groups": 3)", "n_groups"},
+                                         {R"(, "mlp_hidden_act": "gelu")", "mlp_hidden_act"},
+                                         {R"(, "use_bias": true)", "use_bias"},
+                                         {R"(, "time_step_limit": [0.0])", "time_step_limit"},
+                                         {R"(, "moe_latent_size": -2)", "moe_latent_size"},
+                                         {R"(, "num_hidden_layers": 3)", "num_hidden_layers"},
+                                         {R"(, "chunk_size": 0)", "chunk_size"}}) {
+    auto parsed = ParseModelConfig(base + k.extra + "}", "cfg.json");
+    ASSERT_FALSE(parsed.ok()) << k.extra;
+    EXPECT_NE(parsed.status().message().find(k.named), std::string::npos) << parsed.status();
+    EXPECT_NE(parsed.status().message().find("cfg.json"), std::string::npos) << parsed.status();
+  }
+  // hybrid_override_pattern and its letters.
+  std::string legacy = base;
+  legacy.replace(legacy.find(R"("layers_block_type": ["mamba", "moe"])"),
+                 std::string(R"("layers_block_type": ["mamba", "moe"])").size(), R"("hybrid_override_pattern": "M*-E")");
+  auto parsed = ParseModelConfig(legacy + "}");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->layer_blocks, (std::vector<LayerBlock>{LayerBlock::kMamba, LayerBlock::kAttention,
+                                                           LayerBlock::kMlp, LayerBlock::kMoe}));
+  legacy.replace(legacy.find("M*-E"), 4, "M*-X");
+  parsed = ParseModelConfig(legacy + "}");
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.status().message().find("hybrid_override_pattern"), std::string::npos) << parsed.status();
+}
+
+}  // namespace
+}  // namespace ftd::engine
