@@ -138,7 +138,8 @@ ResidualStream MoeTransformer::Layer(int64_t index, const ResidualStream& in, co
     // Nemotron-H: norm -> one mixer -> added to the residual stream by the next norm.
     auto [normed, h] = NormStream(in, L.input_norm, config_.rms_norm_eps);
     switch (config_.BlockOf(index)) {
-      case LayerBlock::kMamba: return {h, Mamba2Mixer(normed, L.mamba, config_, ctx.segment_ids)};
+      case LayerBlock::kMamba:
+        return {h, Mamba2Mixer(normed, L.mamba, config_, ctx.segment_ids, options_.mamba_kernels)};
       case LayerBlock::kAttention: return {h, GqaAttention(normed, L.attn, config_, ctx)};
       case LayerBlock::kMlp: return {h, DenseMlp(normed, L.mlp)};
       case LayerBlock::kMoe: break;

@@ -5,6 +5,7 @@
 // - the causal convolution over packed rows reads nothing of the previous document;
 // - a packed row gives each document the logits, loss and parameter gradients it has alone;
 // - config errors name the field.
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/transformer.h"
 #include "gtest/gtest.h"
+#include "kernels/kernels_available.h"
 
 namespace ftd::engine {
 namespace {
@@ -177,6 +179,55 @@ TEST(NemotronH, PackedRowEqualsItsDocumentsOneByOne) {
   c10::NoGradGuard no_grad;
   at::Tensor leaked = packed_model->Forward(unmasked, true).logits;
   EXPECT_FALSE(at::allclose(leaked.narrow(1, n1, n2), logits_alone[1], 1e-5, 1e-5));
+}
+
+// CUDA, bf16: the model with the Mamba2 kernels (conv1d, SSD scan) and the relu^2 expert kernel
+// against the same model through HF's chunked ATen form (ModelOptions::mamba_kernels false):
+// logits, loss and every gradient, on a packed batch (two rows, three documents) and an unpacked
+// one, chunk 16 not dividing the row.
+TEST(NemotronH, CudaKernelsMatchTheAtenPath) {
+  if (!kernels::CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU visible";
+  ModelConfig c = *PresetConfig("tiny-nemotron-h");
+  ModelOptions o;
+  o.device = at::Device(at::kCUDA, 0);
+  o.dtype = at::kBFloat16;
+  ModelWeights init = InitRandomWeights(c, o, 5);
+  at::manual_seed(9);
+  const int64_t S = 45;
+  at::Tensor ids = at::randint(0, c.vocab_size, {2, S}, at::kLong).to(o.device);
+  at::Tensor seg = at::zeros({2, S}, at::kLong);
+  seg[0].narrow(0, 20, S - 20).fill_(1);
+  for (bool packed : {false, true}) {
+    SCOPED_TRACE(packed ? "packed" : "unpacked");
+    std::vector<ForwardResult> results;
+    std::vector<std::vector<at::Tensor>> grads;
+    for (bool kernels_on : {true, false}) {
+      ModelOptions oo = o;
+      oo.mamba_kernels = kernels_on;
+      ModelWeights w = init;
+      for (NamedParam& p : ListParameters(w)) *p.tensor = p.tensor->detach().clone();
+      EnableGradients(w);
+      auto model = *MoeTransformer::Create(c, oo, std::move(w));
+      Batch b;
+      b.input_ids = ids;
+      b.targets = ShiftLabels(ids);
+      if (packed) b.segment_ids = seg;
+      ForwardResult r = model->Forward(b, /*return_logits=*/true);
+      r.loss_sum.backward();
+      std::vector<at::Tensor> g;
+      for (NamedParam& p : model->Parameters()) g.push_back(p.tensor->grad().to(at::kFloat).cpu());
+      results.push_back(r);
+      grads.push_back(g);
+    }
+    at::Tensor a = results[0].logits.cpu(), b = results[1].logits.cpu();
+    EXPECT_LT((a - b).abs().max().item<double>(), 0.05);
+    EXPECT_NEAR(results[0].loss_sum.item<double>(), results[1].loss_sum.item<double>(),
+                2e-3 * std::abs(results[1].loss_sum.item<double>()));
+    for (size_t i = 0; i < grads[0].size(); ++i) {
+      const double rel = ((grads[0][i] - grads[1][i]).norm() / grads[1][i].norm().clamp_min(1e-12)).item<double>();
+      EXPECT_LT(rel, 0.05) << "parameter " << i;
+    }
+  }
 }
 
 TEST(NemotronH, ConfigErrorsNameTheField) {

@@ -5,6 +5,10 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/causal_conv1d.h"
+#include "kernels/kernels_available.h"
+#include "kernels/ssd_scan.h"
+
 namespace ftd::engine {
 
 namespace {
@@ -124,28 +128,9 @@ at::Tensor SsdChunkScan(const at::Tensor& x_in, const at::Tensor& dt_in, const a
   return y.narrow(1, 0, S) + D_residual;                                                   // [B, S, h, p]
 }
 
-at::Tensor SsdSequentialReference(const at::Tensor& x_in, const at::Tensor& dt_in, const at::Tensor& A_in,
-                                  const at::Tensor& b_in, const at::Tensor& c_in, const at::Tensor& D_in,
-                                  const at::Tensor& segment_ids) {
-  const int64_t B = x_in.size(0), S = x_in.size(1), nh = x_in.size(2), P = x_in.size(3), G = b_in.size(2),
-                N = b_in.size(3);
-  at::Tensor x = x_in.to(at::kFloat), dt = dt_in.to(at::kFloat), A = A_in.to(at::kFloat);
-  at::Tensor Bm = b_in.to(at::kFloat).repeat_interleave(nh / G, 2, nh);  // [B, S, h, n]
-  at::Tensor Cm = c_in.to(at::kFloat).repeat_interleave(nh / G, 2, nh);
-  at::Tensor h = at::zeros({B, nh, P, N}, x.options());
-  std::vector<at::Tensor> ys;
-  for (int64_t t = 0; t < S; ++t) {
-    at::Tensor decay = (dt.select(1, t) * A).exp();  // [B, h]
-    if (segment_ids.defined() && t > 0) {
-      at::Tensor same = segment_ids.select(1, t).eq(segment_ids.select(1, t - 1)).to(at::kFloat);  // [B]
-      decay = decay * same.unsqueeze(1);
-    }
-    at::Tensor xt = x.select(1, t) * dt.select(1, t).unsqueeze(-1);                            // [B, h, p]
-    h = h * decay.unsqueeze(-1).unsqueeze(-1) + xt.unsqueeze(-1) * Bm.select(1, t).unsqueeze(2);  // [B, h, p, n]
-    at::Tensor y = (h * Cm.select(1, t).unsqueeze(2)).sum(-1);                                 // [B, h, p]
-    ys.push_back(y + D_in.to(at::kFloat).unsqueeze(-1) * x.select(1, t));
-  }
-  return at::stack(ys, 1);  // [B, S, h, p]
+at::Tensor SsdSequentialReference(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& b,
+                                  const at::Tensor& c, const at::Tensor& D, const at::Tensor& segment_ids) {
+  return kernels::SsdScanForwardReference(x, dt, A, b, c, D, segment_ids);
 }
 
 at::Tensor GatedRmsNorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight, int64_t group_size,
@@ -160,7 +145,7 @@ at::Tensor GatedRmsNorm(const at::Tensor& y, const at::Tensor& z, const at::Tens
 }
 
 at::Tensor Mamba2Mixer(const at::Tensor& x, const MambaWeights& w, const ModelConfig& c,
-                       const at::Tensor& segment_ids) {
+                       const at::Tensor& segment_ids, bool use_kernels) {
   const MambaConfig& m = c.mamba;
   const int64_t B = x.size(0), S = x.size(1);
   const int64_t I = m.intermediate(), GN = m.n_groups * m.state_size, nh = m.num_heads;
@@ -168,7 +153,13 @@ at::Tensor Mamba2Mixer(const at::Tensor& x, const MambaWeights& w, const ModelCo
   at::Tensor z = zxbcdt.narrow(-1, 0, I);                    // [B, S, I] gate of the norm
   at::Tensor xbc = zxbcdt.narrow(-1, I, m.conv_dim());       // [B, S, I + 2GN]
   at::Tensor dt = zxbcdt.narrow(-1, I + m.conv_dim(), nh);   // [B, S, nh]
-  xbc = at::silu(CausalDepthwiseConv1d(xbc, w.conv_weight, w.conv_bias, segment_ids));
+  const int64_t K = w.conv_weight.size(-1);
+  if (use_kernels && kernels::OnKernelDevice(xbc) && K <= 8 && w.conv_weight.scalar_type() == xbc.scalar_type()) {
+    // CUDA: conv + bias + SiLU in one kernel each way, reading the in_proj slice in place.
+    xbc = kernels::CausalConv1dSilu(xbc, w.conv_weight.view({m.conv_dim(), K}), w.conv_bias, segment_ids);
+  } else {
+    xbc = at::silu(CausalDepthwiseConv1d(xbc, w.conv_weight, w.conv_bias, segment_ids));
+  }
   at::Tensor xs = xbc.narrow(-1, 0, I).reshape({B, S, nh, m.head_dim});             // [B, S, nh, P]
   at::Tensor Bm = xbc.narrow(-1, I, GN).reshape({B, S, m.n_groups, m.state_size});  // [B, S, G, N]
   at::Tensor Cm = xbc.narrow(-1, I + GN, GN).reshape({B, S, m.n_groups, m.state_size});
@@ -176,7 +167,11 @@ at::Tensor Mamba2Mixer(const at::Tensor& x, const MambaWeights& w, const ModelCo
   dt = m.time_step_max_limit > 0 ? dt.clamp(m.time_step_min_limit, m.time_step_max_limit)
                                  : dt.clamp_min(m.time_step_min_limit);
   at::Tensor A = -w.a_log.to(at::kFloat).exp();                                     // [nh]
-  at::Tensor y = SsdChunkScan(xs, dt, A, Bm, Cm, w.d, m.chunk_size, segment_ids);  // [B, S, nh, P] fp32
+  // [B, S, nh, P] fp32. CUDA: the scan kernel (the recurrence, fp32 state; equal to the chunked
+  // form up to rounding); elsewhere HF's chunked form.
+  at::Tensor y = use_kernels && kernels::OnKernelDevice(xs) && kernels::SsdScanCudaSupports(xs, Bm)
+                     ? kernels::SsdScan(xs, dt, A, Bm, Cm, w.d, segment_ids)
+                     : SsdChunkScan(xs, dt, A, Bm, Cm, w.d, m.chunk_size, segment_ids);
   at::Tensor normed = GatedRmsNorm(y.reshape({B, S, I}), z, w.norm, I / m.n_groups, c.rms_norm_eps);
   return at::linear(normed.to(x.scalar_type()), w.out_proj);  // [B, S, H]
 }

@@ -29,8 +29,8 @@ at::Tensor CausalDepthwiseConv1d(const at::Tensor& x, const at::Tensor& weight, 
 at::Tensor SsdChunkScan(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& b,
                         const at::Tensor& c, const at::Tensor& D, int64_t chunk_size, const at::Tensor& segment_ids);
 
-// The same recurrence one token at a time (fp32; the reference tests compare the chunked form
-// and the CUDA kernels with).
+// The same recurrence one token at a time (fp32; kernels/ssd_scan.h's reference, which the
+// chunked form and the CUDA scan are tested against).
 at::Tensor SsdSequentialReference(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& b,
                                   const at::Tensor& c, const at::Tensor& D, const at::Tensor& segment_ids);
 
@@ -40,7 +40,9 @@ at::Tensor GatedRmsNorm(const at::Tensor& y, const at::Tensor& z, const at::Tens
                         double eps);
 
 // x [B, S, H] -> [B, S, H]. segment_ids [B, S] (on x's device) for packed rows, or undefined.
+// On CUDA, `kernels` runs the conv1d and the scan as CUDA kernels; otherwise (and on the CPU)
+// they are ATen ops in HF's chunked form.
 at::Tensor Mamba2Mixer(const at::Tensor& x, const MambaWeights& w, const ModelConfig& config,
-                       const at::Tensor& segment_ids);
+                       const at::Tensor& segment_ids, bool kernels = true);
 
 }  // namespace ftd::engine
