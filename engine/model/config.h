@@ -141,6 +141,8 @@ struct ModelConfig {
   double swiglu_alpha = 1.702;
   int64_t first_k_dense_replace = 0;   // DeepSeek-V3: layers [0, k) are dense
   int64_t num_nextn_predict_layers = 0;  // MTP layers in the checkpoint (carried, not trained)
+  // Nemotron-H: the MTP layers' block kinds (config mtp_layers_block_type), written back unchanged.
+  std::vector<std::string> mtp_layer_blocks;
   double router_aux_loss_coef = 0.0;
   bool output_router_logits = false;
   std::string dtype = "float32";  // the checkpoint's dtype (config "dtype"/"torch_dtype")

@@ -238,3 +238,33 @@ def test_unimplemented_or_bad_settings_are_refused(tmp_path, ftd_train, fields, 
     res = _error_of(ftd_train, tmp_path, d)
     assert res.returncode == 2, res.stderr
     assert named in res.stderr and "config.json" in res.stderr, res.stderr
+
+
+def test_mtp_layers_are_carried(tmp_path, ftd_train):
+    """A checkpoint with MTP layers (mtp.*, as Nemotron Super's) keeps them bit-identical through a
+    resave, with num_nextn_predict_layers and mtp_layers_block_type; transformers still loads it."""
+    from safetensors.torch import save_file
+    model, src = make_model(tmp_path, "g1_chunk8_dense_experts")
+    state = load_file(src / "model.safetensors")
+    g = torch.Generator().manual_seed(2)
+    mtp = {"mtp.layers.0.norm.weight": torch.randn(48, generator=g),
+           "mtp.layers.0.mixer.q_proj.weight": torch.randn(48, 48, generator=g),
+           "mtp.layers.1.mixer.experts.0.up_proj.weight": torch.randn(24, 48, generator=g).to(torch.bfloat16)}
+    save_file({**state, **mtp}, src / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config.update(num_nextn_predict_layers=1, mtp_layers_block_type=["full_attention", "moe"])
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    run([ftd_train, "resave", "--model", src, "--out", out])
+    saved = load_file(out / "model.safetensors")
+    for k, v in mtp.items():
+        assert saved[k].dtype == v.dtype and torch.equal(saved[k], v), k
+    written = json.loads((out / "config.json").read_text())
+    assert written["num_nextn_predict_layers"] == 1
+    assert written["mtp_layers_block_type"] == ["full_attention", "moe"]
+    reloaded = NemotronHForCausalLM.from_pretrained(out, dtype=torch.float32)
+    reference = NemotronHForCausalLM.from_pretrained(src, dtype=torch.float32)  # mtp.* ignored by both
+    ids = ids_for(model.config, seq=9)
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids, use_cache=False).logits,
+                           reference(input_ids=ids, use_cache=False).logits)

@@ -235,6 +235,12 @@ class NemotronH final : public ModelFamily {
     FTD_RETURN_IF_ERROR(r.Bool("norm_topk_prob", &c->norm_topk_prob));
     FTD_RETURN_IF_ERROR(r.Bool("output_router_logits", &c->output_router_logits));
     FTD_RETURN_IF_ERROR(r.Int("num_nextn_predict_layers", &c->num_nextn_predict_layers, false));
+    FTD_RETURN_IF_ERROR(r.StringList("mtp_layers_block_type", &c->mtp_layer_blocks));
+    if (c->mtp_layer_blocks.empty() && r.Has("mtp_hybrid_override_pattern")) {
+      std::string pattern;
+      FTD_RETURN_IF_ERROR(r.String("mtp_hybrid_override_pattern", &pattern, true));
+      for (LayerBlock b : Pattern(pattern)) c->mtp_layer_blocks.push_back(BlockName(b));
+    }
 
     FTD_RETURN_IF_ERROR(ValidateCommon(r, *c));
     auto positive = [&](const char* name, int64_t v) -> absl::Status {
@@ -301,6 +307,7 @@ class NemotronH final : public ModelFamily {
     j["num_experts_per_tok"] = c.num_experts_per_tok;
     j["num_key_value_heads"] = c.num_key_value_heads;
     j["num_nextn_predict_layers"] = c.num_nextn_predict_layers;
+    if (!c.mtp_layer_blocks.empty()) j["mtp_layers_block_type"] = c.mtp_layer_blocks;
     j["output_router_logits"] = c.output_router_logits;
     j["pad_token_id"] = token(c.pad_token_id);
     j["routed_scaling_factor"] = c.routed_scaling_factor;
