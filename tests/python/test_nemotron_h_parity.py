@@ -121,6 +121,42 @@ def test_forward_and_gradients_match_hf(tmp_path, ftd_train, name):
     assert_forward_matches_hf(ftd_forward(ftd_train, tmp_path, d, ids), model, ids)
 
 
+@pytest.mark.parametrize("name", ["g1_chunk8_dense_experts", "g4_chunk4_latent_top1"])
+def test_packed_rows_match_hf_on_each_document(tmp_path, ftd_train, name):
+    """Two packed rows (documents of 7, 12 and 14 tokens; 20 and 13) through `forward --segments`
+    against HF run on each document alone: each document's logits, the mean loss over all of
+    them, and every gradient. The boundaries fall inside the Mamba2 chunks and the conv's reach."""
+    model, d = make_model(tmp_path, name)
+    rows = [[7, 12, 14], [20, 13]]
+    ids = ids_for(model.config, batch=2, seq=33, seed=4)
+    seg = torch.tensor([[i for i, n in enumerate(r) for _ in range(n)] for r in rows])
+    (tmp_path / "seg.json").write_text(json.dumps(seg.tolist()))
+    (tmp_path / "ids.json").write_text(json.dumps(ids.tolist()))
+    run([ftd_train, "forward", "--model", d, "--input", tmp_path / "ids.json", "--segments", tmp_path / "seg.json",
+         "--out", tmp_path / "out.safetensors", "--grads"])
+    ours = load_file(tmp_path / "out.safetensors")
+    model.train()
+    total, count, logits_diff = 0.0, 0, 0.0
+    for b, r in enumerate(rows):
+        start = 0
+        for n in r:
+            doc = ids[b:b + 1, start:start + n]
+            out = model(input_ids=doc, labels=doc)
+            total = total + out.loss * (n - 1)
+            count += n - 1
+            logits_diff = max(logits_diff, (ours["logits"][b:b + 1, start:start + n] - out.logits.detach()).abs().max())
+            start += n
+    loss = total / count
+    loss.backward()
+    assert logits_diff <= 1e-4, f"logits max abs diff {logits_diff}"
+    assert abs(ours["loss"].item() - loss.item()) / loss.item() <= 1e-5, (ours["loss"].item(), loss.item())
+    theirs = hf_gradients(model)
+    ours_grads = {k[len("grad."):]: v for k, v in ours.items() if k.startswith("grad.")}
+    assert set(ours_grads) == set(theirs)
+    worst = max((rel(ours_grads[k], theirs[k]), k) for k in theirs if theirs[k].norm() > 0)
+    assert worst[0] <= 1e-4, f"gradient of {worst[1]} differs by {worst[0]:.2e} (relative)"
+
+
 def test_the_clamp_and_the_correction_bias_matter(tmp_path, ftd_train):
     """The second config's time_step_limit clamps dt and its correction bias moves the expert
     choice: the parity above would not notice an engine that ignored them only if they had no
@@ -268,3 +304,14 @@ def test_mtp_layers_are_carried(tmp_path, ftd_train):
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids, use_cache=False).logits,
                            reference(input_ids=ids, use_cache=False).logits)
+
+
+def test_forward_refuses_segments_that_are_not_runs(tmp_path, ftd_train):
+    _, d = make_model(tmp_path, "g1_chunk8_dense_experts")
+    (tmp_path / "ids.json").write_text(json.dumps([[1, 2, 3, 4]]))
+    (tmp_path / "seg.json").write_text(json.dumps([[0, 1, 0, 1]]))
+    res = subprocess.run([str(ftd_train), "forward", "--model", str(d), "--input", str(tmp_path / "ids.json"),
+                          "--segments", str(tmp_path / "seg.json"), "--out", str(tmp_path / "o.safetensors")],
+                         capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "seg.json" in res.stderr and "must not decrease" in res.stderr, res.stderr
