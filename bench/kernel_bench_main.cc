@@ -5,6 +5,7 @@
 // the H100's 3.35 TB/s, and the ATen reference's forward time for comparison.
 // Without a GPU (or without the CUDA kernels in the build) it says so and exits 0.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -21,6 +22,9 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/expert_sort.h"
 #include "kernels/permute_rows.h"
+#include "kernels/relu2.h"
+#include "kernels/causal_conv1d.h"
+#include "kernels/ssd_scan.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
 #include "kernels/router.h"
@@ -84,6 +88,7 @@ void Report(const std::string& kernel, const std::string& shape, double fwd_byte
 }
 
 void RunLibraryOps();
+void RunNemotronKernels();
 
 int Run() {
   c10::NoGradGuard no_grad;
@@ -176,6 +181,16 @@ int Run() {
     Report("weighted_swiglu", "32768x1536 bf16", 3.0 * N * F * b16 + N * b16, fwd, 5.0 * N * F * b16 + 2 * N * b16,
            bwd, ref);
   }
+  {  // relu^2 with the routing weight folded in: Nemotron Nano 3's experts (top-6, F = 1856).
+    const int64_t N = T * 6, Fn = 1856;
+    at::Tensor h = at::randn({N, Fn}, bf), w = at::rand({N}, bf), dout = at::randn({N, Fn}, bf);
+    const double fwd = MedianMs([&] { WeightedRelu2ForwardCuda(h, w); });
+    const double bwd = MedianMs([&] { WeightedRelu2BackwardCuda(dout, h, w); });
+    const double ref = MedianMs([&] { WeightedRelu2ForwardReference(h, w); });
+    Report("weighted_relu2", "24576x1856 bf16", 2.0 * N * Fn * b16 + N * b16, fwd, 3.0 * N * Fn * b16 + 2 * N * b16,
+           bwd, ref);
+  }
+  RunNemotronKernels();
   RunLibraryOps();
   return 0;
 }
@@ -352,6 +367,50 @@ void RunLibraryOps() {
     // Bytes: dy read, the summed rows written and read, touched rows' p, m, v read and written.
     Report("adamw_embedding_from_lookup", "151936x2048 bf16, 4096 tokens, " + std::to_string(touched_rows) + " rows",
            2.0 * 4096 * H + 4.0 * touched_rows * H + 12.0 * touched_rows * H, fused, 0, 0, replaced);
+  }
+}
+
+// Nemotron-H's Mamba2 kernels at Nemotron Nano 3's shape (seq 4096): the causal conv1d + SiLU
+// over the x|B|C channels (4096 + 2 x 8 x 128 = 6144, K = 4, read in place from the in_proj
+// output [4096, 10304]) and the SSD scan (64 heads of 64, 8 groups, state 128). The scan is
+// latency-bound (4096 dependent steps); its line also reports FLOP/s (4 x S x nh x P x N forward,
+// about 3x that backward with the recomputation) against 989 TFLOP/s.
+void RunNemotronKernels() {
+  const int64_t S = 4096, nh = 64, P = 64, G = 8, N = 128, C = nh * P + 2 * G * N, K = 4;
+  const double b16 = 2, f32 = 4;
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  auto fp = bf.dtype(at::kFloat);
+  {
+    at::Tensor zxbcdt = at::randn({1, S, nh * P + C + nh}, bf);
+    at::Tensor x = zxbcdt.narrow(2, nh * P, C);
+    at::Tensor w = at::randn({C, K}, bf), bias = at::randn({C}, bf), dy = at::randn({1, S, C}, bf);
+    const double fwd = MedianMs([&] { CausalConv1dSiluForwardCuda(x, w, bias, {}); });
+    const double bwd = MedianMs([&] { CausalConv1dSiluBackwardCuda(dy, x, w, bias, {}); });
+    const double ref = MedianMs([&] { CausalConv1dSiluForwardReference(x, w, bias, {}); });
+    Report("causal_conv1d_silu", "1x4096x6144 K4 bf16", 2.0 * S * C * b16, fwd, 3.0 * S * C * b16, bwd, ref);
+  }
+  {
+    at::Tensor xbc = at::randn({1, S, C}, bf);
+    at::Tensor x = xbc.narrow(2, 0, nh * P).view({1, S, nh, P});
+    at::Tensor b = xbc.narrow(2, nh * P, G * N).view({1, S, G, N});
+    at::Tensor c = xbc.narrow(2, nh * P + G * N, G * N).view({1, S, G, N});
+    at::Tensor dt = at::softplus(at::randn({1, S, nh}, fp) - 2), A = -at::rand({nh}, fp) - 0.1;
+    at::Tensor D = at::randn({nh}, bf);
+    auto [y, ckpt] = SsdScanForwardCuda(x, dt, A, b, c, D, {});
+    at::Tensor dy = at::randn_like(y);
+    const double fwd = MedianMs([&] { SsdScanForwardCuda(x, dt, A, b, c, D, {}); });
+    const double bwd = MedianMs([&] { SsdScanBackwardCuda(dy, x, dt, A, b, c, D, {}, ckpt); });
+    // The reference scan is an ATen loop over tokens: timed once over 256 tokens, scaled to 4096.
+    auto t0 = std::chrono::steady_clock::now();
+    SsdScanForwardReference(x.narrow(1, 0, 256), dt.narrow(1, 0, 256), A, b.narrow(1, 0, 256), c.narrow(1, 0, 256), D,
+                            {});
+    cudaDeviceSynchronize();
+    const double ref = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() * (S / 256);
+    const double bytes = S * (nh * P + 2 * G * N) * b16 + S * nh * f32 + S * nh * P * f32;
+    Report("ssd_scan", "1x4096, 64 heads x 64, 8 groups, state 128, bf16 in / fp32 state", bytes, fwd,
+           bytes + S * nh * P * f32 + 2 * S * G * N * f32, bwd, ref);
+    ReportFlops("ssd_scan_fwd", "1x4096x64x64x128", 4.0 * S * nh * P * N, fwd);
+    ReportFlops("ssd_scan_bwd", "1x4096x64x64x128", 12.0 * S * nh * P * N, bwd);
   }
 }
 

@@ -4,6 +4,9 @@
 # weights, and print a side-by-side table. Logs and JSON lines go to $OUT.
 #   LAYERS="4 8" STEPS=8 WARMUP=3 SEQ=4096 bash bench/run_gpu.sh
 #   FAMILY=deepseek_v3 LAYERS=4 OUT=/tmp/ftd-gpu-moonlight bash bench/run_gpu.sh   (Moonlight-16B-A3B shape)
+#   FAMILY=nemotron_h LAYERS=6 KERNEL_BENCH=1 OUT=/tmp/ftd-gpu-nano3 bash bench/run_gpu.sh   (Nemotron Nano 3:
+#   the pattern's first 6 layers, MEMEM*; the HF JSON line says whether HF ran mamba_ssm or its torch path;
+#   VARIANTS="aten-scan:--no-mamba-kernels" times the Mamba2 layers through the ATen chunked form as well)
 # Knobs: GATES="real balanced"; KERNEL_BENCH=1 runs ftd-kernel-bench; PROFILE=1 adds a per-kernel
 # profile of one step of each ftd run ($OUT/profile-L-gate.txt); VARIANTS="name:args|name:args"
 # runs extra ftd-bench configurations (real gate) after the main ones; SKIP_TESTS=1;
@@ -17,7 +20,7 @@ LAYERS=${LAYERS:-"4 8"}
 STEPS=${STEPS:-8}
 WARMUP=${WARMUP:-3}
 SEQ=${SEQ:-4096}
-FAMILY=${FAMILY:-qwen3_moe}  # qwen3_moe: Qwen3-30B-A3B layers; deepseek_v3: Moonlight-16B-A3B layers
+FAMILY=${FAMILY:-qwen3_moe}  # qwen3_moe: Qwen3-30B-A3B layers; deepseek_v3: Moonlight-16B-A3B layers; nemotron_h: Nano 3
 BUILD=${BUILD:-build-gpu}
 source .gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"

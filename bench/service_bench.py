@@ -157,9 +157,9 @@ def main():
     p.add_argument("--hf-steps", type=int, default=8, help="timed steps of the HF baseline and ftd-bench")
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--unchanged", action="store_true")
-    p.add_argument("--family", default="qwen3_moe", choices=["qwen3_moe", "deepseek_v3", "mixtral", "gpt_oss"],
+    p.add_argument("--family", default="qwen3_moe", choices=["qwen3_moe", "deepseek_v3", "mixtral", "gpt_oss", "nemotron_h"],
                    help="layer shape (bench/hf_v5_baseline.py --family): Qwen3-30B-A3B, Moonlight-16B-A3B, Mixtral-8x7B, "
-                        "GPT-OSS-20B")
+                        "GPT-OSS-20B, Nemotron Nano 3 (30B-A3B)")
     p.add_argument("--clips", type=float, nargs="+", default=[1.0, 0.0], help="grad_clip of each job (1.0: the default spec)")
     a = p.parse_args()
     work = os.path.join("/tmp", "ftd-service-work")

@@ -71,6 +71,9 @@ bool CountFromFamily(const std::string& config_text, const std::string& source, 
     s->config_error = std::string(config.status().message());
     return false;
   }
+  // The family's parse is authoritative where config.json has no num_hidden_layers (Nemotron-H
+  // counts its layers_block_type).
+  s->layers = config->num_hidden_layers;
   const engine::ParameterCounts counts = engine::CountParameters(*config);
   s->parameters_total = counts.total;
   s->parameters_active = counts.active;

@@ -15,6 +15,7 @@
 namespace ftd::engine {
 
 bool ModelConfig::IsMoeLayer(int64_t layer) const {
+  if (IsHybrid()) return num_experts > 0 && BlockOf(layer) == LayerBlock::kMoe;
   if (num_experts <= 0 || layer < first_k_dense_replace) return false;
   if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) != mlp_only_layers.end()) return false;
   return (layer + 1) % decoder_sparse_step == 0;
@@ -23,6 +24,15 @@ bool ModelConfig::IsMoeLayer(int64_t layer) const {
 bool ModelConfig::IsSlidingLayer(int64_t layer) const {
   return sliding_window > 0 && layer >= 0 && layer < static_cast<int64_t>(layer_types.size()) &&
          layer_types[static_cast<size_t>(layer)] == "sliding_attention";
+}
+
+int64_t ModelConfig::NumAttentionLayers() const {
+  if (!IsHybrid()) return num_hidden_layers;
+  return std::count(layer_blocks.begin(), layer_blocks.end(), LayerBlock::kAttention);
+}
+
+int64_t ModelConfig::NumMambaLayers() const {
+  return std::count(layer_blocks.begin(), layer_blocks.end(), LayerBlock::kMamba);
 }
 
 int64_t ModelConfig::NumMoeLayers() const {
@@ -57,9 +67,18 @@ double ModelConfig::TrainingFlopsPerToken(int64_t seq) const {
     gemm += n;
   }
   const double dense = 6.0 * (gemm + static_cast<double>(vocab_size) * hidden_size);
-  const double attention = num_hidden_layers * 3.0 * seq * static_cast<double>(num_attention_heads) *
+  const double attention = NumAttentionLayers() * 3.0 * seq * static_cast<double>(num_attention_heads) *
                            static_cast<double>(qk_head_dim() + v_head_dim());
-  return dense + attention;
+  // Mamba2's SSD scan in its chunked (matmul) form, per token and layer, forward: C·B^T scores
+  // within the chunk (Q·N per group), their product with x (Q·P per head) (both halved for
+  // the causal mask), the chunk state B^T x and its read-out C·state (N·P per head each);
+  // 2 FLOPs per multiply-add, x3 for forward and backward.
+  const double Q = static_cast<double>(std::min<int64_t>(mamba.chunk_size, seq));
+  const double N = static_cast<double>(mamba.state_size), P = static_cast<double>(mamba.head_dim);
+  const double ssd = 3.0 * 2.0 *
+                     (0.5 * Q * N * static_cast<double>(mamba.n_groups) +
+                      static_cast<double>(mamba.num_heads) * (0.5 * Q * P + 2.0 * N * P));
+  return dense + attention + NumMambaLayers() * ssd;
 }
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source) {
@@ -120,6 +139,12 @@ ModelConfig WithLayers(const ModelConfig& config, int64_t layers) {
     c.layer_types.resize(static_cast<size_t>(layers));
     for (size_t l = config.layer_types.size(); l < c.layer_types.size(); ++l) {
       c.layer_types[l] = config.layer_types[l % config.layer_types.size()];
+    }
+  }
+  if (!config.layer_blocks.empty()) {
+    c.layer_blocks.resize(static_cast<size_t>(layers));
+    for (size_t l = config.layer_blocks.size(); l < c.layer_blocks.size(); ++l) {
+      c.layer_blocks[l] = config.layer_blocks[l % config.layer_blocks.size()];
     }
   }
   return c;

@@ -17,6 +17,33 @@ enum class AttentionKind {
   kMla,  // multi-head latent attention (DeepSeek-V2/V3): low-rank q and kv, decoupled rope dims
 };
 
+// Nemotron-H's hybrid stack: each layer is one norm and one mixer of these kinds (HF's
+// layers_block_type: linear_attention = Mamba2, full_attention, mlp, moe), added to the residual.
+enum class LayerBlock : uint8_t { kMamba, kAttention, kMlp, kMoe };
+
+// The dense MLPs' and experts' activation: SwiGLU (gate, up, down) or relu^2 (up, down;
+// Nemotron-H's mlp_hidden_act "relu2").
+enum class MlpActivation : uint8_t { kSwiglu, kRelu2 };
+
+// The Mamba2 mixer (Nemotron-H, HF's NemotronHMamba2Mixer).
+struct MambaConfig {
+  int64_t num_heads = 0;   // mamba_num_heads
+  int64_t head_dim = 0;    // mamba_head_dim
+  int64_t state_size = 0;  // ssm_state_size (N)
+  int64_t n_groups = 1;    // B/C groups (heads per group share B and C)
+  int64_t conv_kernel = 4;
+  int64_t chunk_size = 128;
+  bool conv_bias = true;
+  // dt = clamp(softplus(dt + dt_bias), time_step_limit)
+  double time_step_min_limit = 0.0;
+  double time_step_max_limit = 0.0;  // 0: +infinity (HF's default (0, inf))
+  // Initialisation of dt_bias (HF: dt = exp(U(log min, log max)) clamped below by floor).
+  double time_step_min = 0.001, time_step_max = 0.1, time_step_floor = 1e-4;
+  int64_t intermediate() const { return num_heads * head_dim; }                   // I
+  int64_t conv_dim() const { return intermediate() + 2 * n_groups * state_size; }  // I + 2GN
+  int64_t in_proj_size() const { return intermediate() + conv_dim() + num_heads;  }  // z | xBC | dt
+};
+
 struct RopeConfig {
   std::string type = "default";  // default | linear | llama3 | yarn
   double theta = 10000.0;
@@ -70,6 +97,15 @@ struct ModelConfig {
   // 0: full attention everywhere (layer_types then empty or all "full_attention").
   int64_t sliding_window = 0;
   std::vector<std::string> layer_types;  // HF v5's per-layer attention kinds, num_hidden_layers long
+  // Nemotron-H: one block per layer (norm -> mixer -> + residual); empty for the attention+MLP
+  // decoder layer of every other family.
+  std::vector<LayerBlock> layer_blocks;
+  MambaConfig mamba;
+  bool rope_enabled = true;  // Nemotron-H's attention has no position embedding
+  MlpActivation mlp_activation = MlpActivation::kSwiglu;
+  // Nemotron-H LatentMoE: routed experts work in this width between fc1_latent_proj [L, H] and
+  // fc2_latent_proj [H, L]; 0: hidden_size (no projections).
+  int64_t moe_latent_size = 0;
   // GPT-OSS: a learned logit per query head (self_attn.sinks [Hq]) joins every softmax
   // denominator as one more key that carries no value.
   bool attention_sinks = false;
@@ -105,6 +141,8 @@ struct ModelConfig {
   double swiglu_alpha = 1.702;
   int64_t first_k_dense_replace = 0;   // DeepSeek-V3: layers [0, k) are dense
   int64_t num_nextn_predict_layers = 0;  // MTP layers in the checkpoint (carried, not trained)
+  // Nemotron-H: the MTP layers' block kinds (config mtp_layers_block_type), written back unchanged.
+  std::vector<std::string> mtp_layer_blocks;
   double router_aux_loss_coef = 0.0;
   bool output_router_logits = false;
   std::string dtype = "float32";  // the checkpoint's dtype (config "dtype"/"torch_dtype")
@@ -116,6 +154,14 @@ struct ModelConfig {
   // Whether layer `layer` has a sparse MoE block (else a dense MLP), as HF decides it.
   bool IsMoeLayer(int64_t layer) const;
   bool IsSlidingLayer(int64_t layer) const;
+  bool IsHybrid() const { return !layer_blocks.empty(); }
+  // Hybrid stacks: the block of `layer`.
+  LayerBlock BlockOf(int64_t layer) const { return layer_blocks.at(static_cast<size_t>(layer)); }
+  // Layers with attention (every layer outside hybrid stacks) and with a Mamba2 mixer.
+  int64_t NumAttentionLayers() const;
+  int64_t NumMambaLayers() const;
+  // The routed experts' input width: moe_latent_size, else hidden_size.
+  int64_t expert_width() const { return moe_latent_size > 0 ? moe_latent_size : hidden_size; }
   int64_t NumMoeLayers() const;
   // Attention shapes: per-head q/k width, v width and the rotary width.
   int64_t qk_head_dim() const { return attention == AttentionKind::kMla ? mla.qk_head_dim() : head_dim; }
@@ -152,7 +198,7 @@ std::string ModelConfigToJson(const ModelConfig& config);
 // "qwen3-30b-a3b", "tiny-deepseek-v3", "moonlight-16b-a3b", "deepseek-v3".
 absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
 std::vector<std::string> PresetNames();
-// `config` with `layers` decoder layers; per-layer settings (layer_types) keep their pattern
+// `config` with `layers` decoder layers; per-layer settings (layer_types, layer_blocks) keep their pattern
 // (truncated, or repeated with the period of the preset's pattern).
 ModelConfig WithLayers(const ModelConfig& config, int64_t layers);
 

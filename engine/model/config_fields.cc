@@ -250,4 +250,20 @@ absl::Status ValidateCommon(const FieldReader& r, const ModelConfig& c) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateGroupLimitedRouting(const FieldReader& r, const ModelConfig& c) {
+  if (c.n_group <= 0 || c.num_experts % c.n_group != 0) {
+    return r.Invalid(absl::StrCat("n_group (", c.n_group, ") must divide n_routed_experts (", c.num_experts, ")"));
+  }
+  if (c.topk_group <= 0 || c.topk_group > c.n_group) {
+    return r.Invalid(absl::StrCat("topk_group must be in [1, n_group=", c.n_group, "]"));
+  }
+  if (c.num_experts / c.n_group < 2 && c.n_group > 1) {
+    return r.Invalid("each expert group needs at least 2 experts (groups are ranked by their two best)");
+  }
+  if (c.num_experts_per_tok > c.topk_group * (c.num_experts / c.n_group)) {
+    return r.Invalid("num_experts_per_tok exceeds the experts of topk_group groups");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace ftd::engine

@@ -60,5 +60,8 @@ absl::Status ParseCommonFields(const nlohmann::json& root, const FieldReader& r,
 nlohmann::json CommonFieldsToJson(const ModelConfig& c);
 // Checks shared by every family: positive sizes, a supported dtype, k in [1, E].
 absl::Status ValidateCommon(const FieldReader& r, const ModelConfig& c);
+// DeepSeek-style group-limited routing (DeepSeek-V3, Nemotron-H): n_group divides the experts,
+// topk_group in [1, n_group], groups of at least 2 experts, k within the kept groups.
+absl::Status ValidateGroupLimitedRouting(const FieldReader& r, const ModelConfig& c);
 
 }  // namespace ftd::engine

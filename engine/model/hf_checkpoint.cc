@@ -1,6 +1,7 @@
 #include "engine/model/hf_checkpoint.h"
 
 #include <cctype>
+#include <cmath>
 #include <filesystem>
 #include <system_error>
 #include <unistd.h>
@@ -100,7 +101,11 @@ absl::StatusOr<ModelWeights> LoadHfWeights(const std::string& model_dir, const M
     t = at::empty({E, rows, cols}, to_model);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t global = o.expert_begin + e;
-      if (gate_up) {
+      if (gate_up && spec.expert_names == ExpertNames::kUpDown) {  // no gate: up^T alone [K, F]
+        FTD_ASSIGN_OR_RETURN(at::Tensor up, reader->Load(ExpertTensorName(spec, global, "up_proj"),
+                                                         std::vector<int64_t>{cols, rows}));
+        t[e].copy_(up.t());
+      } else if (gate_up) {
         const int64_t F = cols / 2;
         FTD_ASSIGN_OR_RETURN(at::Tensor gate, reader->Load(ExpertTensorName(spec, global, "gate_proj"),
                                                            std::vector<int64_t>{F, rows}));
@@ -121,7 +126,9 @@ absl::StatusOr<ModelWeights> LoadHfWeights(const std::string& model_dir, const M
     w.carried.source_dir = model_dir;
     for (const std::string& name : reader->Keys()) {
       const int64_t layer = LayerOfName(name);
-      if (layer >= c.num_hidden_layers && layer < c.num_hidden_layers + c.num_nextn_predict_layers) {
+      // Nemotron-H keeps its MTP layers under mtp.* instead.
+      const bool mtp = c.IsHybrid() && name.compare(0, 4, "mtp.") == 0;
+      if (mtp || (layer >= c.num_hidden_layers && layer < c.num_hidden_layers + c.num_nextn_predict_layers)) {
         w.carried.names.push_back(name);
       }
     }
@@ -161,6 +168,21 @@ ModelWeights InitRandomWeights(const ModelConfig& c, const ModelOptions& o, uint
   }
   for (const TensorSpec& spec : w.layout) {
     if (spec.slot == Slot::kLmHead) init_dense(spec);
+  }
+  // Mamba2 (HF's _init_weights): A_log = log(1..nh); dt_bias = softplus^-1(dt) for dt
+  // log-uniform in [time_step_min, time_step_max], at least time_step_floor.
+  for (const TensorSpec& spec : w.layout) {
+    if (spec.slot == Slot::kMambaALog) {
+      SlotTensor(w, spec) = at::arange(1, spec.shape[0] + 1, at::kFloat).log().to(TensorOptionsFor(spec, o));
+    } else if (spec.slot == Slot::kMambaDtBias) {
+      const MambaConfig& m = c.mamba;
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(seed * 1000003ull + (ordinal++));
+      at::Tensor u = at::rand(spec.shape, gen, at::TensorOptions().dtype(at::kFloat));
+      at::Tensor dt = (u * (std::log(m.time_step_max) - std::log(m.time_step_min)) + std::log(m.time_step_min))
+                          .exp()
+                          .clamp_min(m.time_step_floor);
+      SlotTensor(w, spec) = (dt + at::log(-at::expm1(-dt))).to(TensorOptionsFor(spec, o));
+    }
   }
   if (c.tie_word_embeddings) w.lm_head = w.embed;
   const int64_t E = LocalExperts(c, o);
@@ -220,7 +242,9 @@ std::vector<std::pair<std::string, at::Tensor>> ToHfTensors(ModelWeights& w, con
     for (int64_t e = 0; e < E; ++e) {
       const int64_t global = o.expert_begin + e;
       at::Tensor fused = t.detach()[e];
-      if (spec.slot == Slot::kExpertsGateUp) {
+      if (spec.slot == Slot::kExpertsGateUp && spec.expert_names == ExpertNames::kUpDown) {
+        out.emplace_back(ExpertTensorName(spec, global, "up_proj"), cpu(fused.t()));
+      } else if (spec.slot == Slot::kExpertsGateUp) {
         const int64_t F = fused.size(1) / 2;
         out.emplace_back(ExpertTensorName(spec, global, "gate_proj"), cpu(fused.narrow(1, 0, F).t()));
         out.emplace_back(ExpertTensorName(spec, global, "up_proj"), cpu(fused.narrow(1, F, F).t()));

@@ -11,10 +11,11 @@ const ModelFamily& MixtralFamily();
 const ModelFamily& Qwen2MoeFamily();
 const ModelFamily& OlmoeFamily();
 const ModelFamily& GptOssFamily();
+const ModelFamily& NemotronHFamily();
 
 std::vector<const ModelFamily*> ModelFamilies() {
   return {&Qwen3MoeFamily(), &DeepseekV3Family(), &MixtralFamily(), &Qwen2MoeFamily(), &OlmoeFamily(),
-          &GptOssFamily()};
+          &GptOssFamily(), &NemotronHFamily()};
 }
 
 const ModelFamily* FindModelFamily(const std::string& model_type) {

@@ -33,6 +33,11 @@ enum class Slot : uint8_t {
   kSharedExpertGate,  // Qwen2-MoE's sigmoid gate of the shared expert [1, H]
   // Dense MLP.
   kMlpGate, kMlpUp, kMlpDown,
+  // Nemotron-H LatentMoE: fc1_latent_proj [L, H], fc2_latent_proj [H, L] around the routed experts.
+  kLatentDown, kLatentUp,
+  // Mamba2 mixer (Nemotron-H): in_proj [I + conv_dim + nh, H], conv1d weight [conv_dim, 1, K] and
+  // bias [conv_dim], A_log / D / dt_bias [nh], the gated norm [I], out_proj [H, I].
+  kMambaInProj, kMambaConvWeight, kMambaConvBias, kMambaALog, kMambaD, kMambaDtBias, kMambaNorm, kMambaOutProj,
 };
 
 enum class TensorRole : uint8_t {
@@ -47,7 +52,9 @@ enum class TensorRole : uint8_t {
 // per layer under the spec's own name, x @ W like the engine, gate and up interleaved in the
 // last dim (gate at even, up at odd columns) (GPT-OSS: gate_up_proj [E, H, 2F], its bias
 // [E, 2F], down_proj [E, F, H], its bias [E, H]).
-enum class ExpertNames : uint8_t { kGateUpDown, kW1W3W2, kFusedInterleaved };
+// kUpDown: experts without a gate (Nemotron-H's relu^2 experts): <module>.<e>.{up,down}_proj.weight,
+// the gate_up slot then holding up^T alone [E, H, F].
+enum class ExpertNames : uint8_t { kGateUpDown, kW1W3W2, kFusedInterleaved, kUpDown };
 
 struct TensorSpec {
   // HF name; for fused experts the engine name <experts module>.gate_up / .down.

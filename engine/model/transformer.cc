@@ -10,6 +10,7 @@
 #include "engine/model/core/gqa_attention.h"
 #include "engine/model/core/mla_attention.h"
 #include "engine/model/core/dense_mlp.h"
+#include "engine/model/core/mamba2.h"
 #include "engine/model/core/norms.h"
 #include "engine/model/core/rope.h"
 #include "engine/model/linear_cross_entropy.h"
@@ -133,6 +134,21 @@ at::Tensor ResidualStream::Materialize() const { return pending.defined() ? sum 
 ResidualStream MoeTransformer::Layer(int64_t index, const ResidualStream& in, const AttentionContext& ctx,
                                      std::vector<at::Tensor>* router_logits, std::vector<at::Tensor>* counts) {
   LayerWeights& L = weights_.layers[index];
+  if (config_.IsHybrid()) {
+    // Nemotron-H: norm -> one mixer -> added to the residual stream by the next norm.
+    auto [normed, h] = NormStream(in, L.input_norm, config_.rms_norm_eps);
+    switch (config_.BlockOf(index)) {
+      case LayerBlock::kMamba:
+        return {h, Mamba2Mixer(normed, L.mamba, config_, ctx.segment_ids, options_.mamba_kernels)};
+      case LayerBlock::kAttention: return {h, GqaAttention(normed, L.attn, config_, ctx)};
+      case LayerBlock::kMlp: return {h, DenseMlp(normed, L.mlp)};
+      case LayerBlock::kMoe: break;
+    }
+    MoeOutput moe = MoeBlock(normed, L.moe, config_, options_.gate, dispatcher_);
+    if (router_logits) router_logits->push_back(moe.router_logits);
+    if (counts) counts->push_back(moe.expert_counts);
+    return {h, moe.out};
+  }
   auto [attn_in, h] = NormStream(in, L.input_norm, config_.rms_norm_eps);
   at::Tensor attn = config_.attention == AttentionKind::kMla ? MlaAttention(attn_in, L.attn, config_, ctx)
                                                              : GqaAttention(attn_in, L.attn, config_, ctx);
@@ -151,7 +167,14 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
     positions = at::arange(S, batch.input_ids.options()).unsqueeze(0).expand({B, S});
   }
   AttentionContext ctx;
-  std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, rope_scaling_, positions, options_.dtype);
+  if (config_.rope_enabled) {
+    std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, rope_scaling_, positions, options_.dtype);
+  }
+  if (config_.NumMambaLayers() > 0) {
+    TORCH_CHECK(batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
+                "Mamba2 layers over packed documents need the batch's segment_ids");
+    if (batch.segment_ids.defined()) ctx.segment_ids = batch.segment_ids.to(options_.device);
+  }
   // Attention sinks (GPT-OSS) have no varlen kernel: packed rows attend through the dense
   // document mask there, built from segment_ids.
   const bool sinks = config_.attention_sinks;

@@ -35,6 +35,9 @@ struct ModelOptions {
   // CUDA experts: keep the SwiGLU output for backward instead of recomputing it (50 MB a layer
   // at the Qwen3-30B-A3B shape for ~0.06 ms; engine/model/expert_mlp.h).
   bool save_expert_activation = false;
+  // CUDA: Mamba2 layers run the causal-conv1d and SSD-scan kernels (kernels/causal_conv1d.h,
+  // kernels/ssd_scan.h); false keeps HF's chunked ATen form there too (a reference for tests).
+  bool mamba_kernels = true;
 };
 
 // One micro-batch. targets are already shifted: targets[b, i] is the token position i

@@ -49,6 +49,16 @@ at::Tensor& SlotTensor(ModelWeights& w, const TensorSpec& spec) {
     case Slot::kMlpGate: return L.mlp.gate_proj;
     case Slot::kMlpUp: return L.mlp.up_proj;
     case Slot::kMlpDown: return L.mlp.down_proj;
+    case Slot::kLatentDown: return L.moe.latent_down;
+    case Slot::kLatentUp: return L.moe.latent_up;
+    case Slot::kMambaInProj: return L.mamba.in_proj;
+    case Slot::kMambaConvWeight: return L.mamba.conv_weight;
+    case Slot::kMambaConvBias: return L.mamba.conv_bias;
+    case Slot::kMambaALog: return L.mamba.a_log;
+    case Slot::kMambaD: return L.mamba.d;
+    case Slot::kMambaDtBias: return L.mamba.dt_bias;
+    case Slot::kMambaNorm: return L.mamba.norm;
+    case Slot::kMambaOutProj: return L.mamba.out_proj;
     default: break;
   }
   // Unreachable: every slot is bound above.
@@ -63,6 +73,7 @@ ModelWeights EmptyWeights(const ModelConfig& c) {
     L.is_moe = c.IsMoeLayer(l);
     L.moe.swiglu_limit = c.swiglu_limit;
     L.moe.swiglu_alpha = c.swiglu_alpha;
+    L.moe.activation = c.mlp_activation;
   }
   w.tied = c.tie_word_embeddings;
   w.layout = ModelTensorLayout(c);

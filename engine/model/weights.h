@@ -56,7 +56,7 @@ struct DenseMlpWeights {
 struct MoeWeights {
   at::Tensor router;       // [E, H] (all experts: every rank routes every token)
   at::Tensor router_bias;  // [E] fp32 selection bias (DeepSeek-V3), not trained by gradient; or undefined
-  at::Tensor gate_up;      // [E_local, H, 2F]: [..., :F] gate, [..., F:] up
+  at::Tensor gate_up;      // [E_local, H, 2F]: [..., :F] gate, [..., F:] up; relu^2 experts: up [E_local, H, F]
   at::Tensor down;         // [E_local, F, H]
   DenseMlpWeights shared;  // shared experts [Fs, H] ... (DeepSeek-V3, Qwen2-MoE), undefined without
   at::Tensor shared_expert_gate;  // [1, H]: shared output times sigmoid(gate · x) (Qwen2-MoE), or undefined
@@ -68,12 +68,30 @@ struct MoeWeights {
   // set by EmptyWeights so that every dispatcher's expert compute sees them.
   double swiglu_limit = 0.0;
   double swiglu_alpha = 1.702;
+  MlpActivation activation = MlpActivation::kSwiglu;  // the config's mlp_activation, set by EmptyWeights
+  // Nemotron-H LatentMoE: latent_down [L, H] (fc1_latent_proj) before the routed experts,
+  // latent_up [H, L] (fc2_latent_proj) after them; undefined without moe_latent_size. The
+  // experts (and the dispatcher's tokens) are then L wide.
+  at::Tensor latent_down, latent_up;
+};
+
+// Nemotron-H's Mamba2 mixer (engine/model/core/mamba2.h).
+struct MambaWeights {
+  at::Tensor in_proj;      // [I + conv_dim + nh, H]: z | x B C | dt
+  at::Tensor conv_weight;  // [conv_dim, 1, K] depthwise causal convolution
+  at::Tensor conv_bias;    // [conv_dim] or undefined
+  at::Tensor a_log;        // [nh]: A = -exp(A_log)
+  at::Tensor d;            // [nh] skip
+  at::Tensor dt_bias;      // [nh]
+  at::Tensor norm;         // [I] gated RMSNorm weight
+  at::Tensor out_proj;     // [H, I]
 };
 
 struct LayerWeights {
-  at::Tensor input_norm;      // [H]
+  at::Tensor input_norm;      // [H] (hybrid stacks: the block's only norm)
   at::Tensor post_attn_norm;  // [H]
   AttentionWeights attn;
+  MambaWeights mamba;         // hybrid stacks' Mamba2 layers
   bool is_moe = false;
   MoeWeights moe;
   DenseMlpWeights mlp;

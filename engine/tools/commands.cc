@@ -40,7 +40,7 @@ struct InitModelArgs {
   bool config_only = false;
 };
 struct ForwardArgs {
-  std::string model, adapter, input, out, device = "cpu", dtype = "fp32";
+  std::string model, adapter, input, segments, out, device = "cpu", dtype = "fp32";
   bool grads = false;
 };
 struct ResaveArgs {
@@ -141,6 +141,34 @@ absl::StatusOr<at::Tensor> ReadIdsJson(const std::string& path) {
   return ids;
 }
 
+// Packed rows for `forward --segments`: document ids [B, S] (non-decreasing along each row, one
+// run per document) -> positions restarting at each document and targets that stop at its end.
+absl::Status PackedRows(const at::Tensor& ids, const at::Tensor& seg, const std::string& source, Batch* batch) {
+  if (seg.sizes() != ids.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": must have the shape of the ids"));
+  }
+  const int64_t B = ids.size(0), S = ids.size(1);
+  at::Tensor positions = at::empty({B, S}, at::kLong);
+  at::Tensor targets = ShiftLabels(ids);
+  auto sa = seg.accessor<int64_t, 2>();
+  auto pa = positions.accessor<int64_t, 2>();
+  auto ta = targets.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < S; ++t) {
+      if (t > 0 && sa[b][t] < sa[b][t - 1]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": row ", b, " item ", t, ": document ids must not decrease along a row"));
+      }
+      pa[b][t] = t > 0 && sa[b][t] == sa[b][t - 1] ? pa[b][t - 1] + 1 : 0;
+      if (t + 1 < S && sa[b][t + 1] != sa[b][t]) ta[b][t] = -100;  // a document's last token predicts nothing
+    }
+  }
+  batch->segment_ids = seg;
+  batch->position_ids = positions;
+  batch->targets = targets;
+  return absl::OkStatus();
+}
+
 absl::Status Forward(const ForwardArgs& a) {
   FTD_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(a.model));
   FTD_ASSIGN_OR_RETURN(at::Tensor ids, ReadIdsJson(a.input));
@@ -162,8 +190,14 @@ absl::Status Forward(const ForwardArgs& a) {
   FTD_ASSIGN_OR_RETURN(auto model, MoeTransformer::Create(config, options, std::move(weights)));
   c10::AutoGradMode grad_mode(a.grads);
   Batch batch;
+  batch.targets = ShiftLabels(ids);
+  if (!a.segments.empty()) {
+    FTD_ASSIGN_OR_RETURN(at::Tensor seg, ReadIdsJson(a.segments));
+    FTD_RETURN_IF_ERROR(PackedRows(ids, seg, a.segments, &batch));
+    batch.position_ids = batch.position_ids.to(options.device);
+  }
   batch.input_ids = ids.to(options.device);
-  batch.targets = ShiftLabels(batch.input_ids);
+  batch.targets = batch.targets.to(options.device);
   ForwardResult r = model->Forward(batch, /*return_logits=*/true);
   at::Tensor loss = r.loss_sum / static_cast<double>(std::max<int64_t>(1, r.num_targets));
   if (r.aux_loss.defined()) loss = loss + config.router_aux_loss_coef * r.aux_loss;
@@ -281,6 +315,9 @@ void RegisterCommands(CLI::App& app) {
   fwd->add_option("--adapter", g_forward.adapter, "PEFT LoRA adapter directory to apply (adapter_config.json + "
                   "adapter_model.safetensors); --grads then writes the adapter's gradients (grad.<PEFT key>)");
   fwd->add_option("--input", g_forward.input, "ids.json: [[ids...], ...], equal lengths")->required();
+  fwd->add_option("--segments", g_forward.segments,
+                  "seg.json: document ids like the ids (packed rows: positions restart and targets stop at "
+                  "each document's end)");
   fwd->add_option("--out", g_forward.out, "Output .safetensors (logits [B,S,V] fp32, loss)")->required();
   fwd->add_option("--device", g_forward.device, "cpu | cuda")->capture_default_str();
   fwd->add_option("--dtype", g_forward.dtype, "fp32 | bf16")->capture_default_str();

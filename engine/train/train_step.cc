@@ -427,9 +427,10 @@ absl::Status TrainStep::Launch(const StepInput& input) {
                       VarlenAttentionSupports(s.device, s.model->options().dtype, s.model->config().qk_head_dim(),
                                               s.model->config().num_attention_heads,
                                               s.model->config().num_key_value_heads);
-  // Packed rows of a sliding-window model take their window mask from segment_ids, which a
-  // graph's varlen boundaries do not carry: those steps run eagerly.
-  const bool sliding = s.model->config().sliding_window > 0;
+  // Packed rows of a sliding-window model take their window mask from segment_ids, and Mamba2
+  // layers (Nemotron-H) their state resets, which a graph's varlen boundaries do not carry:
+  // those steps run eagerly.
+  const bool sliding = s.model->config().sliding_window > 0 || s.model->config().NumMambaLayers() > 0;
   if (s.graphs_enabled && first.input_ids.size(0) == s.o.micro_batch && first.input_ids.size(1) <= s.o.seq_len &&
       (!first.segment_ids.defined() || (varlen && !sliding))) {
     if (varlen) {

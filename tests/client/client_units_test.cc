@@ -290,7 +290,7 @@ TEST(ModelInspectTest, DeepseekV3CountsAreTheEnginesAndOtherFamiliesAreNamedUnsu
   EXPECT_EQ(granite->parameters_source, "none");
 }
 
-TEST(ModelInspectTest, MixtralQwen2MoeAndOlmoeAreNamedAndCountedAsPublished) {
+TEST(ModelInspectTest, MixtralQwen2MoeOlmoeGptOssAndNemotronHAreNamedAndCountedAsPublished) {
   // The config.json files as published (v4 field names), without weights: the engine's counts.
   struct Case {
     const char* config;
@@ -322,6 +322,17 @@ TEST(ModelInspectTest, MixtralQwen2MoeAndOlmoeAreNamedAndCountedAsPublished) {
           "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": false},
           "router_aux_loss_coef": 0.9, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05})",
        "GPT-OSS", 20.91, 4.19},
+      // nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16's config.json (no num_hidden_layers field needed:
+      // the 52 layers come from its pattern): 31.58B as transformers counts it; 3.58B active.
+      {R"({"model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "hidden_size": 2688,
+          "hybrid_override_pattern": "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME", "head_dim": 128,
+          "intermediate_size": 1856, "layer_norm_epsilon": 1e-05, "mamba_head_dim": 64, "mamba_num_heads": 64,
+          "mlp_hidden_act": "relu2", "moe_intermediate_size": 1856, "moe_shared_expert_intermediate_size": 3712,
+          "n_group": 1, "n_groups": 8, "n_routed_experts": 128, "n_shared_experts": 1, "norm_topk_prob": true,
+          "num_attention_heads": 32, "num_experts_per_tok": 6, "num_key_value_heads": 2,
+          "routed_scaling_factor": 2.5, "ssm_state_size": 128, "topk_group": 1, "vocab_size": 131072,
+          "chunk_size": 128, "conv_kernel": 4, "use_conv_bias": true, "torch_dtype": "bfloat16"})",
+       "Nemotron-H", 31.58, 3.58},
   };
   for (const Case& c : cases) {
     Scratch s;
@@ -333,6 +344,7 @@ TEST(ModelInspectTest, MixtralQwen2MoeAndOlmoeAreNamedAndCountedAsPublished) {
     EXPECT_TRUE(m->parameters_estimated) << c.family;
     EXPECT_NEAR(m->parameters_total / 1e9, c.total_b, 0.05) << c.family;
     EXPECT_NEAR(m->parameters_active / 1e9, c.active_b, 0.05) << c.family;
+    if (std::string(c.family) == "Nemotron-H") EXPECT_EQ(m->layers, 52);
   }
 }
 

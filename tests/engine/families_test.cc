@@ -24,7 +24,7 @@ namespace ftd::engine {
 namespace {
 
 TEST(ModelFamilies, RegistryNamesEveryFamilyAndItsPresets) {
-  EXPECT_EQ(SupportedModelTypes(), "qwen3_moe, deepseek_v3, mixtral, qwen2_moe, olmoe, gpt_oss");
+  EXPECT_EQ(SupportedModelTypes(), "qwen3_moe, deepseek_v3, mixtral, qwen2_moe, olmoe, gpt_oss, nemotron_h");
   ASSERT_NE(FindModelFamily("mixtral"), nullptr);
   EXPECT_STREQ(FindModelFamily("olmoe")->display_name(), "OLMoE");
   ASSERT_NE(FindModelFamily("deepseek_v3"), nullptr);

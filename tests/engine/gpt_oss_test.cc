@@ -15,6 +15,7 @@
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/transformer.h"
 #include "gtest/gtest.h"
+#include "tests/engine/packed_row_test_util.h"
 
 namespace ftd::engine {
 namespace {
@@ -50,62 +51,19 @@ TEST(GptOss, PackedRowEqualsItsDocumentsOneByOne) {
       L.moe.down_bias.normal_(0, 0.3);
     }
   }
-  auto fresh = [&] {
-    ModelWeights w = init;
-    for (NamedParam& p : ListParameters(w)) *p.tensor = p.tensor->detach().clone();
-    if (w.tied) w.lm_head = w.embed;
-    EnableGradients(w);
-    return *MoeTransformer::Create(c, o, std::move(w));
-  };
-  at::manual_seed(3);
-  const int64_t n1 = 7, n2 = 9;
-  at::Tensor ids = at::randint(0, c.vocab_size, {1, n1 + n2}, at::kLong);
-  at::Tensor doc1 = ids.narrow(1, 0, n1), doc2 = ids.narrow(1, n1, n2);
-
-  // Packed: positions restart, targets stop at the boundary.
-  auto packed_model = fresh();
-  Batch packed;
-  packed.input_ids = ids;
-  packed.position_ids = at::cat({at::arange(n1, at::kLong), at::arange(n2, at::kLong)}).unsqueeze(0);
-  packed.segment_ids = at::cat({at::zeros({1, n1}, at::kLong), at::ones({1, n2}, at::kLong)}, 1);
-  packed.targets = at::cat({ShiftLabels(doc1), ShiftLabels(doc2)}, 1);
-  ForwardResult p = packed_model->Forward(packed, /*return_logits=*/true);
-  p.loss_sum.backward();
-
-  auto alone_model = fresh();
-  at::Tensor loss_alone = at::zeros({}, at::kFloat);
-  std::vector<at::Tensor> logits_alone;
-  for (const at::Tensor& doc : {doc1, doc2}) {
-    Batch b;
-    b.input_ids = doc;
-    b.targets = ShiftLabels(doc);
-    ForwardResult r = alone_model->Forward(b, true);
-    logits_alone.push_back(r.logits);
-    loss_alone = loss_alone + r.loss_sum;
-  }
-  loss_alone.backward();
-
-  EXPECT_TRUE(at::allclose(p.logits.narrow(1, 0, n1), logits_alone[0], 1e-5, 1e-5));
-  EXPECT_TRUE(at::allclose(p.logits.narrow(1, n1, n2), logits_alone[1], 1e-5, 1e-5));
-  EXPECT_NEAR(p.loss_sum.item<double>(), loss_alone.item<double>(), 1e-4);
-  std::vector<NamedParam> pp = packed_model->Parameters(), ap = alone_model->Parameters();
-  ASSERT_EQ(pp.size(), ap.size());
+  testing::PackedRowRun run = testing::RunPackedRowAndDocuments(c, o, init, 7, 9, 3);
+  testing::ExpectPackedRowEqualsDocuments(run);
   int sinks_checked = 0;
-  for (size_t i = 0; i < pp.size(); ++i) {
-    SCOPED_TRACE(pp[i].name);
-    const at::Tensor& g1 = pp[i].tensor->grad();
-    const at::Tensor& g2 = ap[i].tensor->grad();
-    ASSERT_TRUE(g1.defined() && g2.defined());
-    EXPECT_TRUE(at::allclose(g1, g2, 1e-4, 1e-5)) << (g1 - g2).abs().max().item<double>();
-    if (pp[i].name.find("sinks") != std::string::npos) sinks_checked += g1.abs().sum().item<double>() > 0;
+  for (NamedParam& p : run.packed_model->Parameters()) {
+    if (p.name.find("sinks") != std::string::npos) sinks_checked += p.tensor->grad().abs().sum().item<double>() > 0;
   }
   EXPECT_EQ(sinks_checked, c.num_hidden_layers);  // the sinks take gradients
   // Without the document mask, the second document would see the first: the packed result differs.
-  Batch unmasked = packed;
+  Batch unmasked = run.packed;
   unmasked.segment_ids = at::Tensor();
   c10::NoGradGuard no_grad;
-  at::Tensor leaked = packed_model->Forward(unmasked, true).logits;
-  EXPECT_FALSE(at::allclose(leaked.narrow(1, n1, n2), logits_alone[1], 1e-5, 1e-5));
+  at::Tensor leaked = run.packed_model->Forward(unmasked, true).logits;
+  EXPECT_FALSE(at::allclose(leaked.narrow(1, 7, 9), run.logits_alone[1], 1e-5, 1e-5));
 }
 
 // The SDPA form of attention with sinks (CUDA's) equals HF's dense formula (the CPU's, checked

@@ -47,6 +47,26 @@ def train(ftd_train, workdir, preset, name, nproc=1, ep=1):
     return res.stdout, load_checkpoint(workdir / f"{preset}_{name}" / f"checkpoint-{STEPS}")
 
 
+def assert_ep_run_equals_one_process(ftd_train, workdir, preset, nproc, ep):
+    """`launch --nproc nproc` with ep against one process on the same global batch: the same
+    losses (1e-5) and checkpoint (every tensor within 1e-6). Returns (name of the run, its
+    checkpoint, the single process's, the initial one)."""
+    single_out, single = train(ftd_train, workdir, preset, "single")
+    init = load_checkpoint(workdir / preset)
+    ref_losses = losses(single_out)
+    assert len(ref_losses) == STEPS, single_out
+    name = f"n{nproc}_ep{ep}"
+    stdout, ckpt = train(ftd_train, workdir, preset, name, nproc=nproc, ep=ep)
+    assert f"dp {nproc}, ep {ep}" in stdout, stdout
+    got = losses(stdout)
+    assert len(got) == STEPS, stdout
+    assert max(abs(a - b) for a, b in zip(got, ref_losses)) <= 1e-5, f"ep={ep}: {got}\nsingle: {ref_losses}"
+    assert sorted(ckpt) == sorted(single)
+    worst = max(((ckpt[k] - single[k]).abs().max().item(), k) for k in single)
+    assert worst[0] <= 1e-6, f"ep={ep}: {worst[1]} differs by {worst[0]:.2e}"
+    return name, ckpt, single, init
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_ep1_and_ep2_equal_one_process(ftd_train, workdir, preset):
     single = train(ftd_train, workdir, preset, "single")

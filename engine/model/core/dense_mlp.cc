@@ -7,6 +7,9 @@
 namespace ftd::engine {
 
 at::Tensor DenseMlp(const at::Tensor& x, const DenseMlpWeights& w) {
+  if (!w.gate_proj.defined()) {  // relu^2 (Nemotron-H): down(relu(up(x))^2)
+    return LinearWithLora(at::relu(LinearWithLora(x, w.up_proj, {}, w.up_lora)).square(), w.down_proj, {}, w.down_lora);
+  }
   if (w.gate_lora.defined() || w.up_lora.defined() || w.down_lora.defined()) {
     return LinearWithLora(at::silu(LinearWithLora(x, w.gate_proj, {}, w.gate_lora)) *
                               LinearWithLora(x, w.up_proj, {}, w.up_lora),

@@ -143,7 +143,7 @@ at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
   k = k.view({B, S, Hkv, D});
   v = v.view({B, S, Hkv, D});
   // q, k stay [B, S, heads, D] (contiguous on CUDA) through norm and rotation.
-  if (c.qk_norm && OnKernelDevice(q) && kernels::RopeCudaSupports(q, ctx.cos, ctx.sin, w.q_norm) &&
+  if (c.qk_norm && c.rope_enabled && OnKernelDevice(q) && kernels::RopeCudaSupports(q, ctx.cos, ctx.sin, w.q_norm) &&
       kernels::RopeCudaSupports(k, ctx.cos, ctx.sin, w.k_norm)) {
     // One read and one write per tensor for norm + rotation.
     q = kernels::RmsNormRope(q, w.q_norm, c.rms_norm_eps, ctx.cos, ctx.sin);
@@ -153,8 +153,10 @@ at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
       q = RmsNorm(q, w.q_norm, c.rms_norm_eps);
       k = RmsNorm(k, w.k_norm, c.rms_norm_eps);
     }
-    q = ApplyRope(q.transpose(1, 2), ctx.cos, ctx.sin).transpose(1, 2);
-    k = ApplyRope(k.transpose(1, 2), ctx.cos, ctx.sin).transpose(1, 2);
+    if (c.rope_enabled) {  // Nemotron-H's attention has no position embedding
+      q = ApplyRope(q.transpose(1, 2), ctx.cos, ctx.sin).transpose(1, 2);
+      k = ApplyRope(k.transpose(1, 2), ctx.cos, ctx.sin).transpose(1, 2);
+    }
   }
   const double scale = c.AttentionScale();
   at::Tensor out;  // [B, S, Hq * D]

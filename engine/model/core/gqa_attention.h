@@ -18,6 +18,9 @@ struct AttentionContext {
   at::Tensor cos, sin;          // [B, S, rope_dim]
   at::Tensor mask;              // [B, 1, S, S] bool (true = attend) or undefined
   VarlenBoundaries varlen;      // cu_seqlens over the B * S flattened tokens, or undefined
+  // [B, S] document ids of packed rows on the model's device, for the layers that carry state
+  // along the sequence (Mamba2: reset at document starts); undefined when rows are not packed.
+  at::Tensor segment_ids;
 };
 
 // Builds the boolean attention mask for packed documents; undefined when segment_ids is.

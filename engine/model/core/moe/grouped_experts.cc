@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include "kernels/kernels_available.h"
+#include "kernels/relu2.h"
 #include "kernels/swiglu.h"
 
 namespace ftd::engine {
@@ -73,6 +74,15 @@ at::Tensor BiasedClampedExpertsForward(const at::Tensor& rows, const at::Tensor&
 
 at::Tensor ExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights, const at::Tensor& counts,
                           const MoeWeights& w) {
+  if (w.activation == MlpActivation::kRelu2) {
+    // Nemotron-H: up only (gate_up holds up [E, K, F]), relu^2, the routing weight folded in
+    // before the down GEMM (linear: HF applies it after).
+    at::Tensor h = GroupedMatmulWithLora(rows, w.gate_up, w.gate_up_lora, counts);  // [N, F]
+    at::Tensor act = OnKernelDevice(h) && h.scalar_type() == row_weights.scalar_type()
+                         ? kernels::WeightedRelu2(h, row_weights)                    // one fused pass, CUDA
+                         : at::relu(h).square() * row_weights.unsqueeze(-1);        // [N, F]
+    return GroupedMatmulWithLora(act, w.down, w.down_lora, counts);                // [N, K]
+  }
   if (w.swiglu_limit > 0 || w.gate_up_bias.defined() || w.down_bias.defined()) {
     return BiasedClampedExpertsForward(rows, row_weights, counts, w);
   }

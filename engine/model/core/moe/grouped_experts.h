@@ -13,7 +13,8 @@ namespace ftd::engine {
 // otherwise a loop of mm.
 at::Tensor GroupedMatmul(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& counts);
 
-// Expert compute on grouped rows: [N, H] -> [N, H] (SwiGLU, row weight folded in); `counts`
+// Expert compute on grouped rows: [N, H] -> [N, H] (SwiGLU or relu^2 as w.activation says, row
+// weight folded in; H is the latent width for LatentMoE); `counts`
 // [E_local] int64 rows per local expert of `w`.
 at::Tensor ExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights, const at::Tensor& counts,
                           const MoeWeights& w);

@@ -12,9 +12,11 @@ MoeOutput MoeBlock(const at::Tensor& x, const MoeWeights& w, const ModelConfig& 
   at::Tensor flat = x.reshape({B * S, H});
   Routing routing = Route(flat, w.router, c, gate, w.router_bias, w.router_logit_bias);
   LocalTokenDispatcher local;
-  DispatchResult routed = (dispatcher != nullptr ? dispatcher : &local)->Dispatch(flat, routing, w);
-  at::Tensor out = routed.out;
-  if (w.shared.gate_proj.defined()) {
+  // LatentMoE (Nemotron-H): the routed experts, and the tokens sent to them, are L wide.
+  at::Tensor expert_in = w.latent_down.defined() ? at::linear(flat, w.latent_down) : flat;  // [T, L or H]
+  DispatchResult routed = (dispatcher != nullptr ? dispatcher : &local)->Dispatch(expert_in, routing, w);
+  at::Tensor out = w.latent_up.defined() ? at::linear(routed.out, w.latent_up) : routed.out;  // [T, H]
+  if (w.shared.up_proj.defined()) {
     at::Tensor shared = DenseMlp(flat, w.shared);  // [T, H]
     if (w.shared_expert_gate.defined()) shared = at::sigmoid(at::linear(flat, w.shared_expert_gate)) * shared;
     out = out + shared;

@@ -41,7 +41,9 @@ DispatchResult LocalTokenDispatcher::Dispatch(const at::Tensor& flat, const Rout
   const bool fused = perm.order.defined();  // CUDA: gather and k-way sum kernels, each the other's backward
   const bool adapters = w.gate_up_lora.defined() || w.down_lora.defined();
   // GPT-OSS's biased, clamped experts take ExpertsForward's ATen path (the fused op has neither).
-  const bool plain_swiglu = w.swiglu_limit == 0 && !w.gate_up_bias.defined() && !w.down_bias.defined();
+  // Nemotron-H's relu^2 experts as well (the fused op computes SwiGLU).
+  const bool plain_swiglu = w.swiglu_limit == 0 && !w.gate_up_bias.defined() && !w.down_bias.defined() &&
+                            w.activation == MlpActivation::kSwiglu;
   if (fused && !adapters && plain_swiglu && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
     // One op from gather to k-way sum, saving only h for backward.
     at::Tensor out = ExpertMlpRecompute(flat, perm.order, perm.inverse, perm.weights, perm.counts, w.gate_up, w.down, k,

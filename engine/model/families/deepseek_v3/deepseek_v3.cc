@@ -98,18 +98,7 @@ class DeepseekV3 final : public ModelFamily {
       // MLA expands K/V per head from the latent: HF never repeats them.
       return r.Invalid("num_key_value_heads must equal num_attention_heads for MLA");
     }
-    if (c->n_group <= 0 || c->num_experts % c->n_group != 0) {
-      return r.Invalid(absl::StrCat("n_group (", c->n_group, ") must divide n_routed_experts (", c->num_experts, ")"));
-    }
-    if (c->topk_group <= 0 || c->topk_group > c->n_group) {
-      return r.Invalid(absl::StrCat("topk_group must be in [1, n_group=", c->n_group, "]"));
-    }
-    if (c->num_experts / c->n_group < 2 && c->n_group > 1) {
-      return r.Invalid("each expert group needs at least 2 experts (groups are ranked by their two best)");
-    }
-    if (c->num_experts_per_tok > c->topk_group * (c->num_experts / c->n_group)) {
-      return r.Invalid("num_experts_per_tok exceeds the experts of topk_group groups");
-    }
+    FTD_RETURN_IF_ERROR(ValidateGroupLimitedRouting(r, *c));
     if (c->n_shared_experts < 0) return r.Invalid("\"n_shared_experts\" must not be negative");
     if (c->first_k_dense_replace < 0) return r.Invalid("\"first_k_dense_replace\" must not be negative");
     if (c->num_nextn_predict_layers < 0) return r.Invalid("\"num_nextn_predict_layers\" must not be negative");
