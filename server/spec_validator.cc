@@ -452,19 +452,10 @@ absl::Status SpecValidator::ValidateAndNormalize(const std::string& tenant, ftd:
   }
 
   // Each backend names what the engine runs; the alternatives are refused until they exist
-  // (a setting that is accepted must take effect).
+  // (a setting that is accepted must take effect). The engine refuses flash/cudnn on a CPU rank.
   auto* be = spec->mutable_backends();
-  FTD_RETURN_IF_ERROR(CheckSupportedChoice(
-      "spec.backends.attention", be->mutable_attention(), "sdpa",
-      {{"flash", "attention runs sdpa (ATen's scaled_dot_product_attention, FlashAttention's varlen kernel for "
-                 "packed rows on CUDA); a forced flash path is not selectable"},
-       {"cudnn", "attention runs sdpa; the cuDNN attention path is not selectable"}},
-      notes));
-  FTD_RETURN_IF_ERROR(CheckSupportedChoice(
-      "spec.backends.experts", be->mutable_experts(), "grouped_mm",
-      {{"loop", "experts run grouped_mm (at::_grouped_mm on CUDA, a per-expert matmul fallback on CPU); a forced "
-                "per-expert loop is not selectable"}},
-      notes));
+  FTD_RETURN_IF_ERROR(CheckChoice("spec.backends.attention", be->mutable_attention(), {"sdpa", "flash", "cudnn"}, notes));
+  FTD_RETURN_IF_ERROR(CheckChoice("spec.backends.experts", be->mutable_experts(), {"grouped_mm", "loop"}, notes));
   FTD_RETURN_IF_ERROR(CheckSupportedChoice(
       "spec.backends.dispatcher", be->mutable_dispatcher(), "alltoall",
       {{"fused", "no fused (DeepEP-style) dispatch kernel exists yet; use alltoall"}}, notes));

@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "engine/model/core/backends.h"
 #include "engine/dist/launcher.h"
 #include "engine/io/safetensors.h"
 #include "engine/model/config.h"
@@ -248,10 +249,11 @@ absl::Status Resave(const ResaveArgs& a) {
 absl::Status Train(const TrainArgs& a) {
   FTD_ASSIGN_OR_RETURN(TrainSpec spec, LoadTrainSpec(a.spec));
   if (const char* rank = std::getenv("RANK"); rank == nullptr || std::string(rank) == "0") {
-    // What runs, for the job's log (every value here is the only one the spec accepts).
-    std::cout << "backends: method " << spec.method << ", attention " << spec.attention << ", experts "
-              << spec.experts << ", dispatcher " << spec.dispatcher << ", zero_stage " << spec.zero_stage
-              << ", gate " << spec.gate << "\n";
+    // What runs, for the job's log (the spec loader checked every name).
+    std::cout << "backends: method " << spec.method << ", "
+              << DescribeBackends(*ParseAttentionBackend(spec.attention), *ParseExpertsBackend(spec.experts))
+              << ", dispatcher " << spec.dispatcher << ", zero_stage " << spec.zero_stage << ", gate " << spec.gate
+              << "\n";
   }
   TrainOptions options;
   options.resume = a.resume;

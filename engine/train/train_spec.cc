@@ -10,6 +10,7 @@
 #include "common/precision_policy.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "engine/model/core/backends.h"
 
 namespace ftd::engine {
 namespace {
@@ -161,17 +162,9 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
                             "the world) or 3 (dense parameters sharded too, gathered per layer)"));
   }
   if (s.attention.empty()) s.attention = "sdpa";
-  if (s.attention != "sdpa") {
-    return bad("backends.attention \"" + s.attention +
-               "\" is not selectable: attention runs sdpa (ATen's scaled_dot_product_attention, FlashAttention's "
-               "varlen kernel for packed rows on CUDA)");
-  }
+  if (auto a = ParseAttentionBackend(s.attention); !a.ok()) return bad(std::string(a.status().message()));
   if (s.experts.empty()) s.experts = "grouped_mm";
-  if (s.experts != "grouped_mm") {
-    return bad("backends.experts \"" + s.experts +
-               "\" is not selectable: experts run grouped_mm (at::_grouped_mm on CUDA, a per-expert matmul "
-               "fallback on CPU)");
-  }
+  if (auto e = ParseExpertsBackend(s.experts); !e.ok()) return bad(std::string(e.status().message()));
   if (s.dispatcher.empty()) s.dispatcher = "alltoall";
   if (s.dispatcher == "fused") return bad("backends.dispatcher: fused is not supported yet (no fused dispatch kernel); use alltoall");
   if (s.dispatcher != "alltoall") return bad("backends.dispatcher \"" + s.dispatcher + "\" is not one of alltoall, fused");

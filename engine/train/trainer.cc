@@ -35,6 +35,7 @@
 #include "engine/train/token_dataset.h"
 #include "engine/train/train_step.h"
 #include "engine/train/training_data.h"
+#include "engine/model/core/backends.h"
 #include "engine/util/device_memory.h"
 #include "nlohmann/json.hpp"
 
@@ -108,6 +109,8 @@ class Trainer {
   Trainer(const TrainSpec& spec, const TrainOptions& options, std::ostream& log)
       : spec_(spec), options_(options), log_(log) {}
   absl::Status SetUpDevice();
+  // backends.attention / backends.experts: checked against the device and model, then set.
+  absl::Status SetUpBackends();
   absl::Status AgreeOnResume();
   absl::Status LoadModel();
   void LogLayout();
@@ -148,6 +151,8 @@ class Trainer {
   ModelOptions mo_;
   PrecisionPolicy policy_ = PrecisionPolicy::kCompact;
   bool cuda_ = false;
+  AttentionBackend attention_ = AttentionBackend::kSdpa;
+  ExpertsBackend experts_ = ExpertsBackend::kGroupedMm;
   std::unique_ptr<ProcessGroups> groups_;
   std::unique_ptr<TrainingData> dataset_;
   std::unique_ptr<TrainingStream> stream_;
@@ -219,8 +224,43 @@ absl::Status Trainer::SetUpDevice() {
                                       : (cuda_ ? at::kBFloat16 : at::kFloat);
   FTD_ASSIGN_OR_RETURN(mo_.gate, GateFromName(spec_.gate));
   mo_.activation_checkpointing = spec_.activation_checkpointing;
+  FTD_RETURN_IF_ERROR(SetUpBackends());
   // LoRA: the adapters are small; AdamW keeps fp32 master weights and moments for them.
   FTD_ASSIGN_OR_RETURN(policy_, ParsePrecisionPolicy(lora() ? "fp32_master" : spec_.precision, mo_.dtype == at::kFloat));
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::SetUpBackends() {
+  FTD_ASSIGN_OR_RETURN(attention_, ParseAttentionBackend(spec_.attention));
+  FTD_ASSIGN_OR_RETURN(experts_, ParseExpertsBackend(spec_.experts));
+  if (attention_ != AttentionBackend::kSdpa) {
+    const char* name = AttentionBackendName(attention_);
+    if (!cuda_) {
+      return absl::InvalidArgumentError(absl::StrCat("backends.attention ", name,
+                                                     ": a CUDA kernel, and this rank runs on the CPU (use sdpa)"));
+    }
+    if (mo_.dtype == at::kFloat) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("backends.attention ", name, ": its kernels take bf16/fp16, and the model runs in fp32 (dtype)"));
+    }
+  }
+  if (attention_ == AttentionBackend::kFlash) {
+    // FlashAttention-2 through SDPA takes no mask: sinks and sliding windows need one.
+    std::string needs_mask;
+    if (config_.attention_sinks) needs_mask = "attention sinks";
+    for (int64_t l = 0; l < config_.num_hidden_layers && needs_mask.empty(); ++l) {
+      if (config_.IsSlidingLayer(l) && config_.sliding_window < spec_.seq_len) needs_mask = "sliding-window layers";
+    }
+    if (!needs_mask.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("backends.attention flash: this ", config_.model_type, " model's ",
+                                                     needs_mask, " need an attention mask, which FlashAttention-2 "
+                                                     "does not take (use sdpa or cudnn)"));
+    }
+  }
+  // cuDNN has no varlen path here: packed rows attend through their document mask.
+  mo_.varlen_attention = attention_ != AttentionBackend::kCudnn;
+  SetAttentionBackend(attention_);
+  SetExpertsBackend(experts_);
   return absl::OkStatus();
 }
 
@@ -303,7 +343,8 @@ absl::Status Trainer::LoadModel() {
   o.seq_len = spec_.seq_len;
   // A LoRA rank that is not a multiple of 8 runs the experts' adapter GEMMs as a per-expert loop
   // (grouped GEMMs need 16-byte rows), which reads the counts on the host: no graph capture then.
-  o.cuda_graphs = spec_.cuda_graphs && !(lora() && spec_.lora_rank % 8 != 0);
+  // So does backends.experts loop.
+  o.cuda_graphs = spec_.cuda_graphs && !(lora() && spec_.lora_rank % 8 != 0) && experts_ != ExpertsBackend::kLoop;
   o.zero_stage = spec_.zero_stage;
   o.router_bias_update_speed = spec_.router_bias_update_speed;
   FTD_ASSIGN_OR_RETURN(step_fn_, TrainStep::Create(model_.get(), groups_.get(), dispatch_.get(), o));

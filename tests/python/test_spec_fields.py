@@ -29,9 +29,8 @@ def train(engine, tmp_path, **override):
     ("lora__rank", 8, "lora: only with method lora"),
     ("method", "qlora", 'method "qlora" is not one of full, lora'),
     ("backends__dispatcher", "fused", "backends.dispatcher: fused is not supported yet"),
-    ("backends__attention", "flash", 'backends.attention "flash" is not selectable'),
-    ("backends__attention", "cudnn", 'backends.attention "cudnn" is not selectable'),
-    ("backends__experts", "loop", 'backends.experts "loop" is not selectable'),
+    ("backends__attention", "xformers", 'backends.attention "xformers" is not one of sdpa, flash, cudnn'),
+    ("backends__experts", "triton", 'backends.experts "triton" is not one of grouped_mm, loop'),
     ("parallelism__zero_stage", 4, "parallelism.zero_stage must be 0, 1, 2 or 3"),
     ("parallelism__zero_stage", 1, "parallelism.zero_stage 1 is not supported"),
 ])
@@ -44,8 +43,11 @@ def test_unimplemented_settings_are_refused_by_name(ftd_train, tmp_path, field, 
 
 def test_the_implemented_values_pass_the_spec_check(ftd_train, tmp_path):
     # Past the spec (which accepts them), the run fails on the missing model instead.
-    res = train(ftd_train, tmp_path, method="full", backends__attention="sdpa", backends__experts="grouped_mm",
-                backends__dispatcher="alltoall", parallelism__zero_stage=2)
-    assert res.returncode != 0
-    assert "not supported" not in res.stderr and "not selectable" not in res.stderr, res.stderr
-    assert "backends: method full, attention sdpa, experts grouped_mm, dispatcher alltoall, zero_stage 2" in res.stdout
+    for attention, experts in [("sdpa", "grouped_mm"), ("flash", "loop"), ("cudnn", "grouped_mm")]:
+        res = train(ftd_train, tmp_path, method="full", backends__attention=attention, backends__experts=experts,
+                    backends__dispatcher="alltoall", parallelism__zero_stage=2)
+        assert res.returncode != 0
+        assert "not supported" not in res.stderr and "is not one of" not in res.stderr, res.stderr
+        line = res.stdout.splitlines()[0]
+        assert line.startswith(f"backends: method full, attention {attention} ("), line
+        assert f"experts {experts} (" in line and line.endswith("dispatcher alltoall, zero_stage 2, gate real"), line

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "engine/model/core/moe/expert_mlp.h"
+#include "engine/model/core/backends.h"
 #include "engine/model/core/moe/grouped_experts.h"
 #include "kernels/expert_sort.h"
 #include "kernels/kernels_available.h"
@@ -44,7 +45,9 @@ DispatchResult LocalTokenDispatcher::Dispatch(const at::Tensor& flat, const Rout
   // Nemotron-H's relu^2 experts as well (the fused op computes SwiGLU).
   const bool plain_swiglu = w.swiglu_limit == 0 && !w.gate_up_bias.defined() && !w.down_bias.defined() &&
                             w.activation == MlpActivation::kSwiglu;
-  if (fused && !adapters && plain_swiglu && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
+  // backends.experts loop: ExpertsForward's per-expert matmuls (the fused op is grouped GEMMs).
+  const bool grouped = CurrentExpertsBackend() == ExpertsBackend::kGroupedMm;
+  if (fused && grouped && !adapters && plain_swiglu && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
     // One op from gather to k-way sum, saving only h for backward.
     at::Tensor out = ExpertMlpRecompute(flat, perm.order, perm.inverse, perm.weights, perm.counts, w.gate_up, w.down, k,
                                         save_expert_activation_);

@@ -1,0 +1,96 @@
+"""backends.attention (sdpa | flash | cudnn) and backends.experts (grouped_mm | loop) change what
+`ftd-train train` runs, and its log says which: on the CPU, the CUDA-only attention kernels are
+refused by field name before any step and experts `loop` trains (the same losses as grouped_mm,
+whose CPU path is the same per-expert loop); on a GPU, every combination trains the same tiny
+model on packed rows (flash: varlen; cudnn: the document mask) to the same losses as sdpa within
+bf16 noise, and loop turns CUDA graphs off."""
+import json
+import re
+
+import pytest
+import torch
+
+from conftest import clean_env, run
+
+LOSS_RE = re.compile(r"step (\d+)/\d+ loss ([0-9.eE+-]+)")
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, ftd_train):
+    d = tmp_path_factory.mktemp("backends")
+    run([ftd_train, "init-model", "--preset", "tiny", "--dtype", "fp32", "--seed", "4", "--out", d / "model"])
+    g = torch.Generator().manual_seed(6)
+    with open(d / "train.jsonl", "w") as f:  # documents shorter than seq_len: packed rows
+        for _ in range(48):
+            k = int(torch.randint(8, 30, (1,), generator=g))
+            f.write(json.dumps({"input_ids": torch.randint(0, 512, (k,), generator=g).tolist()}) + "\n")
+    return d
+
+
+def train(ftd_train, d, name, attention, experts, device="cpu", dtype="fp32", check=True):
+    spec = {"base_model": str(d / "model"), "datasets": {"train": str(d / "train.jsonl")}, "output": str(d / name),
+            "hyperparameters": {"max_steps": STEPS, "global_batch": 4, "micro_batch": 2, "seq_len": 64, "lr": 1e-3,
+                                "seed": 5},
+            "backends": {"attention": attention, "experts": experts}, "device": device, "dtype": dtype}
+    path = d / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    cmd = [ftd_train, "train", "--spec", path]
+    if check:
+        res = run(cmd, env=clean_env(), timeout=600)
+    else:
+        import subprocess
+        res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=clean_env(), timeout=600)
+    return res, [float(m.group(2)) for m in LOSS_RE.finditer(res.stdout)]
+
+
+def backends_line(stdout):
+    (line,) = [x for x in stdout.splitlines() if x.startswith("backends: ")]
+    return line
+
+
+def test_cpu_experts_loop_trains_and_says_so(ftd_train, work):
+    grouped, grouped_losses = train(ftd_train, work, "grouped", "sdpa", "grouped_mm")
+    loop, loop_losses = train(ftd_train, work, "loop", "sdpa", "loop")
+    assert len(loop_losses) == STEPS and loop_losses == grouped_losses  # on the CPU both are per-expert matmuls
+    assert "experts loop (one matmul per expert, no CUDA graphs)" in backends_line(loop.stdout)
+    assert "experts grouped_mm (at::_grouped_mm on CUDA" in backends_line(grouped.stdout)
+    assert "attention sdpa (SDPA choosing its kernel" in backends_line(grouped.stdout)
+
+
+@pytest.mark.parametrize("attention", ["flash", "cudnn"])
+def test_cpu_refuses_cuda_attention_kernels_by_name(ftd_train, work, attention):
+    res, losses = train(ftd_train, work, f"cpu-{attention}", attention, "grouped_mm", check=False)
+    assert res.returncode != 0 and not losses, res.stdout
+    assert f"backends.attention {attention}: a CUDA kernel, and this rank runs on the CPU (use sdpa)" in res.stderr, \
+        res.stderr
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+def test_gpu_every_backend_trains_like_sdpa(ftd_train, work):
+    base, base_losses = train(ftd_train, work, "gpu-sdpa", "sdpa", "grouped_mm", device="cuda", dtype="bf16")
+    assert len(base_losses) == STEPS
+    for attention, experts, says in [("flash", "grouped_mm", "restricted to FlashAttention-2"),
+                                     ("cudnn", "grouped_mm", "restricted to cuDNN attention"),
+                                     ("sdpa", "loop", "experts loop (one matmul per expert")]:
+        res, losses = train(ftd_train, work, f"gpu-{attention}-{experts}", attention, experts, device="cuda",
+                            dtype="bf16")
+        assert says in backends_line(res.stdout)
+        assert len(losses) == STEPS
+        for ours, theirs in zip(losses, base_losses):
+            assert abs(ours - theirs) <= 2e-2 * abs(theirs), (attention, experts, losses, base_losses)
+
+
+@needs_cuda
+def test_gpu_flash_refuses_masked_attention(ftd_train, tmp_path):
+    run([ftd_train, "init-model", "--preset", "tiny-gpt-oss", "--dtype", "bf16", "--seed", "4", "--out",
+         tmp_path / "model"])
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"input_ids": list(range(1, 40))}) + "\n" for _ in range(8)))
+    res, losses = train(ftd_train, tmp_path, "gpt-oss-flash", "flash", "grouped_mm", device="cuda", dtype="bf16",
+                        check=False)
+    assert res.returncode != 0 and not losses
+    assert "backends.attention flash: this gpt_oss model's attention sinks need an attention mask" in res.stderr, \
+        res.stderr
