@@ -197,7 +197,7 @@ TEST(CompactAdamWCuda, RowsStepEqualsTheDenseStep) {
     EXPECT_NEAR(token_rows.to(at::kFloat).square().sum().item<double>(), want, 1e-4 * want);
     // The dense step is given exactly those rows (AdamW's first steps are sign-like, so rows
     // summed in another order would move near-zero gradients a whole lr the other way).
-    const at::Tensor sorted = std::get<0>(ids.sort(/*stable=*/true));
+    const at::Tensor sorted = std::get<0>(ids.sort(/*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false));
     const at::Tensor dense = at::zeros({rows, cols}, dy.options()).index_add_(0, sorted, token_rows);
     st_rows.add_(1.0);
     st_dense.add_(1.0);
