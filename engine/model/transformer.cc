@@ -18,6 +18,12 @@
 
 namespace ftd::engine {
 
+bool PackedRowsUseVarlen(const ModelConfig& config, const ModelOptions& options) {
+  return options.varlen_attention && !config.attention_sinks && config.attention != AttentionKind::kMla &&
+         VarlenAttentionSupports(options.device, options.dtype, config.qk_head_dim(), config.num_attention_heads,
+                                 config.num_key_value_heads);
+}
+
 at::Tensor ShiftLabels(const at::Tensor& labels) {
   at::Tensor pad = at::full({labels.size(0), 1}, -100, labels.options());
   return at::cat({labels.narrow(1, 1, labels.size(1) - 1), pad}, 1);
@@ -175,16 +181,15 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
                 "Mamba2 layers over packed documents need the batch's segment_ids");
     if (batch.segment_ids.defined()) ctx.segment_ids = batch.segment_ids.to(options_.device);
   }
-  // Attention sinks (GPT-OSS) have no varlen kernel: packed rows attend through the dense
-  // document mask there, built from segment_ids.
+  // Models whose packed rows do not take the varlen kernel (PackedRowsUseVarlen: sinks, MLA)
+  // attend through the dense document mask, built from segment_ids.
   const bool sinks = config_.attention_sinks;
-  if (batch.varlen.cu_seqlens.defined() && !sinks) {
+  const bool varlen = PackedRowsUseVarlen(config_, options_);
+  if (batch.varlen.cu_seqlens.defined() && varlen) {
     ctx.varlen = batch.varlen;
   } else if (batch.segment_ids.defined()) {
     // Once per micro-batch, shared by every layer (and by checkpointed recomputation).
-    if (options_.varlen_attention && !sinks &&
-        VarlenAttentionSupports(options_.device, options_.dtype, config_.qk_head_dim(), config_.num_attention_heads,
-                                config_.num_key_value_heads)) {
+    if (varlen) {
       ctx.varlen = VarlenBoundariesFromSegmentIds(batch.segment_ids, options_.device);
     } else {
       ctx.mask = PackedCausalMask(batch.segment_ids.to(options_.device));
@@ -197,8 +202,8 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
   bool any_sliding = false;
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) any_sliding = any_sliding || config_.IsSlidingLayer(l);
   const bool window_applies = any_sliding && config_.sliding_window < S;
-  TORCH_CHECK(!sinks || batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
-              "attention sinks over packed documents need the batch's segment_ids");
+  TORCH_CHECK(varlen || batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
+              "packed documents of a model without varlen attention (sinks, MLA) need the batch's segment_ids");
   if (window_applies) {
     TORCH_CHECK(batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
                 "sliding-window attention over packed documents needs the batch's segment_ids");

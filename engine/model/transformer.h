@@ -96,6 +96,13 @@ class LayerHooks {
   virtual std::vector<at::Tensor> Exit(int64_t layer, std::vector<at::Tensor> outputs) = 0;
 };
 
+// Whether packed rows of this model attend through the varlen kernel (else through their
+// document mask): not with attention sinks (GPT-OSS: the kernel takes none), not for MLA
+// (DeepSeek-V3: on an H100, 2026-12-06, its varlen result did not match the CPU reference,
+// DeepseekCuda.MlaAttentionMatchesCpuFp32, packed cases only), and only where the kernel serves
+// the heads and dtype.
+bool PackedRowsUseVarlen(const ModelConfig& config, const ModelOptions& options);
+
 class MoeTransformer {
  public:
   // Weights must already match the config (see hf_checkpoint.h to load or initialise them).

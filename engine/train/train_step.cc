@@ -422,11 +422,8 @@ absl::Status TrainStep::Launch(const StepInput& input) {
   std::vector<int32_t> cu;
   int64_t max_seqlen = 0;
   const MicroBatchTensors& first = input.micro[0];
-  const bool varlen = first.segment_ids.defined() && s.cuda && s.model->options().varlen_attention &&
-                      !s.model->config().attention_sinks &&
-                      VarlenAttentionSupports(s.device, s.model->options().dtype, s.model->config().qk_head_dim(),
-                                              s.model->config().num_attention_heads,
-                                              s.model->config().num_key_value_heads);
+  const bool varlen = first.segment_ids.defined() && s.cuda &&
+                      PackedRowsUseVarlen(s.model->config(), s.model->options());
   // Packed rows of a sliding-window model take their window mask from segment_ids, and Mamba2
   // layers (Nemotron-H) their state resets, which a graph's varlen boundaries do not carry:
   // those steps run eagerly.

@@ -76,7 +76,11 @@ AttentionRun RunMla(const ModelConfig& c, at::Device device, at::ScalarType dtyp
   AttentionContext ctx;
   std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq.to(device), scaling, positions, dtype);
   if (segment_ids.defined()) {
-    if (VarlenAttentionSupports(device, dtype, c.qk_head_dim(), c.num_attention_heads, c.num_key_value_heads)) {
+    // As the model does (PackedRowsUseVarlen): MLA's packed rows take the document mask.
+    ModelOptions mo;
+    mo.device = device;
+    mo.dtype = dtype;
+    if (PackedRowsUseVarlen(c, mo)) {
       ctx.varlen = VarlenBoundariesFromSegmentIds(segment_ids, device);
     } else {
       ctx.mask = PackedCausalMask(segment_ids.to(device));
