@@ -1,8 +1,10 @@
 """Client of the ftd coordinator's gRPC JobService and JobLogService."""
+import atexit
 import random
 import re
 import time
 import uuid
+import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
 import grpc
@@ -78,6 +80,19 @@ def _label_selectors(labels: Union[None, Mapping[str, str], Iterable[str]]) -> L
     return list(labels)
 
 
+# Clients not closed by their program are closed at exit, while gRPC's threads still run: left
+# to the interpreter's final garbage collection, a finished call's __del__ can wait forever for a
+# lock that a gRPC thread, stopped mid-way at shutdown, still holds (seen: a script that had
+# printed its last line never exited).
+_OPEN_CLIENTS: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    for client in list(_OPEN_CLIENTS):
+        client.close()
+
+
 class Client:
     """A connection to one coordinator.
 
@@ -141,10 +156,12 @@ class Client:
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._logs = worker_pb2_grpc.JobLogServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {o.token}"),) if o.token else ()
+        _OPEN_CLIENTS.add(self)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
+        _OPEN_CLIENTS.discard(self)
         self._channel.close()
 
     def __enter__(self) -> "Client":
