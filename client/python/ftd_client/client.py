@@ -164,6 +164,16 @@ class Client:
         _OPEN_CLIENTS.discard(self)
         self._channel.close()
 
+    def __del__(self) -> None:
+        # gRPC does not close a channel when it is freed; a client dropped without close()
+        # closes it here, while gRPC's threads still run.
+        channel = getattr(self, "_channel", None)
+        if channel is not None:
+            try:
+                channel.close()
+            except Exception:  # noqa: BLE001 - nothing to report from a finaliser
+                pass
+
     def __enter__(self) -> "Client":
         return self
 
@@ -286,6 +296,10 @@ class Client:
                 # The stream ended without the terminal event (e.g. a graceful shutdown).
                 error = errors.make_error(grpc.StatusCode.UNAVAILABLE, "the watch stream ended early")
             except grpc.RpcError as e:
+                # The broken call raised itself: its traceback holds frames that hold it. Cut
+                # that cycle so the call is freed here, not by a later garbage collection (see
+                # _OPEN_CLIENTS).
+                e.__traceback__ = None
                 error = self._error(e)
                 if not resume or error.code not in _RESUMABLE:
                     raise error from None
