@@ -44,12 +44,16 @@ void Check(const Case& c, double hint, double scale) {
   auto [loss, dh, dw] = Run(h, w, t, true, 16, hint, scale);
   const bool bf16 = c.dtype == at::kBFloat16;
   // fp32: the fused path scales its gradient by scale / hint afterwards and sums in another order
-  // (BLAS's blocking can change with the threads it gets): ~3e-5 relative at worst, seen under load.
-  const double rtol = bf16 ? 2e-2 : 1e-4, atol = bf16 ? 2e-2 * scale : 1e-6 * scale;
+  // (BLAS's blocking can change with the threads it gets). Elements near zero come out of
+  // cancellation, so the absolute slack is relative to the gradient's largest element: a
+  // fresh-clone CI run under load saw 5.4e-7 against a largest |dW| of at least 1.7e-3 (3e-4).
+  const double rtol = bf16 ? 2e-2 : 1e-4;
+  const double atol_h = bf16 ? 2e-2 * scale : 1e-3 * dh_ref.abs().max().item<double>();
+  const double atol_w = bf16 ? 2e-2 * scale : 1e-3 * dw_ref.abs().max().item<double>();
   EXPECT_TRUE(at::allclose(loss.to(at::kFloat).cpu(), loss_ref.cpu(), bf16 ? 1e-2 : 1e-5))
       << loss.item<double>() << " vs " << loss_ref.item<double>();
-  EXPECT_TRUE(at::allclose(dh.cpu(), dh_ref.cpu(), rtol, atol)) << (dh - dh_ref).abs().max().item<double>();
-  EXPECT_TRUE(at::allclose(dw.cpu(), dw_ref.cpu(), rtol, atol)) << (dw - dw_ref).abs().max().item<double>();
+  EXPECT_TRUE(at::allclose(dh.cpu(), dh_ref.cpu(), rtol, atol_h)) << (dh - dh_ref).abs().max().item<double>();
+  EXPECT_TRUE(at::allclose(dw.cpu(), dw_ref.cpu(), rtol, atol_w)) << (dw - dw_ref).abs().max().item<double>();
   // Not vacuous: the gradients carry the incoming scale.
   EXPECT_GT(dw.abs().max().item<double>(), 0.05 * scale);
 }
