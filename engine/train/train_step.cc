@@ -93,6 +93,8 @@ struct TrainStep::State {
   struct InFlight {
     at::Tensor results_host;
     bool replayed = false;
+    int64_t index = 0;         // launches before this one
+    bool pipelined = false;    // launched while the previous step was still in flight
     std::vector<std::chrono::steady_clock::time_point> clock;
 #ifdef FTD_WITH_CUDA
     at::cuda::CUDAEvent done;
@@ -101,6 +103,13 @@ struct TrainStep::State {
   };
   InFlight slots[2];
   int first_slot = 0, in_flight = 0;
+  int64_t launches = 0;
+#ifdef FTD_WITH_CUDA
+  // The end of launch i on the device is step_end[i % 3], timed: a pipelined step's time runs
+  // from the previous step's end to its own. Three, because launch i + 1 may be recorded
+  // before launch i is waited for, and launch i - 1's end must still be there then.
+  std::vector<at::cuda::CUDAEvent> step_end;
+#endif
   InFlight& current() { return slots[(first_slot + in_flight) % 2]; }  // the one being launched
 #ifdef FTD_WITH_CUDA
   struct Graph {
@@ -367,6 +376,11 @@ absl::StatusOr<std::unique_ptr<TrainStep>> TrainStep::Create(MoeTransformer* mod
     }
 #endif
   }
+#ifdef FTD_WITH_CUDA
+  if (s->cuda) {
+    for (int i = 0; i < 3; ++i) s->step_end.emplace_back(cudaEventDefault);
+  }
+#endif
   // CUDA graphs: one device, one micro-batch per step, the model's own (local) expert dispatch.
   if (!s->cuda) {
     s->graph_note = "CUDA graphs off (CPU)";
@@ -523,6 +537,8 @@ absl::Status TrainStep::Launch(const StepInput& input) {
   }
   State::InFlight& slot = s.current();
   slot.replayed = false;
+  slot.index = s.launches;
+  slot.pipelined = s.in_flight > 0;
   try {
 #ifdef FTD_WITH_CUDA
     if (replay) {
@@ -543,10 +559,12 @@ absl::Status TrainStep::Launch(const StepInput& input) {
   if (s.cuda) {
     slot.results_host.copy_(s.results, /*non_blocking=*/true);
     slot.done.record();
+    s.step_end[slot.index % 3].record();
   }
 #endif
   if (!s.cuda) slot.results_host = s.results.clone();
   ++s.in_flight;
+  ++s.launches;
   return absl::OkStatus();
 }
 
@@ -565,6 +583,10 @@ absl::StatusOr<StepOutcome> TrainStep::Wait() {
   if (s.cuda) {
     slot.done.synchronize();
     between = [&](size_t i, size_t j) { return slot.events[i].elapsed_time(slot.events[j]) / 1e3; };
+    if (slot.pipelined) {
+      out.pipelined_seconds =
+          s.step_end[(slot.index - 1) % 3].elapsed_time(s.step_end[slot.index % 3]) / 1e3;
+    }
   }
 #endif
   if (!slot.replayed) {

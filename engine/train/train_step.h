@@ -77,6 +77,11 @@ struct StepOutcome {
   // Phase times of an eager step (device events on CUDA, the host clock on the CPU), summed over
   // the micro-batches; the optimizer in backward counts as backward. 0 when replayed.
   double forward_seconds = 0, backward_seconds = 0, optimizer_seconds = 0;
+  // A step launched while the previous one was still in flight (CUDA): the device time from
+  // the previous step's end to its own, which is its share of the wall clock (the host clock
+  // between their results would give it work the host did for the step after it, such as
+  // capturing a CUDA graph). 0 otherwise.
+  double pipelined_seconds = 0;
 };
 
 class TrainStep {

@@ -674,7 +674,10 @@ absl::StatusOr<std::string> Trainer::Run() {
            (options_.stop_after > 0 && run_steps >= options_.stop_after) || g_stop_requested.load();
   };
   if (cuda_) ResetPeakMemory();  // the reported peak is the run's so far
-  // A step's time runs from the previous step's results to its own (from the start for the first).
+  // A step's time runs from the previous step's results to its own (from the start for the first);
+  // a step launched while the previous one ran is timed on the device instead
+  // (StepOutcome::pipelined_seconds): the host reads its predecessor's results only after
+  // launching it, so the host clock would charge it to the predecessor.
   auto t_prev = std::chrono::steady_clock::now();
   if (step_ < total_steps_) {
     if (absl::Status st = launch_next(); !st.ok()) return RankError(st);
@@ -714,7 +717,8 @@ absl::StatusOr<std::string> Trainer::Run() {
     position_ = rows.position;
     const bool last = step_ == total_steps_;
     const auto t_now = std::chrono::steady_clock::now();
-    const double seconds = std::chrono::duration<double>(t_now - t_prev).count();
+    const double host_seconds = std::chrono::duration<double>(t_now - t_prev).count();
+    const double seconds = outcome->pipelined_seconds > 0 ? outcome->pipelined_seconds : host_seconds;
     t_prev = t_now;
     outcome->loss = loss;
     StepReport r = Report(*outcome, step_, rows.input.lr, rows.tokens, seconds, load);

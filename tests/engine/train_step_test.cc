@@ -7,6 +7,7 @@
 // - gradient accumulation equals one micro-batch holding the same rows;
 // - on a GPU, a step replayed from a CUDA graph equals the eager step, for unpacked rows and for
 //   packed rows of varying document counts (one graph per bucket), in both optimizer modes.
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <string>
@@ -205,6 +206,43 @@ TEST(TrainStepCuda, GraphReplayEqualsEagerSteps) {
       EXPECT_TRUE(at::allclose(wg, we, 1e-3, 1e-5)) << (wg - we).abs().max().item<double>();
     }
   }
+}
+
+// GPU: steps launched as the trainer launches them on one device (the next before the current
+// one's results are read) are timed on the device, each from its predecessor's end: the step
+// that captures its CUDA graph (on the host, between launches) carries the capture, and the
+// steps' times add up to the wall clock from the first step's end to the last one's.
+TEST(TrainStepCuda, PipelinedStepsAreTimedFromThePreviousStepsEnd) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  TrainStepOptions o{.precision = PrecisionPolicy::kCompact, .grad_clip = 1.0, .micro_batch = 2, .seq_len = 64};
+  o.warmup_before_capture = 3;  // steps 1-3 eager, step 4 captured, then replays
+  TrainRun r = MakeRun(at::Device(at::kCUDA, 0), at::kBFloat16, o);
+  for (int s = 1; s <= 2; ++s) EXPECT_EQ(Step(r, Input({Rows(2, 64, 500 + s)}, 1e-4)).pipelined_seconds, 0);
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(r.step->Launch(Input({Rows(2, 64, 503)}, 1e-4)).ok());  // step 3: nothing in flight
+  std::vector<StepOutcome> outcomes;  // steps 3..9
+  for (int s = 4; s <= 9; ++s) {
+    ASSERT_TRUE(r.step->Launch(Input({Rows(2, 64, 500 + s)}, 1e-4)).ok());
+    auto out = r.step->Wait();
+    ASSERT_TRUE(out.ok()) << out.status();
+    outcomes.push_back(*out);
+  }
+  auto last = r.step->Wait();
+  ASSERT_TRUE(last.ok()) << last.status();
+  outcomes.push_back(*last);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(outcomes[0].pipelined_seconds, 0);  // launched alone: the trainer's host clock times it
+  double total = 0, replayed_max = 0;
+  for (size_t i = 1; i < outcomes.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "step " << i + 3);
+    EXPECT_GT(outcomes[i].pipelined_seconds, 0);
+    EXPECT_TRUE(outcomes[i].replayed);
+    total += outcomes[i].pipelined_seconds;
+    if (i >= 2) replayed_max = std::max(replayed_max, outcomes[i].pipelined_seconds);
+  }
+  EXPECT_LE(total, wall);
+  EXPECT_GE(total, 0.5 * wall);
+  EXPECT_GT(outcomes[1].pipelined_seconds, replayed_max);  // step 4 carries its capture
 }
 
 }  // namespace
