@@ -19,7 +19,7 @@
 namespace ftd::engine {
 
 bool PackedRowsUseVarlen(const ModelConfig& config, const ModelOptions& options) {
-  return options.varlen_attention && !config.attention_sinks && config.attention != AttentionKind::kMla &&
+  return options.varlen_attention && !config.attention_sinks &&
          VarlenAttentionSupports(options.device, options.dtype, config.qk_head_dim(), config.num_attention_heads,
                                  config.num_key_value_heads);
 }
@@ -181,8 +181,8 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
                 "Mamba2 layers over packed documents need the batch's segment_ids");
     if (batch.segment_ids.defined()) ctx.segment_ids = batch.segment_ids.to(options_.device);
   }
-  // Models whose packed rows do not take the varlen kernel (PackedRowsUseVarlen: sinks, MLA)
-  // attend through the dense document mask, built from segment_ids.
+  // Models whose packed rows do not take the varlen kernel (PackedRowsUseVarlen: sinks) attend
+  // through the dense document mask, built from segment_ids.
   const bool sinks = config_.attention_sinks;
   const bool varlen = PackedRowsUseVarlen(config_, options_);
   if (batch.varlen.cu_seqlens.defined() && varlen) {
@@ -203,7 +203,7 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) any_sliding = any_sliding || config_.IsSlidingLayer(l);
   const bool window_applies = any_sliding && config_.sliding_window < S;
   TORCH_CHECK(varlen || batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
-              "packed documents of a model without varlen attention (sinks, MLA) need the batch's segment_ids");
+              "packed documents of a model without varlen attention (sinks) need the batch's segment_ids");
   if (window_applies) {
     TORCH_CHECK(batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
                 "sliding-window attention over packed documents needs the batch's segment_ids");

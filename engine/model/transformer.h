@@ -37,8 +37,8 @@ struct ModelOptions {
   bool save_expert_activation = false;
   // CUDA: Mamba2 layers run the causal-conv1d and SSD-scan kernels (kernels/causal_conv1d.h,
   // kernels/ssd_scan.h) instead of HF's chunked ATen form. Off by default: on an H100
-  // (2026-12-06) NemotronH.CudaKernelsMatchTheAtenPath matched logits and loss but not every
-  // gradient (rel 0.06-0.19 against a 0.05 bound), so jobs keep the ATen form until it does.
+  // (2026-12-06) they match the ATen form (NemotronH.CudaKernelsMatchTheAtenPath) but the step is
+  // slower with them (Nemotron Nano 3 shape, 6 layers, seq 4096: 152.6 ms against 87.1 ms).
   bool mamba_kernels = false;
 };
 
@@ -99,10 +99,8 @@ class LayerHooks {
 };
 
 // Whether packed rows of this model attend through the varlen kernel (else through their
-// document mask): not with attention sinks (GPT-OSS: the kernel takes none), not for MLA
-// (DeepSeek-V3: on an H100, 2026-12-06, its varlen result did not match the CPU reference,
-// DeepseekCuda.MlaAttentionMatchesCpuFp32, packed cases only), and only where the kernel serves
-// the heads and dtype.
+// document mask): not with attention sinks (GPT-OSS: the kernel takes none), and only where the
+// kernel serves the heads and dtype (MLA included: its V is padded to the q/k head size).
 bool PackedRowsUseVarlen(const ModelConfig& config, const ModelOptions& options);
 
 class MoeTransformer {

@@ -32,6 +32,8 @@ std::vector<int32_t> CuSeqlensFromSegmentIds(const int64_t* segment_ids, int64_t
 
 VarlenBoundaries VarlenBoundariesFromSegmentIds(const at::Tensor& segment_ids, c10::Device device) {
   TORCH_CHECK(segment_ids.dim() == 2, "varlen attention: segment_ids must be [B, S], got ", segment_ids.sizes());
+  TORCH_CHECK(!at::isFloatingType(segment_ids.scalar_type()),
+              "varlen attention: segment_ids must be integers, got ", segment_ids.scalar_type());
   // No-op for the CPU segment ids the trainer passes; one small device-to-host copy otherwise.
   at::Tensor ids = segment_ids.to(at::kCPU, at::kLong).contiguous();
   const int64_t B = ids.size(0), S = ids.size(1);

@@ -5,6 +5,7 @@
 //   the ATen router; group-limited routing on CUDA against the CPU;
 // - the tiny-deepseek-v3 model: loss and gradients in bf16 on CUDA against fp32 on the CPU, and a
 //   training step replayed from a CUDA graph equal to the eager step.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -66,7 +67,10 @@ struct AttentionRun {
   at::Tensor out, dx, dkv_b, dq;
 };
 
-AttentionRun RunMla(const ModelConfig& c, at::Device device, at::ScalarType dtype, const at::Tensor& segment_ids) {
+// segment_ids defined: packed rows, through FlashAttention's varlen kernel (`varlen`) or the
+// document mask.
+AttentionRun RunMla(const ModelConfig& c, at::Device device, at::ScalarType dtype, const at::Tensor& segment_ids,
+                    bool varlen = false) {
   const auto o = at::TensorOptions().dtype(dtype).device(device);
   const int64_t B = 2, S = 256;
   AttentionWeights w = MlaWeights(c, o);
@@ -76,11 +80,7 @@ AttentionRun RunMla(const ModelConfig& c, at::Device device, at::ScalarType dtyp
   AttentionContext ctx;
   std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq.to(device), scaling, positions, dtype);
   if (segment_ids.defined()) {
-    // As the model does (PackedRowsUseVarlen): MLA's packed rows take the document mask.
-    ModelOptions mo;
-    mo.device = device;
-    mo.dtype = dtype;
-    if (PackedRowsUseVarlen(c, mo)) {
+    if (varlen) {
       ctx.varlen = VarlenBoundariesFromSegmentIds(segment_ids, device);
     } else {
       ctx.mask = PackedCausalMask(segment_ids.to(device));
@@ -95,13 +95,26 @@ AttentionRun RunMla(const ModelConfig& c, at::Device device, at::ScalarType dtyp
 TEST(DeepseekCuda, MlaAttentionMatchesCpuFp32) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   for (bool q_lora : {false, true}) {
-    for (bool packed : {false, true}) {
-      SCOPED_TRACE(std::string(q_lora ? "q_lora" : "q_proj") + (packed ? ", packed" : ""));
+    for (int path : {0, 1, 2}) {  // unpacked (causal), packed through the mask, packed through varlen
+      const bool packed = path > 0, varlen = path == 2;
+      SCOPED_TRACE(std::string(q_lora ? "q_lora" : "q_proj") + (!packed ? "" : varlen ? ", packed, varlen" : ", packed, mask"));
       ModelConfig c = MlaConfigForTest(q_lora);
+      if (varlen) {
+        ASSERT_TRUE(VarlenAttentionSupports(at::Device(at::kCUDA, 0), at::kBFloat16, c.qk_head_dim(),
+                                            c.num_attention_heads, c.num_key_value_heads));
+      }
       at::Tensor seg;
-      if (packed) seg = (at::arange(256, at::kLong) / 100).repeat({2, 1});  // 3 documents a row
+      // 3 documents a row (tokens 0-99, 100-199, 200-255)
+      if (packed) seg = at::arange(256, at::kLong).div(100, "floor").repeat({2, 1});
       AttentionRun ref = RunMla(c, at::kCPU, at::kFloat, seg);
-      AttentionRun gpu = RunMla(c, at::Device(at::kCUDA, 0), at::kBFloat16, seg);
+      AttentionRun gpu = RunMla(c, at::Device(at::kCUDA, 0), at::kBFloat16, seg, varlen);
+      auto norms = [](const AttentionRun& r) {
+        return ::testing::Message() << "norms out " << r.out.norm().item<double>() << " dx "
+                                    << r.dx.norm().item<double>() << " dkv_b " << r.dkv_b.norm().item<double>()
+                                    << " dq " << r.dq.to(at::kFloat).norm().item<double>();
+      };
+      SCOPED_TRACE(::testing::Message() << "cpu fp32: " << norms(ref) << "; cuda bf16: " << norms(gpu));
+      EXPECT_GT(ref.dq.norm().item<double>(), 1.0);  // the queries matter (no one-key softmax)
       EXPECT_LT(Rel(gpu.out, ref.out), 2e-2);
       EXPECT_LT(Rel(gpu.dx, ref.dx), 3e-2);
       EXPECT_LT(Rel(gpu.dkv_b, ref.dkv_b), 3e-2);
@@ -165,13 +178,19 @@ TEST(DeepseekCuda, ModelLossAndGradientsMatchCpuAndGraphReplayMatchesEager) {
   };
   auto [ref_loss, ref_grads] = loss_and_grads(at::kCPU, at::kFloat);
   auto [gpu_loss, gpu_grads] = loss_and_grads(at::Device(at::kCUDA, 0), at::kBFloat16);
+  // bf16 itself, on the CPU's ATen path: its rounding flips near-tied expert choices, which moves
+  // the routers' and experts' gradients most (router weights at rel 0.14-0.19 from fp32 with this
+  // seed). The CUDA path must stay within twice that noise, and within 0.1 wherever it is small.
+  auto [cpu16_loss, cpu16_grads] = loss_and_grads(at::kCPU, at::kBFloat16);
   EXPECT_NEAR(gpu_loss, ref_loss, 2e-2 * ref_loss);
   ASSERT_EQ(gpu_grads.size(), ref_grads.size());
   int compared = 0;
   for (size_t i = 0; i < ref_grads.size(); ++i) {
     if (!ref_grads[i].defined() || ref_grads[i].norm().item<double>() == 0) continue;
     ASSERT_TRUE(gpu_grads[i].defined()) << i;
-    EXPECT_LT(Rel(gpu_grads[i], ref_grads[i]), 0.1) << "parameter " << i;  // bf16, routing may differ on ties
+    const double bf16_noise = Rel(cpu16_grads[i], ref_grads[i]);
+    EXPECT_LT(Rel(gpu_grads[i], ref_grads[i]), std::max(0.1, 2 * bf16_noise))
+        << "parameter " << i << " (bf16 on the CPU: " << bf16_noise << ")";
     ++compared;
   }
   EXPECT_GT(compared, 20);

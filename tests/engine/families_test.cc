@@ -18,6 +18,7 @@
 #include "engine/model/registry.h"
 #include "engine/model/tensor_layout.h"
 #include "engine/model/transformer.h"
+#include "tests/engine/packed_row_test_util.h"
 #include "gtest/gtest.h"
 
 namespace ftd::engine {
@@ -191,6 +192,16 @@ TEST(ModelFamilies, SlidingWindowStaysInsideEachPackedDocument) {
   EXPECT_FALSE(at::allclose(second, unwindowed, 1e-5, 1e-5));
   // Inside the window (the first 3 tokens) both agree.
   EXPECT_TRUE(at::allclose(second.narrow(1, 0, 3), unwindowed.narrow(1, 0, 3), 1e-5, 1e-5));
+}
+
+// MLA (the tiny DeepSeek-V3: q_lora, interleaved YaRN rotary, a dense first layer) on a packed
+// row: each document's logits, the loss and every gradient equal the documents' run alone.
+TEST(ModelFamilies, DeepseekPackedRowEqualsItsDocuments) {
+  ModelConfig c = *PresetConfig("tiny-deepseek-v3");
+  ModelOptions o;
+  ModelWeights init = InitRandomWeights(c, o, 13);
+  testing::PackedRowRun run = testing::RunPackedRowAndDocuments(c, o, init, 7, 9, 3);
+  testing::ExpectPackedRowEqualsDocuments(run);
 }
 
 TEST(ModelFamilies, DeepseekConfigErrorsNameTheField) {

@@ -18,6 +18,9 @@ using kernels::OnKernelDevice;
 
 at::Tensor PackedCausalMask(const at::Tensor& segment_ids) {
   if (!segment_ids.defined()) return {};
+  // Floating ids would compare unequal where integers are meant equal (every token its own document).
+  TORCH_CHECK(!at::isFloatingType(segment_ids.scalar_type()), "PackedCausalMask: segment_ids must be integers, got ",
+              segment_ids.scalar_type());
   const int64_t S = segment_ids.size(1);
   at::Tensor same_doc = segment_ids.unsqueeze(2).eq(segment_ids.unsqueeze(1));  // [B, S, S]
   at::Tensor causal = at::ones({S, S}, segment_ids.options().dtype(at::kBool)).tril();
