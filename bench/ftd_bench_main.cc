@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
   app.add_flag("--save-expert-act", save_expert_act, "keep the experts' SwiGLU output for backward (no recompute)");
   app.add_flag("--mamba-kernels", mamba_kernels,
                "Mamba2 layers (nemotron_h) through the conv1d and SSD-scan kernels instead of HF's chunked ATen form "
-               "(off by default: their gradients do not match it yet)");
+               "(off by default: slower than the ATen form on an H100)");
   app.add_option("--loss-chunk", loss_chunk, "tokens per chunk of the fused linear cross-entropy")->capture_default_str();
   app.add_option("--profile", profile_out, "after the timed steps, profile one step and write a per-kernel table here");
   app.add_option("--trace", trace_out, "with --profile: also write the step's Chrome trace (kernels per stream) here");

@@ -7,7 +7,7 @@
 #   FAMILY=nemotron_h LAYERS=6 KERNEL_BENCH=1 OUT=/tmp/ftd-gpu-nano3 bash bench/run_gpu.sh   (Nemotron Nano 3:
 #   the pattern's first 6 layers, MEMEM*; the HF JSON line says whether HF ran mamba_ssm or its torch path;
 #   VARIANTS="mamba-kernels:--mamba-kernels" times the Mamba2 layers through the conv1d/SSD-scan kernels as well;
-#   the default is the ATen chunked form until the kernels' gradients match it)
+#   the default is the ATen chunked form, faster on an H100)
 # Knobs: GATES="real balanced"; KERNEL_BENCH=1 runs ftd-kernel-bench; PROFILE=1 adds a per-kernel
 # profile of one step of each ftd run ($OUT/profile-L-gate.txt); VARIANTS="name:args|name:args"
 # runs extra ftd-bench configurations (real gate) after the main ones; SKIP_TESTS=1;

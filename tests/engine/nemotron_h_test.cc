@@ -175,13 +175,17 @@ TEST(NemotronH, ActivationCheckpointingGivesTheSameGradients) {
 // CUDA, bf16: the model with the Mamba2 kernels (conv1d, SSD scan) and the relu^2 expert kernel
 // against the same model through HF's chunked ATen form (ModelOptions::mamba_kernels false):
 // logits, loss and every gradient, on a packed batch (two rows, three documents) and an unpacked
-// one, chunk 16 not dividing the row.
+// one, chunk 16 not dividing the row. The routing is fixed (balanced gate): with the real router,
+// bf16 rounding flips near-tied expert choices between any two bf16 runs, which moves the MoE
+// layers' gradients by rel 0.11-0.16 (bf16 against fp32 on the CPU's ATen path alone) and would
+// hide what the kernels do.
 TEST(NemotronH, CudaKernelsMatchTheAtenPath) {
   if (!kernels::CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU visible";
   ModelConfig c = *PresetConfig("tiny-nemotron-h");
   ModelOptions o;
   o.device = at::Device(at::kCUDA, 0);
   o.dtype = at::kBFloat16;
+  o.gate = GateMode::kBalanced;
   ModelWeights init = InitRandomWeights(c, o, 5);
   at::manual_seed(9);
   const int64_t S = 45;
@@ -206,7 +210,9 @@ TEST(NemotronH, CudaKernelsMatchTheAtenPath) {
       ForwardResult r = model->Forward(b, /*return_logits=*/true);
       r.loss_sum.backward();
       std::vector<at::Tensor> g;
-      for (NamedParam& p : model->Parameters()) g.push_back(p.tensor->grad().to(at::kFloat).cpu());
+      for (NamedParam& p : model->Parameters()) {
+        g.push_back(p.tensor->grad().defined() ? p.tensor->grad().to(at::kFloat).cpu() : at::Tensor());  // router: none
+      }
       results.push_back(r);
       grads.push_back(g);
     }
@@ -214,10 +220,15 @@ TEST(NemotronH, CudaKernelsMatchTheAtenPath) {
     EXPECT_LT((a - b).abs().max().item<double>(), 0.05);
     EXPECT_NEAR(results[0].loss_sum.item<double>(), results[1].loss_sum.item<double>(),
                 2e-3 * std::abs(results[1].loss_sum.item<double>()));
+    int compared = 0;
     for (size_t i = 0; i < grads[0].size(); ++i) {
+      ASSERT_EQ(grads[0][i].defined(), grads[1][i].defined()) << "parameter " << i;
+      if (!grads[1][i].defined()) continue;
       const double rel = ((grads[0][i] - grads[1][i]).norm() / grads[1][i].norm().clamp_min(1e-12)).item<double>();
       EXPECT_LT(rel, 0.05) << "parameter " << i;
+      ++compared;
     }
+    EXPECT_GT(compared, 35);
   }
 }
 
