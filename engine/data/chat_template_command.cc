@@ -7,7 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/command_flags.h"
 #include "common/file_util.h"
+#include "common/status_macros.h"
 #include "engine/data/chat_template.h"
 #include "engine/data/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -36,37 +38,16 @@ struct Flags {
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   Flags flags;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    const auto value = [&](std::string* target) -> absl::Status {
-      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
-      *target = argv[++i];
-      return absl::OkStatus();
-    };
-    absl::Status status;
-    if (arg == "--tokenizer") {
-      status = value(&flags.tokenizer);
-    } else if (arg == "--input") {
-      status = value(&flags.input);
-    } else if (arg == "--out") {
-      status = value(&flags.out);
-    } else if (arg == "--template") {
-      status = value(&flags.template_file);
-    } else if (arg == "--kwargs") {
-      status = value(&flags.kwargs);
-    } else if (arg == "--add-generation-prompt") {
-      flags.add_generation_prompt = true;
-    } else if (arg == "--ids") {
-      flags.ids = true;
-    } else if (arg == "--raw") {
-      flags.raw = true;
-    } else if (arg == "--keep-going") {
-      flags.keep_going = true;
-    } else {
-      status = absl::InvalidArgumentError(absl::StrCat("unknown flag ", arg));
-    }
-    if (!status.ok()) return status;
-  }
+  FTD_RETURN_IF_ERROR(ParseCommandFlags(argc, argv,
+                                        {{"--tokenizer", &flags.tokenizer},
+                                         {"--input", &flags.input},
+                                         {"--out", &flags.out},
+                                         {"--template", &flags.template_file},
+                                         {"--kwargs", &flags.kwargs},
+                                         {"--add-generation-prompt", nullptr, &flags.add_generation_prompt},
+                                         {"--ids", nullptr, &flags.ids},
+                                         {"--raw", nullptr, &flags.raw},
+                                         {"--keep-going", nullptr, &flags.keep_going}}));
   if (flags.input.empty() || flags.out.empty()) return absl::InvalidArgumentError("--input and --out are required");
   if (flags.tokenizer.empty() && flags.template_file.empty()) {
     return absl::InvalidArgumentError("--tokenizer (or --template) is required");

@@ -7,7 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/command_flags.h"
 #include "common/file_util.h"
+#include "common/status_macros.h"
 #include "engine/data/tokenizer.h"
 #include "nlohmann/json.hpp"
 
@@ -30,33 +32,14 @@ struct TokenizeFlags {
 
 absl::StatusOr<TokenizeFlags> ParseFlags(int argc, char** argv) {
   TokenizeFlags flags;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    const auto value = [&](std::string* target) -> absl::Status {
-      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
-      *target = argv[++i];
-      return absl::OkStatus();
-    };
-    absl::Status status;
-    if (arg == "--tokenizer") {
-      status = value(&flags.tokenizer);
-    } else if (arg == "--input") {
-      status = value(&flags.input);
-    } else if (arg == "--out") {
-      status = value(&flags.out);
-    } else if (arg == "--input-format") {
-      status = value(&flags.input_format);
-    } else if (arg == "--decode") {
-      flags.decode = true;
-    } else if (arg == "--no-special-tokens") {
-      flags.add_special_tokens = false;
-    } else if (arg == "--skip-special-tokens") {
-      flags.skip_special_tokens = true;
-    } else {
-      status = absl::InvalidArgumentError(absl::StrCat("unknown flag ", arg));
-    }
-    if (!status.ok()) return status;
-  }
+  FTD_RETURN_IF_ERROR(ParseCommandFlags(argc, argv,
+                                        {{"--tokenizer", &flags.tokenizer},
+                                         {"--input", &flags.input},
+                                         {"--out", &flags.out},
+                                         {"--input-format", &flags.input_format},
+                                         {"--decode", nullptr, &flags.decode},
+                                         {"--no-special-tokens", nullptr, &flags.add_special_tokens, false},
+                                         {"--skip-special-tokens", nullptr, &flags.skip_special_tokens}}));
   if (flags.tokenizer.empty() || flags.input.empty() || flags.out.empty()) {
     return absl::InvalidArgumentError("--tokenizer, --input and --out are required");
   }
