@@ -16,6 +16,11 @@
 #      (the service's against HF + PEFT's), and the longest sequence each fits.
 #   SEQS=4096,8192,16384,32768 bash bench/run_lora_gpu.sh
 # BIN=dir uses binaries already built; LAYERS=4 for a quick check. Logs and JSON lines go to $OUT.
+# Split over device calls (one call has 10 minutes; the machine keeps /dev/shm while it stays warm):
+#   STAGES=hf KEEP_INIT=1 ...        HF + PEFT, writes the base and adapter, keeps them
+#   STAGES="service bench" ...       ftd on them (results appended to the same $OUT/results.jsonl)
+# SERVICE_SEQS (default SEQS) limits the service jobs' sequence lengths, each job loading the
+# 61 GB base again; ftd-bench's sweep over SEQS gives the longest sequence ftd's step fits.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/ftd-lora}
@@ -43,16 +48,23 @@ export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.pa
 
 status=0
 RESULTS=$OUT/results.jsonl
-: >"$RESULTS"
+STAGES=${STAGES:-hf service bench}
+stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 # HF + PEFT first (it also writes the shared base and adapter), then ftd, one process each.
-rm -rf "$INIT_DIR" "$ADAPTER_DIR"
-PYTHONUNBUFFERED=1 python3 bench/hf_peft_lora.py --layers "$LAYERS" --seqs "$SEQS" --ckpt 1,0 \
-  --save-init "$INIT_DIR" --save-adapter "$ADAPTER_DIR" 2>"$OUT/hf.err" | tee -a "$RESULTS" || status=1
+if stage hf; then
+  : >"$RESULTS"
+  rm -rf "$INIT_DIR" "$ADAPTER_DIR"
+  PYTHONUNBUFFERED=1 python3 bench/hf_peft_lora.py --layers "$LAYERS" --seqs "$SEQS" --ckpt 1,0 \
+    --save-init "$INIT_DIR" --save-adapter "$ADAPTER_DIR" 2>"$OUT/hf.err" | tee -a "$RESULTS" || status=1
+fi
 [ -f "$INIT_DIR/config.json" ] && [ -f "$ADAPTER_DIR/adapter_config.json" ] ||
-  { echo "HF did not write the shared weights (see $OUT/hf.err)"; tail -20 "$OUT/hf.err"; exit 1; }
-PYTHONUNBUFFERED=1 python3 bench/service_lora_bench.py --bin "$BIN" --out "$OUT" --base "$INIT_DIR" \
-  --adapter "$ADAPTER_DIR" --seqs "$SEQS" --ckpt 1,0 2>"$OUT/service.err" | tee -a "$RESULTS" || status=1
-for seq in ${SEQS//,/ }; do
+  { echo "no shared base and adapter at $INIT_DIR (the hf stage writes them; see $OUT/hf.err)"; exit 1; }
+if stage service; then
+  PYTHONUNBUFFERED=1 python3 bench/service_lora_bench.py --bin "$BIN" --out "$OUT" --base "$INIT_DIR" \
+    --adapter "$ADAPTER_DIR" --seqs "${SERVICE_SEQS:-$SEQS}" --ckpt 1,0 2>"$OUT/service.err" | tee -a "$RESULTS" ||
+    status=1
+fi
+stage bench && for seq in ${SEQS//,/ }; do
   for ckpt in 1 0; do
     flag=$([ "$ckpt" = 1 ] && echo --ckpt)
     line=$("$BIN/ftd-bench" --model "$INIT_DIR" --adapter "$ADAPTER_DIR" --seq "$seq" $flag --lr 1e-4 --weight-decay 0.01 \
@@ -92,5 +104,5 @@ for impl in ("ftd-service", "ftd", "hf"):
     fits = [r["seq"] for r in rows if key(r)[0] == impl and not r.get("oom")]
     print(f"longest sequence {impl} fits (of those tried): {max(fits) if fits else 'none'}")
 PY
-rm -rf "$INIT_DIR" "$ADAPTER_DIR"
+[ "${KEEP_INIT:-0}" = 1 ] || rm -rf "$INIT_DIR" "$ADAPTER_DIR"
 exit $status
