@@ -98,9 +98,10 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SwigluBackwardKernel(cons
         const float s = SigmoidFast(ag);
         const float glu = g * s;
         // d/dg [g * s(alpha g)] = s * (1 + alpha * g * (1 - s)); zero where a clamp cut the input.
-        dg.v[i] = static_cast<T>(act.GatePasses(g_in) ? d * u * wr * s * (1.f + ag * (1.f - s)) : 0.f);
-        du.v[i] = static_cast<T>(act.UpPasses(u_in) ? d * glu * wr : 0.f);
-        acc += d * glu * u;
+        const float dact = d * wr;
+        dg.v[i] = static_cast<T>(act.GatePasses(g_in) ? dact * u * s * (1.f + ag * (1.f - s)) : 0.f);
+        du.v[i] = static_cast<T>(act.UpPasses(u_in) ? dact * glu : 0.f);
+        acc += d * (u * glu);
       }
       Store<T, VEC>(dhr + f, dg);
       Store<T, VEC>(dhr + F + f, du);

@@ -142,6 +142,22 @@ TEST(WeightedSwiglu, ClampedOpGradientsOnCpu) {
   ExpectClampedOpMatchesAtenAutograd(33, 16, at::TensorOptions(), 1e-6, 1e-5);
 }
 
+// The routing weight's gradient on CPU is autograd's bit for bit (the same products, the same
+// sum): the AdamW parity tests amplify its last bit through the router.
+TEST(WeightedSwiglu, ClampedOpWeightGradientIsAutogradsExactly) {
+  at::manual_seed(6);
+  at::Tensor h = (at::randn({57, 2 * 24}) * 0.2).requires_grad_(true);
+  at::Tensor w = at::rand({57}).requires_grad_(true);
+  at::Tensor h2 = h.detach().clone().requires_grad_(true), w2 = w.detach().clone().requires_grad_(true);
+  at::Tensor out = WeightedSwiglu(h, w, SwigluOptions::GptOss(0.05, 1.702));
+  at::Tensor expected = GptOssActivation(h2, w2, 0.05, 1.702);
+  EXPECT_TRUE(testing::Same(out, expected));
+  at::Tensor dout = at::randn_like(out);
+  out.backward(dout);
+  expected.backward(dout);
+  EXPECT_TRUE(testing::Same(w.grad(), w2.grad()));
+}
+
 TEST(WeightedSwiglu, RejectsBadOptions) {
   at::Tensor h = at::randn({2, 8}), w = at::rand({2});
   SwigluOptions negative = SwigluOptions::GptOss(-1.0, 1.702);
