@@ -181,6 +181,17 @@ int Run() {
     Report("weighted_swiglu", "32768x1536 bf16", 3.0 * N * F * b16 + N * b16, fwd, 5.0 * N * F * b16 + 2 * N * b16,
            bwd, ref);
   }
+  {  // GPT-OSS's clamped SwiGLU (limit 7, alpha 1.702, up + 1), weight folded in: GPT-OSS-20B's
+     // experts (top-4, F = 2880); inputs * 4 so that the clamps bite. Same bytes as weighted_swiglu.
+    const int64_t N = T * 4, Fo = 2880;
+    const SwigluOptions gpt_oss = SwigluOptions::GptOss(7.0, 1.702);
+    at::Tensor h = at::randn({N, 2 * Fo}, bf) * 4, w = at::rand({N}, bf), dout = at::randn({N, Fo}, bf);
+    const double fwd = MedianMs([&] { WeightedSwigluForwardCuda(h, w, gpt_oss); });
+    const double bwd = MedianMs([&] { WeightedSwigluBackwardCuda(dout, h, w, gpt_oss); });
+    const double ref = MedianMs([&] { WeightedSwigluForwardReference(h, w, gpt_oss); });
+    Report("clamped_swiglu", "16384x5760 bf16", 3.0 * N * Fo * b16 + N * b16, fwd, 5.0 * N * Fo * b16 + 2 * N * b16,
+           bwd, ref);
+  }
   {  // relu^2 with the routing weight folded in: Nemotron Nano 3's experts (top-6, F = 1856).
     const int64_t N = T * 6, Fn = 1856;
     at::Tensor h = at::randn({N, Fn}, bf), w = at::rand({N}, bf), dout = at::randn({N, Fn}, bf);

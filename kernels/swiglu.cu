@@ -1,6 +1,9 @@
 // CUDA kernels of kernels/swiglu.h. One warp per row of F outputs; lanes move 16-byte vectors
 // of the gate half, the up half and the output (scalar accesses when F or the alignment do not
-// allow it). Backward: the routing-weight gradient is the warp's sum, no shared memory.
+// allow it). Backward: the routing-weight gradient is the warp's sum, no shared memory. The
+// options (alpha, clamp, up offset) are kernel arguments, not template parameters: the plain
+// and the clamped variant share one instantiation per dtype and vector width (the extra
+// arithmetic is free in these bandwidth-bound kernels).
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -21,11 +24,32 @@ constexpr int kWarpsPerBlock = 8;
 
 __device__ __forceinline__ float SigmoidFast(float g) { return 1.f / (1.f + __expf(-g)); }
 
+// SwigluOptions in fp32 (the dtype the kernels compute in).
+struct Activation {
+  float alpha, limit, up_offset;
+  bool clamp;  // limit > 0
+
+  // min(g, limit); NaN stays NaN, as at::clamp_max.
+  __device__ __forceinline__ float Gate(float g) const { return clamp && g > limit ? limit : g; }
+  // clamp(u, -limit, limit) + up_offset; NaN stays NaN, as at::clamp.
+  __device__ __forceinline__ float Up(float u) const {
+    if (clamp) u = u > limit ? limit : (u < -limit ? -limit : u);
+    return u + up_offset;
+  }
+  // Whether the clamps pass the gradient of g, u (autograd's masks: the boundary passes, NaN not).
+  __device__ __forceinline__ bool GatePasses(float g) const { return !clamp || g <= limit; }
+  __device__ __forceinline__ bool UpPasses(float u) const { return !clamp || (u >= -limit && u <= limit); }
+};
+
+Activation ToActivation(const SwigluOptions& o) {
+  return {static_cast<float>(o.alpha), static_cast<float>(o.limit), static_cast<float>(o.up_offset), o.limit > 0};
+}
+
 template <typename T, int VEC>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock) SwigluForwardKernel(const T* __restrict__ h,
                                                                            const T* __restrict__ w,
                                                                            T* __restrict__ out, int64_t rows,
-                                                                           int64_t F) {
+                                                                           int64_t F, Activation act) {
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y; r < rows;
        r += static_cast<int64_t>(gridDim.x) * kWarpsPerBlock) {
     const float wr = ToFloat(w[r]);
@@ -38,8 +62,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SwigluForwardKernel(const
       Vec<T, VEC> o;
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const float g = ToFloat(gv.v[i]);
-        o.v[i] = static_cast<T>(g * SigmoidFast(g) * ToFloat(uv.v[i]) * wr);
+        const float g = act.Gate(ToFloat(gv.v[i]));
+        o.v[i] = static_cast<T>(g * SigmoidFast(act.alpha * g) * act.Up(ToFloat(uv.v[i])) * wr);
       }
       Store<T, VEC>(orow + f, o);
     }
@@ -51,7 +75,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SwigluBackwardKernel(cons
                                                                             const T* __restrict__ h,
                                                                             const T* __restrict__ w,
                                                                             T* __restrict__ dh, T* __restrict__ dw,
-                                                                            int64_t rows, int64_t F) {
+                                                                            int64_t rows, int64_t F,
+                                                                            Activation act) {
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y; r < rows;
        r += static_cast<int64_t>(gridDim.x) * kWarpsPerBlock) {
     const float wr = ToFloat(w[r]);
@@ -67,12 +92,16 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) SwigluBackwardKernel(cons
       Vec<T, VEC> dg, du;
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const float g = ToFloat(gv.v[i]), u = ToFloat(uv.v[i]), d = ToFloat(dv.v[i]);
-        const float s = SigmoidFast(g);
-        const float silu = g * s;
-        dg.v[i] = static_cast<T>(d * u * wr * s * (1.f + g * (1.f - s)));
-        du.v[i] = static_cast<T>(d * silu * wr);
-        acc += d * silu * u;
+        const float g_in = ToFloat(gv.v[i]), u_in = ToFloat(uv.v[i]), d = ToFloat(dv.v[i]);
+        const float g = act.Gate(g_in), u = act.Up(u_in);
+        const float ag = act.alpha * g;
+        const float s = SigmoidFast(ag);
+        const float glu = g * s;
+        // d/dg [g * s(alpha g)] = s * (1 + alpha * g * (1 - s)); zero where a clamp cut the input.
+        const float dact = d * wr;
+        dg.v[i] = static_cast<T>(act.GatePasses(g_in) ? dact * u * s * (1.f + ag * (1.f - s)) : 0.f);
+        du.v[i] = static_cast<T>(act.UpPasses(u_in) ? dact * glu : 0.f);
+        acc += d * (u * glu);
       }
       Store<T, VEC>(dhr + f, dg);
       Store<T, VEC>(dhr + F + f, du);
@@ -95,8 +124,9 @@ int64_t GridFor(int64_t rows) {
 
 }  // namespace
 
-at::Tensor WeightedSwigluForwardCuda(const at::Tensor& h_in, const at::Tensor& w_in) {
+at::Tensor WeightedSwigluForwardCuda(const at::Tensor& h_in, const at::Tensor& w_in, const SwigluOptions& opts) {
   CheckInputs(h_in, w_in);
+  opts.Check("WeightedSwigluForwardCuda");
   c10::cuda::CUDAGuard guard(h_in.device());
   const at::Tensor h = h_in.contiguous(), w = w_in.contiguous();
   const int64_t rows = h.size(0), F = h.size(1) / 2;
@@ -108,15 +138,17 @@ at::Tensor WeightedSwigluForwardCuda(const at::Tensor& h_in, const at::Tensor& w
     const bool vec = cuda::CanVectorize(h, F) && cuda::Aligned16(out.data_ptr());
     auto* kernel = vec ? SwigluForwardKernel<scalar_t, cuda::kVec16<scalar_t>> : SwigluForwardKernel<scalar_t, 1>;
     kernel<<<GridFor(rows), dim3(32, kWarpsPerBlock), 0, stream>>>(h.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                                                                   out.data_ptr<scalar_t>(), rows, F);
+                                                                   out.data_ptr<scalar_t>(), rows, F,
+                                                                   ToActivation(opts));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardCuda(const at::Tensor& dout_in, const at::Tensor& h_in,
-                                                              const at::Tensor& w_in) {
+                                                              const at::Tensor& w_in, const SwigluOptions& opts) {
   CheckInputs(h_in, w_in);
+  opts.Check("WeightedSwigluBackwardCuda");
   TORCH_CHECK(dout_in.dim() == 2 && dout_in.size(0) == h_in.size(0) && dout_in.size(1) * 2 == h_in.size(1) &&
                   dout_in.scalar_type() == h_in.scalar_type(),
               "WeightedSwiglu backward: dout must be [N, F] in h's dtype");
@@ -133,7 +165,7 @@ std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardCuda(const at::Tensor& 
     auto* kernel = vec ? SwigluBackwardKernel<scalar_t, cuda::kVec16<scalar_t>> : SwigluBackwardKernel<scalar_t, 1>;
     kernel<<<GridFor(rows), dim3(32, kWarpsPerBlock), 0, stream>>>(dout.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
                                                                    w.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
-                                                                   dw.data_ptr<scalar_t>(), rows, F);
+                                                                   dw.data_ptr<scalar_t>(), rows, F, ToActivation(opts));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dh, dw};

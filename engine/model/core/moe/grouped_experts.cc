@@ -51,25 +51,21 @@ at::Tensor GroupedMatmulWithLora(const at::Tensor& rows, const at::Tensor& w, co
 namespace {
 
 // GPT-OSS's experts (HF GptOssExperts): biases on both GEMMs and the clamped SwiGLU, the routing
-// weight applied to the whole output (bias included): (act @ down + b_down) * w. Composed of
-// ATen ops (grouped GEMM, per-row bias gather, elementwise) on every device: the fused CUDA
-// weighted-SwiGLU kernel has no clamp, alpha or bias.
+// weight applied to the whole output (bias included): (act @ down + b_down) * w, computed as
+// (act * w) @ down + b_down * w so that the weight folds into the activation op (the CUDA
+// kernels on CUDA, the reference elsewhere); the same value up to rounding.
 at::Tensor BiasedClampedExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights, const at::Tensor& counts,
                                        const MoeWeights& w) {
-  const int64_t E = w.gate_up.size(0), F = w.down.size(1);
+  const int64_t E = w.gate_up.size(0);
   // The local expert of each grouped row [N].
   at::Tensor expert_of_row = at::repeat_interleave(at::arange(E, counts.options()), counts, /*dim=*/0, rows.size(0));
-  at::Tensor h = GroupedMatmulWithLora(rows, w.gate_up, w.gate_up_lora, counts);  // [N, 2F]
+  at::Tensor h = GroupedMatmulWithLora(rows, w.gate_up, w.gate_up_lora, counts);  // [N, 2F] = [gate | up]
   if (w.gate_up_bias.defined()) h = h + w.gate_up_bias.index_select(0, expert_of_row);
-  at::Tensor gate = h.narrow(-1, 0, F), up = h.narrow(-1, F, F);
-  if (w.swiglu_limit > 0) {
-    gate = gate.clamp_max(w.swiglu_limit);
-    up = up.clamp(-w.swiglu_limit, w.swiglu_limit);
-  }
-  at::Tensor act = (up + 1) * (gate * at::sigmoid(gate * w.swiglu_alpha));  // [N, F]
-  at::Tensor y = GroupedMatmulWithLora(act, w.down, w.down_lora, counts);   // [N, H]
-  if (w.down_bias.defined()) y = y + w.down_bias.index_select(0, expert_of_row);
-  return y * row_weights.unsqueeze(-1);
+  const auto activation = kernels::SwigluOptions::GptOss(w.swiglu_limit, w.swiglu_alpha);
+  at::Tensor act = kernels::WeightedSwiglu(h, row_weights, activation);    // [N, F], routing weight folded in
+  at::Tensor y = GroupedMatmulWithLora(act, w.down, w.down_lora, counts);  // [N, H]
+  if (w.down_bias.defined()) y = y + w.down_bias.index_select(0, expert_of_row) * row_weights.unsqueeze(-1);
+  return y;
 }
 
 }  // namespace

@@ -41,7 +41,7 @@ DispatchResult LocalTokenDispatcher::Dispatch(const at::Tensor& flat, const Rout
   const int64_t k = routing.experts.size(1);
   const bool fused = perm.order.defined();  // CUDA: gather and k-way sum kernels, each the other's backward
   const bool adapters = w.gate_up_lora.defined() || w.down_lora.defined();
-  // GPT-OSS's biased, clamped experts take ExpertsForward's ATen path (the fused op has neither).
+  // GPT-OSS's biased, clamped experts take ExpertsForward's path (the fused op has no biases).
   // Nemotron-H's relu^2 experts as well (the fused op computes SwiGLU).
   const bool plain_swiglu = w.swiglu_limit == 0 && !w.gate_up_bias.defined() && !w.down_bias.defined() &&
                             w.activation == MlpActivation::kSwiglu;
