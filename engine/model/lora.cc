@@ -27,6 +27,16 @@ std::string ModuleOf(const std::string& weight_name) {
   return absl::EndsWith(weight_name, ".weight") ? weight_name.substr(0, weight_name.size() - 7) : weight_name;
 }
 
+// The transformers v5 module (PEFT's key path) of a checkpoint weight: Nemotron-H's checkpoint
+// says backbone.*, its model in memory model.* (and so do PEFT's keys).
+std::string TransformersModuleOf(const std::string& weight_name) {
+  std::string module = ModuleOf(weight_name);
+  if (absl::StartsWith(module, "backbone.")) module = absl::StrCat("model.", module.substr(9));
+  return module;
+}
+
+bool IsGateUpSite(const LoraSite& site) { return site.spec->slot == Slot::kExpertsGateUp; }
+
 int64_t LocalExperts(const ModelConfig& c, const ModelOptions& o) {
   return o.expert_count < 0 ? c.num_experts : o.expert_count;
 }
@@ -35,7 +45,7 @@ int64_t LocalExperts(const ModelConfig& c, const ModelOptions& o) {
 // (registered first): with both adapted its tensors sit under base_layer.
 std::string PeftKey(const LoraSite& site, bool experts_both, const char* ab) {
   std::string module = site.module;
-  if (site.experts != nullptr && experts_both && std::string(site.expert_param) == "gate_up_proj") {
+  if (site.experts != nullptr && experts_both && IsGateUpSite(site)) {
     module += ".base_layer";
   }
   return absl::StrCat(kPeftPrefix, module, ".", ab, ".weight");
@@ -104,6 +114,10 @@ std::string AdapterConfigJson(const LoraOptions& o, const std::string& base_mode
 
 }  // namespace
 
+bool HasPerExpertAdapterLayout(const TensorSpec& experts) {
+  return experts.expert_names == ExpertNames::kGateUpDown || experts.expert_names == ExpertNames::kW1W3W2;
+}
+
 double LoraOptions::scale() const {
   return use_rslora ? alpha / std::sqrt(static_cast<double>(rank)) : alpha / static_cast<double>(rank);
 }
@@ -115,7 +129,7 @@ std::vector<LoraSite> LoraSites(ModelWeights& w) {
     LayerWeights& L = w.layers.at(static_cast<size_t>(spec.layer));
     LoraSite site;
     site.layer = spec.layer;
-    site.module = ModuleOf(spec.name);
+    site.module = TransformersModuleOf(spec.name);
     site.spec = &spec;
     site.base = &SlotTensor(w, spec);
     site.base_shape = spec.shape;
@@ -138,14 +152,19 @@ std::vector<LoraSite> LoraSites(ModelWeights& w) {
       case Slot::kSharedGate: linear(kLoraSharedExperts, &L.moe.shared.gate_lora); break;
       case Slot::kSharedUp: linear(kLoraSharedExperts, &L.moe.shared.up_lora); break;
       case Slot::kSharedDown: linear(kLoraSharedExperts, &L.moe.shared.down_lora); break;
+      case Slot::kLatentDown: linear(kLoraExperts, &L.moe.latent_down_lora); break;
+      case Slot::kLatentUp: linear(kLoraExperts, &L.moe.latent_up_lora); break;
       case Slot::kExpertsGateUp:
       case Slot::kExpertsDown: {
         const bool gate_up = spec.slot == Slot::kExpertsGateUp;
         site.target = kLoraExperts;
         site.experts = gate_up ? &L.moe.gate_up_lora : &L.moe.down_lora;
-        site.expert_param = gate_up ? "gate_up_proj" : "down_proj";
-        // Every family's transformers v5 module (Mixtral's checkpoint says block_sparse_moe).
-        site.module = absl::StrCat("model.layers.", spec.layer, ".mlp.experts");
+        // Relu^2 experts (Nemotron-H) have no gate: their v5 parameter is up_proj.
+        const bool up_only = spec.expert_names == ExpertNames::kUpDown;
+        site.expert_param = gate_up ? (up_only ? "up_proj" : "gate_up_proj") : "down_proj";
+        // Every family's transformers v5 module: mlp.experts (Mixtral's checkpoint says
+        // block_sparse_moe), Nemotron-H's mixer.experts.
+        site.module = absl::StrCat("model.layers.", spec.layer, up_only ? ".mixer.experts" : ".mlp.experts");
         break;
       }
       default: continue;
@@ -228,7 +247,9 @@ std::string PeftAdapterConfigJson(ModelWeights& w, const LoraOptions& o, const s
         params.push_back(site.module + ".weight");
       }
     } else if (site.experts != nullptr && site.experts->defined()) {
-      expert_params.insert(absl::StrCat("mlp.experts.", site.expert_param));
+      // <block>.experts.<param>: the module path below model.layers.<l>.
+      const size_t block = site.module.rfind('.', site.module.rfind('.') - 1) + 1;
+      expert_params.insert(absl::StrCat(site.module.substr(block), ".", site.expert_param));
     }
   }
   for (const std::string& p : expert_params) params.push_back(p);
@@ -245,11 +266,11 @@ std::vector<std::pair<std::string, at::Tensor>> PerExpertAdapterTensors(ModelWei
       continue;
     }
     if (site.experts == nullptr || !site.experts->defined()) continue;
-    TORCH_CHECK(site.spec->expert_names != ExpertNames::kFusedInterleaved, site.module,
-                ": fused-expert checkpoints have no per-expert modules to name (use PeftAdapterTensors)");
+    TORCH_CHECK(HasPerExpertAdapterLayout(*site.spec), site.module,
+                ": no per-expert adapter layout for these experts (use PeftAdapterTensors)");
     const at::Tensor a = full_experts(site.experts->a.detach());  // [E, in, r]
     const at::Tensor b = full_experts(site.experts->b.detach());  // [E, r, out]
-    const bool gate_up = std::string(site.expert_param) == "gate_up_proj";
+    const bool gate_up = IsGateUpSite(site);
     const int64_t half = b.size(2) / 2;
     auto key = [&](int64_t e, const char* proj, const char* ab) {
       std::string name = ExpertTensorName(*site.spec, e, proj);  // <module>.<e>.<proj>.weight
@@ -278,7 +299,7 @@ std::string PerExpertAdapterConfigJson(ModelWeights& w, const LoraOptions& o, co
     if (site.linear != nullptr && site.linear->defined()) {
       modules.insert(site.module.substr(site.module.rfind('.') + 1));
     } else if (site.experts != nullptr && site.experts->defined()) {
-      const bool gate_up = std::string(site.expert_param) == "gate_up_proj";
+      const bool gate_up = IsGateUpSite(site);
       for (const char* proj : gate_up ? std::vector<const char*>{"gate_proj", "up_proj"}
                                       : std::vector<const char*>{"down_proj"}) {
         std::string m = ModuleOf(ExpertTensorName(*site.spec, 0, proj));

@@ -45,7 +45,9 @@ LoraTarget LoraTargetOfSlot(Slot slot) {
       return kLoraMlp;
     case Slot::kSharedGate: case Slot::kSharedUp: case Slot::kSharedDown:
       return kLoraSharedExperts;
-    case Slot::kExpertsGateUp: case Slot::kExpertsDown:
+    // LatentMoE's fc1/fc2_latent_proj carry only the routed experts' tokens (into and out of
+    // their latent width): adapted with them.
+    case Slot::kExpertsGateUp: case Slot::kExpertsDown: case Slot::kLatentDown: case Slot::kLatentUp:
       return kLoraExperts;
     default:
       return kLoraNone;
@@ -67,12 +69,6 @@ LoraParameterCounts CountLoraParameters(const ModelConfig& config, int64_t rank,
 }
 
 absl::Status CheckLoraTargets(const ModelConfig& config, uint32_t targets, const std::string& field) {
-  // Nemotron-H: adapters on its Mamba2, relu^2 and latent layers (and their PEFT export) are not
-  // implemented: LoRA is refused for it.
-  if (config.IsHybrid()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": LoRA is not supported for ", config.model_type,
-                                                   " models yet (use method full)"));
-  }
   uint32_t matched = 0;
   for (const TensorSpec& spec : ModelTensorLayout(config)) matched |= LoraTargetOfSlot(spec.slot);
   const uint32_t missing = targets & ~matched;

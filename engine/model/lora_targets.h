@@ -16,10 +16,12 @@ struct ModelConfig;
 
 enum LoraTarget : uint32_t {
   kLoraNone = 0,
-  kLoraAttention = 1,      // q/k/v/o, or MLA's q_a/q_b (q)/kv_a/kv_b/o projections
-  kLoraMlp = 2,            // the dense MLP of dense layers (gate/up/down)
-  kLoraExperts = 4,        // routed experts: gate_up and down
-  kLoraSharedExperts = 8,  // shared experts' gate/up/down (DeepSeek-V3, Qwen2-MoE)
+  // q/k/v/o, or MLA's q_a/q_b (q)/kv_a/kv_b/o projections. Softmax attention only: Nemotron-H's
+  // Mamba2 in_proj/out_proj are no target (no family names them; an adapter on them is refused).
+  kLoraAttention = 1,
+  kLoraMlp = 2,            // the dense MLP of dense layers (gate/up/down; relu^2: up/down)
+  kLoraExperts = 4,        // routed experts: gate_up (relu^2: up) and down; LatentMoE's fc1/fc2_latent_proj
+  kLoraSharedExperts = 8,  // shared experts' gate/up/down (DeepSeek-V3, Qwen2-MoE, Nemotron-H: up/down)
 };
 
 // "attention" | "mlp" | "experts" | "shared_experts" -> its bit; false for any other name (the
@@ -33,7 +35,7 @@ constexpr uint32_t kDefaultLoraTargets = kLoraAttention | kLoraExperts;
 LoraTarget LoraTargetOfSlot(Slot slot);
 
 struct LoraParameterCounts {
-  int64_t dense = 0;   // adapters of linears (attention, dense MLPs, shared experts)
+  int64_t dense = 0;   // adapters of linears (attention, dense MLPs, shared experts, latent projections)
   int64_t expert = 0;  // adapters of the routed experts, all experts (sharded with them over ep)
   int64_t total() const { return dense + expert; }
 };

@@ -73,6 +73,7 @@ struct MoeWeights {
   // latent_up [H, L] (fc2_latent_proj) after them; undefined without moe_latent_size. The
   // experts (and the dispatcher's tokens) are then L wide.
   at::Tensor latent_down, latent_up;
+  LoraLinear latent_down_lora, latent_up_lora;  // method lora (target experts), or undefined
 };
 
 // Nemotron-H's Mamba2 mixer (engine/model/core/mamba2.h).

@@ -497,20 +497,23 @@ absl::Status Trainer::SaveCheckpoint(int64_t at_step) {
   if (lora()) {
     // Every rank takes part in the experts' gathers; rank 0 writes the adapters: PEFT's layout
     // (transformers v5) in DIR, the per-expert layout (vLLM; PEFT converts it too) in DIR/vllm.
-    // Fused-expert checkpoints (GPT-OSS) have no per-expert modules: PEFT's stacked 3-D layout
-    // (lora_A [E*r, in], lora_B [out, r*E] on mlp.experts.*) is their only export.
+    // Experts without a per-expert adapter layout (GPT-OSS's fused ones, Nemotron-H's ungated
+    // ones) have PEFT's stacked 3-D layout (lora_A [E*r, in], lora_B [out, r*E] on
+    // <block>.experts.*) as their only export.
     parts.adapter = true;
     LoraOptions o;
     o.rank = spec_.lora_rank;
     o.alpha = spec_.lora_alpha;
     o.use_rslora = spec_.lora_use_rslora;
     auto gather = [this](const at::Tensor& t) { return GatherExperts(t); };
-    bool experts = false;  // the per-expert export differs from PEFT's only with expert adapters
-    for (const LoraSite& site : LoraSites(model_->weights())) experts |= site.experts != nullptr && site.experts->defined();
+    bool per_expert = false;  // the per-expert export differs from PEFT's only with expert adapters
+    for (const LoraSite& site : LoraSites(model_->weights())) {
+      per_expert |= site.experts != nullptr && site.experts->defined() && HasPerExpertAdapterLayout(*site.spec);
+    }
     try {
       parts.adapters.push_back({"", PeftAdapterTensors(model_->weights(), gather),
                                 PeftAdapterConfigJson(model_->weights(), o, spec_.base_model)});
-      if (experts && !HasFusedExperts(model_->weights())) {
+      if (per_expert) {
         parts.adapters.push_back({"vllm", PerExpertAdapterTensors(model_->weights(), gather),
                                   PerExpertAdapterConfigJson(model_->weights(), o, spec_.base_model)});
       }

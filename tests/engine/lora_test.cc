@@ -1,7 +1,8 @@
 // LoRA adapters in the engine (engine/model/lora.h): fresh adapters as PEFT initialises them,
 // frozen base, adapters as the only parameters, expert adapters identical under any expert
 // sharding, targets that match nothing refused, and merging equal to applying; GPT-OSS's
-// interleaved gate_up adapters exported in HF's column order and imported back exactly.
+// interleaved gate_up adapters exported in HF's column order and imported back exactly;
+// Nemotron-H's adapters under transformers' module names.
 #include <cmath>
 #include <map>
 #include <memory>
@@ -122,6 +123,29 @@ TEST(Lora, TargetMatchingNothingIsRefused) {
   EXPECT_EQ(bit, kLoraExperts);
 }
 
+// A preset's random model (seed 1) with rank-3, alpha-6 adapters on `targets`, every adapter
+// tensor drawn off its init (B off zero) so that the adapters matter.
+struct AdaptedModel {
+  ModelConfig config;
+  ModelWeights weights;
+  LoraOptions options;
+};
+AdaptedModel AdaptedPreset(const std::string& preset, uint32_t targets) {
+  AdaptedModel m;
+  auto c = PresetConfig(preset);
+  EXPECT_TRUE(c.ok()) << c.status();
+  m.config = *c;
+  m.weights = InitRandomWeights(m.config, ModelOptions{}, 1);
+  m.options.rank = 3;
+  m.options.alpha = 6;
+  m.options.targets = targets;
+  absl::Status added = AddLoraAdapters(m.weights, m.config, ModelOptions{}, m.options, 5);
+  EXPECT_TRUE(added.ok()) << added;
+  c10::NoGradGuard no_grad;
+  for (NamedParam& p : ListParameters(m.weights)) p.tensor->normal_(0, 0.3);
+  return m;
+}
+
 TEST(Lora, MergedWeightsGiveTheAdaptedLogits) {
   ModelConfig c = Config();
   ModelOptions mo;
@@ -146,20 +170,11 @@ TEST(Lora, MergedWeightsGiveTheAdaptedLogits) {
 // that PEFT's per-expert delta A[e]^T B[e]^T is the engine's a[e] b[e] with gate/up interleaved;
 // merging equals applying.
 TEST(Lora, GptOssExpertAdaptersInHfColumns) {
-  auto preset = PresetConfig("tiny-gpt-oss");
-  ASSERT_TRUE(preset.ok()) << preset.status();
-  ModelConfig c = *preset;
+  AdaptedModel m = AdaptedPreset("tiny-gpt-oss", kLoraAttention | kLoraExperts);
+  const ModelConfig& c = m.config;
+  const LoraOptions& o = m.options;
+  ModelWeights& w = m.weights;
   ModelOptions mo;
-  ModelWeights w = InitRandomWeights(c, mo, 1);
-  LoraOptions o;
-  o.rank = 3;
-  o.alpha = 6;
-  o.targets = kLoraAttention | kLoraExperts;
-  ASSERT_TRUE(AddLoraAdapters(w, c, mo, o, 5).ok());
-  {
-    c10::NoGradGuard no_grad;
-    for (NamedParam& p : ListParameters(w)) p.tensor->normal_(0, 0.3);  // B off zero
-  }
   const LoraExperts& gu = w.layers[0].moe.gate_up_lora;
   const int64_t E = c.num_experts, r = o.rank;
   std::map<std::string, at::Tensor> peft;
@@ -173,6 +188,60 @@ TEST(Lora, GptOssExpertAdaptersInHfColumns) {
   EXPECT_TRUE(at::allclose(peft_delta, ours, 1e-5, 1e-6));
   EXPECT_FALSE(at::allclose(peft_delta, at::bmm(gu.a, gu.b), 1e-3, 1e-3));  // the order matters
   EXPECT_TRUE(at::equal(DeinterleaveGateUp(InterleaveGateUp(gu.b)), gu.b));
+
+  at::Tensor adapted = Logits(c, mo, w);
+  ModelWeights merged = w;
+  MergeLoraAdapters(merged);
+  EXPECT_GT((adapted - Logits(c, mo, InitRandomWeights(c, mo, 1))).abs().max().item<float>(), 1e-3);
+  EXPECT_LE((adapted - Logits(c, mo, merged)).abs().max().item<float>(), 1e-5);
+}
+
+// Nemotron-H (tiny preset: Mamba2, attention, relu^2 MLP, MoE with LatentMoE and a shared
+// expert): every family takes adapters under transformers v5's names (model.*, not the
+// checkpoint's backbone.*), the relu^2 experts as PEFT's ParamWrappers on mixer.experts.up_proj
+// (innermost) / down_proj, the latent projections with the experts; Mamba2's in_proj/out_proj
+// and the router take none; merging equals applying.
+TEST(Lora, NemotronHAdaptersUnderTransformersNames) {
+  AdaptedModel m =  // ME*E-M
+      AdaptedPreset("tiny-nemotron-h", kLoraAttention | kLoraMlp | kLoraExperts | kLoraSharedExperts);
+  const ModelConfig& c = m.config;
+  const LoraOptions& o = m.options;
+  ModelWeights& w = m.weights;
+  ModelOptions mo;
+  std::map<std::string, at::Tensor> peft;
+  for (auto& [k, t] : PeftAdapterTensors(w, [](const at::Tensor& t) { return t; })) peft[k] = t;
+  const std::string p = "base_model.model.model.layers.";
+  const int64_t E = c.num_experts, r = o.rank, L = c.moe_latent_size, F = c.moe_intermediate_size;
+  const std::map<std::string, std::vector<int64_t>> want = {
+      {p + "1.mixer.experts.base_layer.lora_A.weight", {E * r, L}},  // up_proj [E, F, L] in HF
+      {p + "1.mixer.experts.base_layer.lora_B.weight", {F, r * E}},
+      {p + "1.mixer.experts.lora_A.weight", {E * r, F}},             // down_proj
+      {p + "1.mixer.experts.lora_B.weight", {L, r * E}},
+      {p + "1.mixer.fc1_latent_proj.lora_A.weight", {r, c.hidden_size}},
+      {p + "1.mixer.fc2_latent_proj.lora_B.weight", {c.hidden_size, r}},
+      {p + "1.mixer.shared_experts.up_proj.lora_A.weight", {r, c.hidden_size}},
+      {p + "2.mixer.q_proj.lora_A.weight", {r, c.hidden_size}},
+      {p + "4.mixer.up_proj.lora_B.weight", {c.intermediate_size, r}},
+  };
+  for (const auto& [key, shape] : want) {
+    ASSERT_TRUE(peft.count(key)) << key;
+    EXPECT_EQ(peft[key].sizes().vec(), shape) << key;
+  }
+  // A and B of: 2 MoE layers x (up, down, 2 latent, 2 shared), q/k/v/o, the MLP's up/down.
+  EXPECT_EQ(peft.size(), size_t{2 * (2 * 6 + 4 + 2)});
+  for (const auto& [key, t] : peft) {
+    EXPECT_EQ(key.find("backbone"), std::string::npos) << key;
+    EXPECT_EQ(key.find("in_proj"), std::string::npos) << key;
+    EXPECT_EQ(key.find("out_proj"), std::string::npos) << key;
+    EXPECT_EQ(key.find(".gate."), std::string::npos) << key;
+  }
+  const std::string config = PeftAdapterConfigJson(w, o, "base");
+  EXPECT_NE(config.find("\"mixer.experts.up_proj\""), std::string::npos) << config;
+  EXPECT_NE(config.find("\"mixer.experts.down_proj\""), std::string::npos) << config;
+  EXPECT_NE(config.find("\"model.layers.1.mixer.fc1_latent_proj.weight\""), std::string::npos) << config;
+  for (const LoraSite& site : LoraSites(w)) {  // no gate: PEFT's stacked layout is the only export
+    if (site.experts != nullptr) EXPECT_FALSE(HasPerExpertAdapterLayout(*site.spec)) << site.module;
+  }
 
   at::Tensor adapted = Logits(c, mo, w);
   ModelWeights merged = w;

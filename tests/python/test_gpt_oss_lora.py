@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 from conftest import run
 from hf_parity import hf_train_losses, ids_for, parse_losses, rel, write_dataset
 from test_gpt_oss_parity import make_model
-from test_lora_parity import assert_lora_resume_equals_uninterrupted, peft_grads, peft_model, write_lora_spec
+from test_lora_parity import (assert_lora_resume_equals_uninterrupted, peft_expert_delta, peft_grads, peft_model,
+                              write_lora_spec)
 
 peft = pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402
@@ -90,14 +91,9 @@ def merged_reference(base, adapter, scale):
     out = {}
     for k, w in base.items():
         if k.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
-            module = k.rsplit(".", 1)[0]
-            nested = k.endswith("gate_up_proj") and f"base_model.model.{module}.base_layer.lora_A.weight" in adapter
-            key = f"base_model.model.{module}{'.base_layer' if nested else ''}"
-            if f"{key}.lora_A.weight" in adapter:
-                E = w.shape[0]
-                A = adapter[f"{key}.lora_A.weight"].reshape(E, -1, w.shape[1])  # [E, r, in]
-                B = adapter[f"{key}.lora_B.weight"].reshape(w.shape[2], -1, E)  # [out, r, E]
-                w = w + scale * torch.einsum("ore,eri->eio", B, A)
+            delta = peft_expert_delta(adapter, k, w.shape[0])  # [E, out, in]
+            if delta is not None:
+                w = w + scale * delta.transpose(1, 2)
         elif k.endswith(".weight") and f"base_model.model.{k[:-len('.weight')]}.lora_A.weight" in adapter:
             key = f"base_model.model.{k[:-len('.weight')]}"
             w = w + scale * adapter[f"{key}.lora_B.weight"] @ adapter[f"{key}.lora_A.weight"]

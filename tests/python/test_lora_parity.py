@@ -1,6 +1,8 @@
 """LoRA (method lora) against PEFT on transformers v5 (CPU, fp32): a PEFT-wrapped model's adapter,
 saved by PEFT, applied by `ftd-train forward --adapter` gives the same logits, loss and adapter
-gradients, on Qwen3-MoE, DeepSeek-V3, Mixtral, Qwen2-MoE and OLMoE; ftd's LoRA training equals
+gradients, on Qwen3-MoE, DeepSeek-V3, Mixtral, Qwen2-MoE, OLMoE and Nemotron-H (its relu^2 experts
+as PEFT's ParamWrappers on mixer.experts.up_proj/down_proj, LatentMoE's projections with them, no
+Mamba2 adapters); ftd's LoRA training equals
 PEFT's over 5 AdamW steps on each of them; PEFT loads ftd's checkpoints (adapter_config.json +
 adapter_model.safetensors) and reproduces ftd's logits; the merged checkpoint is base + B A scale;
 resume equals an uninterrupted run; the base stays bit-identical and the optimizer state holds
@@ -17,6 +19,7 @@ from conftest import run
 import test_deepseek_parity as deepseek
 import test_engine_parity as qwen3
 import test_moe_families_parity as families
+import test_nemotron_h_parity as nemotron
 from hf_parity import hf_train_losses, ids_for, parse_losses, rel, write_dataset
 
 peft = pytest.importorskip("peft")
@@ -32,27 +35,55 @@ def make(tmp_path, family, name):
         return qwen3.make_model(tmp_path, name)
     if family == "deepseek_v3":
         return deepseek.make_model(tmp_path, name)
+    if family == "nemotron_h":
+        return nemotron.make_model(tmp_path, name)
     return families.make_model(tmp_path, family, name)
+
+
+# The module holding a layer's attention projections and dense MLP (Nemotron-H: its mixer).
+BLOCKS = ("self_attn", "mlp", "mixer")
+LATENT = ["fc1_latent_proj", "fc2_latent_proj"]
+
+
+def target_of(name):
+    """The lora.targets family that adapts parameter or adapter key `name`, or None (Mamba2's
+    in_proj/out_proj, routers, norms, embeddings)."""
+    parts = name.split(".")
+    if ".shared_expert." in name or ".shared_experts." in name:
+        return "shared_experts"
+    if ".experts." in name or any(f".{m}." in name for m in LATENT):
+        return "experts"
+    block = next((i for i, p in enumerate(parts) if p in BLOCKS), None)
+    if block is None or block + 1 >= len(parts):
+        return None
+    leaf = parts[block + 1]
+    if leaf in MLA_ATTENTION + GQA_ATTENTION:
+        return "attention"
+    if leaf in ("gate_proj", "up_proj", "down_proj"):
+        return "mlp"
+    return None
 
 
 def lora_config(model, targets, r, alpha, rslora=False):
     """The LoraConfig that adapts what ftd's lora.targets name (the same as ftd's exported
-    adapter_config.json): attention by module name, experts and dense/shared MLPs by parameter."""
+    adapter_config.json): attention by module name, experts and dense/shared MLPs by parameter
+    (LatentMoE's latent projections, with the experts, by parameter too)."""
     names = {n for n, _ in model.named_parameters()}
-    modules, params = [], []
-    if "attention" in targets:
-        leaves = {n.split(".")[-2] for n in names if ".self_attn." in n and n.endswith("proj.weight")}
-        modules = sorted(leaves & set(MLA_ATTENTION + GQA_ATTENTION))
+    modules, params = set(), []
     for n in sorted(names):
-        if not n.endswith(("gate_proj.weight", "up_proj.weight", "down_proj.weight")):
+        t = target_of(n)
+        if t not in targets or not n.endswith("proj.weight"):  # the fused experts: below
             continue
-        shared = ".shared_expert." in n or ".shared_experts." in n
-        if (shared and "shared_experts" in targets) or (not shared and ".mlp." in n and "mlp" in targets):
+        if t == "attention":
+            modules.add(n.split(".")[-2])
+        elif n.endswith("proj.weight"):
             params.append(n)
     if "experts" in targets:
-        params += ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
-    return LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=modules, target_parameters=params,
-                      lora_dropout=0.0)
+        fused = sorted({n.split(".", 3)[3] for n in names if n.endswith(("experts.gate_up_proj", "experts.up_proj",
+                                                                           "experts.down_proj"))})
+        params += fused  # mlp.experts.gate_up_proj / down_proj; Nemotron-H's mixer.experts.up_proj / down_proj
+    return LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=sorted(modules),
+                      target_parameters=params, lora_dropout=0.0)
 
 
 def peft_model(model, targets, r=4, alpha=8, rslora=False, seed=3):
@@ -79,6 +110,9 @@ CASES = [
     ("mixtral", "gqa_top2", ("attention", "experts"), False),
     ("qwen2_moe", "dense_mix_norm_gqa", ("attention", "experts", "shared_experts", "mlp"), True),
     ("olmoe", "clip_gqa_top3", ("attention", "experts"), False),
+    ("nemotron_h", "g1_chunk8_dense_experts", ("attention", "experts", "mlp", "shared_experts"), False),
+    ("nemotron_h", "g2_chunk19_latent_grouped", ("attention", "experts", "mlp", "shared_experts"), True),
+    ("nemotron_h", "g4_chunk4_latent_top1", ("experts",), False),
 ]
 
 
@@ -109,12 +143,10 @@ def test_adapter_logits_and_gradients_match_peft(tmp_path, ftd_train, family, na
     theirs = peft_grads(pm)
     ours_grads = {k[len("grad."):]: v for k, v in ours.items() if k.startswith("grad.")}
     assert set(ours_grads) == set(theirs), sorted(set(ours_grads) ^ set(theirs))
-    # Every targeted module family is in the comparison.
-    assert any(".mlp.experts." in k for k in theirs) == ("experts" in targets)
-    assert any(".self_attn." in k for k in theirs) == ("attention" in targets)
-    assert any(".shared_expert" in k for k in theirs) == ("shared_experts" in targets)
-    dense = [k for k in theirs if ".mlp." in k and ".experts." not in k and ".shared_expert" not in k]
-    assert bool(dense) == ("mlp" in targets)
+    # Every targeted module family is in the comparison, and nothing else.
+    assert {target_of(k) for k in theirs} == set(targets), sorted(theirs)
+    if "experts" in targets and getattr(model.config, "moe_latent_size", None):  # LatentMoE: with the experts
+        assert any(".fc1_latent_proj." in k for k in theirs) and any(".fc2_latent_proj." in k for k in theirs)
     worst = max((rel(ours_grads[k], theirs[k]), k) for k in theirs if theirs[k].norm() > 0)
     assert worst[0] <= 1e-4, f"gradient of {worst[1]} differs by {worst[0]:.2e} (relative)"
     for k, g in theirs.items():  # experts no token reached: zero on both sides
@@ -138,6 +170,8 @@ TRAIN_CASES = [
     ("qwen2_moe", "dense_mix_norm_gqa", ["attention", "experts", "shared_experts"], False),
     ("mixtral", "gqa_top2", ["attention", "experts"], False),
     ("olmoe", "clip_gqa_top3", ["attention", "experts"], False),
+    ("nemotron_h", "g2_chunk19_latent_grouped", ["attention", "experts", "mlp", "shared_experts"], False),
+    ("nemotron_h", "g1_chunk8_dense_experts", ["attention", "experts"], True),
 ]
 
 
@@ -208,47 +242,58 @@ def test_lora_training_matches_peft_and_exports_for_peft(tmp_path, ftd_train, fa
     # transformers loads the merged checkpoint and gives the adapted logits.
     merged_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged", dtype=torch.float32)
     with torch.no_grad():
-        merged_logits = merged_model(input_ids=eval_ids).logits
+        merged_logits = merged_model(input_ids=eval_ids, use_cache=False).logits
     assert (merged_logits - ftd_logits).abs().max().item() <= 1e-4
+
+
+def peft_expert_delta(adapter, param, E):
+    """B[e] A[e] [E, out, in] of PEFT's ParamWrapper on fused expert parameter `param` (e.g.
+    model.layers.0.mlp.experts.gate_up_proj), or None when the adapter has none. gate_up_proj
+    (Nemotron-H: up_proj) is PEFT's innermost wrapper: under base_layer when down_proj has one too."""
+    module = param.rsplit(".", 1)[0]
+    both = f"base_model.model.{module}.base_layer.lora_A.weight" in adapter
+    inner = param.endswith((".gate_up_proj", ".up_proj"))
+    key = f"base_model.model.{module}{'.base_layer' if both and inner else ''}"
+    if f"{key}.lora_A.weight" not in adapter:
+        return None
+    A, B = adapter[f"{key}.lora_A.weight"], adapter[f"{key}.lora_B.weight"]
+    return torch.einsum("ore,eri->eoi", B.reshape(B.shape[0], -1, E), A.reshape(E, -1, A.shape[1]))
 
 
 def merged_reference(base_model, adapter, scale, family="qwen3_moe"):
     """Base weights (checkpoint names, per-expert keys) + scale * B A from a PEFT adapter."""
-    moe, (gate, up, down) = ("block_sparse_moe", ("w1", "w3", "w2")) if family == "mixtral" else \
-        ("mlp", ("gate_proj", "up_proj", "down_proj"))
-    ref = {}
+    merged = {}
     with torch.no_grad():
         for n, p in base_model.named_parameters():
-            ref[n] = p.detach().clone()
+            w = p.detach().clone()
+            if n.endswith((".experts.gate_up_proj", ".experts.up_proj", ".experts.down_proj")):  # [E, out, in]
+                delta = peft_expert_delta(adapter, n, w.shape[0])
+                if delta is not None:
+                    w = w + scale * delta
+            else:
+                key = f"base_model.model.{n[: -len('.weight')]}"
+                if f"{key}.lora_A.weight" in adapter:
+                    w = w + scale * adapter[f"{key}.lora_B.weight"] @ adapter[f"{key}.lora_A.weight"]
+            merged[n] = w
+    if getattr(base_model.config, "tie_word_embeddings", False):
+        merged.pop("lm_head.weight", None)
+    if family == "nemotron_h":
+        return nemotron.checkpoint_tensors(merged)
+    moe, (gate, up, down) = ("block_sparse_moe", ("w1", "w3", "w2")) if family == "mixtral" else \
+        ("mlp", ("gate_proj", "up_proj", "down_proj"))
     out = {}
-    for n, w in ref.items():
-        if n.endswith("mlp.experts.gate_up_proj") or n.endswith("mlp.experts.down_proj"):
-            module = n.rsplit(".", 1)[0]
-            both = f"base_model.model.{module}.base_layer.lora_A.weight" in adapter
-            sub = ".base_layer" if (both and n.endswith("gate_up_proj")) else ""
-            key = f"base_model.model.{module}{sub}"
-            E = w.shape[0]
-            if f"{key}.lora_A.weight" in adapter:
-                A = adapter[f"{key}.lora_A.weight"].reshape(E, -1, w.shape[2])          # [E, r, in]
-                B = adapter[f"{key}.lora_B.weight"].reshape(w.shape[1], -1, E)          # [out, r, E]
-                w = w + scale * torch.einsum("ore,eri->eoi", B, A)
-            layer = module.replace(".mlp.experts", f".{moe}.experts") + "."
+    for n, w in merged.items():
+        if not n.endswith((".experts.gate_up_proj", ".experts.down_proj")):
+            out[n] = w
+            continue
+        layer = n.rsplit(".", 1)[0].replace(".mlp.experts", f".{moe}.experts") + "."
+        for e in range(w.shape[0]):
             if n.endswith("gate_up_proj"):
                 F = w.shape[1] // 2
-                for e in range(E):
-                    out[f"{layer}{e}.{gate}.weight"] = w[e, :F]
-                    out[f"{layer}{e}.{up}.weight"] = w[e, F:]
+                out[f"{layer}{e}.{gate}.weight"] = w[e, :F]
+                out[f"{layer}{e}.{up}.weight"] = w[e, F:]
             else:
-                for e in range(E):
-                    out[f"{layer}{e}.{down}.weight"] = w[e]
-            continue
-        module = n[: -len(".weight")]
-        key = f"base_model.model.{module}"
-        if f"{key}.lora_A.weight" in adapter:
-            w = w + scale * adapter[f"{key}.lora_B.weight"] @ adapter[f"{key}.lora_A.weight"]
-        out[n] = w
-    if getattr(base_model.config, "tie_word_embeddings", False):
-        out.pop("lm_head.weight", None)
+                out[f"{layer}{e}.{down}.weight"] = w[e]
     if family == "mixtral":  # the checkpoint keeps v4's module name (transformers v5 renames it on load)
         out = {k.replace(".mlp.", ".block_sparse_moe."): v for k, v in out.items()}
     return out
@@ -373,3 +418,17 @@ def test_resume_refuses_a_checkpoint_of_the_other_method(tmp_path, ftd_train):
     res = subprocess.run([str(ftd_train), "train", "--spec", str(tmp_path / "lora4.json"), "--resume"],
                          capture_output=True, text=True)
     assert res.returncode != 0 and "holds a rank 8 alpha 16 adapter" in res.stderr, res.stderr
+
+
+def test_nemotron_h_mamba_adapters_are_refused_by_name(tmp_path, ftd_train):
+    """Mamba2's in_proj/out_proj take no adapter in ftd (no target family is theirs): a PEFT
+    adapter on them is refused at load, naming the tensor, not silently dropped."""
+    model, d = nemotron.make_model(tmp_path, "g1_chunk8_dense_experts")
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "in_proj"], lora_dropout=0.0))
+    pm.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "ids.json").write_text(json.dumps(ids_for(model.config).tolist()))
+    res = subprocess.run([str(ftd_train), "forward", "--model", str(d), "--adapter", str(tmp_path / "adapter"),
+                          "--input", str(tmp_path / "ids.json"), "--out", str(tmp_path / "out.safetensors")],
+                         capture_output=True, text=True)
+    assert res.returncode != 0, res.stdout
+    assert "mixer.in_proj.lora_" in res.stderr and "adapts nothing the engine knows" in res.stderr, res.stderr

@@ -76,21 +76,27 @@ def make_model(tmp_path, name, seed=0, dtype=torch.float32):
     return model, d
 
 
-def hf_gradients(model):
-    """HF's gradients under the checkpoint's names: backbone.* for model.*, per-expert up/down
-    keys for the fused experts (up_proj [E, F, K], down_proj [E, K, F])."""
-    grads = {}
-    for n, p in model.named_parameters():
-        g = p.grad if p.grad is not None else torch.zeros_like(p)
+def checkpoint_tensors(named):
+    """Tensors named as transformers' model names them, under the checkpoint's names:
+    backbone.* for model.*, per-expert up/down keys for the fused experts (up_proj [E, F, K],
+    down_proj [E, K, F])."""
+    out = {}
+    for n, t in named.items():
         if n.startswith("model."):
             n = "backbone." + n[len("model."):]
         if n.endswith((".experts.up_proj", ".experts.down_proj")):
             prefix, proj = n.rsplit(".", 1)
-            for e in range(p.shape[0]):
-                grads[f"{prefix}.{e}.{proj}.weight"] = g[e]
+            for e in range(t.shape[0]):
+                out[f"{prefix}.{e}.{proj}.weight"] = t[e]
         else:
-            grads[n] = g
-    return grads
+            out[n] = t
+    return out
+
+
+def hf_gradients(model):
+    """HF's gradients under the checkpoint's names (checkpoint_tensors)."""
+    return checkpoint_tensors({n: p.grad if p.grad is not None else torch.zeros_like(p)
+                               for n, p in model.named_parameters()})
 
 
 def assert_forward_matches_hf(ours, model, ids):
