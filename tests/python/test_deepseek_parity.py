@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import run
-from hf_parity import (assert_adamw_steps_match_hf, assert_forward_matches_hf, ftd_forward, ids_for)
+from hf_parity import (assert_adamw_steps_match_hf, assert_checkpoint_round_trip, assert_forward_matches_hf, ftd_forward, ids_for)
 
 transformers = pytest.importorskip("transformers")
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402
@@ -115,32 +115,14 @@ def add_mtp_layer(d, cfg):
 def test_checkpoint_round_trip_through_transformers(tmp_path, ftd_train, dtype):
     model, src = make_model(tmp_path, "qlora_groups4of2_shared1_dense1_yarn", seed=3, dtype=dtype)
     mtp = add_mtp_layer(src, model.config)
-    a, b = tmp_path / "a", tmp_path / "b"
-    run([ftd_train, "resave", "--model", src, "--out", a])
-    run([ftd_train, "resave", "--model", a, "--out", b])
-    original = load_file(src / "model.safetensors")
-    saved = load_file(a / "model.safetensors")
-    assert sorted(saved) == sorted(original)
-    for k in original:
-        assert saved[k].dtype == original[k].dtype and torch.equal(saved[k], original[k]), k
+    # transformers loads it (the MTP layer is an unused extra) with the same state and logits.
+    # (HF's bf16 CPU grouped_mm needs 16-byte strides; this model's F is 20: logits in fp32 only.)
+    saved, _, reloaded, _, a = assert_checkpoint_round_trip(ftd_train, tmp_path, src, DeepseekV3ForCausalLM, dtype,
+                                                            logits=dtype == torch.float32)
     for k in mtp:  # carried as stored (bf16), not converted
         assert saved[k].dtype == torch.bfloat16, k
-    # Loading what the engine saved and saving again is byte-identical.
-    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    assert (a / "config.json").read_text() == (b / "config.json").read_text()
     assert json.loads((a / "config.json").read_text())["num_nextn_predict_layers"] == 1
-    # transformers loads it (the MTP layer is an unused extra) and computes the same logits.
-    reloaded = DeepseekV3ForCausalLM.from_pretrained(a, dtype=dtype)
-    reference = DeepseekV3ForCausalLM.from_pretrained(src, dtype=dtype)
     assert reloaded.config.n_group == 4 and reloaded.config.first_k_dense_replace == 1
-    ref_state = reference.state_dict()
-    for k, v in reloaded.state_dict().items():
-        assert torch.equal(v, ref_state[k]), k
-    if dtype == torch.float32:  # (HF's bf16 CPU grouped_mm needs 16-byte strides; this model's F is 20)
-        ids = ids_for(model.config, seq=9)
-        with torch.no_grad():
-            assert torch.equal(reloaded(input_ids=ids).logits, reference(input_ids=ids).logits)
-
 
 def test_init_model_presets_load_in_transformers(tmp_path, ftd_train):
     """A preset checkpoint (every feature of the family on) is a valid HF DeepSeek-V3 model whose

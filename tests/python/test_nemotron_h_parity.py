@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run
-from hf_parity import assert_adamw_steps_match_hf, ftd_forward, ids_for, rel
+from hf_parity import assert_adamw_steps_match_hf, assert_checkpoint_round_trip, ftd_forward, ids_for, rel
 
 transformers = pytest.importorskip("transformers")
 from transformers import NemotronHConfig, NemotronHForCausalLM  # noqa: E402
@@ -193,30 +193,13 @@ def test_checkpoint_round_trip_through_transformers(tmp_path, ftd_train, dtype):
     """Every tensor comes back bit-identical under its backbone.* / per-expert name; what the
     engine saves loads in transformers with the same state and logits; resaving is byte-identical."""
     model, src = make_model(tmp_path, "g2_chunk19_latent_grouped", seed=3, dtype=dtype)
-    a, b = tmp_path / "a", tmp_path / "b"
-    run([ftd_train, "resave", "--model", src, "--out", a])
-    run([ftd_train, "resave", "--model", a, "--out", b])
-    original = load_file(src / "model.safetensors")
-    saved = load_file(a / "model.safetensors")
-    assert sorted(saved) == sorted(original)
+    saved, _, reloaded, reference, _ = assert_checkpoint_round_trip(ftd_train, tmp_path, src, NemotronHForCausalLM,
+                                                                    dtype, use_cache=False)
     assert "backbone.layers.0.mixer.experts.7.up_proj.weight" in saved
     assert "backbone.layers.1.mixer.conv1d.weight" in saved
-    for k in original:
-        assert saved[k].dtype == original[k].dtype and torch.equal(saved[k], original[k]), k
-    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    assert (a / "config.json").read_text() == (b / "config.json").read_text()
-    reloaded = NemotronHForCausalLM.from_pretrained(a, dtype=dtype)
-    reference = NemotronHForCausalLM.from_pretrained(src, dtype=dtype)
     for field in ("layers_block_type", "n_groups", "chunk_size", "moe_latent_size", "time_step_limit",
                   "n_group", "topk_group", "routed_scaling_factor", "conv_kernel", "use_conv_bias"):
         assert getattr(reloaded.config, field) == getattr(reference.config, field), field
-    ref_state = reference.state_dict()
-    for k, v in reloaded.state_dict().items():
-        assert torch.equal(v, ref_state[k]), k
-    ids = ids_for(model.config, seq=9)
-    with torch.no_grad():
-        assert torch.equal(reloaded(input_ids=ids, use_cache=False).logits, reference(input_ids=ids, use_cache=False).logits)
-
 
 def test_tiny_preset_loads_in_transformers(tmp_path, ftd_train):
     d = tmp_path / "tiny-nemotron-h"
