@@ -49,6 +49,24 @@ class SchedulerTest : public ::testing::Test {
     return o;
   }
 
+  // A running two-node gang, one rank on each of workers a and b, with heartbeats every 50 ms
+  // and a 300 ms timeout, so that a worker that goes silent is declared lost within a test.
+  std::string RunTwoNodeGang(int max_restarts) {
+    SchedulerOptions o = Fast();
+    o.heartbeat_interval = absl::Milliseconds(50);
+    o.heartbeat_timeout = absl::Milliseconds(300);
+    OpenScheduler(o);
+    const std::string id = AddJob(2, 1, 0, max_restarts);
+    Register("a", 1);
+    Register("b", 1);
+    sched_->Tick();
+    Beat("a", {});
+    Beat("b", {});
+    Beat("a", {Proc(id, 0, 0)});
+    Beat("b", {Proc(id, 0, 1)});
+    return id;
+  }
+
   std::string AddJob(int nodes, int per_node, int priority = 0, int max_restarts = 0,
                      int64_t max_runtime_seconds = 0) {
     NewJob n;
@@ -464,18 +482,7 @@ TEST_F(SchedulerTest, ExitWaitsForTheReportsBeforeIt) {
 }
 
 TEST_F(SchedulerTest, LostWorkerFailsTheAttemptAndStopsTheGang) {
-  SchedulerOptions o = Fast();
-  o.heartbeat_interval = absl::Milliseconds(50);
-  o.heartbeat_timeout = absl::Milliseconds(300);
-  OpenScheduler(o);
-  const std::string id = AddJob(2, 1, 0, /*max_restarts=*/1);
-  Register("a", 1);
-  Register("b", 1);
-  sched_->Tick();
-  Beat("a", {});
-  Beat("b", {});
-  Beat("a", {Proc(id, 0, 0)});
-  Beat("b", {Proc(id, 0, 1)});
+  const std::string id = RunTwoNodeGang(/*max_restarts=*/1);
   ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
   // b goes silent; a keeps beating.
   for (int i = 0; i < 8; ++i) {
@@ -498,18 +505,7 @@ TEST_F(SchedulerTest, LostWorkerFailsTheAttemptAndStopsTheGang) {
 }
 
 TEST_F(SchedulerTest, LostWorkerIsTheCauseWhenItsPeersFailFirst) {
-  SchedulerOptions o = Fast();
-  o.heartbeat_interval = absl::Milliseconds(50);
-  o.heartbeat_timeout = absl::Milliseconds(300);
-  OpenScheduler(o);
-  const std::string id = AddJob(2, 1, 0, /*max_restarts=*/0);
-  Register("a", 1);
-  Register("b", 1);
-  sched_->Tick();
-  Beat("a", {});
-  Beat("b", {});
-  Beat("a", {Proc(id, 0, 0)});
-  Beat("b", {Proc(id, 0, 1)});
+  const std::string id = RunTwoNodeGang(/*max_restarts=*/0);
   // b's node dies; a's rank sees its peer's connection close and exits 1 before b is declared lost.
   ftd::v1::RankProcess failed = Proc(id, 0, 0, true, 1);
   failed.add_tail("error: collective all_reduce failed: Connection closed by peer");
