@@ -13,15 +13,22 @@
 #include "engine/model/core/mamba2.h"
 #include "engine/model/core/norms.h"
 #include "engine/model/core/rope.h"
+#include "engine/model/core/sink_attention_flash.h"
 #include "engine/model/linear_cross_entropy.h"
 #include "engine/model/varlen_attention.h"
 
 namespace ftd::engine {
 
 bool PackedRowsUseVarlen(const ModelConfig& config, const ModelOptions& options) {
-  return options.varlen_attention && !config.attention_sinks &&
+  return options.varlen_attention && (!config.attention_sinks || options.flash_sink_attention) &&
          VarlenAttentionSupports(options.device, options.dtype, config.qk_head_dim(), config.num_attention_heads,
                                  config.num_key_value_heads);
+}
+
+bool SinkLayersUseFlash(const ModelConfig& config, const ModelOptions& options) {
+  return config.attention_sinks && options.flash_sink_attention &&
+         SinkAttentionFlashSupports(options.device, options.dtype, config.head_dim, config.num_attention_heads,
+                                    config.num_key_value_heads);
 }
 
 at::Tensor ShiftLabels(const at::Tensor& labels) {
@@ -181,30 +188,40 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
                 "Mamba2 layers over packed documents need the batch's segment_ids");
     if (batch.segment_ids.defined()) ctx.segment_ids = batch.segment_ids.to(options_.device);
   }
-  // Models whose packed rows do not take the varlen kernel (PackedRowsUseVarlen: sinks) attend
-  // through the dense document mask, built from segment_ids.
+  // Models whose packed rows do not take the varlen kernel (PackedRowsUseVarlen: sinks without
+  // flash_sink_attention) attend through the dense document mask, built from segment_ids.
   const bool sinks = config_.attention_sinks;
+  const bool flash_sinks = SinkLayersUseFlash(config_, options_);
+  TORCH_CHECK(!sinks || !options_.flash_sink_attention || flash_sinks,
+              "flash_sink_attention: FlashAttention serves CUDA fp16/bf16 (head_dim a multiple of 8 up to 256) "
+              "or the CPU, not ", options_.dtype, " on ", options_.device);
+  ctx.flash_sinks = flash_sinks;
   const bool varlen = PackedRowsUseVarlen(config_, options_);
-  if (batch.varlen.cu_seqlens.defined() && varlen) {
+  if (batch.varlen.cu_seqlens.defined() && (varlen || flash_sinks)) {
     ctx.varlen = batch.varlen;
   } else if (batch.segment_ids.defined()) {
-    // Once per micro-batch, shared by every layer (and by checkpointed recomputation).
-    if (varlen) {
+    // Once per micro-batch, shared by every layer (and by checkpointed recomputation). Flash
+    // sink layers take the documents as sequences on the CPU too (the reference kernel).
+    if (varlen || flash_sinks) {
       ctx.varlen = VarlenBoundariesFromSegmentIds(batch.segment_ids, options_.device);
     } else {
       ctx.mask = PackedCausalMask(batch.segment_ids.to(options_.device));
     }
   }
 
-  // Sliding-window layers (Mixtral, Qwen2-MoE) attend through a window mask when the window is
-  // shorter than the sequence (dense: the varlen kernel has no window).
+  // Sliding-window layers (Mixtral, Qwen2-MoE, GPT-OSS) attend through a window mask when the
+  // window is shorter than the sequence (dense: VarlenCausalAttention takes no window), except
+  // flash sink layers, whose kernel takes the window.
   AttentionContext sliding_ctx = ctx;
   bool any_sliding = false;
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) any_sliding = any_sliding || config_.IsSlidingLayer(l);
   const bool window_applies = any_sliding && config_.sliding_window < S;
-  TORCH_CHECK(varlen || batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
+  TORCH_CHECK(varlen || flash_sinks || batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
               "packed documents of a model without varlen attention (sinks) need the batch's segment_ids");
-  if (window_applies) {
+  if (window_applies && flash_sinks) {
+    // FlashAttention's own window over the same documents (no mask).
+    sliding_ctx.window = config_.sliding_window;
+  } else if (window_applies) {
     TORCH_CHECK(batch.segment_ids.defined() || !batch.varlen.cu_seqlens.defined(),
                 "sliding-window attention over packed documents needs the batch's segment_ids");
     sliding_ctx.varlen = VarlenBoundaries{};

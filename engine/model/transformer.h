@@ -40,6 +40,12 @@ struct ModelOptions {
   // (2026-12-06) they match the ATen form (NemotronH.CudaKernelsMatchTheAtenPath) but the step is
   // slower with them (Nemotron Nano 3 shape, 6 layers, seq 4096: 152.6 ms against 87.1 ms).
   bool mamba_kernels = false;
+  // Attention with sinks (GPT-OSS) through FlashAttention-2 (core/sink_attention_flash.h): no
+  // masks, the sliding window as the kernel's window, packed rows as varlen sequences. CUDA in
+  // fp16/bf16 (the CPU runs the same decomposition on a dense reference kernel); a model with
+  // sinks on CUDA in fp32 refuses it. Off by default until timed and checked on a GPU: the
+  // default path is SinkAttentionSdpa (sink as an extra key, boolean masks).
+  bool flash_sink_attention = false;
 };
 
 // One micro-batch. targets are already shifted: targets[b, i] is the token position i
@@ -99,9 +105,13 @@ class LayerHooks {
 };
 
 // Whether packed rows of this model attend through the varlen kernel (else through their
-// document mask): not with attention sinks (GPT-OSS: the kernel takes none), and only where the
-// kernel serves the heads and dtype (MLA included: its V is padded to the q/k head size).
+// document mask): with attention sinks (GPT-OSS) only under options.flash_sink_attention, and
+// only where the kernel serves the heads and dtype (MLA included: its V is padded to the q/k
+// head size).
 bool PackedRowsUseVarlen(const ModelConfig& config, const ModelOptions& options);
+// Whether this model's sink layers run SinkAttentionFlash: attention sinks and
+// options.flash_sink_attention, on a device and dtype it serves (else Forward refuses the option).
+bool SinkLayersUseFlash(const ModelConfig& config, const ModelOptions& options);
 
 class MoeTransformer {
  public:

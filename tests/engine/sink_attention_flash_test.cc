@@ -4,18 +4,25 @@
 //   (SinkAttentionDense) in fp64 and fp32: output, dq, dk, dv and dsinks, for causal rows, a
 //   sliding window shorter than the sequence, GQA and packed documents;
 // - on CUDA (skipped without a GPU), the FlashAttention-2 kernel in bf16 against the dense
-//   formula in fp32 and the SDPA form (SinkAttentionSdpa) in bf16, on the same cases.
+//   formula in fp32 and the SDPA form (SinkAttentionSdpa) in bf16, on the same cases;
+// - a GPT-OSS model with ModelOptions::flash_sink_attention gives what the mask path gives, and
+//   its packed rows (through cu_seqlens) give each document what it gets alone.
 #include <algorithm>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
+#include "engine/model/config.h"
 #include "engine/model/core/gqa_attention.h"
 #include "engine/model/core/sink_attention_flash.h"
+#include "engine/model/hf_checkpoint.h"
+#include "engine/model/transformer.h"
 #include "engine/model/varlen_attention.h"
 #include "gtest/gtest.h"
+#include "tests/engine/packed_row_test_util.h"
 
 namespace ftd::engine {
 namespace {
@@ -176,6 +183,30 @@ TEST(SinkAttentionFlashCuda, KernelInBf16MatchesTheDenseFormulaAndSdpa) {
     const double flash_err = (flash.out - dense.out).abs().max().item<double>();
     const double sdpa_err = (sdpa.out - dense.out).abs().max().item<double>();
     EXPECT_LE(flash_err, 2 * sdpa_err + 1e-2) << c.name;
+  }
+}
+
+// The model-level wiring: sliding layers get the window, packed rows cu_seqlens, no masks.
+TEST(SinkAttentionFlash, GptOssModelEqualsTheMaskPath) {
+  ModelConfig c = *PresetConfig("tiny-gpt-oss");
+  c.sliding_window = 3;
+  ModelOptions mask_path;
+  ModelOptions flash_path;
+  flash_path.flash_sink_attention = true;
+  ModelWeights init = InitRandomWeights(c, mask_path, 11);
+  {
+    c10::NoGradGuard no_grad;
+    for (LayerWeights& L : init.layers) L.attn.sinks.normal_(0, 1);
+  }
+  // A packed row (two documents) through both paths; PackedRowRun's packed model holds its gradients.
+  testing::PackedRowRun masked = testing::RunPackedRowAndDocuments(c, mask_path, init, 7, 9, 3);
+  testing::PackedRowRun flash = testing::RunPackedRowAndDocuments(c, flash_path, init, 7, 9, 3);
+  testing::ExpectPackedRowEqualsDocuments(flash);
+  EXPECT_TRUE(at::allclose(flash.packed_result.logits, masked.packed_result.logits, 1e-5, 1e-5));
+  std::vector<NamedParam> a = flash.packed_model->Parameters(), b = masked.packed_model->Parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(at::allclose(a[i].tensor->grad(), b[i].tensor->grad(), 1e-4, 1e-5)) << a[i].name;
   }
 }
 

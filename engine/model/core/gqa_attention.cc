@@ -9,6 +9,7 @@
 #include "engine/model/core/norms.h"
 #include "engine/model/lora.h"
 #include "engine/model/core/rope.h"
+#include "engine/model/core/sink_attention_flash.h"
 #include "kernels/kernels_available.h"
 #include "kernels/rope.h"
 
@@ -163,9 +164,13 @@ at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
   }
   const double scale = c.AttentionScale();
   at::Tensor out;  // [B, S, Hq * D]
-  if (w.sinks.defined()) {
-    // GPT-OSS: never through varlen (no sinks there); packed rows carry their document mask.
-    TORCH_CHECK(!ctx.varlen.cu_seqlens.defined(), "attention sinks take the dense path: no varlen boundaries");
+  if (w.sinks.defined() && ctx.flash_sinks) {
+    // GPT-OSS on FlashAttention: [B, S, heads, D] as they are, documents as sequences, the window in the kernel.
+    out = SinkAttentionFlash(q, k, v, w.sinks, ctx.varlen, ctx.window, scale).reshape({B, S, c.q_dim()});
+  } else if (w.sinks.defined()) {
+    // GPT-OSS on the mask path: never through varlen; packed rows carry their document mask.
+    TORCH_CHECK(!ctx.varlen.cu_seqlens.defined() && ctx.window == 0,
+                "attention sinks without flash_sink_attention take the dense path: no varlen boundaries or window");
     out = SinkAttention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.mask, w.sinks, scale)
               .transpose(1, 2)
               .reshape({B, S, c.q_dim()});

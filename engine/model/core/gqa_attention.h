@@ -18,6 +18,10 @@ struct AttentionContext {
   at::Tensor cos, sin;          // [B, S, rope_dim]
   at::Tensor mask;              // [B, 1, S, S] bool (true = attend) or undefined
   VarlenBoundaries varlen;      // cu_seqlens over the B * S flattened tokens, or undefined
+  // Sink layers (GPT-OSS) run SinkAttentionFlash (ModelOptions::flash_sink_attention): causal
+  // within varlen's documents (or each row), limited to `window` keys when window > 0; no mask.
+  bool flash_sinks = false;
+  int64_t window = 0;
   // [B, S] document ids of packed rows on the model's device, for the layers that carry state
   // along the sequence (Mamba2: reset at document starts); undefined when rows are not packed.
   at::Tensor segment_ids;
@@ -33,8 +37,9 @@ at::Tensor SlidingWindowCausalMask(int64_t seq, int64_t window, const at::Tensor
 // Causal attention with a learned sink logit per query head (GPT-OSS, HF's eager_attention_forward):
 // the sink joins each softmax as one more logit that carries no value, so a query's weights sum
 // to less than one. q [B, Hq, S, D], k/v [B, Hkv, S, D], mask [B or 1, 1, S, S] bool (true =
-// attend) or undefined (causal), sinks [Hq] -> [B, Hq, S, D]. FlashAttention's varlen kernel takes
-// no sinks, so packed rows come with their document mask. CUDA: SinkAttentionSdpa; else
+// attend) or undefined (causal), sinks [Hq] -> [B, Hq, S, D]. Packed rows come with their
+// document mask (the flash form, core/sink_attention_flash.h, takes documents as sequences and
+// is chosen by GqaAttention from the context instead). CUDA: SinkAttentionSdpa; else
 // SinkAttentionDense, HF's own formula and rounding (with the SDPA form on the CPU, one 5-step
 // AdamW parity config drifted from HF's losses by 5e-4 at step 4 after agreeing to 4e-7).
 at::Tensor SinkAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
