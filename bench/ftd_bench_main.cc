@@ -107,7 +107,7 @@ int main(int argc, char** argv) {
   std::string preset = "qwen3-30b-a3b", model_dir, gate = "real", device = "auto", precision = "auto";
   int64_t layers = 4, seq = 4096, batch = 1, steps = 8, warmup = 3;
   double grad_clip = 1.0, weight_decay = 0.0, lr = 1e-5;
-  bool ckpt = false, no_cuda_graph = false, save_expert_act = false, mamba_kernels = false;
+  bool ckpt = false, no_cuda_graph = false, save_expert_act = false, mamba_kernels = false, flash_sinks = false;
   int64_t loss_chunk = ModelOptions{}.loss_chunk_tokens;
   std::string profile_out, trace_out;
   int64_t lora_rank = 0;
@@ -137,6 +137,8 @@ int main(int argc, char** argv) {
   app.add_flag("--ckpt", ckpt, "activation checkpointing");
   app.add_flag("--no-cuda-graph", no_cuda_graph, "run every step eagerly");
   app.add_flag("--save-expert-act", save_expert_act, "keep the experts' SwiGLU output for backward (no recompute)");
+  app.add_flag("--flash-sinks", flash_sinks,
+               "attention sinks (GPT-OSS) through FlashAttention-2 instead of SDPA with a sink key and masks");
   app.add_flag("--mamba-kernels", mamba_kernels,
                "Mamba2 layers (nemotron_h) through the conv1d and SSD-scan kernels instead of HF's chunked ATen form "
                "(off by default: slower than the ATen form on an H100)");
@@ -152,6 +154,10 @@ int main(int argc, char** argv) {
   absl::StatusOr<ModelConfig> config = model_dir.empty() ? PresetConfig(preset) : LoadModelConfig(model_dir);
   if (!config.ok()) return Fail(config.status());
   if (model_dir.empty() && layers > 0) *config = WithLayers(*config, layers);
+  if (flash_sinks && !config->attention_sinks) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--flash-sinks: ", config->model_type, " has no attention sinks (GPT-OSS presets have)")));
+  }
   const bool cuda = device == "cuda" || (device == "auto" && at::hasCUDA());
   ModelOptions options;
   options.device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
@@ -160,6 +166,7 @@ int main(int argc, char** argv) {
   options.activation_checkpointing = ckpt;
   options.loss_chunk_tokens = loss_chunk;
   options.save_expert_activation = save_expert_act;
+  options.flash_sink_attention = flash_sinks;
   options.mamba_kernels = mamba_kernels;
 
   absl::StatusOr<ModelWeights> weights = model_dir.empty() ? absl::StatusOr<ModelWeights>(InitRandomWeights(*config, options, 0))
@@ -274,6 +281,7 @@ int main(int argc, char** argv) {
                       {"grad_clip", grad_clip},
                       {"optimizer_in_backward", (*step)->optimizer_in_backward()},
                       {"save_expert_activation", save_expert_act},
+                      {"flash_sink_attention", config->attention_sinks && flash_sinks},
                       {"mamba_kernels", cuda && config->NumMambaLayers() > 0 && mamba_kernels},
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},
