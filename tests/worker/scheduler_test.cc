@@ -57,6 +57,13 @@ class SchedulerTest : public ::testing::Test {
     o.heartbeat_timeout = absl::Milliseconds(300);
     OpenScheduler(o);
     const std::string id = AddJob(2, 1, 0, max_restarts);
+    PlaceTwoNodeGang(id);
+    return id;
+  }
+
+  // Workers a and b (one slot each) register, the scheduler places job `id` (2 nodes x 1 GPU) on
+  // them, and each reports its rank running.
+  void PlaceTwoNodeGang(const std::string& id) {
     Register("a", 1);
     Register("b", 1);
     sched_->Tick();
@@ -64,7 +71,6 @@ class SchedulerTest : public ::testing::Test {
     Beat("b", {});
     Beat("a", {Proc(id, 0, 0)});
     Beat("b", {Proc(id, 0, 1)});
-    return id;
   }
 
   std::string AddJob(int nodes, int per_node, int priority = 0, int max_restarts = 0,
@@ -400,13 +406,7 @@ TEST_F(SchedulerTest, QueuedJobPastItsDeadlineFailsWithoutStarting) {
 
 TEST_F(SchedulerTest, RestartAdoptsRunningAttempt) {
   const std::string id = AddJob(2, 1);
-  Register("a", 1);
-  Register("b", 1);
-  sched_->Tick();
-  Beat("a", {});
-  Beat("b", {});
-  Beat("a", {Proc(id, 0, 0)});
-  Beat("b", {Proc(id, 0, 1)});
+  PlaceTwoNodeGang(id);
   ASSERT_EQ(Job(id).status().state(), ftd::v1::RUNNING);
 
   OpenScheduler();  // the coordinator restarts
