@@ -107,8 +107,9 @@ int main(int argc, char** argv) {
   std::string preset = "qwen3-30b-a3b", model_dir, gate = "real", device = "auto", precision = "auto";
   int64_t layers = 4, seq = 4096, batch = 1, steps = 8, warmup = 3;
   double grad_clip = 1.0, weight_decay = 0.0, lr = 1e-5;
-  bool ckpt = false, no_cuda_graph = false, save_expert_act = false, mamba_kernels = false, flash_sinks = false;
+  bool ckpt = false, no_cuda_graph = false, save_expert_act = false, mamba_kernels = false;
   int64_t loss_chunk = ModelOptions{}.loss_chunk_tokens;
+  std::string sink_attention = "auto";
   std::string profile_out, trace_out;
   int64_t lora_rank = 0;
   double lora_alpha = 0;
@@ -137,8 +138,11 @@ int main(int argc, char** argv) {
   app.add_flag("--ckpt", ckpt, "activation checkpointing");
   app.add_flag("--no-cuda-graph", no_cuda_graph, "run every step eagerly");
   app.add_flag("--save-expert-act", save_expert_act, "keep the experts' SwiGLU output for backward (no recompute)");
-  app.add_flag("--flash-sinks", flash_sinks,
-               "attention sinks (GPT-OSS) through FlashAttention-2 instead of SDPA with a sink key and masks");
+  app.add_option("--sink-attention", sink_attention,
+                 "attention sinks (GPT-OSS): flash (FlashAttention-2), sdpa (a sink key and masks), "
+                 "auto (flash where it serves the device)")
+      ->check(CLI::IsMember({"auto", "flash", "sdpa"}))
+      ->capture_default_str();
   app.add_flag("--mamba-kernels", mamba_kernels,
                "Mamba2 layers (nemotron_h) through the conv1d and SSD-scan kernels instead of HF's chunked ATen form "
                "(off by default: slower than the ATen form on an H100)");
@@ -154,9 +158,9 @@ int main(int argc, char** argv) {
   absl::StatusOr<ModelConfig> config = model_dir.empty() ? PresetConfig(preset) : LoadModelConfig(model_dir);
   if (!config.ok()) return Fail(config.status());
   if (model_dir.empty() && layers > 0) *config = WithLayers(*config, layers);
-  if (flash_sinks && !config->attention_sinks) {
+  if (sink_attention != "auto" && !config->attention_sinks) {
     return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--flash-sinks: ", config->model_type, " has no attention sinks (GPT-OSS presets have)")));
+        absl::StrCat("--sink-attention: ", config->model_type, " has no attention sinks (GPT-OSS presets have)")));
   }
   const bool cuda = device == "cuda" || (device == "auto" && at::hasCUDA());
   ModelOptions options;
@@ -166,7 +170,9 @@ int main(int argc, char** argv) {
   options.activation_checkpointing = ckpt;
   options.loss_chunk_tokens = loss_chunk;
   options.save_expert_activation = save_expert_act;
-  options.flash_sink_attention = flash_sinks;
+  options.sink_attention = sink_attention == "flash" ? SinkAttentionPath::kFlash
+                           : sink_attention == "sdpa" ? SinkAttentionPath::kSdpa
+                                                      : SinkAttentionPath::kAuto;
   options.mamba_kernels = mamba_kernels;
 
   absl::StatusOr<ModelWeights> weights = model_dir.empty() ? absl::StatusOr<ModelWeights>(InitRandomWeights(*config, options, 0))
@@ -281,7 +287,7 @@ int main(int argc, char** argv) {
                       {"grad_clip", grad_clip},
                       {"optimizer_in_backward", (*step)->optimizer_in_backward()},
                       {"save_expert_activation", save_expert_act},
-                      {"flash_sink_attention", config->attention_sinks && flash_sinks},
+                      {"sink_attention", !config->attention_sinks ? "none" : SinkLayersUseFlash(*config, options) ? "flash" : "sdpa"},
                       {"mamba_kernels", cuda && config->NumMambaLayers() > 0 && mamba_kernels},
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},

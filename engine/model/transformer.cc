@@ -20,14 +20,15 @@
 namespace ftd::engine {
 
 bool PackedRowsUseVarlen(const ModelConfig& config, const ModelOptions& options) {
-  return options.varlen_attention && (!config.attention_sinks || options.flash_sink_attention) &&
+  return options.varlen_attention && (!config.attention_sinks || SinkLayersUseFlash(config, options)) &&
          VarlenAttentionSupports(options.device, options.dtype, config.qk_head_dim(), config.num_attention_heads,
                                  config.num_key_value_heads);
 }
 
 bool SinkLayersUseFlash(const ModelConfig& config, const ModelOptions& options) {
-  return config.attention_sinks && options.flash_sink_attention &&
-         SinkAttentionFlashSupports(options.device, options.dtype, config.head_dim, config.num_attention_heads,
+  if (!config.attention_sinks || options.sink_attention == SinkAttentionPath::kSdpa) return false;
+  if (options.sink_attention == SinkAttentionPath::kAuto && !options.device.is_cuda()) return false;
+  return SinkAttentionFlashSupports(options.device, options.dtype, config.head_dim, config.num_attention_heads,
                                     config.num_key_value_heads);
 }
 
@@ -189,11 +190,11 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
     if (batch.segment_ids.defined()) ctx.segment_ids = batch.segment_ids.to(options_.device);
   }
   // Models whose packed rows do not take the varlen kernel (PackedRowsUseVarlen: sinks without
-  // flash_sink_attention) attend through the dense document mask, built from segment_ids.
+  // SinkAttentionFlash) attend through the dense document mask, built from segment_ids.
   const bool sinks = config_.attention_sinks;
   const bool flash_sinks = SinkLayersUseFlash(config_, options_);
-  TORCH_CHECK(!sinks || !options_.flash_sink_attention || flash_sinks,
-              "flash_sink_attention: FlashAttention serves CUDA fp16/bf16 (head_dim a multiple of 8 up to 256) "
+  TORCH_CHECK(!sinks || options_.sink_attention != SinkAttentionPath::kFlash || flash_sinks,
+              "sink_attention flash: FlashAttention serves CUDA fp16/bf16 (head_dim a multiple of 8 up to 256) "
               "or the CPU, not ", options_.dtype, " on ", options_.device);
   ctx.flash_sinks = flash_sinks;
   const bool varlen = PackedRowsUseVarlen(config_, options_);

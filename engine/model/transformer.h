@@ -17,6 +17,8 @@
 
 namespace ftd::engine {
 
+enum class SinkAttentionPath { kAuto, kSdpa, kFlash };
+
 struct ModelOptions {
   at::Device device = at::kCPU;
   at::ScalarType dtype = at::kFloat;   // parameter and activation dtype
@@ -40,12 +42,15 @@ struct ModelOptions {
   // (2026-12-06) they match the ATen form (NemotronH.CudaKernelsMatchTheAtenPath) but the step is
   // slower with them (Nemotron Nano 3 shape, 6 layers, seq 4096: 152.6 ms against 87.1 ms).
   bool mamba_kernels = false;
-  // Attention with sinks (GPT-OSS) through FlashAttention-2 (core/sink_attention_flash.h): no
-  // masks, the sliding window as the kernel's window, packed rows as varlen sequences. CUDA in
-  // fp16/bf16 (the CPU runs the same decomposition on a dense reference kernel); a model with
-  // sinks on CUDA in fp32 refuses it. Off by default until timed and checked on a GPU: the
-  // default path is SinkAttentionSdpa (sink as an extra key, boolean masks).
-  bool flash_sink_attention = false;
+  // How layers with attention sinks (GPT-OSS) attend:
+  // - kFlash: FlashAttention-2 (core/sink_attention_flash.h), no masks: the sliding window as
+  //   the kernel's window, packed rows as varlen sequences. CUDA in fp16/bf16, or the CPU
+  //   through a dense reference of the kernel; Forward refuses it elsewhere (CUDA fp32).
+  // - kSdpa: SinkAttentionSdpa, each sink one more key, boolean window/document masks.
+  // - kAuto (default): kFlash where the kernel serves it on CUDA, else kSdpa. On an H100
+  //   (2026-12-06, GPT-OSS-20B shape, 4 layers, seq 4096) kFlash took the step from 121.6 ms to
+  //   92.0 ms, and matches fp32 on the CPU as kSdpa does (GptOssCuda tests).
+  SinkAttentionPath sink_attention = SinkAttentionPath::kAuto;
 };
 
 // One micro-batch. targets are already shifted: targets[b, i] is the token position i
@@ -105,12 +110,13 @@ class LayerHooks {
 };
 
 // Whether packed rows of this model attend through the varlen kernel (else through their
-// document mask): with attention sinks (GPT-OSS) only under options.flash_sink_attention, and
+// document mask): with attention sinks (GPT-OSS) only where they run SinkAttentionFlash, and
 // only where the kernel serves the heads and dtype (MLA included: its V is padded to the q/k
 // head size).
 bool PackedRowsUseVarlen(const ModelConfig& config, const ModelOptions& options);
-// Whether this model's sink layers run SinkAttentionFlash: attention sinks and
-// options.flash_sink_attention, on a device and dtype it serves (else Forward refuses the option).
+// Whether this model's sink layers run SinkAttentionFlash: attention sinks, and
+// options.sink_attention kFlash (Forward refuses it where the kernel does not serve the device,
+// dtype or heads) or kAuto on CUDA where it serves them.
 bool SinkLayersUseFlash(const ModelConfig& config, const ModelOptions& options);
 
 class MoeTransformer {

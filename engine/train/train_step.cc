@@ -440,8 +440,10 @@ absl::Status TrainStep::Launch(const StepInput& input) {
                       PackedRowsUseVarlen(s.model->config(), s.model->options());
   // Packed rows of a sliding-window model take their window mask from segment_ids, and Mamba2
   // layers (Nemotron-H) their state resets, which a graph's varlen boundaries do not carry:
-  // those steps run eagerly.
-  const bool sliding = s.model->config().sliding_window > 0 || s.model->config().NumMambaLayers() > 0;
+  // those steps run eagerly. Flash sink layers (GPT-OSS) take the window in the kernel.
+  const ModelConfig& config = s.model->config();
+  const bool sliding = (config.sliding_window > 0 && !SinkLayersUseFlash(config, s.model->options())) ||
+                       config.NumMambaLayers() > 0;
   if (s.graphs_enabled && first.input_ids.size(0) == s.o.micro_batch && first.input_ids.size(1) <= s.o.seq_len &&
       (!first.segment_ids.defined() || (varlen && !sliding))) {
     if (varlen) {

@@ -244,10 +244,22 @@ absl::Status Trainer::SetUpBackends() {
           absl::StrCat("backends.attention ", name, ": its kernels take bf16/fp16, and the model runs in fp32 (dtype)"));
     }
   }
-  if (attention_ == AttentionBackend::kFlash) {
-    // FlashAttention-2 through SDPA takes no mask: sinks and sliding windows need one.
+  // Sink layers (GPT-OSS): flash forces SinkAttentionFlash (FlashAttention-2 itself, the window
+  // in the kernel), cudnn the SDPA form with masks, sdpa lets the engine choose (flash on CUDA).
+  if (config_.attention_sinks) {
+    mo_.sink_attention = attention_ == AttentionBackend::kFlash   ? SinkAttentionPath::kFlash
+                         : attention_ == AttentionBackend::kCudnn ? SinkAttentionPath::kSdpa
+                                                                  : SinkAttentionPath::kAuto;
+    if (mo_.sink_attention == SinkAttentionPath::kFlash && !SinkLayersUseFlash(config_, mo_)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "backends.attention flash: FlashAttention-2 does not serve this ", config_.model_type,
+          " model's sink layers (head_dim ", config_.head_dim, ", ", config_.num_attention_heads, " query and ",
+          config_.num_key_value_heads, " key/value heads; use sdpa or cudnn)"));
+    }
+  }
+  if (attention_ == AttentionBackend::kFlash && !config_.attention_sinks) {
+    // FlashAttention-2 through SDPA takes no mask: sliding windows need one.
     std::string needs_mask;
-    if (config_.attention_sinks) needs_mask = "attention sinks";
     for (int64_t l = 0; l < config_.num_hidden_layers && needs_mask.empty(); ++l) {
       if (config_.IsSlidingLayer(l) && config_.sliding_window < spec_.seq_len) needs_mask = "sliding-window layers";
     }
@@ -384,6 +396,12 @@ void Trainer::LogLayout() {
                             spec_.global_batch / world(),
                             spec_.micro_batch);
     log_ << step_fn_->Describe() << "\n";
+    if (config_.attention_sinks) {
+      log_ << (SinkLayersUseFlash(config_, mo_)
+                   ? "attention sinks: FlashAttention-2 with the sink applied to its outputs (window in the kernel, "
+                     "packed rows as varlen sequences)\n"
+                   : "attention sinks: SDPA with each sink as one more key (window and document masks)\n");
+    }
   }
   if (lora()) {
     int64_t adapter = 0, adapter_experts = 0, frozen_bytes = 0;

@@ -5,7 +5,7 @@
 //   sliding window shorter than the sequence, GQA and packed documents;
 // - on CUDA (skipped without a GPU), the FlashAttention-2 kernel in bf16 against the dense
 //   formula in fp32 and the SDPA form (SinkAttentionSdpa) in bf16, on the same cases;
-// - a GPT-OSS model with ModelOptions::flash_sink_attention gives what the mask path gives, and
+// - a GPT-OSS model with ModelOptions::sink_attention kFlash gives what the mask path gives, and
 //   its packed rows (through cu_seqlens) give each document what it gets alone.
 #include <algorithm>
 #include <functional>
@@ -191,8 +191,9 @@ TEST(SinkAttentionFlash, GptOssModelEqualsTheMaskPath) {
   ModelConfig c = *PresetConfig("tiny-gpt-oss");
   c.sliding_window = 3;
   ModelOptions mask_path;
+  mask_path.sink_attention = SinkAttentionPath::kSdpa;
   ModelOptions flash_path;
-  flash_path.flash_sink_attention = true;
+  flash_path.sink_attention = SinkAttentionPath::kFlash;
   ModelWeights init = InitRandomWeights(c, mask_path, 11);
   {
     c10::NoGradGuard no_grad;

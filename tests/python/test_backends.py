@@ -85,12 +85,36 @@ def test_gpu_every_backend_trains_like_sdpa(ftd_train, work):
 
 
 @needs_cuda
-def test_gpu_flash_refuses_masked_attention(ftd_train, tmp_path):
+def test_gpu_sink_layers_choose_their_kernel_and_flash_refuses_masks(ftd_train, tmp_path):
+    """GPT-OSS's sink layers: sdpa (the engine's choice) and flash run FlashAttention-2 with the sink
+    on its outputs, cudnn the SDPA form with masks; the losses agree. A sliding-window model without
+    sinks is refused flash (SDPA's FlashAttention-2 takes no window mask)."""
     run([ftd_train, "init-model", "--preset", "tiny-gpt-oss", "--dtype", "bf16", "--seed", "4", "--out",
          tmp_path / "model"])
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"input_ids": list(range(1, 40))}) + "\n" for _ in range(8)))
-    res, losses = train(ftd_train, tmp_path, "gpt-oss-flash", "flash", "grouped_mm", device="cuda", dtype="bf16",
+    g = torch.Generator().manual_seed(6)
+    with open(tmp_path / "train.jsonl", "w") as f:  # shorter than seq_len (packed), longer than the window
+        for _ in range(16):
+            k = int(torch.randint(12, 40, (1,), generator=g))
+            f.write(json.dumps({"input_ids": torch.randint(0, 512, (k,), generator=g).tolist()}) + "\n")
+    runs = {a: train(ftd_train, tmp_path, f"gpt-oss-{a}", a, "grouped_mm", device="cuda", dtype="bf16")
+            for a in ("sdpa", "flash", "cudnn")}
+    flash_says = "attention sinks: FlashAttention-2 with the sink applied to its outputs"
+    assert flash_says in runs["sdpa"][0].stdout and flash_says in runs["flash"][0].stdout
+    assert "attention sinks: SDPA with each sink as one more key" in runs["cudnn"][0].stdout
+    for a, (_, losses) in runs.items():
+        assert len(losses) == STEPS, a
+        for ours, theirs in zip(losses, runs["cudnn"][1]):
+            assert abs(ours - theirs) <= 2e-2 * abs(theirs), (a, losses, runs["cudnn"][1])
+
+    run([ftd_train, "init-model", "--preset", "tiny-mixtral", "--dtype", "bf16", "--seed", "4", "--out",
+         tmp_path / "mixtral"])
+    cfg = json.loads((tmp_path / "mixtral" / "config.json").read_text())
+    cfg["sliding_window"] = 16
+    (tmp_path / "mixtral" / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model").rename(tmp_path / "gpt-oss")
+    (tmp_path / "mixtral").rename(tmp_path / "model")
+    res, losses = train(ftd_train, tmp_path, "mixtral-flash", "flash", "grouped_mm", device="cuda", dtype="bf16",
                         check=False)
     assert res.returncode != 0 and not losses
-    assert "backends.attention flash: this gpt_oss model's attention sinks need an attention mask" in res.stderr, \
-        res.stderr
+    assert "backends.attention flash: this mixtral model's sliding-window layers need an attention mask" in \
+        res.stderr, res.stderr
