@@ -7,9 +7,11 @@ on the same weights. Prints one JSON line per (seq, activation checkpointing) se
 that runs out of memory prints "oom": true."""
 import argparse
 import json
+import os
 import time
 
 import peft
+import safetensors.torch
 import torch
 import transformers
 from peft import LoraConfig, get_peft_model
@@ -26,6 +28,49 @@ ap.add_argument("--save-init", default="")
 ap.add_argument("--save-adapter", default="")
 a = ap.parse_args()
 
+def save_hub_layout(model, cfg, out, shard_bytes=2 << 30):
+    """Writes the model as the hub stores Qwen3-MoE (one gate/up/down tensor per expert), a shard at
+    a time through the host. save_pretrained converts the whole fused model at once on the GPU,
+    which does not fit beside the 57 GiB base on an 80 GB card, nor does the base in host memory
+    beside its copy in /dev/shm."""
+    os.makedirs(out, exist_ok=True)
+    cfg.save_pretrained(out)
+    shard, size, names, index = {}, 0, [], {}
+
+    def flush():
+        nonlocal shard, size
+        if shard:
+            name = f"model-{len(names) + 1:05d}.safetensors"
+            safetensors.torch.save_file(shard, os.path.join(out, name), metadata={"format": "pt"})
+            names.append(name)
+            index.update({k: name for k in shard})
+        shard, size = {}, 0
+
+    def add(name, t):
+        nonlocal size
+        shard[name] = t.detach().to("cpu").contiguous()
+        size += t.numel() * t.element_size()
+        if size >= shard_bytes:
+            flush()
+
+    F = cfg.moe_intermediate_size
+    for name, p in model.named_parameters():
+        if name.endswith("mlp.experts.gate_up_proj"):  # [E, 2F, H]: gate rows, then up rows
+            prefix = name[: -len("gate_up_proj")]
+            for e in range(p.shape[0]):
+                add(f"{prefix}{e}.gate_proj.weight", p[e, :F])
+                add(f"{prefix}{e}.up_proj.weight", p[e, F:])
+        elif name.endswith("mlp.experts.down_proj"):  # [E, H, F]
+            prefix = name[: -len("down_proj")]
+            for e in range(p.shape[0]):
+                add(f"{prefix}{e}.down_proj.weight", p[e])
+        else:
+            add(name, p)
+    flush()
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": index}, f)
+
+
 cfg = AutoConfig.for_model("qwen3_moe", hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
                            num_hidden_layers=a.layers, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
                            num_experts=128, num_experts_per_tok=8, vocab_size=151936, max_position_embeddings=40960,
@@ -41,7 +86,7 @@ print(json.dumps({"init_s": round(time.time() - t0, 1), "params": sum(p.numel() 
                   "transformers": transformers.__version__, "torch": torch.__version__}), flush=True)
 if a.save_init:
     t0 = time.time()
-    model.save_pretrained(a.save_init)
+    save_hub_layout(model, cfg, a.save_init)
     print(json.dumps({"saved_init": a.save_init, "save_s": round(time.time() - t0, 1)}), flush=True)
 lc = LoraConfig(r=a.rank, lora_alpha=a.alpha, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                 target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
