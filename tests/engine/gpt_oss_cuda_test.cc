@@ -2,7 +2,7 @@
 // It covers what the GPT-OSS layer adds on CUDA: the clamped SwiGLU kernel with the routing
 // weight folded in (a limit small enough that the clamp is active), expert and attention biases,
 // sinks through both attention paths (SinkAttentionSdpa with masks, the default, and
-// SinkAttentionFlash under ModelOptions::flash_sink_attention), sliding windows shorter than the
+// SinkAttentionFlash, ModelOptions::sink_attention kFlash), sliding windows shorter than the
 // row, and packed rows of several documents; and packed training steps of the flash path, which
 // replay from a CUDA graph (the window is the kernel's, no mask from segment ids), equal to eager.
 #include <algorithm>

@@ -170,7 +170,7 @@ at::Tensor GqaAttention(const at::Tensor& x, const AttentionWeights& w, const Mo
   } else if (w.sinks.defined()) {
     // GPT-OSS on the mask path: never through varlen; packed rows carry their document mask.
     TORCH_CHECK(!ctx.varlen.cu_seqlens.defined() && ctx.window == 0,
-                "attention sinks without flash_sink_attention take the dense path: no varlen boundaries or window");
+                "attention sinks outside SinkAttentionFlash take the dense path: no varlen boundaries or window");
     out = SinkAttention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.mask, w.sinks, scale)
               .transpose(1, 2)
               .reshape({B, S, c.q_dim()});

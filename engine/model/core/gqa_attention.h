@@ -18,7 +18,7 @@ struct AttentionContext {
   at::Tensor cos, sin;          // [B, S, rope_dim]
   at::Tensor mask;              // [B, 1, S, S] bool (true = attend) or undefined
   VarlenBoundaries varlen;      // cu_seqlens over the B * S flattened tokens, or undefined
-  // Sink layers (GPT-OSS) run SinkAttentionFlash (ModelOptions::flash_sink_attention): causal
+  // Sink layers (GPT-OSS) run SinkAttentionFlash (SinkLayersUseFlash, transformer.h): causal
   // within varlen's documents (or each row), limited to `window` keys when window > 0; no mask.
   bool flash_sinks = false;
   int64_t window = 0;
