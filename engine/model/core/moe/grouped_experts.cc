@@ -54,17 +54,23 @@ namespace {
 // weight applied to the whole output (bias included): (act @ down + b_down) * w, computed as
 // (act * w) @ down + b_down * w so that the weight folds into the activation op (the CUDA
 // kernels on CUDA, the reference elsewhere); the same value up to rounding.
+// Each row's expert bias is added as a GEMM with the rows' one-hot expert matrix, out = x +
+// onehot @ bias (addmm): its backward is onehot^T @ grad, a GEMM accumulating in fp32, where a
+// gather's backward (index_add) would scatter every row's gradient with bf16 atomics. The
+// one-hot product is exact (one non-zero per row), so the forward equals the gathered add.
 at::Tensor BiasedClampedExpertsForward(const at::Tensor& rows, const at::Tensor& row_weights, const at::Tensor& counts,
                                        const MoeWeights& w) {
   const int64_t E = w.gate_up.size(0);
-  // The local expert of each grouped row [N].
+  // The local expert of each grouped row [N], and as one-hot rows [N, E] (no host sync).
   at::Tensor expert_of_row = at::repeat_interleave(at::arange(E, counts.options()), counts, /*dim=*/0, rows.size(0));
+  at::Tensor onehot = expert_of_row.unsqueeze(1).eq(at::arange(E, counts.options())).to(rows.scalar_type());
   at::Tensor h = GroupedMatmulWithLora(rows, w.gate_up, w.gate_up_lora, counts);  // [N, 2F] = [gate | up]
-  if (w.gate_up_bias.defined()) h = h + w.gate_up_bias.index_select(0, expert_of_row);
+  if (w.gate_up_bias.defined()) h = at::addmm(h, onehot, w.gate_up_bias);  // + gate_up_bias[expert]
   const auto activation = kernels::SwigluOptions::GptOss(w.swiglu_limit, w.swiglu_alpha);
   at::Tensor act = kernels::WeightedSwiglu(h, row_weights, activation);    // [N, F], routing weight folded in
   at::Tensor y = GroupedMatmulWithLora(act, w.down, w.down_lora, counts);  // [N, H]
-  if (w.down_bias.defined()) y = y + w.down_bias.index_select(0, expert_of_row) * row_weights.unsqueeze(-1);
+  // + down_bias[expert] * row weight: the weight in the one-hot matrix [N, E].
+  if (w.down_bias.defined()) y = at::addmm(y, onehot * row_weights.unsqueeze(-1), w.down_bias);
   return y;
 }
 
