@@ -193,7 +193,9 @@ TEST(Lora, GptOssExpertAdaptersInHfColumns) {
   ModelWeights merged = w;
   MergeLoraAdapters(merged);
   EXPECT_GT((adapted - Logits(c, mo, InitRandomWeights(c, mo, 1))).abs().max().item<float>(), 1e-3);
-  EXPECT_LE((adapted - Logits(c, mo, merged)).abs().max().item<float>(), 1e-5);
+  // W + s·B·A against Wx + s·B(Ax) in fp32, through two layers: ~1e-6 typically, up to 3e-5 seen
+  // over random draws (logits ~0.6); the adapters move the logits by ~0.8.
+  EXPECT_LE((adapted - Logits(c, mo, merged)).abs().max().item<float>(), 1e-4);
 }
 
 // Nemotron-H (tiny preset: Mamba2, attention, relu^2 MLP, MoE with LatentMoE and a shared
