@@ -38,6 +38,7 @@ absl::StatusOr<DistEnv> ParseDistEnv(const std::function<const char*(const char*
   env.timeout = std::chrono::seconds(timeout_seconds);
   if (const char* a = getenv("MASTER_ADDR"); a != nullptr) env.master_addr = a;
   if (const char* f = getenv("FTD_DIST_STORE_FILE"); f != nullptr) env.store_file = f;
+  if (auto s = ReadInt(getenv, "FTD_MASTER_LISTEN_FD", 0, &env.master_listen_fd); !s.ok()) return s;
   if (env.rank >= env.world_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("environment variable RANK=", env.rank, " is not below WORLD_SIZE=", env.world_size));
@@ -50,6 +51,11 @@ absl::StatusOr<DistEnv> ParseDistEnv(const std::function<const char*(const char*
     if (env.master_port == 0) {
       return absl::InvalidArgumentError(absl::StrCat("WORLD_SIZE=", env.world_size, " needs MASTER_PORT"));
     }
+  }
+  if (env.master_listen_fd >= 0 && env.rank != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("environment variable FTD_MASTER_LISTEN_FD is for rank 0 (the "
+                                                   "store's host) only; this is rank ",
+                                                   env.rank));
   }
   return env;
 }

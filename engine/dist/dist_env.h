@@ -19,6 +19,11 @@ struct DistEnv {
   // one process with neither, an in-process store.
   std::string master_addr;
   int master_port = 0;
+  // Rank 0 only, from FTD_MASTER_LISTEN_FD: a socket the launcher bound to master_port and is
+  // already listening on, inherited by rank 0, whose store takes it over. Binding the port only
+  // when rank 0 starts would leave a window in which another process (any outgoing connection
+  // draws its source port from the same range) can take it. -1: rank 0 binds master_port itself.
+  int master_listen_fd = -1;
   std::string store_file;
   // How long a collective (and the rendezvous) may wait for a peer before failing; zero: the
   // backend's default (kDefaultGlooTimeout, kDefaultNcclTimeout).

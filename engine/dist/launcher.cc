@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstring>
 #include <fcntl.h>
+#include <optional>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/prctl.h>
@@ -35,9 +36,11 @@ std::string DescribeExit(int status) {
   return "ended abnormally";
 }
 
-std::vector<std::string> RankEnvironment(const LaunchOptions& o, int rank, int port) {
+// listen_fd: the store's socket, for rank 0 when the launcher chose the port; else -1.
+std::vector<std::string> RankEnvironment(const LaunchOptions& o, int rank, int port, int listen_fd) {
   std::vector<std::string> env;
-  const char* kOwn[] = {"RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "LOCAL_WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT="};
+  const char* kOwn[] = {"RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "LOCAL_WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT=",
+                        "FTD_MASTER_LISTEN_FD="};
   bool has_omp = false;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string v(*e);
@@ -52,6 +55,7 @@ std::vector<std::string> RankEnvironment(const LaunchOptions& o, int rank, int p
   env.push_back(absl::StrCat("LOCAL_WORLD_SIZE=", o.nproc));
   env.push_back(absl::StrCat("MASTER_ADDR=", o.master_addr));
   env.push_back(absl::StrCat("MASTER_PORT=", port));
+  if (listen_fd >= 0) env.push_back(absl::StrCat("FTD_MASTER_LISTEN_FD=", listen_fd));
   if (!has_omp) {
     // As torchrun: ranks sharing a host share its cores.
     unsigned cores = std::max(1u, std::thread::hardware_concurrency());
@@ -60,10 +64,12 @@ std::vector<std::string> RankEnvironment(const LaunchOptions& o, int rank, int p
   return env;
 }
 
-absl::StatusOr<Rank> Spawn(const LaunchOptions& o, int rank, int port) {
+// listen_fd (close-on-exec in the launcher) stays open across rank 0's exec only.
+absl::StatusOr<Rank> Spawn(const LaunchOptions& o, int rank, int port, int listen_fd) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return absl::InternalError(absl::StrCat("pipe: ", strerror(errno)));
-  std::vector<std::string> env = RankEnvironment(o, rank, port);
+  const int inherited_fd = rank == 0 ? listen_fd : -1;
+  std::vector<std::string> env = RankEnvironment(o, rank, port, inherited_fd);
   std::vector<char*> envp, argv;
   for (std::string& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -81,6 +87,7 @@ absl::StatusOr<Rank> Spawn(const LaunchOptions& o, int rank, int port) {
     if (getppid() != parent) _exit(127);
     dup2(fds[1], STDOUT_FILENO);
     dup2(fds[1], STDERR_FILENO);
+    if (inherited_fd >= 0) fcntl(inherited_fd, F_SETFD, 0);
     execve(program.c_str(), argv.data(), envp.data());
     const char msg[] = "launch: cannot execute the rank program\n";
     (void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
@@ -110,39 +117,52 @@ void EmitLines(Rank& r, int rank, const char* data, size_t n, std::ostream& out,
 
 }  // namespace
 
-absl::StatusOr<int> PickFreePort(const std::string& addr) {
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  if (s < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+absl::StatusOr<ListeningSocket> ListeningSocket::Create(const std::string& addr) {
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
   sa.sin_port = 0;
   if (inet_pton(AF_INET, addr == "localhost" ? "127.0.0.1" : addr.c_str(), &sa.sin_addr) != 1) {
-    close(s);
     return absl::InvalidArgumentError(absl::StrCat("master address ", addr, " is not an IPv4 address"));
   }
+  int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  ListeningSocket sock(s, 0);
   if (bind(s, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
-    std::string err = strerror(errno);
-    close(s);
-    return absl::UnavailableError(absl::StrCat("cannot bind to ", addr, ": ", err));
+    return absl::UnavailableError(absl::StrCat("cannot bind to ", addr, ": ", strerror(errno)));
+  }
+  if (listen(s, SOMAXCONN) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", addr, ": ", strerror(errno)));
   }
   socklen_t len = sizeof(sa);
-  getsockname(s, reinterpret_cast<sockaddr*>(&sa), &len);
-  close(s);
-  return static_cast<int>(ntohs(sa.sin_port));
+  if (getsockname(s, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    return absl::InternalError(absl::StrCat("getsockname: ", strerror(errno)));
+  }
+  sock.port_ = static_cast<int>(ntohs(sa.sin_port));
+  return sock;
+}
+
+ListeningSocket::ListeningSocket(ListeningSocket&& other) noexcept : fd_(other.fd_), port_(other.port_) {
+  other.fd_ = -1;
+}
+
+ListeningSocket::~ListeningSocket() {
+  if (fd_ >= 0) close(fd_);
 }
 
 absl::Status LaunchLocalRanks(const LaunchOptions& o, std::ostream& out) {
   if (o.nproc < 1) return absl::InvalidArgumentError(absl::StrCat("--nproc must be >= 1 (got ", o.nproc, ")"));
   if (o.args.empty()) return absl::InvalidArgumentError("nothing to launch: give the rank command after --");
   int port = o.master_port;
+  std::optional<ListeningSocket> store_socket;
   if (port == 0) {
-    auto picked = PickFreePort(o.master_addr);
-    if (!picked.ok()) return picked.status();
-    port = *picked;
+    auto sock = ListeningSocket::Create(o.master_addr);
+    if (!sock.ok()) return sock.status();
+    store_socket.emplace(std::move(*sock));
+    port = store_socket->port();
   }
   std::vector<Rank> ranks;
   for (int i = 0; i < o.nproc; ++i) {
-    auto r = Spawn(o, i, port);
+    auto r = Spawn(o, i, port, store_socket ? store_socket->fd() : -1);
     if (!r.ok()) {
       for (Rank& started : ranks) kill(started.pid, SIGKILL);
       for (Rank& started : ranks) waitpid(started.pid, nullptr, 0);
@@ -150,6 +170,7 @@ absl::Status LaunchLocalRanks(const LaunchOptions& o, std::ostream& out) {
     }
     ranks.push_back(*r);
   }
+  store_socket.reset();  // rank 0 holds it now
   int first_failed = -1;
   std::chrono::steady_clock::time_point kill_at;
   bool terminated = false, killed = false;

@@ -2,7 +2,8 @@
 // program as ranks 0..N-1 with the distributed environment (RANK, WORLD_SIZE, LOCAL_RANK,
 // LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT — a free port unless given), prefixes every line
 // they print with "[rank R] ", and when one rank fails stops the others: the launch fails if any
-// rank does.
+// rank does. A free port is held from the moment it is chosen: the launcher listens on it and
+// hands the socket to rank 0 (FTD_MASTER_LISTEN_FD), whose store takes it over.
 #pragma once
 
 #include <chrono>
@@ -28,7 +29,23 @@ struct LaunchOptions {
 // every rank exits 0; otherwise an error naming the first rank that failed and how.
 absl::Status LaunchLocalRanks(const LaunchOptions& options, std::ostream& out);
 
-// A TCP port on `addr` that was free a moment ago.
-absl::StatusOr<int> PickFreePort(const std::string& addr);
+// A TCP socket bound to a port the kernel chose on `addr` and listening there; closes on
+// destruction.
+class ListeningSocket {
+ public:
+  static absl::StatusOr<ListeningSocket> Create(const std::string& addr);
+  ListeningSocket(ListeningSocket&& other) noexcept;
+  ListeningSocket& operator=(ListeningSocket&&) = delete;
+  ListeningSocket(const ListeningSocket&) = delete;
+  ~ListeningSocket();
+
+  int fd() const { return fd_; }
+  int port() const { return port_; }
+
+ private:
+  ListeningSocket(int fd, int port) : fd_(fd), port_(port) {}
+  int fd_;
+  int port_;
+};
 
 }  // namespace ftd::engine

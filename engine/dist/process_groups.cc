@@ -50,6 +50,7 @@ absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Rendezvous(const DistEnv& env, s
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<uint16_t>(env.master_port);
     opts.isServer = env.rank == 0;
+    if (opts.isServer && env.master_listen_fd >= 0) opts.masterListenFd = env.master_listen_fd;
     opts.numWorkers = env.world_size;
     opts.waitWorkers = true;
     opts.timeout = timeout;

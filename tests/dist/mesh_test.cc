@@ -93,5 +93,22 @@ TEST(DistEnvTest, BadValuesNameTheVariable) {
   EXPECT_THAT(std::string(Parse({{"MASTER_PORT", "70000"}}).status().message()), HasSubstr("not a TCP port"));
 }
 
+TEST(DistEnvTest, OnlyRankZeroTakesTheLaunchersStoreSocket) {
+  const std::map<std::string, std::string> two_ranks = {{"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"},
+                                                        {"MASTER_PORT", "40001"}, {"FTD_MASTER_LISTEN_FD", "5"}};
+  auto rank0 = two_ranks;
+  rank0["RANK"] = "0";
+  auto env = Parse(rank0);
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->master_listen_fd, 5);
+  EXPECT_EQ(Parse({{"MASTER_PORT", "40001"}})->master_listen_fd, -1);
+
+  auto rank1 = two_ranks;
+  rank1["RANK"] = "1";
+  EXPECT_THAT(std::string(Parse(rank1).status().message()), HasSubstr("FTD_MASTER_LISTEN_FD is for rank 0"));
+  rank0["FTD_MASTER_LISTEN_FD"] = "-1";
+  EXPECT_THAT(std::string(Parse(rank0).status().message()), HasSubstr("FTD_MASTER_LISTEN_FD=\"-1\""));
+}
+
 }  // namespace
 }  // namespace ftd::engine
