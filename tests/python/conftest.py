@@ -59,6 +59,13 @@ def free_port():
     raise RuntimeError(f"no free loopback port in {_FIXED_PORTS}")
 
 
+def rendezvous_port_base():
+    """A --rendezvous-port-base for a test coordinator: its own stretch of the fixed range, so that
+    test runs side by side on one host do not hand their gangs the same MASTER_PORT (the
+    default base 29500 would)."""
+    return random.Random().randrange(_FIXED_PORTS[0], _FIXED_PORTS[1] - 2000, 50)
+
+
 def wait_for(what, cond, timeout=120.0, interval=0.1):
     """Polls cond() until it returns something truthy (returned), or fails naming `what`."""
     deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ import subprocess
 import urllib.error
 import urllib.request
 
-from conftest import binary, free_port, run, wait_for
+from conftest import binary, free_port, rendezvous_port_base, run, wait_for
 
 USER = "usertoken-pipeline-0123456789"
 ADMIN = "admintoken-pipeline-0123456789"
@@ -34,7 +34,8 @@ class LocalCoordinator:
                      "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
                      "--http-listen", f"127.0.0.1:{self.http_port}",
                      "--shared-model-root", root / "models", "--data-root", root / "data",
-                     "--output-root", root / "outputs", *extra_args]
+                     "--output-root", root / "outputs",
+                     "--rendezvous-port-base", str(rendezvous_port_base()), *extra_args]
         if local_worker:
             self.args += ["--local-worker"]
         self.env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -28,7 +28,7 @@ import urllib.request
 
 import pytest
 
-from conftest import binary, free_port, run, wait_for
+from conftest import binary, free_port, rendezvous_port_base, run, wait_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from metrics_util import dashboard_exprs, family_names, find, parse_exposition, promql_metric_names  # noqa: E402
@@ -88,7 +88,7 @@ class Coordinator:
              "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--http-listen", f"127.0.0.1:{self.http_port}",
              "--shared-model-root", root / "models", "--data-root", root / "datasets",
              "--output-root", (root / "outputs").mkdir() or root / "outputs",
-             "--local-worker", "--local-worker-slots", "2"],
+             "--local-worker", "--local-worker-slots", "2", "--rendezvous-port-base", str(rendezvous_port_base())],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         # stdout carries the log too: copy it to ftd.log (the pipe must not fill up).
         self.ready = threading.Event()

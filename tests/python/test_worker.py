@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import binary, free_port, process_running, run, wait_for
+from conftest import binary, free_port, process_running, rendezvous_port_base, run, wait_for
 
 ADMIN = "admintoken-0123456789"
 USER = "usertoken-0123456789"
@@ -70,6 +70,7 @@ class Cluster:
         self.root, self.engine, self.assets = root, engine, assets
         self.ftd_bin, self.worker_bin = service_bins
         self.grpc, self.http = free_port(), free_port()
+        self.rendezvous_base = rendezvous_port_base()  # kept across restarts, as an operator would
         (root / "tokens").write_text(f"{ADMIN} ops admin\n{USER} {TENANT} user\n")
         (root / "worker.token").write_text(ADMIN + "\n")
         self.ftd = None
@@ -89,7 +90,7 @@ class Cluster:
              "--grpc-listen", f"127.0.0.1:{self.grpc}", "--http-listen", f"127.0.0.1:{self.http}",
              "--shared-model-root", self.assets, "--data-root", self.assets, "--output-root", self.root,
              "--heartbeat-interval", "0.2", "--heartbeat-timeout", "2", "--stop-grace", str(stop_grace),
-             "--adopt-grace", "15"],
+             "--adopt-grace", "15", "--rendezvous-port-base", str(self.rendezvous_base)],
             stdout=log, stderr=log)
 
         def ready():
