@@ -205,8 +205,8 @@ int main(int argc, char** argv) {
   int64_t n_params = 0;
   for (auto& p : (*model)->Parameters()) n_params += p.tensor->numel();
 
-  // LoRA: the adapters keep fp32 master weights and moments (as the trainer runs them).
-  auto policy = ftd::ParsePrecisionPolicy(lora ? "fp32_master" : precision, /*fp32_params=*/false);
+  // As the trainer resolves it (auto: fp32_master for LoRA adapters).
+  auto policy = ftd::ResolveJobPrecision(precision, /*fp32_params=*/false, lora);
   if (!policy.ok()) return Fail(policy.status());
   TrainStepOptions o;
   o.precision = *policy;

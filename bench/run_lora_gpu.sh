@@ -21,6 +21,8 @@
 #   STAGES="service bench" ...       ftd on them (results appended to the same $OUT/results.jsonl)
 # SERVICE_SEQS (default SEQS) limits the service jobs' sequence lengths, each job loading the
 # 61 GB base again; ftd-bench's sweep over SEQS gives the longest sequence ftd's step fits.
+# Activation checkpointing per stage: HF_CKPT, SERVICE_CKPT, BENCH_CKPT (each default 1,0; empty
+# skips). PRECISIONS (default auto): the adapters' spec.precision for ftd, e.g. auto,compact.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/ftd-lora}
@@ -54,41 +56,46 @@ stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 if stage hf; then
   : >"$RESULTS"
   rm -rf "$INIT_DIR" "$ADAPTER_DIR"
-  PYTHONUNBUFFERED=1 python3 bench/hf_peft_lora.py --layers "$LAYERS" --seqs "$SEQS" --ckpt 1,0 \
+  PYTHONUNBUFFERED=1 python3 bench/hf_peft_lora.py --layers "$LAYERS" --seqs "$SEQS" --ckpt "${HF_CKPT-1,0}" \
     --save-init "$INIT_DIR" --save-adapter "$ADAPTER_DIR" 2>"$OUT/hf.err" | tee -a "$RESULTS" || status=1
 fi
 [ -f "$INIT_DIR/config.json" ] && [ -f "$ADAPTER_DIR/adapter_config.json" ] ||
   { echo "no shared base and adapter at $INIT_DIR (the hf stage writes them; see $OUT/hf.err)"; exit 1; }
-if stage service; then
+PRECISIONS=${PRECISIONS:-auto}
+if stage service && [ -n "${SERVICE_CKPT-1,0}" ]; then
   PYTHONUNBUFFERED=1 python3 bench/service_lora_bench.py --bin "$BIN" --out "$OUT" --base "$INIT_DIR" \
-    --adapter "$ADAPTER_DIR" --seqs "${SERVICE_SEQS:-$SEQS}" --ckpt 1,0 2>"$OUT/service.err" | tee -a "$RESULTS" ||
+    --adapter "$ADAPTER_DIR" --seqs "${SERVICE_SEQS:-$SEQS}" --ckpt "${SERVICE_CKPT-1,0}" \
+    --precisions "$PRECISIONS" 2>"$OUT/service.err" | tee -a "$RESULTS" ||
     status=1
 fi
-stage bench && for seq in ${SEQS//,/ }; do
-  for ckpt in 1 0; do
-    flag=$([ "$ckpt" = 1 ] && echo --ckpt)
-    line=$("$BIN/ftd-bench" --model "$INIT_DIR" --adapter "$ADAPTER_DIR" --seq "$seq" $flag --lr 1e-4 --weight-decay 0.01 \
-             --grad-clip 0 2>>"$OUT/ftd.err" | tail -1)
-    if [ -n "$line" ] && [ "${line#\{}" != "$line" ]; then
-      echo "$line" | tee -a "$RESULTS"
-    else  # out of memory (or another failure: see ftd.err)
-      echo "{\"impl\": \"ftd\", \"seq\": $seq, \"ckpt\": $([ "$ckpt" = 1 ] && echo true || echo false), \"oom\": true}" |
-        tee -a "$RESULTS"
-    fi
+BENCH_CKPT=${BENCH_CKPT-1,0}
+stage bench && [ -n "$BENCH_CKPT" ] && for seq in ${SEQS//,/ }; do
+  for ckpt in ${BENCH_CKPT//,/ }; do
+    for precision in ${PRECISIONS//,/ }; do
+      flag=$([ "$ckpt" = 1 ] && echo --ckpt)
+      line=$("$BIN/ftd-bench" --model "$INIT_DIR" --adapter "$ADAPTER_DIR" --seq "$seq" $flag --precision "$precision" \
+               --lr 1e-4 --weight-decay 0.01 --grad-clip 0 2>>"$OUT/ftd.err" | tail -1)
+      if [ -n "$line" ] && [ "${line#\{}" != "$line" ]; then
+        echo "$line" | tee -a "$RESULTS"
+      else  # out of memory (or another failure: see ftd.err)
+        echo "{\"impl\": \"ftd\", \"seq\": $seq, \"ckpt\": $([ "$ckpt" = 1 ] && echo true || echo false), \"precision\": \"$precision\", \"oom\": true}" |
+          tee -a "$RESULTS"
+      fi
+    done
   done
 done
 python3 - "$RESULTS" <<'PY' | tee "$OUT/table.md"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{") and '"impl"' in l]
 def impl_of(r): return "ftd-service" if r["impl"] == "ftd-service" else r["impl"].split("+")[0].split("-")[0]
-def key(r): return (impl_of(r), r["seq"], bool(r["ckpt"]))
+def key(r): return (impl_of(r), r["seq"], bool(r["ckpt"]), r.get("precision", "-"))
 by = {key(r): r for r in rows}
 gpu = next((r.get("gpu") for r in rows if r.get("gpu")), "?")
 print(f"LoRA r16 a32 (q/k/v/o + experts gate_up/down), Qwen3-30B-A3B 48 layers, bf16 base, one {gpu}\n")
-print("| impl | seq | act. ckpt | tokens/s | step ms | peak GiB |")
-print("| --- | --- | --- | --- | --- | --- |")
+print("| impl | seq | act. ckpt | adapters' precision | tokens/s | step ms | peak GiB |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
-    print(f"| {r['impl']} | {r['seq']} | {'on' if r['ckpt'] else 'off'} | "
+    print(f"| {r['impl']} | {r['seq']} | {'on' if r['ckpt'] else 'off'} | {r.get('precision', '-')} | "
           + ("OOM | - | - |" if r.get("oom") else f"{r['tps']} | {r['step_ms']} | {r['peak_gib']} |"))
 def best(impl, seq):
     fits = [r for r in rows if key(r)[0] == impl and r["seq"] == seq and not r.get("oom")]
@@ -100,6 +107,13 @@ for impl in ("ftd-service", "ftd"):
         print(f"\nseq 4096, each at its fastest setting that fits: {impl} {f['tps']} tokens/s, {f['peak_gib']} GiB; "
               f"HF + PEFT {h['tps']} tokens/s, {h['peak_gib']} GiB: {f['tps'] / h['tps']:.2f}x the tokens/s at "
               f"{f['peak_gib'] / h['peak_gib']:.2f}x the peak memory")
+print("\nEvery service setting against every HF + PEFT setting that fits, seq 4096:")
+ran = lambda impl: [r for r in rows if impl_of(r) == impl and r["seq"] == 4096 and not r.get("oom")]
+on = lambda r: "ckpt on" if r["ckpt"] else "ckpt off"
+for f in ran("ftd-service"):
+    for h in ran("hf"):
+        print(f"- service ({on(f)}, {f.get('precision')}) vs HF + PEFT ({on(h)}): {f['tps'] / h['tps']:.2f}x the "
+              f"tokens/s at {f['peak_gib'] / h['peak_gib']:.2f}x the peak memory")
 for impl in ("ftd-service", "ftd", "hf"):
     fits = [r["seq"] for r in rows if key(r)[0] == impl and not r.get("oom")]
     print(f"longest sequence {impl} fits (of those tried): {max(fits) if fits else 'none'}")

@@ -26,6 +26,7 @@ def main():
     p.add_argument("--adapter", required=True, help="its initial PEFT adapter (same directory root as --base)")
     p.add_argument("--seqs", default="4096")
     p.add_argument("--ckpt", default="1,0")
+    p.add_argument("--precisions", default="auto", help="spec.precision of the jobs, comma-separated (one job each)")
     p.add_argument("--steps", type=int, default=9, help="optimizer steps of each job (the first 3 untimed)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32)
@@ -48,10 +49,10 @@ def main():
             with open(data, "w") as f:
                 for _ in range(a.steps):
                     f.write(json.dumps({"input_ids": ids}) + "\n")
-            for ckpt in map(int, a.ckpt.split(",")):
-                name = f"service-lora-{seq}-ckpt{ckpt}"
+            for ckpt, precision in ((c, pr) for c in map(int, a.ckpt.split(",")) for pr in a.precisions.split(",")):
+                name = f"service-lora-{seq}-ckpt{ckpt}-{precision}"
                 spec = {"base_model": os.path.abspath(a.base), "datasets": {"train": data, "format": "jsonl_tokens"},
-                        "output": os.path.join(outputs, name), "method": "lora",
+                        "output": os.path.join(outputs, name), "method": "lora", "precision": precision,
                         "lora": {"rank": a.rank, "alpha": a.alpha, "targets": ["attention", "experts"],
                                  "init_adapter": os.path.abspath(a.adapter)},
                         "hyperparameters": {"max_steps": a.steps, "global_batch": 1, "micro_batch": 1, "seq_len": seq,
@@ -59,7 +60,8 @@ def main():
                         "parallelism": {"activation_checkpointing": bool(ckpt)},
                         "resources": {"nodes": 1, "gpus_per_node": 1}}
                 res = run_job(coord, name, spec, a.out)
-                line = {"impl": "ftd-service", "seq": seq, "ckpt": bool(ckpt), "job_state": res.get("state")}
+                line = {"impl": "ftd-service", "seq": seq, "ckpt": bool(ckpt), "precision": precision,
+                        "job_state": res.get("state")}
                 if res.get("state") == "SUCCEEDED" and res.get("tps"):
                     line.update(tps=round(res["tps"]), step_ms=round(res["step_ms"], 1),
                                 peak_gib=round(res.get("peak_gib") or 0, 2), losses=res.get("losses"))

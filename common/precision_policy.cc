@@ -14,6 +14,11 @@ absl::StatusOr<PrecisionPolicy> ParsePrecisionPolicy(const std::string& name, bo
       absl::StrCat("precision: \"", name, "\" is not one of auto, compact, fp32_master, bf16_pure"));
 }
 
+absl::StatusOr<PrecisionPolicy> ResolveJobPrecision(const std::string& name, bool fp32_params, bool lora) {
+  if (lora && (name.empty() || name == "auto")) return PrecisionPolicy::kFp32Master;
+  return ParsePrecisionPolicy(name, fp32_params);
+}
+
 bool IsPrecisionPolicyName(const std::string& name) { return ParsePrecisionPolicy(name, false).ok(); }
 
 const char* PrecisionPolicyName(PrecisionPolicy policy) {

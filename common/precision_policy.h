@@ -9,7 +9,8 @@
 //                parameter): classic mixed precision.
 //   bf16_pure    bf16 weights and bf16 moments, no master (6 bytes): the HF/NeMo benchmark
 //                setting. Updates below half a bf16 ulp are lost (most of them at lr 1e-5).
-//   auto         (or empty) compact for bf16/fp16 parameters, fp32_master for fp32 ones.
+//   auto         (or empty) compact for bf16/fp16 parameters, fp32_master for fp32 ones and
+//                for LoRA adapters.
 #pragma once
 
 #include <string>
@@ -27,6 +28,10 @@ enum class PrecisionPolicy {
 // `name` as JobSpec.precision spells it; `fp32_params` says what "auto" resolves to. Errors name
 // the field and the accepted values.
 absl::StatusOr<PrecisionPolicy> ParsePrecisionPolicy(const std::string& name, bool fp32_params);
+// The policy a job runs with (`lora`: method lora, where only the adapters have optimizer state):
+// as ParsePrecisionPolicy, except that auto means fp32_master for adapters at any parameter dtype
+// (they are small, so classic mixed precision costs little; compact or bf16_pure when asked).
+absl::StatusOr<PrecisionPolicy> ResolveJobPrecision(const std::string& name, bool fp32_params, bool lora);
 // Whether `name` is accepted (empty and "auto" included).
 bool IsPrecisionPolicyName(const std::string& name);
 const char* PrecisionPolicyName(PrecisionPolicy policy);

@@ -90,7 +90,8 @@ int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec
   const bool in_backward = clip <= 0 && world <= 1 && hp.global_batch() <= hp.micro_batch();
   const double grads = in_backward ? 0 : 2 * (pd / s_g + pe);
   // Workers run bf16 parameters on GPUs (the state of auto is compact there).
-  const PrecisionPolicy policy = ParsePrecisionPolicy(spec.precision(), /*fp32_params=*/false).value_or(PrecisionPolicy::kCompact);
+  const PrecisionPolicy policy = ResolveJobPrecision(spec.precision(), /*fp32_params=*/false, spec.method() == "lora")
+                                     .value_or(PrecisionPolicy::kCompact);
   const double optimizer = OptimizerStateBytesPerParameter(policy, 2) * (pd / s_o + pe);
   const double tokens = double(spec.hyperparameters().micro_batch()) * spec.hyperparameters().seq_len();
   const double h = double(size.hidden_size), layers = double(size.num_layers);
@@ -104,7 +105,7 @@ int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec
     const double ad = double(size.lora_dense_parameters), ae = double(size.lora_expert_parameters) / ep;
     const double base = 2 * (pd + pe) + 2 * (ad + ae);
     const double adapter_grads = in_backward ? 0 : 2 * (ad / s_g + ae);
-    const double adapter_state = OptimizerStateBytesPerParameter(PrecisionPolicy::kFp32Master, 2) * (ad / s_o + ae);
+    const double adapter_state = OptimizerStateBytesPerParameter(policy, 2) * (ad / s_o + ae);
     return static_cast<int64_t>(base + adapter_grads + adapter_state + activations + logits);
   }
   return static_cast<int64_t>(weights + grads + optimizer + activations + logits);
@@ -154,7 +155,7 @@ ftd::v1::JobPlan PlanJob(const ftd::v1::JobSpec& spec) {
                               " parameters (", absl::StrFormat("%.2fB", double(size->expert_parameters) / 1e9),
                               " in routed experts); memory per GPU by parallelism.zero_stage: ", by_stage));
   plan.add_notes(absl::StrCat("memory_bytes_per_gpu: bf16 weights, gradients, AdamW state under precision ",
-                              PrecisionPolicyName(ParsePrecisionPolicy(spec.precision(), false)
+                              PrecisionPolicyName(ResolveJobPrecision(spec.precision(), false, spec.method() == "lora")
                                                       .value_or(PrecisionPolicy::kCompact)),
                               ", activations; a lower bound (see server/job_plan.h)"));
   return plan;

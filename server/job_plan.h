@@ -23,7 +23,7 @@
 // Method lora: the base is frozen (bf16, not sharded, no gradients, no optimizer state); the
 // adapters (A_d on linears, A_e on the routed experts, engine/model/lora_targets.h) add
 //   weights 2·(A_d + A_e/ep), grads 2·(A_d/s_g + A_e/ep), optimizer b·(A_d/s_o + A_e/ep) with
-//   b of fp32_master (the adapters' only precision).
+//   b of spec.precision, whose auto is fp32_master for adapters.
 // It ignores allocator fragmentation, communication buffers and routing imbalance: a lower
 // bound to plan with, not a promise.
 #pragma once

@@ -318,11 +318,6 @@ absl::Status SpecValidator::ValidateLora(ftd::v1::JobSpec* spec, const std::vect
     FTD_ASSIGN_OR_RETURN(std::string init, ConfinePath("spec.lora.init_adapter", lora->init_adapter(), model_roots));
     lora->set_init_adapter(init);
   }
-  if (!spec->precision().empty() && spec->precision() != "auto" && spec->precision() != "fp32_master") {
-    return FieldError("spec.precision", absl::StrCat(spec->precision(), " is not supported with method lora: the "
-                                                     "adapters keep fp32 master weights and moments (auto or "
-                                                     "fp32_master)"));
-  }
   if (spec->parallelism().zero_stage() == 3) {
     return FieldError("spec.parallelism.zero_stage", "3 is not supported with method lora (use 2)");
   }

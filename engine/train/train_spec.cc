@@ -52,11 +52,6 @@ absl::Status ValidateLora(TrainSpec& s) {
       return bad("lora.targets: \"" + t + "\" is not one of attention, mlp, experts, shared_experts");
     }
   }
-  if (s.precision != "auto" && s.precision != "fp32_master") {
-    return bad("precision " + s.precision +
-               " is not supported with method lora: adapters keep fp32 master weights and moments (auto or "
-               "fp32_master)");
-  }
   if (s.zero_stage == 3) return bad("parallelism.zero_stage 3 is not supported with method lora (use 2)");
   return absl::OkStatus();
 }

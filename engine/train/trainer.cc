@@ -225,8 +225,7 @@ absl::Status Trainer::SetUpDevice() {
   FTD_ASSIGN_OR_RETURN(mo_.gate, GateFromName(spec_.gate));
   mo_.activation_checkpointing = spec_.activation_checkpointing;
   FTD_RETURN_IF_ERROR(SetUpBackends());
-  // LoRA: the adapters are small; AdamW keeps fp32 master weights and moments for them.
-  FTD_ASSIGN_OR_RETURN(policy_, ParsePrecisionPolicy(lora() ? "fp32_master" : spec_.precision, mo_.dtype == at::kFloat));
+  FTD_ASSIGN_OR_RETURN(policy_, ResolveJobPrecision(spec_.precision, mo_.dtype == at::kFloat, lora()));
   return absl::OkStatus();
 }
 
@@ -415,9 +414,10 @@ void Trainer::LogLayout() {
     o.alpha = spec_.lora_alpha;
     o.use_rslora = spec_.lora_use_rslora;
     log_ << absl::StrFormat(
-        "rank %d/%d lora: rank %d, alpha %g (scale %g), %d adapter parameters (%d on this rank's experts), fp32 "
+        "rank %d/%d lora: rank %d, alpha %g (scale %g), %d adapter parameters (%d on this rank's experts), %s "
         "AdamW state; frozen base %.3f MiB (no gradients, no optimizer state)\n",
         rank(), world(), o.rank, o.alpha, o.scale(), adapter + adapter_experts, adapter_experts,
+        PrecisionPolicyName(policy_),
         static_cast<double>(frozen_bytes) / (1 << 20));
   }
   // Several ranks: the ZeRO slice's state (the expert AdamW's is counted per parameter).

@@ -154,9 +154,9 @@ def test_adapter_logits_and_gradients_match_peft(tmp_path, ftd_train, family, na
             assert ours_grads[k].abs().max().item() == 0, k
 
 
-def write_lora_spec(path, model_dir, data, out, lora, **hp):
+def write_lora_spec(path, model_dir, data, out, lora, precision="auto", **hp):
     spec = {"base_model": str(model_dir), "datasets": {"train": str(data), "format": "tokens"}, "output": str(out),
-            "method": "lora", "lora": lora,
+            "method": "lora", "lora": lora, "precision": precision,
             "hyperparameters": {"max_steps": 5, "global_batch": 2, "micro_batch": 1, "seq_len": 64, "lr": 2e-2,
                                 "schedule": "cosine", "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 0.5,
                                 "seed": 7, **hp},
@@ -299,15 +299,19 @@ def merged_reference(base_model, adapter, scale, family="qwen3_moe"):
     return out
 
 
-def assert_lora_resume_equals_uninterrupted(ftd_train, tmp_path, model, model_dir, lora, steps, stop_after, warmup):
+def assert_lora_resume_equals_uninterrupted(ftd_train, tmp_path, model, model_dir, lora, steps, stop_after, warmup,
+                                            precision="auto"):
     """One LoRA run of `steps` steps on 6 random rows of 21 tokens against the same run stopped
     after `stop_after` and resumed: the same printed losses (identical, not merely close) and the
     same final adapter, byte for byte. Returns the uninterrupted run's losses and adapter."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(5)
     write_dataset(tmp_path / "data.jsonl", torch.randint(0, model.config.vocab_size, (6, 21), generator=g))
-    hp = dict(max_steps=steps, warmup_steps=warmup)
+    hp = dict(max_steps=steps, warmup_steps=warmup, precision=precision)
     write_lora_spec(tmp_path / "full.json", model_dir, tmp_path / "data.jsonl", tmp_path / "full", lora, **hp)
-    full = parse_losses(run([ftd_train, "train", "--spec", tmp_path / "full.json"]).stdout)
+    full_run = run([ftd_train, "train", "--spec", tmp_path / "full.json"])
+    (tmp_path / "full.log").write_text(full_run.stdout)
+    full = parse_losses(full_run.stdout)
     write_lora_spec(tmp_path / "split.json", model_dir, tmp_path / "data.jsonl", tmp_path / "split", lora, **hp)
     first = parse_losses(run([ftd_train, "train", "--spec", tmp_path / "split.json", "--stop-after",
                               stop_after]).stdout)
@@ -335,6 +339,29 @@ def test_lora_resume_equals_uninterrupted(tmp_path, ftd_train):
     (tmp_path / "plain.json").write_text(json.dumps(spec))
     plain = parse_losses(run([ftd_train, "train", "--spec", tmp_path / "plain.json", "--stop-after", "1"]).stdout)
     assert abs(full[0] - plain[0]) <= 1e-6 * abs(plain[0]), (full[0], plain[0])
+
+
+def test_lora_precision_compact_takes_effect(tmp_path, ftd_train):
+    """precision: compact for the adapters (8-bit moments, 4 bytes of state a bf16 parameter
+    instead of fp32_master's 12): the job says so, its checkpoint holds the compact state, resume
+    equals uninterrupted, and it trains as fp32_master does within the 8-bit moments' rounding
+    (not identically: the setting took effect)."""
+    model, d = qwen3.make_model(tmp_path, "top2_tied_sparse_step2")
+    lora = {"rank": 8, "alpha": 16, "targets": ["attention", "experts"]}
+    compact, adapter = assert_lora_resume_equals_uninterrupted(ftd_train, tmp_path / "c", model, d, lora, 8, 4, 3,
+                                                               precision="compact")
+    log = (tmp_path / "c" / "full.log").read_text()
+    assert "precision compact" in log and "compact AdamW state" in log, log
+    state = json.loads((tmp_path / "c" / "full" / "checkpoint-8" / "training_state" / "trainer_state.json").read_text())
+    assert state["precision"] == "compact"
+    fp32, fp32_adapter = assert_lora_resume_equals_uninterrupted(ftd_train, tmp_path / "f", model, d, lora, 8, 4, 3)
+    assert "fp32_master AdamW state" in (tmp_path / "f" / "full.log").read_text()
+    assert compact[0] == fp32[0]  # B starts at zero: the base model's loss
+    assert compact != fp32
+    assert max(abs(a - b) / abs(b) for a, b in zip(compact, fp32)) < 2e-3, (compact, fp32)
+    assert set(adapter) == set(fp32_adapter)
+    moved = {k: (fp32_adapter[k] - adapter[k]).norm() / fp32_adapter[k].norm() for k in adapter}
+    assert max(moved.values()) < 0.1, moved
 
 
 def test_lora_spec_errors_name_the_field(tmp_path, ftd_train):

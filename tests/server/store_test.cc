@@ -540,8 +540,8 @@ TEST_F(ValidatorTest, LoraSpec) {
   s.mutable_lora()->add_targets("lm_head");
   EXPECT_THAT(Error(s), HasSubstr("spec.lora.targets: `lm_head` is not one of"));
   s = spec();
-  s.set_precision("compact");
-  EXPECT_THAT(Error(s), HasSubstr("spec.precision: compact is not supported with method lora"));
+  s.set_precision("fp16_master");
+  EXPECT_THAT(Error(s), HasSubstr("spec.precision"));
   s = spec();
   s.mutable_parallelism()->set_zero_stage(3);
   EXPECT_THAT(Error(s), HasSubstr("spec.parallelism.zero_stage: 3 is not supported with method lora"));
@@ -653,7 +653,7 @@ TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
               HasSubstr("deepseek_v3"));  // the supported families are named
 }
 
-// Method lora: the base frozen (bf16 weights only), the adapters trained with fp32 state.
+// Method lora: the base frozen (bf16 weights only), the adapters trained with fp32 state (auto).
 TEST(JobPlanTest, LoraCountsAdaptersAndPlansAFrozenBase) {
   const char* qwen3 = R"({"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
       "vocab_size": 151936, "num_attention_heads": 32, "num_key_value_heads": 4,
@@ -681,6 +681,10 @@ TEST(JobPlanTest, LoraCountsAdaptersAndPlansAFrozenBase) {
   const double expected = 2 * all + 2 * adapters + 2 * adapters + 12 * adapters + 48 * 2 * 2048.0 * 4096 +
                           34 * 2048.0 * 4096 + 4 * 151936.0 * 4096;
   EXPECT_NEAR(double(EstimateMemoryPerGpu(*size, spec)), expected, 2.0);
+  // precision compact: the adapters' state is the compact one (2 + 2 + 8/256 bytes, not 12).
+  ftd::v1::JobSpec compact = spec;
+  compact.set_precision("compact");
+  EXPECT_NEAR(double(EstimateMemoryPerGpu(*size, compact)), expected - (12 - (4 + 8.0 / 256)) * adapters, 2.0);
   // Far below a full fine-tune of the same model on the same GPU.
   ftd::v1::JobSpec full = spec;
   full.set_method("full");
