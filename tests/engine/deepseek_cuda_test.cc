@@ -21,6 +21,7 @@
 #include "engine/model/varlen_attention.h"
 #include "engine/train/train_step.h"
 #include "gtest/gtest.h"
+#include "tests/engine/random_model_test_util.h"
 
 namespace ftd::engine {
 namespace {
@@ -163,9 +164,7 @@ TEST(DeepseekCuda, ModelLossAndGradientsMatchCpuAndGraphReplayMatchesEager) {
     ModelOptions mo;
     mo.device = device;
     mo.dtype = dtype;
-    ModelWeights w = InitRandomWeights(c, mo, 7);
-    EnableGradients(w);
-    auto model = *MoeTransformer::Create(c, mo, std::move(w));
+    auto model = testing::TrainableRandomModel(c, mo, 7);
     Batch b;
     b.input_ids = ids.to(device);
     b.targets = ShiftLabels(b.input_ids);
@@ -197,12 +196,7 @@ TEST(DeepseekCuda, ModelLossAndGradientsMatchCpuAndGraphReplayMatchesEager) {
 
   // The training step captured as a CUDA graph (with the router bias update inside) equals eager.
   auto train = [&](bool graphs) {
-    ModelOptions mo;
-    mo.device = at::Device(at::kCUDA, 0);
-    mo.dtype = at::kBFloat16;
-    ModelWeights w = InitRandomWeights(c, mo, 7);
-    EnableGradients(w);
-    auto model = *MoeTransformer::Create(c, mo, std::move(w));
+    auto model = testing::TrainableRandomCudaModel(c, 7);
     TrainStepOptions o;
     o.micro_batch = 2;
     o.seq_len = 64;

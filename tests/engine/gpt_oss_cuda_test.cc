@@ -18,6 +18,7 @@
 #include "engine/model/transformer.h"
 #include "engine/train/train_step.h"
 #include "gtest/gtest.h"
+#include "tests/engine/random_model_test_util.h"
 
 namespace ftd::engine {
 namespace {
@@ -150,12 +151,7 @@ TEST(GptOssCudaGraphs, PackedFlashStepsReplayEqualToEager) {
   at::Tensor targets = ShiftLabels(ids).masked_fill(
       at::cat({segments.slice(1, 1).ne(segments.slice(1, 0, S - 1)), at::zeros({1, 1}, at::kBool)}, 1), -100);
   auto train = [&](bool graphs) {
-    ModelOptions mo;
-    mo.device = at::Device(at::kCUDA, 0);
-    mo.dtype = at::kBFloat16;
-    ModelWeights w = InitRandomWeights(c, mo, 7);
-    EnableGradients(w);
-    auto model = *MoeTransformer::Create(c, mo, std::move(w));
+    auto model = testing::TrainableRandomCudaModel(c, 7);
     EXPECT_TRUE(SinkLayersUseFlash(c, model->options()));  // kAuto on CUDA
     TrainStepOptions o;
     o.micro_batch = 1;
