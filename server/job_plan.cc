@@ -47,6 +47,13 @@ absl::StatusOr<uint32_t> LoraTargetBits(const ftd::v1::JobSpec& spec) {
   return bits == 0 ? engine::kDefaultLoraTargets : bits;
 }
 
+// The policy the job's AdamW state is kept under on the workers (bf16 parameters on GPUs, where
+// auto is compact; fp32_master for LoRA adapters); a bad name was rejected by the validator.
+PrecisionPolicy PlannedPrecision(const ftd::v1::JobSpec& spec) {
+  return ResolveJobPrecision(spec.precision(), /*fp32_params=*/false, spec.method() == "lora")
+      .value_or(PrecisionPolicy::kCompact);
+}
+
 }  // namespace
 
 absl::StatusOr<ModelSize> CountParameters(const std::string& config_json, const ftd::v1::JobSpec& spec) {
@@ -89,9 +96,7 @@ int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec
   const double clip = hp.has_grad_clip() ? hp.grad_clip() : 1.0;
   const bool in_backward = clip <= 0 && world <= 1 && hp.global_batch() <= hp.micro_batch();
   const double grads = in_backward ? 0 : 2 * (pd / s_g + pe);
-  // Workers run bf16 parameters on GPUs (the state of auto is compact there).
-  const PrecisionPolicy policy = ResolveJobPrecision(spec.precision(), /*fp32_params=*/false, spec.method() == "lora")
-                                     .value_or(PrecisionPolicy::kCompact);
+  const PrecisionPolicy policy = PlannedPrecision(spec);
   const double optimizer = OptimizerStateBytesPerParameter(policy, 2) * (pd / s_o + pe);
   const double tokens = double(spec.hyperparameters().micro_batch()) * spec.hyperparameters().seq_len();
   const double h = double(size.hidden_size), layers = double(size.num_layers);
@@ -155,8 +160,7 @@ ftd::v1::JobPlan PlanJob(const ftd::v1::JobSpec& spec) {
                               " parameters (", absl::StrFormat("%.2fB", double(size->expert_parameters) / 1e9),
                               " in routed experts); memory per GPU by parallelism.zero_stage: ", by_stage));
   plan.add_notes(absl::StrCat("memory_bytes_per_gpu: bf16 weights, gradients, AdamW state under precision ",
-                              PrecisionPolicyName(ResolveJobPrecision(spec.precision(), false, spec.method() == "lora")
-                                                      .value_or(PrecisionPolicy::kCompact)),
+                              PrecisionPolicyName(PlannedPrecision(spec)),
                               ", activations; a lower bound (see server/job_plan.h)"));
   return plan;
 }
