@@ -103,6 +103,7 @@ nlohmann::json UnchangedFractions(MoeTransformer& model, const TrainStep& step, 
 }  // namespace
 
 int main(int argc, char** argv) {
+  ftd::engine::ConfigureDeviceAllocator();  // as ftd-train does, before anything touches CUDA
   CLI::App app{"ftd-bench: engine training throughput (one JSON line)"};
   std::string preset = "qwen3-30b-a3b", model_dir, gate = "real", device = "auto", precision = "auto";
   int64_t layers = 4, seq = 4096, batch = 1, steps = 8, warmup = 3;
@@ -291,6 +292,7 @@ int main(int argc, char** argv) {
                       {"mamba_kernels", cuda && config->NumMambaLayers() > 0 && mamba_kernels},
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},
+                      {"allocator", ftd::engine::DeviceAllocatorSetting()},
                       {"optimizer_in_timer", true},
                       {"loss_chunk", loss_chunk},
                       {"unchanged", unchanged}};

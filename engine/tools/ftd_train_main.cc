@@ -11,8 +11,10 @@
 #include "engine/data/chat_template_command.h"
 #include "engine/data/tokenize_command.h"
 #include "engine/tools/commands.h"
+#include "engine/util/device_memory.h"
 
 int main(int argc, char** argv) {
+  ftd::engine::ConfigureDeviceAllocator();  // before anything touches CUDA
   // tokenize has its own flag parser (engine/data/tokenize_command.h), shared with ftd-tokenize.
   if (argc > 1 && std::strcmp(argv[1], "tokenize") == 0) return ftd::data::RunTokenizeCommand(argc - 1, argv + 1);
   if (argc > 1 && std::strcmp(argv[1], "chat-template") == 0) {

@@ -395,6 +395,7 @@ void Trainer::LogLayout() {
                             spec_.global_batch / world(),
                             spec_.micro_batch);
     log_ << step_fn_->Describe() << "\n";
+    if (cuda_) log_ << "CUDA caching allocator: " << DeviceAllocatorSetting() << "\n";
     if (config_.attention_sinks) {
       log_ << (SinkLayersUseFlash(config_, mo_)
                    ? "attention sinks: FlashAttention-2 with the sink applied to its outputs (window in the kernel, "

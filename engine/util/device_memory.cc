@@ -1,5 +1,7 @@
 #include "engine/util/device_memory.h"
 
+#include <cstdlib>
+
 #include <ATen/Context.h>
 
 #ifdef FTD_WITH_CUDA
@@ -8,6 +10,27 @@
 #endif
 
 namespace ftd::engine {
+
+namespace {
+// PYTORCH_ALLOC_CONF is the newer name; c10 reads it before the CUDA-specific one.
+constexpr const char* kAllocatorVariables[] = {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"};
+constexpr char kDefaultAllocatorSetting[] = "expandable_segments:True";
+}  // namespace
+
+std::string DeviceAllocatorSetting() {
+  for (const char* name : kAllocatorVariables) {
+    if (const char* value = std::getenv(name)) return std::string(name) + "=" + value;
+  }
+  return "default";
+}
+
+std::string ConfigureDeviceAllocator() {
+  for (const char* name : kAllocatorVariables) {
+    if (std::getenv(name) != nullptr) return DeviceAllocatorSetting();  // the user's choice
+  }
+  setenv("PYTORCH_CUDA_ALLOC_CONF", kDefaultAllocatorSetting, /*overwrite=*/0);
+  return DeviceAllocatorSetting();
+}
 
 #ifdef FTD_WITH_CUDA
 namespace {
