@@ -81,6 +81,25 @@ double ModelConfig::TrainingFlopsPerToken(int64_t seq) const {
   return dense + attention + NumMambaLayers() * ssd;
 }
 
+namespace {
+
+// Source fields never carried into a saved config.json: the saved weights are unquantised
+// (GPT-OSS's MXFP4 experts are dequantised at load), and the saved dtype is the family's "dtype".
+bool NeverCarried(const std::string& field) {
+  return field == "quantization_config" || field == "torch_dtype" || field == "dtype";
+}
+
+// The fields of `root` that the family's own config.json (`modeled`) does not write.
+std::string CarriedFields(const nlohmann::json& root, const nlohmann::json& modeled) {
+  nlohmann::json carried = nlohmann::json::object();
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    if (!modeled.contains(it.key()) && !NeverCarried(it.key())) carried[it.key()] = it.value();
+  }
+  return carried.empty() ? std::string() : carried.dump();
+}
+
+}  // namespace
+
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source) {
   nlohmann::json root = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded() || !root.is_object()) {
@@ -101,6 +120,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
                                                    "\" is not supported (supported: ", SupportedModelTypes(), ")"));
   }
   FTD_RETURN_IF_ERROR(family->Parse(root, source, &c));
+  c.carried_fields_json = CarriedFields(root, nlohmann::json::parse(family->ToJson(c)));
   return c;
 }
 
@@ -112,7 +132,16 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {
 
 std::string ModelConfigToJson(const ModelConfig& c) {
   const ModelFamily* family = FindModelFamily(c.model_type);
-  return family == nullptr ? std::string("{}\n") : family->ToJson(c);
+  if (family == nullptr) return "{}\n";
+  if (c.carried_fields_json.empty()) return family->ToJson(c);
+  nlohmann::json out = nlohmann::json::parse(family->ToJson(c));
+  const nlohmann::json carried = nlohmann::json::parse(c.carried_fields_json, nullptr, /*allow_exceptions=*/false);
+  if (carried.is_object()) {
+    for (auto it = carried.begin(); it != carried.end(); ++it) {
+      if (!out.contains(it.key())) out[it.key()] = it.value();  // the family's own value wins
+    }
+  }
+  return out.dump(2) + "\n";
 }
 
 std::vector<std::string> PresetNames() {

@@ -146,6 +146,11 @@ struct ModelConfig {
   double router_aux_loss_coef = 0.0;
   bool output_router_logits = false;
   std::string dtype = "float32";  // the checkpoint's dtype (config "dtype"/"torch_dtype")
+  // The source config.json's fields that the family does not model (topk_method, auto_map,
+  // transformers_version, ...), as a JSON object's text ("" for presets): a saved config.json
+  // carries them unchanged, so that what transformers, vLLM and SGLang read from a fine-tuned
+  // checkpoint is what they read from its base (vLLM's DeepSeek-V3 needs topk_method, say).
+  std::string carried_fields_json;
   // Token ids, kept so that a saved config.json carries them unchanged (-1: null).
   int64_t bos_token_id = -1;
   int64_t eos_token_id = -1;
@@ -191,7 +196,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
                                              const std::string& source = "config.json");
 // Reads DIR/config.json.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
-// config.json text in HF's v5 format for the config's family, loadable by transformers.
+// config.json text in HF's v5 format for the config's family, loadable by transformers, with the
+// source's carried fields (ModelConfig::carried_fields_json) beside the family's own.
 std::string ModelConfigToJson(const ModelConfig& config);
 
 // Named shapes for init-model and the benchmark (every family's presets): "tiny",

@@ -12,6 +12,8 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <nlohmann/json.hpp>
+
 #include "engine/model/config.h"
 #include "engine/model/core/moe/router.h"
 #include "engine/model/hf_checkpoint.h"
@@ -228,6 +230,43 @@ TEST(ModelFamilies, DeepseekConfigErrorsNameTheField) {
   auto qlora_null = with("\"q_lora_rank\": 48", "\"q_lora_rank\": null");
   ASSERT_TRUE(qlora_null.ok()) << qlora_null.status();
   EXPECT_EQ(qlora_null->mla.q_lora_rank, 0);  // Moonlight's layout: one q_proj
+}
+
+// A saved config.json keeps the source's fields the family does not model (vLLM builds DeepSeek-V3's
+// correction bias only when topk_method says noaux_tc), but never quantization_config (the saved
+// weights are unquantised) nor the stale dtype names, and a carried field never overrides the
+// family's own value.
+TEST(ModelFamilies, SavedConfigCarriesTheSourcesUnmodelledFields) {
+  std::string text = ModelConfigToJson(*PresetConfig("tiny-deepseek-v3"));
+  text.insert(text.find('{') + 1,
+              "\"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\", \"auto_map\": {\"AutoConfig\": "
+              "\"configuration_deepseek.DeepseekV3Config\"}, \"moe_layer_freq\": 1, \"torch_dtype\": \"float16\", "
+              "\"quantization_config\": {\"quant_method\": \"fp8\"},");
+  absl::StatusOr<ModelConfig> parsed = ParseModelConfig(text, "ds/config.json");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  parsed->dtype = "bfloat16";  // as a save in bf16 sets it
+  const nlohmann::json saved = nlohmann::json::parse(ModelConfigToJson(*parsed));
+  EXPECT_EQ(saved.at("topk_method"), "noaux_tc");
+  EXPECT_EQ(saved.at("scoring_func"), "sigmoid");
+  EXPECT_EQ(saved.at("auto_map").at("AutoConfig"), "configuration_deepseek.DeepseekV3Config");
+  EXPECT_EQ(saved.at("moe_layer_freq"), 1);
+  EXPECT_FALSE(saved.contains("quantization_config"));
+  EXPECT_FALSE(saved.contains("torch_dtype"));
+  EXPECT_EQ(saved.at("dtype"), "bfloat16");
+  // Saved, read and saved again: the same text.
+  absl::StatusOr<ModelConfig> again = ParseModelConfig(ModelConfigToJson(*parsed), "saved/config.json");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(ModelConfigToJson(*again), ModelConfigToJson(*parsed));
+  // A carried field never overrides one the family writes.
+  ModelConfig clash = *parsed;
+  clash.carried_fields_json = R"({"n_group": 99, "extra": true})";
+  const nlohmann::json clashed = nlohmann::json::parse(ModelConfigToJson(clash));
+  EXPECT_EQ(clashed.at("n_group"), parsed->n_group);
+  EXPECT_EQ(clashed.at("extra"), true);
+  // A preset has nothing to carry: its config.json is the family's alone.
+  const ModelConfig preset = *PresetConfig("tiny-deepseek-v3");
+  EXPECT_TRUE(preset.carried_fields_json.empty());
+  EXPECT_FALSE(nlohmann::json::parse(ModelConfigToJson(preset)).contains("topk_method"));
 }
 
 at::Tensor Randn(std::vector<int64_t> shape, uint64_t seed) {
