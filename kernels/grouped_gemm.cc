@@ -1,0 +1,119 @@
+#include "kernels/grouped_gemm.h"
+
+#include <vector>
+
+#include <ATen/ATen.h>
+#ifdef FTD_WITH_CUTLASS
+#include <cuda_runtime.h>
+#endif
+
+namespace ftd::kernels {
+
+namespace {
+
+// Each group's [begin, end) from offs (read on the host: the references are not on a hot path).
+std::vector<std::pair<int64_t, int64_t>> GroupBounds(const at::Tensor& offs) {
+  at::Tensor host = offs.to(at::kCPU, at::kLong).contiguous();
+  std::vector<std::pair<int64_t, int64_t>> bounds;
+  int64_t begin = 0;
+  for (int64_t g = 0; g < host.numel(); ++g) {
+    const int64_t end = host.data_ptr<int64_t>()[g];
+    TORCH_CHECK(end >= begin, "grouped GEMM: offs must be non-decreasing, offs[", g, "] = ", end, " < ", begin);
+    bounds.emplace_back(begin, end);
+    begin = end;
+  }
+  return bounds;
+}
+
+at::ScalarType MathType(const at::Tensor& t) { return at::promote_types(t.scalar_type(), at::kFloat); }
+
+bool Sm90(const at::Tensor& t) {
+#ifdef FTD_WITH_CUTLASS
+  if (!t.is_cuda()) return false;
+  static const bool sm90 = [] {
+    int device = 0, major = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    return major == 9;
+  }();
+  return sm90;
+#else
+  (void)t;
+  return false;
+#endif
+}
+
+}  // namespace
+
+at::Tensor GroupedMmReference(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& offs) {
+  TORCH_CHECK(rows.dim() == 2 && w.dim() == 3 && rows.size(1) == w.size(1) && offs.numel() == w.size(0),
+              "GroupedMm: rows [N, K], w [E, K, M], offs [E] expected, got ", rows.sizes(), ", ", w.sizes(), ", ",
+              offs.sizes());
+  at::Tensor out = at::zeros({rows.size(0), w.size(2)}, rows.options());
+  const auto m = MathType(rows);
+  int64_t g = 0;
+  for (const auto& [begin, end] : GroupBounds(offs)) {
+    TORCH_CHECK(end <= rows.size(0), "GroupedMm: offs[", g, "] = ", end, " exceeds the ", rows.size(0), " rows");
+    if (end > begin) out.narrow(0, begin, end - begin).copy_(at::mm(rows.narrow(0, begin, end - begin).to(m), w[g].to(m)));
+    ++g;
+  }
+  return out;
+}
+
+at::Tensor GroupedMmWeightGradReference(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0),
+              "GroupedMmWeightGrad: a [N, K], b [N, M] expected, got ", a.sizes(), ", ", b.sizes());
+  at::Tensor out = at::zeros({offs.numel(), a.size(1), b.size(1)}, a.options());
+  const auto m = MathType(a);
+  int64_t g = 0;
+  for (const auto& [begin, end] : GroupBounds(offs)) {
+    TORCH_CHECK(end <= a.size(0), "GroupedMmWeightGrad: offs[", g, "] = ", end, " exceeds the ", a.size(0), " rows");
+    if (end > begin) {
+      out[g].copy_(at::mm(a.narrow(0, begin, end - begin).to(m).t(), b.narrow(0, begin, end - begin).to(m)));
+    }
+    ++g;
+  }
+  return out;
+}
+
+bool GroupedMmCudaSupports(const at::Tensor& rows, const at::Tensor& w) {
+  if (!Sm90(rows) || rows.scalar_type() != at::kBFloat16 || w.scalar_type() != at::kBFloat16) return false;
+  if (rows.dim() != 2 || w.dim() != 3 || !rows.is_contiguous()) return false;
+  const bool plain = w.is_contiguous();
+  const bool transposed = w.transpose(1, 2).is_contiguous();
+  return (plain || transposed) && rows.size(1) % 8 == 0 && w.size(2) % 8 == 0;
+}
+
+bool GroupedMmWeightGradCudaSupports(const at::Tensor& a, const at::Tensor& b) {
+  return Sm90(a) && a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16 && a.dim() == 2 &&
+         b.dim() == 2 && a.is_contiguous() && b.is_contiguous() && a.size(1) % 8 == 0 && b.size(1) % 8 == 0;
+}
+
+GroupedGemmTile DefaultGroupedGemmTile(GroupedOperands operands) {
+  return operands == GroupedOperands::kWeightGrad ? GroupedGemmTile::kCooperative128x256
+                                                  : GroupedGemmTile::kPingpong64x256;
+}
+
+at::Tensor GroupedMm(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& offs,
+                     std::optional<GroupedGemmTile> tile) {
+  if (!GroupedMmCudaSupports(rows, w)) return GroupedMmReference(rows, w, offs);
+  const auto ops = w.is_contiguous() ? GroupedOperands::kRowsTimesWeight : GroupedOperands::kRowsTimesWeightT;
+  return GroupedMmCuda(rows, w, offs, tile.value_or(DefaultGroupedGemmTile(ops)));
+}
+
+at::Tensor GroupedMmWeightGrad(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
+                               std::optional<GroupedGemmTile> tile) {
+  if (!GroupedMmWeightGradCudaSupports(a, b)) return GroupedMmWeightGradReference(a, b, offs);
+  return GroupedMmWeightGradCuda(a, b, offs, tile.value_or(DefaultGroupedGemmTile(GroupedOperands::kWeightGrad)));
+}
+
+#ifndef FTD_WITH_CUTLASS
+at::Tensor GroupedMmCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, GroupedGemmTile) {
+  TORCH_CHECK(false, "GroupedMmCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
+}
+at::Tensor GroupedMmWeightGradCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, GroupedGemmTile) {
+  TORCH_CHECK(false, "GroupedMmWeightGradCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
+}
+#endif
+
+}  // namespace ftd::kernels

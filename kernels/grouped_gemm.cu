@@ -1,0 +1,75 @@
+// Tensor-facing launchers of the Hopper grouped GEMM (kernels/grouped_gemm.h): shape checks,
+// the output and the workspace from the caching allocator (so the launch is graph-capturable),
+// then kernels/grouped_gemm_launch.h on the current stream.
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/grouped_gemm.h"
+
+namespace ftd::kernels {
+
+namespace {
+
+at::Tensor RunGroupedGemm(const GroupedGemmArgs& args, GroupedGemmTile tile, const at::Tensor& like) {
+  const size_t bytes = GroupedGemmWorkspaceBytes(args, tile);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+  const std::string error =
+      LaunchGroupedGemmSm90(args, tile, workspace.data_ptr(), bytes, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(error.empty(), error, " (tile ", GroupedGemmTileName(tile), ")");
+  return workspace;
+}
+
+void CheckOffs(const at::Tensor& offs, int64_t groups, const at::Tensor& like, const char* op) {
+  TORCH_CHECK(offs.scalar_type() == at::kInt && offs.dim() == 1 && offs.numel() == groups &&
+                  offs.device() == like.device() && offs.is_contiguous(),
+              op, ": offs must be a contiguous int32 [", groups, "] on ", like.device(), ", got ", offs.scalar_type(),
+              " ", offs.sizes(), " on ", offs.device());
+}
+
+}  // namespace
+
+at::Tensor GroupedMmCuda(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& offs, GroupedGemmTile tile) {
+  TORCH_CHECK(GroupedMmCudaSupports(rows, w), "GroupedMmCuda: needs bf16 sm90 CUDA rows [N, K] (contiguous) and w ",
+              "[E, K, M] (contiguous or a transposed [E, M, K]) with K, M multiples of 8, got ", rows.sizes(), ", ",
+              w.sizes());
+  TORCH_CHECK(rows.size(1) == w.size(1), "GroupedMmCuda: rows have ", rows.size(1), " columns, w[g] ", w.size(1),
+              " rows");
+  CheckOffs(offs, w.size(0), rows, "GroupedMmCuda");
+  c10::cuda::CUDAGuard guard(rows.device());
+  at::Tensor out = at::empty({rows.size(0), w.size(2)}, rows.options());
+  GroupedGemmArgs args;
+  args.operands = w.is_contiguous() ? GroupedOperands::kRowsTimesWeight : GroupedOperands::kRowsTimesWeightT;
+  args.a = rows.data_ptr();
+  args.b = w.data_ptr();  // [E, M, K] storage when transposed
+  args.d = out.data_ptr();
+  args.offs = offs.data_ptr<int32_t>();
+  args.groups = static_cast<int>(w.size(0));
+  args.k = rows.size(1);
+  args.m = w.size(2);
+  RunGroupedGemm(args, tile, rows);
+  return out;
+}
+
+at::Tensor GroupedMmWeightGradCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
+                                   GroupedGemmTile tile) {
+  TORCH_CHECK(GroupedMmWeightGradCudaSupports(a, b), "GroupedMmWeightGradCuda: needs contiguous bf16 sm90 CUDA a ",
+              "[N, K] and b [N, M], K and M multiples of 8, got ", a.sizes(), ", ", b.sizes());
+  TORCH_CHECK(a.size(0) == b.size(0), "GroupedMmWeightGradCuda: a has ", a.size(0), " rows, b ", b.size(0));
+  CheckOffs(offs, offs.numel(), a, "GroupedMmWeightGradCuda");
+  c10::cuda::CUDAGuard guard(a.device());
+  at::Tensor out = at::empty({offs.numel(), a.size(1), b.size(1)}, a.options());
+  GroupedGemmArgs args;
+  args.operands = GroupedOperands::kWeightGrad;
+  args.a = a.data_ptr();
+  args.b = b.data_ptr();
+  args.d = out.data_ptr();
+  args.offs = offs.data_ptr<int32_t>();
+  args.groups = static_cast<int>(offs.numel());
+  args.k = a.size(1);
+  args.m = b.size(1);
+  RunGroupedGemm(args, tile, a);
+  return out;
+}
+
+}  // namespace ftd::kernels

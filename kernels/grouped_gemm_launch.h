@@ -1,0 +1,51 @@
+// The Hopper grouped GEMM's launcher (kernels/grouped_gemm_sm90*.cu), free of LibTorch headers so
+// that the CUTLASS translation units stay small; kernels/grouped_gemm.h is the tensor-facing API.
+// bf16 operands, fp32 accumulation, bf16 output; groups are runs of rows given by their inclusive
+// prefix sums `offs` on the device (no host sync), as at::_grouped_mm takes them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+// cudaStream_t without the CUDA headers (CPU builds include this file too).
+struct CUstream_st;
+
+namespace ftd::kernels {
+
+// Which operands a group multiplies; E groups, group g's rows are [offs[g-1], offs[g]).
+enum class GroupedOperands {
+  kRowsTimesWeight,   // d[rows_g] = a[rows_g] @ b[g]:      a [N, K], b [E, K, M] (row-major), d [N, M]
+  kRowsTimesWeightT,  // d[rows_g] = a[rows_g] @ b[g]^T:    a [N, K], b [E, M, K] (row-major), d [N, M]
+  kWeightGrad,        // d[g] = a[rows_g]^T @ b[rows_g]:    a [N, K], b [N, M], d [E, K, M]; empty groups give zeros
+};
+
+// CTA tile and kernel schedule (CUTLASS 3.x sm90 ptr-array kernels, TMA + wgmma, persistent).
+enum class GroupedGemmTile {
+  kPingpong64x256,      // two consumer warpgroups alternate 64x256 tiles: short groups waste < 64 rows
+  kCooperative128x256,  // both consumer warpgroups on one 128x256 tile (what LibTorch picks here)
+  kPingpong128x128,
+};
+constexpr int kGroupedGemmTileCount = 3;
+const char* GroupedGemmTileName(GroupedGemmTile tile);
+
+struct GroupedGemmArgs {
+  GroupedOperands operands = GroupedOperands::kRowsTimesWeight;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* d = nullptr;
+  const int32_t* offs = nullptr;  // [groups] on the device: inclusive prefix sums of the rows
+  int groups = 0;
+  int64_t k = 0;  // a's columns
+  int64_t m = 0;  // d's columns (b's last dimension, or its middle one for kRowsTimesWeightT)
+};
+
+// Device bytes the launch needs as scratch (per-group arguments and CUTLASS's tensor maps).
+size_t GroupedGemmWorkspaceBytes(const GroupedGemmArgs& args, GroupedGemmTile tile);
+
+// Enqueues the GEMM on `stream`; "" on success, else what failed (CUTLASS's status or CUDA's error).
+// Every pointer must be 16-byte aligned and k, m multiples of 8 (TMA).
+std::string LaunchGroupedGemmSm90(const GroupedGemmArgs& args, GroupedGemmTile tile, void* workspace,
+                                  size_t workspace_bytes, CUstream_st* stream);
+
+}  // namespace ftd::kernels

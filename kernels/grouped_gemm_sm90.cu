@@ -1,0 +1,47 @@
+// Dispatch of the grouped GEMM's launcher (kernels/grouped_gemm_launch.h) to the instantiations
+// of each operand layout (kernels/grouped_gemm_sm90_{rows,rows_t,wgrad}.cu).
+#include "kernels/grouped_gemm_launch.h"
+
+namespace ftd::kernels {
+namespace sm90 {
+size_t RowsWorkspaceBytes(const GroupedGemmArgs& args, GroupedGemmTile tile);
+size_t RowsTWorkspaceBytes(const GroupedGemmArgs& args, GroupedGemmTile tile);
+size_t WeightGradWorkspaceBytes(const GroupedGemmArgs& args, GroupedGemmTile tile);
+std::string LaunchRows(const GroupedGemmArgs& args, GroupedGemmTile tile, void* workspace, size_t bytes,
+                       cudaStream_t stream);
+std::string LaunchRowsT(const GroupedGemmArgs& args, GroupedGemmTile tile, void* workspace, size_t bytes,
+                        cudaStream_t stream);
+std::string LaunchWeightGrad(const GroupedGemmArgs& args, GroupedGemmTile tile, void* workspace, size_t bytes,
+                             cudaStream_t stream);
+}  // namespace sm90
+
+const char* GroupedGemmTileName(GroupedGemmTile tile) {
+  switch (tile) {
+    case GroupedGemmTile::kPingpong64x256: return "pingpong_64x256";
+    case GroupedGemmTile::kCooperative128x256: return "cooperative_128x256";
+    case GroupedGemmTile::kPingpong128x128: return "pingpong_128x128";
+  }
+  return "?";
+}
+
+size_t GroupedGemmWorkspaceBytes(const GroupedGemmArgs& args, GroupedGemmTile tile) {
+  switch (args.operands) {
+    case GroupedOperands::kRowsTimesWeight: return sm90::RowsWorkspaceBytes(args, tile);
+    case GroupedOperands::kRowsTimesWeightT: return sm90::RowsTWorkspaceBytes(args, tile);
+    case GroupedOperands::kWeightGrad: return sm90::WeightGradWorkspaceBytes(args, tile);
+  }
+  return 0;
+}
+
+std::string LaunchGroupedGemmSm90(const GroupedGemmArgs& args, GroupedGemmTile tile, void* workspace,
+                                  size_t workspace_bytes, cudaStream_t stream) {
+  if (args.groups == 0) return "";
+  switch (args.operands) {
+    case GroupedOperands::kRowsTimesWeight: return sm90::LaunchRows(args, tile, workspace, workspace_bytes, stream);
+    case GroupedOperands::kRowsTimesWeightT: return sm90::LaunchRowsT(args, tile, workspace, workspace_bytes, stream);
+    case GroupedOperands::kWeightGrad: return sm90::LaunchWeightGrad(args, tile, workspace, workspace_bytes, stream);
+  }
+  return "grouped GEMM: unknown operands";
+}
+
+}  // namespace ftd::kernels

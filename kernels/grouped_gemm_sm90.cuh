@@ -1,0 +1,257 @@
+// The grouped GEMM's CUTLASS 3.x instantiations (sm90 ptr-array kernels: TMA loads, wgmma,
+// warp-specialised persistent CTAs, TMA-store epilogue). Included by one .cu per operand layout
+// (kernels/grouped_gemm_sm90_{rows,rows_t,wgrad}.cu) so the heavy instantiations compile in
+// parallel. A one-block kernel turns the device-side offsets into CUTLASS's per-group problem
+// shapes, pointers and strides, so nothing waits on the host.
+#pragma once
+
+#include <string>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/group_array_problem_shape.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "kernels/grouped_gemm_launch.h"
+
+namespace ftd::kernels::sm90 {
+
+using Element = cutlass::bfloat16_t;
+using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>>;  // <M, N, K> per group
+
+struct Pingpong64x256 {
+  using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
+  using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
+  using TileShape = cute::Shape<cute::_64, cute::_256, cute::_64>;
+  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+};
+struct Cooperative128x256 {
+  using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
+  using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
+  using TileShape = cute::Shape<cute::_128, cute::_256, cute::_64>;
+  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+};
+struct Pingpong128x128 {
+  using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
+  using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
+  using TileShape = cute::Shape<cute::_128, cute::_128, cute::_64>;
+  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+};
+
+// CUTLASS's A is [M, K], B is [K, N] (cute indexes it (N, K)), D is [M, N] row-major.
+template <GroupedOperands Ops>
+struct OperandLayouts;
+template <>
+struct OperandLayouts<GroupedOperands::kRowsTimesWeight> {  // A rows (K-major), B w[g] [K, M] (N-major)
+  using A = cutlass::layout::RowMajor;
+  using B = cutlass::layout::RowMajor;
+};
+template <>
+struct OperandLayouts<GroupedOperands::kRowsTimesWeightT> {  // B = w[g]^T, w[g] [M, K] (K-major)
+  using A = cutlass::layout::RowMajor;
+  using B = cutlass::layout::ColumnMajor;
+};
+template <>
+struct OperandLayouts<GroupedOperands::kWeightGrad> {  // A = a_g^T (M-major), B = b_g [rows, M] (N-major)
+  using A = cutlass::layout::ColumnMajor;
+  using B = cutlass::layout::RowMajor;
+};
+
+template <GroupedOperands Ops, class Config>
+struct GroupedGemm {
+  using LayoutA = typename OperandLayouts<Ops>::A;
+  using LayoutB = typename OperandLayouts<Ops>::B;
+  using LayoutD = cutlass::layout::RowMajor;
+  static constexpr int kAlign = 8;  // 16 bytes of bf16
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, typename Config::TileShape, typename Config::ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlign, Element, LayoutD*,
+      kAlign, typename Config::EpilogueSchedule,
+      cutlass::epilogue::fusion::LinearCombination<Element, float, void, float>>::CollectiveOp;
+
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element, LayoutB*, kAlign,
+      float, typename Config::TileShape, typename Config::ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      typename Config::KernelSchedule>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using StrideA = typename Kernel::InternalStrideA;
+  using StrideB = typename Kernel::InternalStrideB;
+  using StrideD = typename Kernel::InternalStrideD;
+};
+
+// A packed stride whose one dynamic component (the leading dimension) is `ld`.
+template <class Stride>
+__device__ Stride LeadingStride(int64_t ld) {
+  Stride s{};
+  if constexpr (cute::is_static<cute::remove_cvref_t<decltype(cute::get<0>(s))>>::value) {
+    cute::get<1>(s) = ld;
+  } else {
+    cute::get<0>(s) = ld;
+  }
+  return s;
+}
+
+// Per-group arguments in the workspace, 256-byte aligned each.
+template <class G>
+struct GroupArrays {
+  typename ProblemShape::UnderlyingProblemShape* shapes;
+  const Element** a;
+  const Element** b;
+  Element** d;
+  typename G::StrideA* stride_a;
+  typename G::StrideB* stride_b;
+  typename G::StrideD* stride_d;
+  size_t bytes;
+
+  static GroupArrays Carve(char* base, int groups) {
+    GroupArrays g{};
+    size_t at = 0;
+    auto take = [&](size_t n) {
+      char* p = base + at;
+      at += (n + 255) / 256 * 256;
+      return p;
+    };
+    g.shapes = reinterpret_cast<decltype(g.shapes)>(take(sizeof(*g.shapes) * groups));
+    g.a = reinterpret_cast<const Element**>(take(sizeof(void*) * groups));
+    g.b = reinterpret_cast<const Element**>(take(sizeof(void*) * groups));
+    g.d = reinterpret_cast<Element**>(take(sizeof(void*) * groups));
+    g.stride_a = reinterpret_cast<decltype(g.stride_a)>(take(sizeof(*g.stride_a) * groups));
+    g.stride_b = reinterpret_cast<decltype(g.stride_b)>(take(sizeof(*g.stride_b) * groups));
+    g.stride_d = reinterpret_cast<decltype(g.stride_d)>(take(sizeof(*g.stride_d) * groups));
+    g.bytes = at;
+    return g;
+  }
+};
+
+template <GroupedOperands Ops, class G>
+__global__ void PrepareGroupsKernel(GroupedGemmArgs args, GroupArrays<G> out) {
+  const auto* a = static_cast<const Element*>(args.a);
+  const auto* b = static_cast<const Element*>(args.b);
+  auto* d = static_cast<Element*>(args.d);
+  const int64_t K = args.k, M = args.m;
+  for (int g = threadIdx.x; g < args.groups; g += blockDim.x) {
+    const int64_t begin = g == 0 ? 0 : args.offs[g - 1];
+    const int rows = static_cast<int>(args.offs[g] - begin);
+    if constexpr (Ops == GroupedOperands::kWeightGrad) {
+      // [K, M] = a_g^T [K, rows] @ b_g [rows, M]; an empty group is skipped (M 0: no tiles) and
+      // zero-filled by ZeroEmptyGroupsKernel, a K of 0 would leave the accumulators unset.
+      out.shapes[g] = {rows == 0 ? 0 : static_cast<int>(K), static_cast<int>(M), rows};
+      out.a[g] = a + begin * K;
+      out.b[g] = b + begin * M;
+      out.d[g] = d + g * K * M;
+      out.stride_a[g] = LeadingStride<typename G::StrideA>(K);
+      out.stride_b[g] = LeadingStride<typename G::StrideB>(M);
+    } else {
+      out.shapes[g] = {rows, static_cast<int>(M), static_cast<int>(K)};
+      out.a[g] = a + begin * K;
+      out.b[g] = b + g * K * M;
+      out.d[g] = d + begin * M;
+      out.stride_a[g] = LeadingStride<typename G::StrideA>(K);
+      out.stride_b[g] = LeadingStride<typename G::StrideB>(Ops == GroupedOperands::kRowsTimesWeight ? M : K);
+    }
+    out.stride_d[g] = LeadingStride<typename G::StrideD>(M);
+  }
+}
+
+// dW of an expert that got no rows is zero (the weight-gradient layout only).
+template <class T>
+__global__ void ZeroEmptyGroupsKernel(GroupedGemmArgs args) {
+  const int g = blockIdx.y;
+  const int64_t begin = g == 0 ? 0 : args.offs[g - 1];
+  if (args.offs[g] != begin) return;
+  const int64_t n16 = args.k * args.m * sizeof(T) / 16;  // 16-byte vectors (k, m multiples of 8)
+  uint4* d = reinterpret_cast<uint4*>(static_cast<T*>(args.d) + g * args.k * args.m);
+  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n16; i += int64_t(gridDim.x) * blockDim.x) {
+    d[i] = make_uint4(0, 0, 0, 0);
+  }
+}
+
+inline int SmCount() {
+  static const int sms = [] {
+    int device = 0, count = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    return count;
+  }();
+  return sms;
+}
+
+template <GroupedOperands Ops, class Config>
+typename GroupedGemm<Ops, Config>::Gemm::Arguments MakeArguments(const GroupedGemmArgs& args,
+                                                                  const GroupArrays<GroupedGemm<Ops, Config>>& g) {
+  using G = GroupedGemm<Ops, Config>;
+  cutlass::KernelHardwareInfo hw;
+  cudaGetDevice(&hw.device_id);
+  hw.sm_count = SmCount();
+  typename G::Gemm::Arguments arguments{
+      cutlass::gemm::GemmUniversalMode::kGrouped,
+      {args.groups, g.shapes, nullptr},  // problem shapes on the device only
+      {g.a, g.stride_a, g.b, g.stride_b},
+      {{}, nullptr, g.stride_d, g.d, g.stride_d},
+      hw};
+  arguments.epilogue.thread.alpha = 1.0f;
+  arguments.epilogue.thread.beta = 0.0f;
+  return arguments;
+}
+
+template <GroupedOperands Ops, class Config>
+size_t WorkspaceBytes(const GroupedGemmArgs& args) {
+  using G = GroupedGemm<Ops, Config>;
+  auto g = GroupArrays<G>::Carve(nullptr, args.groups);
+  return g.bytes + G::Gemm::get_workspace_size(MakeArguments<Ops, Config>(args, g)) + 256;
+}
+
+template <GroupedOperands Ops, class Config>
+std::string Launch(const GroupedGemmArgs& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  using G = GroupedGemm<Ops, Config>;
+  auto g = GroupArrays<G>::Carve(static_cast<char*>(workspace), args.groups);
+  auto arguments = MakeArguments<Ops, Config>(args, g);
+  const size_t cutlass_bytes = G::Gemm::get_workspace_size(arguments);
+  if (g.bytes + cutlass_bytes > workspace_bytes) return "grouped GEMM: workspace too small";
+  PrepareGroupsKernel<Ops, G><<<1, 256, 0, stream>>>(args, g);
+  if constexpr (Ops == GroupedOperands::kWeightGrad) {
+    ZeroEmptyGroupsKernel<Element><<<dim3(16, args.groups), 256, 0, stream>>>(args);
+  }
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return std::string("grouped GEMM prepare: ") + cudaGetErrorString(e);
+  typename G::Gemm gemm;
+  cutlass::Status s = gemm.can_implement(arguments);
+  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM can_implement: ") + cutlassGetStatusString(s);
+  s = gemm.initialize(arguments, static_cast<char*>(workspace) + g.bytes, stream);
+  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM initialize: ") + cutlassGetStatusString(s);
+  s = gemm.run(stream);
+  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM run: ") + cutlassGetStatusString(s);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return std::string("grouped GEMM: ") + cudaGetErrorString(e);
+  return "";
+}
+
+// The three tiles of one operand layout, by enum.
+template <GroupedOperands Ops>
+size_t WorkspaceBytesFor(const GroupedGemmArgs& args, GroupedGemmTile tile) {
+  switch (tile) {
+    case GroupedGemmTile::kPingpong64x256: return WorkspaceBytes<Ops, Pingpong64x256>(args);
+    case GroupedGemmTile::kCooperative128x256: return WorkspaceBytes<Ops, Cooperative128x256>(args);
+    case GroupedGemmTile::kPingpong128x128: return WorkspaceBytes<Ops, Pingpong128x128>(args);
+  }
+  return 0;
+}
+
+template <GroupedOperands Ops>
+std::string LaunchFor(const GroupedGemmArgs& args, GroupedGemmTile tile, void* workspace, size_t bytes,
+                      cudaStream_t stream) {
+  switch (tile) {
+    case GroupedGemmTile::kPingpong64x256: return Launch<Ops, Pingpong64x256>(args, workspace, bytes, stream);
+    case GroupedGemmTile::kCooperative128x256: return Launch<Ops, Cooperative128x256>(args, workspace, bytes, stream);
+    case GroupedGemmTile::kPingpong128x128: return Launch<Ops, Pingpong128x128>(args, workspace, bytes, stream);
+  }
+  return "grouped GEMM: unknown tile";
+}
+
+}  // namespace ftd::kernels::sm90
