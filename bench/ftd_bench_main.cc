@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/model/config.h"
+#include "engine/model/core/backends.h"
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/lora.h"
 #include "engine/model/transformer.h"
@@ -110,7 +111,7 @@ int main(int argc, char** argv) {
   double grad_clip = 1.0, weight_decay = 0.0, lr = 1e-5;
   bool ckpt = false, no_cuda_graph = false, save_expert_act = false, mamba_kernels = false;
   int64_t loss_chunk = ModelOptions{}.loss_chunk_tokens;
-  std::string sink_attention = "auto";
+  std::string sink_attention = "auto", experts = "grouped_mm";
   std::string profile_out, trace_out;
   int64_t lora_rank = 0;
   double lora_alpha = 0;
@@ -129,6 +130,7 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed steps first (the CUDA graph is captured in the third)")
       ->capture_default_str();
   app.add_option("--gate", gate, "real | balanced")->capture_default_str();
+  app.add_option("--experts", experts, "backends.experts: grouped_mm | ftd | loop")->capture_default_str();
   app.add_option("--model", model_dir, "start from this HF checkpoint instead of a random init");
   app.add_option("--device", device, "auto | cpu | cuda")->capture_default_str();
   app.add_option("--precision", precision, "auto | compact | fp32_master | bf16_pure")->capture_default_str();
@@ -164,6 +166,10 @@ int main(int argc, char** argv) {
         absl::StrCat("--sink-attention: ", config->model_type, " has no attention sinks (GPT-OSS presets have)")));
   }
   const bool cuda = device == "cuda" || (device == "auto" && at::hasCUDA());
+  absl::StatusOr<ExpertsBackend> experts_backend = ParseExpertsBackend(experts);
+  if (!experts_backend.ok()) return Fail(experts_backend.status());
+  SetExpertsBackend(*experts_backend);
+  if (*experts_backend == ExpertsBackend::kLoop) no_cuda_graph = true;  // the loop reads the counts on the host
   ModelOptions options;
   options.device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   options.dtype = at::kBFloat16;
@@ -289,6 +295,7 @@ int main(int argc, char** argv) {
                       {"optimizer_in_backward", (*step)->optimizer_in_backward()},
                       {"save_expert_activation", save_expert_act},
                       {"sink_attention", !config->attention_sinks ? "none" : SinkLayersUseFlash(*config, options) ? "flash" : "sdpa"},
+                      {"experts", experts},
                       {"mamba_kernels", cuda && config->NumMambaLayers() > 0 && mamba_kernels},
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},

@@ -450,7 +450,7 @@ absl::Status SpecValidator::ValidateAndNormalize(const std::string& tenant, ftd:
   // (a setting that is accepted must take effect). The engine refuses flash/cudnn on a CPU rank.
   auto* be = spec->mutable_backends();
   FTD_RETURN_IF_ERROR(CheckChoice("spec.backends.attention", be->mutable_attention(), {"sdpa", "flash", "cudnn"}, notes));
-  FTD_RETURN_IF_ERROR(CheckChoice("spec.backends.experts", be->mutable_experts(), {"grouped_mm", "loop"}, notes));
+  FTD_RETURN_IF_ERROR(CheckChoice("spec.backends.experts", be->mutable_experts(), {"grouped_mm", "ftd", "loop"}, notes));
   FTD_RETURN_IF_ERROR(CheckSupportedChoice(
       "spec.backends.dispatcher", be->mutable_dispatcher(), "alltoall",
       {{"fused", "no fused (DeepEP-style) dispatch kernel exists yet; use alltoall"}}, notes));

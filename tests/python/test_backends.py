@@ -1,4 +1,4 @@
-"""backends.attention (sdpa | flash | cudnn) and backends.experts (grouped_mm | loop) change what
+"""backends.attention (sdpa | flash | cudnn) and backends.experts (grouped_mm | ftd | loop) change what
 `ftd-train train` runs, and its log says which: on the CPU, the CUDA-only attention kernels are
 refused by field name before any step and experts `loop` trains (the same losses as grouped_mm,
 whose CPU path is the same per-expert loop); on a GPU, every combination trains the same tiny
@@ -56,6 +56,9 @@ def test_cpu_experts_loop_trains_and_says_so(ftd_train, work):
     assert "experts loop (one matmul per expert, no CUDA graphs)" in backends_line(loop.stdout)
     assert "experts grouped_mm (at::_grouped_mm on CUDA" in backends_line(grouped.stdout)
     assert "attention sdpa (SDPA choosing its kernel" in backends_line(grouped.stdout)
+    own, own_losses = train(ftd_train, work, "own", "sdpa", "ftd")  # the CPU takes the per-expert loop too
+    assert own_losses == grouped_losses
+    assert "experts ftd (ftd's Hopper grouped GEMM on sm90 (bf16)" in backends_line(own.stdout)
 
 
 @pytest.mark.parametrize("attention", ["flash", "cudnn"])
@@ -75,7 +78,8 @@ def test_gpu_every_backend_trains_like_sdpa(ftd_train, work):
     assert len(base_losses) == STEPS
     for attention, experts, says in [("flash", "grouped_mm", "restricted to FlashAttention-2"),
                                      ("cudnn", "grouped_mm", "restricted to cuDNN attention"),
-                                     ("sdpa", "loop", "experts loop (one matmul per expert")]:
+                                     ("sdpa", "loop", "experts loop (one matmul per expert"),
+                                     ("sdpa", "ftd", "experts ftd (ftd's Hopper grouped GEMM")]:
         res, losses = train(ftd_train, work, f"gpu-{attention}-{experts}", attention, experts, device="cuda",
                             dtype="bf16")
         assert says in backends_line(res.stdout)

@@ -30,7 +30,7 @@ def train(engine, tmp_path, **override):
     ("method", "qlora", 'method "qlora" is not one of full, lora'),
     ("backends__dispatcher", "fused", "backends.dispatcher: fused is not supported yet"),
     ("backends__attention", "xformers", 'backends.attention "xformers" is not one of sdpa, flash, cudnn'),
-    ("backends__experts", "triton", 'backends.experts "triton" is not one of grouped_mm, loop'),
+    ("backends__experts", "triton", 'backends.experts "triton" is not one of grouped_mm, ftd, loop'),
     ("parallelism__zero_stage", 4, "parallelism.zero_stage must be 0, 1, 2 or 3"),
     ("parallelism__zero_stage", 1, "parallelism.zero_stage 1 is not supported"),
 ])

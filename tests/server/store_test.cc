@@ -474,7 +474,7 @@ TEST_F(ValidatorTest, RefusesSettingsTheEngineCannotHonour) {
   EXPECT_THAT(Error(s), HasSubstr("spec.backends.dispatcher: fused is not supported yet"));
   // Every implemented backend passes (the engine checks them against the rank's device).
   for (const char* attention : {"sdpa", "flash", "cudnn"}) {
-    for (const char* experts : {"grouped_mm", "loop"}) {
+    for (const char* experts : {"grouped_mm", "ftd", "loop"}) {
       s = spec();
       s.mutable_backends()->set_attention(attention);
       s.mutable_backends()->set_experts(experts);
@@ -486,7 +486,7 @@ TEST_F(ValidatorTest, RefusesSettingsTheEngineCannotHonour) {
   EXPECT_THAT(Error(s), HasSubstr("spec.backends.attention: must be one of sdpa, flash, cudnn"));
   s = spec();
   s.mutable_backends()->set_experts("magic");
-  EXPECT_THAT(Error(s), HasSubstr("spec.backends.experts: must be one of grouped_mm, loop"));
+  EXPECT_THAT(Error(s), HasSubstr("spec.backends.experts: must be one of grouped_mm, ftd, loop"));
   for (int stage : {1, 4}) {
     s = spec();
     s.mutable_parallelism()->set_zero_stage(stage);

@@ -24,7 +24,9 @@ absl::StatusOr<AttentionBackend> ParseAttentionBackend(std::string_view name) {
 absl::StatusOr<ExpertsBackend> ParseExpertsBackend(std::string_view name) {
   if (name.empty() || name == "grouped_mm") return ExpertsBackend::kGroupedMm;
   if (name == "loop") return ExpertsBackend::kLoop;
-  return absl::InvalidArgumentError(absl::StrCat("backends.experts \"", std::string(name), "\" is not one of grouped_mm, loop"));
+  if (name == "ftd") return ExpertsBackend::kFtd;
+  return absl::InvalidArgumentError(
+      absl::StrCat("backends.experts \"", std::string(name), "\" is not one of grouped_mm, ftd, loop"));
 }
 
 const char* AttentionBackendName(AttentionBackend backend) {
@@ -37,7 +39,12 @@ const char* AttentionBackendName(AttentionBackend backend) {
 }
 
 const char* ExpertsBackendName(ExpertsBackend backend) {
-  return backend == ExpertsBackend::kLoop ? "loop" : "grouped_mm";
+  switch (backend) {
+    case ExpertsBackend::kGroupedMm: return "grouped_mm";
+    case ExpertsBackend::kLoop: return "loop";
+    case ExpertsBackend::kFtd: return "ftd";
+  }
+  return "?";
 }
 
 void SetAttentionBackend(AttentionBackend backend) {
@@ -61,9 +68,11 @@ std::string DescribeBackends(AttentionBackend attention, ExpertsBackend experts)
       : attention == AttentionBackend::kCudnn
           ? "SDPA restricted to cuDNN attention, packed rows through their document mask"
           : "SDPA choosing its kernel, packed rows on CUDA through FlashAttention's varlen kernel";
-  const char* experts_run = experts == ExpertsBackend::kLoop
-                                ? "one matmul per expert, no CUDA graphs"
-                                : "at::_grouped_mm on CUDA (bf16), one matmul per expert elsewhere";
+  const char* experts_run =
+      experts == ExpertsBackend::kLoop ? "one matmul per expert, no CUDA graphs"
+      : experts == ExpertsBackend::kFtd
+          ? "ftd's Hopper grouped GEMM on sm90 (bf16), at::_grouped_mm on other GPUs, one matmul per expert on CPU"
+          : "at::_grouped_mm on CUDA (bf16), one matmul per expert elsewhere";
   return absl::StrCat("attention ", AttentionBackendName(attention), " (", attention_runs, "), experts ",
                       ExpertsBackendName(experts), " (", experts_run, ")");
 }

@@ -6,6 +6,8 @@
 //   attention cudnn: SDPA restricted to cuDNN's fused attention; packed rows through their
 //                    document mask (no varlen kernel). CUDA only.
 //   experts grouped_mm: at::_grouped_mm (bf16 CUDA, 16-byte rows), else one mm per expert.
+//   experts ftd:        ftd's own Hopper grouped GEMM (kernels/grouped_gemm.h: bf16 on sm90),
+//                       else as grouped_mm.
 //   experts loop:       one mm per expert on every device (a reference; no CUDA graphs: it
 //                       reads the counts on the host).
 #pragma once
@@ -18,7 +20,7 @@
 namespace ftd::engine {
 
 enum class AttentionBackend { kSdpa, kFlash, kCudnn };
-enum class ExpertsBackend { kGroupedMm, kLoop };
+enum class ExpertsBackend { kGroupedMm, kLoop, kFtd };
 
 // The spec's names; errors name the field (backends.attention / backends.experts).
 absl::StatusOr<AttentionBackend> ParseAttentionBackend(std::string_view name);

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "engine/model/core/moe/expert_gemm.h"
 #include "kernels/permute_rows.h"
 #include "kernels/swiglu.h"
 
@@ -16,10 +17,10 @@ struct ExpertMlpFunction : public torch::autograd::Function<ExpertMlpFunction> {
                             const at::Tensor& inverse, const at::Tensor& row_weights, const at::Tensor& offs,
                             const at::Tensor& gate_up, const at::Tensor& down, int64_t k, bool save_activation) {
     at::Tensor rows = kernels::PermuteRowsCuda(x, order, k);                 // [N, H]
-    at::Tensor h = at::_grouped_mm(rows, gate_up, offs);                     // [N, 2F]
+    at::Tensor h = ExpertGemm(rows, gate_up, offs);                          // [N, 2F]
     rows = at::Tensor();
     at::Tensor act = kernels::WeightedSwigluForwardCuda(h, row_weights);    // [N, F]
-    at::Tensor y = at::_grouped_mm(act, down, offs);                         // [N, H]
+    at::Tensor y = ExpertGemm(act, down, offs);                              // [N, H]
     if (!save_activation) act = at::Tensor();
     ctx->save_for_backward({x, order, inverse, row_weights, offs, gate_up, down, h, act});
     ctx->saved_data["k"] = k;
@@ -36,18 +37,18 @@ struct ExpertMlpFunction : public torch::autograd::Function<ExpertMlpFunction> {
     at::Tensor d_down, d_gate_up, dx, dw;
     {
       at::Tensor act = s[8].defined() ? s[8] : kernels::WeightedSwigluForwardCuda(h, w);  // saved or recomputed
-      d_down = at::_grouped_mm(act.t(), dy, offs);                                        // [E, F, H]
+      d_down = ExpertGemmWeightGrad(act, dy, offs);                                       // [E, F, H]
     }
-    at::Tensor dact = at::_grouped_mm(dy, down.transpose(1, 2), offs);  // [N, F]
+    at::Tensor dact = ExpertGemm(dy, down.transpose(1, 2), offs);  // [N, F]
     dy = at::Tensor();
     at::Tensor dh;
     std::tie(dh, dw) = kernels::WeightedSwigluBackwardCuda(dact, h, w);  // [N, 2F], [N]
     dact = at::Tensor();
     {
       at::Tensor rows = kernels::PermuteRowsCuda(x, order, k);  // recomputed
-      d_gate_up = at::_grouped_mm(rows.t(), dh, offs);            // [E, H, 2F]
+      d_gate_up = ExpertGemmWeightGrad(rows, dh, offs);            // [E, H, 2F]
     }
-    at::Tensor drows = at::_grouped_mm(dh, gate_up.transpose(1, 2), offs);  // [N, H]
+    at::Tensor drows = ExpertGemm(dh, gate_up.transpose(1, 2), offs);  // [N, H]
     dx = kernels::UnpermuteSumCuda(drows, inverse, k);                      // [T, H]
     return {dx, at::Tensor(), at::Tensor(), dw, at::Tensor(), d_gate_up, d_down, at::Tensor(), at::Tensor()};
   }

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include "engine/model/core/backends.h"
+#include "engine/model/core/moe/expert_gemm.h"
 #include "kernels/kernels_available.h"
 #include "kernels/relu2.h"
 #include "kernels/swiglu.h"
@@ -16,11 +17,11 @@ using kernels::OnKernelDevice;
 at::Tensor GroupedMatmul(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& counts) {
   // _grouped_mm needs 16-byte aligned rows: K and N multiples of 8 in bf16 (a LoRA rank of 4,
   // say, is not; such GEMMs take the loop below, as does everything under backends.experts loop).
-  if (CurrentExpertsBackend() == ExpertsBackend::kGroupedMm && rows.is_cuda() && rows.scalar_type() == at::kBFloat16 &&
+  if (CurrentExpertsBackend() != ExpertsBackend::kLoop && rows.is_cuda() && rows.scalar_type() == at::kBFloat16 &&
       w.size(1) % 8 == 0 && w.size(2) % 8 == 0) {
     // offs[-1] must equal rows: rows past it would be left uninitialised.
     at::Tensor offs = counts.cumsum(0).to(at::kInt);
-    return at::_grouped_mm(rows, w, offs);
+    return ExpertGemmDifferentiable(rows, w, offs);  // backends.experts: at::_grouped_mm or ftd's kernel
   }
   at::Tensor counts_cpu = counts.to(at::kCPU);
   std::vector<int64_t> sizes(counts_cpu.data_ptr<int64_t>(), counts_cpu.data_ptr<int64_t>() + counts_cpu.numel());

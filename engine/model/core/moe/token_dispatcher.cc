@@ -46,7 +46,7 @@ DispatchResult LocalTokenDispatcher::Dispatch(const at::Tensor& flat, const Rout
   const bool plain_swiglu = w.swiglu_limit == 0 && !w.gate_up_bias.defined() && !w.down_bias.defined() &&
                             w.activation == MlpActivation::kSwiglu;
   // backends.experts loop: ExpertsForward's per-expert matmuls (the fused op is grouped GEMMs).
-  const bool grouped = CurrentExpertsBackend() == ExpertsBackend::kGroupedMm;
+  const bool grouped = CurrentExpertsBackend() != ExpertsBackend::kLoop;
   if (fused && grouped && !adapters && plain_swiglu && ExpertMlpRecomputeSupports(flat, perm.weights, w.gate_up)) {
     // One op from gather to k-way sum, saving only h for backward.
     at::Tensor out = ExpertMlpRecompute(flat, perm.order, perm.inverse, perm.weights, perm.counts, w.gate_up, w.down, k,
