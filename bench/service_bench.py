@@ -161,6 +161,7 @@ def main():
                    help="layer shape (bench/hf_v5_baseline.py --family): Qwen3-30B-A3B, Moonlight-16B-A3B, Mixtral-8x7B, "
                         "GPT-OSS-20B, Nemotron Nano 3 (30B-A3B)")
     p.add_argument("--clips", type=float, nargs="+", default=[1.0, 0.0], help="grad_clip of each job (1.0: the default spec)")
+    p.add_argument("--experts", default="", help="backends.experts of the jobs and ftd-bench (empty: the spec's default)")
     a = p.parse_args()
     work = os.path.join("/tmp", "ftd-service-work")
     subprocess.run(["rm", "-rf", work])
@@ -198,11 +199,14 @@ def main():
                         "resources": {"nodes": 1, "gpus_per_node": 1}}
                 if clip == 1.0:
                     del spec["hyperparameters"]["grad_clip"]  # the default
+                if a.experts:
+                    spec["backends"] = {"experts": a.experts}
                 jobs[clip] = run_job(coord, name, spec, a.out)
             bench = {}
             for clip in a.clips:
                 r = run([f"{a.bin}/ftd-bench", "--model", init, "--seq", a.seq, "--steps", a.hf_steps,
-                         "--warmup", WARMUP, "--grad-clip", clip], f"{a.out}/bench-{a.family}-{L}-clip{clip:g}.err")
+                         "--warmup", WARMUP, "--grad-clip", clip] + (["--experts", a.experts] if a.experts else []),
+                        f"{a.out}/bench-{a.family}-{L}-clip{clip:g}.err")
                 bench[clip] = last_json(r.stdout) or {}
                 log(f"ftd-bench, {a.family}, {L} layers, clip {clip:g}: {json.dumps(bench[clip])}")
             unchanged = {}
