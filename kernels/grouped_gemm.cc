@@ -1,5 +1,8 @@
 #include "kernels/grouped_gemm.h"
 
+#include <cstdlib>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -89,7 +92,42 @@ bool GroupedMmWeightGradCudaSupports(const at::Tensor& a, const at::Tensor& b) {
          b.dim() == 2 && a.is_contiguous() && b.is_contiguous() && a.size(1) % 8 == 0 && b.size(1) % 8 == 0;
 }
 
+namespace {
+
+// FTD_GROUPED_GEMM_TILES="rows=<tile>,rows_t=<tile>,wgrad=<tile>" (any subset; tile names as
+// GroupedGemmTileName) overrides the defaults, for benchmarking; read once.
+std::optional<GroupedGemmTile> TileFromEnvironment(GroupedOperands operands) {
+  static const std::vector<std::optional<GroupedGemmTile>> tiles = [] {
+    std::vector<std::optional<GroupedGemmTile>> t(3);
+    const char* env = std::getenv("FTD_GROUPED_GEMM_TILES");
+    std::string s = env ? env : "";
+    size_t at = 0;
+    while (at < s.size()) {
+      size_t end = s.find(',', at);
+      if (end == std::string::npos) end = s.size();
+      const std::string item = s.substr(at, end - at);
+      at = end + 1;
+      const size_t eq = item.find('=');
+      const std::string key = item.substr(0, eq), value = eq == std::string::npos ? "" : item.substr(eq + 1);
+      const int slot = key == "rows" ? 0 : key == "rows_t" ? 1 : key == "wgrad" ? 2 : -1;
+      bool found = false;
+      for (int i = 0; i < kGroupedGemmTileCount && slot >= 0; ++i) {
+        if (value == GroupedGemmTileName(static_cast<GroupedGemmTile>(i))) {
+          t[slot] = static_cast<GroupedGemmTile>(i);
+          found = true;
+        }
+      }
+      TORCH_CHECK(found, "FTD_GROUPED_GEMM_TILES: \"", item, "\" is not <rows|rows_t|wgrad>=<tile name>");
+    }
+    return t;
+  }();
+  return tiles[static_cast<int>(operands)];
+}
+
+}  // namespace
+
 GroupedGemmTile DefaultGroupedGemmTile(GroupedOperands operands) {
+  if (auto t = TileFromEnvironment(operands)) return *t;
   return operands == GroupedOperands::kWeightGrad ? GroupedGemmTile::kCooperative128x256
                                                   : GroupedGemmTile::kPingpong64x256;
 }

@@ -29,7 +29,8 @@ at::Tensor GroupedMmWeightGrad(const at::Tensor& a, const at::Tensor& b, const a
 bool GroupedMmCudaSupports(const at::Tensor& rows, const at::Tensor& w);
 bool GroupedMmWeightGradCudaSupports(const at::Tensor& a, const at::Tensor& b);
 
-// The tile the functions above use when none is given.
+// The tile the functions above use when none is given (FTD_GROUPED_GEMM_TILES overrides it for
+// benchmarks: "rows=<tile>,rows_t=<tile>,wgrad=<tile>", names as GroupedGemmTileName).
 GroupedGemmTile DefaultGroupedGemmTile(GroupedOperands operands);
 
 // LibTorch references.

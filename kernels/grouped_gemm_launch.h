@@ -25,8 +25,11 @@ enum class GroupedGemmTile {
   kPingpong64x256,      // two consumer warpgroups alternate 64x256 tiles: short groups waste < 64 rows
   kCooperative128x256,  // both consumer warpgroups on one 128x256 tile (what LibTorch picks here)
   kPingpong128x128,
+  // Clusters of two CTAs along M: each weight tile is loaded once (TMA multicast) for both.
+  kPingpong64x256Cluster2,
+  kCooperative128x256Cluster2,
 };
-constexpr int kGroupedGemmTileCount = 3;
+constexpr int kGroupedGemmTileCount = 5;
 const char* GroupedGemmTileName(GroupedGemmTile tile);
 
 struct GroupedGemmArgs {

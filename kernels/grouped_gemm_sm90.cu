@@ -20,6 +20,8 @@ const char* GroupedGemmTileName(GroupedGemmTile tile) {
     case GroupedGemmTile::kPingpong64x256: return "pingpong_64x256";
     case GroupedGemmTile::kCooperative128x256: return "cooperative_128x256";
     case GroupedGemmTile::kPingpong128x128: return "pingpong_128x128";
+    case GroupedGemmTile::kPingpong64x256Cluster2: return "pingpong_64x256_cluster2";
+    case GroupedGemmTile::kCooperative128x256Cluster2: return "cooperative_128x256_cluster2";
   }
   return "?";
 }

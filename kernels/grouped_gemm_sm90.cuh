@@ -41,6 +41,11 @@ struct Pingpong128x128 {
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
 };
 
+template <class Config>
+struct Cluster2AlongM : Config {
+  using ClusterShape = cute::Shape<cute::_2, cute::_1, cute::_1>;
+};
+
 // CUTLASS's A is [M, K], B is [K, N] (cute indexes it (N, K)), D is [M, N] row-major.
 template <GroupedOperands Ops>
 struct OperandLayouts;
@@ -239,6 +244,9 @@ size_t WorkspaceBytesFor(const GroupedGemmArgs& args, GroupedGemmTile tile) {
     case GroupedGemmTile::kPingpong64x256: return WorkspaceBytes<Ops, Pingpong64x256>(args);
     case GroupedGemmTile::kCooperative128x256: return WorkspaceBytes<Ops, Cooperative128x256>(args);
     case GroupedGemmTile::kPingpong128x128: return WorkspaceBytes<Ops, Pingpong128x128>(args);
+    case GroupedGemmTile::kPingpong64x256Cluster2: return WorkspaceBytes<Ops, Cluster2AlongM<Pingpong64x256>>(args);
+    case GroupedGemmTile::kCooperative128x256Cluster2:
+      return WorkspaceBytes<Ops, Cluster2AlongM<Cooperative128x256>>(args);
   }
   return 0;
 }
@@ -250,6 +258,10 @@ std::string LaunchFor(const GroupedGemmArgs& args, GroupedGemmTile tile, void* w
     case GroupedGemmTile::kPingpong64x256: return Launch<Ops, Pingpong64x256>(args, workspace, bytes, stream);
     case GroupedGemmTile::kCooperative128x256: return Launch<Ops, Cooperative128x256>(args, workspace, bytes, stream);
     case GroupedGemmTile::kPingpong128x128: return Launch<Ops, Pingpong128x128>(args, workspace, bytes, stream);
+    case GroupedGemmTile::kPingpong64x256Cluster2:
+      return Launch<Ops, Cluster2AlongM<Pingpong64x256>>(args, workspace, bytes, stream);
+    case GroupedGemmTile::kCooperative128x256Cluster2:
+      return Launch<Ops, Cluster2AlongM<Cooperative128x256>>(args, workspace, bytes, stream);
   }
   return "grouped GEMM: unknown tile";
 }
