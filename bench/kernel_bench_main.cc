@@ -431,8 +431,11 @@ void RunNemotronKernels() {
 // ftd's own grouped GEMM (kernels/grouped_gemm.h), every tile, against at::_grouped_mm on the same
 // operands: the six expert GEMMs of a layer (forward gate_up and down, the backward's two dX and
 // two dW) at the real router's row counts (softmax top-k of random logits), for each family's
-// expert shape. One JSON line per GEMM: each kernel's ms and TFLOP/s, the best tile, and the
-// largest difference from _grouped_mm's output relative to its largest element.
+// expert shape. One JSON line per GEMM: each kernel's ms and TFLOP/s, the best tile, the
+// largest difference from _grouped_mm's output relative to its largest element, and the GEMM's
+// roofline: each operand read once and the output written once at 3.35 TB/s, or 989 TFLOP/s,
+// whichever binds. Each expert's weights serve only ~T*k/E rows, so these GEMMs sit near the
+// H100's ridge point (295 FLOP/byte): moving the weights (or dW) costs about as much as the math.
 void RunGroupedGemms() {
   struct Shape {
     const char* name;
@@ -454,20 +457,23 @@ void RunGroupedGemms() {
     struct Op {
       const char* name;
       double flops;
+      double bytes;  // operands once, output once
       std::function<at::Tensor()> aten;
       std::function<at::Tensor(GroupedGemmTile)> own;
     };
     const double gu = 2.0 * N * H * 2 * F, dn = 2.0 * N * F * H;
+    const double rows_h = 2.0 * N * H, rows_f = 2.0 * N * F, rows_2f = 4.0 * N * F, w_gu = 4.0 * E * H * F,
+                 w_dn = 2.0 * E * F * H;
     const Op ops[] = {
-        {"gate_up", gu, [&] { return at::_grouped_mm(x, wgu, offs); }, [&](GroupedGemmTile t) { return GroupedMmCuda(x, wgu, offs, t); }},
-        {"down", dn, [&] { return at::_grouped_mm(a, wd, offs); }, [&](GroupedGemmTile t) { return GroupedMmCuda(a, wd, offs, t); }},
-        {"down_dX", dn, [&] { return at::_grouped_mm(dy, wd.transpose(1, 2), offs); },
+        {"gate_up", gu, rows_h + w_gu + rows_2f, [&] { return at::_grouped_mm(x, wgu, offs); }, [&](GroupedGemmTile t) { return GroupedMmCuda(x, wgu, offs, t); }},
+        {"down", dn, rows_f + w_dn + rows_h, [&] { return at::_grouped_mm(a, wd, offs); }, [&](GroupedGemmTile t) { return GroupedMmCuda(a, wd, offs, t); }},
+        {"down_dX", dn, rows_h + w_dn + rows_f, [&] { return at::_grouped_mm(dy, wd.transpose(1, 2), offs); },
          [&](GroupedGemmTile t) { return GroupedMmCuda(dy, wd.transpose(1, 2), offs, t); }},
-        {"gate_up_dX", gu, [&] { return at::_grouped_mm(dh, wgu.transpose(1, 2), offs); },
+        {"gate_up_dX", gu, rows_2f + w_gu + rows_h, [&] { return at::_grouped_mm(dh, wgu.transpose(1, 2), offs); },
          [&](GroupedGemmTile t) { return GroupedMmCuda(dh, wgu.transpose(1, 2), offs, t); }},
-        {"down_dW", dn, [&] { return at::_grouped_mm(a.t(), dy, offs); },
+        {"down_dW", dn, rows_f + rows_h + w_dn, [&] { return at::_grouped_mm(a.t(), dy, offs); },
          [&](GroupedGemmTile t) { return GroupedMmWeightGradCuda(a, dy, offs, t); }},
-        {"gate_up_dW", gu, [&] { return at::_grouped_mm(x.t(), dh, offs); },
+        {"gate_up_dW", gu, rows_h + rows_2f + w_gu, [&] { return at::_grouped_mm(x.t(), dh, offs); },
          [&](GroupedGemmTile t) { return GroupedMmWeightGradCuda(x, dh, offs, t); }},
     };
     at::Tensor counts = r.counts.to(at::kCPU);
@@ -497,6 +503,9 @@ void RunGroupedGemms() {
       }
       j["best"] = best;
       j["best_tflops"] = tflops(best_ms);
+      const double roofline_s = std::max(op.bytes / kHbmBytesPerSecond, op.flops / 989e12);
+      j["roofline_tflops"] = op.flops / roofline_s / 1e12;
+      j["best_pct_of_roofline"] = 100.0 * roofline_s / (best_ms * 1e-3);
       j["speedup_vs_aten"] = aten_ms / best_ms;
       std::printf("%s\n", j.dump().c_str());
       std::fflush(stdout);
