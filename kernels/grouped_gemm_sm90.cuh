@@ -104,6 +104,9 @@ __device__ Stride LeadingStride(int64_t ld) {
   return s;
 }
 
+// Rows of zeros an empty weight-gradient group multiplies: the smallest K a TMA load of bf16 takes.
+constexpr int kZeroRows = 8;
+
 // Per-group arguments in the workspace, 256-byte aligned each.
 template <class G>
 struct GroupArrays {
@@ -114,9 +117,10 @@ struct GroupArrays {
   typename G::StrideA* stride_a;
   typename G::StrideB* stride_b;
   typename G::StrideD* stride_d;
+  Element* zeros;  // kZeroRows x max(k, m) zeros: an empty weight-gradient group's operands
   size_t bytes;
 
-  static GroupArrays Carve(char* base, int groups) {
+  static GroupArrays Carve(char* base, int groups, int64_t zero_elements) {
     GroupArrays g{};
     size_t at = 0;
     auto take = [&](size_t n) {
@@ -131,6 +135,7 @@ struct GroupArrays {
     g.stride_a = reinterpret_cast<decltype(g.stride_a)>(take(sizeof(*g.stride_a) * groups));
     g.stride_b = reinterpret_cast<decltype(g.stride_b)>(take(sizeof(*g.stride_b) * groups));
     g.stride_d = reinterpret_cast<decltype(g.stride_d)>(take(sizeof(*g.stride_d) * groups));
+    g.zeros = reinterpret_cast<Element*>(take(sizeof(Element) * zero_elements));
     g.bytes = at;
     return g;
   }
@@ -142,15 +147,21 @@ __global__ void PrepareGroupsKernel(GroupedGemmArgs args, GroupArrays<G> out) {
   const auto* b = static_cast<const Element*>(args.b);
   auto* d = static_cast<Element*>(args.d);
   const int64_t K = args.k, M = args.m;
+  if constexpr (Ops == GroupedOperands::kWeightGrad) {
+    for (int64_t i = threadIdx.x; i < kZeroRows * (K > M ? K : M); i += blockDim.x) {
+      out.zeros[i] = Element(0.0f);
+    }
+  }
   for (int g = threadIdx.x; g < args.groups; g += blockDim.x) {
     const int64_t begin = g == 0 ? 0 : args.offs[g - 1];
     const int rows = static_cast<int>(args.offs[g] - begin);
     if constexpr (Ops == GroupedOperands::kWeightGrad) {
-      // [K, M] = a_g^T [K, rows] @ b_g [rows, M]; an empty group is skipped (M 0: no tiles) and
-      // zero-filled by ZeroEmptyGroupsKernel, a K of 0 would leave the accumulators unset.
-      out.shapes[g] = {rows == 0 ? 0 : static_cast<int>(K), static_cast<int>(M), rows};
-      out.a[g] = a + begin * K;
-      out.b[g] = b + begin * M;
+      // [K, M] = a_g^T [K, rows] @ b_g [rows, M]. A K of 0 would leave the accumulators unset, so
+      // an empty group multiplies kZeroRows rows of zeros instead: its gradient is written as 0.
+      const bool empty = rows == 0;
+      out.shapes[g] = {static_cast<int>(K), static_cast<int>(M), empty ? int{kZeroRows} : rows};
+      out.a[g] = empty ? out.zeros : a + begin * K;
+      out.b[g] = empty ? out.zeros : b + begin * M;
       out.d[g] = d + g * K * M;
       out.stride_a[g] = LeadingStride<typename G::StrideA>(K);
       out.stride_b[g] = LeadingStride<typename G::StrideB>(M);
@@ -166,17 +177,9 @@ __global__ void PrepareGroupsKernel(GroupedGemmArgs args, GroupArrays<G> out) {
   }
 }
 
-// dW of an expert that got no rows is zero (the weight-gradient layout only).
-template <class T>
-__global__ void ZeroEmptyGroupsKernel(GroupedGemmArgs args) {
-  const int g = blockIdx.y;
-  const int64_t begin = g == 0 ? 0 : args.offs[g - 1];
-  if (args.offs[g] != begin) return;
-  const int64_t n16 = args.k * args.m * sizeof(T) / 16;  // 16-byte vectors (k, m multiples of 8)
-  uint4* d = reinterpret_cast<uint4*>(static_cast<T*>(args.d) + g * args.k * args.m);
-  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n16; i += int64_t(gridDim.x) * blockDim.x) {
-    d[i] = make_uint4(0, 0, 0, 0);
-  }
+template <GroupedOperands Ops>
+int64_t ZeroElements(const GroupedGemmArgs& args) {
+  return Ops == GroupedOperands::kWeightGrad ? kZeroRows * (args.k > args.m ? args.k : args.m) : 0;
 }
 
 inline int SmCount() {
@@ -210,21 +213,18 @@ typename GroupedGemm<Ops, Config>::Gemm::Arguments MakeArguments(const GroupedGe
 template <GroupedOperands Ops, class Config>
 size_t WorkspaceBytes(const GroupedGemmArgs& args) {
   using G = GroupedGemm<Ops, Config>;
-  auto g = GroupArrays<G>::Carve(nullptr, args.groups);
+  auto g = GroupArrays<G>::Carve(nullptr, args.groups, ZeroElements<Ops>(args));
   return g.bytes + G::Gemm::get_workspace_size(MakeArguments<Ops, Config>(args, g)) + 256;
 }
 
 template <GroupedOperands Ops, class Config>
 std::string Launch(const GroupedGemmArgs& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   using G = GroupedGemm<Ops, Config>;
-  auto g = GroupArrays<G>::Carve(static_cast<char*>(workspace), args.groups);
+  auto g = GroupArrays<G>::Carve(static_cast<char*>(workspace), args.groups, ZeroElements<Ops>(args));
   auto arguments = MakeArguments<Ops, Config>(args, g);
   const size_t cutlass_bytes = G::Gemm::get_workspace_size(arguments);
   if (g.bytes + cutlass_bytes > workspace_bytes) return "grouped GEMM: workspace too small";
   PrepareGroupsKernel<Ops, G><<<1, 256, 0, stream>>>(args, g);
-  if constexpr (Ops == GroupedOperands::kWeightGrad) {
-    ZeroEmptyGroupsKernel<Element><<<dim3(16, args.groups), 256, 0, stream>>>(args);
-  }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return std::string("grouped GEMM prepare: ") + cudaGetErrorString(e);
   typename G::Gemm gemm;
   cutlass::Status s = gemm.can_implement(arguments);
