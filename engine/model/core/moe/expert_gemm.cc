@@ -10,8 +10,14 @@ namespace ftd::engine {
 
 namespace {
 
+// The own kernels' tiles are 128 or 256 wide in the output columns and 64 deep in K: a LoRA
+// adapter's rank-16 side (K or output columns) would waste most of each tile, so GEMMs with a
+// side under this stay on at::_grouped_mm, whose heuristics pick narrow tiles.
+constexpr int64_t kOwnGemmMinSide = 128;
+
 bool UseOwn(const at::Tensor& rows, const at::Tensor& w) {
-  return CurrentExpertsBackend() == ExpertsBackend::kFtd && kernels::GroupedMmCudaSupports(rows, w);
+  return CurrentExpertsBackend() == ExpertsBackend::kFtd && rows.size(-1) >= kOwnGemmMinSide &&
+         w.size(-1) >= kOwnGemmMinSide && kernels::GroupedMmCudaSupports(rows, w);
 }
 
 struct ExpertGemmFunction : public torch::autograd::Function<ExpertGemmFunction> {
@@ -47,7 +53,8 @@ at::Tensor ExpertGemm(const at::Tensor& rows, const at::Tensor& w, const at::Ten
 }
 
 at::Tensor ExpertGemmWeightGrad(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs) {
-  if (CurrentExpertsBackend() == ExpertsBackend::kFtd && kernels::GroupedMmWeightGradCudaSupports(a, b)) {
+  if (CurrentExpertsBackend() == ExpertsBackend::kFtd && a.size(-1) >= kOwnGemmMinSide &&
+      b.size(-1) >= kOwnGemmMinSide && kernels::GroupedMmWeightGradCudaSupports(a, b)) {
     return kernels::GroupedMmWeightGradCuda(a, b, offs,
                                             kernels::DefaultGroupedGemmTile(kernels::GroupedOperands::kWeightGrad));
   }

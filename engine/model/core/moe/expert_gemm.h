@@ -1,6 +1,7 @@
 // The experts' grouped GEMMs, run by the kernel backends.experts chooses: "ftd" takes ftd's own
 // Hopper grouped GEMM (kernels/grouped_gemm.h) where it serves the operands (bf16 on an sm90 GPU,
-// built with CUTLASS), "grouped_mm" LibTorch's at::_grouped_mm. Groups are runs of rows given by
+// built with CUTLASS; not GEMMs with K or output columns under 128, such as a LoRA adapter's rank
+// side), "grouped_mm" LibTorch's at::_grouped_mm. Groups are runs of rows given by
 // `offs` [E] int32, the inclusive prefix sums of the rows per expert, on the rows' device.
 #pragma once
 
