@@ -11,13 +11,14 @@ namespace ftd::kernels {
 
 namespace {
 
-at::Tensor RunGroupedGemm(const GroupedGemmArgs& args, GroupedGemmTile tile, const at::Tensor& like) {
+// The workspace is freed on return: the caching allocator hands it out again only to work queued
+// after this launch on the same stream.
+void RunGroupedGemm(const GroupedGemmArgs& args, GroupedGemmTile tile, const at::Tensor& like) {
   const size_t bytes = GroupedGemmWorkspaceBytes(args, tile);
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
   const std::string error =
       LaunchGroupedGemmSm90(args, tile, workspace.data_ptr(), bytes, at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(error.empty(), error, " (tile ", GroupedGemmTileName(tile), ")");
-  return workspace;
 }
 
 void CheckOffs(const at::Tensor& offs, int64_t groups, const at::Tensor& like, const char* op) {

@@ -15,9 +15,16 @@ namespace {
 // side under this stay on at::_grouped_mm, whose heuristics pick narrow tiles.
 constexpr int64_t kOwnGemmMinSide = 128;
 
+// Whether backends.experts asks for the own kernel and the GEMM is wide enough for its tiles:
+// `a` the left operand (its columns are K, or dW's rows), `b` the right one (its last dimension
+// the output columns).
+bool OwnBackendFor(const at::Tensor& a, const at::Tensor& b) {
+  return CurrentExpertsBackend() == ExpertsBackend::kFtd && a.size(-1) >= kOwnGemmMinSide &&
+         b.size(-1) >= kOwnGemmMinSide;
+}
+
 bool UseOwn(const at::Tensor& rows, const at::Tensor& w) {
-  return CurrentExpertsBackend() == ExpertsBackend::kFtd && rows.size(-1) >= kOwnGemmMinSide &&
-         w.size(-1) >= kOwnGemmMinSide && kernels::GroupedMmCudaSupports(rows, w);
+  return OwnBackendFor(rows, w) && kernels::GroupedMmCudaSupports(rows, w);
 }
 
 struct ExpertGemmFunction : public torch::autograd::Function<ExpertGemmFunction> {
@@ -46,24 +53,19 @@ bool OwnExpertGemmAvailable() {
 }
 
 at::Tensor ExpertGemm(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& offs) {
-  if (!UseOwn(rows, w)) return at::_grouped_mm(rows, w, offs);
-  const auto operands =
-      w.is_contiguous() ? kernels::GroupedOperands::kRowsTimesWeight : kernels::GroupedOperands::kRowsTimesWeightT;
-  return kernels::GroupedMmCuda(rows, w, offs, kernels::DefaultGroupedGemmTile(operands));
+  return UseOwn(rows, w) ? kernels::GroupedMm(rows, w, offs) : at::_grouped_mm(rows, w, offs);
 }
 
 at::Tensor ExpertGemmWeightGrad(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs) {
-  if (CurrentExpertsBackend() == ExpertsBackend::kFtd && a.size(-1) >= kOwnGemmMinSide &&
-      b.size(-1) >= kOwnGemmMinSide && kernels::GroupedMmWeightGradCudaSupports(a, b)) {
-    return kernels::GroupedMmWeightGradCuda(a, b, offs,
-                                            kernels::DefaultGroupedGemmTile(kernels::GroupedOperands::kWeightGrad));
-  }
-  return at::_grouped_mm(a.t(), b, offs);
+  return OwnBackendFor(a, b) && kernels::GroupedMmWeightGradCudaSupports(a, b)
+             ? kernels::GroupedMmWeightGrad(a, b, offs)
+             : at::_grouped_mm(a.t(), b, offs);
 }
 
 at::Tensor ExpertGemmDifferentiable(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& offs) {
-  if (!UseOwn(rows.contiguous(), w)) return at::_grouped_mm(rows, w, offs);
-  return ExpertGemmFunction::apply(rows.contiguous(), w, offs);
+  const at::Tensor contiguous = rows.contiguous();
+  if (!UseOwn(contiguous, w)) return at::_grouped_mm(rows, w, offs);
+  return ExpertGemmFunction::apply(contiguous, w, offs);
 }
 
 }  // namespace ftd::engine
