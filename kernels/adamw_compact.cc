@@ -146,6 +146,21 @@ void CompactAdamWStep(const at::Tensor& param, const at::Tensor& master_low, con
   }
 }
 
+CompactUpdateHyper MakeCompactUpdateHyper(const AdamWHyper& h) {
+  return {static_cast<float>(h.lr),
+          static_cast<float>(h.grad_scale),
+          static_cast<float>(h.beta1),
+          static_cast<float>(h.beta2),
+          static_cast<float>(1 - h.beta1),
+          static_cast<float>(1 - h.beta2),
+          static_cast<float>(h.weight_decay),
+          static_cast<float>(h.eps),
+          h.beta1,
+          h.beta2,
+          h.scalars.defined() ? h.scalars.data_ptr<float>() : nullptr,
+          h.grad_sq_sum.defined() ? h.grad_sq_sum.data_ptr<float>() : nullptr};
+}
+
 bool CompactAdamWCudaSupports(const at::Tensor& param, const at::Tensor& master_low, const at::Tensor& grad,
                               const CompactMoments& moments, const at::Tensor& step, const AdamWHyper& h) {
 #ifdef FTD_WITH_CUDA

@@ -30,6 +30,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "kernels/adamw.h"
+#include "kernels/adamw_compact_args.h"
 
 namespace ftd::kernels {
 
@@ -69,6 +70,9 @@ void CompactAdamWStep(const at::Tensor& param, const at::Tensor& master_low, con
 // The same arithmetic with ATen ops (any device).
 void CompactAdamWStepReference(const at::Tensor& param, const at::Tensor& master_low, const at::Tensor& grad,
                                const CompactMoments& moments, const at::Tensor& step, const AdamWHyper& h);
+
+// The hyperparameters as the CUDA kernels read them (pointers into h.scalars and h.grad_sq_sum).
+CompactUpdateHyper MakeCompactUpdateHyper(const AdamWHyper& h);
 
 bool CompactAdamWCudaSupports(const at::Tensor& param, const at::Tensor& master_low, const at::Tensor& grad,
                               const CompactMoments& moments, const at::Tensor& step, const AdamWHyper& h);
