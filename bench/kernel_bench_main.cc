@@ -22,6 +22,7 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/expert_sort.h"
 #include "kernels/grouped_gemm.h"
+#include "kernels/grouped_gemm_adamw.h"
 #include "kernels/permute_rows.h"
 #include "kernels/relu2.h"
 #include "kernels/causal_conv1d.h"
@@ -507,6 +508,45 @@ void RunGroupedGemms() {
       j["roofline_tflops"] = op.flops / roofline_s / 1e12;
       j["best_pct_of_roofline"] = 100.0 * roofline_s / (best_ms * 1e-3);
       j["speedup_vs_aten"] = aten_ms / best_ms;
+      std::printf("%s\n", j.dump().c_str());
+      std::fflush(stdout);
+    }
+    // The weight gradient taken into the compact AdamW step (the optimizer in backward): the
+    // fused kernel (update in the GEMM's epilogue) against the weight-gradient GEMM followed by
+    // the element-wise compact step, on the layer's two stacked weights. Bytes: the operands once,
+    // and the parameter's 12 bytes of state traffic (bf16 weight, int16 low half, two 1-byte
+    // codes, read and written); the unfused pair adds dW's write and read (4 bytes).
+    struct Fused {
+      const char* name;
+      at::Tensor a, b, param;
+      double flops, operand_bytes;
+    };
+    const Fused fused_ops[] = {{"down", a, dy, wd, dn, rows_f + rows_h}, {"gate_up", x, dh, wgu, gu, rows_h + rows_2f}};
+    for (const Fused& f : fused_ops) {
+      if (f.param.size(2) % kCompactBlock != 0) continue;
+      const int64_t n = f.param.numel();
+      auto [p0, low0] = SplitMaster(f.param.to(at::kFloat));
+      CompactMoments m0 = CompactMoments::Zeros(n, p0.device());
+      AdamWHyper h;
+      h.lr = 1e-5;
+      h.scalars = at::tensor({1e-5f, 1.0f}, at::TensorOptions().device(at::kCUDA));
+      at::Tensor step = at::ones({}, at::TensorOptions().device(at::kCUDA));
+      at::Tensor p = p0.clone(), low = low0.clone();
+      const double fused_ms = MedianMs([&] { GroupedMmWeightGradCompactAdamWCuda(f.a, f.b, offs, p, low, m0, step, h); });
+      const double unfused_ms = MedianMs([&] {
+        CompactAdamWStepCuda(p, low, GroupedMmWeightGradCuda(f.a, f.b, offs, GroupedGemmTile::kCooperative128x256), m0,
+                             step, h);
+      });
+      nlohmann::json j;
+      j["op"] = std::string("grouped_gemm_") + f.name + "_dW_compact_adamw";
+      j["shape"] = std::string(sh.name) + ": param " + std::to_string(f.param.size(0)) + "x" +
+                   std::to_string(f.param.size(1)) + "x" + std::to_string(f.param.size(2));
+      const double bytes = f.operand_bytes + 12.0 * n;
+      j["fused"] = {{"ms", fused_ms}, {"GB_s", bytes / (fused_ms * 1e-3) / 1e9},
+                    {"pct_of_hbm", 100.0 * bytes / kHbmBytesPerSecond / (fused_ms * 1e-3)}};
+      j["unfused_gemm_then_step"] = {{"ms", unfused_ms}};
+      j["speedup"] = unfused_ms / fused_ms;
+      j["roofline_ms"] = 1e3 * std::max(bytes / kHbmBytesPerSecond, f.flops / 989e12);
       std::printf("%s\n", j.dump().c_str());
       std::fflush(stdout);
     }

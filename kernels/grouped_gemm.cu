@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/grouped_gemm.h"
+#include "kernels/grouped_gemm_adamw.h"
 
 namespace ftd::kernels {
 
@@ -71,6 +72,68 @@ at::Tensor GroupedMmWeightGradCuda(const at::Tensor& a, const at::Tensor& b, con
   args.m = b.size(1);
   RunGroupedGemm(args, tile, a);
   return out;
+}
+
+void GroupedMmWeightGradCompactAdamWCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
+                                         const at::Tensor& param, const at::Tensor& master_low,
+                                         const CompactMoments& moments, const at::Tensor& step, const AdamWHyper& h) {
+  TORCH_CHECK(GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, param, master_low, moments, step, h),
+              "GroupedMmWeightGradCompactAdamWCuda: needs contiguous bf16 sm90 CUDA a [N, K], b [N, M] and a bf16 ",
+              "parameter [E, K, M] with its compact state, M a multiple of 256; got ", a.sizes(), ", ", b.sizes(),
+              ", ", param.sizes());
+  TORCH_CHECK(a.size(0) == b.size(0), "GroupedMmWeightGradCompactAdamWCuda: a has ", a.size(0), " rows, b ",
+              b.size(0));
+  CheckOffs(offs, param.size(0), a, "GroupedMmWeightGradCompactAdamWCuda");
+  c10::cuda::CUDAGuard guard(a.device());
+  GroupedGemmArgs args;
+  args.operands = GroupedOperands::kWeightGrad;
+  args.a = a.data_ptr();
+  args.b = b.data_ptr();
+  args.offs = offs.data_ptr<int32_t>();
+  args.groups = static_cast<int>(param.size(0));
+  args.k = a.size(1);
+  args.m = b.size(1);
+  CompactUpdateState state;
+  state.param = param.data_ptr();
+  state.master_low = master_low.data_ptr<int16_t>();
+  state.r_codes = moments.r_codes.data_ptr<int8_t>();
+  state.s_codes = moments.s_codes.data_ptr<uint8_t>();
+  state.r_scale = moments.r_scale.data_ptr<float>();
+  state.s_max = moments.s_max.data_ptr<float>();
+  state.step = step.data_ptr<float>();
+  state.hyper = MakeCompactUpdateHyper(h);
+  state.skip_idle = h.weight_decay == 0.0;  // as CompactAdamWStepCuda
+  const size_t bytes = WeightGradCompactAdamWWorkspaceBytes(args);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
+  const std::string error = LaunchWeightGradCompactAdamWSm90(args, state, workspace.data_ptr(), bytes,
+                                                             at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(error.empty(), error);
+}
+
+void GroupedMmWeightGradSquaredNormCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
+                                        const at::Tensor& sq_sum) {
+  TORCH_CHECK(GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq_sum),
+              "GroupedMmWeightGradSquaredNormCuda: needs contiguous bf16 sm90 CUDA a [N, K], b [N, M] with M a ",
+              "multiple of 256 and an fp32 [1] sum on their device; got ", a.sizes(), ", ", b.sizes());
+  TORCH_CHECK(a.size(0) == b.size(0), "GroupedMmWeightGradSquaredNormCuda: a has ", a.size(0), " rows, b ", b.size(0));
+  CheckOffs(offs, offs.numel(), a, "GroupedMmWeightGradSquaredNormCuda");
+  c10::cuda::CUDAGuard guard(a.device());
+  GroupedGemmArgs args;
+  args.operands = GroupedOperands::kWeightGrad;
+  args.a = a.data_ptr();
+  args.b = b.data_ptr();
+  args.offs = offs.data_ptr<int32_t>();
+  args.groups = static_cast<int>(offs.numel());
+  args.k = a.size(1);
+  args.m = b.size(1);
+  CompactUpdateState state;
+  state.hyper.grad_sq_sum = sq_sum.data_ptr<float>();
+  state.squares_only = true;
+  const size_t bytes = WeightGradCompactAdamWWorkspaceBytes(args);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
+  const std::string error = LaunchWeightGradCompactAdamWSm90(args, state, workspace.data_ptr(), bytes,
+                                                             at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(error.empty(), error);
 }
 
 }  // namespace ftd::kernels

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/adamw_compact_args.h"
+
 // cudaStream_t without the CUDA headers (CPU builds include this file too).
 struct CUstream_st;
 
@@ -50,5 +52,13 @@ size_t GroupedGemmWorkspaceBytes(const GroupedGemmArgs& args, GroupedGemmTile ti
 // Every pointer must be 16-byte aligned and k, m multiples of 8 (TMA).
 std::string LaunchGroupedGemmSm90(const GroupedGemmArgs& args, GroupedGemmTile tile, void* workspace,
                                   size_t workspace_bytes, CUstream_st* stream);
+
+// kWeightGrad with the compact AdamW update in the epilogue: d[g] = a[rows_g]^T @ b[rows_g] is
+// rounded to bf16 (as the plain launch stores it) and steps `state`'s parameter, the stacked
+// [groups, k, m] weight whose gradient it is, in place; nothing is written to args.d. The 128x256
+// cooperative tile; m must be a multiple of 256 (a tile row is one block of the moments).
+size_t WeightGradCompactAdamWWorkspaceBytes(const GroupedGemmArgs& args);
+std::string LaunchWeightGradCompactAdamWSm90(const GroupedGemmArgs& args, const CompactUpdateState& state,
+                                             void* workspace, size_t workspace_bytes, CUstream_st* stream);
 
 }  // namespace ftd::kernels

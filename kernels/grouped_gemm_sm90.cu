@@ -1,5 +1,5 @@
 // Dispatch of the grouped GEMM's launcher (kernels/grouped_gemm_launch.h) to the instantiations
-// of each operand layout (kernels/grouped_gemm_sm90_{rows,rows_t,wgrad}.cu).
+// of each operand layout (kernels/grouped_gemm_sm90_{rows,rows_t,wgrad,wgrad_adamw}.cu).
 #include "kernels/grouped_gemm_launch.h"
 
 namespace ftd::kernels {
@@ -13,6 +13,9 @@ std::string LaunchRowsT(const GroupedGemmArgs& args, GroupedGemmTile tile, void*
                         cudaStream_t stream);
 std::string LaunchWeightGrad(const GroupedGemmArgs& args, GroupedGemmTile tile, void* workspace, size_t bytes,
                              cudaStream_t stream);
+size_t WeightGradCompactAdamWWorkspaceBytes(const GroupedGemmArgs& args);
+std::string LaunchWeightGradCompactAdamW(const GroupedGemmArgs& args, const CompactUpdateState& state,
+                                         void* workspace, size_t bytes, cudaStream_t stream);
 }  // namespace sm90
 
 const char* GroupedGemmTileName(GroupedGemmTile tile) {
@@ -44,6 +47,16 @@ std::string LaunchGroupedGemmSm90(const GroupedGemmArgs& args, GroupedGemmTile t
     case GroupedOperands::kWeightGrad: return sm90::LaunchWeightGrad(args, tile, workspace, workspace_bytes, stream);
   }
   return "grouped GEMM: unknown operands";
+}
+
+size_t WeightGradCompactAdamWWorkspaceBytes(const GroupedGemmArgs& args) {
+  return sm90::WeightGradCompactAdamWWorkspaceBytes(args);
+}
+
+std::string LaunchWeightGradCompactAdamWSm90(const GroupedGemmArgs& args, const CompactUpdateState& state,
+                                             void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (args.groups == 0) return "";
+  return sm90::LaunchWeightGradCompactAdamW(args, state, workspace, workspace_bytes, stream);
 }
 
 }  // namespace ftd::kernels

@@ -1,0 +1,260 @@
+// The experts' weight-gradient GEMM with the compact AdamW update in its epilogue
+// (kernels/grouped_gemm_launch.h, LaunchWeightGradCompactAdamWSm90): the same CUTLASS 3.x sm90
+// ptr-array mainloop as kernels/grouped_gemm_sm90.cuh's 128x256 cooperative tile, and an epilogue
+// that never writes the gradient. Each tile's fp32 accumulators are rounded to bf16 (what the
+// GEMM alone would store) into shared memory; then each of the 8 consumer warps takes rows of the
+// tile, and since a row's 256 columns are one block of the compact moments, the warp runs the
+// block update of kernels/adamw_compact_block.cuh on it: the parameter, its low half and its
+// moments are read and written once, the gradient not at all (4 of the 14 bytes per parameter
+// an unfused step moves, and the dW tensor's memory). With squares_only the epilogue only sums
+// the gradient's squares (the norm that clipping needs before any update).
+#include "cutlass/arch/barrier.h"
+#include "cutlass/epilogue/thread/linear_combination.h"
+#include "kernels/adamw_compact_block.cuh"
+#include "kernels/grouped_gemm_sm90.cuh"
+
+namespace ftd::kernels::sm90 {
+
+namespace {
+
+using namespace compact_update;  // NOLINT: the shared block update
+
+// An epilogue collective for the ptr-array warp-specialised kernels (the interface of CUTLASS's
+// Sm90TmaWarpSpecializedAdapter, whose no-shared-memory epilogues it mirrors), with its own shared
+// memory: the tile staged as bf16 and the moments' code tables.
+template <int kTileM, int kTileN, int kThreads>
+class CompactAdamWEpilogue {
+ public:
+  static_assert(kTileN == kCompactUpdateBlock, "a tile row must be one block of the moments");
+  using DispatchPolicy = cutlass::epilogue::PtrArrayNoSmemWarpSpecialized;
+  using EpilogueSchedule = DispatchPolicy;
+  // Nothing is loaded as C or stored as D; the types only satisfy the kernel's aliases.
+  using ElementC = Element;
+  using ElementD = Element;
+  using InternalStrideC = cute::Stride<int64_t, cute::Int<1>, cute::Int<0>>;
+  using StrideC = InternalStrideC*;
+  using InternalStrideD = InternalStrideC;
+  using StrideD = InternalStrideD*;
+  using GmemTiledCopyC = void;
+  using GmemTiledCopyD = void;
+  using ThreadEpilogueOp = cutlass::epilogue::thread::LinearCombination<Element, 1, float, float>;  // (an alias only)
+  using LoadPipeline = cutlass::PipelineTransactionAsync<0>;
+  using LoadPipelineState = cutlass::PipelineState<0>;
+  static constexpr uint32_t TmaTransactionBytes = 0;
+  static constexpr bool RequiresTransactionBytes = false;
+  using StorePipeline = cutlass::PipelineTmaStore<0>;
+  using StorePipelineState = cutlass::PipelineState<0>;
+
+  // A staged row's pitch in bf16 elements: 16 bytes of padding put the 8 rows a warp's
+  // accumulator fragment covers in different banks.
+  static constexpr int kPitch = kTileN + 8;
+  struct TensorStorage {
+    alignas(128) uint16_t tile[kTileM * kPitch];  // bf16 bits
+    CodeTables tables;
+  };
+  using SharedStorage = TensorStorage;
+  struct TensorMapStorage {};
+  using PipelineStorage = typename LoadPipeline::SharedStorage;
+
+  struct Arguments {
+    CompactUpdateState state;
+  };
+  using Params = Arguments;
+
+  template <class ProblemShape>
+  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
+    return args;
+  }
+  template <class ProblemShape>
+  static size_t get_workspace_size(ProblemShape const&, Arguments const&, int) {
+    return 0;
+  }
+  template <class ProblemShape>
+  static cutlass::Status initialize_workspace(ProblemShape const&, Arguments const&, void*, cudaStream_t,
+                                              cutlass::CudaHostAdapter* = nullptr) {
+    return cutlass::Status::kSuccess;
+  }
+  template <class ProblemShape>
+  static bool can_implement(ProblemShape const&, Arguments const& args) {
+    return args.state.squares_only ? args.state.hyper.grad_sq_sum != nullptr
+                                   : args.state.param != nullptr && args.state.step != nullptr;
+  }
+  template <class CtaTileMNK>
+  CUTLASS_HOST_DEVICE static constexpr int get_load_pipe_increment(CtaTileMNK) {
+    return 1;
+  }
+  template <class CtaTileMNK>
+  CUTLASS_HOST_DEVICE static constexpr int get_store_pipe_increment(CtaTileMNK) {
+    return 1;
+  }
+  CUTLASS_DEVICE static void prefetch_tma_descriptors(Params const&) {}
+
+  CUTLASS_HOST_DEVICE CompactAdamWEpilogue(Params const& params, TensorStorage&) : params_(params) {}
+
+  CUTLASS_DEVICE bool is_producer_load_needed() const { return false; }
+  CUTLASS_DEVICE auto load_init(Params const&, TensorMapStorage&, int32_t, int32_t) {
+    return cute::make_tuple(nullptr);
+  }
+  template <class... Ts>
+  CUTLASS_DEVICE auto load(LoadPipeline, LoadPipelineState state, Ts&&...) {
+    return state;
+  }
+  CUTLASS_DEVICE auto load_tail(LoadPipeline, LoadPipelineState state) { return state; }
+  CUTLASS_DEVICE auto store_init(Params const&, TensorMapStorage&, int32_t, int32_t, int32_t) {
+    return cute::make_tuple(nullptr);
+  }
+  CUTLASS_DEVICE auto store_tail(LoadPipeline, LoadPipelineState load_state, StorePipeline,
+                                 StorePipelineState store_state) {
+    return cute::make_tuple(load_state, store_state);
+  }
+  template <bool IsLoad, class ProblemShapeMNKL>
+  CUTLASS_DEVICE void tensormaps_perform_update(TensorMapStorage&, Params const&, cute::TmaDescriptor const*,
+                                                ProblemShapeMNKL, int32_t, int32_t) {}
+  template <bool IsLoad>
+  CUTLASS_DEVICE void tensormaps_cp_fence_release(TensorMapStorage&, cute::TmaDescriptor const*, int32_t) {}
+  template <bool IsLoad>
+  CUTLASS_DEVICE void tensormaps_fence_acquire(cute::TmaDescriptor const*) {}
+
+  // One tile: stage the gradient, then update its rows, one warp per row at a time.
+  template <class ProblemShapeMNKL, class TileShapeMNK, class TileCoordMNKL, class AccEngine, class AccLayout,
+            class TiledMma, class TensorMapD>
+  CUTLASS_DEVICE auto store(LoadPipeline, LoadPipelineState load_state, StorePipeline, StorePipelineState store_state,
+                            ProblemShapeMNKL problem_shape_mnkl, TileShapeMNK, TileCoordMNKL tile_coord_mnkl,
+                            cute::Tensor<AccEngine, AccLayout> accumulators, TiledMma tiled_mma, int thread_idx,
+                            TensorStorage& storage, TensorMapD const&, int = -1) {
+    using namespace cute;
+    static_assert(size<0>(TileShapeMNK{}) == kTileM && size<1>(TileShapeMNK{}) == kTileN, "tile shape");
+    const int M = get<0>(problem_shape_mnkl);
+    const int N = get<1>(problem_shape_mnkl);
+    const int m_coord = get<0>(tile_coord_mnkl);
+    const int n_coord = get<1>(tile_coord_mnkl);
+    const int group = get<3>(tile_coord_mnkl);
+    cutlass::arch::NamedBarrier barrier(kThreads, cutlass::arch::ReservedNamedBarriers::EpilogueBarrier);
+
+    barrier.sync();  // every warp has read the previous tile's rows
+    Tensor staged = make_tensor(make_smem_ptr(reinterpret_cast<Element*>(storage.tile)),
+                                make_layout(make_shape(Int<kTileM>{}, Int<kTileN>{}), make_stride(Int<kPitch>{}, _1{})));
+    Tensor mine = tiled_mma.get_thread_slice(thread_idx).partition_C(staged);
+    CUTE_STATIC_ASSERT_V(size(mine) == size(accumulators));
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < size(accumulators); ++i) mine(i) = Element(accumulators(i));
+    FillCodeTablesUnsynced(storage.tables, thread_idx, kThreads);
+    barrier.sync();
+
+    const CompactUpdateState& st = params_.state;
+    const int warp = thread_idx / 32, lane = thread_idx % 32;
+    const int rows = min(kTileM, M - m_coord * kTileM);
+    if (st.squares_only) {  // the gradient norm of a step that updates later
+      float g_sq = 0.0f;
+      for (int r = warp; r < rows; r += kThreads / 32) {
+        const uint4 g = *reinterpret_cast<const uint4*>(storage.tile + r * kPitch + lane * kPerLane);
+        const uint16_t* bits = reinterpret_cast<const uint16_t*>(&g);
+        CUTLASS_PRAGMA_UNROLL
+        for (int j = 0; j < kPerLane; ++j) {
+          const float v = __uint_as_float(static_cast<uint32_t>(bits[j]) << 16);
+          g_sq += v * v;
+        }
+      }
+      AddGradSquares(g_sq, st.hyper.grad_sq_sum);
+      return cute::make_tuple(load_state, store_state);
+    }
+    auto* p = static_cast<uint16_t*>(st.param);
+    const StepValues sv = Values(st.step, st.hyper);
+    // The group's weight is [M, N] at offset group * M * N of the stacked [E, M, N] parameter;
+    // N % 256 == 0, so row m's columns [n0, n0 + 256) are block (offset + m * N + n0) / 256.
+    const int64_t group_offset = static_cast<int64_t>(group) * M * N;
+    const int n0 = n_coord * kTileN;
+    auto offset = [&](int r) { return group_offset + static_cast<int64_t>(m_coord * kTileM + r) * N + n0; };
+    auto load = [&](LaneData<uint16_t, uint16_t>& d, int r) {
+      const int64_t o = offset(r);
+      d.LoadFull(p, st.master_low, storage.tile + r * kPitch + lane * kPerLane, st.r_codes, st.s_codes, st.s_max,
+                 st.r_scale, o / kCompactUpdateBlock, o + lane * kPerLane);
+    };
+    float g_sq = 0.0f;
+    LaneData<uint16_t, uint16_t> next;
+    int r = warp;
+    if (r < rows) load(next, r);
+    while (r < rows) {  // warp-uniform
+      const LaneData<uint16_t, uint16_t> cur = next;
+      const int cr = r;
+      r += kThreads / 32;
+      if (r < rows) load(next, r);
+      if (st.skip_idle && cur.s_max == 0.0f && !__any_sync(kFull, !cur.GradIsZero())) continue;
+      g_sq += UpdateBlock<uint16_t, uint16_t>(cur, p, st.master_low, st.r_codes, st.s_codes, st.r_scale, st.s_max,
+                                              offset(cr) / kCompactUpdateBlock, kPerLane, st.hyper, sv,
+                                              storage.tables);
+    }
+    AddGradSquares(g_sq, st.hyper.grad_sq_sum);
+    return cute::make_tuple(load_state, store_state);
+  }
+
+ private:
+  Params params_;
+};
+
+using Config = Cooperative128x256;
+constexpr int kTileM = 128, kTileN = 256, kConsumerThreads = 256;  // two consumer warpgroups
+
+struct FusedWeightGrad {
+  using LayoutA = OperandLayouts<GroupedOperands::kWeightGrad>::A;
+  using LayoutB = OperandLayouts<GroupedOperands::kWeightGrad>::B;
+  static constexpr int kAlign = 8;
+  using CollectiveEpilogue = CompactAdamWEpilogue<kTileM, kTileN, kConsumerThreads>;
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element, LayoutB*, kAlign,
+      float, Config::TileShape, Config::ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      Config::KernelSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using StrideA = typename Kernel::InternalStrideA;
+  using StrideB = typename Kernel::InternalStrideB;
+  using StrideD = typename Kernel::InternalStrideD;
+};
+static_assert(cute::size(typename FusedWeightGrad::CollectiveMainloop::TiledMma{}) == kConsumerThreads);
+
+typename FusedWeightGrad::Gemm::Arguments MakeFusedArguments(const GroupedGemmArgs& args,
+                                                             const GroupArrays<FusedWeightGrad>& g,
+                                                             const CompactUpdateState& state) {
+  cutlass::KernelHardwareInfo hw;
+  cudaGetDevice(&hw.device_id);
+  hw.sm_count = SmCount();
+  return {cutlass::gemm::GemmUniversalMode::kGrouped,
+          {args.groups, g.shapes, nullptr},
+          {g.a, g.stride_a, g.b, g.stride_b},
+          {state},
+          hw};
+}
+
+}  // namespace
+
+size_t WeightGradCompactAdamWWorkspaceBytes(const GroupedGemmArgs& args) {
+  auto g = GroupArrays<FusedWeightGrad>::Carve(nullptr, args.groups, ZeroElements<GroupedOperands::kWeightGrad>(args));
+  return g.bytes + FusedWeightGrad::Gemm::get_workspace_size(MakeFusedArguments(args, g, CompactUpdateState{})) + 256;
+}
+
+std::string LaunchWeightGradCompactAdamW(const GroupedGemmArgs& args, const CompactUpdateState& state,
+                                         void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (args.operands != GroupedOperands::kWeightGrad || args.m % kTileN != 0) {
+    return "grouped GEMM with AdamW: needs the weight-gradient operands and output columns a multiple of 256";
+  }
+  auto g = GroupArrays<FusedWeightGrad>::Carve(static_cast<char*>(workspace), args.groups,
+                                               ZeroElements<GroupedOperands::kWeightGrad>(args));
+  auto arguments = MakeFusedArguments(args, g, state);
+  using Gemm = FusedWeightGrad::Gemm;
+  if (g.bytes + Gemm::get_workspace_size(arguments) > workspace_bytes) return "grouped GEMM with AdamW: workspace too small";
+  PrepareGroupsKernel<GroupedOperands::kWeightGrad, FusedWeightGrad><<<1, 256, 0, stream>>>(args, g);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return std::string("grouped GEMM with AdamW prepare: ") + cudaGetErrorString(e);
+  Gemm gemm;
+  cutlass::Status s = gemm.can_implement(arguments);
+  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM with AdamW can_implement: ") + cutlassGetStatusString(s);
+  s = gemm.initialize(arguments, static_cast<char*>(workspace) + g.bytes, stream);
+  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM with AdamW initialize: ") + cutlassGetStatusString(s);
+  s = gemm.run(stream);
+  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM with AdamW run: ") + cutlassGetStatusString(s);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return std::string("grouped GEMM with AdamW: ") + cudaGetErrorString(e);
+  return "";
+}
+
+}  // namespace ftd::kernels::sm90

@@ -1,0 +1,151 @@
+// The experts' weight gradient taken straight into the compact AdamW step
+// (kernels/grouped_gemm_adamw.h): on CPU the reference is the formed gradient's step; on an sm90
+// GPU the fused kernel (the update in the GEMM's epilogue) leaves the parameter, its low half and
+// its moments bit for bit as GroupedMmWeightGrad followed by CompactAdamWStepCuda does.
+#include "kernels/grouped_gemm_adamw.h"
+
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "gtest/gtest.h"
+#include "kernels/grouped_gemm.h"
+
+namespace ftd::kernels {
+namespace {
+
+at::Tensor Offs(const std::vector<int64_t>& counts, const at::Device& device) {
+  return at::tensor(counts, at::kLong).cumsum(0).to(at::kInt).to(device);
+}
+
+// A bf16 parameter [E, K, M] with its compact state, after one step from a random gradient (so
+// that the moments are not zero), on `device`.
+struct State {
+  at::Tensor param, low, step;
+  CompactMoments moments;
+  State Clone() const {
+    State s{param.clone(), low.clone(), step.clone(),
+            {moments.r_codes.clone(), moments.s_codes.clone(), moments.r_scale.clone(), moments.s_max.clone()}};
+    return s;
+  }
+};
+
+State MakeState(int64_t E, int64_t K, int64_t M, const AdamWHyper& h, const at::Device& device) {
+  at::Tensor master = at::randn({E, K, M}) * 0.02;
+  auto [param, low] = SplitMaster(master);
+  State s{param.to(device), low.to(device), at::zeros({}, at::TensorOptions().device(device)),
+          CompactMoments::Zeros(E * K * M, device)};
+  s.step.add_(1.0);
+  // The first expert's moments stay zero (as an expert no token has reached yet).
+  at::Tensor grad = (at::randn({E, K, M}) * 1e-3).to(at::kBFloat16).to(device);
+  grad[0].zero_();
+  CompactAdamWStep(s.param, s.low, grad, s.moments, s.step, h);
+  return s;
+}
+
+void ExpectSameState(const State& got, const State& want) {
+  EXPECT_TRUE(at::equal(got.param, want.param)) << "bf16 parameter";
+  EXPECT_TRUE(at::equal(got.low, want.low)) << "master low half";
+  EXPECT_TRUE(at::equal(got.moments.r_codes, want.moments.r_codes)) << "r codes";
+  EXPECT_TRUE(at::equal(got.moments.s_codes, want.moments.s_codes)) << "s codes";
+  EXPECT_TRUE(at::equal(got.moments.r_scale, want.moments.r_scale)) << "r scales";
+  EXPECT_TRUE(at::equal(got.moments.s_max, want.moments.s_max)) << "s maxima";
+}
+
+// Groups: empty first and in the middle, one row, more than a 128-row tile, uneven.
+const std::vector<int64_t> kCounts = {0, 1, 37, 0, 300, 64};
+
+TEST(GroupedMmWeightGradCompactAdamW, EqualsTheStepOfTheFormedGradient) {
+  at::manual_seed(5);
+  const int64_t E = static_cast<int64_t>(kCounts.size()), K = 24, M = 256;
+  int64_t N = 0;
+  for (int64_t c : kCounts) N += c;
+  AdamWHyper h;
+  h.lr = 1e-3;
+  State base = MakeState(E, K, M, h, at::kCPU);
+  at::Tensor a = at::randn({N, K}).to(at::kBFloat16), b = at::randn({N, M}).to(at::kBFloat16);
+  at::Tensor offs = Offs(kCounts, at::kCPU);
+
+  State fused = base.Clone(), formed = base.Clone();
+  fused.step.add_(1.0);
+  formed.step.add_(1.0);
+  GroupedMmWeightGradCompactAdamW(a, b, offs, fused.param, fused.low, fused.moments, fused.step, h);
+  CompactAdamWStep(formed.param, formed.low, GroupedMmWeightGradReference(a, b, offs), formed.moments, formed.step, h);
+  ExpectSameState(fused, formed);
+  EXPECT_FALSE(at::equal(fused.param, base.param)) << "the step changed nothing";
+}
+
+TEST(GroupedMmWeightGradCompactAdamW, MismatchedParameterIsNamed) {
+  AdamWHyper h;
+  State s = MakeState(2, 8, 256, h, at::kCPU);
+  at::Tensor a = at::randn({4, 8}).to(at::kBFloat16), b = at::randn({4, 128}).to(at::kBFloat16);
+  try {
+    GroupedMmWeightGradCompactAdamW(a, b, Offs({1, 3}, at::kCPU), s.param, s.low, s.moments, s.step, h);
+    FAIL() << "a [2, 8, 128] gradient for a [2, 8, 256] parameter was accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the parameter [2, 8, 256]"), std::string::npos) << e.what();
+  }
+}
+
+TEST(GroupedMmWeightGradCompactAdamWCuda, BitForBitTheUnfusedStep) {
+  if (!at::hasCUDA() || !GroupedMmWeightGradCudaSupports(at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)),
+                                                         at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)))) {
+    GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
+  }
+  at::manual_seed(7);
+  const at::Device cuda(at::kCUDA, 0);
+  // K 200: the second 128-row tile of each group is partial; M 512: two tiles across.
+  const int64_t E = static_cast<int64_t>(kCounts.size()), K = 200, M = 512;
+  int64_t N = 0;
+  for (int64_t c : kCounts) N += c;
+  for (double decay : {0.0, 0.01}) {
+    AdamWHyper h;
+    h.lr = 1e-3;
+    h.weight_decay = decay;
+    h.scalars = at::tensor({2e-3f, 0.5f}, at::TensorOptions().device(cuda));  // lr and a clipping factor
+    State base = MakeState(E, K, M, h, cuda);
+    at::Tensor a = at::randn({N, K}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
+    at::Tensor b = at::randn({N, M}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
+    at::Tensor offs = Offs(kCounts, cuda);
+    State fused = base.Clone(), formed = base.Clone();
+    fused.step.add_(1.0);
+    formed.step.add_(1.0);
+    at::Tensor fused_sq = at::zeros({1}, at::TensorOptions().device(cuda));
+    at::Tensor formed_sq = at::zeros({1}, at::TensorOptions().device(cuda));
+    AdamWHyper hf = h, hu = h;
+    hf.grad_sq_sum = fused_sq;
+    hu.grad_sq_sum = formed_sq;
+    ASSERT_TRUE(GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, fused.param, fused.low, fused.moments,
+                                                            fused.step, hf));
+    GroupedMmWeightGradCompactAdamWCuda(a, b, offs, fused.param, fused.low, fused.moments, fused.step, hf);
+    const at::Tensor grad = GroupedMmWeightGrad(a, b, offs);
+    CompactAdamWStepCuda(formed.param, formed.low, grad, formed.moments, formed.step, hu);
+    SCOPED_TRACE(decay);
+    ExpectSameState(fused, formed);
+    EXPECT_FALSE(at::equal(fused.param, base.param));
+    EXPECT_NEAR(fused_sq.item<double>(), formed_sq.item<double>(), 1e-5 * formed_sq.item<double>());
+    EXPECT_GT(fused_sq.item<double>(), 0.0);
+  }
+}
+
+TEST(GroupedMmWeightGradSquaredNormCuda, SumsTheSquaresOfTheFormedGradient) {
+  if (!at::hasCUDA() || !GroupedMmWeightGradCudaSupports(at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)),
+                                                         at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)))) {
+    GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
+  }
+  at::manual_seed(8);
+  const at::Device cuda(at::kCUDA, 0);
+  int64_t N = 0;
+  for (int64_t c : kCounts) N += c;
+  at::Tensor a = at::randn({N, 200}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
+  at::Tensor b = at::randn({N, 512}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
+  at::Tensor offs = Offs(kCounts, cuda);
+  at::Tensor sq = at::full({1}, 2.0f, at::TensorOptions().device(cuda));  // it adds to what is there
+  ASSERT_TRUE(GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq));
+  GroupedMmWeightGradSquaredNormCuda(a, b, offs, sq);
+  const double want = 2.0 + GroupedMmWeightGrad(a, b, offs).to(at::kFloat).square().sum().item<double>();
+  EXPECT_NEAR(sq.item<double>(), want, 1e-5 * want);
+}
+
+}  // namespace
+}  // namespace ftd::kernels
