@@ -12,7 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
+#include "engine/model/core/moe/expert_weight_grad_sink.h"
 #include "kernels/adamw.h"
+#include "kernels/grouped_gemm_adamw.h"
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
@@ -139,6 +141,13 @@ void AdamW::Step() {
       s.held_rows = at::Tensor();
       continue;
     }
+    if (s.deferred_a.defined()) {  // DeferExpertWeightGrad: dW straight into the update
+      s.step.add_(1.0);
+      kernels::GroupedMmWeightGradCompactAdamW(s.deferred_a, s.deferred_b, s.deferred_offs, s.param.tensor->detach(),
+                                               s.master_low, s.moments, s.step, Hyper(s));
+      s.deferred_a = s.deferred_b = s.deferred_offs = s.deferred_sq = at::Tensor();
+      continue;
+    }
     const at::Tensor g = s.param.tensor->grad();
     if (g.defined()) UpdateSlot(s, g);
   }
@@ -169,6 +178,9 @@ at::Tensor AdamW::SquaredGradNorm() {
     if (g.defined() && !s.norm_taken) grads.push_back(g);  // those the backward did not take
   }
   at::Tensor total = norm_in_backward_ ? norm_sum_.clone() : at::zeros({}, scalars_.options());
+  for (const Slot& s : slots_) {
+    if (s.deferred_sq.defined()) total = total + s.deferred_sq.reshape({});
+  }
   if (grads.empty()) return total;
   std::vector<at::Tensor> norms = at::_foreach_norm(grads, 2, at::kFloat);
   return total + at::stack(norms).square().sum();
@@ -250,6 +262,25 @@ void AdamW::StepSlot(Slot& s) {
   param.mutable_grad() = at::Tensor();
 }
 
+// The optimizer as the experts' weight-gradient sink while it steps inside backward.
+class AdamW::ExpertSink : public ExpertWeightGradSink {
+ public:
+  explicit ExpertSink(AdamW* opt) : opt_(opt) {}
+  bool Consume(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs) override {
+    return opt_->in_backward_step_ ? opt_->StepFromExpertWeightGrad(weight, a, b, offs)
+                                   : opt_->DeferExpertWeightGrad(weight, a, b, offs);
+  }
+
+ private:
+  AdamW* opt_;
+};
+
+AdamW::AdamW(PrecisionPolicy policy, const AdamWConfig& config) : policy_(policy), config_(config) {}
+
+AdamW::~AdamW() {
+  if (expert_sink_ && CurrentExpertWeightGradSink() == expert_sink_.get()) SetExpertWeightGradSink(nullptr);
+}
+
 void AdamW::EnableStepInBackward() {
   if (step_in_backward_) return;
   step_in_backward_ = true;
@@ -260,10 +291,71 @@ void AdamW::EnableStepInBackward() {
 #endif
     torch::autograd::impl::set_post_acc_grad_hooks(t, std::make_unique<StepInBackwardHook>(this, i));
   }
+  InstallExpertSlots();
+}
+
+void AdamW::InstallExpertSlots() {
+  if (policy_ != PrecisionPolicy::kCompact || !config_.fuse_expert_update) return;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const at::Tensor& t = *slots_[i].param.tensor;
+    if (t.dim() == 3) expert_slots_[t.unsafeGetTensorImpl()] = i;
+  }
+  if (!expert_slots_.empty()) expert_sink_ = std::make_unique<ExpertSink>(this);
+}
+
+bool AdamW::DeferExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
+                                  const at::Tensor& offs) {
+  if (!expert_sink_ || !norm_active_) return false;
+  const auto it = expert_slots_.find(weight.unsafeGetTensorImpl());
+  if (it == expert_slots_.end()) return false;
+  Slot& s = slots_[it->second];
+  // A gradient accumulated by an earlier micro-batch: the step needs the sum, the hooks take it.
+  if (s.param.tensor->grad().defined() || s.deferred_a.defined()) return false;
+  const at::Tensor param = s.param.tensor->detach();
+  c10::NoGradGuard no_grad;
+  at::Tensor sq = at::zeros({1}, param.options().dtype(at::kFloat));
+  if (param.is_cuda() && !(kernels::GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq) &&
+                           kernels::GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, param, s.master_low,
+                                                                                s.moments, s.step, Hyper(s)))) {
+    return false;
+  }
+  kernels::GroupedMmWeightGradSquaredNorm(a, b, offs, sq);
+  s.deferred_a = a;
+  s.deferred_b = b;
+  s.deferred_offs = offs;
+  s.deferred_sq = sq;
+  s.norm_taken = true;
+  ++fused_expert_steps_;
+  return true;
+}
+
+bool AdamW::StepFromExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
+                                     const at::Tensor& offs) {
+  if (!expert_sink_ || !in_backward_step_) return false;
+  const auto it = expert_slots_.find(weight.unsafeGetTensorImpl());
+  if (it == expert_slots_.end()) return false;
+  Slot& s = slots_[it->second];
+  if (s.param.tensor->grad().defined()) return false;  // a gradient from elsewhere: the hook steps it
+  const at::Tensor param = s.param.tensor->detach();
+  const kernels::AdamWHyper hyper = Hyper(s);
+  // On a GPU only the fused kernel is worth it (the unfused update runs on the side stream);
+  // elsewhere the reference is the same arithmetic as the hook's step.
+  if (param.is_cuda() && !kernels::GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, param, s.master_low,
+                                                                               s.moments, s.step, hyper)) {
+    return false;
+  }
+  c10::NoGradGuard no_grad;
+  s.step.add_(1.0);
+  kernels::GroupedMmWeightGradCompactAdamW(a, b, offs, param, s.master_low, s.moments, s.step, hyper);
+  ++fused_expert_steps_;
+  return true;
 }
 
 void AdamW::BeginStepInBackward() {
   ++steps_;
+  fused_expert_steps_ = 0;
+  in_backward_step_ = true;
+  if (expert_sink_) SetExpertWeightGradSink(expert_sink_.get());
   if (side_ && config_.backward_sm_carveout > 0) {
     saved_carveout_ = at::globalContext()._SMCarveout_EXPERIMENTAL();
     at::globalContext()._setSMCarveout_EXPERIMENTAL(config_.backward_sm_carveout);
@@ -271,6 +363,8 @@ void AdamW::BeginStepInBackward() {
 }
 
 void AdamW::FinishStepInBackward() {
+  in_backward_step_ = false;
+  if (expert_sink_ && CurrentExpertWeightGradSink() == expert_sink_.get()) SetExpertWeightGradSink(nullptr);
   if (side_ && config_.backward_sm_carveout > 0) {
     at::globalContext()._setSMCarveout_EXPERIMENTAL(saved_carveout_);  // forward GEMMs take every SM
   }
@@ -367,6 +461,7 @@ void AdamW::LookupBackward(size_t index, const at::Tensor& ids, const at::Tensor
 void AdamW::ZeroGrad() {
   for (Slot& s : slots_) {
     s.param.tensor->mutable_grad() = at::Tensor();
+    s.deferred_a = s.deferred_b = s.deferred_offs = s.deferred_sq = at::Tensor();
     s.held_lookups.clear();
     if (s.held_rows.defined()) {
       s.held_rows = at::Tensor();
@@ -469,12 +564,15 @@ void AdamW::EnableNormInBackward() {
 #endif
     torch::autograd::impl::set_post_acc_grad_hooks(t, std::make_unique<NormInBackwardHook>(this, i));
   }
+  InstallExpertSlots();
 }
 
 void AdamW::BeginNormInBackward() {
   norm_sum_.zero_();
   for (Slot& s : slots_) s.norm_taken = false;
   norm_active_ = true;
+  fused_expert_steps_ = 0;
+  if (expert_sink_) SetExpertWeightGradSink(expert_sink_.get());
 }
 
 void AdamW::TakeNorm(Slot& s) {
@@ -501,6 +599,7 @@ void AdamW::TakeNorm(Slot& s) {
 
 void AdamW::FinishNormInBackward() {
   norm_active_ = false;
+  if (expert_sink_ && CurrentExpertWeightGradSink() == expert_sink_.get()) SetExpertWeightGradSink(nullptr);
 #ifdef FTD_WITH_CUDA
   if (side_) {
     at::cuda::CUDAEvent done;

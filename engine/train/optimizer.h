@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -49,6 +50,11 @@ struct AdamWConfig {
   // Step in backward inside a CUDA graph capture: gradient bytes held until the compute stream
   // has waited for their side-stream updates (AdamW::StepSlot explains why they are held).
   int64_t capture_pending_grad_bytes = int64_t{1} << 30;
+  // Step in backward, compact policy: the stacked expert weights whose gradient the experts'
+  // weight-gradient GEMM produces are stepped inside that GEMM (kernels/grouped_gemm_adamw.h,
+  // where it serves: sm90, backends.experts ftd), their gradient never formed. false: every
+  // parameter is stepped from its formed gradient (for comparisons).
+  bool fuse_expert_update = true;
 };
 
 // Whether a parameter gets weight decay: not norms, not biases (HF Trainer's convention).
@@ -58,6 +64,7 @@ class AdamW {
  public:
   static absl::StatusOr<std::unique_ptr<AdamW>> Create(std::vector<NamedParam> params, PrecisionPolicy policy,
                                                        const AdamWConfig& config);
+  ~AdamW();
 
   // [2] fp32 on the parameters' device: (lr, grad_scale), read by every update when it runs;
   // the gradients are multiplied by grad_scale first. Write it in place (it is never replaced).
@@ -94,6 +101,24 @@ class AdamW {
     BeginStepInBackward();
   }
   void FinishStepInBackward();
+
+  // Under EnableStepInBackward with fuse_expert_update: takes dW[g] = a[rows_g]^T @ b[rows_g] as
+  // the whole gradient of `weight` (a compact-policy parameter [E, K, M]) and steps it now, on the
+  // current stream; false when it does not serve (not between Begin/FinishStepInBackward, another
+  // parameter, one that already has a gradient, or the fused kernel does not take these CUDA
+  // operands). The experts' backward reaches it through engine/model/core/moe/expert_weight_grad_sink.h.
+  bool StepFromExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
+                                const at::Tensor& offs);
+  // Under EnableNormInBackward with fuse_expert_update, between Begin/FinishNormInBackward (the
+  // step's only backward): takes dW of `weight` as its whole gradient for the next Step(), which
+  // runs the fused update from (a, b, offs) with the clipped scale; now only dW's squared norm is
+  // taken (on an sm90 GPU by the same GEMM, dW not formed). The operands stay alive until then
+  // instead of dW (Qwen3-30B-A3B: 0.4 GB a layer against 1.2 GB). false when it does not serve.
+  bool DeferExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
+                             const at::Tensor& offs);
+  // Expert weights stepped inside their weight-gradient GEMM (StepFromExpertWeightGrad, or
+  // DeferExpertWeightGrad then Step) in the last step.
+  int64_t fused_expert_steps() const { return fused_expert_steps_; }
 
   // The gradient norm taken during backward: each parameter's squared gradient norm is summed
   // (on CUDA on the side stream, beside the backward kernels) as soon as the backward that
@@ -145,8 +170,13 @@ class AdamW {
     at::Tensor held_rows;
     bool decay = true;
     bool norm_taken = false;  // its squared gradient norm is in norm_sum_ (norm in backward)
+    // DeferExpertWeightGrad: the weight-gradient GEMM's operands for Step(), and dW's squared
+    // norm [1] fp32 (kept apart from norm_sum_, which the side stream adds to).
+    at::Tensor deferred_a, deferred_b, deferred_offs, deferred_sq;
   };
-  AdamW(PrecisionPolicy policy, const AdamWConfig& config) : policy_(policy), config_(config) {}
+  AdamW(PrecisionPolicy policy, const AdamWConfig& config);
+  // The slots of 3-D parameters (stacked expert weights) and the sink that reaches them.
+  void InstallExpertSlots();
   // One parameter's update from its gradient (the in-backward path).
   void StepSlot(Slot& slot);
   // Adds one parameter's squared gradient norm to norm_sum_ (the norm-in-backward path).
@@ -178,6 +208,11 @@ class AdamW {
   std::optional<int32_t> saved_carveout_;  // the global GEMM carveout before BeginStepInBackward
   struct SideStream;
   std::shared_ptr<SideStream> side_;  // CUDA side stream and events (null on CPU)
+  class ExpertSink;
+  std::unique_ptr<ExpertSink> expert_sink_;  // installed between Begin/FinishStepInBackward
+  std::unordered_map<const c10::TensorImpl*, size_t> expert_slots_;  // 3-D parameters by tensor
+  bool in_backward_step_ = false;
+  int64_t fused_expert_steps_ = 0;
 };
 
 }  // namespace ftd::engine

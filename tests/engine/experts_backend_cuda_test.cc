@@ -1,7 +1,10 @@
 // backends.experts ftd on a GPU (skipped without an sm90 GPU and the CUTLASS build): the experts'
 // grouped GEMMs on ftd's own Hopper kernel give the losses and gradients of at::_grouped_mm's, on
 // the fused expert op (Qwen3-MoE, Moonlight's sigmoid router with shared experts) and on the
-// autograd path (GPT-OSS's biased experts, and LoRA adapters on the experts).
+// autograd path (GPT-OSS's biased experts, and LoRA adapters on the experts); with the optimizer
+// stepping in backward, the expert weights stepped inside their weight-gradient GEMM end up bit
+// for bit as those stepped from the formed gradient.
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +19,7 @@
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/lora.h"
 #include "engine/model/transformer.h"
+#include "engine/train/optimizer.h"
 #include "gtest/gtest.h"
 
 namespace ftd::engine {
@@ -106,6 +110,76 @@ INSTANTIATE_TEST_SUITE_P(Families, ExpertsBackendFtd,
                            for (char& ch : n) ch = ch == '-' ? '_' : ch;
                            return n;
                          });
+
+// Two steps with the compact optimizer inside backward (in_backward), or after it with the norm
+// taken in backward (the clipped step, at a clip that never binds); the parameters after them.
+std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool in_backward, int64_t* fused_steps) {
+  SetExpertsBackend(ExpertsBackend::kFtd);
+  ModelOptions mo;
+  mo.device = at::Device(at::kCUDA, 0);
+  mo.dtype = at::kBFloat16;
+  mo.gate = GateMode::kBalanced;
+  ModelWeights w = InitRandomWeights(c, mo, 21);
+  EnableGradients(w);
+  auto model = *MoeTransformer::Create(c, mo, std::move(w));
+  AdamWConfig config;
+  config.fuse_expert_update = fuse;
+  auto adamw = *AdamW::Create(model->Parameters(), PrecisionPolicy::kCompact, config);
+  if (in_backward) {
+    adamw->EnableStepInBackward();
+  } else {
+    adamw->EnableNormInBackward();
+  }
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(4);
+  for (int step = 0; step < 2; ++step) {
+    Batch b;
+    b.input_ids = at::randint(0, c.vocab_size, {1, 128}, gen, at::kLong).to(mo.device);
+    b.targets = ShiftLabels(b.input_ids);
+    if (in_backward) {
+      adamw->BeginStepInBackward(1e-3);
+    } else {
+      adamw->BeginNormInBackward();
+    }
+    ForwardResult r = model->Forward(b, /*return_logits=*/false);
+    (r.loss_sum / static_cast<double>(r.num_targets)).backward();
+    if (in_backward) {
+      adamw->FinishStepInBackward();
+      continue;
+    }
+    adamw->FinishNormInBackward();
+    const double norm = adamw->SquaredGradNorm().sqrt().item<double>();
+    EXPECT_GT(norm, 0.0);
+    adamw->SetStepScalars(1e-3, std::min(1.0, 1e6 / (norm + 1e-6)));  // 1 exactly
+    adamw->Step();
+    adamw->ZeroGrad();
+  }
+  *fused_steps = adamw->fused_expert_steps();
+  std::vector<at::Tensor> params;
+  for (NamedParam& p : model->Parameters()) params.push_back(p.tensor->detach().cpu());
+  SetExpertsBackend(ExpertsBackend::kGroupedMm);
+  return params;
+}
+
+class ExpertsBackendFtdFusedUpdate : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ExpertsBackendFtdFusedUpdate, EqualsTheFormedGradientsStep) {
+  if (!OwnExpertGemmAvailable()) GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
+  ModelConfig c = *PresetConfig("tiny");
+  c.hidden_size = 256;  // the fused update takes weights whose rows are whole 256-element blocks:
+  c.moe_intermediate_size = 128;  // down [E, F, 256] and gate_up [E, 256, 2F = 256]
+  c.intermediate_size = 128;
+  const bool in_backward = GetParam();
+  int64_t fused_steps = 0, unfused_steps = 0;
+  const std::vector<at::Tensor> fused = ParamsAfterSteps(c, true, in_backward, &fused_steps);
+  const std::vector<at::Tensor> unfused = ParamsAfterSteps(c, false, in_backward, &unfused_steps);
+  EXPECT_EQ(fused_steps, 2 * c.num_hidden_layers) << "gate_up and down of every MoE layer, fused";
+  EXPECT_EQ(unfused_steps, 0);
+  ASSERT_EQ(fused.size(), unfused.size());
+  for (size_t i = 0; i < fused.size(); ++i) EXPECT_TRUE(at::equal(fused[i], unfused[i])) << "parameter " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Optimizer, ExpertsBackendFtdFusedUpdate, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "StepInBackward" : "ClippedAfterBackward"; });
 
 }  // namespace
 }  // namespace ftd::engine

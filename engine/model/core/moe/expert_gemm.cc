@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "engine/model/core/backends.h"
+#include "engine/model/core/moe/expert_weight_grad_sink.h"
 #include "kernels/grouped_gemm.h"
 
 namespace ftd::engine {
@@ -60,6 +61,13 @@ at::Tensor ExpertGemmWeightGrad(const at::Tensor& a, const at::Tensor& b, const 
   return OwnBackendFor(a, b) && kernels::GroupedMmWeightGradCudaSupports(a, b)
              ? kernels::GroupedMmWeightGrad(a, b, offs)
              : at::_grouped_mm(a.t(), b, offs);
+}
+
+bool ExpertWeightGradConsumed(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
+                              const at::Tensor& offs) {
+  if (!OwnBackendFor(a, b)) return false;
+  ExpertWeightGradSink* sink = CurrentExpertWeightGradSink();
+  return sink != nullptr && sink->Consume(weight, a, b, offs);
 }
 
 at::Tensor ExpertGemmDifferentiable(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& offs) {

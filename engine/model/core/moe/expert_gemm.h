@@ -16,6 +16,12 @@ at::Tensor ExpertGemm(const at::Tensor& rows, const at::Tensor& w, const at::Ten
 // [N, K], [N, M] -> [E, K, M]: out[g] = a[rows_g]^T @ b[rows_g] (zeros for an empty group).
 at::Tensor ExpertGemmWeightGrad(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs);
 
+// The weight gradient of `weight` (the stacked parameter) when the optimizer takes it straight
+// into its step (expert_weight_grad_sink.h; backends.experts "ftd" only): true when it did, and
+// the caller forms no gradient; false: the caller forms it with ExpertGemmWeightGrad(a, b, offs).
+bool ExpertWeightGradConsumed(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
+                              const at::Tensor& offs);
+
 // ExpertGemm with autograd: the backward is ExpertGemm(dy, w^T) and ExpertGemmWeightGrad(rows, dy).
 at::Tensor ExpertGemmDifferentiable(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& offs);
 

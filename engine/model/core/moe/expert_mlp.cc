@@ -37,7 +37,7 @@ struct ExpertMlpFunction : public torch::autograd::Function<ExpertMlpFunction> {
     at::Tensor d_down, d_gate_up, dx, dw;
     {
       at::Tensor act = s[8].defined() ? s[8] : kernels::WeightedSwigluForwardCuda(h, w);  // saved or recomputed
-      d_down = ExpertGemmWeightGrad(act, dy, offs);                                       // [E, F, H]
+      if (!ExpertWeightGradConsumed(down, act, dy, offs)) d_down = ExpertGemmWeightGrad(act, dy, offs);  // [E, F, H]
     }
     at::Tensor dact = ExpertGemm(dy, down.transpose(1, 2), offs);  // [N, F]
     dy = at::Tensor();
@@ -46,7 +46,7 @@ struct ExpertMlpFunction : public torch::autograd::Function<ExpertMlpFunction> {
     dact = at::Tensor();
     {
       at::Tensor rows = kernels::PermuteRowsCuda(x, order, k);  // recomputed
-      d_gate_up = ExpertGemmWeightGrad(rows, dh, offs);            // [E, H, 2F]
+      if (!ExpertWeightGradConsumed(gate_up, rows, dh, offs)) d_gate_up = ExpertGemmWeightGrad(rows, dh, offs);  // [E, H, 2F]
     }
     at::Tensor drows = ExpertGemm(dh, gate_up.transpose(1, 2), offs);  // [N, H]
     dx = kernels::UnpermuteSumCuda(drows, inverse, k);                      // [T, H]
