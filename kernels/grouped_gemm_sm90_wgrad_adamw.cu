@@ -170,19 +170,31 @@ class CompactAdamWEpilogue {
       d.LoadFull(p, st.master_low, storage.tile + r * kPitch + lane * kPerLane, st.r_codes, st.s_codes, st.s_max,
                  st.r_scale, o / kCompactUpdateBlock, o + lane * kPerLane);
     };
+    // Warp w takes rows w, w + 8, ...; kDepth of its rows' loads are in flight while one is
+    // computed (8 warps an SM must keep as many bytes moving as the element-wise kernel's 24).
+    constexpr int kWarps = kThreads / 32, kRowsPerWarp = kTileM / kWarps, kDepth = 4;
+    static_assert(kRowsPerWarp % kDepth == 0, "whole rounds of loads");
     float g_sq = 0.0f;
-    LaneData<uint16_t, uint16_t> next;
-    int r = warp;
-    if (r < rows) load(next, r);
-    while (r < rows) {  // warp-uniform
-      const LaneData<uint16_t, uint16_t> cur = next;
-      const int cr = r;
-      r += kThreads / 32;
-      if (r < rows) load(next, r);
-      if (st.skip_idle && cur.s_max == 0.0f && !__any_sync(kFull, !cur.GradIsZero())) continue;
-      g_sq += UpdateBlock<uint16_t, uint16_t>(cur, p, st.master_low, st.r_codes, st.s_codes, st.r_scale, st.s_max,
-                                              offset(cr) / kCompactUpdateBlock, kPerLane, st.hyper, sv,
-                                              storage.tables);
+    LaneData<uint16_t, uint16_t> ahead[kDepth];
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < kDepth; ++j) {
+      if (warp + j * kWarps < rows) load(ahead[j], warp + j * kWarps);
+    }
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int base = 0; base < kRowsPerWarp; base += kDepth) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kDepth; ++j) {
+        const int r = warp + (base + j) * kWarps;
+        if (r < rows) {  // warp-uniform
+          const LaneData<uint16_t, uint16_t> cur = ahead[j];
+          if (r + kDepth * kWarps < rows) load(ahead[j], r + kDepth * kWarps);
+          if (!(st.skip_idle && cur.s_max == 0.0f && !__any_sync(kFull, !cur.GradIsZero()))) {
+            g_sq += UpdateBlock<uint16_t, uint16_t>(cur, p, st.master_low, st.r_codes, st.s_codes, st.r_scale,
+                                                    st.s_max, offset(r) / kCompactUpdateBlock, kPerLane, st.hyper, sv,
+                                                    storage.tables);
+          }
+        }
+      }
     }
     AddGradSquares(g_sq, st.hyper.grad_sq_sum);
     return cute::make_tuple(load_state, store_state);

@@ -147,6 +147,11 @@ std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool i
       continue;
     }
     adamw->FinishNormInBackward();
+    if (fuse) {  // every stacked expert weight was taken by its GEMM: it holds no gradient
+      for (NamedParam& p : model->Parameters()) {
+        if (p.tensor->dim() == 3) EXPECT_FALSE(p.tensor->grad().defined()) << p.name << ", step " << step;
+      }
+    }
     const double norm = adamw->SquaredGradNorm().sqrt().item<double>();
     EXPECT_GT(norm, 0.0);
     adamw->SetStepScalars(1e-3, std::min(1.0, 1e6 / (norm + 1e-6)));  // 1 exactly
