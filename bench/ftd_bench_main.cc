@@ -139,9 +139,9 @@ int main(int argc, char** argv) {
   app.add_option("--weight-decay", weight_decay)->capture_default_str();
   app.add_option("--lr", lr)->capture_default_str();
   app.add_flag("--ckpt", ckpt, "activation checkpointing");
-  bool unfused_expert_update = false;
-  app.add_flag("--unfused-expert-update", unfused_expert_update,
-               "grad_clip 0: step the expert weights from their formed gradients, not inside their weight-gradient GEMM");
+  bool fused_expert_update = false;
+  app.add_flag("--fused-expert-update", fused_expert_update,
+               "with --experts ftd: step the expert weights inside their weight-gradient GEMM (AdamWConfig::fuse_expert_update)");
   app.add_flag("--no-cuda-graph", no_cuda_graph, "run every step eagerly");
   app.add_flag("--save-expert-act", save_expert_act, "keep the experts' SwiGLU output for backward (no recompute)");
   app.add_option("--sink-attention", sink_attention,
@@ -221,7 +221,7 @@ int main(int argc, char** argv) {
   TrainStepOptions o;
   o.precision = *policy;
   o.adam.weight_decay = weight_decay;
-  o.adam.fuse_expert_update = !unfused_expert_update;
+  o.adam.fuse_expert_update = fused_expert_update;
   o.grad_clip = grad_clip;
   o.micro_batch = batch;
   o.seq_len = seq;

@@ -50,11 +50,14 @@ struct AdamWConfig {
   // Step in backward inside a CUDA graph capture: gradient bytes held until the compute stream
   // has waited for their side-stream updates (AdamW::StepSlot explains why they are held).
   int64_t capture_pending_grad_bytes = int64_t{1} << 30;
-  // Step in backward, compact policy: the stacked expert weights whose gradient the experts'
-  // weight-gradient GEMM produces are stepped inside that GEMM (kernels/grouped_gemm_adamw.h,
-  // where it serves: sm90, backends.experts ftd), their gradient never formed. false: every
-  // parameter is stepped from its formed gradient (for comparisons).
-  bool fuse_expert_update = true;
+  // Compact policy, backends.experts ftd on sm90: the stacked expert weights are stepped inside
+  // their weight-gradient GEMM (kernels/grouped_gemm_adamw.h; the optimizer in backward), or, in
+  // the clipped step, only their norm is taken in backward and the GEMM runs again with the update
+  // after it; their gradients are never stored. Off by default: on an H100 (Qwen3-30B-A3B layers)
+  // the first fused kernel moved 1.3 TB/s against the unfused pair's 2.6 and the step took 51.0
+  // ms against 45.0 (grad_clip 0) and 55.9 against 47.1 (grad_clip 1.0, at 20.6 GiB against
+  // 23.8); bench/RESULTS.md. ftd-bench --fused-expert-update turns it on.
+  bool fuse_expert_update = false;
 };
 
 // Whether a parameter gets weight decay: not norms, not biases (HF Trainer's convention).
