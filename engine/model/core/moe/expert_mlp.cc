@@ -35,21 +35,22 @@ struct ExpertMlpFunction : public torch::autograd::Function<ExpertMlpFunction> {
     const int64_t k = ctx->saved_data["k"].toInt();
     at::Tensor dy = kernels::PermuteRowsCuda(grads[0].contiguous(), order, k);  // [N, H]
     at::Tensor d_down, d_gate_up, dx, dw;
+    // Each weight's input gradient before its weight gradient: an optimizer that takes the weight
+    // gradient (ExpertWeightGradConsumed) may step the weight in place right there.
+    at::Tensor dact = ExpertGemm(dy, down.transpose(1, 2), offs);  // [N, F]
     {
       at::Tensor act = s[8].defined() ? s[8] : kernels::WeightedSwigluForwardCuda(h, w);  // saved or recomputed
       if (!ExpertWeightGradConsumed(down, act, dy, offs)) d_down = ExpertGemmWeightGrad(act, dy, offs);  // [E, F, H]
     }
-    at::Tensor dact = ExpertGemm(dy, down.transpose(1, 2), offs);  // [N, F]
     dy = at::Tensor();
     at::Tensor dh;
     std::tie(dh, dw) = kernels::WeightedSwigluBackwardCuda(dact, h, w);  // [N, 2F], [N]
     dact = at::Tensor();
+    dx = kernels::UnpermuteSumCuda(ExpertGemm(dh, gate_up.transpose(1, 2), offs), inverse, k);  // [N, H] -> [T, H]
     {
       at::Tensor rows = kernels::PermuteRowsCuda(x, order, k);  // recomputed
       if (!ExpertWeightGradConsumed(gate_up, rows, dh, offs)) d_gate_up = ExpertGemmWeightGrad(rows, dh, offs);  // [E, H, 2F]
     }
-    at::Tensor drows = ExpertGemm(dh, gate_up.transpose(1, 2), offs);  // [N, H]
-    dx = kernels::UnpermuteSumCuda(drows, inverse, k);                      // [T, H]
     return {dx, at::Tensor(), at::Tensor(), dw, at::Tensor(), d_gate_up, d_down, at::Tensor(), at::Tensor()};
   }
 };
