@@ -262,7 +262,8 @@ void AdamW::StepSlot(Slot& s) {
   param.mutable_grad() = at::Tensor();
 }
 
-// The optimizer as the experts' weight-gradient sink while it steps inside backward.
+// The optimizer as the experts' weight-gradient sink: it steps the weight inside backward, or
+// takes the clipped step's norm in backward and the update after it.
 class AdamW::ExpertSink : public ExpertWeightGradSink {
  public:
   explicit ExpertSink(AdamW* opt) : opt_(opt) {}
@@ -303,14 +304,19 @@ void AdamW::InstallExpertSlots() {
   if (!expert_slots_.empty()) expert_sink_ = std::make_unique<ExpertSink>(this);
 }
 
+AdamW::Slot* AdamW::ExpertSlotFree(const at::Tensor& weight) {
+  const auto it = expert_slots_.find(weight.unsafeGetTensorImpl());
+  if (it == expert_slots_.end()) return nullptr;
+  Slot& s = slots_[it->second];
+  return s.param.tensor->grad().defined() || s.deferred_a.defined() ? nullptr : &s;
+}
+
 bool AdamW::DeferExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
                                   const at::Tensor& offs) {
   if (!expert_sink_ || !norm_active_) return false;
-  const auto it = expert_slots_.find(weight.unsafeGetTensorImpl());
-  if (it == expert_slots_.end()) return false;
-  Slot& s = slots_[it->second];
-  // A gradient accumulated by an earlier micro-batch: the step needs the sum, the hooks take it.
-  if (s.param.tensor->grad().defined() || s.deferred_a.defined()) return false;
+  Slot* slot = ExpertSlotFree(weight);
+  if (slot == nullptr) return false;
+  Slot& s = *slot;
   const at::Tensor param = s.param.tensor->detach();
   c10::NoGradGuard no_grad;
   at::Tensor sq = at::zeros({1}, param.options().dtype(at::kFloat));
@@ -332,10 +338,9 @@ bool AdamW::DeferExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a,
 bool AdamW::StepFromExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
                                      const at::Tensor& offs) {
   if (!expert_sink_ || !in_backward_step_) return false;
-  const auto it = expert_slots_.find(weight.unsafeGetTensorImpl());
-  if (it == expert_slots_.end()) return false;
-  Slot& s = slots_[it->second];
-  if (s.param.tensor->grad().defined()) return false;  // a gradient from elsewhere: the hook steps it
+  Slot* slot = ExpertSlotFree(weight);
+  if (slot == nullptr) return false;
+  Slot& s = *slot;
   const at::Tensor param = s.param.tensor->detach();
   const kernels::AdamWHyper hyper = Hyper(s);
   // On a GPU only the fused kernel is worth it (the unfused update runs on the side stream);

@@ -180,6 +180,9 @@ class AdamW {
   AdamW(PrecisionPolicy policy, const AdamWConfig& config);
   // The slots of 3-D parameters (stacked expert weights) and the sink that reaches them.
   void InstallExpertSlots();
+  // The slot of `weight` if it is a stacked expert weight whose gradient the sink may take now:
+  // none from elsewhere yet (an earlier micro-batch, another use of the weight), none deferred.
+  Slot* ExpertSlotFree(const at::Tensor& weight);
   // One parameter's update from its gradient (the in-backward path).
   void StepSlot(Slot& slot);
   // Adds one parameter's squared gradient norm to norm_sum_ (the norm-in-backward path).

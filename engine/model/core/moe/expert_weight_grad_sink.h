@@ -14,7 +14,9 @@ class ExpertWeightGradSink {
   virtual ~ExpertWeightGradSink() = default;
   // `weight` [E, K, M] (the parameter itself), a [N, K], b [N, M], offs [E] int32 (inclusive
   // prefix sums of the rows per expert): takes dW[g] = a[rows_g]^T @ b[rows_g] as the weight's
-  // whole gradient for this step and returns true, or returns false and does nothing.
+  // whole gradient for this step and returns true, or returns false and does nothing. The
+  // caller is the weight's only use in the step's graph, and has already read the weight (the
+  // sink may step it in place).
   virtual bool Consume(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs) = 0;
 };
 
