@@ -29,6 +29,30 @@ void CheckOffs(const at::Tensor& offs, int64_t groups, const at::Tensor& like, c
               " ", offs.sizes(), " on ", offs.device());
 }
 
+// The weight-gradient operands a [N, K], b [N, M] over offs' groups, into d (or nothing).
+GroupedGemmArgs WeightGradArgs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs, void* d) {
+  GroupedGemmArgs args;
+  args.operands = GroupedOperands::kWeightGrad;
+  args.a = a.data_ptr();
+  args.b = b.data_ptr();
+  args.d = d;
+  args.offs = offs.data_ptr<int32_t>();
+  args.groups = static_cast<int>(offs.numel());
+  args.k = a.size(1);
+  args.m = b.size(1);
+  return args;
+}
+
+// The weight-gradient GEMM with the compact update (or squares-only) epilogue, on the current
+// stream; the workspace as RunGroupedGemm's.
+void RunWeightGradCompactAdamW(const GroupedGemmArgs& args, const CompactUpdateState& state, const at::Tensor& like) {
+  const size_t bytes = WeightGradCompactAdamWWorkspaceBytes(args);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+  const std::string error =
+      LaunchWeightGradCompactAdamWSm90(args, state, workspace.data_ptr(), bytes, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(error.empty(), error);
+}
+
 }  // namespace
 
 at::Tensor GroupedMmCuda(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& offs, GroupedGemmTile tile) {
@@ -61,16 +85,7 @@ at::Tensor GroupedMmWeightGradCuda(const at::Tensor& a, const at::Tensor& b, con
   CheckOffs(offs, offs.numel(), a, "GroupedMmWeightGradCuda");
   c10::cuda::CUDAGuard guard(a.device());
   at::Tensor out = at::empty({offs.numel(), a.size(1), b.size(1)}, a.options());
-  GroupedGemmArgs args;
-  args.operands = GroupedOperands::kWeightGrad;
-  args.a = a.data_ptr();
-  args.b = b.data_ptr();
-  args.d = out.data_ptr();
-  args.offs = offs.data_ptr<int32_t>();
-  args.groups = static_cast<int>(offs.numel());
-  args.k = a.size(1);
-  args.m = b.size(1);
-  RunGroupedGemm(args, tile, a);
+  RunGroupedGemm(WeightGradArgs(a, b, offs, out.data_ptr()), tile, a);
   return out;
 }
 
@@ -85,14 +100,6 @@ void GroupedMmWeightGradCompactAdamWCuda(const at::Tensor& a, const at::Tensor& 
               b.size(0));
   CheckOffs(offs, param.size(0), a, "GroupedMmWeightGradCompactAdamWCuda");
   c10::cuda::CUDAGuard guard(a.device());
-  GroupedGemmArgs args;
-  args.operands = GroupedOperands::kWeightGrad;
-  args.a = a.data_ptr();
-  args.b = b.data_ptr();
-  args.offs = offs.data_ptr<int32_t>();
-  args.groups = static_cast<int>(param.size(0));
-  args.k = a.size(1);
-  args.m = b.size(1);
   CompactUpdateState state;
   state.param = param.data_ptr();
   state.master_low = master_low.data_ptr<int16_t>();
@@ -103,11 +110,7 @@ void GroupedMmWeightGradCompactAdamWCuda(const at::Tensor& a, const at::Tensor& 
   state.step = step.data_ptr<float>();
   state.hyper = MakeCompactUpdateHyper(h);
   state.skip_idle = h.weight_decay == 0.0;  // as CompactAdamWStepCuda
-  const size_t bytes = WeightGradCompactAdamWWorkspaceBytes(args);
-  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
-  const std::string error = LaunchWeightGradCompactAdamWSm90(args, state, workspace.data_ptr(), bytes,
-                                                             at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(error.empty(), error);
+  RunWeightGradCompactAdamW(WeightGradArgs(a, b, offs, nullptr), state, a);  // offs: param.size(0) groups
 }
 
 void GroupedMmWeightGradSquaredNormCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
@@ -118,22 +121,10 @@ void GroupedMmWeightGradSquaredNormCuda(const at::Tensor& a, const at::Tensor& b
   TORCH_CHECK(a.size(0) == b.size(0), "GroupedMmWeightGradSquaredNormCuda: a has ", a.size(0), " rows, b ", b.size(0));
   CheckOffs(offs, offs.numel(), a, "GroupedMmWeightGradSquaredNormCuda");
   c10::cuda::CUDAGuard guard(a.device());
-  GroupedGemmArgs args;
-  args.operands = GroupedOperands::kWeightGrad;
-  args.a = a.data_ptr();
-  args.b = b.data_ptr();
-  args.offs = offs.data_ptr<int32_t>();
-  args.groups = static_cast<int>(offs.numel());
-  args.k = a.size(1);
-  args.m = b.size(1);
   CompactUpdateState state;
   state.hyper.grad_sq_sum = sq_sum.data_ptr<float>();
   state.squares_only = true;
-  const size_t bytes = WeightGradCompactAdamWWorkspaceBytes(args);
-  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
-  const std::string error = LaunchWeightGradCompactAdamWSm90(args, state, workspace.data_ptr(), bytes,
-                                                             at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(error.empty(), error);
+  RunWeightGradCompactAdamW(WeightGradArgs(a, b, offs, nullptr), state, a);
 }
 
 }  // namespace ftd::kernels

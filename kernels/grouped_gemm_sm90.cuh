@@ -217,24 +217,34 @@ size_t WorkspaceBytes(const GroupedGemmArgs& args) {
   return g.bytes + G::Gemm::get_workspace_size(MakeArguments<Ops, Config>(args, g)) + 256;
 }
 
+// The launch of G (any epilogue) with its per-group arrays g carved from the front of the
+// workspace: the groups prepared on the device, then CUTLASS's checks, set-up and run; "" or
+// what failed, named `what`.
+template <GroupedOperands Ops, class G>
+std::string LaunchPrepared(const GroupedGemmArgs& args, const GroupArrays<G>& g,
+                           const typename G::Gemm::Arguments& arguments, void* workspace, size_t workspace_bytes,
+                           cudaStream_t stream, const std::string& what) {
+  const size_t cutlass_bytes = G::Gemm::get_workspace_size(arguments);
+  if (g.bytes + cutlass_bytes > workspace_bytes) return what + ": workspace too small";
+  PrepareGroupsKernel<Ops, G><<<1, 256, 0, stream>>>(args, g);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return what + " prepare: " + cudaGetErrorString(e);
+  typename G::Gemm gemm;
+  cutlass::Status s = gemm.can_implement(arguments);
+  if (s != cutlass::Status::kSuccess) return what + " can_implement: " + cutlassGetStatusString(s);
+  s = gemm.initialize(arguments, static_cast<char*>(workspace) + g.bytes, stream);
+  if (s != cutlass::Status::kSuccess) return what + " initialize: " + cutlassGetStatusString(s);
+  s = gemm.run(stream);
+  if (s != cutlass::Status::kSuccess) return what + " run: " + cutlassGetStatusString(s);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return what + ": " + cudaGetErrorString(e);
+  return "";
+}
+
 template <GroupedOperands Ops, class Config>
 std::string Launch(const GroupedGemmArgs& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   using G = GroupedGemm<Ops, Config>;
   auto g = GroupArrays<G>::Carve(static_cast<char*>(workspace), args.groups, ZeroElements<Ops>(args));
-  auto arguments = MakeArguments<Ops, Config>(args, g);
-  const size_t cutlass_bytes = G::Gemm::get_workspace_size(arguments);
-  if (g.bytes + cutlass_bytes > workspace_bytes) return "grouped GEMM: workspace too small";
-  PrepareGroupsKernel<Ops, G><<<1, 256, 0, stream>>>(args, g);
-  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return std::string("grouped GEMM prepare: ") + cudaGetErrorString(e);
-  typename G::Gemm gemm;
-  cutlass::Status s = gemm.can_implement(arguments);
-  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM can_implement: ") + cutlassGetStatusString(s);
-  s = gemm.initialize(arguments, static_cast<char*>(workspace) + g.bytes, stream);
-  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM initialize: ") + cutlassGetStatusString(s);
-  s = gemm.run(stream);
-  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM run: ") + cutlassGetStatusString(s);
-  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return std::string("grouped GEMM: ") + cudaGetErrorString(e);
-  return "";
+  return LaunchPrepared<Ops, G>(args, g, MakeArguments<Ops, Config>(args, g), workspace, workspace_bytes, stream,
+                                "grouped GEMM");
 }
 
 // The three tiles of one operand layout, by enum.

@@ -253,20 +253,8 @@ std::string LaunchWeightGradCompactAdamW(const GroupedGemmArgs& args, const Comp
   }
   auto g = GroupArrays<FusedWeightGrad>::Carve(static_cast<char*>(workspace), args.groups,
                                                ZeroElements<GroupedOperands::kWeightGrad>(args));
-  auto arguments = MakeFusedArguments(args, g, state);
-  using Gemm = FusedWeightGrad::Gemm;
-  if (g.bytes + Gemm::get_workspace_size(arguments) > workspace_bytes) return "grouped GEMM with AdamW: workspace too small";
-  PrepareGroupsKernel<GroupedOperands::kWeightGrad, FusedWeightGrad><<<1, 256, 0, stream>>>(args, g);
-  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return std::string("grouped GEMM with AdamW prepare: ") + cudaGetErrorString(e);
-  Gemm gemm;
-  cutlass::Status s = gemm.can_implement(arguments);
-  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM with AdamW can_implement: ") + cutlassGetStatusString(s);
-  s = gemm.initialize(arguments, static_cast<char*>(workspace) + g.bytes, stream);
-  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM with AdamW initialize: ") + cutlassGetStatusString(s);
-  s = gemm.run(stream);
-  if (s != cutlass::Status::kSuccess) return std::string("grouped GEMM with AdamW run: ") + cutlassGetStatusString(s);
-  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return std::string("grouped GEMM with AdamW: ") + cudaGetErrorString(e);
-  return "";
+  return LaunchPrepared<GroupedOperands::kWeightGrad, FusedWeightGrad>(
+      args, g, MakeFusedArguments(args, g, state), workspace, workspace_bytes, stream, "grouped GEMM with AdamW");
 }
 
 }  // namespace ftd::kernels::sm90
