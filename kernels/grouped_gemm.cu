@@ -1,20 +1,33 @@
 // Tensor-facing launchers of the Hopper grouped GEMM (kernels/grouped_gemm.h): shape checks,
 // the output and the workspace from the caching allocator (so the launch is graph-capturable),
 // then kernels/grouped_gemm_launch.h on the current stream.
+#include <algorithm>
+
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/grouped_gemm.h"
+#include "kernels/cuda_utils.cuh"
 #include "kernels/grouped_gemm_adamw.h"
 
 namespace ftd::kernels {
 
 namespace {
 
+// ATen's SM carve-out (at::Context::_setSMCarveout_EXPERIMENTAL, which at::_grouped_mm and
+// cuBLASLt honour too): the persistent CTAs leave that many SMs to other streams' work.
+GroupedGemmArgs WithCarveout(GroupedGemmArgs args) {
+  const std::optional<int32_t> carveout = at::globalContext()._SMCarveout_EXPERIMENTAL();
+  if (carveout.has_value() && *carveout > 0) args.sm_count = std::max(1, cuda::NumSms() - *carveout);
+  return args;
+}
+
 // The workspace is freed on return: the caching allocator hands it out again only to work queued
 // after this launch on the same stream.
-void RunGroupedGemm(const GroupedGemmArgs& args, GroupedGemmTile tile, const at::Tensor& like) {
+void RunGroupedGemm(const GroupedGemmArgs& requested, GroupedGemmTile tile, const at::Tensor& like) {
+  const GroupedGemmArgs args = WithCarveout(requested);
   const size_t bytes = GroupedGemmWorkspaceBytes(args, tile);
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
   const std::string error =
@@ -45,7 +58,9 @@ GroupedGemmArgs WeightGradArgs(const at::Tensor& a, const at::Tensor& b, const a
 
 // The weight-gradient GEMM with the compact update (or squares-only) epilogue, on the current
 // stream; the workspace as RunGroupedGemm's.
-void RunWeightGradCompactAdamW(const GroupedGemmArgs& args, const CompactUpdateState& state, const at::Tensor& like) {
+void RunWeightGradCompactAdamW(const GroupedGemmArgs& requested, const CompactUpdateState& state,
+                               const at::Tensor& like) {
+  const GroupedGemmArgs args = WithCarveout(requested);
   const size_t bytes = WeightGradCompactAdamWWorkspaceBytes(args);
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
   const std::string error =

@@ -43,6 +43,9 @@ struct GroupedGemmArgs {
   int groups = 0;
   int64_t k = 0;  // a's columns
   int64_t m = 0;  // d's columns (b's last dimension, or its middle one for kRowsTimesWeightT)
+  // SMs the persistent CTAs spread over; 0 (or more than the device has): all of them. Fewer
+  // leave SMs to work running beside the GEMM on another stream.
+  int sm_count = 0;
 };
 
 // Device bytes the launch needs as scratch (per-group arguments and CUTLASS's tensor maps).

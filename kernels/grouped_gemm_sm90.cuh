@@ -182,14 +182,15 @@ int64_t ZeroElements(const GroupedGemmArgs& args) {
   return Ops == GroupedOperands::kWeightGrad ? kZeroRows * (args.k > args.m ? args.k : args.m) : 0;
 }
 
-inline int SmCount() {
+// The device's SMs, or `limit` of them when 0 < limit < that (GroupedGemmArgs::sm_count).
+inline int SmCount(int limit = 0) {
   static const int sms = [] {
     int device = 0, count = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
     return count;
   }();
-  return sms;
+  return limit > 0 && limit < sms ? limit : sms;
 }
 
 template <GroupedOperands Ops, class Config>
@@ -198,7 +199,7 @@ typename GroupedGemm<Ops, Config>::Gemm::Arguments MakeArguments(const GroupedGe
   using G = GroupedGemm<Ops, Config>;
   cutlass::KernelHardwareInfo hw;
   cudaGetDevice(&hw.device_id);
-  hw.sm_count = SmCount();
+  hw.sm_count = SmCount(args.sm_count);
   typename G::Gemm::Arguments arguments{
       cutlass::gemm::GemmUniversalMode::kGrouped,
       {args.groups, g.shapes, nullptr},  // problem shapes on the device only

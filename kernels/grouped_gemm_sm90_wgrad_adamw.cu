@@ -231,7 +231,7 @@ typename FusedWeightGrad::Gemm::Arguments MakeFusedArguments(const GroupedGemmAr
                                                              const CompactUpdateState& state) {
   cutlass::KernelHardwareInfo hw;
   cudaGetDevice(&hw.device_id);
-  hw.sm_count = SmCount();
+  hw.sm_count = SmCount(args.sm_count);
   return {cutlass::gemm::GemmUniversalMode::kGrouped,
           {args.groups, g.shapes, nullptr},
           {g.a, g.stride_a, g.b, g.stride_b},
