@@ -140,6 +140,10 @@ int main(int argc, char** argv) {
   app.add_option("--lr", lr)->capture_default_str();
   app.add_flag("--ckpt", ckpt, "activation checkpointing");
   bool fused_expert_update = false;
+  int update_sms = 0;
+  app.add_option("--update-sms", update_sms,
+                 "grad_clip 0 on CUDA, compact precision: the in-backward updates run by the bulk-copy kernel on this many SMs, which the backward GEMMs leave to them (AdamWConfig::side_stream_bulk_sms and backward_sm_carveout); 0: off")
+      ->check(CLI::Range(0, 1024));
   app.add_flag("--fused-expert-update", fused_expert_update,
                "with --experts ftd: step the expert weights inside their weight-gradient GEMM (AdamWConfig::fuse_expert_update)");
   app.add_flag("--no-cuda-graph", no_cuda_graph, "run every step eagerly");
@@ -222,6 +226,8 @@ int main(int argc, char** argv) {
   o.precision = *policy;
   o.adam.weight_decay = weight_decay;
   o.adam.fuse_expert_update = fused_expert_update;
+  o.adam.side_stream_bulk_sms = update_sms;
+  o.adam.backward_sm_carveout = update_sms;
   o.grad_clip = grad_clip;
   o.micro_batch = batch;
   o.seq_len = seq;
@@ -300,6 +306,8 @@ int main(int argc, char** argv) {
                       {"save_expert_activation", save_expert_act},
                       {"sink_attention", !config->attention_sinks ? "none" : SinkLayersUseFlash(*config, options) ? "flash" : "sdpa"},
                       {"experts", experts},
+                      {"fused_expert_update", fused_expert_update},
+                      {"update_sms", update_sms},
                       {"mamba_kernels", cuda && config->NumMambaLayers() > 0 && mamba_kernels},
                       {"losses", first},
                       {"device", cuda ? "cuda" : "cpu"},

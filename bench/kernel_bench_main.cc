@@ -19,6 +19,7 @@
 #include "engine/model/linear_cross_entropy.h"
 #include "kernels/adamw.h"
 #include "kernels/adamw_compact.h"
+#include "kernels/adamw_compact_bulk.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/expert_sort.h"
 #include "kernels/grouped_gemm.h"
@@ -33,6 +34,8 @@
 #include "kernels/swiglu.h"
 
 #ifdef FTD_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 #endif
@@ -553,12 +556,129 @@ void RunGroupedGemms() {
   }
 }
 
+// The compact AdamW update beside a GEMM on another stream (issue 25's overlap): can a few SMs
+// move the update's bytes while the others compute? The update is one Qwen3-30B-A3B layer's
+// experts (604M bf16 parameters, 14 bytes each). Lines:
+//  - adamw_compact_sms: the element-wise kernel on the whole GPU, and the bulk-copy kernel
+//    (kernels/adamw_compact_bulk.h) on K SMs: ms, GB/s, GB/s an SM;
+//  - adamw_overlap: GEMM runs (the experts' gate_up grouped GEMM, or a dense lm_head-sized GEMM
+//    through cuBLASLt) on 132 - K SMs (ATen's SM carve-out, which both honour) while the bulk
+//    update runs on K: the pair's time against each alone and against the two one after the
+//    other on the whole GPU (what the step does now).
+void RunAdamWOverlap() {
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const int64_t n = int64_t{128} * 3 * 2048 * 768;
+  auto [p, low] = SplitMaster(at::randn({n}, bf.dtype(at::kFloat)) * 0.02);
+  at::Tensor g = at::randn({n}, bf);
+  CompactMoments mo = CompactMoments::Zeros(n, p.device());
+  at::Tensor step = at::zeros({}, bf.dtype(at::kFloat));
+  AdamWHyper h{1e-5, 0.9, 0.999, 0.01, 1e-8};  // decay: no block is skipped
+  h.scalars = at::tensor({1e-5f, 1.0f}).to(p.device());
+  for (int i = 0; i < 3; ++i) {
+    step.add_(1.0);
+    CompactAdamWStepCuda(p, low, g, mo, step, h);
+  }
+  const double bytes = 14.0 * n + 16.0 * n / 256;
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  auto gbps = [&](double ms) { return bytes / (ms * 1e-3) / 1e9; };
+  const double elementwise_ms = MedianMs([&] { CompactAdamWStepCuda(p, low, g, mo, step, h); });
+  {
+    nlohmann::json j = {{"op", "adamw_compact_sms"}, {"shape", "604M bf16 params"}, {"kernel", "elementwise"},
+                        {"sms", sms}, {"ms", elementwise_ms}, {"GB_s", gbps(elementwise_ms)}};
+    std::printf("%s\n", j.dump().c_str());
+  }
+  if (!CompactAdamWBulkSupports(p, low, g, mo, step, h)) {
+    std::printf("{\"op\": \"adamw_compact_sms\", \"skipped\": \"the bulk-copy kernel does not take these tensors\"}\n");
+    return;
+  }
+  {  // The bulk kernel equals the element-wise one bit for bit (one step from the same state).
+    at::Tensor p2 = p.clone(), low2 = low.clone(), p3 = p.clone(), low3 = low.clone();
+    CompactMoments m2{mo.r_codes.clone(), mo.s_codes.clone(), mo.r_scale.clone(), mo.s_max.clone()};
+    CompactMoments m3{mo.r_codes.clone(), mo.s_codes.clone(), mo.r_scale.clone(), mo.s_max.clone()};
+    CompactAdamWStepCuda(p2, low2, g, m2, step, h);
+    CompactAdamWStepBulkCuda(p3, low3, g, m3, step, h, 24);
+    const bool same = at::equal(p2, p3) && at::equal(low2, low3) && at::equal(m2.r_codes, m3.r_codes) &&
+                      at::equal(m2.s_codes, m3.s_codes) && at::equal(m2.s_max, m3.s_max);
+    std::printf("{\"op\": \"adamw_compact_bulk_equals_elementwise\", \"equal\": %s}\n", same ? "true" : "false");
+  }
+  for (int k : {0, 66, 48, 32, 24, 16, 8}) {
+    const double ms = MedianMs([&] { CompactAdamWStepBulkCuda(p, low, g, mo, step, h, k); });
+    const int used = k == 0 ? sms : k;
+    nlohmann::json j = {{"op", "adamw_compact_sms"}, {"shape", "604M bf16 params"}, {"kernel", "bulk"},
+                        {"sms", used}, {"ms", ms}, {"GB_s", gbps(ms)}, {"GB_s_per_sm", gbps(ms) / used}};
+    std::printf("%s\n", j.dump().c_str());
+    std::fflush(stdout);
+  }
+
+  // The GEMMs beside it.
+  const int64_t T = 4096, H = 2048, E = 128, K = 8, F = 768, V = 151936;
+  at::Tensor logits = at::randn({T, E}, bf.dtype(at::kFloat));
+  RouterOutput r = RouterTopKForwardCuda(logits, {}, RouterOptions{K, RouterScore::kSoftmax, true, 1.0, at::kBFloat16});
+  at::Tensor offs = r.counts.cumsum(0).to(at::kInt);
+  at::Tensor x = at::randn({T * K, H}, bf), wgu = at::randn({E, H, 2 * F}, bf) * 0.02;
+  at::Tensor hidden = at::randn({T, H}, bf), lm_head = at::randn({V, H}, bf) * 0.02;
+  struct Gemm {
+    const char* name;
+    int runs;
+    std::function<void()> run;
+  };
+  const Gemm gemms[] = {
+      {"experts_gate_up_grouped_gemm", 10, [&] { GroupedMmCuda(x, wgu, offs, GroupedGemmTile::kCooperative128x256); }},
+      {"lm_head_logits_mm_cublaslt", 2, [&] { at::mm(hidden, lm_head.t()); }},
+  };
+  const auto saved_backend = at::globalContext().blasPreferredBackend();
+  at::globalContext().setBlasPreferredBackend(at::BlasBackend::Cublaslt);
+  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false);
+  cudaEvent_t fork, join;
+  cudaEventCreateWithFlags(&fork, cudaEventDisableTiming);
+  cudaEventCreateWithFlags(&join, cudaEventDisableTiming);
+  for (const Gemm& gm : gemms) {
+    auto gemm_runs = [&] {
+      for (int i = 0; i < gm.runs; ++i) gm.run();
+    };
+    const double gemm_all_ms = MedianMs(gemm_runs);
+    for (int k : {32, 24, 16}) {
+      at::globalContext()._setSMCarveout_EXPERIMENTAL(k);
+      const double gemm_ms = MedianMs(gemm_runs);
+      const double update_ms = MedianMs([&] { CompactAdamWStepBulkCuda(p, low, g, mo, step, h, k); });
+      const double both_ms = MedianMs([&] {
+        cudaStream_t main = c10::cuda::getCurrentCUDAStream().stream();
+        cudaEventRecord(fork, main);
+        cudaStreamWaitEvent(side.stream(), fork);
+        {
+          c10::cuda::CUDAStreamGuard guard(side);
+          CompactAdamWStepBulkCuda(p, low, g, mo, step, h, k);
+        }
+        cudaEventRecord(join, side.stream());
+        gemm_runs();
+        cudaStreamWaitEvent(main, join);
+      });
+      at::globalContext()._setSMCarveout_EXPERIMENTAL(std::nullopt);
+      nlohmann::json j = {{"op", "adamw_overlap"},
+                          {"gemm", std::string(gm.name) + " x" + std::to_string(gm.runs)},
+                          {"update_sms", k},
+                          {"gemm_all_sms_ms", gemm_all_ms},
+                          {"gemm_carved_ms", gemm_ms},
+                          {"update_alone_ms", update_ms},
+                          {"together_ms", both_ms},
+                          {"serial_all_sms_ms", gemm_all_ms + elementwise_ms},
+                          {"saved_ms", gemm_all_ms + elementwise_ms - both_ms}};
+      std::printf("%s\n", j.dump().c_str());
+      std::fflush(stdout);
+    }
+  }
+  at::globalContext().setBlasPreferredBackend(saved_backend);
+  cudaEventDestroy(fork);
+  cudaEventDestroy(join);
+}
+
 #endif  // FTD_WITH_CUDA
 
 }  // namespace
 }  // namespace ftd::kernels
 
-// `ftd-kernel-bench grouped_gemm` runs only the grouped GEMM comparison.
+// `ftd-kernel-bench grouped_gemm` runs only the grouped GEMM comparison, `ftd-kernel-bench
+// adamw_overlap` only the update beside a GEMM.
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   if (!ftd::kernels::CudaKernelsAvailable()) {
@@ -569,6 +689,11 @@ int main(int argc, char** argv) {
   if (only == "grouped_gemm") {
     c10::NoGradGuard no_grad;
     ftd::kernels::RunGroupedGemms();
+    return 0;
+  }
+  if (only == "adamw_overlap") {
+    c10::NoGradGuard no_grad;
+    ftd::kernels::RunAdamWOverlap();
     return 0;
   }
   return ftd::kernels::Run();

@@ -14,6 +14,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/model/core/moe/expert_weight_grad_sink.h"
 #include "kernels/adamw.h"
+#include "kernels/adamw_compact_bulk.h"
 #include "kernels/grouped_gemm_adamw.h"
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function_hook.h>
@@ -110,10 +111,31 @@ bool AdamW::KernelStep(Slot& s, const at::Tensor& g) {
   return true;
 }
 
+bool AdamW::BulkStep(Slot& s, const at::Tensor& param, const at::Tensor& grad) {
+  if (!side_ || !step_in_backward_ || config_.side_stream_bulk_sms <= 0) return false;
+  const int64_t n = param.numel(), whole = n / kernels::kCompactBulkChunk * kernels::kCompactBulkChunk;
+  if (whole == 0 || !grad.is_contiguous()) return false;
+  const kernels::AdamWHyper hyper = Hyper(s);
+  auto head = [&](const at::Tensor& t) { return t.reshape({-1}).narrow(0, 0, whole); };
+  const kernels::CompactMoments moments = s.moments.Narrow(0, whole);
+  if (!kernels::CompactAdamWBulkSupports(head(param), head(s.master_low), head(grad), moments, s.step, hyper)) {
+    return false;
+  }
+  kernels::CompactAdamWStepBulkCuda(head(param), head(s.master_low), head(grad), moments, s.step, hyper,
+                                    config_.side_stream_bulk_sms);
+  if (whole < n) {  // the rest by the element-wise kernel
+    auto tail = [&](const at::Tensor& t) { return t.reshape({-1}).narrow(0, whole, n - whole); };
+    kernels::CompactAdamWStep(tail(param), tail(s.master_low), tail(grad), s.moments.Narrow(whole, n - whole), s.step,
+                              hyper);
+  }
+  return true;
+}
+
 void AdamW::UpdateSlot(Slot& s, const at::Tensor& grad) {
   at::Tensor param = s.param.tensor->detach();
   s.step.add_(1.0);
   if (policy_ == PrecisionPolicy::kCompact) {
+    if (BulkStep(s, param, grad)) return;
     kernels::CompactAdamWStep(param, s.master_low, grad.contiguous(), s.moments, s.step, Hyper(s));
     return;
   }

@@ -47,6 +47,11 @@ struct AdamWConfig {
   // SM partition), so that they never hold the SMs the backward kernels need; 0 = an ordinary
   // low-priority stream. Pair with backward_sm_carveout of the same size.
   int side_stream_sms = 0;
+  // Step in backward on CUDA, compact policy: > 0 runs each update with the bulk-copy kernel
+  // (kernels/adamw_compact_bulk.h) on this many SMs, which stay resident while the update lasts,
+  // so that the backward GEMMs keep the rest; pair with backward_sm_carveout of the same size.
+  // 0: the element-wise kernel on every SM it gets.
+  int side_stream_bulk_sms = 0;
   // Step in backward inside a CUDA graph capture: gradient bytes held until the compute stream
   // has waited for their side-stream updates (AdamW::StepSlot explains why they are held).
   int64_t capture_pending_grad_bytes = int64_t{1} << 30;
@@ -189,6 +194,9 @@ class AdamW {
   void TakeNorm(Slot& slot);
   // The update of one slot from `grad` (incremented step counter included).
   void UpdateSlot(Slot& slot, const at::Tensor& grad);
+  // The compact update by the bulk-copy kernel on config_.side_stream_bulk_sms SMs (the whole
+  // chunks; the rest element-wise) when that is configured and serves; false otherwise.
+  bool BulkStep(Slot& slot, const at::Tensor& param, const at::Tensor& grad);
   // The update by kernels/adamw.h when it serves these tensors (CUDA); false otherwise.
   bool KernelStep(Slot& slot, const at::Tensor& grad);
   kernels::AdamWHyper Hyper(const Slot& slot) const;

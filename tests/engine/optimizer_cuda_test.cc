@@ -1,7 +1,8 @@
 // engine/train/optimizer.h on CUDA: AdamW::Step runs kernels/adamw.h (dense, and row-sparse for
 // embedding tables) and must give what ATen's fused AdamW gives on the same tensors, for the
 // pure-bf16 and the fp32-master policies, over several steps with an embedding that only some
-// rows' tokens reach.
+// rows' tokens reach. With the compact policy in backward, the bulk-copy kernel on a few SMs
+// (AdamWConfig::side_stream_bulk_sms) steps as the element-wise kernel does.
 #include <tuple>
 #include <vector>
 
@@ -10,6 +11,7 @@
 
 #include "engine/train/optimizer.h"
 #include "gtest/gtest.h"
+#include "kernels/adamw_compact_bulk.h"
 
 namespace ftd::engine {
 namespace {
@@ -104,6 +106,54 @@ TEST(AdamWCuda, EmbeddingLookupStepsTheTableInBackward) {
   at::Tensor moved = fused.embed.detach().ne(embed0).any(1);
   EXPECT_TRUE(moved.slice(0, 0, 300).any().item<bool>());
   EXPECT_FALSE(moved.slice(0, 300).any().item<bool>());  // rows no token reached keep their values
+}
+
+
+// The compact step in backward by the bulk-copy kernel on 8 SMs (with the GEMMs' carve-out)
+// leaves every parameter bit for bit as the element-wise kernel does: a weight of whole chunks,
+// one with a partial chunk (its rest element-wise) and one smaller than a chunk.
+TEST(AdamWCuda, BulkStepInBackwardEqualsTheElementwiseStep) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const int64_t chunk = kernels::kCompactBulkChunk;
+  {
+    auto [p, low] = kernels::SplitMaster(at::zeros({chunk}, bf.dtype(at::kFloat)));
+    if (!kernels::CompactAdamWBulkSupports(p, low, p, kernels::CompactMoments::Zeros(chunk, at::kCUDA),
+                                           at::zeros({}, bf.dtype(at::kFloat)), kernels::AdamWHyper{})) {
+      GTEST_SKIP() << "the bulk-copy kernel needs an sm90 GPU";
+    }
+  }
+  at::manual_seed(17);
+  const at::Tensor w0 = at::randn({8, chunk / 4}, bf) * 0.05;           // 2 chunks
+  const at::Tensor w1 = at::randn({3 * chunk / 64 + 4, 64}, bf) * 0.05;  // 3 chunks and 256 more
+  const at::Tensor w2 = at::randn({16, 64}, bf) * 0.05;                 // under a chunk
+  auto train = [&](int bulk_sms) {
+    std::vector<at::Tensor> w = {w0.clone().requires_grad_(true), w1.clone().requires_grad_(true),
+                                 w2.clone().requires_grad_(true)};
+    std::vector<NamedParam> params = {{"model.layers.0.a.weight", &w[0]},
+                                      {"model.layers.0.b.weight", &w[1]},
+                                      {"model.layers.0.c.weight", &w[2]}};
+    AdamWConfig config;
+    config.side_stream_bulk_sms = bulk_sms;
+    config.backward_sm_carveout = bulk_sms;
+    auto opt = AdamW::Create(params, PrecisionPolicy::kCompact, config);
+    EXPECT_TRUE(opt.ok()) << opt.status();
+    (*opt)->EnableStepInBackward();
+    for (int step = 0; step < 3; ++step) {
+      at::manual_seed(40 + step);
+      at::Tensor loss = at::zeros({}, bf.dtype(at::kFloat));
+      for (auto& t : w) loss = loss + (t.to(at::kFloat) * at::randn(t.sizes(), bf.dtype(at::kFloat))).sum();
+      (*opt)->BeginStepInBackward(1e-3);
+      loss.backward();
+      (*opt)->FinishStepInBackward();
+    }
+    return w;
+  };
+  const std::vector<at::Tensor> elementwise = train(0), bulk = train(8);
+  for (size_t i = 0; i < bulk.size(); ++i) {
+    EXPECT_TRUE(at::equal(bulk[i], elementwise[i])) << "weight " << i;
+    EXPECT_FALSE(at::equal(bulk[i], i == 0 ? w0 : i == 1 ? w1 : w2)) << "weight " << i << " moved";
+  }
 }
 
 }  // namespace
