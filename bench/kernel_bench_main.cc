@@ -94,7 +94,7 @@ void Report(const std::string& kernel, const std::string& shape, double fwd_byte
 
 void RunLibraryOps();
 void RunNemotronKernels();
-void RunGroupedGemms();
+void RunGroupedGemms(bool fused_update_only);
 
 int Run() {
   c10::NoGradGuard no_grad;
@@ -208,7 +208,7 @@ int Run() {
            bwd, ref);
   }
   RunNemotronKernels();
-  RunGroupedGemms();
+  RunGroupedGemms(/*fused_update_only=*/false);
   RunLibraryOps();
   return 0;
 }
@@ -440,7 +440,7 @@ void RunNemotronKernels() {
 // roofline: each operand read once and the output written once at 3.35 TB/s, or 989 TFLOP/s,
 // whichever binds. Each expert's weights serve only ~T*k/E rows, so these GEMMs sit near the
 // H100's ridge point (295 FLOP/byte): moving the weights (or dW) costs about as much as the math.
-void RunGroupedGemms() {
+void RunGroupedGemms(bool fused_update_only) {
   struct Shape {
     const char* name;
     int64_t T, H, E, k, F;
@@ -482,6 +482,7 @@ void RunGroupedGemms() {
     };
     at::Tensor counts = r.counts.to(at::kCPU);
     for (const Op& op : ops) {
+      if (fused_update_only) break;
       nlohmann::json j;
       j["op"] = std::string("grouped_gemm_") + op.name;
       j["shape"] = std::string(sh.name) + ": T " + std::to_string(sh.T) + " top-" + std::to_string(sh.k) + " of " +
@@ -677,7 +678,8 @@ void RunAdamWOverlap() {
 }  // namespace
 }  // namespace ftd::kernels
 
-// `ftd-kernel-bench grouped_gemm` runs only the grouped GEMM comparison, `ftd-kernel-bench
+// `ftd-kernel-bench grouped_gemm` runs only the grouped GEMM comparison (`grouped_gemm_adamw`
+// only its weight-gradient GEMMs with the update in the epilogue), `ftd-kernel-bench
 // adamw_overlap` only the update beside a GEMM.
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
@@ -686,9 +688,9 @@ int main(int argc, char** argv) {
     return 0;
   }
 #ifdef FTD_WITH_CUDA
-  if (only == "grouped_gemm") {
+  if (only == "grouped_gemm" || only == "grouped_gemm_adamw") {
     c10::NoGradGuard no_grad;
-    ftd::kernels::RunGroupedGemms();
+    ftd::kernels::RunGroupedGemms(/*fused_update_only=*/only == "grouped_gemm_adamw");
     return 0;
   }
   if (only == "adamw_overlap") {

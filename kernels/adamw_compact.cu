@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(256, sizeof(P) == 2 ? 3 : 2) CompactAdamWKerne
     const int64_t cb = b;
     b += warps;
     if (b < full) next.LoadFull(p, low, g + offset(b), r_codes, s_codes, s_max, r_scale, b, offset(b));
-    if (skip_idle && cur.s_max == 0.0f && !__any_sync(kFull, !cur.GradIsZero())) continue;
+    if (IdleBlock(cur, skip_idle)) continue;
     g_sq += UpdateBlock<P, G>(cur, p, low, r_codes, s_codes, r_scale, s_max, cb, kPerLane, h, sv, tables);
   }
   if (full * kCompactBlock < n && first == full % warps) {  // the short last block

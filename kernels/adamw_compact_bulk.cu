@@ -119,13 +119,25 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int stage = k % kStages;
     BarrierWait(&sh.full[stage], static_cast<uint32_t>((k / kStages) & 1));
     Stage& st = sh.stages[stage];
-    for (int j = warp; j < kChunkBlocks; j += kThreads / 32) {
-      const int o = j * kCompactUpdateBlock + lane * kPerLane;
-      LaneData<uint16_t, uint16_t> d;
-      d.LoadFull(st.param, st.low, st.grad + o, st.r_codes, st.s_codes, st.s_max, st.r_scale, j, o);
-      if (skip_idle && d.s_max == 0.0f && !__any_sync(kFull, !d.GradIsZero())) continue;  // left as loaded
-      g_sq += UpdateBlock<uint16_t, uint16_t>(d, st.param, st.low, st.r_codes, st.s_codes, st.r_scale, st.s_max, j,
-                                              kPerLane, h, sv, sh.tables);
+    // Warp w takes blocks w and w + 8 of the chunk, interleaved (UpdateBlocks).
+    static_assert(kChunkBlocks == 2 * (kThreads / 32), "two blocks a warp");
+    const int j[2] = {warp, warp + kThreads / 32};
+    LaneData<uint16_t, uint16_t> d[2];
+    for (int n = 0; n < 2; ++n) {
+      const int o = j[n] * kCompactUpdateBlock + lane * kPerLane;
+      d[n].LoadFull(st.param, st.low, st.grad + o, st.r_codes, st.s_codes, st.s_max, st.r_scale, j[n], o);
+    }
+    const bool idle[2] = {IdleBlock(d[0], skip_idle), IdleBlock(d[1], skip_idle)};  // left as loaded
+    if (!idle[0] && !idle[1]) {
+      const int64_t blocks[2] = {j[0], j[1]};
+      g_sq += UpdateBlocks<2, uint16_t, uint16_t>(d, st.param, st.low, st.r_codes, st.s_codes, st.r_scale, st.s_max,
+                                                  blocks, kPerLane, h, sv, sh.tables);
+    } else {
+      for (int n = 0; n < 2; ++n) {
+        if (idle[n]) continue;
+        g_sq += UpdateBlock<uint16_t, uint16_t>(d[n], st.param, st.low, st.r_codes, st.s_codes, st.r_scale, st.s_max,
+                                                j[n], kPerLane, h, sv, sh.tables);
+      }
     }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the bulk stores see the warps' writes
     __syncthreads();
