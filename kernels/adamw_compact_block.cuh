@@ -30,16 +30,6 @@ __device__ __forceinline__ StepValues Values(const float* step, const CompactUpd
   return {lr, grad_scale, static_cast<float>(static_cast<double>(lr) / bc1), static_cast<float>(1.0 / sqrt(bc2))};
 }
 
-// The update is bound by its dependent arithmetic where few warps run it (a GEMM epilogue's 8,
-// or a few SMs), so its square root, division and logarithm take the hardware approximations
-// (sqrt.approx: within 1 ulp, subnormals kept; __fdividef: 2 ulp; __log2f: 2^-21 absolute)
-// instead of the correctly rounded sequences: the stored codes move only at a code boundary.
-__device__ __forceinline__ float FastSqrt(float v) {
-  float s;
-  asm("sqrt.approx.f32 %0, %1;" : "=f"(s) : "f"(v));
-  return s;
-}
-
 // One lane's 8 elements of one block as loaded: the weights (a bf16 parameter and its low half,
 // or fp32), the gradient, the moment codes and the block's scales. Kept raw so that the next
 // block's loads can be in flight while this one is computed.
@@ -220,8 +210,8 @@ __device__ __forceinline__ float UpdateBlocks(const LaneData<P, G> (&d)[N], P* _
       w[n][j] -= sv.lr * h.decay * w[n][j];
       m[n][j] = m_old * h.beta1 + g * h.one_minus_beta1;
       const float v = (s_old * s_old) * h.beta2 + g * g * h.one_minus_beta2;
-      s[n][j] = j < valid ? FastSqrt(v) : 0.0f;
-      w[n][j] -= __fdividef(sv.step_size * m[n][j], s[n][j] * sv.inv_bc2_sqrt + h.eps);
+      s[n][j] = j < valid ? sqrtf(v) : 0.0f;
+      w[n][j] -= sv.step_size * m[n][j] / (s[n][j] * sv.inv_bc2_sqrt + h.eps);
       block_s_max[n] = fmaxf(block_s_max[n], s[n][j]);
     }
     StoreWeights<P>(p, low, block[n] * kCompactUpdateBlock + lane * kPerLane, valid, w[n]);
@@ -240,7 +230,7 @@ __device__ __forceinline__ float UpdateBlocks(const LaneData<P, G> (&d)[N], P* _
     for (int j = 0; j < kPerLane; ++j) {
       uint8_t code = 0;
       if (s[n][j] > 0.0f) {
-        const float c = rintf(255.0f + 16.0f * __log2f(s[n][j] * inv_s_max));
+        const float c = rintf(255.0f + 16.0f * log2f(s[n][j] * inv_s_max));
         code = static_cast<uint8_t>(fminf(fmaxf(c, 1.0f), 255.0f));
       }
       reinterpret_cast<uint8_t*>(&sc[n])[j] = code;
