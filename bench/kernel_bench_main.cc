@@ -72,6 +72,29 @@ double MedianMs(const std::function<void()>& fn) {
   return (ms[9] + ms[10]) / 2;
 }
 
+// A bf16 parameter of n random elements with its compact state after three steps (moments
+// filled), its gradient and hyperparameters with weight decay (no block is skipped).
+struct CompactBenchState {
+  at::Tensor p, low, g, step;
+  CompactMoments mo;
+  AdamWHyper h;
+};
+CompactBenchState MakeCompactBenchState(int64_t n) {
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  CompactBenchState st;
+  std::tie(st.p, st.low) = SplitMaster(at::randn({n}, bf.dtype(at::kFloat)) * 0.02);
+  st.g = at::randn({n}, bf);
+  st.mo = CompactMoments::Zeros(n, st.p.device());
+  st.step = at::zeros({}, bf.dtype(at::kFloat));
+  st.h = AdamWHyper{1e-5, 0.9, 0.999, 0.01, 1e-8};
+  st.h.scalars = at::tensor({1e-5f, 1.0f}).to(st.p.device());
+  for (int i = 0; i < 3; ++i) {
+    st.step.add_(1.0);
+    CompactAdamWStepCuda(st.p, st.low, st.g, st.mo, st.step, st.h);
+  }
+  return st;
+}
+
 void Report(const std::string& kernel, const std::string& shape, double fwd_bytes, double fwd_ms, double bwd_bytes,
             double bwd_ms, double ref_fwd_ms) {
   auto gbps = [](double bytes, double ms) { return bytes / (ms * 1e-3) / 1e9; };
@@ -333,16 +356,7 @@ void RunLibraryOps() {
   {  // Compact AdamW (kernels/adamw_compact.h) over the same 311M bf16 elements: reads p, its low
      // half, g and the two 1-byte moments, writes all but g (14 bytes per element, as bf16 AdamW).
     const int64_t n = V * H;
-    auto [p, low] = SplitMaster(at::randn({n}, bf.dtype(at::kFloat)) * 0.02);
-    at::Tensor g = at::randn({n}, bf);
-    CompactMoments mo = CompactMoments::Zeros(n, p.device());
-    at::Tensor step = at::zeros({}, bf.dtype(at::kFloat));
-    AdamWHyper h{1e-5, 0.9, 0.999, 0.01, 1e-8};  // decay: no block is skipped
-    h.scalars = at::tensor({1e-5f, 1.0f}).to(p.device());
-    for (int i = 0; i < 3; ++i) {  // moments filled, as after a few steps
-      step.add_(1.0);
-      CompactAdamWStepCuda(p, low, g, mo, step, h);
-    }
+    auto [p, low, g, step, mo, h] = MakeCompactBenchState(n);
     const double ms = MedianMs([&] { CompactAdamWStepCuda(p, low, g, mo, step, h); });
     at::Tensor p2 = at::randn({n}, bf), m2 = at::zeros({n}, bf), v2 = at::zeros({n}, bf);
     const double legacy = MedianMs([&] { AdamWStepCuda(p2, g, m2, v2, step, AdamWHyper{1e-5, 0.9, 0.999, 0.01, 1e-8}); });
@@ -569,16 +583,7 @@ void RunGroupedGemms(bool fused_update_only) {
 void RunAdamWOverlap() {
   auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
   const int64_t n = int64_t{128} * 3 * 2048 * 768;
-  auto [p, low] = SplitMaster(at::randn({n}, bf.dtype(at::kFloat)) * 0.02);
-  at::Tensor g = at::randn({n}, bf);
-  CompactMoments mo = CompactMoments::Zeros(n, p.device());
-  at::Tensor step = at::zeros({}, bf.dtype(at::kFloat));
-  AdamWHyper h{1e-5, 0.9, 0.999, 0.01, 1e-8};  // decay: no block is skipped
-  h.scalars = at::tensor({1e-5f, 1.0f}).to(p.device());
-  for (int i = 0; i < 3; ++i) {
-    step.add_(1.0);
-    CompactAdamWStepCuda(p, low, g, mo, step, h);
-  }
+  auto [p, low, g, step, mo, h] = MakeCompactBenchState(n);
   const double bytes = 14.0 * n + 16.0 * n / 256;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   auto gbps = [&](double ms) { return bytes / (ms * 1e-3) / 1e9; };
