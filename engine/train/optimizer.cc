@@ -333,6 +333,14 @@ AdamW::Slot* AdamW::ExpertSlotFree(const at::Tensor& weight) {
   return s.param.tensor->grad().defined() || s.deferred_a.defined() ? nullptr : &s;
 }
 
+bool AdamW::FusedUpdateServes(const Slot& s, const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs) const {
+  // On a GPU only the fused kernel is worth it (the unfused update runs on the side stream);
+  // elsewhere the reference is the same arithmetic as the hook's step.
+  const at::Tensor param = s.param.tensor->detach();
+  return !param.is_cuda() || kernels::GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, param, s.master_low,
+                                                                                   s.moments, s.step, Hyper(s));
+}
+
 bool AdamW::DeferExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
                                   const at::Tensor& offs) {
   if (!expert_sink_ || !norm_active_) return false;
@@ -342,9 +350,8 @@ bool AdamW::DeferExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a,
   const at::Tensor param = s.param.tensor->detach();
   c10::NoGradGuard no_grad;
   at::Tensor sq = at::zeros({1}, param.options().dtype(at::kFloat));
-  if (param.is_cuda() && !(kernels::GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq) &&
-                           kernels::GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, param, s.master_low,
-                                                                                s.moments, s.step, Hyper(s)))) {
+  if (!FusedUpdateServes(s, a, b, offs) ||
+      (param.is_cuda() && !kernels::GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq))) {
     return false;
   }
   kernels::GroupedMmWeightGradSquaredNorm(a, b, offs, sq);
@@ -363,17 +370,11 @@ bool AdamW::StepFromExpertWeightGrad(const at::Tensor& weight, const at::Tensor&
   Slot* slot = ExpertSlotFree(weight);
   if (slot == nullptr) return false;
   Slot& s = *slot;
-  const at::Tensor param = s.param.tensor->detach();
-  const kernels::AdamWHyper hyper = Hyper(s);
-  // On a GPU only the fused kernel is worth it (the unfused update runs on the side stream);
-  // elsewhere the reference is the same arithmetic as the hook's step.
-  if (param.is_cuda() && !kernels::GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, param, s.master_low,
-                                                                               s.moments, s.step, hyper)) {
-    return false;
-  }
+  if (!FusedUpdateServes(s, a, b, offs)) return false;
   c10::NoGradGuard no_grad;
   s.step.add_(1.0);
-  kernels::GroupedMmWeightGradCompactAdamW(a, b, offs, param, s.master_low, s.moments, s.step, hyper);
+  kernels::GroupedMmWeightGradCompactAdamW(a, b, offs, s.param.tensor->detach(), s.master_low, s.moments, s.step,
+                                           Hyper(s));
   ++fused_expert_steps_;
   return true;
 }

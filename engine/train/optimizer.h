@@ -188,6 +188,9 @@ class AdamW {
   // The slot of `weight` if it is a stacked expert weight whose gradient the sink may take now:
   // none from elsewhere yet (an earlier micro-batch, another use of the weight), none deferred.
   Slot* ExpertSlotFree(const at::Tensor& weight);
+  // Whether the weight-gradient GEMM with the update in its epilogue takes this slot and these
+  // operands (always on the CPU, where the reference runs).
+  bool FusedUpdateServes(const Slot& slot, const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs) const;
   // One parameter's update from its gradient (the in-backward path).
   void StepSlot(Slot& slot);
   // Adds one parameter's squared gradient norm to norm_sum_ (the norm-in-backward path).
