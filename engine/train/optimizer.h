@@ -50,7 +50,9 @@ struct AdamWConfig {
   // Step in backward on CUDA, compact policy: > 0 runs each update with the bulk-copy kernel
   // (kernels/adamw_compact_bulk.h) on this many SMs, which stay resident while the update lasts,
   // so that the backward GEMMs keep the rest; pair with backward_sm_carveout of the same size.
-  // 0: the element-wise kernel on every SM it gets.
+  // 0: the element-wise kernel on every SM it gets. Off by default: on an H100 the kernel moves
+  // only ~12 GB/s an SM (the update's arithmetic, not memory, bounds 8 warps an SM), and the
+  // Qwen3-30B-A3B 4-layer step took 100-181 ms with K = 32-16 against 45.7 (bench/RESULTS.md).
   int side_stream_bulk_sms = 0;
   // Step in backward inside a CUDA graph capture: gradient bytes held until the compute stream
   // has waited for their side-stream updates (AdamW::StepSlot explains why they are held).
