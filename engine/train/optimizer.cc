@@ -114,7 +114,7 @@ bool AdamW::KernelStep(Slot& s, const at::Tensor& g) {
 bool AdamW::BulkStep(Slot& s, const at::Tensor& param, const at::Tensor& grad) {
   if (!side_ || !step_in_backward_ || config_.side_stream_bulk_sms <= 0) return false;
   const int64_t n = param.numel(), whole = n / kernels::kCompactBulkChunk * kernels::kCompactBulkChunk;
-  if (whole == 0 || !grad.is_contiguous()) return false;
+  if (whole == 0 || !grad.is_contiguous() || !s.master_low.defined()) return false;  // bf16 parameters only
   const kernels::AdamWHyper hyper = Hyper(s);
   auto head = [&](const at::Tensor& t) { return t.reshape({-1}).narrow(0, 0, whole); };
   const kernels::CompactMoments moments = s.moments.Narrow(0, whole);

@@ -111,7 +111,8 @@ TEST(AdamWCuda, EmbeddingLookupStepsTheTableInBackward) {
 
 // The compact step in backward by the bulk-copy kernel on 8 SMs (with the GEMMs' carve-out)
 // leaves every parameter bit for bit as the element-wise kernel does: a weight of whole chunks,
-// one with a partial chunk (its rest element-wise) and one smaller than a chunk.
+// one with a partial chunk (its rest element-wise), one smaller than a chunk, and an fp32 one
+// (its own master: the element-wise kernel).
 TEST(AdamWCuda, BulkStepInBackwardEqualsTheElementwiseStep) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
@@ -127,12 +128,14 @@ TEST(AdamWCuda, BulkStepInBackwardEqualsTheElementwiseStep) {
   const at::Tensor w0 = at::randn({8, chunk / 4}, bf) * 0.05;           // 2 chunks
   const at::Tensor w1 = at::randn({3 * chunk / 64 + 4, 64}, bf) * 0.05;  // 3 chunks and 256 more
   const at::Tensor w2 = at::randn({16, 64}, bf) * 0.05;                 // under a chunk
+  const at::Tensor w3 = at::randn({2 * chunk}, bf.dtype(at::kFloat)) * 0.05;  // fp32
   auto train = [&](int bulk_sms) {
     std::vector<at::Tensor> w = {w0.clone().requires_grad_(true), w1.clone().requires_grad_(true),
-                                 w2.clone().requires_grad_(true)};
+                                 w2.clone().requires_grad_(true), w3.clone().requires_grad_(true)};
     std::vector<NamedParam> params = {{"model.layers.0.a.weight", &w[0]},
                                       {"model.layers.0.b.weight", &w[1]},
-                                      {"model.layers.0.c.weight", &w[2]}};
+                                      {"model.layers.0.c.weight", &w[2]},
+                                      {"model.layers.0.d.weight", &w[3]}};
     AdamWConfig config;
     config.side_stream_bulk_sms = bulk_sms;
     config.backward_sm_carveout = bulk_sms;
@@ -152,7 +155,7 @@ TEST(AdamWCuda, BulkStepInBackwardEqualsTheElementwiseStep) {
   const std::vector<at::Tensor> elementwise = train(0), bulk = train(8);
   for (size_t i = 0; i < bulk.size(); ++i) {
     EXPECT_TRUE(at::equal(bulk[i], elementwise[i])) << "weight " << i;
-    EXPECT_FALSE(at::equal(bulk[i], i == 0 ? w0 : i == 1 ? w1 : w2)) << "weight " << i << " moved";
+    EXPECT_FALSE(at::equal(bulk[i], std::vector<at::Tensor>{w0, w1, w2, w3}[i])) << "weight " << i << " moved";
   }
 }
 
