@@ -1,11 +1,12 @@
 // The compact AdamW step (kernels/adamw_compact.h) on a chosen number of SMs: a persistent
 // kernel of `ctas` thread blocks, one an SM, that streams its chunks of the state through shared
-// memory with the Hopper bulk-copy engine (cp.async.bulk: several chunks' loads in flight, the
-// results stored back the same way) instead of each warp's 16-byte loads. A thread's loads keep
-// ~100 KB in flight an SM at most; the bulk copies keep ~160 KB, so fewer SMs move the update's
-// bytes, and the rest stay free for a GEMM on another stream (GroupedGemmArgs::sm_count, ATen's
-// SM carve-out). The arithmetic is kernels/adamw_compact_block.cuh's: bit for bit the element-
-// wise kernel's.
+// memory with the Hopper bulk-copy engine (cp.async.bulk: five chunks' loads in flight, the
+// results stored back the same way) instead of each warp's 16-byte loads, so that the other SMs
+// stay free for a GEMM on another stream (GroupedGemmArgs::sm_count, ATen's SM carve-out). The
+// arithmetic is kernels/adamw_compact_block.cuh's: bit for bit the element-wise kernel's.
+// Measured on an H100 (bench/RESULTS.md): ~12 GB/s an SM whatever the number of SMs, so the
+// update's arithmetic, not memory, bounds its 8 warps an SM, and a few SMs cannot carry the
+// update (AdamWConfig::side_stream_bulk_sms, which uses it, is off by default).
 #pragma once
 
 #include <ATen/core/Tensor.h>
