@@ -282,6 +282,27 @@ __device__ __forceinline__ float UpdateBlock(const LaneData<P, G>& d, P* __restr
   return UpdateBlocks<1, P, G>(one, p, low, r_codes, s_codes, r_scale, s_max, blocks, valid, h, sv, t);
 }
 
+// Blocks block[0, count) (count 1 or 2) from their loaded data, with the element-wise kernel's
+// skip rule (IdleBlock): two busy blocks interleaved (UpdateBlocks), otherwise one at a time.
+// The GEMM epilogue and the bulk-copy kernel step their blocks in pairs through it.
+template <typename P, typename G>
+__device__ __forceinline__ float UpdateBlockPair(const LaneData<P, G> (&d)[2], P* __restrict__ p,
+                                                 int16_t* __restrict__ low, int8_t* __restrict__ r_codes,
+                                                 uint8_t* __restrict__ s_codes, float* __restrict__ r_scale,
+                                                 float* __restrict__ s_max, const int64_t (&block)[2], int count,
+                                                 bool skip_idle, const CompactUpdateHyper& h, const StepValues& sv,
+                                                 const CodeTables& t) {
+  const bool idle[2] = {IdleBlock(d[0], skip_idle), count == 2 && IdleBlock(d[1], skip_idle)};
+  if (count == 2 && !idle[0] && !idle[1]) {
+    return UpdateBlocks<2, P, G>(d, p, low, r_codes, s_codes, r_scale, s_max, block, kPerLane, h, sv, t);
+  }
+  float g_sq = 0.0f;
+  for (int n = 0; n < count; ++n) {
+    if (!idle[n]) g_sq += UpdateBlock<P, G>(d[n], p, low, r_codes, s_codes, r_scale, s_max, block[n], kPerLane, h, sv, t);
+  }
+  return g_sq;
+}
+
 // Adds a warp's sum of squares to the accumulator (one atomic per warp).
 __device__ __forceinline__ void AddGradSquares(float lane_g_sq, float* grad_sq_sum) {
   if (grad_sq_sum == nullptr) return;

@@ -180,23 +180,12 @@ class CompactAdamWEpilogue {
     for (int i = 0; i < kRowsPerWarp; i += 2) {
       const int r[2] = {warp + i * kWarps, warp + (i + 1) * kWarps};
       if (r[0] >= rows) break;  // warp-uniform
-      const bool pair = r[1] < rows;
+      const int count = r[1] < rows ? 2 : 1;
       LaneData<uint16_t, uint16_t> d[2];
-      load(d[0], r[0]);
-      if (pair) load(d[1], r[1]);
-      const bool idle[2] = {IdleBlock(d[0], st.skip_idle), pair && IdleBlock(d[1], st.skip_idle)};
-      if (pair && !idle[0] && !idle[1]) {
-        const int64_t blocks[2] = {offset(r[0]) / kCompactUpdateBlock, offset(r[1]) / kCompactUpdateBlock};
-        g_sq += UpdateBlocks<2, uint16_t, uint16_t>(d, p, st.master_low, st.r_codes, st.s_codes, st.r_scale, st.s_max,
-                                                    blocks, kPerLane, st.hyper, sv, storage.tables);
-        continue;
-      }
-      for (int n = 0; n < (pair ? 2 : 1); ++n) {
-        if (idle[n]) continue;
-        g_sq += UpdateBlock<uint16_t, uint16_t>(d[n], p, st.master_low, st.r_codes, st.s_codes, st.r_scale, st.s_max,
-                                                offset(r[n]) / kCompactUpdateBlock, kPerLane, st.hyper, sv,
-                                                storage.tables);
-      }
+      for (int n = 0; n < count; ++n) load(d[n], r[n]);
+      const int64_t blocks[2] = {offset(r[0]) / kCompactUpdateBlock, offset(r[1]) / kCompactUpdateBlock};
+      g_sq += UpdateBlockPair<uint16_t, uint16_t>(d, p, st.master_low, st.r_codes, st.s_codes, st.r_scale, st.s_max,
+                                                  blocks, count, st.skip_idle, st.hyper, sv, storage.tables);
     }
     AddGradSquares(g_sq, st.hyper.grad_sq_sum);
     return cute::make_tuple(load_state, store_state);

@@ -117,12 +117,10 @@ bool AdamW::BulkStep(Slot& s, const at::Tensor& param, const at::Tensor& grad) {
   if (whole == 0 || !grad.is_contiguous() || !s.master_low.defined()) return false;  // bf16 parameters only
   const kernels::AdamWHyper hyper = Hyper(s);
   auto head = [&](const at::Tensor& t) { return t.reshape({-1}).narrow(0, 0, whole); };
+  const at::Tensor p = head(param), low = head(s.master_low), g = head(grad);
   const kernels::CompactMoments moments = s.moments.Narrow(0, whole);
-  if (!kernels::CompactAdamWBulkSupports(head(param), head(s.master_low), head(grad), moments, s.step, hyper)) {
-    return false;
-  }
-  kernels::CompactAdamWStepBulkCuda(head(param), head(s.master_low), head(grad), moments, s.step, hyper,
-                                    config_.side_stream_bulk_sms);
+  if (!kernels::CompactAdamWBulkSupports(p, low, g, moments, s.step, hyper)) return false;
+  kernels::CompactAdamWStepBulkCuda(p, low, g, moments, s.step, hyper, config_.side_stream_bulk_sms);
   if (whole < n) {  // the rest by the element-wise kernel
     auto tail = [&](const at::Tensor& t) { return t.reshape({-1}).narrow(0, whole, n - whole); };
     kernels::CompactAdamWStep(tail(param), tail(s.master_low), tail(grad), s.moments.Narrow(whole, n - whole), s.step,
