@@ -59,7 +59,7 @@ int64_t L2ChunkGroups(int64_t k, int64_t m) {
 void GroupedMmWeightGradThenCompactAdamWCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
                                              const at::Tensor& param, const at::Tensor& master_low,
                                              const CompactMoments& moments, const at::Tensor& step,
-                                             const AdamWHyper& h, int64_t chunk_groups) {
+                                             const AdamWHyper& h, int64_t chunk_groups, bool discard_chunks) {
   TORCH_CHECK(GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, param, master_low, moments, step, h,
                                                           WeightGradUpdate::kL2Chunks),
               "GroupedMmWeightGradThenCompactAdamWCuda: needs contiguous bf16 sm90 CUDA a [N, K], b [N, M] and a ",
@@ -68,6 +68,8 @@ void GroupedMmWeightGradThenCompactAdamWCuda(const at::Tensor& a, const at::Tens
   const int64_t groups = param.size(0), per_group = param.size(1) * param.size(2);
   const int64_t chunk = chunk_groups > 0 ? chunk_groups : L2ChunkGroups(param.size(1), param.size(2));
   const at::Tensor p = param.view({-1}), low = master_low.view({-1});
+  AdamWHyper chunk_h = h;
+  chunk_h.discard_grad = discard_chunks;
   for (int64_t first = 0; first < groups; first += chunk) {
     const int64_t count = std::min(chunk, groups - first);
     // Freed at the end of the iteration: the next chunk's dW gets the same block, still in L2.
@@ -75,7 +77,7 @@ void GroupedMmWeightGradThenCompactAdamWCuda(const at::Tensor& a, const at::Tens
                                                         DefaultGroupedGemmTile(GroupedOperands::kWeightGrad));
     const int64_t begin = first * per_group, length = count * per_group;
     CompactAdamWStepCuda(p.narrow(0, begin, length), low.narrow(0, begin, length), dw.view({-1}),
-                         moments.Narrow(begin, length), step, h);
+                         moments.Narrow(begin, length), step, chunk_h);
   }
 }
 

@@ -43,11 +43,13 @@ bool GroupedMmWeightGradCompactAdamWCudaSupports(const at::Tensor& a, const at::
 
 // kL2Chunks: groups a chunk holds for a [K, M] bf16 gradient each (at least one).
 int64_t L2ChunkGroups(int64_t k, int64_t m);
-// kL2Chunks on the GPU, `chunk_groups` groups a chunk (0: L2ChunkGroups).
+// kL2Chunks on the GPU, `chunk_groups` groups a chunk (0: L2ChunkGroups). With discard_chunks
+// each chunk's lines leave L2 as the step reads them (AdamWHyper::discard_grad), not written back.
 void GroupedMmWeightGradThenCompactAdamWCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
                                              const at::Tensor& param, const at::Tensor& master_low,
                                              const CompactMoments& moments, const at::Tensor& step,
-                                             const AdamWHyper& h, int64_t chunk_groups = 0);
+                                             const AdamWHyper& h, int64_t chunk_groups = 0,
+                                             bool discard_chunks = true);
 
 // The two steps, GroupedMmWeightGrad (bf16 output for bf16 operands) then CompactAdamWStep.
 void GroupedMmWeightGradCompactAdamWReference(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
