@@ -570,7 +570,7 @@ void RunGroupedGemms(bool fused_update_only) {
       };
       const int64_t per_expert = f.param.size(1) * f.param.size(2);
       for (int64_t chunk : {1, 2, 4, 8, 16}) {
-        if (chunk >= E || per_expert * chunk * 2 > (int64_t{40} << 20)) continue;
+        if (chunk >= E || per_expert * chunk * 2 > (int64_t{64} << 20)) continue;
         at::Tensor pa = p.clone(), la = low.clone(), pb = p.clone(), lb = low.clone();
         CompactMoments ma = clone(m0), mb = clone(m0);
         CompactAdamWStepCuda(pa, la, GroupedMmWeightGradCuda(f.a, f.b, offs, GroupedGemmTile::kCooperative128x256), ma,
