@@ -1,5 +1,6 @@
 // ftd-train: one training rank from a spec file, plus the model tools other components and
 // external checks call (init-model, forward, st-copy, tokenize, chat-template).
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -29,5 +30,8 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);  // prints help, or the usage error
     return code == 0 ? 0 : 2;      // exit codes: 0 success, 1 failure, 2 bad usage or spec
   }
+  // A rank whose peer died finds the peer's sockets closed: Gloo's next write must fail with
+  // EPIPE, an error this rank reports ("error: rank r/N: ..."), not kill it silently by SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
   return ftd::engine::RunSelectedCommand(app);
 }

@@ -344,7 +344,8 @@ def test_killed_rank_makes_the_others_fail_within_60s(ftd_train, workdir):
         for r in (0, 1, 3):
             err = procs[r].stderr.read()
             assert procs[r].returncode not in (0, None), f"rank {r} exited {procs[r].returncode}"
-            assert re.search(rf"error: rank {r}/4: .*(collective|failed)", err), f"rank {r}: {err}"
+            assert re.search(rf"error: rank {r}/4: .*(collective|failed)", err), \
+                f"rank {r} (exit {procs[r].returncode}): {err}"
         assert elapsed < 60
     finally:
         for p in procs:
