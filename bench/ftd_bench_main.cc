@@ -145,12 +145,7 @@ int main(int argc, char** argv) {
                  "grad_clip 0 on CUDA, compact precision: the in-backward updates run by the bulk-copy kernel on this many SMs, which the backward GEMMs leave to them (AdamWConfig::side_stream_bulk_sms and backward_sm_carveout); 0: off")
       ->check(CLI::Range(0, 1024));
   app.add_flag("--fused-expert-update", fused_expert_update,
-               "with --experts ftd: step the expert weights from their weight-gradient GEMM, the gradient never stored whole (AdamWConfig::fuse_expert_update)");
-  std::string expert_update_kernel = "epilogue";
-  app.add_option("--expert-update-kernel", expert_update_kernel,
-                 "with --fused-expert-update: epilogue (the update in the GEMM's epilogue) or l2_chunks (the GEMM and the element-wise step a few experts at a time, each chunk's gradient read back from L2)")
-      ->check(CLI::IsMember({"epilogue", "l2_chunks"}))
-      ->capture_default_str();
+               "with --experts ftd: step the expert weights inside their weight-gradient GEMM (AdamWConfig::fuse_expert_update)");
   app.add_flag("--no-cuda-graph", no_cuda_graph, "run every step eagerly");
   app.add_flag("--save-expert-act", save_expert_act, "keep the experts' SwiGLU output for backward (no recompute)");
   app.add_option("--sink-attention", sink_attention,
@@ -231,8 +226,6 @@ int main(int argc, char** argv) {
   o.precision = *policy;
   o.adam.weight_decay = weight_decay;
   o.adam.fuse_expert_update = fused_expert_update;
-  o.adam.expert_update_kernel =
-      expert_update_kernel == "l2_chunks" ? ftd::kernels::WeightGradUpdate::kL2Chunks : ftd::kernels::WeightGradUpdate::kEpilogue;
   o.adam.side_stream_bulk_sms = update_sms;
   o.adam.backward_sm_carveout = update_sms;
   o.grad_clip = grad_clip;
@@ -314,7 +307,6 @@ int main(int argc, char** argv) {
                       {"sink_attention", !config->attention_sinks ? "none" : SinkLayersUseFlash(*config, options) ? "flash" : "sdpa"},
                       {"experts", experts},
                       {"fused_expert_update", fused_expert_update},
-                      {"expert_update_kernel", fused_expert_update ? expert_update_kernel : "none"},
                       {"update_sms", update_sms},
                       {"mamba_kernels", cuda && config->NumMambaLayers() > 0 && mamba_kernels},
                       {"losses", first},

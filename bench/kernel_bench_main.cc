@@ -563,32 +563,6 @@ void RunGroupedGemms(bool fused_update_only) {
       j["fused"] = {{"ms", fused_ms}, {"GB_s", bytes / (fused_ms * 1e-3) / 1e9},
                     {"pct_of_hbm", 100.0 * bytes / kHbmBytesPerSecond / (fused_ms * 1e-3)}};
       j["unfused_gemm_then_step"] = {{"ms", unfused_ms}};
-      // The unfused pair a few experts at a time (WeightGradUpdate::kL2Chunks): each chunk's dW is
-      // read back from L2 by the element-wise step. Checked bit for bit against the whole pair.
-      auto clone = [](const CompactMoments& m) {
-        return CompactMoments{m.r_codes.clone(), m.s_codes.clone(), m.r_scale.clone(), m.s_max.clone()};
-      };
-      const int64_t per_expert = f.param.size(1) * f.param.size(2);
-      for (int64_t chunk : {1, 2, 4, 8, 16}) {
-        if (chunk >= E || per_expert * chunk * 2 > (int64_t{64} << 20)) continue;
-        at::Tensor pa = p.clone(), la = low.clone(), pb = p.clone(), lb = low.clone();
-        CompactMoments ma = clone(m0), mb = clone(m0);
-        CompactAdamWStepCuda(pa, la, GroupedMmWeightGradCuda(f.a, f.b, offs, GroupedGemmTile::kCooperative128x256), ma,
-                             step, h);
-        GroupedMmWeightGradThenCompactAdamWCuda(f.a, f.b, offs, pb, lb, mb, step, h, chunk);
-        const bool equal = pa.equal(pb) && la.equal(lb) && ma.r_codes.equal(mb.r_codes) &&
-                           ma.s_codes.equal(mb.s_codes) && ma.r_scale.equal(mb.r_scale) && ma.s_max.equal(mb.s_max);
-        const double chunked_ms =
-            MedianMs([&] { GroupedMmWeightGradThenCompactAdamWCuda(f.a, f.b, offs, p, low, m0, step, h, chunk); });
-        const double kept_ms = MedianMs(
-            [&] { GroupedMmWeightGradThenCompactAdamWCuda(f.a, f.b, offs, p, low, m0, step, h, chunk, false); });
-        j["l2_chunks_" + std::to_string(chunk)] = {{"dW_MB", per_expert * chunk * 2 / 1e6},
-                                                   {"equal_to_unfused", equal},
-                                                   {"ms", chunked_ms},
-                                                   {"speedup_vs_unfused", unfused_ms / chunked_ms},
-                                                   {"ms_without_discard", kept_ms}};
-      }
-      j["l2_chunk_default"] = L2ChunkGroups(f.param.size(1), f.param.size(2));
       j["speedup"] = unfused_ms / fused_ms;
       j["roofline_ms"] = 1e3 * std::max(bytes / kHbmBytesPerSecond, f.flops / 989e12);
       std::printf("%s\n", j.dump().c_str());

@@ -31,10 +31,6 @@ struct AdamWHyper {
   // the update adds the sum of squares of the scaled gradient it used, so that a step that never
   // holds all gradients still reports their norm.
   at::Tensor grad_sq_sum = {};
-  // Compact CUDA kernel: the gradient is scratch that dies with this step (a chunk of the experts'
-  // weight gradient): each 128-byte line is dropped from L2 once read (discard.global.L2), so
-  // it is never written back to HBM. The gradient's contents are undefined afterwards.
-  bool discard_grad = false;
 };
 
 // Whether `scalars` is usable as AdamWHyper::scalars for tensors on `device`.

@@ -1,8 +1,6 @@
 // CUDA kernels of kernels/adamw_compact.h: one warp per block of kCompactBlock (256) elements,
 // 8 consecutive elements per lane (16-byte loads of the bf16 parameter, its low half and the
 // gradient), the block maxima of the new moments by warp shuffles.
-#include <cstdint>
-
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -26,7 +24,7 @@ __global__ void __launch_bounds__(256, sizeof(P) == 2 ? 3 : 2) CompactAdamWKerne
                                                           const G* __restrict__ g, int8_t* __restrict__ r_codes,
                                                           uint8_t* __restrict__ s_codes, float* __restrict__ r_scale,
                                                           float* __restrict__ s_max, const float* __restrict__ step,
-                                                          int64_t n, Hyper h, bool skip_idle, bool discard_grad) {
+                                                          int64_t n, Hyper h, bool skip_idle) {
   __shared__ CodeTables tables;
   FillCodeTables(tables);
   const StepValues sv = Values(step, h);
@@ -44,10 +42,6 @@ __global__ void __launch_bounds__(256, sizeof(P) == 2 ? 3 : 2) CompactAdamWKerne
     const int64_t cb = b;
     b += warps;
     if (b < full) next.LoadFull(p, low, g + offset(b), r_codes, s_codes, s_max, r_scale, b, offset(b));
-    // The lanes that start a 128-byte line of the block's gradient drop it (read above, in order).
-    if (discard_grad && (lane * kPerLane * sizeof(G)) % 128 == 0) {
-      asm volatile("discard.global.L2 [%0], 128;" ::"l"(g + offset(cb)) : "memory");
-    }
     if (IdleBlock(cur, skip_idle)) continue;
     g_sq += UpdateBlock<P, G>(cur, p, low, r_codes, s_codes, r_scale, s_max, cb, kPerLane, h, sv, tables);
   }
@@ -119,8 +113,6 @@ void CompactAdamWStepCuda(const at::Tensor& param, const at::Tensor& master_low,
   const int64_t per_sm = param.scalar_type() == at::kBFloat16 ? 3 : 2;
   const int64_t ctas = std::max<int64_t>(1, std::min<int64_t>(cuda::CeilDiv(blocks, 8), int64_t{cuda::NumSms()} * per_sm));
   const bool skip_idle = h.weight_decay == 0.0;
-  // discard.global.L2 takes whole 128-byte lines: a gradient that does not start on one keeps them.
-  const bool discard_grad = h.discard_grad && reinterpret_cast<uintptr_t>(grad.data_ptr()) % 128 == 0;
   int16_t* low = master_low.defined() ? master_low.data_ptr<int16_t>() : nullptr;
   auto launch = [&](auto ptag, auto gtag) {
     using P = decltype(ptag);
@@ -128,7 +120,7 @@ void CompactAdamWStepCuda(const at::Tensor& param, const at::Tensor& master_low,
     CompactAdamWKernel<P, G><<<ctas, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<P*>(param.data_ptr()), low, reinterpret_cast<const G*>(grad.data_ptr()),
         moments.r_codes.data_ptr<int8_t>(), moments.s_codes.data_ptr<uint8_t>(), moments.r_scale.data_ptr<float>(),
-        moments.s_max.data_ptr<float>(), step.data_ptr<float>(), n, hyper, skip_idle, discard_grad);
+        moments.s_max.data_ptr<float>(), step.data_ptr<float>(), n, hyper, skip_idle);
   };
   const bool bf16_param = param.scalar_type() == at::kBFloat16, bf16_grad = grad.scalar_type() == at::kBFloat16;
   if (bf16_param && bf16_grad) {

@@ -153,10 +153,6 @@ at::Tensor GroupedMmCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&
 at::Tensor GroupedMmWeightGradCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, GroupedGemmTile) {
   TORCH_CHECK(false, "GroupedMmWeightGradCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
 }
-at::Tensor GroupedMmWeightGradGroupsCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                                         GroupedGemmTile) {
-  TORCH_CHECK(false, "GroupedMmWeightGradGroupsCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
-}
 #endif
 
 }  // namespace ftd::kernels

@@ -41,9 +41,5 @@ at::Tensor GroupedMmWeightGradReference(const at::Tensor& a, const at::Tensor& b
 at::Tensor GroupedMmCuda(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& offs, GroupedGemmTile tile);
 at::Tensor GroupedMmWeightGradCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
                                    GroupedGemmTile tile);
-// Groups [first, first + count) of GroupedMmWeightGradCuda's output: out [count, K, M] (offs is
-// every group's, on the device; nothing is read on the host).
-at::Tensor GroupedMmWeightGradGroupsCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
-                                         int64_t first, int64_t count, GroupedGemmTile tile);
 
 }  // namespace ftd::kernels

@@ -164,7 +164,7 @@ void AdamW::Step() {
     if (s.deferred_a.defined()) {  // DeferExpertWeightGrad: dW straight into the update
       s.step.add_(1.0);
       kernels::GroupedMmWeightGradCompactAdamW(s.deferred_a, s.deferred_b, s.deferred_offs, s.param.tensor->detach(),
-                                               s.master_low, s.moments, s.step, Hyper(s), config_.expert_update_kernel);
+                                               s.master_low, s.moments, s.step, Hyper(s));
       s.deferred_a = s.deferred_b = s.deferred_offs = s.deferred_sq = at::Tensor();
       continue;
     }
@@ -335,9 +335,8 @@ bool AdamW::FusedUpdateServes(const Slot& s, const at::Tensor& a, const at::Tens
   // On a GPU only the fused kernel is worth it (the unfused update runs on the side stream);
   // elsewhere the reference is the same arithmetic as the hook's step.
   const at::Tensor param = s.param.tensor->detach();
-  return !param.is_cuda() || kernels::GroupedMmWeightGradCompactAdamWCudaSupports(
-                                 a, b, offs, param, s.master_low, s.moments, s.step, Hyper(s),
-                                 config_.expert_update_kernel);
+  return !param.is_cuda() || kernels::GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, param, s.master_low,
+                                                                                   s.moments, s.step, Hyper(s));
 }
 
 bool AdamW::DeferExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
@@ -373,7 +372,7 @@ bool AdamW::StepFromExpertWeightGrad(const at::Tensor& weight, const at::Tensor&
   c10::NoGradGuard no_grad;
   s.step.add_(1.0);
   kernels::GroupedMmWeightGradCompactAdamW(a, b, offs, s.param.tensor->detach(), s.master_low, s.moments, s.step,
-                                           Hyper(s), config_.expert_update_kernel);
+                                           Hyper(s));
   ++fused_expert_steps_;
   return true;
 }

@@ -23,7 +23,6 @@
 #include "engine/model/weights.h"
 #include "kernels/adamw.h"
 #include "kernels/adamw_compact.h"
-#include "kernels/grouped_gemm_adamw.h"
 
 namespace ftd::engine {
 
@@ -66,10 +65,6 @@ struct AdamWConfig {
   // ms against 45.0 (grad_clip 0) and 55.9 against 47.1 (grad_clip 1.0, at 20.6 GiB against
   // 23.8); bench/RESULTS.md. ftd-bench --fused-expert-update turns it on.
   bool fuse_expert_update = false;
-  // With fuse_expert_update on a GPU: the update in the GEMM's epilogue, or the plain GEMM and the
-  // element-wise step a few experts at a time with each chunk's gradient read back from L2
-  // (kernels/grouped_gemm_adamw.h). ftd-bench --expert-update-kernel.
-  kernels::WeightGradUpdate expert_update_kernel = kernels::WeightGradUpdate::kEpilogue;
 };
 
 // Whether a parameter gets weight decay: not norms, not biases (HF Trainer's convention).

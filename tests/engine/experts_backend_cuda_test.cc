@@ -6,7 +6,6 @@
 // for bit as those stepped from the formed gradient.
 #include <algorithm>
 #include <string>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -114,8 +113,7 @@ INSTANTIATE_TEST_SUITE_P(Families, ExpertsBackendFtd,
 
 // Two steps with the compact optimizer inside backward (in_backward), or after it with the norm
 // taken in backward (the clipped step, at a clip that never binds); the parameters after them.
-std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, kernels::WeightGradUpdate how, bool in_backward,
-                                         int64_t* fused_steps) {
+std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool in_backward, int64_t* fused_steps) {
   SetExpertsBackend(ExpertsBackend::kFtd);
   ModelOptions mo;
   mo.device = at::Device(at::kCUDA, 0);
@@ -126,7 +124,6 @@ std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, kernel
   auto model = *MoeTransformer::Create(c, mo, std::move(w));
   AdamWConfig config;
   config.fuse_expert_update = fuse;
-  config.expert_update_kernel = how;
   auto adamw = *AdamW::Create(model->Parameters(), PrecisionPolicy::kCompact, config);
   if (in_backward) {
     adamw->EnableStepInBackward();
@@ -168,8 +165,7 @@ std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, kernel
   return params;
 }
 
-// (optimizer in backward, how the GPU runs the expert update)
-class ExpertsBackendFtdFusedUpdate : public ::testing::TestWithParam<std::tuple<bool, kernels::WeightGradUpdate>> {};
+class ExpertsBackendFtdFusedUpdate : public ::testing::TestWithParam<bool> {};
 
 TEST_P(ExpertsBackendFtdFusedUpdate, EqualsTheFormedGradientsStep) {
   if (!OwnExpertGemmAvailable()) GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
@@ -177,10 +173,10 @@ TEST_P(ExpertsBackendFtdFusedUpdate, EqualsTheFormedGradientsStep) {
   c.hidden_size = 256;  // the fused update takes weights whose rows are whole 256-element blocks:
   c.moe_intermediate_size = 128;  // down [E, F, 256] and gate_up [E, 256, 2F = 256]
   c.intermediate_size = 128;
-  const auto [in_backward, how] = GetParam();
+  const bool in_backward = GetParam();
   int64_t fused_steps = 0, unfused_steps = 0;
-  const std::vector<at::Tensor> fused = ParamsAfterSteps(c, true, how, in_backward, &fused_steps);
-  const std::vector<at::Tensor> unfused = ParamsAfterSteps(c, false, how, in_backward, &unfused_steps);
+  const std::vector<at::Tensor> fused = ParamsAfterSteps(c, true, in_backward, &fused_steps);
+  const std::vector<at::Tensor> unfused = ParamsAfterSteps(c, false, in_backward, &unfused_steps);
   int64_t moe_layers = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.IsMoeLayer(l) ? 1 : 0;
   ASSERT_GT(moe_layers, 0);
@@ -190,13 +186,8 @@ TEST_P(ExpertsBackendFtdFusedUpdate, EqualsTheFormedGradientsStep) {
   for (size_t i = 0; i < fused.size(); ++i) EXPECT_TRUE(at::equal(fused[i], unfused[i])) << "parameter " << i;
 }
 
-INSTANTIATE_TEST_SUITE_P(Optimizer, ExpertsBackendFtdFusedUpdate,
-                         ::testing::Combine(::testing::Bool(), ::testing::Values(kernels::WeightGradUpdate::kEpilogue,
-                                                                                 kernels::WeightGradUpdate::kL2Chunks)),
-                         [](const auto& info) {
-                           return std::string(std::get<0>(info.param) ? "StepInBackward_" : "ClippedAfterBackward_") +
-                                  kernels::WeightGradUpdateName(std::get<1>(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(Optimizer, ExpertsBackendFtdFusedUpdate, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "StepInBackward" : "ClippedAfterBackward"; });
 
 }  // namespace
 }  // namespace ftd::engine

@@ -128,50 +128,6 @@ TEST(GroupedMmWeightGradCompactAdamWCuda, BitForBitTheUnfusedStep) {
   }
 }
 
-// kL2Chunks: the plain GEMM a range of groups at a time, each chunk stepped by the element-wise
-// kernel; any chunk size (one group, an uneven last chunk, all at once) gives the whole step's bits.
-TEST(GroupedMmWeightGradCompactAdamWCuda, L2ChunksBitForBitTheUnfusedStep) {
-  if (!at::hasCUDA() || !GroupedMmWeightGradCudaSupports(at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)),
-                                                         at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)))) {
-    GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
-  }
-  at::manual_seed(9);
-  const at::Device cuda(at::kCUDA, 0);
-  // K * M = 200 * 160, a multiple of 256 (chunks start on a block) though M is not.
-  const int64_t E = static_cast<int64_t>(kCounts.size()), K = 200, M = 160;
-  int64_t N = 0;
-  for (int64_t c : kCounts) N += c;
-  AdamWHyper h;
-  h.lr = 1e-3;
-  h.scalars = at::tensor({2e-3f, 0.5f}, at::TensorOptions().device(cuda));
-  State base = MakeState(E, K, M, h, cuda);
-  at::Tensor a = at::randn({N, K}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
-  at::Tensor b = at::randn({N, M}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
-  at::Tensor offs = Offs(kCounts, cuda);
-  ASSERT_TRUE(GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, base.param, base.low, base.moments, base.step,
-                                                          h, WeightGradUpdate::kL2Chunks));
-  EXPECT_FALSE(GroupedMmWeightGradCompactAdamWCudaSupports(a, b, offs, base.param, base.low, base.moments, base.step,
-                                                           h, WeightGradUpdate::kEpilogue))
-      << "M 160 is no whole block of the moments";
-  State formed = base.Clone();
-  formed.step.add_(1.0);
-  CompactAdamWStepCuda(formed.param, formed.low, GroupedMmWeightGrad(a, b, offs), formed.moments, formed.step, h);
-  for (int64_t chunk : {int64_t{1}, int64_t{4}, E}) {
-    SCOPED_TRACE(chunk);
-    State chunked = base.Clone();
-    chunked.step.add_(1.0);
-    GroupedMmWeightGradThenCompactAdamWCuda(a, b, offs, chunked.param, chunked.low, chunked.moments, chunked.step, h,
-                                            chunk);
-    ExpectSameState(chunked, formed);
-  }
-  State dispatched = base.Clone();
-  dispatched.step.add_(1.0);
-  GroupedMmWeightGradCompactAdamW(a, b, offs, dispatched.param, dispatched.low, dispatched.moments, dispatched.step,
-                                  h, WeightGradUpdate::kL2Chunks);
-  ExpectSameState(dispatched, formed);
-  EXPECT_FALSE(at::equal(formed.param, base.param));
-}
-
 TEST(GroupedMmWeightGradSquaredNormCuda, SumsTheSquaresOfTheFormedGradient) {
   if (!at::hasCUDA() || !GroupedMmWeightGradCudaSupports(at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)),
                                                          at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)))) {
