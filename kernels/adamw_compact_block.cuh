@@ -30,6 +30,11 @@ __device__ __forceinline__ StepValues Values(const float* step, const CompactUpd
   return {lr, grad_scale, static_cast<float>(static_cast<double>(lr) / bc1), static_cast<float>(1.0 / sqrt(bc2))};
 }
 
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, offset));
+  return v;
+}
+
 // One lane's 8 elements of one block as loaded: the weights (a bf16 parameter and its low half,
 // or fp32), the gradient, the moment codes and the block's scales. Kept raw so that the next
 // block's loads can be in flight while this one is computed.
@@ -181,126 +186,71 @@ __device__ __forceinline__ void FillCodeTables(CodeTables& t) {
   __syncthreads();
 }
 
-// N blocks of 256 elements by one warp from the lanes' loaded data (d[n] for block[n]): the
-// update, then the new moments encoded against their block maxima. The N blocks' steps are
-// independent, so their instructions interleave: a warp whose update is bound by the latency of
-// its dependent arithmetic (few warps an SM) does N blocks in about the time of one. Each block's
-// arithmetic is the same whatever N. The weights are stored before the maxima are taken, so only
-// m and sqrt(v) stay in registers across the shuffles. `valid` elements of each lane's 8 are
-// inside the tensor. Returns this lane's sum of squares of the scaled gradient.
-template <int N, typename P, typename G>
-__device__ __forceinline__ float UpdateBlocks(const LaneData<P, G> (&d)[N], P* __restrict__ p,
-                                              int16_t* __restrict__ low, int8_t* __restrict__ r_codes,
-                                              uint8_t* __restrict__ s_codes, float* __restrict__ r_scale,
-                                              float* __restrict__ s_max, const int64_t (&block)[N], int valid,
-                                              const CompactUpdateHyper& h, const StepValues& sv, const CodeTables& t) {
-  const int lane = threadIdx.x & 31;
-  float w[N][kPerLane], m[N][kPerLane], s[N][kPerLane];
-  float block_s_max[N], lane_g_sq = 0.0f;
-#pragma unroll
-  for (int n = 0; n < N; ++n) {
-    block_s_max[n] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) {
-      const float s_old = t.pow[reinterpret_cast<const uint8_t*>(&d[n].sc)[j]] * d[n].s_max;
-      const float m_old = static_cast<float>(reinterpret_cast<const int8_t*>(&d[n].rc)[j]) * d[n].r_scale * s_old;
-      const float g = d[n].Grad(j) * sv.grad_scale;
-      lane_g_sq += g * g;  // zero past n
-      w[n][j] = d[n].Weight(j);
-      w[n][j] -= sv.lr * h.decay * w[n][j];
-      m[n][j] = m_old * h.beta1 + g * h.one_minus_beta1;
-      const float v = (s_old * s_old) * h.beta2 + g * g * h.one_minus_beta2;
-      s[n][j] = j < valid ? sqrtf(v) : 0.0f;
-      w[n][j] -= sv.step_size * m[n][j] / (s[n][j] * sv.inv_bc2_sqrt + h.eps);
-      block_s_max[n] = fmaxf(block_s_max[n], s[n][j]);
-    }
-    StoreWeights<P>(p, low, block[n] * kCompactUpdateBlock + lane * kPerLane, valid, w[n]);
-  }
-  for (int offset = 16; offset > 0; offset >>= 1) {
-#pragma unroll
-    for (int n = 0; n < N; ++n) block_s_max[n] = fmaxf(block_s_max[n], __shfl_xor_sync(kFull, block_s_max[n], offset));
-  }
-  float block_r_max[N];
-  uint2 sc[N];
-#pragma unroll
-  for (int n = 0; n < N; ++n) {
-    const float inv_s_max = block_s_max[n] > 0.0f ? 1.0f / block_s_max[n] : 0.0f;
-    block_r_max[n] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) {
-      uint8_t code = 0;
-      if (s[n][j] > 0.0f) {
-        const float c = rintf(255.0f + 16.0f * log2f(s[n][j] * inv_s_max));
-        code = static_cast<uint8_t>(fminf(fmaxf(c, 1.0f), 255.0f));
-      }
-      reinterpret_cast<uint8_t*>(&sc[n])[j] = code;
-      m[n][j] *= t.inv[code] * inv_s_max;  // r = m / sqrt(v) as stored (0 where sqrt(v) is 0)
-      block_r_max[n] = fmaxf(block_r_max[n], fabsf(m[n][j]));
-    }
-  }
-  for (int offset = 16; offset > 0; offset >>= 1) {
-#pragma unroll
-    for (int n = 0; n < N; ++n) block_r_max[n] = fmaxf(block_r_max[n], __shfl_xor_sync(kFull, block_r_max[n], offset));
-  }
-#pragma unroll
-  for (int n = 0; n < N; ++n) {
-    const int64_t o = block[n] * kCompactUpdateBlock + lane * kPerLane;
-    const float inv_r_scale = block_r_max[n] > 0.0f ? 127.0f / block_r_max[n] : 0.0f;
-    uint2 rc;
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) {
-      reinterpret_cast<int8_t*>(&rc)[j] =
-          static_cast<int8_t>(fminf(fmaxf(rintf(m[n][j] * inv_r_scale), -127.0f), 127.0f));
-    }
-    if (valid == kPerLane) {
-      *reinterpret_cast<uint2*>(r_codes + o) = rc;
-      *reinterpret_cast<uint2*>(s_codes + o) = sc[n];
-    } else {
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        if (j >= valid) continue;
-        r_codes[o + j] = reinterpret_cast<const int8_t*>(&rc)[j];
-        s_codes[o + j] = reinterpret_cast<const uint8_t*>(&sc[n])[j];
-      }
-    }
-    if (lane == 0) {
-      s_max[block[n]] = block_s_max[n];
-      r_scale[block[n]] = block_r_max[n] / 127.0f;
-    }
-  }
-  return lane_g_sq;
-}
-
-// One block (UpdateBlocks of one).
+// One block of 256 elements by one warp from the lanes' loaded data: the update, then the new
+// moments encoded against their block maxima. The weights are stored before the maxima are
+// taken, so only m and sqrt(v) stay in registers across the shuffles. Returns this lane's sum of
+// squares of the scaled gradient.
 template <typename P, typename G>
 __device__ __forceinline__ float UpdateBlock(const LaneData<P, G>& d, P* __restrict__ p, int16_t* __restrict__ low,
                                              int8_t* __restrict__ r_codes, uint8_t* __restrict__ s_codes,
                                              float* __restrict__ r_scale, float* __restrict__ s_max, int64_t block,
                                              int valid, const CompactUpdateHyper& h, const StepValues& sv, const CodeTables& t) {
-  const LaneData<P, G> one[1] = {d};
-  const int64_t blocks[1] = {block};
-  return UpdateBlocks<1, P, G>(one, p, low, r_codes, s_codes, r_scale, s_max, blocks, valid, h, sv, t);
-}
-
-// Blocks block[0, count) (count 1 or 2) from their loaded data, with the element-wise kernel's
-// skip rule (IdleBlock): two busy blocks interleaved (UpdateBlocks), otherwise one at a time.
-// The GEMM epilogue and the bulk-copy kernel step their blocks in pairs through it.
-template <typename P, typename G>
-__device__ __forceinline__ float UpdateBlockPair(const LaneData<P, G> (&d)[2], P* __restrict__ p,
-                                                 int16_t* __restrict__ low, int8_t* __restrict__ r_codes,
-                                                 uint8_t* __restrict__ s_codes, float* __restrict__ r_scale,
-                                                 float* __restrict__ s_max, const int64_t (&block)[2], int count,
-                                                 bool skip_idle, const CompactUpdateHyper& h, const StepValues& sv,
-                                                 const CodeTables& t) {
-  const bool idle[2] = {IdleBlock(d[0], skip_idle), count == 2 && IdleBlock(d[1], skip_idle)};
-  if (count == 2 && !idle[0] && !idle[1]) {
-    return UpdateBlocks<2, P, G>(d, p, low, r_codes, s_codes, r_scale, s_max, block, kPerLane, h, sv, t);
+  const int lane = threadIdx.x & 31;
+  const int64_t o = block * kCompactUpdateBlock + lane * kPerLane;
+  float w[kPerLane], m[kPerLane], s[kPerLane];
+  float lane_s_max = 0.0f, lane_g_sq = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const float s_old = t.pow[reinterpret_cast<const uint8_t*>(&d.sc)[j]] * d.s_max;
+    const float m_old = static_cast<float>(reinterpret_cast<const int8_t*>(&d.rc)[j]) * d.r_scale * s_old;
+    const float g = d.Grad(j) * sv.grad_scale;
+    lane_g_sq += g * g;  // zero past n
+    w[j] = d.Weight(j);
+    w[j] -= sv.lr * h.decay * w[j];
+    m[j] = m_old * h.beta1 + g * h.one_minus_beta1;
+    const float v = (s_old * s_old) * h.beta2 + g * g * h.one_minus_beta2;
+    s[j] = j < valid ? sqrtf(v) : 0.0f;
+    w[j] -= sv.step_size * m[j] / (s[j] * sv.inv_bc2_sqrt + h.eps);
+    lane_s_max = fmaxf(lane_s_max, s[j]);
   }
-  float g_sq = 0.0f;
-  for (int n = 0; n < count; ++n) {
-    if (!idle[n]) g_sq += UpdateBlock<P, G>(d[n], p, low, r_codes, s_codes, r_scale, s_max, block[n], kPerLane, h, sv, t);
+  StoreWeights<P>(p, low, o, valid, w);
+  const float block_s_max = WarpMax(lane_s_max);
+  const float inv_s_max = block_s_max > 0.0f ? 1.0f / block_s_max : 0.0f;
+  uint2 sc, rc;
+  float lane_r_max = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    uint8_t code = 0;
+    if (s[j] > 0.0f) {
+      const float c = rintf(255.0f + 16.0f * log2f(s[j] * inv_s_max));
+      code = static_cast<uint8_t>(fminf(fmaxf(c, 1.0f), 255.0f));
+    }
+    reinterpret_cast<uint8_t*>(&sc)[j] = code;
+    m[j] *= t.inv[code] * inv_s_max;  // r = m / sqrt(v) as stored (0 where sqrt(v) is 0)
+    lane_r_max = fmaxf(lane_r_max, fabsf(m[j]));
   }
-  return g_sq;
+  const float block_r_max = WarpMax(lane_r_max);
+  const float inv_r_scale = block_r_max > 0.0f ? 127.0f / block_r_max : 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    reinterpret_cast<int8_t*>(&rc)[j] = static_cast<int8_t>(fminf(fmaxf(rintf(m[j] * inv_r_scale), -127.0f), 127.0f));
+  }
+  if (valid == kPerLane) {
+    *reinterpret_cast<uint2*>(r_codes + o) = rc;
+    *reinterpret_cast<uint2*>(s_codes + o) = sc;
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      if (j >= valid) continue;
+      r_codes[o + j] = reinterpret_cast<const int8_t*>(&rc)[j];
+      s_codes[o + j] = reinterpret_cast<const uint8_t*>(&sc)[j];
+    }
+  }
+  if (lane == 0) {
+    s_max[block] = block_s_max;
+    r_scale[block] = block_r_max / 127.0f;
+  }
+  return lane_g_sq;
 }
 
 // Adds a warp's sum of squares to the accumulator (one atomic per warp).

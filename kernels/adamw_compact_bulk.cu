@@ -119,17 +119,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int stage = k % kStages;
     BarrierWait(&sh.full[stage], static_cast<uint32_t>((k / kStages) & 1));
     Stage& st = sh.stages[stage];
-    // Warp w takes blocks w and w + 8 of the chunk, interleaved (UpdateBlockPair).
-    static_assert(kChunkBlocks == 2 * (kThreads / 32), "two blocks a warp");
-    const int j[2] = {warp, warp + kThreads / 32};
-    LaneData<uint16_t, uint16_t> d[2];
-    for (int n = 0; n < 2; ++n) {
-      const int o = j[n] * kCompactUpdateBlock + lane * kPerLane;
-      d[n].LoadFull(st.param, st.low, st.grad + o, st.r_codes, st.s_codes, st.s_max, st.r_scale, j[n], o);
+    for (int j = warp; j < kChunkBlocks; j += kThreads / 32) {
+      const int o = j * kCompactUpdateBlock + lane * kPerLane;
+      LaneData<uint16_t, uint16_t> d;
+      d.LoadFull(st.param, st.low, st.grad + o, st.r_codes, st.s_codes, st.s_max, st.r_scale, j, o);
+      if (IdleBlock(d, skip_idle)) continue;  // left as loaded
+      g_sq += UpdateBlock<uint16_t, uint16_t>(d, st.param, st.low, st.r_codes, st.s_codes, st.r_scale, st.s_max, j,
+                                              kPerLane, h, sv, sh.tables);
     }
-    const int64_t blocks[2] = {j[0], j[1]};  // idle ones are left as loaded
-    g_sq += UpdateBlockPair<uint16_t, uint16_t>(d, st.param, st.low, st.r_codes, st.s_codes, st.r_scale, st.s_max,
-                                                blocks, 2, skip_idle, h, sv, sh.tables);
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the bulk stores see the warps' writes
     __syncthreads();
     if (threadIdx.x == 0) {

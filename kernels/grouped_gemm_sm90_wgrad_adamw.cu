@@ -170,22 +170,31 @@ class CompactAdamWEpilogue {
       d.LoadFull(p, st.master_low, storage.tile + r * kPitch + lane * kPerLane, st.r_codes, st.s_codes, st.s_max,
                  st.r_scale, o / kCompactUpdateBlock, o + lane * kPerLane);
     };
-    // Warp w takes rows w, w + 8, ... two at a time: the update is bound by the latency of its
-    // dependent arithmetic with 8 warps an SM, so two independent blocks interleave (more
-    // loads in flight measured no faster on an H100).
-    constexpr int kWarps = kThreads / 32, kRowsPerWarp = kTileM / kWarps;
-    static_assert(kRowsPerWarp % 2 == 0, "rows in pairs");
+    // Warp w takes rows w, w + 8, ...; kDepth of its rows' loads are in flight while one is
+    // computed (8 warps an SM must keep as many bytes moving as the element-wise kernel's 24).
+    constexpr int kWarps = kThreads / 32, kRowsPerWarp = kTileM / kWarps, kDepth = 4;
+    static_assert(kRowsPerWarp % kDepth == 0, "whole rounds of loads");
     float g_sq = 0.0f;
+    LaneData<uint16_t, uint16_t> ahead[kDepth];
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < kDepth; ++j) {
+      if (warp + j * kWarps < rows) load(ahead[j], warp + j * kWarps);
+    }
     CUTLASS_PRAGMA_NO_UNROLL
-    for (int i = 0; i < kRowsPerWarp; i += 2) {
-      const int r[2] = {warp + i * kWarps, warp + (i + 1) * kWarps};
-      if (r[0] >= rows) break;  // warp-uniform
-      const int count = r[1] < rows ? 2 : 1;
-      LaneData<uint16_t, uint16_t> d[2];
-      for (int n = 0; n < count; ++n) load(d[n], r[n]);
-      const int64_t blocks[2] = {offset(r[0]) / kCompactUpdateBlock, offset(r[1]) / kCompactUpdateBlock};
-      g_sq += UpdateBlockPair<uint16_t, uint16_t>(d, p, st.master_low, st.r_codes, st.s_codes, st.r_scale, st.s_max,
-                                                  blocks, count, st.skip_idle, st.hyper, sv, storage.tables);
+    for (int base = 0; base < kRowsPerWarp; base += kDepth) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kDepth; ++j) {
+        const int r = warp + (base + j) * kWarps;
+        if (r < rows) {  // warp-uniform
+          const LaneData<uint16_t, uint16_t> cur = ahead[j];
+          if (r + kDepth * kWarps < rows) load(ahead[j], r + kDepth * kWarps);
+          if (!IdleBlock(cur, st.skip_idle)) {
+            g_sq += UpdateBlock<uint16_t, uint16_t>(cur, p, st.master_low, st.r_codes, st.s_codes, st.r_scale,
+                                                    st.s_max, offset(r) / kCompactUpdateBlock, kPerLane, st.hyper, sv,
+                                                    storage.tables);
+          }
+        }
+      }
     }
     AddGradSquares(g_sq, st.hyper.grad_sq_sum);
     return cute::make_tuple(load_state, store_state);
