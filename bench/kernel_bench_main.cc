@@ -118,6 +118,7 @@ void Report(const std::string& kernel, const std::string& shape, double fwd_byte
 void RunLibraryOps();
 void RunNemotronKernels();
 void RunGroupedGemms(bool fused_update_only);
+void RunAdamWCompactCeiling();
 
 int Run() {
   c10::NoGradGuard no_grad;
@@ -580,6 +581,24 @@ void RunGroupedGemms(bool fused_update_only) {
 //    through cuBLASLt) on 132 - K SMs (ATen's SM carve-out, which both honour) while the bulk
 //    update runs on K: the pair's time against each alone and against the two one after the
 //    other on the whole GPU (what the step does now).
+// The element-wise compact step alone against its ceiling: a device copy of the same bytes
+// (7 read and 7 written a parameter), over one Qwen3-30B-A3B layer's expert weights.
+void RunAdamWCompactCeiling() {
+  const int64_t n = int64_t{128} * 3 * 2048 * 768;
+  auto [p, low, g, step, mo, h] = MakeCompactBenchState(n);
+  const double bytes = 14.0 * n + 16.0 * n / 256;
+  auto gbps = [&](double ms) { return bytes / (ms * 1e-3) / 1e9; };
+  const double update_ms = MedianMs([&] { CompactAdamWStepCuda(p, low, g, mo, step, h); });
+  at::Tensor src = at::empty({7 * n}, p.options().dtype(at::kByte)), dst = at::empty_like(src);
+  src.fill_(1);
+  const double copy_ms = MedianMs([&] { dst.copy_(src); });
+  nlohmann::json j = {{"op", "adamw_compact_ceiling"}, {"shape", "604M bf16 params"},
+                      {"update_ms", update_ms},        {"update_GB_s", gbps(update_ms)},
+                      {"copy_ms", copy_ms},            {"copy_GB_s", gbps(copy_ms)},
+                      {"update_of_copy", copy_ms / update_ms}};
+  std::printf("%s\n", j.dump().c_str());
+}
+
 void RunAdamWOverlap() {
   auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
   const int64_t n = int64_t{128} * 3 * 2048 * 768;
@@ -685,7 +704,8 @@ void RunAdamWOverlap() {
 
 // `ftd-kernel-bench grouped_gemm` runs only the grouped GEMM comparison (`grouped_gemm_adamw`
 // only its weight-gradient GEMMs with the update in the epilogue), `ftd-kernel-bench
-// adamw_overlap` only the update beside a GEMM.
+// adamw_overlap` only the update beside a GEMM, `ftd-kernel-bench adamw_compact` the element-wise
+// update against a copy of the same bytes.
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   if (!ftd::kernels::CudaKernelsAvailable()) {
@@ -696,6 +716,11 @@ int main(int argc, char** argv) {
   if (only == "grouped_gemm" || only == "grouped_gemm_adamw") {
     c10::NoGradGuard no_grad;
     ftd::kernels::RunGroupedGemms(/*fused_update_only=*/only == "grouped_gemm_adamw");
+    return 0;
+  }
+  if (only == "adamw_compact") {
+    c10::NoGradGuard no_grad;
+    ftd::kernels::RunAdamWCompactCeiling();
     return 0;
   }
   if (only == "adamw_overlap") {
