@@ -29,6 +29,7 @@
 #include "kernels/causal_conv1d.h"
 #include "kernels/ssd_scan.h"
 #include "kernels/rms_norm.h"
+#include "kernels/mla_qkv.h"
 #include "kernels/rope.h"
 #include "kernels/router.h"
 #include "kernels/swiglu.h"
@@ -119,6 +120,35 @@ void RunLibraryOps();
 void RunNemotronKernels();
 void RunGroupedGemms(bool fused_update_only);
 void RunAdamWCompactCeiling();
+void RunMlaQkv();
+
+void RunMlaQkv() {
+  const int64_t T = 4096;
+  const double b16 = 2;
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  auto fp = bf.dtype(at::kFloat);
+  // MLA's query/key/value from its projections (Moonlight-16B-A3B / DeepSeek-V3 heads:
+  // 16 heads here, nope 128, rope 64 interleaved, v 128), V as it is and padded to 192.
+  const int64_t mh = 16, dn = 128, dr = 64, dv = 128, dqk = dn + dr;
+  at::Tensor f = at::arange(T, fp).view({1, T, 1}) * (1.0 / at::pow(1e4, at::arange(0, dr, 2, fp) / dr));
+  at::Tensor emb = at::cat({f, f}, -1);
+  at::Tensor mcos = emb.cos().to(at::kBFloat16), msin = emb.sin().to(at::kBFloat16);
+  at::Tensor q = at::randn({1, T, mh, dqk}, bf), kv = at::randn({1, T, mh, dn + dv}, bf);
+  at::Tensor compressed = at::randn({1, T, 512 + dr}, bf);
+  at::Tensor k_rope = compressed.narrow(-1, 512, dr);
+  for (int64_t v_width : {dv, dqk}) {
+    const std::string shape = "1x4096x16 heads, nope 128 rope 64 v " + std::to_string(dv) + " as " +
+                              std::to_string(v_width) + ", interleaved, bf16";
+    const double tok = static_cast<double>(T) * b16, cs = 2.0 * T * dr * b16;
+    const double fwd_bytes = tok * (mh * dqk + mh * (dn + dv) + dr + 2 * mh * dqk + mh * v_width) + cs;
+    const double bwd_bytes = tok * (2 * mh * dqk + mh * v_width + mh * dqk + mh * (dn + dv) + dr) + cs;
+    auto [dquery, dkey, dvalue] = MlaQkvForwardCuda(q, kv, k_rope, mcos, msin, dn, v_width, true);
+    const double fwd = MedianMs([&] { MlaQkvForwardCuda(q, kv, k_rope, mcos, msin, dn, v_width, true); });
+    const double bwd = MedianMs([&] { MlaQkvBackwardCuda(dquery, dkey, dvalue, mcos, msin, dn, dv, true); });
+    const double ref = MedianMs([&] { MlaQueryKeyValueReference(q, kv, k_rope, mcos, msin, dn, v_width, true); });
+    Report("mla_qkv", shape, fwd_bytes, fwd, bwd_bytes, bwd, ref);
+  }
+}
 
 int Run() {
   c10::NoGradGuard no_grad;
@@ -167,6 +197,7 @@ int Run() {
     ref = MedianMs([&] { RopeReference(x, cos, sin); });
     Report("rope", shape, 2 * n * b16 + cs, fwd, 2 * n * b16 + cs, bwd, ref);
   }
+  RunMlaQkv();
   at::Tensor experts;
   {  // Fused router: softmax, top-8 of 128, renormalise, counts.
     at::Tensor logits = at::randn({T, E}, fp);
@@ -716,6 +747,11 @@ int main(int argc, char** argv) {
   if (only == "grouped_gemm" || only == "grouped_gemm_adamw") {
     c10::NoGradGuard no_grad;
     ftd::kernels::RunGroupedGemms(/*fused_update_only=*/only == "grouped_gemm_adamw");
+    return 0;
+  }
+  if (only == "mla_qkv") {
+    c10::NoGradGuard no_grad;
+    ftd::kernels::RunMlaQkv();
     return 0;
   }
   if (only == "adamw_compact") {
