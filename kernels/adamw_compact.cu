@@ -55,27 +55,31 @@ __global__ void __launch_bounds__(256, sizeof(P) == 2 ? 3 : 2) CompactAdamWKerne
   AddGradSquares(g_sq, h.grad_sq_sum);
 }
 
-// One thread block per table row; its warps take the row's blocks of 256. The gradient of row
-// `row` is rows[slot_of[row]] when the token was in the batch, else zero.
+// Grid-stride over the table's blocks of 256 (a row is cols / 256 of them), one warp each: the
+// code tables and step values are computed once a CTA, not once a row (a CTA a row spent most of
+// its time there, the batch's few rows aside). The gradient of row r is rows[slot_of[r]] when
+// the token was in the batch, else zero. slot_of is restored to -1 after the kernel (every warp
+// must have read it first).
 template <typename P, typename G>
 __global__ void __launch_bounds__(256) CompactAdamWRowsKernel(P* __restrict__ p, int16_t* __restrict__ low,
                                                                int8_t* __restrict__ r_codes,
                                                                uint8_t* __restrict__ s_codes,
                                                                float* __restrict__ r_scale, float* __restrict__ s_max,
                                                                const G* __restrict__ rows,
-                                                               int32_t* __restrict__ slot_of,
-                                                               const float* __restrict__ step, int64_t cols, Hyper h,
-                                                               bool skip_idle) {
+                                                               const int32_t* __restrict__ slot_of,
+                                                               const float* __restrict__ step, int64_t cols,
+                                                               int64_t table_blocks, Hyper h, bool skip_idle) {
   __shared__ CodeTables tables;
   FillCodeTables(tables);
-  const int64_t row = blockIdx.x;
-  const int32_t slot = slot_of[row];
   const StepValues sv = Values(step, h);
   const int lane = threadIdx.x & 31;
   const int64_t row_blocks = cols / kCompactBlock;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
   float g_sq = 0.0f;
-  for (int64_t i = threadIdx.x >> 5; i < row_blocks; i += blockDim.x >> 5) {
-    const int64_t b = row * row_blocks + i;
+  for (int64_t b = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; b < table_blocks;
+       b += warps) {
+    const int64_t row = b / row_blocks, i = b - row * row_blocks;
+    const int32_t slot = slot_of[row];
     if (skip_idle && slot < 0 && s_max[b] == 0.0f) continue;  // uniform over the warp
     const int64_t o = b * kCompactBlock + lane * kPerLane;
     // The weights and moments at the table's offsets; the gradient from the token's row.
@@ -85,8 +89,6 @@ __global__ void __launch_bounds__(256) CompactAdamWRowsKernel(P* __restrict__ p,
     g_sq += UpdateBlock<P, G>(d, p, low, r_codes, s_codes, r_scale, s_max, b, kPerLane, h, sv, tables);
   }
   AddGradSquares(g_sq, h.grad_sq_sum);
-  __syncthreads();  // every warp has read slot_of[row]
-  if (threadIdx.x == 0 && slot >= 0) slot_of[row] = -1;
 }
 
 bool Aligned(const at::Tensor& t) { return t.numel() == 0 || cuda::Aligned16(t.data_ptr()); }
@@ -152,17 +154,19 @@ void CompactAdamWRowsStepCuda(const at::Tensor& param, const at::Tensor& master_
               "CompactAdamWRowsStepCuda: the table and its state must be 16-byte aligned");
   const c10::cuda::CUDAGuard guard(param.device());
   const Hyper hyper = MakeCompactUpdateHyper(h);
-  const int threads = static_cast<int>(std::min<int64_t>(8, cols / kCompactBlock) * 32);  // warps loop over the row
   const bool skip_idle = h.weight_decay == 0.0;
+  const int64_t table_blocks = table_rows * (cols / kCompactBlock);
+  const int64_t ctas =
+      std::max<int64_t>(1, std::min<int64_t>(cuda::CeilDiv(table_blocks, 8), int64_t{cuda::NumSms()} * 4));
   int16_t* low = master_low.defined() ? master_low.data_ptr<int16_t>() : nullptr;
   auto launch = [&](auto ptag, auto gtag) {
     using P = decltype(ptag);
     using G = decltype(gtag);
-    CompactAdamWRowsKernel<P, G><<<table_rows, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    CompactAdamWRowsKernel<P, G><<<ctas, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<P*>(param.data_ptr()), low, moments.r_codes.data_ptr<int8_t>(),
         moments.s_codes.data_ptr<uint8_t>(), moments.r_scale.data_ptr<float>(), moments.s_max.data_ptr<float>(),
         rows.numel() > 0 ? reinterpret_cast<const G*>(rows.data_ptr()) : nullptr, slot_of.data_ptr<int32_t>(),
-        step.data_ptr<float>(), cols, hyper, skip_idle);
+        step.data_ptr<float>(), cols, table_blocks, hyper, skip_idle);
   };
   const bool bf16_param = param.scalar_type() == at::kBFloat16, bf16_rows = rows.scalar_type() == at::kBFloat16;
   if (bf16_param && bf16_rows) {
@@ -175,6 +179,7 @@ void CompactAdamWRowsStepCuda(const at::Tensor& param, const at::Tensor& master_
     launch(float{}, float{});
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  slot_of.fill_(-1);  // after every warp has read it
 }
 
 }  // namespace ftd::kernels

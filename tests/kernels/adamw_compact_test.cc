@@ -177,7 +177,8 @@ TEST(CompactAdamWCuda, MatchesTheReference) {
 TEST(CompactAdamWCuda, RowsStepEqualsTheDenseStep) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   auto cuda = at::TensorOptions().device(at::kCUDA);
-  const int64_t rows = 300, cols = 2 * kCompactBlock;
+  // Enough blocks that each warp of the grid-stride kernel takes several, from different rows.
+  const int64_t rows = 5000, cols = 3 * kCompactBlock;
   at::Tensor master = Randn({rows, cols}, 21, cuda) * 0.02;
   auto [p_rows, low_rows] = SplitMaster(master);
   at::Tensor p_dense = p_rows.clone(), low_dense = low_rows.clone();
