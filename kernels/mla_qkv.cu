@@ -57,6 +57,12 @@ __device__ __forceinline__ float RotatedBack(const T* __restrict__ dy, const T* 
                   : g - ToFloat(dy[k - half]) * ToFloat(s[k - half]);
 }
 
+// Offset of a token's cos/sin row.
+__device__ __forceinline__ int64_t AngleRow(int64_t token, const MlaDims& d) {
+  const int64_t b = token / d.S;
+  return b * d.cos_batch_stride + (token - b * d.S) * d.dr;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     MlaQkvForwardKernel(const T* __restrict__ q, const T* __restrict__ kv, const T* __restrict__ k_rope,
@@ -67,9 +73,8 @@ __global__ void __launch_bounds__(kThreads)
   const int half = d.dr / 2, dqk = d.dn + d.dr, dkv = d.dn + d.dv;
   const int row_vecs = dqk / VEC, v_vecs = d.v_width / VEC;
   for (int64_t token = blockIdx.x; token < d.tokens; token += gridDim.x) {
-    const int64_t b = token / d.S, s = token - b * d.S;
-    const T* c = cos + b * d.cos_batch_stride + s * d.dr;
-    const T* sn = sin + b * d.cos_batch_stride + s * d.dr;
+    const T* c = cos + AngleRow(token, d);
+    const T* sn = sin + AngleRow(token, d);
     __syncthreads();  // the previous token's k_rot has been read
     const T* kr = k_rope + token * d.k_rope_token_stride;
     for (int i = threadIdx.x; i < d.dr; i += blockDim.x) k_rot[i] = Rotated(kr, c, sn, i, half, d.interleave);
@@ -119,9 +124,8 @@ __global__ void __launch_bounds__(kThreads)
   const int half = d.dr / 2, dqk = d.dn + d.dr, dkvw = d.dn + d.dv;
   const int row_vecs = dqk / VEC, v_vecs = d.dv / VEC;
   for (int64_t token = blockIdx.x; token < d.tokens; token += gridDim.x) {
-    const int64_t b = token / d.S, s = token - b * d.S;
-    const T* c = cos + b * d.cos_batch_stride + s * d.dr;
-    const T* sn = sin + b * d.cos_batch_stride + s * d.dr;
+    const T* c = cos + AngleRow(token, d);
+    const T* sn = sin + AngleRow(token, d);
     const T* dqt = dquery + token * d.H * dqk;
     const T* dkt = dkey + token * d.H * dqk;
     T* dqo = dq + token * d.H * dqk;
