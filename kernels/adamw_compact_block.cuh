@@ -30,6 +30,17 @@ __device__ __forceinline__ StepValues Values(const float* step, const CompactUpd
   return {lr, grad_scale, static_cast<float>(static_cast<double>(lr) / bc1), static_cast<float>(1.0 / sqrt(bc2))};
 }
 
+// The update's square root, division and logarithm take the hardware approximations
+// (sqrt.approx: within 1 ulp, subnormals kept; __fdividef: 2 ulp; __log2f: 2^-21.4 absolute)
+// instead of the correctly rounded sequences: the element-wise kernel moves 3% more bytes a
+// second on an H100 (2.74 TB/s against 2.65, 90% of a device copy), and the stored codes move
+// only where a value lies within ~1e-5 of a code boundary.
+__device__ __forceinline__ float FastSqrt(float v) {
+  float s;
+  asm("sqrt.approx.f32 %0, %1;" : "=f"(s) : "f"(v));
+  return s;
+}
+
 __device__ __forceinline__ float WarpMax(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, offset));
   return v;
@@ -209,8 +220,8 @@ __device__ __forceinline__ float UpdateBlock(const LaneData<P, G>& d, P* __restr
     w[j] -= sv.lr * h.decay * w[j];
     m[j] = m_old * h.beta1 + g * h.one_minus_beta1;
     const float v = (s_old * s_old) * h.beta2 + g * g * h.one_minus_beta2;
-    s[j] = j < valid ? sqrtf(v) : 0.0f;
-    w[j] -= sv.step_size * m[j] / (s[j] * sv.inv_bc2_sqrt + h.eps);
+    s[j] = j < valid ? FastSqrt(v) : 0.0f;
+    w[j] -= __fdividef(sv.step_size * m[j], s[j] * sv.inv_bc2_sqrt + h.eps);
     lane_s_max = fmaxf(lane_s_max, s[j]);
   }
   StoreWeights<P>(p, low, o, valid, w);
@@ -222,7 +233,7 @@ __device__ __forceinline__ float UpdateBlock(const LaneData<P, G>& d, P* __restr
   for (int j = 0; j < kPerLane; ++j) {
     uint8_t code = 0;
     if (s[j] > 0.0f) {
-      const float c = rintf(255.0f + 16.0f * log2f(s[j] * inv_s_max));
+      const float c = rintf(255.0f + 16.0f * __log2f(s[j] * inv_s_max));
       code = static_cast<uint8_t>(fminf(fmaxf(c, 1.0f), 255.0f));
     }
     reinterpret_cast<uint8_t*>(&sc)[j] = code;
