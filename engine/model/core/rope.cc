@@ -97,15 +97,4 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
 }
 
-at::Tensor ApplyRopeInterleaved(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  // [evens | odds] then rotate-half: (x_2i, x_2i+1) -> (x_2i cos - x_2i+1 sin, x_2i+1 cos + x_2i sin),
-  // placed at i and D/2 + i, exactly HF's interleaved formula.
-  std::vector<int64_t> pairs = x.sizes().vec();
-  const int64_t D = pairs.back();
-  pairs.back() = D / 2;
-  pairs.push_back(2);
-  at::Tensor split = x.reshape(pairs).transpose(-1, -2).reshape(x.sizes());
-  return ApplyRope(split, cos, sin);
-}
-
 }  // namespace ftd::engine

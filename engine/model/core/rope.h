@@ -1,6 +1,6 @@
 // Rotary position embeddings: inverse frequencies of the config's rope type (default, linear,
 // llama3, yarn with DeepSeek's mscale), cos/sin per position, and the rotation in HF's
-// rotate-half layout or DeepSeek-V3's interleaved pairs.
+// rotate-half layout (MLA's, with DeepSeek-V3's interleaved pairs, is in kernels/mla_qkv.h).
 #pragma once
 
 #include <utility>
@@ -22,10 +22,5 @@ std::pair<at::Tensor, at::Tensor> RopeCosSin(const at::Tensor& inv_freq, double 
 // x [B, heads, S, D] rotated by cos/sin [B, S, D]. On CUDA, when x is the heads-transposed view
 // of a contiguous [B, S, heads, D] tensor (as in GQA attention), the fused kernel.
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
-
-// DeepSeek-V3's rope_interleave: the pairs (x0, x1), (x2, x3), ... rotate together; the result
-// is in rotate-half order ([evens rotated | odds rotated]), as HF's
-// apply_rotary_pos_emb_interleave returns it. x [B, heads, S, D].
-at::Tensor ApplyRopeInterleaved(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 }  // namespace ftd::engine
