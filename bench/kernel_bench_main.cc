@@ -28,6 +28,7 @@
 #include "kernels/relu2.h"
 #include "kernels/causal_conv1d.h"
 #include "kernels/ssd_scan.h"
+#include "kernels/squared_norm.h"
 #include "kernels/rms_norm.h"
 #include "kernels/mla_qkv.h"
 #include "kernels/rope.h"
@@ -121,6 +122,27 @@ void RunNemotronKernels();
 void RunGroupedGemms(bool fused_update_only);
 void RunAdamWCompactCeiling();
 void RunMlaQkv();
+void RunSquaredNorm();
+
+// The gradient-norm pass of global-norm clipping on the largest gradients a step has (a layer's
+// expert gate_up of Qwen3-30B-A3B and Moonlight, the lm_head of each), against ATen's
+// _foreach_norm on the same tensor (what the optimizer ran before): bytes = the gradient, read once.
+void RunSquaredNorm() {
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> shapes = {
+      {"qwen3 experts gate_up 128x1536x2048", {128, 1536, 2048}},
+      {"moonlight experts gate_up 64x2816x2048", {64, 2816, 2048}},
+      {"qwen3 lm_head 151936x2048", {151936, 2048}},
+      {"moonlight lm_head 163840x2048", {163840, 2048}},
+      {"norm weight 2048", {2048}}};
+  for (const auto& [name, shape] : shapes) {
+    at::Tensor g = at::randn(shape, bf);
+    at::Tensor sum = at::zeros({}, bf.dtype(at::kFloat));
+    const double own = MedianMs([&] { AddSquaredNormCuda(g, sum); });
+    const double ref = MedianMs([&] { AddSquaredNormReference(g, sum); });
+    Report("squared_norm", name + " bf16", 2.0 * g.numel(), own, 0, 0, ref);
+  }
+}
 
 void RunMlaQkv() {
   const int64_t T = 4096;
@@ -262,6 +284,7 @@ int Run() {
     Report("weighted_relu2", "24576x1856 bf16", 2.0 * N * Fn * b16 + N * b16, fwd, 3.0 * N * Fn * b16 + 2 * N * b16,
            bwd, ref);
   }
+  RunSquaredNorm();
   RunNemotronKernels();
   RunGroupedGemms(/*fused_update_only=*/false);
   RunLibraryOps();
@@ -764,7 +787,7 @@ void RunAdamWOverlap() {
 // `ftd-kernel-bench grouped_gemm` runs only the grouped GEMM comparison (`grouped_gemm_adamw`
 // only its weight-gradient GEMMs with the update in the epilogue), `ftd-kernel-bench
 // adamw_overlap` only the update beside a GEMM, `ftd-kernel-bench adamw_compact` the element-wise
-// update against a copy of the same bytes.
+// update against a copy of the same bytes, `ftd-kernel-bench squared_norm` the clipping norm's pass.
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   if (!ftd::kernels::CudaKernelsAvailable()) {
@@ -780,6 +803,11 @@ int main(int argc, char** argv) {
   if (only == "mla_qkv") {
     c10::NoGradGuard no_grad;
     ftd::kernels::RunMlaQkv();
+    return 0;
+  }
+  if (only == "squared_norm") {
+    c10::NoGradGuard no_grad;
+    ftd::kernels::RunSquaredNorm();
     return 0;
   }
   if (only == "adamw_compact") {

@@ -16,6 +16,7 @@
 #include "kernels/adamw.h"
 #include "kernels/adamw_compact_bulk.h"
 #include "kernels/grouped_gemm_adamw.h"
+#include "kernels/squared_norm.h"
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
@@ -201,9 +202,9 @@ at::Tensor AdamW::SquaredGradNorm() {
   for (const Slot& s : slots_) {
     if (s.deferred_sq.defined()) total = total + s.deferred_sq.reshape({});
   }
-  if (grads.empty()) return total;
-  std::vector<at::Tensor> norms = at::_foreach_norm(grads, 2, at::kFloat);
-  return total + at::stack(norms).square().sum();
+  // total is a fresh tensor here (a clone or a sum), so the squares are added to it in place.
+  for (const at::Tensor& g : grads) kernels::AddSquaredNorm(g, total);
+  return total;
 }
 
 struct AdamW::SideStream {
@@ -616,11 +617,11 @@ void AdamW::TakeNorm(Slot& s) {
     ready.record(compute);
     ready.block(side_->stream);
     c10::cuda::CUDAStreamGuard guard(side_->stream);
-    norm_sum_.add_(at::_foreach_norm({grad}, 2, at::kFloat)[0].square());
+    kernels::AddSquaredNorm(grad, norm_sum_);
     return;
   }
 #endif
-  norm_sum_.add_(at::_foreach_norm({grad}, 2, at::kFloat)[0].square());
+  kernels::AddSquaredNorm(grad, norm_sum_);
 }
 
 void AdamW::FinishNormInBackward() {

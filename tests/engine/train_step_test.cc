@@ -208,6 +208,29 @@ TEST(TrainStepCuda, GraphReplayEqualsEagerSteps) {
   }
 }
 
+// GPU: the clipping norm taken during backward (kernels/squared_norm.h on the optimizer's side
+// stream, eager and from the CUDA graph) is the CPU step's norm of the same model and rows, to
+// bf16's noise (the two devices round the bf16 forward and backward differently).
+TEST(TrainStepCuda, ClippedNormMatchesTheCpuStep) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (bool graphs : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "cuda graphs " << graphs);
+    TrainStepOptions o{.precision = PrecisionPolicy::kCompact, .grad_clip = 0.05, .micro_batch = 2, .seq_len = 64};
+    o.warmup_before_capture = 1;
+    o.cuda_graphs = graphs;
+    TrainStepOptions cpu_o = o;
+    cpu_o.cuda_graphs = false;
+    TrainRun g = MakeRun(at::Device(at::kCUDA, 0), at::kBFloat16, o);
+    TrainRun c = MakeRun(at::kCPU, at::kBFloat16, cpu_o);
+    for (int s = 0; s < 4; ++s) {
+      StepInput in = Input({Rows(2, 64, 500 + s)}, 1e-4);
+      StepOutcome og = Step(g, in), oc = Step(c, in);
+      EXPECT_GT(oc.grad_norm, 0.05) << "step " << s << ": the clip must bite for the test to mean anything";
+      EXPECT_NEAR(og.grad_norm, oc.grad_norm, 3e-2 * oc.grad_norm) << "step " << s;
+    }
+  }
+}
+
 // GPU: steps launched as the trainer launches them on one device (the next before the current
 // one's results are read) are timed on the device, each from its predecessor's end: the step
 // that captures its CUDA graph (on the host, between launches) carries the capture, and the
