@@ -123,6 +123,7 @@ void RunGroupedGemms(bool fused_update_only);
 void RunAdamWCompactCeiling();
 void RunMlaQkv();
 void RunSquaredNorm();
+void RunSwigluPair();
 
 // The gradient-norm pass of global-norm clipping on the largest gradients a step has (a layer's
 // expert gate_up of Qwen3-30B-A3B and Moonlight, the lm_head of each), against ATen's
@@ -142,6 +143,19 @@ void RunSquaredNorm() {
     const double ref = MedianMs([&] { AddSquaredNormReference(g, sum); });
     Report("squared_norm", name + " bf16", 2.0 * g.numel(), own, 0, 0, ref);
   }
+}
+
+// A dense MLP's SwiGLU of two projections: Moonlight-16B-A3B's dense layer (T 4096, F 11,264);
+// the reference is ATen's silu(gate) * up (what the dense MLP ran before), forward.
+void RunSwigluPair() {
+  auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const int64_t T = 4096, Fd = 11264;
+  const double b16 = 2;
+  at::Tensor g = at::randn({T, Fd}, bf), u = at::randn({T, Fd}, bf), dout = at::randn({T, Fd}, bf);
+  const double fwd = MedianMs([&] { SwigluForwardCuda(g, u); });
+  const double bwd = MedianMs([&] { SwigluBackwardCuda(dout, g, u); });
+  const double ref = MedianMs([&] { at::silu(g) * u; });
+  Report("swiglu_pair", "4096x11264 bf16", 3.0 * T * Fd * b16, fwd, 5.0 * T * Fd * b16, bwd, ref);
 }
 
 void RunMlaQkv() {
@@ -264,6 +278,7 @@ int Run() {
     Report("weighted_swiglu", "32768x1536 bf16", 3.0 * N * F * b16 + N * b16, fwd, 5.0 * N * F * b16 + 2 * N * b16,
            bwd, ref);
   }
+  RunSwigluPair();
   {  // GPT-OSS's clamped SwiGLU (limit 7, alpha 1.702, up + 1), weight folded in: GPT-OSS-20B's
      // experts (top-4, F = 2880); inputs * 4 so that the clamps bite. Same bytes as weighted_swiglu.
     const int64_t N = T * 4, Fo = 2880;
@@ -787,7 +802,7 @@ void RunAdamWOverlap() {
 // `ftd-kernel-bench grouped_gemm` runs only the grouped GEMM comparison (`grouped_gemm_adamw`
 // only its weight-gradient GEMMs with the update in the epilogue), `ftd-kernel-bench
 // adamw_overlap` only the update beside a GEMM, `ftd-kernel-bench adamw_compact` the element-wise
-// update against a copy of the same bytes, `ftd-kernel-bench squared_norm` the clipping norm's pass.
+// update against a copy of the same bytes, `ftd-kernel-bench squared_norm` the clipping norm's pass, `swiglu_pair` the dense MLP's activation.
 int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   if (!ftd::kernels::CudaKernelsAvailable()) {
@@ -805,9 +820,9 @@ int main(int argc, char** argv) {
     ftd::kernels::RunMlaQkv();
     return 0;
   }
-  if (only == "squared_norm") {
+  if (only == "squared_norm" || only == "swiglu_pair") {
     c10::NoGradGuard no_grad;
-    ftd::kernels::RunSquaredNorm();
+    only == "squared_norm" ? ftd::kernels::RunSquaredNorm() : ftd::kernels::RunSwigluPair();
     return 0;
   }
   if (only == "adamw_compact") {

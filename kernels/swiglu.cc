@@ -118,6 +118,56 @@ at::Tensor WeightedSwiglu(const at::Tensor& h, const at::Tensor& w, const Swiglu
   return WeightedSwigluFunction::apply(h.contiguous(), w.contiguous(), opts.alpha, opts.limit, opts.up_offset);
 }
 
+at::Tensor SwigluForwardReference(const at::Tensor& gate, const at::Tensor& up) {
+  const auto m = MathType(gate);
+  return (at::silu(gate.to(m)) * up.to(m)).to(gate.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> SwigluBackwardReference(const at::Tensor& dout, const at::Tensor& gate,
+                                                           const at::Tensor& up) {
+  const auto m = MathType(gate);
+  at::Tensor g = gate.to(m), u = up.to(m), d = dout.to(m);
+  at::Tensor s = at::sigmoid(g);
+  at::Tensor dg = d * u * s * (1 + g * (1 - s));
+  at::Tensor du = d * g * s;
+  return {dg.to(gate.scalar_type()), du.to(up.scalar_type())};
+}
+
+namespace {
+
+struct SwigluFunction : public torch::autograd::Function<SwigluFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& gate, const at::Tensor& up) {
+    ctx->save_for_backward({gate, up});
+    return SwigluForwardCuda(gate, up);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto [dgate, dup] = SwigluBackwardCuda(grads[0].contiguous(), saved[0], saved[1]);
+    return {dgate, dup};
+  }
+};
+
+}  // namespace
+
+at::Tensor Swiglu(const at::Tensor& gate, const at::Tensor& up) {
+#ifdef FTD_WITH_CUDA
+  if (gate.is_cuda() && gate.scalar_type() == up.scalar_type() && gate.sizes() == up.sizes()) {
+    return SwigluFunction::apply(gate.contiguous(), up.contiguous());
+  }
+#endif
+  return at::silu(gate) * up;
+}
+
+#ifndef FTD_WITH_CUDA
+at::Tensor SwigluForwardCuda(const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "SwigluForwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+std::tuple<at::Tensor, at::Tensor> SwigluBackwardCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "SwigluBackwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+#endif
+
 #ifndef FTD_WITH_CUDA
 // CPU-only builds (FTD_CUDA=OFF): the raw launchers exist so that callers and the CUDA tests
 // (which skip without a GPU) link; callers check the kernel applies first.

@@ -1,4 +1,4 @@
-// CUDA kernels of kernels/swiglu.h. One warp per row of F outputs; lanes move 16-byte vectors
+// CUDA kernels of kernels/swiglu.h. Weighted: one warp per row of F outputs; lanes move 16-byte vectors
 // of the gate half, the up half and the output (scalar accesses when F or the alignment do not
 // allow it). Backward: the routing-weight gradient is the warp's sum, no shared memory. The
 // options (alpha, clamp, up offset) are kernel arguments, not template parameters: the plain
@@ -169,6 +169,126 @@ std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardCuda(const at::Tensor& 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dh, dw};
+}
+
+namespace {
+
+// The dense MLP's pair (gate, up, out all [numel], no per-row weight): flat grid-strided 16-byte
+// vectors, so a few long rows still spread over every SM. Elements past the last whole vector
+// (and all of them when the pointers are not 16-byte aligned, VEC 1) in the same loop.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(256) SwigluPairForwardKernel(const T* __restrict__ gate, const T* __restrict__ up,
+                                                               T* __restrict__ out, int64_t vectors) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < vectors;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const Vec<T, VEC> gv = Load<T, VEC>(gate + i * VEC);
+    const Vec<T, VEC> uv = Load<T, VEC>(up + i * VEC);
+    Vec<T, VEC> o;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const float g = ToFloat(gv.v[e]);
+      o.v[e] = static_cast<T>(g * SigmoidFast(g) * ToFloat(uv.v[e]));
+    }
+    Store<T, VEC>(out + i * VEC, o);
+  }
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(256) SwigluPairBackwardKernel(const T* __restrict__ dout, const T* __restrict__ gate,
+                                                                const T* __restrict__ up, T* __restrict__ dgate,
+                                                                T* __restrict__ dup, int64_t vectors) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < vectors;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const Vec<T, VEC> gv = Load<T, VEC>(gate + i * VEC);
+    const Vec<T, VEC> uv = Load<T, VEC>(up + i * VEC);
+    const Vec<T, VEC> dv = Load<T, VEC>(dout + i * VEC);
+    Vec<T, VEC> dg, du;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const float g = ToFloat(gv.v[e]), u = ToFloat(uv.v[e]), d = ToFloat(dv.v[e]);
+      const float s = SigmoidFast(g);
+      dg.v[e] = static_cast<T>(d * u * s * (1.f + g * (1.f - s)));
+      du.v[e] = static_cast<T>(d * g * s);
+    }
+    Store<T, VEC>(dgate + i * VEC, dg);
+    Store<T, VEC>(dup + i * VEC, du);
+  }
+}
+
+void CheckPair(const at::Tensor& gate, const at::Tensor& up, const char* op) {
+  TORCH_CHECK(gate.is_cuda() && up.is_cuda(), op, ": CUDA tensors expected");
+  TORCH_CHECK(gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type(), op,
+              ": gate and up must share shape and dtype, got ", gate.sizes(), " ", gate.scalar_type(), " and ",
+              up.sizes(), " ", up.scalar_type());
+}
+
+// Launches kernel<VEC> over n elements: 16-byte vectors when every pointer is aligned and n is a
+// multiple of the vector (the common case: F % 8 == 0), else one element a thread.
+template <typename T, template <typename, int> class Launch, typename... Ptrs>
+void LaunchFlat(int64_t n, cudaStream_t stream, Ptrs... ptrs) {
+  constexpr int kVec = cuda::kVec16<T>;
+  const bool vec = n % kVec == 0 && (cuda::Aligned16(ptrs) && ...);
+  const int64_t vectors = vec ? n / kVec : n;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(cuda::CeilDiv(vectors, 256), 16LL * cuda::NumSms()));
+  if (vec) {
+    Launch<T, kVec>::Run(blocks, stream, vectors, ptrs...);
+  } else {
+    Launch<T, 1>::Run(blocks, stream, vectors, ptrs...);
+  }
+}
+
+template <typename T, int VEC>
+struct PairForward {
+  static void Run(int64_t blocks, cudaStream_t stream, int64_t vectors, const T* gate, const T* up, T* out) {
+    SwigluPairForwardKernel<T, VEC><<<blocks, 256, 0, stream>>>(gate, up, out, vectors);
+  }
+};
+
+template <typename T, int VEC>
+struct PairBackward {
+  static void Run(int64_t blocks, cudaStream_t stream, int64_t vectors, const T* dout, const T* gate, const T* up,
+                  T* dgate, T* dup) {
+    SwigluPairBackwardKernel<T, VEC><<<blocks, 256, 0, stream>>>(dout, gate, up, dgate, dup, vectors);
+  }
+};
+
+}  // namespace
+
+at::Tensor SwigluForwardCuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
+  CheckPair(gate_in, up_in, "SwigluForwardCuda");
+  c10::cuda::CUDAGuard guard(gate_in.device());
+  const at::Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
+  at::Tensor out = at::empty_like(gate, at::MemoryFormat::Contiguous);
+  if (gate.numel() == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  cuda::DispatchFloatTypes(gate.scalar_type(), "swiglu_pair_fwd", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    LaunchFlat<scalar_t, PairForward>(gate.numel(), stream, gate.const_data_ptr<scalar_t>(),
+                                      up.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> SwigluBackwardCuda(const at::Tensor& dout_in, const at::Tensor& gate_in,
+                                                      const at::Tensor& up_in) {
+  CheckPair(gate_in, up_in, "SwigluBackwardCuda");
+  TORCH_CHECK(dout_in.sizes() == gate_in.sizes() && dout_in.scalar_type() == gate_in.scalar_type(),
+              "SwigluBackwardCuda: dout must have gate's shape and dtype, got ", dout_in.sizes());
+  c10::cuda::CUDAGuard guard(gate_in.device());
+  const at::Tensor gate = gate_in.contiguous(), up = up_in.contiguous(), dout = dout_in.contiguous();
+  at::Tensor dgate = at::empty_like(gate, at::MemoryFormat::Contiguous);
+  at::Tensor dup = at::empty_like(up, at::MemoryFormat::Contiguous);
+  if (gate.numel() == 0) return {dgate, dup};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  cuda::DispatchFloatTypes(gate.scalar_type(), "swiglu_pair_bwd", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    LaunchFlat<scalar_t, PairBackward>(gate.numel(), stream, dout.const_data_ptr<scalar_t>(),
+                                       gate.const_data_ptr<scalar_t>(), up.const_data_ptr<scalar_t>(),
+                                       dgate.data_ptr<scalar_t>(), dup.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {dgate, dup};
 }
 
 }  // namespace ftd::kernels

@@ -44,4 +44,22 @@ at::Tensor WeightedSwigluForwardCuda(const at::Tensor& h, const at::Tensor& w, c
 std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardCuda(const at::Tensor& dout, const at::Tensor& h,
                                                               const at::Tensor& w, const SwigluOptions& opts = {});
 
+// A dense MLP's SwiGLU of its two projections (no routing weight, no clamp):
+//   out = silu(gate) * up       gate, up [..., F], one dtype
+// Differentiable. On CUDA tensors (built with CUDA) one kernel each way, computing in fp32 and
+// rounding once, and autograd keeps gate and up only; elsewhere ATen's at::silu(gate) * up, as
+// HF computes it (the CPU parity tests' path).
+at::Tensor Swiglu(const at::Tensor& gate, const at::Tensor& up);
+
+// The kernels' math in LibTorch: fp32 (for 16-bit inputs), one rounding to the input dtype.
+at::Tensor SwigluForwardReference(const at::Tensor& gate, const at::Tensor& up);
+// Returns (dgate, dup).
+std::tuple<at::Tensor, at::Tensor> SwigluBackwardReference(const at::Tensor& dout, const at::Tensor& gate,
+                                                           const at::Tensor& up);
+
+// The raw CUDA launchers (FTD_WITH_CUDA; CPU-only builds define them to throw).
+at::Tensor SwigluForwardCuda(const at::Tensor& gate, const at::Tensor& up);
+std::tuple<at::Tensor, at::Tensor> SwigluBackwardCuda(const at::Tensor& dout, const at::Tensor& gate,
+                                                      const at::Tensor& up);
+
 }  // namespace ftd::kernels

@@ -240,5 +240,63 @@ TEST(WeightedSwiglu, CudaModelShapeAndMisaligned) {
   }
 }
 
+// The dense MLP's SwiGLU of two projections: the reference against autograd of silu(g) * u.
+TEST(Swiglu, PairReferenceMatchesAutograd) {
+  at::manual_seed(11);
+  at::Tensor g = at::randn({5, 7, 24}, at::kDouble).requires_grad_(true);
+  at::Tensor u = at::randn({5, 7, 24}, at::kDouble).requires_grad_(true);
+  at::Tensor expected = at::silu(g) * u;
+  at::Tensor dout = at::randn_like(expected);
+  expected.backward(dout);
+  EXPECT_TRUE(at::allclose(SwigluForwardReference(g.detach(), u.detach()), expected.detach(), 1e-12, 1e-12));
+  auto [dg, du] = SwigluBackwardReference(dout, g.detach(), u.detach());
+  EXPECT_TRUE(at::allclose(dg, g.grad(), 1e-12, 1e-12));
+  EXPECT_TRUE(at::allclose(du, u.grad(), 1e-12, 1e-12));
+}
+
+// On CPU the op is ATen's silu(g) * u exactly (HF's arithmetic for the CPU parity tests).
+TEST(Swiglu, PairOpOnCpuIsAtensFormula) {
+  at::manual_seed(12);
+  at::Tensor g = at::randn({9, 16}, at::kBFloat16), u = at::randn({9, 16}, at::kBFloat16);
+  EXPECT_TRUE(at::equal(Swiglu(g, u), at::silu(g) * u));
+}
+
+// The CUDA kernels against the reference, outputs poisoned first: [B, T, F] inputs, F odd
+// (scalar path) and a multiple of 8 (16-byte vectors; 11264 and 2816 are Moonlight's dense and
+// shared-expert widths), views that misalign the start, and the op's autograd gradients.
+TEST(Swiglu, CudaPairMatchesReference) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU visible";
+  at::manual_seed(13);
+  for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    for (int64_t F : {1, 99, 2816, 11264}) {
+      for (int64_t off : {0, 1}) {
+        SCOPED_TRACE(::testing::Message() << dtype << " F " << F << " offset " << off);
+        auto opts = at::TensorOptions().device(at::kCUDA).dtype(dtype);
+        const int64_t rows = 2 * 37;
+        auto make = [&] { return at::randn({rows * F + off}, opts).narrow(0, off, rows * F).view({2, 37, F}); };
+        at::Tensor g = make(), u = make(), dout = make();
+        const double tol = testing::Tol(dtype) * 2;
+        testing::PoisonCudaAllocator();
+        at::Tensor out = SwigluForwardCuda(g, u);
+        EXPECT_EQ(out.sizes(), g.sizes());
+        EXPECT_TRUE(testing::Close(out, SwigluForwardReference(g, u), tol, tol));
+        testing::PoisonCudaAllocator();
+        auto [dg, du] = SwigluBackwardCuda(dout, g, u);
+        auto [rdg, rdu] = SwigluBackwardReference(dout, g, u);
+        EXPECT_TRUE(testing::Close(dg, rdg, tol, tol));
+        EXPECT_TRUE(testing::Close(du, rdu, tol, tol));
+        // The differentiable op on CUDA runs these kernels.
+        at::Tensor gl = g.detach().requires_grad_(true), ul = u.detach().requires_grad_(true);
+        Swiglu(gl, ul).backward(dout);
+        EXPECT_TRUE(testing::Close(gl.grad(), rdg, tol, tol));
+        EXPECT_TRUE(testing::Close(ul.grad(), rdu, tol, tol));
+      }
+    }
+  }
+  auto opts = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  EXPECT_THROW(SwigluForwardCuda(at::zeros({4, 8}, opts), at::zeros({4, 9}, opts)), c10::Error);
+  EXPECT_THROW(SwigluForwardCuda(at::zeros({4, 8}, opts), at::zeros({4, 8}, opts.dtype(at::kFloat))), c10::Error);
+}
+
 }  // namespace
 }  // namespace ftd::kernels
