@@ -390,6 +390,10 @@ absl::StatusOr<std::unique_ptr<TrainStep>> TrainStep::Create(MoeTransformer* mod
     s->graph_note = "CUDA graphs off (several ranks: collectives between phases)";
   } else if (options.micro_batches > 1) {
     s->graph_note = "CUDA graphs off (gradient accumulation)";
+  } else if (model->options().dtype != at::kBFloat16) {
+    // Grouped GEMMs take bf16; other dtypes run the experts one GEMM each, sized by counts read
+    // on the host, which a graph capture cannot do (engine/model/core/moe/grouped_experts.cc).
+    s->graph_note = "CUDA graphs off (the experts' per-expert GEMMs outside bf16 read their sizes on the host)";
   } else {
     s->graphs_enabled = true;
     auto i64 = at::TensorOptions().dtype(at::kLong).device(s->device);

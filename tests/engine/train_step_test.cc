@@ -231,6 +231,34 @@ TEST(TrainStepCuda, ClippedNormMatchesTheCpuStep) {
   }
 }
 
+// GPU: a job with dtype fp32 (ftd-train's `dtype: fp32`) trains on CUDA with the CPU's losses.
+// Its experts run one GEMM each, sized on the host, so a step that asks for CUDA graphs runs
+// eagerly (it failed at the capture, step 2, before).
+TEST(TrainStepCuda, Fp32StepsMatchTheCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (bool graphs : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "cuda graphs " << graphs);
+    TrainStepOptions o{.precision = PrecisionPolicy::kFp32Master, .grad_clip = 1.0, .micro_batch = 2, .seq_len = 64};
+    o.warmup_before_capture = 1;
+    o.cuda_graphs = graphs;
+    TrainStepOptions cpu_o = o;
+    cpu_o.cuda_graphs = false;
+    TrainRun g = MakeRun(at::Device(at::kCUDA, 0), at::kFloat, o);
+    TrainRun c = MakeRun(at::kCPU, at::kFloat, cpu_o);
+    for (int s = 0; s < 4; ++s) {
+      StepInput in = Input({Rows(2, 64, 700 + s)}, 1e-3);
+      absl::Status launched = g.step->Launch(in);
+      ASSERT_TRUE(launched.ok()) << "step " << s << ": " << launched;
+      auto og = g.step->Wait();
+      ASSERT_TRUE(og.ok()) << "step " << s << ": " << og.status();
+      EXPECT_FALSE(og->replayed);
+      StepOutcome oc = Step(c, in);
+      EXPECT_NEAR(og->loss, oc.loss, 1e-3 * std::abs(oc.loss)) << "step " << s;
+    }
+    if (graphs) EXPECT_NE(g.step->Describe().find("CUDA graphs off"), std::string::npos) << g.step->Describe();
+  }
+}
+
 // GPU: steps launched as the trainer launches them on one device (the next before the current
 // one's results are read) are timed on the device, each from its predecessor's end: the step
 // that captures its CUDA graph (on the host, between launches) carries the capture, and the
