@@ -139,13 +139,16 @@ int main(int argc, char** argv) {
   app.add_option("--weight-decay", weight_decay)->capture_default_str();
   app.add_option("--lr", lr)->capture_default_str();
   app.add_flag("--ckpt", ckpt, "activation checkpointing");
-  bool fused_expert_update = false;
+  bool fused_expert_update = false, deferred_epilogue = false;
   int update_sms = 0;
   app.add_option("--update-sms", update_sms,
                  "grad_clip 0 on CUDA, compact precision: the in-backward updates run by the bulk-copy kernel on this many SMs, which the backward GEMMs leave to them (AdamWConfig::side_stream_bulk_sms and backward_sm_carveout); 0: off")
       ->check(CLI::Range(0, 1024));
   app.add_flag("--fused-expert-update", fused_expert_update,
                "with --experts ftd: step the expert weights inside their weight-gradient GEMM (AdamWConfig::fuse_expert_update)");
+  app.add_flag("--deferred-epilogue", deferred_epilogue,
+               "with --fused-expert-update and grad_clip > 0: the deferred expert update in the GEMM's epilogue "
+               "(AdamWConfig::deferred_update_in_epilogue) instead of the GEMM, then the element-wise step");
   app.add_flag("--no-cuda-graph", no_cuda_graph, "run every step eagerly");
   app.add_flag("--save-expert-act", save_expert_act, "keep the experts' SwiGLU output for backward (no recompute)");
   app.add_option("--sink-attention", sink_attention,
@@ -226,6 +229,7 @@ int main(int argc, char** argv) {
   o.precision = *policy;
   o.adam.weight_decay = weight_decay;
   o.adam.fuse_expert_update = fused_expert_update;
+  o.adam.deferred_update_in_epilogue = deferred_epilogue;
   o.adam.side_stream_bulk_sms = update_sms;
   o.adam.backward_sm_carveout = update_sms;
   o.grad_clip = grad_clip;
@@ -307,6 +311,7 @@ int main(int argc, char** argv) {
                       {"sink_attention", !config->attention_sinks ? "none" : SinkLayersUseFlash(*config, options) ? "flash" : "sdpa"},
                       {"experts", experts},
                       {"fused_expert_update", fused_expert_update},
+                      {"deferred_epilogue", deferred_epilogue},
                       {"update_sms", update_sms},
                       {"mamba_kernels", cuda && config->NumMambaLayers() > 0 && mamba_kernels},
                       {"losses", first},

@@ -15,6 +15,7 @@
 #include "engine/model/core/moe/expert_weight_grad_sink.h"
 #include "kernels/adamw.h"
 #include "kernels/adamw_compact_bulk.h"
+#include "kernels/grouped_gemm.h"
 #include "kernels/grouped_gemm_adamw.h"
 #include "kernels/squared_norm.h"
 #include <torch/csrc/autograd/custom_function.h>
@@ -162,10 +163,15 @@ void AdamW::Step() {
       s.held_rows = at::Tensor();
       continue;
     }
-    if (s.deferred_a.defined()) {  // DeferExpertWeightGrad: dW straight into the update
-      s.step.add_(1.0);
-      kernels::GroupedMmWeightGradCompactAdamW(s.deferred_a, s.deferred_b, s.deferred_offs, s.param.tensor->detach(),
-                                               s.master_low, s.moments, s.step, Hyper(s));
+    if (s.deferred_a.defined()) {  // DeferExpertWeightGrad: dW formed again, now with the clip factor known
+      if (config_.deferred_update_in_epilogue) {
+        s.step.add_(1.0);
+        kernels::GroupedMmWeightGradCompactAdamW(s.deferred_a, s.deferred_b, s.deferred_offs,
+                                                 s.param.tensor->detach(), s.master_low, s.moments, s.step, Hyper(s));
+      } else {
+        // [E, K, M] as the backward would have formed it; freed when this slot is done.
+        UpdateSlot(s, kernels::GroupedMmWeightGrad(s.deferred_a, s.deferred_b, s.deferred_offs));
+      }
       s.deferred_a = s.deferred_b = s.deferred_offs = s.deferred_sq = at::Tensor();
       continue;
     }

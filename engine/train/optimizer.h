@@ -65,6 +65,12 @@ struct AdamWConfig {
   // ms against 45.0 (grad_clip 0) and 55.9 against 47.1 (grad_clip 1.0, at 20.6 GiB against
   // 23.8); bench/RESULTS.md. ftd-bench --fused-expert-update turns it on.
   bool fuse_expert_update = false;
+  // With fuse_expert_update, the clipped step's deferred expert update (after the clip factor is
+  // known): false runs the plain weight-gradient GEMM into a temporary, one weight at a time, and
+  // the element-wise step on it (the GEMM's 2.6 TB/s update, dW's round trip paid once more per
+  // weight); true runs the GEMM with the update in its epilogue (no dW at all, but the epilogue
+  // moves 1.0-1.3 TB/s). Memory: the temporary is one weight's dW, freed before the next.
+  bool deferred_update_in_epilogue = false;
 };
 
 // Whether a parameter gets weight decay: not norms, not biases (HF Trainer's convention).

@@ -5,6 +5,7 @@
 // formed gradient does, and refuses what it must not take. CPU: the reference path.
 #include <algorithm>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -23,12 +24,14 @@ struct Twin {
 };
 
 // On the heap: the optimizer keeps pointers to the tensors.
-std::unique_ptr<Twin> MakeTwin(const at::Tensor& weight, const at::Tensor& other, bool fuse, bool in_backward = true) {
+std::unique_ptr<Twin> MakeTwin(const at::Tensor& weight, const at::Tensor& other, bool fuse, bool in_backward = true,
+                               bool epilogue = false) {
   auto t = std::make_unique<Twin>();
   t->weight = weight.clone().requires_grad_();
   t->other = other.clone().requires_grad_();
   AdamWConfig config;
   config.fuse_expert_update = fuse;
+  config.deferred_update_in_epilogue = epilogue;
   auto opt = AdamW::Create({{"experts.w", &t->weight, true, 0}, {"norm.weight", &t->other, false, 0}},
                            PrecisionPolicy::kCompact, config);
   EXPECT_TRUE(opt.ok()) << opt.status();
@@ -81,18 +84,19 @@ TEST(ExpertUpdateSink, StepsTheWeightAsItsFormedGradientDoes) {
 }
 
 // The clipped step (grad_clip > 0, the default spec): the norm is taken in backward, the update
-// after it. clip: no clipping (the scale is exactly 1, so the steps are bit-identical), then
-// clipping (the two paths sum the same squares in different orders).
+// after it (the GEMM again, then the step; or the GEMM with the step in its epilogue). clip: no
+// clipping (the scale is exactly 1, so the steps are bit-identical), then clipping (the two paths
+// sum the same squares in different orders).
 TEST(ExpertUpdateSink, ClippedStepFromDeferredOperandsEqualsTheFormedGradientsStep) {
-  for (double clip : {1e6, 1e-3}) {
-    SCOPED_TRACE(clip);
+  for (auto [clip, epilogue] : {std::pair{1e6, false}, std::pair{1e-3, false}, std::pair{1e6, true}}) {
+    SCOPED_TRACE(::testing::Message() << "clip " << clip << " epilogue " << epilogue);
     at::manual_seed(11);
     const std::vector<int64_t> counts = {5, 0, 7, 4};
     const int64_t E = 4, K = 16, M = 256, N = 16;
     const at::Tensor offs = at::tensor(counts, at::kLong).cumsum(0).to(at::kInt);
     const at::Tensor weight = (at::randn({E, K, M}) * 0.02).to(at::kBFloat16);
     const at::Tensor other = at::randn({4, 8}).to(at::kBFloat16);
-    auto fused_twin = MakeTwin(weight, other, true, false), formed_twin = MakeTwin(weight, other, true, false);
+    auto fused_twin = MakeTwin(weight, other, true, false, epilogue), formed_twin = MakeTwin(weight, other, true, false);
     for (int step = 0; step < 2; ++step) {
       const at::Tensor a = at::randn({N, K}).to(at::kBFloat16), b = at::randn({N, M}).to(at::kBFloat16);
       const at::Tensor other_grad = at::randn({4, 8}).to(at::kBFloat16);

@@ -112,8 +112,10 @@ INSTANTIATE_TEST_SUITE_P(Families, ExpertsBackendFtd,
                          });
 
 // Two steps with the compact optimizer inside backward (in_backward), or after it with the norm
-// taken in backward (the clipped step, at a clip that never binds); the parameters after them.
-std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool in_backward, int64_t* fused_steps) {
+// taken in backward (the clipped step, at a clip that never binds; its deferred expert update in
+// the GEMM's epilogue or as GEMM then step); the parameters after them.
+std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool in_backward, bool epilogue,
+                                         int64_t* fused_steps) {
   SetExpertsBackend(ExpertsBackend::kFtd);
   ModelOptions mo;
   mo.device = at::Device(at::kCUDA, 0);
@@ -124,6 +126,7 @@ std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool i
   auto model = *MoeTransformer::Create(c, mo, std::move(w));
   AdamWConfig config;
   config.fuse_expert_update = fuse;
+  config.deferred_update_in_epilogue = epilogue;
   auto adamw = *AdamW::Create(model->Parameters(), PrecisionPolicy::kCompact, config);
   if (in_backward) {
     adamw->EnableStepInBackward();
@@ -165,7 +168,11 @@ std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool i
   return params;
 }
 
-class ExpertsBackendFtdFusedUpdate : public ::testing::TestWithParam<bool> {};
+// How the experts' update runs: inside backward, or after it (clipped) as GEMM then step or in the
+// GEMM's epilogue.
+enum class FusedMode { kStepInBackward, kClippedGemmThenStep, kClippedEpilogue };
+
+class ExpertsBackendFtdFusedUpdate : public ::testing::TestWithParam<FusedMode> {};
 
 TEST_P(ExpertsBackendFtdFusedUpdate, EqualsTheFormedGradientsStep) {
   if (!OwnExpertGemmAvailable()) GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
@@ -173,10 +180,11 @@ TEST_P(ExpertsBackendFtdFusedUpdate, EqualsTheFormedGradientsStep) {
   c.hidden_size = 256;  // the fused update takes weights whose rows are whole 256-element blocks:
   c.moe_intermediate_size = 128;  // down [E, F, 256] and gate_up [E, 256, 2F = 256]
   c.intermediate_size = 128;
-  const bool in_backward = GetParam();
+  const bool in_backward = GetParam() == FusedMode::kStepInBackward;
+  const bool epilogue = GetParam() == FusedMode::kClippedEpilogue;
   int64_t fused_steps = 0, unfused_steps = 0;
-  const std::vector<at::Tensor> fused = ParamsAfterSteps(c, true, in_backward, &fused_steps);
-  const std::vector<at::Tensor> unfused = ParamsAfterSteps(c, false, in_backward, &unfused_steps);
+  const std::vector<at::Tensor> fused = ParamsAfterSteps(c, true, in_backward, epilogue, &fused_steps);
+  const std::vector<at::Tensor> unfused = ParamsAfterSteps(c, false, in_backward, epilogue, &unfused_steps);
   int64_t moe_layers = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.IsMoeLayer(l) ? 1 : 0;
   ASSERT_GT(moe_layers, 0);
@@ -186,8 +194,16 @@ TEST_P(ExpertsBackendFtdFusedUpdate, EqualsTheFormedGradientsStep) {
   for (size_t i = 0; i < fused.size(); ++i) EXPECT_TRUE(at::equal(fused[i], unfused[i])) << "parameter " << i;
 }
 
-INSTANTIATE_TEST_SUITE_P(Optimizer, ExpertsBackendFtdFusedUpdate, ::testing::Values(true, false),
-                         [](const auto& info) { return info.param ? "StepInBackward" : "ClippedAfterBackward"; });
+INSTANTIATE_TEST_SUITE_P(Optimizer, ExpertsBackendFtdFusedUpdate,
+                         ::testing::Values(FusedMode::kStepInBackward, FusedMode::kClippedGemmThenStep,
+                                           FusedMode::kClippedEpilogue),
+                         [](const auto& info) {
+                           switch (info.param) {
+                             case FusedMode::kStepInBackward: return "StepInBackward";
+                             case FusedMode::kClippedGemmThenStep: return "ClippedGemmThenStep";
+                             default: return "ClippedEpilogue";
+                           }
+                         });
 
 }  // namespace
 }  // namespace ftd::engine
