@@ -63,7 +63,9 @@ struct AdamWConfig {
   // after it; their gradients are never stored. Off by default: on an H100 (Qwen3-30B-A3B layers)
   // the first fused kernel moved 1.3 TB/s against the unfused pair's 2.6 and the step took 51.0
   // ms against 45.0 (grad_clip 0) and 55.9 against 47.1 (grad_clip 1.0, at 20.6 GiB against
-  // 23.8); bench/RESULTS.md. ftd-bench --fused-expert-update turns it on.
+  // 23.8). With the deferred update as GEMM then step (below) the clipped step took 47.2 ms at
+  // 21.15 GiB against 45.1 at 23.81 (Mixtral-8x7B, 2 layers: 67.5 at 22.77 against 59.2 at
+  // 25.83); bench/RESULTS.md. ftd-bench --fused-expert-update turns it on.
   bool fuse_expert_update = false;
   // With fuse_expert_update, the clipped step's deferred expert update (after the clip factor is
   // known): false runs the plain weight-gradient GEMM into a temporary, one weight at a time, and
