@@ -13,6 +13,7 @@
 #   FAMILY=deepseek_v3 LAYERS=4 bash bench/run_service_gpu.sh    (Moonlight-16B-A3B layer shape)
 #   FAMILY=mixtral LAYERS=2 CLIPS=1 bash bench/run_service_gpu.sh (Mixtral-8x7B layer shape, default spec only)
 #   EXPERTS=ftd ...   the jobs' backends.experts (and ftd-bench's --experts); unset: the spec's default
+#   RECOMPUTE=1 ...   also a job per clip with parallelism.recompute_expert_grads (backends.experts ftd)
 # BIN=dir uses binaries already built for sm_90a (ftd, ftd-worker, ftctl, ftd-train, ftd-bench)
 # instead of building; SKIP_TESTS=1 skips the CUDA tests (kernels_tests, engine_tests).
 set -uo pipefail
@@ -49,5 +50,5 @@ fi
 [ "${SKIP_BENCH:-0}" = 1 ] && exit $status
 PYTHONUNBUFFERED=1 python3 bench/service_bench.py --bin "$BIN" --out "$OUT" --layers ${LAYERS:-4} \
   --steps "${STEPS:-11}" --seq "${SEQ:-4096}" --family "${FAMILY:-qwen3_moe}" --clips ${CLIPS:-1 0} $([ "${UNCHANGED:-0}" = 1 ] && echo --unchanged) \
-  --experts "${EXPERTS:-}" || status=1
+  --experts "${EXPERTS:-}" $([ "${RECOMPUTE:-0}" = 1 ] && echo --recompute-expert-grads) || status=1
 exit $status

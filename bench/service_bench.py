@@ -162,6 +162,8 @@ def main():
                         "GPT-OSS-20B, Nemotron Nano 3 (30B-A3B)")
     p.add_argument("--clips", type=float, nargs="+", default=[1.0, 0.0], help="grad_clip of each job (1.0: the default spec)")
     p.add_argument("--experts", default="", help="backends.experts of the jobs and ftd-bench (empty: the spec's default)")
+    p.add_argument("--recompute-expert-grads", action="store_true",
+                   help="also, per clip, a job with parallelism.recompute_expert_grads (and backends.experts ftd)")
     a = p.parse_args()
     work = os.path.join("/tmp", "ftd-service-work")
     subprocess.run(["rm", "-rf", work])
@@ -189,8 +191,12 @@ def main():
                 for _ in range(a.steps):
                     f.write(json.dumps({"input_ids": ids}) + "\n")
             jobs = {}
-            for clip in a.clips:
-                name = f"service-{a.family}-{L}-clip{clip:g}"
+            variants = [(clip, False) for clip in a.clips]
+            if a.recompute_expert_grads:
+                variants += [(clip, True) for clip in a.clips]
+            for clip, recompute in variants:
+                label = f"{clip:g}" + (", recompute_expert_grads" if recompute else "")
+                name = f"service-{a.family}-{L}-clip{clip:g}" + ("-recompute" if recompute else "")
                 spec = {"base_model": init, "datasets": {"train": data, "format": "jsonl_tokens"},
                         "output": os.path.join(outputs, name),
                         "hyperparameters": {"max_steps": a.steps, "global_batch": 1, "micro_batch": 1,
@@ -201,7 +207,10 @@ def main():
                     del spec["hyperparameters"]["grad_clip"]  # the default
                 if a.experts:
                     spec["backends"] = {"experts": a.experts}
-                jobs[clip] = run_job(coord, name, spec, a.out)
+                if recompute:
+                    spec["backends"] = {"experts": "ftd"}
+                    spec["parallelism"] = {"recompute_expert_grads": True}
+                jobs[label] = run_job(coord, name, spec, a.out)
             bench = {}
             for clip in a.clips:
                 r = run([f"{a.bin}/ftd-bench", "--model", init, "--seq", a.seq, "--steps", a.hf_steps,
@@ -219,7 +228,7 @@ def main():
                              "--precision", policy, "--report-unchanged"], f"{a.out}/unchanged-{L}-{policy}.err")
                     unchanged[f"ftd {policy}"] = (last_json(r.stdout) or {}).get("unchanged")
                 log(f"unchanged after 20 steps at lr 1e-5, {L} layers: {json.dumps(unchanged)}")
-            rows.append(dict(family=a.family, layers=L, hf=hf, jobs={f"{k:g}": v for k, v in jobs.items()},
+            rows.append(dict(family=a.family, layers=L, hf=hf, jobs=jobs,
                              bench={f"{k:g}": v for k, v in bench.items()}, unchanged=unchanged))
             subprocess.run(["rm", "-rf", init])
     finally:

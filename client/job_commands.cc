@@ -98,7 +98,10 @@ void DescribeJob(std::ostream& out, const FineTuneJob& job) {
   t.AddRow({"Resources:", absl::StrFormat("%d node(s) x %d GPU(s), ep %d, zero %d%s", s.resources().nodes(),
                                           s.resources().gpus_per_node(), s.parallelism().ep_size(),
                                           s.parallelism().zero_stage(),
-                                          s.parallelism().activation_checkpointing() ? ", act. ckpt" : "")});
+                                          absl::StrCat(s.parallelism().activation_checkpointing() ? ", act. ckpt" : "",
+                                                       s.parallelism().recompute_expert_grads()
+                                                           ? ", expert grads recomputed"
+                                                           : ""))});
   const auto& hp = s.hyperparameters();
   t.AddRow({"Training:", absl::StrFormat("max_steps %d, global batch %d, micro %d, seq %d, lr %g (%s, warmup %d), "
                                          "clip %g, precision %s",

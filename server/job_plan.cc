@@ -30,6 +30,12 @@ absl::StatusOr<ModelSize> CountParameters(const std::string& config_json) {
   size.dense_parameters = counts.dense;
   size.layer_dense_parameters = counts.layer_dense;
   size.max_layer_dense_parameters = counts.max_layer_dense;
+  for (int64_t l = 0; l < config->num_hidden_layers; ++l) {
+    if (!config->IsMoeLayer(l)) continue;
+    size.expert_operand_elements_per_token +=
+        config->num_experts_per_tok * (2 * config->hidden_size + 3 * config->moe_intermediate_size);
+    size.largest_expert_weight = config->num_experts * config->hidden_size * 2 * config->moe_intermediate_size;
+  }
   return size;
 }
 
@@ -95,10 +101,16 @@ int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec
   const auto& hp = spec.hyperparameters();
   const double clip = hp.has_grad_clip() ? hp.grad_clip() : 1.0;
   const bool in_backward = clip <= 0 && world <= 1 && hp.global_batch() <= hp.micro_batch();
-  const double grads = in_backward ? 0 : 2 * (pd / s_g + pe);
+  const double tokens = double(spec.hyperparameters().micro_batch()) * spec.hyperparameters().seq_len();
+  // recompute_expert_grads (one GPU, one micro-batch): the experts' GEMM operands instead of their
+  // gradients, and one expert weight's gradient at a time (the largest, bf16).
+  const double moe_grads = spec.parallelism().recompute_expert_grads()
+                               ? 2 * tokens * double(size.expert_operand_elements_per_token) +
+                                     2 * double(size.largest_expert_weight)
+                               : 2 * pe;
+  const double grads = in_backward ? 0 : 2 * pd / s_g + moe_grads;
   const PrecisionPolicy policy = PlannedPrecision(spec);
   const double optimizer = OptimizerStateBytesPerParameter(policy, 2) * (pd / s_o + pe);
-  const double tokens = double(spec.hyperparameters().micro_batch()) * spec.hyperparameters().seq_len();
   const double h = double(size.hidden_size), layers = double(size.num_layers);
   const double per_layer_full = 34 * h * tokens;
   const double activations = spec.parallelism().activation_checkpointing()

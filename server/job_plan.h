@@ -48,6 +48,13 @@ struct ModelSize {
   // Method lora: the adapters' parameters (0 for a full fine-tune).
   int64_t lora_dense_parameters = 0;
   int64_t lora_expert_parameters = 0;
+  // Per token: the elements of the expert GEMMs' operands that parallelism.recompute_expert_grads
+  // holds instead of the expert weight gradients, summed over the MoE layers: top_k x (2 hidden +
+  // 3 moe_intermediate) (gate_up's rows and output gradient, down's input and output gradient).
+  int64_t expert_operand_elements_per_token = 0;
+  // The largest expert weight (a layer's stacked gate_up: experts x hidden x 2 moe_intermediate),
+  // whose gradient that setting forms at one time.
+  int64_t largest_expert_weight = 0;
   int64_t total() const { return expert_parameters + dense_parameters; }
 };
 

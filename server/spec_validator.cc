@@ -456,6 +456,27 @@ absl::Status SpecValidator::ValidateAndNormalize(const std::string& tenant, ftd:
       {{"fused", "no fused (DeepEP-style) dispatch kernel exists yet; use alltoall"}}, notes));
   FTD_RETURN_IF_ERROR(
       CheckChoice("spec.backends.gate", be->mutable_gate(), {"real", "balanced"}, notes));
+  if (par->recompute_expert_grads()) {
+    // The optimizer takes the experts' gradient norm from ftd's grouped GEMM in backward and forms
+    // each gradient again after it; the engine does that only on one rank, one micro-batch a
+    // step, for full weights under the compact policy.
+    const char* field = "spec.parallelism.recompute_expert_grads";
+    if (spec->method() == "lora") return FieldError(field, "applies to method full (LoRA trains no expert weights)");
+    if (world != 1) {
+      return FieldError(field, absl::StrCat("needs one GPU (the world size is ", world,
+                                            ": expert gradients are reduced between ranks as formed tensors)"));
+    }
+    if (be->experts() != "ftd") {
+      return FieldError(field, absl::StrCat("needs backends.experts ftd (its grouped GEMM takes the gradient's norm "
+                                            "and forms it again), got ", be->experts()));
+    }
+    if (hp->global_batch() != hp->micro_batch()) {
+      return FieldError(field, "needs one micro-batch a step (hyperparameters.global_batch equal to micro_batch)");
+    }
+    if (spec->precision() != "auto" && spec->precision() != "compact") {
+      return FieldError(field, absl::StrCat("needs precision compact (or auto), got ", spec->precision()));
+    }
+  }
 
   const auto& ck = spec->checkpointing();
   FTD_RETURN_IF_ERROR(

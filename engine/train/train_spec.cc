@@ -112,6 +112,7 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   FTD_RETURN_IF_ERROR(prefix(Read(par, "ep_size", "parallelism", &s.ep_size)));
   FTD_RETURN_IF_ERROR(prefix(Read(par, "zero_stage", "parallelism", &s.zero_stage)));
   FTD_RETURN_IF_ERROR(prefix(Read(par, "activation_checkpointing", "parallelism", &s.activation_checkpointing)));
+  FTD_RETURN_IF_ERROR(prefix(Read(par, "recompute_expert_grads", "parallelism", &s.recompute_expert_grads)));
   FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "gate", "backends", &s.gate)));
   FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "attention", "backends", &s.attention)));
   FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "experts", "backends", &s.experts)));
@@ -160,6 +161,13 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   if (auto a = ParseAttentionBackend(s.attention); !a.ok()) return bad(std::string(a.status().message()));
   if (s.experts.empty()) s.experts = "grouped_mm";
   if (auto e = ParseExpertsBackend(s.experts); !e.ok()) return bad(std::string(e.status().message()));
+  if (s.recompute_expert_grads && s.method == "lora") {
+    return bad("parallelism.recompute_expert_grads applies to method full (LoRA trains no expert weights)");
+  }
+  if (s.recompute_expert_grads && s.experts != "ftd") {
+    return bad("parallelism.recompute_expert_grads needs backends.experts ftd (its grouped GEMM takes the gradient's "
+               "norm and forms it again), got " + s.experts);
+  }
   if (s.dispatcher.empty()) s.dispatcher = "alltoall";
   if (s.dispatcher == "fused") return bad("backends.dispatcher: fused is not supported yet (no fused dispatch kernel); use alltoall");
   if (s.dispatcher != "alltoall") return bad("backends.dispatcher \"" + s.dispatcher + "\" is not one of alltoall, fused");

@@ -42,6 +42,7 @@ struct TrainSpec {
   // balancing of the selection bias after every step; 0 (default): the bias stays as loaded.
   double router_bias_update_speed = 0;
   bool activation_checkpointing = false;
+  bool recompute_expert_grads = false;  // parallelism.recompute_expert_grads (jobs.proto)
   std::string gate = "real";    // backends.gate: real | balanced (tests: skew_first_k | skew_lower_half)
   // method and backends.{attention, experts, dispatcher}: the one implementation of each that
   // exists; any other value is refused (ParseTrainSpec) rather than silently ignored.

@@ -406,6 +406,8 @@ absl::StatusOr<std::unique_ptr<TrainStep>> TrainStep::Create(MoeTransformer* mod
 
 bool TrainStep::optimizer_in_backward() const { return s_->in_backward; }
 
+int64_t TrainStep::expert_weights_from_gemm() const { return s_->adamw ? s_->adamw->fused_expert_steps() : 0; }
+
 std::string TrainStep::Describe() const {
   std::string mode = s_->in_backward ? "optimizer in backward (no clipping, one micro-batch)"
                                      : absl::StrFormat("optimizer after backward (global-norm clip %g)", s_->o.grad_clip);
@@ -415,7 +417,12 @@ std::string TrainStep::Describe() const {
   std::string bias = s_->o.router_bias_update_speed > 0
                          ? absl::StrFormat(", router bias update speed %g", s_->o.router_bias_update_speed)
                          : "";
-  return absl::StrCat("step: ", mode, ", precision ", PrecisionPolicyName(s_->o.precision), zero, bias, ", ",
+  std::string experts;
+  if (s_->o.adam.fuse_expert_update) {
+    experts = s_->in_backward ? ", expert weights stepped inside their weight-gradient GEMM"
+                              : ", expert gradients recomputed after the norm (their GEMM operands held)";
+  }
+  return absl::StrCat("step: ", mode, ", precision ", PrecisionPolicyName(s_->o.precision), zero, bias, experts, ", ",
                       s_->graphs_enabled ? "CUDA graphs after warm-up" : s_->graph_note);
 }
 

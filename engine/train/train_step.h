@@ -105,6 +105,9 @@ class TrainStep {
   // "optimizer in backward" or "optimizer after backward (clip 1.0)", and whether CUDA graphs
   // are on: for the start-up log.
   std::string Describe() const;
+  // Expert weights whose gradient the optimizer took from their GEMM in the last backward the
+  // host ran (AdamWConfig::fuse_expert_update; replays run none): 0 when none qualified.
+  int64_t expert_weights_from_gemm() const;
   bool optimizer_in_backward() const;
 
   // Resumable optimizer state of this rank, and its loading.

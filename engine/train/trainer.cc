@@ -26,6 +26,7 @@
 #include "engine/dist/memory_accounting.h"
 #include "engine/dist/process_groups.h"
 #include "engine/io/safetensors.h"
+#include "engine/model/core/moe/expert_gemm.h"
 #include "engine/model/hf_checkpoint.h"
 #include "engine/model/lora.h"
 #include "engine/model/transformer.h"
@@ -356,6 +357,25 @@ absl::Status Trainer::LoadModel() {
   // (grouped GEMMs need 16-byte rows), which reads the counts on the host: no graph capture then.
   // So does backends.experts loop.
   o.cuda_graphs = spec_.cuda_graphs && !(lora() && spec_.lora_rank % 8 != 0) && experts_ != ExpertsBackend::kLoop;
+  if (spec_.recompute_expert_grads) {
+    // The optimizer as the experts' weight-gradient sink (AdamWConfig::fuse_expert_update): served
+    // by ftd's grouped GEMM on one CUDA rank, one micro-batch a step, compact state; a setting
+    // that would not take effect is refused.
+    const char* field = "parallelism.recompute_expert_grads";
+    if (!cuda_ || !OwnExpertGemmAvailable()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": needs ftd's grouped GEMM (an sm90 GPU and a build with CUTLASS); this rank has none"));
+    }
+    if (world() != 1 || o.micro_batches != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": needs one rank and one micro-batch a step (world ",
+                                                     world(), ", ", o.micro_batches, " micro-batches)"));
+    }
+    if (policy_ != PrecisionPolicy::kCompact) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": needs precision compact, the job runs ", PrecisionPolicyName(policy_)));
+    }
+    o.adam.fuse_expert_update = true;
+  }
   o.zero_stage = spec_.zero_stage;
   o.router_bias_update_speed = spec_.router_bias_update_speed;
   FTD_ASSIGN_OR_RETURN(step_fn_, TrainStep::Create(model_.get(), groups_.get(), dispatch_.get(), o));
@@ -716,6 +736,13 @@ absl::StatusOr<std::string> Trainer::Run() {
     }
     auto outcome = step_fn_->Wait();
     if (!outcome.ok()) return RankError(outcome.status());
+    if (spec_.recompute_expert_grads && steps_this_run == 0 && step_fn_->expert_weights_from_gemm() == 0) {
+      // Accepted but without effect: ftd's grouped GEMM serves expert weights at least 128 wide
+      // whose update rows are whole 256-element blocks (kernels/grouped_gemm_adamw.h).
+      return RankError(absl::InvalidArgumentError(
+          "parallelism.recompute_expert_grads: none of this model's expert weights is served by ftd's grouped "
+          "GEMM (hidden and expert widths of at least 128, rows of whole 256-element blocks); turn it off"));
+    }
     Rows rows = std::move(in_flight.front());
     in_flight.pop_front();
     // One all-reduce for the step's bookkeeping: the loss, the expert load, and whether any rank

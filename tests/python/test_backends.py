@@ -122,3 +122,20 @@ def test_gpu_sink_layers_choose_their_kernel_and_flash_refuses_masks(ftd_train, 
     assert res.returncode != 0 and not losses
     assert "backends.attention flash: this mixtral model's sliding-window layers need an attention mask" in \
         res.stderr, res.stderr
+
+
+def test_recompute_expert_grads_is_refused_where_it_cannot_take_effect(ftd_train, work):
+    # parallelism.recompute_expert_grads needs ftd's grouped GEMM on a GPU: a CPU rank refuses it by
+    # name before any step instead of training with the expert gradients formed as usual.
+    spec = {"base_model": str(work / "model"), "datasets": {"train": str(work / "train.jsonl")},
+            "output": str(work / "recompute"),
+            "hyperparameters": {"max_steps": 2, "global_batch": 2, "micro_batch": 2, "seq_len": 64, "lr": 1e-3},
+            "backends": {"experts": "ftd"}, "parallelism": {"recompute_expert_grads": True}, "device": "cpu"}
+    path = work / "recompute.json"
+    path.write_text(json.dumps(spec))
+    import subprocess
+    res = subprocess.run([str(ftd_train), "train", "--spec", str(path)], capture_output=True, text=True,
+                         env=clean_env(), timeout=600)
+    assert res.returncode != 0, res.stdout
+    assert "parallelism.recompute_expert_grads: needs ftd's grouped GEMM" in res.stderr, res.stderr
+    assert not LOSS_RE.search(res.stdout), res.stdout

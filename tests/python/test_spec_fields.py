@@ -33,6 +33,7 @@ def train(engine, tmp_path, **override):
     ("backends__experts", "triton", 'backends.experts "triton" is not one of grouped_mm, ftd, loop'),
     ("parallelism__zero_stage", 4, "parallelism.zero_stage must be 0, 1, 2 or 3"),
     ("parallelism__zero_stage", 1, "parallelism.zero_stage 1 is not supported"),
+    ("parallelism__recompute_expert_grads", True, "parallelism.recompute_expert_grads needs backends.experts ftd"),
 ])
 def test_unimplemented_settings_are_refused_by_name(ftd_train, tmp_path, field, value, message):
     res = train(ftd_train, tmp_path, **{field: value})

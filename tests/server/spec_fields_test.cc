@@ -63,7 +63,7 @@ std::map<std::string, Consumer> Consumers() {
         "hyperparameters.micro_batch", "hyperparameters.seq_len", "hyperparameters.lr", "hyperparameters.schedule",
         "hyperparameters.warmup_steps", "hyperparameters.weight_decay", "hyperparameters.grad_clip",
         "hyperparameters.seed", "hyperparameters.eval_every", "parallelism.ep_size", "parallelism.zero_stage",
-        "parallelism.activation_checkpointing", "backends.attention", "backends.experts", "backends.dispatcher",
+        "parallelism.activation_checkpointing", "parallelism.recompute_expert_grads", "backends.attention", "backends.experts", "backends.dispatcher",
         "backends.gate", "checkpointing.every_n_steps", "checkpointing.keep_last", "output", "precision", "lora.rank", "lora.alpha",
         "lora.dropout", "lora.targets", "lora.use_rslora", "lora.merge", "lora.init_adapter"}) {
     c[f] = Engine(f);

@@ -508,6 +508,41 @@ TEST_F(ValidatorTest, RefusesSettingsTheEngineCannotHonour) {
   EXPECT_THAT(notes, ::testing::Contains(HasSubstr("spec.parallelism.zero_stage defaulted to 2")));
 }
 
+// parallelism.recompute_expert_grads: accepted where the engine honours it (one GPU, backends.experts
+// ftd, one micro-batch a step, full weights, compact state), refused by name everywhere else.
+TEST_F(ValidatorTest, RecomputeExpertGradsOnlyWhereTheEngineHonoursIt) {
+  auto spec = [&] {
+    ftd::v1::JobSpec s = ftd::testing::ValidSpec(env_);
+    s.mutable_resources()->set_gpus_per_node(1);
+    s.mutable_parallelism()->set_ep_size(1);
+    s.mutable_hyperparameters()->set_global_batch(1);
+    s.mutable_backends()->set_experts("ftd");
+    s.mutable_parallelism()->set_recompute_expert_grads(true);
+    return s;
+  };
+  EXPECT_EQ(Error(spec()), "OK");
+  auto s = spec();
+  s.set_precision("compact");
+  EXPECT_EQ(Error(s), "OK");
+  const std::string field = "spec.parallelism.recompute_expert_grads: ";
+  s = spec();
+  s.mutable_resources()->set_gpus_per_node(2);
+  s.mutable_hyperparameters()->set_global_batch(2);
+  EXPECT_THAT(Error(s), HasSubstr(field + "needs one GPU (the world size is 2"));
+  s = spec();
+  s.mutable_backends()->set_experts("grouped_mm");
+  EXPECT_THAT(Error(s), HasSubstr(field + "needs backends.experts ftd"));
+  s = spec();
+  s.mutable_hyperparameters()->set_global_batch(4);
+  EXPECT_THAT(Error(s), HasSubstr(field + "needs one micro-batch a step"));
+  s = spec();
+  s.set_precision("fp32_master");
+  EXPECT_THAT(Error(s), HasSubstr(field + "needs precision compact (or auto), got fp32_master"));
+  s = spec();
+  s.set_method("lora");
+  EXPECT_THAT(Error(s), HasSubstr(field + "applies to method full"));
+}
+
 // Method lora: defaults noted, every field checked by name, lora without method lora refused.
 TEST_F(ValidatorTest, LoraSpec) {
   auto spec = [&] {
@@ -651,6 +686,37 @@ TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
               HasSubstr("vocab_size"));
   EXPECT_THAT(std::string(CountParameters(R"({"model_type": "llama"})").status().message()),
               HasSubstr("deepseek_v3"));  // the supported families are named
+}
+
+// parallelism.recompute_expert_grads: the plan holds the expert GEMMs' operands and one expert
+// weight's gradient (the largest, a layer's gate_up) instead of every expert gradient.
+TEST(JobPlanTest, RecomputeExpertGradsHoldsOperandsInsteadOfExpertGradients) {
+  // Qwen3-30B-A3B's layer shape at 4 layers (bench/run_service_gpu.sh's model).
+  auto size = CountParameters(R"({"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 4,
+      "vocab_size": 151936, "num_attention_heads": 32, "num_key_value_heads": 4,
+      "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768,
+      "num_experts": 128, "num_experts_per_tok": 8, "tie_word_embeddings": false})");
+  ASSERT_TRUE(size.ok()) << size.status();
+  EXPECT_EQ(size->expert_operand_elements_per_token, 4 * 8 * (2 * 2048 + 3 * 768));
+  EXPECT_EQ(size->largest_expert_weight, 128 * 2048 * 2 * 768);
+  ftd::v1::JobSpec spec;
+  spec.mutable_resources()->set_nodes(1);
+  spec.mutable_resources()->set_gpus_per_node(1);
+  spec.mutable_hyperparameters()->set_micro_batch(1);
+  spec.mutable_hyperparameters()->set_global_batch(1);
+  spec.mutable_hyperparameters()->set_seq_len(4096);
+  const double formed = double(EstimateMemoryPerGpu(*size, spec));
+  spec.mutable_parallelism()->set_recompute_expert_grads(true);
+  const double recomputed = double(EstimateMemoryPerGpu(*size, spec));
+  const double operands = 2.0 * 4096 * size->expert_operand_elements_per_token;
+  EXPECT_NEAR(formed - recomputed, 2.0 * size->expert_parameters - operands - 2.0 * size->largest_expert_weight, 2.0);
+  // 2.4 B expert parameters: 4.8 GB of gradients against 1.6 GB of operands and a 0.8 GB gate_up.
+  EXPECT_GT(formed - recomputed, 2.0e9);
+  // Without clipping the optimizer steps in backward: nothing is held either way.
+  spec.mutable_hyperparameters()->set_grad_clip(0.0);
+  const double in_backward = double(EstimateMemoryPerGpu(*size, spec));
+  spec.mutable_parallelism()->set_recompute_expert_grads(false);
+  EXPECT_EQ(in_backward, double(EstimateMemoryPerGpu(*size, spec)));
 }
 
 // Method lora: the base frozen (bf16 weights only), the adapters trained with fp32 state (auto).
