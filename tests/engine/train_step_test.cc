@@ -11,6 +11,7 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -208,6 +209,17 @@ TEST(TrainStepCuda, GraphReplayEqualsEagerSteps) {
   }
 }
 
+// A CUDA run (CUDA graphs as asked, captured after one eager step) and a CPU twin of the same
+// model and options.
+std::pair<TrainRun, TrainRun> CudaAndCpuRuns(PrecisionPolicy policy, at::ScalarType dtype, double clip, bool graphs) {
+  TrainStepOptions o{.precision = policy, .grad_clip = clip, .micro_batch = 2, .seq_len = 64};
+  o.warmup_before_capture = 1;
+  o.cuda_graphs = graphs;
+  TrainStepOptions cpu_o = o;
+  cpu_o.cuda_graphs = false;
+  return {MakeRun(at::Device(at::kCUDA, 0), dtype, o), MakeRun(at::kCPU, dtype, cpu_o)};
+}
+
 // GPU: the clipping norm taken during backward (kernels/squared_norm.h on the optimizer's side
 // stream, eager and from the CUDA graph) is the CPU step's norm of the same model and rows, to
 // bf16's noise (the two devices round the bf16 forward and backward differently).
@@ -215,13 +227,7 @@ TEST(TrainStepCuda, ClippedNormMatchesTheCpuStep) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   for (bool graphs : {false, true}) {
     SCOPED_TRACE(::testing::Message() << "cuda graphs " << graphs);
-    TrainStepOptions o{.precision = PrecisionPolicy::kCompact, .grad_clip = 0.05, .micro_batch = 2, .seq_len = 64};
-    o.warmup_before_capture = 1;
-    o.cuda_graphs = graphs;
-    TrainStepOptions cpu_o = o;
-    cpu_o.cuda_graphs = false;
-    TrainRun g = MakeRun(at::Device(at::kCUDA, 0), at::kBFloat16, o);
-    TrainRun c = MakeRun(at::kCPU, at::kBFloat16, cpu_o);
+    auto [g, c] = CudaAndCpuRuns(PrecisionPolicy::kCompact, at::kBFloat16, /*clip=*/0.05, graphs);
     for (int s = 0; s < 4; ++s) {
       StepInput in = Input({Rows(2, 64, 500 + s)}, 1e-4);
       StepOutcome og = Step(g, in), oc = Step(c, in);
@@ -238,13 +244,7 @@ TEST(TrainStepCuda, Fp32StepsMatchTheCpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   for (bool graphs : {false, true}) {
     SCOPED_TRACE(::testing::Message() << "cuda graphs " << graphs);
-    TrainStepOptions o{.precision = PrecisionPolicy::kFp32Master, .grad_clip = 1.0, .micro_batch = 2, .seq_len = 64};
-    o.warmup_before_capture = 1;
-    o.cuda_graphs = graphs;
-    TrainStepOptions cpu_o = o;
-    cpu_o.cuda_graphs = false;
-    TrainRun g = MakeRun(at::Device(at::kCUDA, 0), at::kFloat, o);
-    TrainRun c = MakeRun(at::kCPU, at::kFloat, cpu_o);
+    auto [g, c] = CudaAndCpuRuns(PrecisionPolicy::kFp32Master, at::kFloat, /*clip=*/1.0, graphs);
     for (int s = 0; s < 4; ++s) {
       StepInput in = Input({Rows(2, 64, 700 + s)}, 1e-3);
       absl::Status launched = g.step->Launch(in);

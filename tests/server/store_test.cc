@@ -640,12 +640,17 @@ TEST_F(ValidatorTest, ConfinesPathsToRootsThroughDotDotAndSymlinks) {
   EXPECT_EQ(s.datasets().train(), std::string(real_root) + "/tenant-a/future/train.jsonl");
 }
 
-TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
-  // Qwen3-30B-A3B's config.json fields: about 30.5 B parameters.
-  auto size = CountParameters(R"({"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
+// Qwen3-30B-A3B's config.json fields, at `layers` decoder layers.
+std::string Qwen3MoeConfig(int layers) {
+  return absl::StrCat(R"({"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": )", layers, R"(,
       "vocab_size": 151936, "num_attention_heads": 32, "num_key_value_heads": 4,
       "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768,
       "num_experts": 128, "num_experts_per_tok": 8, "tie_word_embeddings": false})");
+}
+
+TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
+  // Qwen3-30B-A3B's config.json fields: about 30.5 B parameters.
+  auto size = CountParameters(Qwen3MoeConfig(48));
   ASSERT_TRUE(size.ok()) << size.status();
   EXPECT_EQ(size->total(), 30532122624);  // the engine's count (engine/model/tensor_layout.h)
   EXPECT_EQ(size->family, "Qwen3-MoE");
@@ -692,10 +697,7 @@ TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
 // weight's gradient (the largest, a layer's gate_up) instead of every expert gradient.
 TEST(JobPlanTest, RecomputeExpertGradsHoldsOperandsInsteadOfExpertGradients) {
   // Qwen3-30B-A3B's layer shape at 4 layers (bench/run_service_gpu.sh's model).
-  auto size = CountParameters(R"({"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 4,
-      "vocab_size": 151936, "num_attention_heads": 32, "num_key_value_heads": 4,
-      "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768,
-      "num_experts": 128, "num_experts_per_tok": 8, "tie_word_embeddings": false})");
+  auto size = CountParameters(Qwen3MoeConfig(4));
   ASSERT_TRUE(size.ok()) << size.status();
   EXPECT_EQ(size->expert_operand_elements_per_token, 4 * 8 * (2 * 2048 + 3 * 768));
   EXPECT_EQ(size->largest_expert_weight, 128 * 2048 * 2 * 768);
