@@ -1,5 +1,7 @@
 #include "server/job_plan.h"
 
+#include <cmath>
+
 #include "common/precision_policy.h"
 
 #include <nlohmann/json.hpp>
@@ -171,6 +173,21 @@ ftd::v1::JobPlan PlanJob(const ftd::v1::JobSpec& spec) {
   plan.add_notes(absl::StrCat(size->family, ", ", absl::StrFormat("%.2fB", double(size->total()) / 1e9),
                               " parameters (", absl::StrFormat("%.2fB", double(size->expert_parameters) / 1e9),
                               " in routed experts); memory per GPU by parallelism.zero_stage: ", by_stage));
+  // The clipped step on one GPU holds every expert gradient: name the setting that avoids it.
+  const auto& hp = spec.hyperparameters();
+  const bool clipped = !hp.has_grad_clip() || hp.grad_clip() > 0;
+  if (clipped && world == 1 && hp.global_batch() <= hp.micro_batch() && size->expert_parameters > 0) {
+    ftd::v1::JobSpec other = spec;
+    const bool on = spec.parallelism().recompute_expert_grads();
+    other.mutable_parallelism()->set_recompute_expert_grads(!on);
+    const double gib = std::abs(double(EstimateMemoryPerGpu(*size, other)) - double(plan.memory_bytes_per_gpu())) /
+                       (1ull << 30);
+    plan.add_notes(on ? absl::StrFormat("parallelism.recompute_expert_grads: the expert GEMMs' operands are held "
+                                        "instead of the experts' gradients (%.1f GiB less)", gib)
+                      : absl::StrFormat("parallelism.recompute_expert_grads (with backends.experts ftd) would hold the "
+                                        "expert GEMMs' operands instead of the experts' gradients: %.1f GiB less, "
+                                        "one more weight-gradient GEMM per expert weight", gib));
+  }
   plan.add_notes(absl::StrCat("memory_bytes_per_gpu: bf16 weights, gradients, AdamW state under precision ",
                               PrecisionPolicyName(PlannedPrecision(spec)),
                               ", activations; a lower bound (see server/job_plan.h)"));

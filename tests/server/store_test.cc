@@ -2,6 +2,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <utility>
@@ -719,6 +720,35 @@ TEST(JobPlanTest, RecomputeExpertGradsHoldsOperandsInsteadOfExpertGradients) {
   const double in_backward = double(EstimateMemoryPerGpu(*size, spec));
   spec.mutable_parallelism()->set_recompute_expert_grads(false);
   EXPECT_EQ(in_backward, double(EstimateMemoryPerGpu(*size, spec)));
+}
+
+// The plan of a clipped one-GPU job names parallelism.recompute_expert_grads with what it would
+// save, and says what it saves when set; a multi-GPU job's plan does not offer it.
+TEST(JobPlanTest, NotesWhatRecomputeExpertGradsSaves) {
+  char dir_template[] = "/tmp/ftd-plan-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  std::ofstream(dir + "/config.json") << Qwen3MoeConfig(4);
+  ftd::v1::JobSpec spec;
+  spec.set_base_model(dir);
+  spec.mutable_resources()->set_nodes(1);
+  spec.mutable_resources()->set_gpus_per_node(1);
+  spec.mutable_hyperparameters()->set_micro_batch(1);
+  spec.mutable_hyperparameters()->set_global_batch(1);
+  spec.mutable_hyperparameters()->set_seq_len(4096);
+  // 4.8 GB of expert gradients against 1.7 GB of operands and a 0.8 GB gate_up gradient.
+  EXPECT_THAT(PlanJob(spec).notes(), ::testing::Contains(HasSubstr(
+                                         "parallelism.recompute_expert_grads (with backends.experts ftd) would hold "
+                                         "the expert GEMMs' operands instead of the experts' gradients: 2.2 GiB less")));
+  spec.mutable_parallelism()->set_recompute_expert_grads(true);
+  EXPECT_THAT(PlanJob(spec).notes(),
+              ::testing::Contains(HasSubstr("parallelism.recompute_expert_grads: the expert GEMMs' operands are held "
+                                            "instead of the experts' gradients (2.2 GiB less)")));
+  spec.mutable_parallelism()->set_recompute_expert_grads(false);
+  spec.mutable_resources()->set_gpus_per_node(8);
+  spec.mutable_hyperparameters()->set_global_batch(8);
+  EXPECT_THAT(PlanJob(spec).notes(), ::testing::Not(::testing::Contains(HasSubstr("recompute_expert_grads"))));
+  std::filesystem::remove_all(dir);
 }
 
 // Method lora: the base frozen (bf16 weights only), the adapters trained with fp32 state (auto).
