@@ -146,12 +146,25 @@ at::Tensor GroupedMmWeightGrad(const at::Tensor& a, const at::Tensor& b, const a
   return GroupedMmWeightGradCuda(a, b, offs, tile.value_or(DefaultGroupedGemmTile(GroupedOperands::kWeightGrad)));
 }
 
+at::Tensor GroupedMmWeightGradGroups(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs, int64_t first,
+                                     int64_t count) {
+  TORCH_CHECK(first >= 0 && count >= 0 && first + count <= offs.numel(), "GroupedMmWeightGradGroups: groups [", first,
+              ", ", first + count, ") outside the ", offs.numel(), " of offs");
+  if (!GroupedMmWeightGradCudaSupports(a, b)) return GroupedMmWeightGradReference(a, b, offs).narrow(0, first, count);
+  return GroupedMmWeightGradGroupsCuda(a, b, offs, first, count,
+                                       DefaultGroupedGemmTile(GroupedOperands::kWeightGrad));
+}
+
 #ifndef FTD_WITH_CUTLASS
 at::Tensor GroupedMmCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, GroupedGemmTile) {
   TORCH_CHECK(false, "GroupedMmCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
 }
 at::Tensor GroupedMmWeightGradCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, GroupedGemmTile) {
   TORCH_CHECK(false, "GroupedMmWeightGradCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
+}
+at::Tensor GroupedMmWeightGradGroupsCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                                         GroupedGemmTile) {
+  TORCH_CHECK(false, "GroupedMmWeightGradGroupsCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
 }
 #endif
 

@@ -94,13 +94,24 @@ at::Tensor GroupedMmCuda(const at::Tensor& rows, const at::Tensor& w, const at::
 
 at::Tensor GroupedMmWeightGradCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
                                    GroupedGemmTile tile) {
+  return GroupedMmWeightGradGroupsCuda(a, b, offs, 0, offs.numel(), tile);
+}
+
+at::Tensor GroupedMmWeightGradGroupsCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
+                                         int64_t first, int64_t count, GroupedGemmTile tile) {
   TORCH_CHECK(GroupedMmWeightGradCudaSupports(a, b), "GroupedMmWeightGradCuda: needs contiguous bf16 sm90 CUDA a ",
               "[N, K] and b [N, M], K and M multiples of 8, got ", a.sizes(), ", ", b.sizes());
   TORCH_CHECK(a.size(0) == b.size(0), "GroupedMmWeightGradCuda: a has ", a.size(0), " rows, b ", b.size(0));
   CheckOffs(offs, offs.numel(), a, "GroupedMmWeightGradCuda");
+  TORCH_CHECK(first >= 0 && count >= 0 && first + count <= offs.numel(), "GroupedMmWeightGradCuda: groups [", first,
+              ", ", first + count, ") outside the ", offs.numel(), " of offs");
   c10::cuda::CUDAGuard guard(a.device());
-  at::Tensor out = at::empty({offs.numel(), a.size(1), b.size(1)}, a.options());
-  RunGroupedGemm(WeightGradArgs(a, b, offs, out.data_ptr()), tile, a);
+  at::Tensor out = at::empty({count, a.size(1), b.size(1)}, a.options());
+  if (count == 0) return out;
+  GroupedGemmArgs args = WeightGradArgs(a, b, offs, out.data_ptr());
+  args.first_group = static_cast<int>(first);
+  args.groups = static_cast<int>(count);
+  RunGroupedGemm(args, tile, a);
   return out;
 }
 

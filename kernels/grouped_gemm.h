@@ -24,6 +24,11 @@ at::Tensor GroupedMm(const at::Tensor& rows, const at::Tensor& w, const at::Tens
 at::Tensor GroupedMmWeightGrad(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
                                std::optional<GroupedGemmTile> tile = std::nullopt);
 
+// Groups [first, first + count) of GroupedMmWeightGrad: out [count, K, M], the whole gradient's
+// slice (bit for bit on the own kernel; offs stays on the device).
+at::Tensor GroupedMmWeightGradGroups(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs, int64_t first,
+                                     int64_t count);
+
 // Whether the own kernels serve these operands (bf16 CUDA on sm90, built with CUTLASS, the
 // dimensions multiples of 8); the functions above take the references otherwise.
 bool GroupedMmCudaSupports(const at::Tensor& rows, const at::Tensor& w);
@@ -41,5 +46,9 @@ at::Tensor GroupedMmWeightGradReference(const at::Tensor& a, const at::Tensor& b
 at::Tensor GroupedMmCuda(const at::Tensor& rows, const at::Tensor& w, const at::Tensor& offs, GroupedGemmTile tile);
 at::Tensor GroupedMmWeightGradCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
                                    GroupedGemmTile tile);
+// Groups [first, first + count) of GroupedMmWeightGradCuda's output: out [count, K, M] (offs is
+// every group's, on the device; nothing is read on the host).
+at::Tensor GroupedMmWeightGradGroupsCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
+                                         int64_t first, int64_t count, GroupedGemmTile tile);
 
 }  // namespace ftd::kernels

@@ -39,7 +39,10 @@ struct GroupedGemmArgs {
   const void* a = nullptr;
   const void* b = nullptr;
   void* d = nullptr;
-  const int32_t* offs = nullptr;  // [groups] on the device: inclusive prefix sums of the rows
+  const int32_t* offs = nullptr;  // on the device: inclusive prefix sums of the rows, every group's
+  // The launch covers groups [first_group, first_group + groups) of offs. kWeightGrad writes them
+  // to d[0, groups) (a chunk of the stacked gradient); the rows layouts read b[first_group + g].
+  int first_group = 0;
   int groups = 0;
   int64_t k = 0;  // a's columns
   int64_t m = 0;  // d's columns (b's last dimension, or its middle one for kRowsTimesWeightT)

@@ -153,8 +153,9 @@ __global__ void PrepareGroupsKernel(GroupedGemmArgs args, GroupArrays<G> out) {
     }
   }
   for (int g = threadIdx.x; g < args.groups; g += blockDim.x) {
-    const int64_t begin = g == 0 ? 0 : args.offs[g - 1];
-    const int rows = static_cast<int>(args.offs[g] - begin);
+    const int e = args.first_group + g;  // the group's index in offs (and in b, rows layouts)
+    const int64_t begin = e == 0 ? 0 : args.offs[e - 1];
+    const int rows = static_cast<int>(args.offs[e] - begin);
     if constexpr (Ops == GroupedOperands::kWeightGrad) {
       // [K, M] = a_g^T [K, rows] @ b_g [rows, M]. A K of 0 would leave the accumulators unset, so
       // an empty group multiplies kZeroRows rows of zeros instead: its gradient is written as 0.
@@ -168,7 +169,7 @@ __global__ void PrepareGroupsKernel(GroupedGemmArgs args, GroupArrays<G> out) {
     } else {
       out.shapes[g] = {rows, static_cast<int>(M), static_cast<int>(K)};
       out.a[g] = a + begin * K;
-      out.b[g] = b + g * K * M;
+      out.b[g] = b + e * K * M;
       out.d[g] = d + begin * M;
       out.stride_a[g] = LeadingStride<typename G::StrideA>(K);
       out.stride_b[g] = LeadingStride<typename G::StrideB>(Ops == GroupedOperands::kRowsTimesWeight ? M : K);

@@ -1,6 +1,7 @@
 #include "kernels/grouped_gemm.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -109,6 +110,36 @@ TEST(GroupedMmCuda, EveryTileMatchesTheReference) {
                              tol, tol * 4));
   EXPECT_TRUE(testing::Close(GroupedMmWeightGrad(rows, dy, offs).to(at::kFloat),
                              at::_grouped_mm(rows.t(), dy, offs).to(at::kFloat), tol, tol * 8));
+}
+
+// A range of groups (the device-side offsets of all of them) gives exactly those groups' slice of
+// the whole weight gradient: same tiles, same accumulation order, so bit for bit.
+TEST(GroupedMmCuda, WeightGradOfAGroupRangeIsTheSliceOfTheWhole) {
+  const auto bf = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  if (!at::hasCUDA() || !GroupedMmWeightGradCudaSupports(at::empty({8, 8}, bf), at::empty({8, 8}, bf))) {
+    GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
+  }
+  at::manual_seed(5);
+  const std::vector<int64_t> counts = {0, 37, 300, 0, 5, 129, 0, 64};  // empty first, middle and last-but-one
+  int64_t N = 0;
+  for (int64_t c : counts) N += c;
+  const int64_t E = static_cast<int64_t>(counts.size()), K = 192, M = 256;
+  at::Tensor offs = Offs(counts, at::kCUDA);
+  at::Tensor a = at::randn({N, K}, bf), b = at::randn({N, M}, bf);
+  at::Tensor whole = GroupedMmWeightGradCuda(a, b, offs, GroupedGemmTile::kCooperative128x256);
+  for (const auto& [first, count] : std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {0, 3}, {2, 2}, {3, 5}, {7, 1}}) {
+    SCOPED_TRACE("groups [" + std::to_string(first) + ", " + std::to_string(first + count) + ")");
+    testing::PoisonCudaAllocator();
+    at::Tensor part = GroupedMmWeightGradGroupsCuda(a, b, offs, first, count, GroupedGemmTile::kCooperative128x256);
+    ASSERT_EQ(part.sizes(), (std::vector<int64_t>{count, K, M}));
+    EXPECT_TRUE(part.equal(whole.narrow(0, first, count)));
+  }
+  try {
+    GroupedMmWeightGradGroupsCuda(a, b, offs, 6, 3, GroupedGemmTile::kCooperative128x256);
+    FAIL() << "a range past the groups accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("groups [6, 9) outside the 8"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
