@@ -140,6 +140,7 @@ int main(int argc, char** argv) {
   app.add_option("--lr", lr)->capture_default_str();
   app.add_flag("--ckpt", ckpt, "activation checkpointing");
   bool fused_expert_update = false, deferred_epilogue = false;
+  int64_t deferred_chunk_mib = 0;
   int update_sms = 0;
   app.add_option("--update-sms", update_sms,
                  "grad_clip 0 on CUDA, compact precision: the in-backward updates run by the bulk-copy kernel on this many SMs, which the backward GEMMs leave to them (AdamWConfig::side_stream_bulk_sms and backward_sm_carveout); 0: off")
@@ -149,6 +150,10 @@ int main(int argc, char** argv) {
   app.add_flag("--deferred-epilogue", deferred_epilogue,
                "with --fused-expert-update and grad_clip > 0: the deferred expert update in the GEMM's epilogue "
                "(AdamWConfig::deferred_update_in_epilogue) instead of the GEMM, then the element-wise step");
+  app.add_option("--deferred-chunk-mib", deferred_chunk_mib,
+                 "with --fused-expert-update and grad_clip > 0: form the deferred expert gradients in chunks of whole "
+                 "experts of at most this many MiB (AdamWConfig::deferred_update_chunk_bytes; 0: whole weights)")
+      ->capture_default_str();
   app.add_flag("--no-cuda-graph", no_cuda_graph, "run every step eagerly");
   app.add_flag("--save-expert-act", save_expert_act, "keep the experts' SwiGLU output for backward (no recompute)");
   app.add_option("--sink-attention", sink_attention,
@@ -230,6 +235,7 @@ int main(int argc, char** argv) {
   o.adam.weight_decay = weight_decay;
   o.adam.fuse_expert_update = fused_expert_update;
   o.adam.deferred_update_in_epilogue = deferred_epilogue;
+  o.adam.deferred_update_chunk_bytes = deferred_chunk_mib << 20;
   o.adam.side_stream_bulk_sms = update_sms;
   o.adam.backward_sm_carveout = update_sms;
   o.grad_clip = grad_clip;
@@ -312,6 +318,7 @@ int main(int argc, char** argv) {
                       {"experts", experts},
                       {"fused_expert_update", fused_expert_update},
                       {"deferred_epilogue", deferred_epilogue},
+                      {"deferred_chunk_mib", deferred_chunk_mib},
                       {"update_sms", update_sms},
                       {"mamba_kernels", cuda && config->NumMambaLayers() > 0 && mamba_kernels},
                       {"losses", first},

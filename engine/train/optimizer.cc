@@ -151,6 +151,36 @@ void AdamW::UpdateSlot(Slot& s, const at::Tensor& grad) {
   if (!s.master.is_same(*s.param.tensor)) param.copy_(s.master);
 }
 
+void AdamW::UpdateFromDeferredOperands(Slot& s) {
+  const at::Tensor param = s.param.tensor->detach();
+  if (config_.deferred_update_in_epilogue) {
+    s.step.add_(1.0);
+    kernels::GroupedMmWeightGradCompactAdamW(s.deferred_a, s.deferred_b, s.deferred_offs, param, s.master_low,
+                                             s.moments, s.step, Hyper(s));
+    return;
+  }
+  // dW [E, K, M] as the backward would have formed it, whole experts at a time; each chunk is
+  // stepped (its elements are whole blocks of the compact moments) and freed before the next.
+  const int64_t experts = s.deferred_offs.numel();
+  const int64_t per_expert = experts > 0 ? param.numel() / experts : 0;
+  const int64_t chunk_bytes = config_.deferred_update_chunk_bytes;
+  const int64_t chunk = chunk_bytes <= 0 || per_expert == 0
+                            ? experts
+                            : std::max<int64_t>(1, chunk_bytes / (per_expert * param.element_size()));
+  if (chunk >= experts || per_expert % kernels::kCompactBlock != 0 || policy_ != PrecisionPolicy::kCompact) {
+    UpdateSlot(s, kernels::GroupedMmWeightGrad(s.deferred_a, s.deferred_b, s.deferred_offs));
+    return;
+  }
+  s.step.add_(1.0);
+  const at::Tensor flat = param.view({-1}), low = s.master_low.view({-1});
+  for (int64_t first = 0; first < experts; first += chunk) {
+    const int64_t count = std::min(chunk, experts - first), begin = first * per_expert, n = count * per_expert;
+    const at::Tensor grad = kernels::GroupedMmWeightGradGroups(s.deferred_a, s.deferred_b, s.deferred_offs, first, count);
+    kernels::CompactAdamWStep(flat.narrow(0, begin, n), low.narrow(0, begin, n), grad.view({-1}),
+                              s.moments.Narrow(begin, n), s.step, Hyper(s));
+  }
+}
+
 void AdamW::Step() {
   c10::NoGradGuard no_grad;
   ++steps_;
@@ -164,14 +194,7 @@ void AdamW::Step() {
       continue;
     }
     if (s.deferred_a.defined()) {  // DeferExpertWeightGrad: dW formed again, now with the clip factor known
-      if (config_.deferred_update_in_epilogue) {
-        s.step.add_(1.0);
-        kernels::GroupedMmWeightGradCompactAdamW(s.deferred_a, s.deferred_b, s.deferred_offs,
-                                                 s.param.tensor->detach(), s.master_low, s.moments, s.step, Hyper(s));
-      } else {
-        // [E, K, M] as the backward would have formed it; freed when this slot is done.
-        UpdateSlot(s, kernels::GroupedMmWeightGrad(s.deferred_a, s.deferred_b, s.deferred_offs));
-      }
+      UpdateFromDeferredOperands(s);
       s.deferred_a = s.deferred_b = s.deferred_offs = s.deferred_sq = at::Tensor();
       continue;
     }

@@ -73,6 +73,12 @@ struct AdamWConfig {
   // weight); true runs the GEMM with the update in its epilogue (no dW at all, but the epilogue
   // moves 1.0-1.3 TB/s). Memory: the temporary is one weight's dW, freed before the next.
   bool deferred_update_in_epilogue = false;
+  // > 0: the GEMM-then-step form forms the gradient a few experts at a time, whole experts of at
+  // most this many bytes together (at least one expert); a layer's gate_up dW of Mixtral-8x7B is
+  // 1.9 GB, which sits on top of the step's peak. 0 (the default, the form measured on a GPU): the
+  // whole weight at once. ftd-bench --deferred-chunk-mib sets it; CPU-tested, its CUDA test
+  // (ExpertsBackendFtdFusedUpdate ClippedGemmThenStepByExpert) not yet run on a GPU.
+  int64_t deferred_update_chunk_bytes = 0;
 };
 
 // Whether a parameter gets weight decay: not norms, not biases (HF Trainer's convention).
@@ -207,6 +213,8 @@ class AdamW {
   void TakeNorm(Slot& slot);
   // The update of one slot from `grad` (incremented step counter included).
   void UpdateSlot(Slot& slot, const at::Tensor& grad);
+  // The clipped step's deferred expert update from the held operands (DeferExpertWeightGrad).
+  void UpdateFromDeferredOperands(Slot& slot);
   // The compact update by the bulk-copy kernel on config_.side_stream_bulk_sms SMs (the whole
   // chunks; the rest element-wise) when that is configured and serves; false otherwise.
   bool BulkStep(Slot& slot, const at::Tensor& param, const at::Tensor& grad);

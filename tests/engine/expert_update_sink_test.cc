@@ -25,13 +25,14 @@ struct Twin {
 
 // On the heap: the optimizer keeps pointers to the tensors.
 std::unique_ptr<Twin> MakeTwin(const at::Tensor& weight, const at::Tensor& other, bool fuse, bool in_backward = true,
-                               bool epilogue = false) {
+                               bool epilogue = false, int64_t chunk_bytes = 0) {
   auto t = std::make_unique<Twin>();
   t->weight = weight.clone().requires_grad_();
   t->other = other.clone().requires_grad_();
   AdamWConfig config;
   config.fuse_expert_update = fuse;
   config.deferred_update_in_epilogue = epilogue;
+  config.deferred_update_chunk_bytes = chunk_bytes;
   auto opt = AdamW::Create({{"experts.w", &t->weight, true, 0}, {"norm.weight", &t->other, false, 0}},
                            PrecisionPolicy::kCompact, config);
   EXPECT_TRUE(opt.ok()) << opt.status();
@@ -84,19 +85,28 @@ TEST(ExpertUpdateSink, StepsTheWeightAsItsFormedGradientDoes) {
 }
 
 // The clipped step (grad_clip > 0, the default spec): the norm is taken in backward, the update
-// after it (the GEMM again, then the step; or the GEMM with the step in its epilogue). clip: no
-// clipping (the scale is exactly 1, so the steps are bit-identical), then clipping (the two paths
-// sum the same squares in different orders).
+// after it (the GEMM again, then the step, on the whole weight or a few experts at a time; or the
+// GEMM with the step in its epilogue). clip: no clipping (the scale is exactly 1, so the steps are
+// bit-identical), then clipping (the two paths sum the same squares in different orders).
 TEST(ExpertUpdateSink, ClippedStepFromDeferredOperandsEqualsTheFormedGradientsStep) {
-  for (auto [clip, epilogue] : {std::pair{1e6, false}, std::pair{1e-3, false}, std::pair{1e6, true}}) {
-    SCOPED_TRACE(::testing::Message() << "clip " << clip << " epilogue " << epilogue);
+  struct Case {
+    double clip;
+    bool epilogue;
+    int64_t chunk_bytes;  // an expert's gradient is 16 x 256 bf16 = 8 KiB
+  };
+  for (const Case& c : {Case{1e6, false, 0}, Case{1e-3, false, 0}, Case{1e6, true, 0}, Case{1e6, false, 8192},
+                        Case{1e6, false, 3 * 8192 + 100}, Case{1e-3, false, 2 * 8192}}) {
+    const double clip = c.clip;
+    SCOPED_TRACE(::testing::Message() << "clip " << clip << " epilogue " << c.epilogue << " chunk bytes "
+                                      << c.chunk_bytes);
     at::manual_seed(11);
     const std::vector<int64_t> counts = {5, 0, 7, 4};
     const int64_t E = 4, K = 16, M = 256, N = 16;
     const at::Tensor offs = at::tensor(counts, at::kLong).cumsum(0).to(at::kInt);
     const at::Tensor weight = (at::randn({E, K, M}) * 0.02).to(at::kBFloat16);
     const at::Tensor other = at::randn({4, 8}).to(at::kBFloat16);
-    auto fused_twin = MakeTwin(weight, other, true, false, epilogue), formed_twin = MakeTwin(weight, other, true, false);
+    auto fused_twin = MakeTwin(weight, other, true, false, c.epilogue, c.chunk_bytes),
+         formed_twin = MakeTwin(weight, other, true, false);
     for (int step = 0; step < 2; ++step) {
       const at::Tensor a = at::randn({N, K}).to(at::kBFloat16), b = at::randn({N, M}).to(at::kBFloat16);
       const at::Tensor other_grad = at::randn({4, 8}).to(at::kBFloat16);

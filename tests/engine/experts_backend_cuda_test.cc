@@ -115,7 +115,7 @@ INSTANTIATE_TEST_SUITE_P(Families, ExpertsBackendFtd,
 // taken in backward (the clipped step, at a clip that never binds; its deferred expert update in
 // the GEMM's epilogue or as GEMM then step); the parameters after them.
 std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool in_backward, bool epilogue,
-                                         int64_t* fused_steps) {
+                                         int64_t chunk_bytes, int64_t* fused_steps) {
   SetExpertsBackend(ExpertsBackend::kFtd);
   ModelOptions mo;
   mo.device = at::Device(at::kCUDA, 0);
@@ -127,6 +127,7 @@ std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool i
   AdamWConfig config;
   config.fuse_expert_update = fuse;
   config.deferred_update_in_epilogue = epilogue;
+  config.deferred_update_chunk_bytes = chunk_bytes;
   auto adamw = *AdamW::Create(model->Parameters(), PrecisionPolicy::kCompact, config);
   if (in_backward) {
     adamw->EnableStepInBackward();
@@ -170,7 +171,7 @@ std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool i
 
 // How the experts' update runs: inside backward, or after it (clipped) as GEMM then step or in the
 // GEMM's epilogue.
-enum class FusedMode { kStepInBackward, kClippedGemmThenStep, kClippedEpilogue };
+enum class FusedMode { kStepInBackward, kClippedGemmThenStep, kClippedGemmThenStepByExpert, kClippedEpilogue };
 
 class ExpertsBackendFtdFusedUpdate : public ::testing::TestWithParam<FusedMode> {};
 
@@ -182,9 +183,11 @@ TEST_P(ExpertsBackendFtdFusedUpdate, EqualsTheFormedGradientsStep) {
   c.intermediate_size = 128;
   const bool in_backward = GetParam() == FusedMode::kStepInBackward;
   const bool epilogue = GetParam() == FusedMode::kClippedEpilogue;
+  // 1 byte: every expert's gradient formed and stepped on its own (a one-group GEMM each).
+  const int64_t chunk_bytes = GetParam() == FusedMode::kClippedGemmThenStepByExpert ? 1 : 0;
   int64_t fused_steps = 0, unfused_steps = 0;
-  const std::vector<at::Tensor> fused = ParamsAfterSteps(c, true, in_backward, epilogue, &fused_steps);
-  const std::vector<at::Tensor> unfused = ParamsAfterSteps(c, false, in_backward, epilogue, &unfused_steps);
+  const std::vector<at::Tensor> fused = ParamsAfterSteps(c, true, in_backward, epilogue, chunk_bytes, &fused_steps);
+  const std::vector<at::Tensor> unfused = ParamsAfterSteps(c, false, in_backward, epilogue, chunk_bytes, &unfused_steps);
   int64_t moe_layers = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.IsMoeLayer(l) ? 1 : 0;
   ASSERT_GT(moe_layers, 0);
@@ -196,11 +199,12 @@ TEST_P(ExpertsBackendFtdFusedUpdate, EqualsTheFormedGradientsStep) {
 
 INSTANTIATE_TEST_SUITE_P(Optimizer, ExpertsBackendFtdFusedUpdate,
                          ::testing::Values(FusedMode::kStepInBackward, FusedMode::kClippedGemmThenStep,
-                                           FusedMode::kClippedEpilogue),
+                                           FusedMode::kClippedGemmThenStepByExpert, FusedMode::kClippedEpilogue),
                          [](const auto& info) {
                            switch (info.param) {
                              case FusedMode::kStepInBackward: return "StepInBackward";
                              case FusedMode::kClippedGemmThenStep: return "ClippedGemmThenStep";
+                             case FusedMode::kClippedGemmThenStepByExpert: return "ClippedGemmThenStepByExpert";
                              default: return "ClippedEpilogue";
                            }
                          });
