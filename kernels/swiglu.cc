@@ -160,15 +160,6 @@ at::Tensor Swiglu(const at::Tensor& gate, const at::Tensor& up) {
 }
 
 #ifndef FTD_WITH_CUDA
-at::Tensor SwigluForwardCuda(const at::Tensor&, const at::Tensor&) {
-  TORCH_CHECK(false, "SwigluForwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
-}
-std::tuple<at::Tensor, at::Tensor> SwigluBackwardCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
-  TORCH_CHECK(false, "SwigluBackwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
-}
-#endif
-
-#ifndef FTD_WITH_CUDA
 // CPU-only builds (FTD_CUDA=OFF): the raw launchers exist so that callers and the CUDA tests
 // (which skip without a GPU) link; callers check the kernel applies first.
 at::Tensor WeightedSwigluForwardCuda(const at::Tensor&, const at::Tensor&, const SwigluOptions&) {
@@ -177,6 +168,12 @@ at::Tensor WeightedSwigluForwardCuda(const at::Tensor&, const at::Tensor&, const
 std::tuple<at::Tensor, at::Tensor> WeightedSwigluBackwardCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                               const SwigluOptions&) {
   TORCH_CHECK(false, "WeightedSwigluBackwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+at::Tensor SwigluForwardCuda(const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "SwigluForwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
+}
+std::tuple<at::Tensor, at::Tensor> SwigluBackwardCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "SwigluBackwardCuda: this build has no CUDA kernels (FTD_CUDA=OFF)");
 }
 #endif
 
