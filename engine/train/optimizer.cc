@@ -159,18 +159,15 @@ void AdamW::UpdateFromDeferredOperands(Slot& s) {
                                              s.moments, s.step, Hyper(s));
     return;
   }
-  // dW [E, K, M] as the backward would have formed it, whole experts at a time; each chunk is
-  // stepped (its elements are whole blocks of the compact moments) and freed before the next.
+  // dW [E, K, M] as the backward would have formed it, whole experts at a time (all of them in one
+  // chunk unless deferred_update_chunk_bytes asks otherwise; a chunk must start on a block of the
+  // compact moments); each chunk is stepped and freed before the next.
   const int64_t experts = s.deferred_offs.numel();
   const int64_t per_expert = experts > 0 ? param.numel() / experts : 0;
   const int64_t chunk_bytes = config_.deferred_update_chunk_bytes;
-  const int64_t chunk = chunk_bytes <= 0 || per_expert == 0
+  const int64_t chunk = chunk_bytes <= 0 || per_expert == 0 || per_expert % kernels::kCompactBlock != 0
                             ? experts
                             : std::max<int64_t>(1, chunk_bytes / (per_expert * param.element_size()));
-  if (chunk >= experts || per_expert % kernels::kCompactBlock != 0 || policy_ != PrecisionPolicy::kCompact) {
-    UpdateSlot(s, kernels::GroupedMmWeightGrad(s.deferred_a, s.deferred_b, s.deferred_offs));
-    return;
-  }
   s.step.add_(1.0);
   const at::Tensor flat = param.view({-1}), low = s.master_low.view({-1});
   for (int64_t first = 0; first < experts; first += chunk) {
