@@ -1,5 +1,6 @@
 #include "server/job_plan.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/precision_policy.h"
@@ -12,6 +13,7 @@
 #include "common/status_macros.h"
 #include "absl/strings/match.h"
 #include "engine/model/config.h"
+#include "engine/train/train_spec.h"
 #include "engine/model/lora_targets.h"
 #include "engine/model/registry.h"
 #include "engine/model/tensor_layout.h"
@@ -36,7 +38,11 @@ absl::StatusOr<ModelSize> CountParameters(const std::string& config_json) {
     if (!config->IsMoeLayer(l)) continue;
     size.expert_operand_elements_per_token +=
         config->num_experts_per_tok * (2 * config->hidden_size + 3 * config->moe_intermediate_size);
-    size.largest_expert_weight = config->num_experts * config->hidden_size * 2 * config->moe_intermediate_size;
+    // gate_up's gradient, formed whole experts at a time (engine::kRecomputedExpertGradChunkBytes).
+    const int64_t per_expert = config->hidden_size * 2 * config->moe_intermediate_size;
+    const int64_t experts = std::clamp<int64_t>(engine::kRecomputedExpertGradChunkBytes / (2 * per_expert), 1,
+                                                std::max<int64_t>(1, config->num_experts));
+    size.largest_expert_grad_chunk = std::max(size.largest_expert_grad_chunk, experts * per_expert);
   }
   return size;
 }
@@ -105,10 +111,10 @@ int64_t EstimateMemoryPerGpu(const ModelSize& size, const ftd::v1::JobSpec& spec
   const bool in_backward = clip <= 0 && world <= 1 && hp.global_batch() <= hp.micro_batch();
   const double tokens = double(spec.hyperparameters().micro_batch()) * spec.hyperparameters().seq_len();
   // recompute_expert_grads (one GPU, one micro-batch): the experts' GEMM operands instead of their
-  // gradients, and one expert weight's gradient at a time (the largest, bf16).
+  // gradients, and one chunk of an expert weight's gradient at a time (the largest, bf16).
   const double moe_grads = spec.parallelism().recompute_expert_grads()
                                ? 2 * tokens * double(size.expert_operand_elements_per_token) +
-                                     2 * double(size.largest_expert_weight)
+                                     2 * double(size.largest_expert_grad_chunk)
                                : 2 * pe;
   const double grads = in_backward ? 0 : 2 * pd / s_g + moe_grads;
   const PrecisionPolicy policy = PlannedPrecision(spec);

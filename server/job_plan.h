@@ -52,9 +52,10 @@ struct ModelSize {
   // holds instead of the expert weight gradients, summed over the MoE layers: top_k x (2 hidden +
   // 3 moe_intermediate) (gate_up's rows and output gradient, down's input and output gradient).
   int64_t expert_operand_elements_per_token = 0;
-  // The largest expert weight (a layer's stacked gate_up: experts x hidden x 2 moe_intermediate),
-  // whose gradient that setting forms at one time.
-  int64_t largest_expert_weight = 0;
+  // The most elements of an expert weight's gradient that setting forms at one time: whole
+  // experts of a layer's gate_up (hidden x 2 moe_intermediate each), as many as fit
+  // engine::kRecomputedExpertGradChunkBytes in bf16 (at least one).
+  int64_t largest_expert_grad_chunk = 0;
   int64_t total() const { return expert_parameters + dense_parameters; }
 };
 

@@ -75,9 +75,10 @@ struct AdamWConfig {
   bool deferred_update_in_epilogue = false;
   // > 0: the GEMM-then-step form forms the gradient a few experts at a time, whole experts of at
   // most this many bytes together (at least one expert); a layer's gate_up dW of Mixtral-8x7B is
-  // 1.9 GB, which sits on top of the step's peak. 0 (the default, the form measured on a GPU): the
-  // whole weight at once. ftd-bench --deferred-chunk-mib sets it; CPU-tested, its CUDA test
-  // (ExpertsBackendFtdFusedUpdate ClippedGemmThenStepByExpert) not yet run on a GPU.
+  // 1.9 GB, which sits on top of the step's peak. 0: the whole weight at once. The trainer sets
+  // kRecomputedExpertGradChunkBytes (512 MiB) with parallelism.recompute_expert_grads: on an
+  // H100 it took Mixtral-8x7B's 2-layer peak from 22.77 to 21.01 GiB, and Qwen3-30B-A3B's from
+  // 21.15 to 20.92 at the same step time (bench/RESULTS.md). ftd-bench --deferred-chunk-mib.
   int64_t deferred_update_chunk_bytes = 0;
 };
 

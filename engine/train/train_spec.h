@@ -11,6 +11,13 @@
 
 namespace ftd::engine {
 
+// parallelism.recompute_expert_grads forms each expert weight's gradient again after the clip
+// factor is known, whole experts at a time, at most this many bytes together (at least one
+// expert): a layer's whole gate_up gradient (1.9 GB on Mixtral-8x7B) would sit on the step's
+// peak. The trainer sets it as AdamWConfig::deferred_update_chunk_bytes; the coordinator's plan
+// counts one such chunk.
+inline constexpr int64_t kRecomputedExpertGradChunkBytes = int64_t{512} << 20;
+
 struct TrainSpec {
   std::string base_model;       // HF directory
   std::string train_data;       // datasets.train: JSONL

@@ -419,8 +419,10 @@ std::string TrainStep::Describe() const {
                          : "";
   std::string experts;
   if (s_->o.adam.fuse_expert_update) {
+    const int64_t chunk = s_->o.adam.deferred_update_chunk_bytes;
     experts = s_->in_backward ? ", expert weights stepped inside their weight-gradient GEMM"
-                              : ", expert gradients recomputed after the norm (their GEMM operands held)";
+              : absl::StrCat(", expert gradients recomputed after the norm (their GEMM operands held)",
+                             chunk > 0 ? absl::StrFormat(", up to %d MiB of whole experts at a time", chunk >> 20) : "");
   }
   return absl::StrCat("step: ", mode, ", precision ", PrecisionPolicyName(s_->o.precision), zero, bias, experts, ", ",
                       s_->graphs_enabled ? "CUDA graphs after warm-up" : s_->graph_note);

@@ -375,6 +375,7 @@ absl::Status Trainer::LoadModel() {
           absl::StrCat(field, ": needs precision compact, the job runs ", PrecisionPolicyName(policy_)));
     }
     o.adam.fuse_expert_update = true;
+    o.adam.deferred_update_chunk_bytes = kRecomputedExpertGradChunkBytes;
   }
   o.zero_stage = spec_.zero_stage;
   o.router_bias_update_speed = spec_.router_bias_update_speed;

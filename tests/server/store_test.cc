@@ -694,14 +694,15 @@ TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
               HasSubstr("deepseek_v3"));  // the supported families are named
 }
 
-// parallelism.recompute_expert_grads: the plan holds the expert GEMMs' operands and one expert
-// weight's gradient (the largest, a layer's gate_up) instead of every expert gradient.
+// parallelism.recompute_expert_grads: the plan holds the expert GEMMs' operands and one chunk of
+// an expert weight's gradient (whole experts of a layer's gate_up) instead of every expert gradient.
 TEST(JobPlanTest, RecomputeExpertGradsHoldsOperandsInsteadOfExpertGradients) {
   // Qwen3-30B-A3B's layer shape at 4 layers (bench/run_service_gpu.sh's model).
   auto size = CountParameters(Qwen3MoeConfig(4));
   ASSERT_TRUE(size.ok()) << size.status();
   EXPECT_EQ(size->expert_operand_elements_per_token, 4 * 8 * (2 * 2048 + 3 * 768));
-  EXPECT_EQ(size->largest_expert_weight, 128 * 2048 * 2 * 768);
+  // 85 experts' gate_up gradients (6.3 MB each in bf16) fit the 512 MiB chunk.
+  EXPECT_EQ(size->largest_expert_grad_chunk, 85 * 2048 * 2 * 768);
   ftd::v1::JobSpec spec;
   spec.mutable_resources()->set_nodes(1);
   spec.mutable_resources()->set_gpus_per_node(1);
@@ -712,8 +713,8 @@ TEST(JobPlanTest, RecomputeExpertGradsHoldsOperandsInsteadOfExpertGradients) {
   spec.mutable_parallelism()->set_recompute_expert_grads(true);
   const double recomputed = double(EstimateMemoryPerGpu(*size, spec));
   const double operands = 2.0 * 4096 * size->expert_operand_elements_per_token;
-  EXPECT_NEAR(formed - recomputed, 2.0 * size->expert_parameters - operands - 2.0 * size->largest_expert_weight, 2.0);
-  // 2.4 B expert parameters: 4.8 GB of gradients against 1.6 GB of operands and a 0.8 GB gate_up.
+  EXPECT_NEAR(formed - recomputed, 2.0 * size->expert_parameters - operands - 2.0 * size->largest_expert_grad_chunk, 2.0);
+  // 2.4 B expert parameters: 4.8 GB of gradients against 1.6 GB of operands and a 0.5 GB chunk.
   EXPECT_GT(formed - recomputed, 2.0e9);
   // Without clipping the optimizer steps in backward: nothing is held either way.
   spec.mutable_hyperparameters()->set_grad_clip(0.0);
@@ -736,14 +737,14 @@ TEST(JobPlanTest, NotesWhatRecomputeExpertGradsSaves) {
   spec.mutable_hyperparameters()->set_micro_batch(1);
   spec.mutable_hyperparameters()->set_global_batch(1);
   spec.mutable_hyperparameters()->set_seq_len(4096);
-  // 4.8 GB of expert gradients against 1.7 GB of operands and a 0.8 GB gate_up gradient.
+  // 4.8 GB of expert gradients against 1.7 GB of operands and a 0.5 GB chunk of the gate_up gradient.
   EXPECT_THAT(PlanJob(spec).notes(), ::testing::Contains(HasSubstr(
                                          "parallelism.recompute_expert_grads (with backends.experts ftd) would hold "
-                                         "the expert GEMMs' operands instead of the experts' gradients: 2.2 GiB less")));
+                                         "the expert GEMMs' operands instead of the experts' gradients: 2.4 GiB less")));
   spec.mutable_parallelism()->set_recompute_expert_grads(true);
   EXPECT_THAT(PlanJob(spec).notes(),
               ::testing::Contains(HasSubstr("parallelism.recompute_expert_grads: the expert GEMMs' operands are held "
-                                            "instead of the experts' gradients (2.2 GiB less)")));
+                                            "instead of the experts' gradients (2.4 GiB less)")));
   spec.mutable_parallelism()->set_recompute_expert_grads(false);
   spec.mutable_resources()->set_gpus_per_node(8);
   spec.mutable_hyperparameters()->set_global_batch(8);
