@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
   app.add_option("--weight-decay", weight_decay)->capture_default_str();
   app.add_option("--lr", lr)->capture_default_str();
   app.add_flag("--ckpt", ckpt, "activation checkpointing");
-  bool fused_expert_update = false, deferred_epilogue = false, separate_expert_norm = false;
+  bool fused_expert_update = false, deferred_epilogue = false;
   int64_t deferred_chunk_mib = 0;
   int update_sms = 0;
   app.add_option("--update-sms", update_sms,
@@ -154,9 +154,6 @@ int main(int argc, char** argv) {
                  "with --fused-expert-update and grad_clip > 0: form the deferred expert gradients in chunks of whole "
                  "experts of at most this many MiB (AdamWConfig::deferred_update_chunk_bytes; 0: whole weights)")
       ->capture_default_str();
-  app.add_flag("--separate-expert-norm", separate_expert_norm,
-               "with --experts ftd and grad_clip > 0: take the expert gradients' norm in a pass of its own instead of "
-               "in their weight-gradient GEMM's epilogue (AdamWConfig::expert_grad_squares_in_gemm off)");
   app.add_flag("--no-cuda-graph", no_cuda_graph, "run every step eagerly");
   app.add_flag("--save-expert-act", save_expert_act, "keep the experts' SwiGLU output for backward (no recompute)");
   app.add_option("--sink-attention", sink_attention,
@@ -239,7 +236,6 @@ int main(int argc, char** argv) {
   o.adam.fuse_expert_update = fused_expert_update;
   o.adam.deferred_update_in_epilogue = deferred_epilogue;
   o.adam.deferred_update_chunk_bytes = deferred_chunk_mib << 20;
-  o.adam.expert_grad_squares_in_gemm = !separate_expert_norm;
   o.adam.side_stream_bulk_sms = update_sms;
   o.adam.backward_sm_carveout = update_sms;
   o.grad_clip = grad_clip;
@@ -323,7 +319,6 @@ int main(int argc, char** argv) {
                       {"fused_expert_update", fused_expert_update},
                       {"deferred_epilogue", deferred_epilogue},
                       {"deferred_chunk_mib", deferred_chunk_mib},
-                      {"separate_expert_norm", separate_expert_norm},
                       {"update_sms", update_sms},
                       {"mamba_kernels", cuda && config->NumMambaLayers() > 0 && mamba_kernels},
                       {"losses", first},

@@ -35,13 +35,6 @@ struct CompactUpdateState {
   // Only add the gradient's sum of squares (unscaled) to hyper.grad_sq_sum: nothing is updated,
   // and only step and hyper.grad_sq_sum are read of this state.
   bool squares_only = false;
-  // With squares_only, kernels/grouped_gemm_sm90_wgrad_adamw.cu's epilogue also stores the bf16
-  // gradient here ([groups, M, N], as the plain weight-gradient GEMM would), and when
-  // square_partials is set writes each of its warps' sums there ([tiles x warps], tile
-  // (group x m_tiles + m) x n_tiles + n) instead of adding them to hyper.grad_sq_sum with atomics:
-  // the caller adds them in a fixed order, so the norm is the same from run to run.
-  void* grad_out = nullptr;
-  float* square_partials = nullptr;
 };
 
 }  // namespace ftd::kernels

@@ -6,7 +6,6 @@
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/grouped_gemm.h"
@@ -152,31 +151,6 @@ void GroupedMmWeightGradSquaredNormCuda(const at::Tensor& a, const at::Tensor& b
   state.hyper.grad_sq_sum = sq_sum.data_ptr<float>();
   state.squares_only = true;
   RunWeightGradCompactAdamW(WeightGradArgs(a, b, offs, nullptr), state, a);
-}
-
-at::Tensor GroupedMmWeightGradWithSquaredNormCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
-                                                  const at::Tensor& sq_sum) {
-  TORCH_CHECK(GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq_sum),
-              "GroupedMmWeightGradWithSquaredNormCuda: needs contiguous bf16 sm90 CUDA a [N, K], b [N, M] with M a ",
-              "multiple of 256 and an fp32 [1] sum on their device; got ", a.sizes(), ", ", b.sizes());
-  TORCH_CHECK(a.size(0) == b.size(0), "GroupedMmWeightGradWithSquaredNormCuda: a has ", a.size(0), " rows, b ",
-              b.size(0));
-  CheckOffs(offs, offs.numel(), a, "GroupedMmWeightGradWithSquaredNormCuda");
-  c10::cuda::CUDAGuard guard(a.device());
-  const int64_t groups = offs.numel(), k = a.size(1), m = b.size(1);
-  at::Tensor out = at::empty({groups, k, m}, a.options());
-  if (groups == 0) return out;
-  // One fp32 a consumer warp of every 128x256 output tile (8 warps a tile); every tile is
-  // visited, an empty group's too (it multiplies rows of zeros), and the zeros make sure of it.
-  const int64_t tiles = groups * ((k + 127) / 128) * (m / 256);
-  at::Tensor partials = at::zeros({tiles * 8}, a.options().dtype(at::kFloat));
-  CompactUpdateState state;
-  state.squares_only = true;
-  state.grad_out = out.data_ptr();
-  state.square_partials = partials.data_ptr<float>();
-  RunWeightGradCompactAdamW(WeightGradArgs(a, b, offs, nullptr), state, a);
-  sq_sum.add_(partials.sum().reshape(sq_sum.sizes()));  // a fixed order: the same sum every run
-  return out;
 }
 
 }  // namespace ftd::kernels

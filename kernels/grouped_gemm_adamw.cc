@@ -1,7 +1,6 @@
 #include "kernels/grouped_gemm_adamw.h"
 
 #include "kernels/grouped_gemm.h"
-#include "kernels/squared_norm.h"
 
 namespace ftd::kernels {
 
@@ -54,14 +53,6 @@ void GroupedMmWeightGradSquaredNorm(const at::Tensor& a, const at::Tensor& b, co
   sq_sum.add_(GroupedMmWeightGrad(a, b, offs).to(at::kFloat).square().sum().reshape(sq_sum.sizes()));
 }
 
-at::Tensor GroupedMmWeightGradWithSquaredNorm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
-                                              const at::Tensor& sq_sum) {
-  if (GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq_sum)) return GroupedMmWeightGradWithSquaredNormCuda(a, b, offs, sq_sum);
-  at::Tensor grad = GroupedMmWeightGrad(a, b, offs);
-  AddSquaredNorm(grad, sq_sum);
-  return grad;
-}
-
 #ifndef FTD_WITH_CUTLASS
 void GroupedMmWeightGradCompactAdamWCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, const CompactMoments&, const at::Tensor&,
@@ -70,11 +61,6 @@ void GroupedMmWeightGradCompactAdamWCuda(const at::Tensor&, const at::Tensor&, c
 }
 void GroupedMmWeightGradSquaredNormCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   TORCH_CHECK(false, "GroupedMmWeightGradSquaredNormCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
-}
-at::Tensor GroupedMmWeightGradWithSquaredNormCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                  const at::Tensor&) {
-  TORCH_CHECK(false,
-              "GroupedMmWeightGradWithSquaredNormCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
 }
 #endif
 

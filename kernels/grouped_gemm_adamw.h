@@ -38,20 +38,11 @@ void GroupedMmWeightGradSquaredNorm(const at::Tensor& a, const at::Tensor& b, co
                                     const at::Tensor& sq_sum);
 bool GroupedMmWeightGradSquaredNormCudaSupports(const at::Tensor& a, const at::Tensor& b, const at::Tensor& sq_sum);
 
-// The clipped step's expert gradient and its norm in one pass: returns dW [E, K, M] (bf16 for
-// bf16 operands, GroupedMmWeightGrad's values) and adds its sum of squares to `sq_sum`. On an
-// sm90 GPU (M a multiple of 256) the squares are summed in the GEMM's epilogue as it stores dW,
-// in a fixed order (the same norm every run), instead of a second pass that reads dW again.
-at::Tensor GroupedMmWeightGradWithSquaredNorm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
-                                              const at::Tensor& sq_sum);
-
 // The fused launches (FTD_WITH_CUTLASS; otherwise they throw).
 void GroupedMmWeightGradCompactAdamWCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
                                          const at::Tensor& param, const at::Tensor& master_low,
                                          const CompactMoments& moments, const at::Tensor& step, const AdamWHyper& h);
 void GroupedMmWeightGradSquaredNormCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
                                         const at::Tensor& sq_sum);
-at::Tensor GroupedMmWeightGradWithSquaredNormCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
-                                                  const at::Tensor& sq_sum);
 
 }  // namespace ftd::kernels

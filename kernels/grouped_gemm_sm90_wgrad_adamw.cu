@@ -7,8 +7,7 @@
 // block update of kernels/adamw_compact_block.cuh on it: the parameter, its low half and its
 // moments are read and written once, the gradient not at all (4 of the 14 bytes per parameter
 // an unfused step moves, and the dW tensor's memory). With squares_only the epilogue only sums
-// the gradient's squares (the norm that clipping needs before any update), and with grad_out
-// also stores the gradient: the clipped step's dW and its norm in one pass.
+// the gradient's squares (the norm that clipping needs before any update).
 #include "cutlass/arch/barrier.h"
 #include "cutlass/epilogue/thread/linear_combination.h"
 #include "kernels/adamw_compact_block.cuh"
@@ -77,9 +76,8 @@ class CompactAdamWEpilogue {
   }
   template <class ProblemShape>
   static bool can_implement(ProblemShape const&, Arguments const& args) {
-    return args.state.squares_only
-               ? args.state.hyper.grad_sq_sum != nullptr || args.state.square_partials != nullptr
-               : args.state.param != nullptr && args.state.step != nullptr;
+    return args.state.squares_only ? args.state.hyper.grad_sq_sum != nullptr
+                                   : args.state.param != nullptr && args.state.step != nullptr;
   }
   template <class CtaTileMNK>
   CUTLASS_HOST_DEVICE static constexpr int get_load_pipe_increment(CtaTileMNK) {
@@ -146,15 +144,10 @@ class CompactAdamWEpilogue {
     const CompactUpdateState& st = params_.state;
     const int warp = thread_idx / 32, lane = thread_idx % 32;
     const int rows = min(kTileM, M - m_coord * kTileM);
-    if (st.squares_only) {  // the gradient norm (and, with grad_out, the gradient itself)
-      // Row r of the tile is row m_coord * kTileM + r of the group's [M, N] gradient.
-      uint16_t* out = static_cast<uint16_t*>(st.grad_out);
-      const int64_t out_base = static_cast<int64_t>(group) * M * N + static_cast<int64_t>(m_coord) * kTileM * N +
-                               static_cast<int64_t>(n_coord) * kTileN + lane * kPerLane;
+    if (st.squares_only) {  // the gradient norm of a step that updates later
       float g_sq = 0.0f;
       for (int r = warp; r < rows; r += kThreads / 32) {
         const uint4 g = *reinterpret_cast<const uint4*>(storage.tile + r * kPitch + lane * kPerLane);
-        if (out != nullptr) *reinterpret_cast<uint4*>(out + out_base + static_cast<int64_t>(r) * N) = g;
         const uint16_t* bits = reinterpret_cast<const uint16_t*>(&g);
         CUTLASS_PRAGMA_UNROLL
         for (int j = 0; j < kPerLane; ++j) {
@@ -162,15 +155,7 @@ class CompactAdamWEpilogue {
           g_sq += v * v;
         }
       }
-      if (st.square_partials != nullptr) {
-        float warp_sum = g_sq;
-        for (int offset = 16; offset > 0; offset >>= 1) warp_sum += __shfl_xor_sync(0xffffffffu, warp_sum, offset);
-        const int m_tiles = (M + kTileM - 1) / kTileM, n_tiles = N / kTileN;
-        const int64_t tile = (static_cast<int64_t>(group) * m_tiles + m_coord) * n_tiles + n_coord;
-        if (lane == 0) st.square_partials[tile * (kThreads / 32) + warp] = warp_sum;
-      } else {
-        AddGradSquares(g_sq, st.hyper.grad_sq_sum);
-      }
+      AddGradSquares(g_sq, st.hyper.grad_sq_sum);
       return cute::make_tuple(load_state, store_state);
     }
     auto* p = static_cast<uint16_t*>(st.param);

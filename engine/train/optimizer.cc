@@ -197,7 +197,6 @@ void AdamW::Step() {
     }
     const at::Tensor g = s.param.tensor->grad();
     if (g.defined()) UpdateSlot(s, g);
-    s.deferred_sq = at::Tensor();  // FormExpertWeightGradWithNorm's, summed by SquaredGradNorm
   }
 }
 
@@ -316,9 +315,8 @@ class AdamW::ExpertSink : public ExpertWeightGradSink {
  public:
   explicit ExpertSink(AdamW* opt) : opt_(opt) {}
   bool Consume(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs) override {
-    if (opt_->in_backward_step_) return opt_->StepFromExpertWeightGrad(weight, a, b, offs);
-    return opt_->config_.fuse_expert_update ? opt_->DeferExpertWeightGrad(weight, a, b, offs)
-                                            : opt_->FormExpertWeightGradWithNorm(weight, a, b, offs);
+    return opt_->in_backward_step_ ? opt_->StepFromExpertWeightGrad(weight, a, b, offs)
+                                   : opt_->DeferExpertWeightGrad(weight, a, b, offs);
   }
 
  private:
@@ -341,12 +339,11 @@ void AdamW::EnableStepInBackward() {
 #endif
     torch::autograd::impl::set_post_acc_grad_hooks(t, std::make_unique<StepInBackwardHook>(this, i));
   }
-  InstallExpertSlots(/*for_norm=*/false);
+  InstallExpertSlots();
 }
 
-void AdamW::InstallExpertSlots(bool for_norm) {
-  const bool fused = policy_ == PrecisionPolicy::kCompact && config_.fuse_expert_update;
-  if (!fused && !(for_norm && config_.expert_grad_squares_in_gemm)) return;
+void AdamW::InstallExpertSlots() {
+  if (policy_ != PrecisionPolicy::kCompact || !config_.fuse_expert_update) return;
   for (size_t i = 0; i < slots_.size(); ++i) {
     const at::Tensor& t = *slots_[i].param.tensor;
     if (t.dim() == 3) expert_slots_[t.unsafeGetTensorImpl()] = i;
@@ -392,28 +389,9 @@ bool AdamW::DeferExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a,
   return true;
 }
 
-bool AdamW::FormExpertWeightGradWithNorm(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
-                                         const at::Tensor& offs) {
-  if (!expert_sink_ || !norm_active_ || !config_.expert_grad_squares_in_gemm) return false;
-  Slot* slot = ExpertSlotFree(weight);
-  if (slot == nullptr) return false;
-  Slot& s = *slot;
-  const at::Tensor param = s.param.tensor->detach();
-  if (a.scalar_type() != param.scalar_type() || b.scalar_type() != param.scalar_type()) return false;
-  c10::NoGradGuard no_grad;
-  at::Tensor sq = at::zeros({1}, param.options().dtype(at::kFloat));
-  at::Tensor grad = kernels::GroupedMmWeightGradWithSquaredNorm(a, b, offs, sq);  // [E, K, M]
-  if (grad.sizes() != param.sizes()) return false;
-  s.param.tensor->mutable_grad() = std::move(grad);
-  s.deferred_sq = std::move(sq);
-  s.norm_taken = true;
-  ++expert_norms_from_gemm_;
-  return true;
-}
-
 bool AdamW::StepFromExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
                                      const at::Tensor& offs) {
-  if (!expert_sink_ || !in_backward_step_ || !config_.fuse_expert_update) return false;
+  if (!expert_sink_ || !in_backward_step_) return false;
   Slot* slot = ExpertSlotFree(weight);
   if (slot == nullptr) return false;
   Slot& s = *slot;
@@ -639,7 +617,7 @@ void AdamW::EnableNormInBackward() {
 #endif
     torch::autograd::impl::set_post_acc_grad_hooks(t, std::make_unique<NormInBackwardHook>(this, i));
   }
-  InstallExpertSlots(/*for_norm=*/true);
+  InstallExpertSlots();
 }
 
 void AdamW::BeginNormInBackward() {
@@ -647,7 +625,6 @@ void AdamW::BeginNormInBackward() {
   for (Slot& s : slots_) s.norm_taken = false;
   norm_active_ = true;
   fused_expert_steps_ = 0;
-  expert_norms_from_gemm_ = 0;
   if (expert_sink_) SetExpertWeightGradSink(expert_sink_.get());
 }
 

@@ -67,12 +67,6 @@ struct AdamWConfig {
   // 21.15 GiB against 45.1 at 23.81 (Mixtral-8x7B, 2 layers: 67.5 at 22.77 against 59.2 at
   // 25.83); bench/RESULTS.md. ftd-bench --fused-expert-update turns it on.
   bool fuse_expert_update = false;
-  // The clipped step on one rank (the norm taken in backward), backends.experts ftd on sm90,
-  // without fuse_expert_update: each stacked expert weight's gradient is formed by a weight-
-  // gradient GEMM whose epilogue also sums its squares (kernels/grouped_gemm_adamw.h), instead of
-  // a second pass that reads dW again for the norm (a third of the step's gradient bytes on
-  // Qwen3-30B-A3B layers). Any policy; the same gradient, the norm summed in another order.
-  bool expert_grad_squares_in_gemm = true;
   // With fuse_expert_update, the clipped step's deferred expert update (after the clip factor is
   // known): false runs the plain weight-gradient GEMM into a temporary, one weight at a time, and
   // the element-wise step on it (the GEMM's 2.6 TB/s update, dW's round trip paid once more per
@@ -147,18 +141,9 @@ class AdamW {
   // instead of dW (Qwen3-30B-A3B: 0.4 GB a layer against 1.2 GB). false when it does not serve.
   bool DeferExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
                              const at::Tensor& offs);
-  // Under EnableNormInBackward with expert_grad_squares_in_gemm (and not fuse_expert_update),
-  // between Begin/FinishNormInBackward: forms dW of `weight` as its gradient with its squared
-  // norm taken by the same GEMM (kept apart from norm_sum_, as DeferExpertWeightGrad's); false
-  // when it does not serve (another parameter, one that already has a gradient).
-  bool FormExpertWeightGradWithNorm(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
-                                    const at::Tensor& offs);
   // Expert weights stepped inside their weight-gradient GEMM (StepFromExpertWeightGrad, or
   // DeferExpertWeightGrad then Step) in the last step.
   int64_t fused_expert_steps() const { return fused_expert_steps_; }
-  // Expert weight gradients whose norm their GEMM took (FormExpertWeightGradWithNorm) in the
-  // last step.
-  int64_t expert_norms_from_gemm() const { return expert_norms_from_gemm_; }
 
   // The gradient norm taken during backward: each parameter's squared gradient norm is summed
   // (on CUDA on the side stream, beside the backward kernels) as soon as the backward that
@@ -211,14 +196,12 @@ class AdamW {
     bool decay = true;
     bool norm_taken = false;  // its squared gradient norm is in norm_sum_ (norm in backward)
     // DeferExpertWeightGrad: the weight-gradient GEMM's operands for Step(), and dW's squared
-    // norm [1] fp32 (kept apart from norm_sum_, which the side stream adds to; also set alone by
-    // FormExpertWeightGradWithNorm).
+    // norm [1] fp32 (kept apart from norm_sum_, which the side stream adds to).
     at::Tensor deferred_a, deferred_b, deferred_offs, deferred_sq;
   };
   AdamW(PrecisionPolicy policy, const AdamWConfig& config);
-  // The slots of 3-D parameters (stacked expert weights) and the sink that reaches them, where
-  // the step in backward (for_norm false) or the norm in backward (true) gives it work.
-  void InstallExpertSlots(bool for_norm);
+  // The slots of 3-D parameters (stacked expert weights) and the sink that reaches them.
+  void InstallExpertSlots();
   // The slot of `weight` if it is a stacked expert weight whose gradient the sink may take now:
   // none from elsewhere yet (an earlier micro-batch, another use of the weight), none deferred.
   Slot* ExpertSlotFree(const at::Tensor& weight);
@@ -266,7 +249,6 @@ class AdamW {
   std::unordered_map<const c10::TensorImpl*, size_t> expert_slots_;  // 3-D parameters by tensor
   bool in_backward_step_ = false;
   int64_t fused_expert_steps_ = 0;
-  int64_t expert_norms_from_gemm_ = 0;
 };
 
 }  // namespace ftd::engine

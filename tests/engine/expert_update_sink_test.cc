@@ -25,7 +25,7 @@ struct Twin {
 
 // On the heap: the optimizer keeps pointers to the tensors.
 std::unique_ptr<Twin> MakeTwin(const at::Tensor& weight, const at::Tensor& other, bool fuse, bool in_backward = true,
-                               bool epilogue = false, int64_t chunk_bytes = 0, bool squares_in_gemm = true) {
+                               bool epilogue = false, int64_t chunk_bytes = 0) {
   auto t = std::make_unique<Twin>();
   t->weight = weight.clone().requires_grad_();
   t->other = other.clone().requires_grad_();
@@ -33,7 +33,6 @@ std::unique_ptr<Twin> MakeTwin(const at::Tensor& weight, const at::Tensor& other
   config.fuse_expert_update = fuse;
   config.deferred_update_in_epilogue = epilogue;
   config.deferred_update_chunk_bytes = chunk_bytes;
-  config.expert_grad_squares_in_gemm = squares_in_gemm;
   auto opt = AdamW::Create({{"experts.w", &t->weight, true, 0}, {"norm.weight", &t->other, false, 0}},
                            PrecisionPolicy::kCompact, config);
   EXPECT_TRUE(opt.ok()) << opt.status();
@@ -158,65 +157,6 @@ TEST(ExpertUpdateSink, OutsideAStepOrTurnedOffItTakesNothing) {
   EXPECT_EQ(CurrentExpertWeightGradSink(), nullptr) << "fuse_expert_update false installed a sink";
   EXPECT_FALSE(off->opt->StepFromExpertWeightGrad(off->weight, a, b, offs)) << "fuse_expert_update false";
   off->opt->FinishStepInBackward();
-}
-
-// The clipped step without fuse_expert_update: the sink forms each expert weight's gradient
-// with its squared norm taken by the same GEMM (FormExpertWeightGradWithNorm); the step leaves
-// the parameters as the formed gradient's step with a separate norm pass does (bit for bit while
-// the clip does not bind, the scale being exactly 1), and the norms agree.
-TEST(ExpertUpdateSink, ClippedStepFormsTheGradientWithItsNorm) {
-  for (const double clip : {1e6, 1e-3}) {
-    SCOPED_TRACE(clip);
-    at::manual_seed(14);
-    const std::vector<int64_t> counts = {5, 0, 7, 4};
-    const int64_t E = 4, K = 16, M = 256, N = 16;
-    const at::Tensor offs = at::tensor(counts, at::kLong).cumsum(0).to(at::kInt);
-    const at::Tensor weight = (at::randn({E, K, M}) * 0.02).to(at::kBFloat16);
-    const at::Tensor other = at::randn({4, 8}).to(at::kBFloat16);
-    auto in_gemm_twin = MakeTwin(weight, other, false, false),
-         separate_twin = MakeTwin(weight, other, false, false, false, 0, /*squares_in_gemm=*/false);
-    for (int step = 0; step < 2; ++step) {
-      const at::Tensor a = at::randn({N, K}).to(at::kBFloat16), b = at::randn({N, M}).to(at::kBFloat16);
-      const at::Tensor other_grad = at::randn({4, 8}).to(at::kBFloat16);
-      double norms[2];
-      for (int which = 0; which < 2; ++which) {
-        Twin& t = which == 0 ? *in_gemm_twin : *separate_twin;
-        t.opt->BeginNormInBackward();
-        if (which == 0) {
-          ExpertWeightGradSink* sink = CurrentExpertWeightGradSink();
-          ASSERT_NE(sink, nullptr);
-          EXPECT_FALSE(sink->Consume(t.other, a, b, offs)) << "a parameter that is not a stacked expert weight";
-          EXPECT_TRUE(sink->Consume(t.weight, a, b, offs));
-          EXPECT_FALSE(sink->Consume(t.weight, a, b, offs)) << "taken twice in a step";
-          ASSERT_TRUE(t.weight.grad().defined());
-          EXPECT_TRUE(at::equal(t.weight.grad(), kernels::GroupedMmWeightGradReference(a, b, offs)));
-        } else {
-          EXPECT_EQ(CurrentExpertWeightGradSink(), nullptr) << "a sink with nothing to do";
-          t.weight.backward(kernels::GroupedMmWeightGradReference(a, b, offs));
-        }
-        t.other.backward(other_grad);
-        t.opt->FinishNormInBackward();
-        EXPECT_EQ(CurrentExpertWeightGradSink(), nullptr);
-        norms[which] = t.opt->SquaredGradNorm().sqrt().item<double>();
-        EXPECT_EQ(t.opt->expert_norms_from_gemm(), which == 0 ? 1 : 0);
-        t.opt->SetStepScalars(1e-3, std::min(1.0, clip / (norms[which] + 1e-6)));
-        t.opt->Step();
-        t.opt->ZeroGrad();
-        EXPECT_EQ(t.opt->fused_expert_steps(), 0);
-      }
-      EXPECT_NEAR(norms[0], norms[1], 1e-5 * norms[1]);
-    }
-    const Twin &in_gemm = *in_gemm_twin, &separate = *separate_twin;
-    EXPECT_FALSE(at::equal(in_gemm.weight, weight)) << "the steps changed nothing";
-    if (clip > 1.0) {
-      EXPECT_TRUE(at::equal(in_gemm.weight, separate.weight));
-      EXPECT_TRUE(at::equal(in_gemm.other, separate.other));
-    } else {
-      const double rel = ((in_gemm.weight.to(at::kFloat) - separate.weight.to(at::kFloat)).norm() /
-                          (separate.weight.to(at::kFloat) - weight.to(at::kFloat)).norm()).item<double>();
-      EXPECT_LT(rel, 1e-2) << "relative to the update";
-    }
-  }
 }
 
 }  // namespace

@@ -114,12 +114,8 @@ INSTANTIATE_TEST_SUITE_P(Families, ExpertsBackendFtd,
 // Two steps with the compact optimizer inside backward (in_backward), or after it with the norm
 // taken in backward (the clipped step, at a clip that never binds; its deferred expert update in
 // the GEMM's epilogue or as GEMM then step); the parameters after them.
-// The clipped step without fusion takes each expert gradient's norm in its GEMM's epilogue
-// unless squares_in_gemm is false; `norms` gets each step's gradient norm, `gemm_norms` the
-// expert gradients whose norm their GEMM took in the last step.
 std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool in_backward, bool epilogue,
-                                         int64_t chunk_bytes, int64_t* fused_steps, bool squares_in_gemm = true,
-                                         std::vector<double>* norms = nullptr, int64_t* gemm_norms = nullptr) {
+                                         int64_t chunk_bytes, int64_t* fused_steps) {
   SetExpertsBackend(ExpertsBackend::kFtd);
   ModelOptions mo;
   mo.device = at::Device(at::kCUDA, 0);
@@ -132,7 +128,6 @@ std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool i
   config.fuse_expert_update = fuse;
   config.deferred_update_in_epilogue = epilogue;
   config.deferred_update_chunk_bytes = chunk_bytes;
-  config.expert_grad_squares_in_gemm = squares_in_gemm;
   auto adamw = *AdamW::Create(model->Parameters(), PrecisionPolicy::kCompact, config);
   if (in_backward) {
     adamw->EnableStepInBackward();
@@ -163,13 +158,11 @@ std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool i
     }
     const double norm = adamw->SquaredGradNorm().sqrt().item<double>();
     EXPECT_GT(norm, 0.0);
-    if (norms != nullptr) norms->push_back(norm);
     adamw->SetStepScalars(1e-3, std::min(1.0, 1e6 / (norm + 1e-6)));  // 1 exactly
     adamw->Step();
     adamw->ZeroGrad();
   }
   *fused_steps = adamw->fused_expert_steps();
-  if (gemm_norms != nullptr) *gemm_norms = adamw->expert_norms_from_gemm();
   std::vector<at::Tensor> params;
   for (NamedParam& p : model->Parameters()) params.push_back(p.tensor->detach().cpu());
   SetExpertsBackend(ExpertsBackend::kGroupedMm);
@@ -215,37 +208,6 @@ INSTANTIATE_TEST_SUITE_P(Optimizer, ExpertsBackendFtdFusedUpdate,
                              default: return "ClippedEpilogue";
                            }
                          });
-
-// The clipped step (fuse_expert_update off): each expert gradient formed by a GEMM whose
-// epilogue also sums its squares leaves the parameters as the plain GEMM and a separate norm pass
-// do (the clip never binds, so the scale is 1 either way); the norm agrees, and is the same on a
-// second run (the epilogue's partial sums are added in a fixed order).
-TEST(ExpertsBackendFtdNorm, SquaresInTheGemmEqualTheSeparatePass) {
-  if (!OwnExpertGemmAvailable()) GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
-  ModelConfig c = *PresetConfig("tiny");
-  c.hidden_size = 256;  // the epilogue takes weights whose rows are whole 256-element tiles
-  c.moe_intermediate_size = 128;
-  c.intermediate_size = 128;
-  int64_t moe_layers = 0;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.IsMoeLayer(l) ? 1 : 0;
-  ASSERT_GT(moe_layers, 0);
-  int64_t fused_steps = 0, in_gemm = -1, separate_in_gemm = -1, again_in_gemm = -1;
-  std::vector<double> gemm_norms, separate_norms, again_norms;
-  const auto with = ParamsAfterSteps(c, false, false, false, 0, &fused_steps, true, &gemm_norms, &in_gemm);
-  const auto without =
-      ParamsAfterSteps(c, false, false, false, 0, &fused_steps, false, &separate_norms, &separate_in_gemm);
-  ParamsAfterSteps(c, false, false, false, 0, &fused_steps, true, &again_norms, &again_in_gemm);
-  EXPECT_EQ(in_gemm, 2 * moe_layers) << "gate_up and down of every MoE layer";
-  EXPECT_EQ(separate_in_gemm, 0);
-  ASSERT_EQ(gemm_norms.size(), 2u);
-  ASSERT_EQ(separate_norms.size(), 2u);
-  for (size_t i = 0; i < 2; ++i) {
-    EXPECT_NEAR(gemm_norms[i], separate_norms[i], 1e-5 * separate_norms[i]) << "step " << i;
-    EXPECT_EQ(gemm_norms[i], again_norms[i]) << "step " << i << ": the norm changed between runs";
-  }
-  ASSERT_EQ(with.size(), without.size());
-  for (size_t i = 0; i < with.size(); ++i) EXPECT_TRUE(at::equal(with[i], without[i])) << "parameter " << i;
-}
 
 }  // namespace
 }  // namespace ftd::engine

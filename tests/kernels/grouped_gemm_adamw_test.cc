@@ -147,50 +147,5 @@ TEST(GroupedMmWeightGradSquaredNormCuda, SumsTheSquaresOfTheFormedGradient) {
   EXPECT_NEAR(sq.item<double>(), want, 1e-5 * want);
 }
 
-// The gradient and its norm in one pass: on CPU the formed gradient and its squares added.
-TEST(GroupedMmWeightGradWithSquaredNorm, ReferenceFormsTheGradientAndAddsItsSquares) {
-  at::manual_seed(12);
-  const std::vector<int64_t> counts = {3, 0, 5};
-  const at::Tensor a = at::randn({8, 16}).to(at::kBFloat16), b = at::randn({8, 256}).to(at::kBFloat16);
-  const at::Tensor offs = Offs(counts, at::kCPU);
-  at::Tensor sq = at::full({1}, 1.5f);
-  const at::Tensor grad = GroupedMmWeightGradWithSquaredNorm(a, b, offs, sq);
-  const at::Tensor want = GroupedMmWeightGrad(a, b, offs);
-  EXPECT_TRUE(at::equal(grad, want));
-  const double want_sq = 1.5 + want.to(at::kFloat).square().sum().item<double>();
-  EXPECT_NEAR(sq.item<double>(), want_sq, 1e-5 * want_sq);
-}
-
-// On an sm90 GPU the epilogue stores GroupedMmWeightGrad's values bit for bit (empty groups and
-// a partial last row tile included), and its squares, summed in a fixed order, give the same
-// norm every run.
-TEST(GroupedMmWeightGradWithSquaredNormCuda, StoresTheGradientAndSumsItsSquares) {
-  if (!at::hasCUDA() || !GroupedMmWeightGradCudaSupports(at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)),
-                                                         at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)))) {
-    GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
-  }
-  at::manual_seed(13);
-  const at::Device cuda(at::kCUDA, 0);
-  int64_t N = 0;
-  for (int64_t c : kCounts) N += c;
-  for (int64_t k : {200, 256}) {
-    SCOPED_TRACE(k);
-    at::Tensor a = at::randn({N, k}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
-    at::Tensor b = at::randn({N, 512}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
-    at::Tensor offs = Offs(kCounts, cuda);
-    at::Tensor sq = at::full({1}, 2.0f, at::TensorOptions().device(cuda));  // it adds to what is there
-    at::Tensor again = sq.clone();
-    ASSERT_TRUE(GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq));
-    const at::Tensor grad = GroupedMmWeightGradWithSquaredNormCuda(a, b, offs, sq);
-    const at::Tensor want = GroupedMmWeightGrad(a, b, offs);
-    ASSERT_EQ(grad.sizes(), want.sizes());
-    EXPECT_TRUE(at::equal(grad, want));
-    const double want_sq = 2.0 + want.to(at::kFloat).square().sum().item<double>();
-    EXPECT_NEAR(sq.item<double>(), want_sq, 1e-5 * want_sq);
-    GroupedMmWeightGradWithSquaredNormCuda(a, b, offs, again);
-    EXPECT_EQ(sq.item<float>(), again.item<float>()) << "the norm changed between runs";
-  }
-}
-
 }  // namespace
 }  // namespace ftd::kernels
