@@ -450,6 +450,11 @@ absl::Status SpecValidator::ValidateAndNormalize(const std::string& tenant, ftd:
   // (a setting that is accepted must take effect). The engine refuses flash/cudnn on a CPU rank.
   auto* be = spec->mutable_backends();
   FTD_RETURN_IF_ERROR(CheckChoice("spec.backends.attention", be->mutable_attention(), {"sdpa", "flash", "cudnn"}, notes));
+  if (par->recompute_expert_grads() && be->experts().empty()) {
+    // The one backend that setting runs on; an explicit other backend is refused below.
+    be->set_experts("ftd");
+    notes->push_back("spec.backends.experts defaulted to ftd (parallelism.recompute_expert_grads runs on its grouped GEMM)");
+  }
   FTD_RETURN_IF_ERROR(CheckChoice("spec.backends.experts", be->mutable_experts(), {"grouped_mm", "ftd", "loop"}, notes));
   FTD_RETURN_IF_ERROR(CheckSupportedChoice(
       "spec.backends.dispatcher", be->mutable_dispatcher(), "alltoall",

@@ -115,7 +115,8 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   FTD_RETURN_IF_ERROR(prefix(Read(par, "recompute_expert_grads", "parallelism", &s.recompute_expert_grads)));
   FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "gate", "backends", &s.gate)));
   FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "attention", "backends", &s.attention)));
-  FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "experts", "backends", &s.experts)));
+  std::string experts;  // empty: not given
+  FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "experts", "backends", &experts)));
   FTD_RETURN_IF_ERROR(prefix(Read(root["backends"], "dispatcher", "backends", &s.dispatcher)));
   FTD_RETURN_IF_ERROR(prefix(Read(root, "method", "", &s.method)));
   YAML::Node lora = root["lora"];
@@ -159,7 +160,8 @@ absl::StatusOr<TrainSpec> ParseTrainSpec(const std::string& text, const std::str
   }
   if (s.attention.empty()) s.attention = "sdpa";
   if (auto a = ParseAttentionBackend(s.attention); !a.ok()) return bad(std::string(a.status().message()));
-  if (s.experts.empty()) s.experts = "grouped_mm";
+  // Unset: grouped_mm, or ftd with parallelism.recompute_expert_grads (the one backend it runs on).
+  s.experts = !experts.empty() ? experts : s.recompute_expert_grads ? "ftd" : "grouped_mm";
   if (auto e = ParseExpertsBackend(s.experts); !e.ok()) return bad(std::string(e.status().message()));
   if (s.recompute_expert_grads && s.method == "lora") {
     return bad("parallelism.recompute_expert_grads applies to method full (LoRA trains no expert weights)");

@@ -33,7 +33,6 @@ def train(engine, tmp_path, **override):
     ("backends__experts", "triton", 'backends.experts "triton" is not one of grouped_mm, ftd, loop'),
     ("parallelism__zero_stage", 4, "parallelism.zero_stage must be 0, 1, 2 or 3"),
     ("parallelism__zero_stage", 1, "parallelism.zero_stage 1 is not supported"),
-    ("parallelism__recompute_expert_grads", True, "parallelism.recompute_expert_grads needs backends.experts ftd"),
 ])
 def test_unimplemented_settings_are_refused_by_name(ftd_train, tmp_path, field, value, message):
     res = train(ftd_train, tmp_path, **{field: value})
@@ -52,3 +51,24 @@ def test_the_implemented_values_pass_the_spec_check(ftd_train, tmp_path):
         line = res.stdout.splitlines()[0]
         assert line.startswith(f"backends: method full, attention {attention} ("), line
         assert f"experts {experts} (" in line and line.endswith("dispatcher alltoall, zero_stage 2, gate real"), line
+
+
+def test_recompute_expert_grads_takes_the_experts_backend_it_runs_on(ftd_train, tmp_path):
+    # Another backends.experts is refused by name; unset, it becomes ftd (the spec check passes and
+    # the run fails on the missing model instead).
+    spec = json.loads(json.dumps(BASE))
+    spec["parallelism"] = {"recompute_expert_grads": True}
+    spec["backends"] = {"experts": "grouped_mm"}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    run = lambda: subprocess.run([str(ftd_train), "train", "--spec", str(path)], capture_output=True, text=True,
+                                 timeout=120)
+    res = run()
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "parallelism.recompute_expert_grads needs backends.experts ftd" in res.stderr, res.stderr
+    del spec["backends"]
+    path.write_text(json.dumps(spec))
+    res = run()
+    assert res.returncode != 0
+    assert "recompute_expert_grads" not in res.stderr, res.stderr
+    assert "experts ftd (" in res.stdout.splitlines()[0], res.stdout

@@ -533,6 +533,13 @@ TEST_F(ValidatorTest, RecomputeExpertGradsOnlyWhereTheEngineHonoursIt) {
   s = spec();
   s.mutable_backends()->set_experts("grouped_mm");
   EXPECT_THAT(Error(s), HasSubstr(field + "needs backends.experts ftd"));
+  // Unset, backends.experts takes the one backend the setting runs on, and says so.
+  s = spec();
+  s.mutable_backends()->clear_experts();
+  std::vector<std::string> notes;
+  ASSERT_TRUE(validator_->ValidateAndNormalize(ftd::testing::kTenantA, &s, &notes).ok());
+  EXPECT_EQ(s.backends().experts(), "ftd");
+  EXPECT_THAT(notes, ::testing::Contains(HasSubstr("spec.backends.experts defaulted to ftd")));
   s = spec();
   s.mutable_hyperparameters()->set_global_batch(4);
   EXPECT_THAT(Error(s), HasSubstr(field + "needs one micro-batch a step"));
