@@ -114,8 +114,10 @@ INSTANTIATE_TEST_SUITE_P(Families, ExpertsBackendFtd,
 // Two steps with the compact optimizer inside backward (in_backward), or after it with the norm
 // taken in backward (the clipped step, at a clip that never binds; its deferred expert update in
 // the GEMM's epilogue or as GEMM then step); the parameters after them.
+// `norms` (the clipped step): each step's gradient norm.
 std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool in_backward, bool epilogue,
-                                         int64_t chunk_bytes, int64_t* fused_steps) {
+                                         int64_t chunk_bytes, int64_t* fused_steps,
+                                         std::vector<double>* norms = nullptr) {
   SetExpertsBackend(ExpertsBackend::kFtd);
   ModelOptions mo;
   mo.device = at::Device(at::kCUDA, 0);
@@ -158,6 +160,7 @@ std::vector<at::Tensor> ParamsAfterSteps(const ModelConfig& c, bool fuse, bool i
     }
     const double norm = adamw->SquaredGradNorm().sqrt().item<double>();
     EXPECT_GT(norm, 0.0);
+    if (norms != nullptr) norms->push_back(norm);
     adamw->SetStepScalars(1e-3, std::min(1.0, 1e6 / (norm + 1e-6)));  // 1 exactly
     adamw->Step();
     adamw->ZeroGrad();
@@ -186,8 +189,18 @@ TEST_P(ExpertsBackendFtdFusedUpdate, EqualsTheFormedGradientsStep) {
   // 1 byte: every expert's gradient formed and stepped on its own (a one-group GEMM each).
   const int64_t chunk_bytes = GetParam() == FusedMode::kClippedGemmThenStepByExpert ? 1 : 0;
   int64_t fused_steps = 0, unfused_steps = 0;
-  const std::vector<at::Tensor> fused = ParamsAfterSteps(c, true, in_backward, epilogue, chunk_bytes, &fused_steps);
-  const std::vector<at::Tensor> unfused = ParamsAfterSteps(c, false, in_backward, epilogue, chunk_bytes, &unfused_steps);
+  std::vector<double> fused_norms, unfused_norms;
+  const std::vector<at::Tensor> fused =
+      ParamsAfterSteps(c, true, in_backward, epilogue, chunk_bytes, &fused_steps, &fused_norms);
+  const std::vector<at::Tensor> unfused =
+      ParamsAfterSteps(c, false, in_backward, epilogue, chunk_bytes, &unfused_steps, &unfused_norms);
+  // The clipped step's norm: the experts' part from the squares-only GEMM epilogue, the rest from
+  // the norm pass, against the norm pass over every formed gradient (the same bf16 values summed
+  // in another order). The parameters alone would not show a wrong norm: the clip never binds.
+  ASSERT_EQ(fused_norms.size(), unfused_norms.size());
+  for (size_t i = 0; i < fused_norms.size(); ++i) {
+    EXPECT_NEAR(fused_norms[i], unfused_norms[i], 1e-5 * unfused_norms[i]) << "step " << i;
+  }
   int64_t moe_layers = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.IsMoeLayer(l) ? 1 : 0;
   ASSERT_GT(moe_layers, 0);

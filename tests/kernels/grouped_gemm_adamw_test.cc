@@ -4,6 +4,7 @@
 // its moments bit for bit as GroupedMmWeightGrad followed by CompactAdamWStepCuda does.
 #include "kernels/grouped_gemm_adamw.h"
 
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -137,14 +138,19 @@ TEST(GroupedMmWeightGradSquaredNormCuda, SumsTheSquaresOfTheFormedGradient) {
   const at::Device cuda(at::kCUDA, 0);
   int64_t N = 0;
   for (int64_t c : kCounts) N += c;
-  at::Tensor a = at::randn({N, 200}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
-  at::Tensor b = at::randn({N, 512}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
-  at::Tensor offs = Offs(kCounts, cuda);
-  at::Tensor sq = at::full({1}, 2.0f, at::TensorOptions().device(cuda));  // it adds to what is there
-  ASSERT_TRUE(GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq));
-  GroupedMmWeightGradSquaredNormCuda(a, b, offs, sq);
-  const double want = 2.0 + GroupedMmWeightGrad(a, b, offs).to(at::kFloat).square().sum().item<double>();
-  EXPECT_NEAR(sq.item<double>(), want, 1e-5 * want);
+  // A partial row tile (K 200), and the tiny model's expert shapes (down [E, 128, 256], gate_up
+  // [E, 256, 256]) that the step-level tests run.
+  for (const auto& [k, m] : std::vector<std::pair<int64_t, int64_t>>{{200, 512}, {128, 256}, {256, 256}}) {
+    SCOPED_TRACE(::testing::Message() << "K " << k << ", M " << m);
+    at::Tensor a = at::randn({N, k}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
+    at::Tensor b = at::randn({N, m}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
+    at::Tensor offs = Offs(kCounts, cuda);
+    at::Tensor sq = at::full({1}, 2.0f, at::TensorOptions().device(cuda));  // it adds to what is there
+    ASSERT_TRUE(GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq));
+    GroupedMmWeightGradSquaredNormCuda(a, b, offs, sq);
+    const double want = 2.0 + GroupedMmWeightGrad(a, b, offs).to(at::kFloat).square().sum().item<double>();
+    EXPECT_NEAR(sq.item<double>(), want, 1e-5 * want);
+  }
 }
 
 }  // namespace
