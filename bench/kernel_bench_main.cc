@@ -638,6 +638,40 @@ void RunGroupedGemms(bool fused_update_only) {
       std::printf("%s\n", j.dump().c_str());
       std::fflush(stdout);
     }
+    // The clipping norm of the same weights' gradients without forming them
+    // (parallelism.recompute_expert_grads): the squares-only weight-gradient GEMM (dW's FLOPs)
+    // against the groups' token Gram matrices (2 T_g^2 (K + M) FLOPs a group), with the norms'
+    // relative difference. TFLOP/s of the Grams count their own FLOPs.
+    const double gram_rows_sq = counts.to(at::kDouble).square().sum().item<double>();
+    for (const Fused& f : fused_ops) {
+      at::Tensor sq = at::zeros({1}, at::TensorOptions().device(at::kCUDA));
+      if (!GroupedMmWeightGradSquaredNormCudaSupports(f.a, f.b, sq)) continue;
+      auto norm_ms = [&](WeightGradNormMethod method) {
+        return MedianMs([&] { GroupedMmWeightGradSquaredNormCuda(f.a, f.b, offs, sq, method); });
+      };
+      auto norm = [&](WeightGradNormMethod method) {
+        sq.zero_();
+        GroupedMmWeightGradSquaredNormCuda(f.a, f.b, offs, sq, method);
+        return sq.item<double>();
+      };
+      const double squares_ms = norm_ms(WeightGradNormMethod::kSquaresOnly);
+      const double gram_ms = norm_ms(WeightGradNormMethod::kGram);
+      const double want = norm(WeightGradNormMethod::kSquaresOnly), got = norm(WeightGradNormMethod::kGram);
+      const double gram_flops = 2.0 * gram_rows_sq * static_cast<double>(f.a.size(1) + f.b.size(1));
+      nlohmann::json j;
+      j["op"] = std::string("grouped_gemm_") + f.name + "_dW_squared_norm";
+      j["shape"] = std::string(sh.name) + ": a " + std::to_string(N) + "x" + std::to_string(f.a.size(1)) + ", b " +
+                   std::to_string(N) + "x" + std::to_string(f.b.size(1)) + ", " + std::to_string(E) + " groups";
+      j["squares_only_gemm"] = {{"ms", squares_ms}, {"tflops", f.flops / (squares_ms * 1e-3) / 1e12}};
+      j["gram"] = {{"ms", gram_ms}, {"tflops", gram_flops / (gram_ms * 1e-3) / 1e12}, {"flops_of_dW", gram_flops / f.flops}};
+      j["speedup"] = squares_ms / gram_ms;
+      j["auto_picks"] = PickWeightGradNormMethod(N, E, f.a.size(1), f.b.size(1)) == WeightGradNormMethod::kGram
+                            ? "gram"
+                            : "squares_only";
+      j["rel_diff"] = std::abs(got - want) / want;
+      std::printf("%s\n", j.dump().c_str());
+      std::fflush(stdout);
+    }
   }
 }
 

@@ -140,7 +140,8 @@ void GroupedMmWeightGradCompactAdamWCuda(const at::Tensor& a, const at::Tensor& 
 }
 
 void GroupedMmWeightGradSquaredNormCuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& offs,
-                                        const at::Tensor& sq_sum) {
+                                        const at::Tensor& sq_sum, WeightGradNormMethod method,
+                                        int64_t gram_capacity) {
   TORCH_CHECK(GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq_sum),
               "GroupedMmWeightGradSquaredNormCuda: needs contiguous bf16 sm90 CUDA a [N, K], b [N, M] with M a ",
               "multiple of 256 and an fp32 [1] sum on their device; got ", a.sizes(), ", ", b.sizes());
@@ -150,7 +151,28 @@ void GroupedMmWeightGradSquaredNormCuda(const at::Tensor& a, const at::Tensor& b
   CompactUpdateState state;
   state.hyper.grad_sq_sum = sq_sum.data_ptr<float>();
   state.squares_only = true;
-  RunWeightGradCompactAdamW(WeightGradArgs(a, b, offs, nullptr), state, a);
+  GroupedGemmArgs args = WeightGradArgs(a, b, offs, nullptr);
+  if (method == WeightGradNormMethod::kAuto) method = PickWeightGradNormMethod(a.size(0), offs.numel(), a.size(1), b.size(1));
+  // The flags stay allocated until the squares-only launch that reads them is queued (a block
+  // freed earlier could be handed to its workspace and overwritten before the flags are read).
+  at::Tensor done;
+  if (method == WeightGradNormMethod::kGram) {
+    const int64_t N = a.size(0), E = std::max<int64_t>(1, offs.numel());
+    if (gram_capacity < 0) gram_capacity = std::min(N * N, 2 * N * N / E + (int64_t{1} << 20));
+    gram_capacity = std::max<int64_t>(gram_capacity, 64);  // a valid pointer also when nothing fits
+    at::Tensor gram = at::empty({gram_capacity}, a.options().dtype(at::kFloat));
+    done = at::empty({offs.numel()}, a.options().dtype(at::kByte));
+    const GroupedGemmArgs gram_args = WithCarveout(args);
+    const size_t bytes = GramSquaredNormWorkspaceBytes(gram_args);
+    at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
+    const std::string error =
+        LaunchGramSquaredNormSm90(gram_args, gram.data_ptr<float>(), gram_capacity, done.data_ptr<uint8_t>(),
+                                  sq_sum.data_ptr<float>(), workspace.data_ptr(), bytes,
+                                  at::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(error.empty(), error);
+    args.skip_groups = done.data_ptr<uint8_t>();  // the squares-only GEMM takes the groups left over
+  }
+  RunWeightGradCompactAdamW(args, state, a);
 }
 
 }  // namespace ftd::kernels

@@ -38,6 +38,13 @@ void GroupedMmWeightGradCompactAdamW(const at::Tensor& a, const at::Tensor& b, c
   }
 }
 
+WeightGradNormMethod PickWeightGradNormMethod(int64_t rows, int64_t groups, int64_t k, int64_t m) {
+  if (groups <= 0) return WeightGradNormMethod::kSquaresOnly;
+  const double per_group = static_cast<double>(rows) / static_cast<double>(groups);
+  const bool pays = per_group >= 512 && per_group * static_cast<double>(k + m) <= 0.5 * static_cast<double>(k * m);
+  return pays ? WeightGradNormMethod::kGram : WeightGradNormMethod::kSquaresOnly;
+}
+
 bool GroupedMmWeightGradSquaredNormCudaSupports(const at::Tensor& a, const at::Tensor& b, const at::Tensor& sq_sum) {
   return GroupedMmWeightGradCudaSupports(a, b) && b.size(1) % kCompactUpdateBlock == 0 &&
          sq_sum.scalar_type() == at::kFloat && sq_sum.numel() == 1 && sq_sum.device() == a.device() &&
@@ -59,7 +66,8 @@ void GroupedMmWeightGradCompactAdamWCuda(const at::Tensor&, const at::Tensor&, c
                                          const AdamWHyper&) {
   TORCH_CHECK(false, "GroupedMmWeightGradCompactAdamWCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
 }
-void GroupedMmWeightGradSquaredNormCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+void GroupedMmWeightGradSquaredNormCuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        WeightGradNormMethod, int64_t) {
   TORCH_CHECK(false, "GroupedMmWeightGradSquaredNormCuda: this build has no CUTLASS grouped GEMM (FTD_WITH_CUTLASS)");
 }
 #endif

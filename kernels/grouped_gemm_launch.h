@@ -49,6 +49,9 @@ struct GroupedGemmArgs {
   // SMs the persistent CTAs spread over; 0 (or more than the device has): all of them. Fewer
   // leave SMs to work running beside the GEMM on another stream.
   int sm_count = 0;
+  // kWeightGrad: on the device, one flag per group of offs; a group whose flag is set is left out
+  // (nothing computed, nothing written). Null: every group.
+  const uint8_t* skip_groups = nullptr;
 };
 
 // Device bytes the launch needs as scratch (per-group arguments and CUTLASS's tensor maps).
@@ -66,5 +69,16 @@ std::string LaunchGroupedGemmSm90(const GroupedGemmArgs& args, GroupedGemmTile t
 size_t WeightGradCompactAdamWWorkspaceBytes(const GroupedGemmArgs& args);
 std::string LaunchWeightGradCompactAdamWSm90(const GroupedGemmArgs& args, const CompactUpdateState& state,
                                              void* workspace, size_t workspace_bytes, CUstream_st* stream);
+
+// The squared Frobenius norm of the kWeightGrad product, summed over the groups and added to
+// sq_sum (fp32 on the device), without forming the product: ||a_g^T b_g||^2 = sum_ij (a_g a_g^T)_ij
+// (b_g b_g^T)_ij, the groups' token Gram matrices, 2 T_g^2 (k + m) FLOPs against the product's
+// 2 T_g k m (a third of it for Mixtral-8x7B's experts at ~1,000 tokens each). The first Gram of each
+// group is stored in fp32 in `gram` (capacity floats), the second is multiplied into it in its
+// GEMM's epilogue. Groups whose Gram does not fit get their flag in `done` (one byte per group, on
+// the device) left 0, the others 1: the caller adds the left-out groups' squares another way.
+size_t GramSquaredNormWorkspaceBytes(const GroupedGemmArgs& args);
+std::string LaunchGramSquaredNormSm90(const GroupedGemmArgs& args, float* gram, int64_t capacity, uint8_t* done,
+                                      float* sq_sum, void* workspace, size_t workspace_bytes, CUstream_st* stream);
 
 }  // namespace ftd::kernels

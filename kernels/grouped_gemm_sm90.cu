@@ -1,5 +1,5 @@
 // Dispatch of the grouped GEMM's launcher (kernels/grouped_gemm_launch.h) to the instantiations
-// of each operand layout (kernels/grouped_gemm_sm90_{rows,rows_t,wgrad,wgrad_adamw}.cu).
+// of each operand layout (kernels/grouped_gemm_sm90_{rows,rows_t,wgrad,wgrad_adamw,gram}.cu).
 #include "kernels/grouped_gemm_launch.h"
 
 namespace ftd::kernels {
@@ -16,6 +16,9 @@ std::string LaunchWeightGrad(const GroupedGemmArgs& args, GroupedGemmTile tile, 
 size_t WeightGradCompactAdamWWorkspaceBytes(const GroupedGemmArgs& args);
 std::string LaunchWeightGradCompactAdamW(const GroupedGemmArgs& args, const CompactUpdateState& state,
                                          void* workspace, size_t bytes, cudaStream_t stream);
+size_t GramWorkspaceBytes(const GroupedGemmArgs& args);
+std::string LaunchGram(const GroupedGemmArgs& args, float* gram, int64_t capacity, uint8_t* done, float* sq_sum,
+                       void* workspace, size_t bytes, cudaStream_t stream);
 }  // namespace sm90
 
 const char* GroupedGemmTileName(GroupedGemmTile tile) {
@@ -57,6 +60,14 @@ std::string LaunchWeightGradCompactAdamWSm90(const GroupedGemmArgs& args, const 
                                              void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   if (args.groups == 0) return "";
   return sm90::LaunchWeightGradCompactAdamW(args, state, workspace, workspace_bytes, stream);
+}
+
+size_t GramSquaredNormWorkspaceBytes(const GroupedGemmArgs& args) { return sm90::GramWorkspaceBytes(args); }
+
+std::string LaunchGramSquaredNormSm90(const GroupedGemmArgs& args, float* gram, int64_t capacity, uint8_t* done,
+                                      float* sq_sum, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (args.groups == 0) return "";
+  return sm90::LaunchGram(args, gram, capacity, done, sq_sum, workspace, workspace_bytes, stream);
 }
 
 }  // namespace ftd::kernels

@@ -65,32 +65,38 @@ struct OperandLayouts<GroupedOperands::kWeightGrad> {  // A = a_g^T (M-major), B
   using B = cutlass::layout::RowMajor;
 };
 
-template <GroupedOperands Ops, class Config>
-struct GroupedGemm {
-  using LayoutA = typename OperandLayouts<Ops>::A;
-  using LayoutB = typename OperandLayouts<Ops>::B;
-  using LayoutD = cutlass::layout::RowMajor;
+// A grouped GEMM of tile Config with epilogue collective Epilogue (its shared memory carved out
+// of the mainloop's stages): bf16 operands 16-byte aligned, fp32 accumulation.
+template <class Config, class LayoutA_, class LayoutB_, class Epilogue>
+struct GroupedGemmWithEpilogue {
+  using LayoutA = LayoutA_;
+  using LayoutB = LayoutB_;
   static constexpr int kAlign = 8;  // 16 bytes of bf16
-
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, typename Config::TileShape, typename Config::ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlign, Element, LayoutD*,
-      kAlign, typename Config::EpilogueSchedule,
-      cutlass::epilogue::fusion::LinearCombination<Element, float, void, float>>::CollectiveOp;
-
+  using CollectiveEpilogue = Epilogue;
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element, LayoutB*, kAlign,
       float, typename Config::TileShape, typename Config::ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
       typename Config::KernelSchedule>::CollectiveOp;
-
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
   using StrideA = typename Kernel::InternalStrideA;
   using StrideB = typename Kernel::InternalStrideB;
   using StrideD = typename Kernel::InternalStrideD;
 };
+
+// The plain grouped GEMM: D stored as bf16 by CUTLASS's TMA epilogue.
+template <class Config>
+using StoreEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, typename Config::TileShape, typename Config::ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, cutlass::layout::RowMajor*, 8, Element,
+    cutlass::layout::RowMajor*, 8, typename Config::EpilogueSchedule,
+    cutlass::epilogue::fusion::LinearCombination<Element, float, void, float>>::CollectiveOp;
+
+template <GroupedOperands Ops, class Config>
+using GroupedGemm = GroupedGemmWithEpilogue<Config, typename OperandLayouts<Ops>::A, typename OperandLayouts<Ops>::B,
+                                            StoreEpilogue<Config>>;
 
 // A packed stride whose one dynamic component (the leading dimension) is `ld`.
 template <class Stride>
@@ -159,8 +165,10 @@ __global__ void PrepareGroupsKernel(GroupedGemmArgs args, GroupArrays<G> out) {
     if constexpr (Ops == GroupedOperands::kWeightGrad) {
       // [K, M] = a_g^T [K, rows] @ b_g [rows, M]. A K of 0 would leave the accumulators unset, so
       // an empty group multiplies kZeroRows rows of zeros instead: its gradient is written as 0.
+      // A skipped group has no output rows, so no tiles.
       const bool empty = rows == 0;
-      out.shapes[g] = {static_cast<int>(K), static_cast<int>(M), empty ? int{kZeroRows} : rows};
+      const bool skipped = args.skip_groups != nullptr && args.skip_groups[e] != 0;
+      out.shapes[g] = {skipped ? 0 : static_cast<int>(K), static_cast<int>(M), empty ? int{kZeroRows} : rows};
       out.a[g] = empty ? out.zeros : a + begin * K;
       out.b[g] = empty ? out.zeros : b + begin * M;
       out.d[g] = d + g * K * M;

@@ -9,9 +9,8 @@
 // an unfused step moves, and the dW tensor's memory). With squares_only the epilogue only sums
 // the gradient's squares (the norm that clipping needs before any update).
 #include "cutlass/arch/barrier.h"
-#include "cutlass/epilogue/thread/linear_combination.h"
 #include "kernels/adamw_compact_block.cuh"
-#include "kernels/grouped_gemm_sm90.cuh"
+#include "kernels/grouped_gemm_sm90_epilogue.cuh"
 
 namespace ftd::kernels::sm90 {
 
@@ -19,101 +18,45 @@ namespace {
 
 using namespace compact_update;  // NOLINT: the shared block update
 
-// An epilogue collective for the ptr-array warp-specialised kernels (the interface of CUTLASS's
-// Sm90TmaWarpSpecializedAdapter, whose no-shared-memory epilogues it mirrors), with its own shared
-// memory: the tile staged as bf16 and the moments' code tables.
+// The epilogue collective (kernels/grouped_gemm_sm90_epilogue.cuh) with its own shared memory: the
+// tile staged as bf16 and the moments' code tables.
 template <int kTileM, int kTileN, int kThreads>
-class CompactAdamWEpilogue {
- public:
-  static_assert(kTileN == kCompactUpdateBlock, "a tile row must be one block of the moments");
-  using DispatchPolicy = cutlass::epilogue::PtrArrayNoSmemWarpSpecialized;
-  using EpilogueSchedule = DispatchPolicy;
-  // Nothing is loaded as C or stored as D; the types only satisfy the kernel's aliases.
-  using ElementC = Element;
-  using ElementD = Element;
-  using InternalStrideC = cute::Stride<int64_t, cute::Int<1>, cute::Int<0>>;
-  using StrideC = InternalStrideC*;
-  using InternalStrideD = InternalStrideC;
-  using StrideD = InternalStrideD*;
-  using GmemTiledCopyC = void;
-  using GmemTiledCopyD = void;
-  using ThreadEpilogueOp = cutlass::epilogue::thread::LinearCombination<Element, 1, float, float>;  // (an alias only)
-  using LoadPipeline = cutlass::PipelineTransactionAsync<0>;
-  using LoadPipelineState = cutlass::PipelineState<0>;
-  static constexpr uint32_t TmaTransactionBytes = 0;
-  static constexpr bool RequiresTransactionBytes = false;
-  using StorePipeline = cutlass::PipelineTmaStore<0>;
-  using StorePipelineState = cutlass::PipelineState<0>;
-
+struct CompactAdamWStorage {
   // A staged row's pitch in bf16 elements: 16 bytes of padding put the 8 rows a warp's
   // accumulator fragment covers in different banks.
   static constexpr int kPitch = kTileN + 8;
-  struct TensorStorage {
-    alignas(128) uint16_t tile[kTileM * kPitch];  // bf16 bits
-    CodeTables tables;
-  };
-  using SharedStorage = TensorStorage;
-  struct TensorMapStorage {};
-  using PipelineStorage = typename LoadPipeline::SharedStorage;
+  alignas(128) uint16_t tile[kTileM * kPitch];  // bf16 bits
+  CodeTables tables;
+};
 
-  struct Arguments {
-    CompactUpdateState state;
-  };
-  using Params = Arguments;
+struct CompactAdamWArguments {
+  CompactUpdateState state;
+};
 
-  template <class ProblemShape>
-  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
-    return args;
-  }
-  template <class ProblemShape>
-  static size_t get_workspace_size(ProblemShape const&, Arguments const&, int) {
-    return 0;
-  }
-  template <class ProblemShape>
-  static cutlass::Status initialize_workspace(ProblemShape const&, Arguments const&, void*, cudaStream_t,
-                                              cutlass::CudaHostAdapter* = nullptr) {
-    return cutlass::Status::kSuccess;
-  }
+template <int kTileM, int kTileN, int kThreads>
+class CompactAdamWEpilogue
+    : public AccumulatorEpilogue<CompactAdamWArguments, CompactAdamWStorage<kTileM, kTileN, kThreads>> {
+  using Base = AccumulatorEpilogue<CompactAdamWArguments, CompactAdamWStorage<kTileM, kTileN, kThreads>>;
+  using Base::params_;
+  static constexpr int kPitch = CompactAdamWStorage<kTileM, kTileN, kThreads>::kPitch;
+
+ public:
+  static_assert(kTileN == kCompactUpdateBlock, "a tile row must be one block of the moments");
+  using typename Base::Arguments;
+  using typename Base::LoadPipeline;
+  using typename Base::LoadPipelineState;
+  using typename Base::Params;
+  using typename Base::StorePipeline;
+  using typename Base::StorePipelineState;
+  using typename Base::TensorStorage;
+
   template <class ProblemShape>
   static bool can_implement(ProblemShape const&, Arguments const& args) {
     return args.state.squares_only ? args.state.hyper.grad_sq_sum != nullptr
                                    : args.state.param != nullptr && args.state.step != nullptr;
   }
-  template <class CtaTileMNK>
-  CUTLASS_HOST_DEVICE static constexpr int get_load_pipe_increment(CtaTileMNK) {
-    return 1;
-  }
-  template <class CtaTileMNK>
-  CUTLASS_HOST_DEVICE static constexpr int get_store_pipe_increment(CtaTileMNK) {
-    return 1;
-  }
-  CUTLASS_DEVICE static void prefetch_tma_descriptors(Params const&) {}
 
-  CUTLASS_HOST_DEVICE CompactAdamWEpilogue(Params const& params, TensorStorage&) : params_(params) {}
-
-  CUTLASS_DEVICE bool is_producer_load_needed() const { return false; }
-  CUTLASS_DEVICE auto load_init(Params const&, TensorMapStorage&, int32_t, int32_t) {
-    return cute::make_tuple(nullptr);
-  }
-  template <class... Ts>
-  CUTLASS_DEVICE auto load(LoadPipeline, LoadPipelineState state, Ts&&...) {
-    return state;
-  }
-  CUTLASS_DEVICE auto load_tail(LoadPipeline, LoadPipelineState state) { return state; }
-  CUTLASS_DEVICE auto store_init(Params const&, TensorMapStorage&, int32_t, int32_t, int32_t) {
-    return cute::make_tuple(nullptr);
-  }
-  CUTLASS_DEVICE auto store_tail(LoadPipeline, LoadPipelineState load_state, StorePipeline,
-                                 StorePipelineState store_state) {
-    return cute::make_tuple(load_state, store_state);
-  }
-  template <bool IsLoad, class ProblemShapeMNKL>
-  CUTLASS_DEVICE void tensormaps_perform_update(TensorMapStorage&, Params const&, cute::TmaDescriptor const*,
-                                                ProblemShapeMNKL, int32_t, int32_t) {}
-  template <bool IsLoad>
-  CUTLASS_DEVICE void tensormaps_cp_fence_release(TensorMapStorage&, cute::TmaDescriptor const*, int32_t) {}
-  template <bool IsLoad>
-  CUTLASS_DEVICE void tensormaps_fence_acquire(cute::TmaDescriptor const*) {}
+  CUTLASS_HOST_DEVICE CompactAdamWEpilogue(Params const& params, TensorStorage&) : Base(params) {}
 
   // One tile: stage the gradient, then update its rows, one warp per row at a time.
   template <class ProblemShapeMNKL, class TileShapeMNK, class TileCoordMNKL, class AccEngine, class AccLayout,
@@ -199,31 +142,15 @@ class CompactAdamWEpilogue {
     AddGradSquares(g_sq, st.hyper.grad_sq_sum);
     return cute::make_tuple(load_state, store_state);
   }
-
- private:
-  Params params_;
 };
 
 using Config = Cooperative128x256;
 constexpr int kTileM = 128, kTileN = 256, kConsumerThreads = 256;  // two consumer warpgroups
 
-struct FusedWeightGrad {
-  using LayoutA = OperandLayouts<GroupedOperands::kWeightGrad>::A;
-  using LayoutB = OperandLayouts<GroupedOperands::kWeightGrad>::B;
-  static constexpr int kAlign = 8;
-  using CollectiveEpilogue = CompactAdamWEpilogue<kTileM, kTileN, kConsumerThreads>;
-  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element, LayoutB*, kAlign,
-      float, Config::TileShape, Config::ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      Config::KernelSchedule>::CollectiveOp;
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-  using StrideA = typename Kernel::InternalStrideA;
-  using StrideB = typename Kernel::InternalStrideB;
-  using StrideD = typename Kernel::InternalStrideD;
-};
+using FusedWeightGrad =
+    GroupedGemmWithEpilogue<Config, OperandLayouts<GroupedOperands::kWeightGrad>::A,
+                            OperandLayouts<GroupedOperands::kWeightGrad>::B,
+                            CompactAdamWEpilogue<kTileM, kTileN, kConsumerThreads>>;
 static_assert(cute::size(typename FusedWeightGrad::CollectiveMainloop::TiledMma{}) == kConsumerThreads);
 
 typename FusedWeightGrad::Gemm::Arguments MakeFusedArguments(const GroupedGemmArgs& args,

@@ -56,6 +56,12 @@ void ExpectSameState(const State& got, const State& want) {
 // Groups: empty first and in the middle, one row, more than a 128-row tile, uneven.
 const std::vector<int64_t> kCounts = {0, 1, 37, 0, 300, 64};
 
+bool OwnGroupedGemmRuns() {
+  if (!at::hasCUDA()) return false;
+  const at::Tensor probe = at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA));
+  return GroupedMmWeightGradCudaSupports(probe, probe);
+}
+
 TEST(GroupedMmWeightGradCompactAdamW, EqualsTheStepOfTheFormedGradient) {
   at::manual_seed(5);
   const int64_t E = static_cast<int64_t>(kCounts.size()), K = 24, M = 256;
@@ -89,10 +95,7 @@ TEST(GroupedMmWeightGradCompactAdamW, MismatchedParameterIsNamed) {
 }
 
 TEST(GroupedMmWeightGradCompactAdamWCuda, BitForBitTheUnfusedStep) {
-  if (!at::hasCUDA() || !GroupedMmWeightGradCudaSupports(at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)),
-                                                         at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)))) {
-    GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
-  }
+  if (!OwnGroupedGemmRuns()) GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
   at::manual_seed(7);
   const at::Device cuda(at::kCUDA, 0);
   // K 200: the second 128-row tile of each group is partial; M 512: two tiles across.
@@ -129,11 +132,22 @@ TEST(GroupedMmWeightGradCompactAdamWCuda, BitForBitTheUnfusedStep) {
   }
 }
 
+// The squares-only GEMM sums the squares of the bf16 gradient it forms (as the reference does);
+// the Grams give the norm of its fp32 accumulation, which differs by the bf16 rounding of dW (on
+// an H100 up to 1.5e-4 relative at these sizes; an outer product's few large squares move most).
+double Tolerance(WeightGradNormMethod method) { return method == WeightGradNormMethod::kGram ? 5e-4 : 1e-5; }
+
+TEST(PickWeightGradNormMethod, GramsOnlyWhereEachGroupHasManyRows) {
+  EXPECT_EQ(PickWeightGradNormMethod(8192, 8, 4096, 28672), WeightGradNormMethod::kGram);         // Mixtral gate_up
+  EXPECT_EQ(PickWeightGradNormMethod(8192, 8, 14336, 4096), WeightGradNormMethod::kGram);         // Mixtral down
+  EXPECT_EQ(PickWeightGradNormMethod(32768, 128, 2048, 1536), WeightGradNormMethod::kSquaresOnly);  // Qwen3
+  EXPECT_EQ(PickWeightGradNormMethod(24576, 64, 2048, 2816), WeightGradNormMethod::kSquaresOnly);   // Moonlight
+  EXPECT_EQ(PickWeightGradNormMethod(8192, 8, 256, 256), WeightGradNormMethod::kSquaresOnly);  // FLOPs above half
+  EXPECT_EQ(PickWeightGradNormMethod(0, 0, 256, 256), WeightGradNormMethod::kSquaresOnly);
+}
+
 TEST(GroupedMmWeightGradSquaredNormCuda, SumsTheSquaresOfTheFormedGradient) {
-  if (!at::hasCUDA() || !GroupedMmWeightGradCudaSupports(at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)),
-                                                         at::empty({8, 8}, at::dtype(at::kBFloat16).device(at::kCUDA)))) {
-    GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
-  }
+  if (!OwnGroupedGemmRuns()) GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
   at::manual_seed(8);
   const at::Device cuda(at::kCUDA, 0);
   int64_t N = 0;
@@ -145,11 +159,46 @@ TEST(GroupedMmWeightGradSquaredNormCuda, SumsTheSquaresOfTheFormedGradient) {
     at::Tensor a = at::randn({N, k}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
     at::Tensor b = at::randn({N, m}, at::TensorOptions().device(cuda)).to(at::kBFloat16);
     at::Tensor offs = Offs(kCounts, cuda);
-    at::Tensor sq = at::full({1}, 2.0f, at::TensorOptions().device(cuda));  // it adds to what is there
-    ASSERT_TRUE(GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq));
-    GroupedMmWeightGradSquaredNormCuda(a, b, offs, sq);
     const double want = 2.0 + GroupedMmWeightGrad(a, b, offs).to(at::kFloat).square().sum().item<double>();
-    EXPECT_NEAR(sq.item<double>(), want, 1e-5 * want);
+    // The squares-only GEMM; the Grams with room for all (the default capacity at this size), for
+    // none, and for all but the 300-row group (90,000 floats), which the squares-only GEMM takes.
+    const std::vector<std::pair<WeightGradNormMethod, int64_t>> ways = {{WeightGradNormMethod::kSquaresOnly, -1},
+                                                                        {WeightGradNormMethod::kGram, -1},
+                                                                        {WeightGradNormMethod::kGram, 0},
+                                                                        {WeightGradNormMethod::kGram, 60000}};
+    for (const auto& [method, capacity] : ways) {
+      SCOPED_TRACE(::testing::Message() << "method " << static_cast<int>(method) << ", capacity " << capacity);
+      at::Tensor sq = at::full({1}, 2.0f, at::TensorOptions().device(cuda));  // it adds to what is there
+      ASSERT_TRUE(GroupedMmWeightGradSquaredNormCudaSupports(a, b, sq));
+      GroupedMmWeightGradSquaredNormCuda(a, b, offs, sq, method, capacity);
+      EXPECT_NEAR(sq.item<double>(), want, Tolerance(method) * want);
+    }
+  }
+}
+
+// The Grams at an expert layer's size: 64 groups of a real router's uneven loads (one at 4x its
+// share, some empty), K 2048 and M 1536 (Qwen3-30B-A3B's gate_up), rows that are not independent
+// (a common component, as normalised hidden states have), against the formed gradient's squares.
+TEST(GroupedMmWeightGradSquaredNormCuda, GramsAtAnExpertLayersShape) {
+  if (!OwnGroupedGemmRuns()) GTEST_SKIP() << "no sm90 GPU or no CUTLASS grouped GEMM in this build";
+  at::manual_seed(9);
+  const at::Device cuda(at::kCUDA, 0);
+  std::vector<int64_t> counts(64);
+  for (size_t g = 0; g < counts.size(); ++g) counts[g] = g % 9 == 4 ? 0 : 96 + static_cast<int64_t>(g * 37 % 160);
+  counts[7] = 700;
+  int64_t N = 0;
+  for (int64_t c : counts) N += c;
+  const auto opts = at::TensorOptions().device(cuda);
+  at::Tensor common = at::randn({1, 2048}, opts) * 3.0;
+  at::Tensor a = (at::randn({N, 2048}, opts) + common).to(at::kBFloat16);
+  at::Tensor b = (at::randn({N, 1536}, opts) * 1e-3).to(at::kBFloat16);
+  at::Tensor offs = Offs(counts, cuda);
+  const double want = GroupedMmWeightGrad(a, b, offs).to(at::kDouble).square().sum().item<double>();
+  for (const auto method : {WeightGradNormMethod::kGram, WeightGradNormMethod::kSquaresOnly}) {
+    SCOPED_TRACE(static_cast<int>(method));
+    at::Tensor sq = at::zeros({1}, opts);
+    GroupedMmWeightGradSquaredNormCuda(a, b, offs, sq, method);
+    EXPECT_NEAR(sq.item<double>(), want, Tolerance(method) * want);
   }
 }
 
