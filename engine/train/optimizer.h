@@ -137,7 +137,7 @@ class AdamW {
   // Under EnableNormInBackward with fuse_expert_update, between Begin/FinishNormInBackward (the
   // step's only backward): takes dW of `weight` as its whole gradient for the next Step(), which
   // runs the fused update from (a, b, offs) with the clipped scale; now only dW's squared norm is
-  // taken (on an sm90 GPU by the same GEMM, dW not formed). The operands stay alive until then
+  // taken (on an sm90 GPU from the tokens' Gram matrices, dW not formed: kernels/grouped_gemm_adamw.h). The operands stay alive until then
   // instead of dW (Qwen3-30B-A3B: 0.4 GB a layer against 1.2 GB). false when it does not serve.
   bool DeferExpertWeightGrad(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
                              const at::Tensor& offs);
