@@ -6,13 +6,12 @@
 // each a_g a_g^T in fp32, the second multiplies each b_g b_g^T tile into it and sums (warp sums
 // added atomically, as the squares-only epilogue of kernels/grouped_gemm_sm90_wgrad_adamw.cu).
 #include "cutlass/arch/barrier.h"
+#include "kernels/adamw_compact_block.cuh"
 #include "kernels/grouped_gemm_sm90_epilogue.cuh"
 
 namespace ftd::kernels::sm90 {
 
 namespace {
-
-constexpr uint32_t kFullMask = 0xffffffffu;
 
 struct GramArguments {
   float* gram = nullptr;         // the first Gram of each group, [T_g, T_g] row-major at pos[g]
@@ -65,10 +64,7 @@ class GramEpilogue : public AccumulatorEpilogue<GramArguments, NoStorage> {
         }
       }
     }
-    if (params_.multiply) {
-      for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(kFullMask, sum, offset);
-      if ((threadIdx.x & 31) == 0 && sum != 0.0f) atomicAdd(params_.sq_sum, sum);
-    }
+    if (params_.multiply) compact_update::AddGradSquares(sum, params_.sq_sum);  // warp sum, one atomic add
     return cute::make_tuple(load_state, store_state);
   }
 };
