@@ -5,6 +5,7 @@
 // shapes, pointers and strides, so nothing waits on the host.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "cute/tensor.hpp"
@@ -113,6 +114,25 @@ __device__ Stride LeadingStride(int64_t ld) {
 // Rows of zeros an empty weight-gradient group multiplies: the smallest K a TMA load of bf16 takes.
 constexpr int kZeroRows = 8;
 
+// Lays arrays out one after another in a workspace, each 256-byte aligned. With a null base it
+// only adds up the bytes (the pointers it returns are then not to be used).
+class WorkspaceCarver {
+ public:
+  explicit WorkspaceCarver(char* base) : base_(reinterpret_cast<uintptr_t>(base)) {}
+
+  template <class T>
+  T* Take(int64_t count) {
+    const uintptr_t p = base_ + bytes_;
+    bytes_ += (sizeof(T) * static_cast<size_t>(count) + 255) / 256 * 256;
+    return reinterpret_cast<T*>(p);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  uintptr_t base_;
+  size_t bytes_ = 0;
+};
+
 // Per-group arguments in the workspace, 256-byte aligned each.
 template <class G>
 struct GroupArrays {
@@ -128,21 +148,16 @@ struct GroupArrays {
 
   static GroupArrays Carve(char* base, int groups, int64_t zero_elements) {
     GroupArrays g{};
-    size_t at = 0;
-    auto take = [&](size_t n) {
-      char* p = base + at;
-      at += (n + 255) / 256 * 256;
-      return p;
-    };
-    g.shapes = reinterpret_cast<decltype(g.shapes)>(take(sizeof(*g.shapes) * groups));
-    g.a = reinterpret_cast<const Element**>(take(sizeof(void*) * groups));
-    g.b = reinterpret_cast<const Element**>(take(sizeof(void*) * groups));
-    g.d = reinterpret_cast<Element**>(take(sizeof(void*) * groups));
-    g.stride_a = reinterpret_cast<decltype(g.stride_a)>(take(sizeof(*g.stride_a) * groups));
-    g.stride_b = reinterpret_cast<decltype(g.stride_b)>(take(sizeof(*g.stride_b) * groups));
-    g.stride_d = reinterpret_cast<decltype(g.stride_d)>(take(sizeof(*g.stride_d) * groups));
-    g.zeros = reinterpret_cast<Element*>(take(sizeof(Element) * zero_elements));
-    g.bytes = at;
+    WorkspaceCarver carve(base);
+    g.shapes = carve.Take<typename ProblemShape::UnderlyingProblemShape>(groups);
+    g.a = carve.Take<const Element*>(groups);
+    g.b = carve.Take<const Element*>(groups);
+    g.d = carve.Take<Element*>(groups);
+    g.stride_a = carve.Take<typename G::StrideA>(groups);
+    g.stride_b = carve.Take<typename G::StrideB>(groups);
+    g.stride_d = carve.Take<typename G::StrideD>(groups);
+    g.zeros = carve.Take<Element>(zero_elements);
+    g.bytes = carve.bytes();
     return g;
   }
 };

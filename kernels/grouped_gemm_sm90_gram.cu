@@ -90,20 +90,15 @@ struct GramArrays {
 
   static GramArrays Carve(char* base, int groups) {
     GramArrays g{};
-    size_t at = 0;
-    auto take = [&](size_t n) {
-      char* p = base + at;
-      at += (n + 255) / 256 * 256;
-      return p;
-    };
+    WorkspaceCarver carve(base);
     const int problems = 2 * groups;
-    g.shapes = reinterpret_cast<decltype(g.shapes)>(take(sizeof(*g.shapes) * problems));
-    g.a = reinterpret_cast<const Element**>(take(sizeof(void*) * problems));
-    g.b = reinterpret_cast<const Element**>(take(sizeof(void*) * problems));
-    g.stride_a = reinterpret_cast<decltype(g.stride_a)>(take(sizeof(*g.stride_a) * problems));
-    g.stride_b = reinterpret_cast<decltype(g.stride_b)>(take(sizeof(*g.stride_b) * problems));
-    g.pos = reinterpret_cast<int64_t*>(take(sizeof(int64_t) * groups));
-    g.bytes = at;
+    g.shapes = carve.Take<typename ProblemShape::UnderlyingProblemShape>(problems);
+    g.a = carve.Take<const Element*>(problems);
+    g.b = carve.Take<const Element*>(problems);
+    g.stride_a = carve.Take<typename GramGemm::StrideA>(problems);
+    g.stride_b = carve.Take<typename GramGemm::StrideB>(problems);
+    g.pos = carve.Take<int64_t>(groups);
+    g.bytes = carve.bytes();
     return g;
   }
 };
