@@ -22,10 +22,33 @@ bool GradientIsBeingCaptured(const at::Tensor& t) {
 #endif
 }
 
+// [rows] int64: the indices of the rows with a target (targets != -100) in order, then of the
+// ignored rows in order, cut to the first `rows`. Device ops only (no host read), so a CUDA
+// graph captures it.
+at::Tensor TargetRowsFirst(const at::Tensor& targets, int64_t rows) {
+  const int64_t N = targets.size(0);
+  const at::Tensor valid = targets.ne(-100);
+  const at::Tensor is_target = valid.to(at::kLong);
+  const at::Tensor targets_before = is_target.cumsum(0) - is_target;  // [N]
+  const at::Tensor index = at::arange(N, targets.options().dtype(at::kLong));
+  // Each row's place in the new order: a permutation of 0..N-1.
+  const at::Tensor place = at::where(valid, targets_before, is_target.sum() + (index - targets_before));
+  return at::empty_like(place).scatter_(0, place, index).narrow(0, 0, rows);
+}
+
 struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossEntropyFunction> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h, const at::Tensor& weight,
-                            const at::Tensor& targets, int64_t chunk, bool need_grad, double expected_grad,
-                            bool expected_grad_exact) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& all_h, const at::Tensor& weight,
+                            const at::Tensor& all_targets, int64_t chunk, bool need_grad, double expected_grad,
+                            bool expected_grad_exact, int64_t rows) {
+    // Rows without a target need no logits: with rows < N the GEMMs run on the rows that have
+    // one (gathered to the front), and their dh is scattered back over zeros.
+    at::Tensor selected;  // undefined: every row
+    at::Tensor h = all_h, targets = all_targets;
+    if (rows >= 0 && rows < all_h.size(0)) {
+      selected = TargetRowsFirst(all_targets, rows);
+      h = all_h.index_select(0, selected);              // [rows, H]
+      targets = all_targets.index_select(0, selected);  // [rows]
+    }
     const int64_t N = h.size(0);
     at::Tensor loss = at::zeros({}, h.options().dtype(at::kFloat));
     at::Tensor dh, dw;
@@ -69,6 +92,7 @@ struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCross
       dw.addmm_(g.t(), hc);
     }
     if (need_grad) {
+      if (selected.defined()) dh = at::zeros_like(all_h).index_copy_(0, selected, dh);  // [N, H]
       ctx->saved_data["dh"] = dh;
       ctx->saved_data["dw"] = dw;
       ctx->saved_data["expected_grad"] = expected_grad;
@@ -100,17 +124,18 @@ struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCross
       dh.mul_(factor.to(dh.scalar_type()));
       dw.mul_(factor.to(dw.scalar_type()));
     }
-    return {dh, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dh, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
 at::Tensor LinearCrossEntropySum(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
-                                 int64_t chunk_tokens, double expected_grad, bool expected_grad_exact) {
+                                 int64_t chunk_tokens, double expected_grad, bool expected_grad_exact,
+                                 int64_t rows) {
   const bool need_grad = c10::GradMode::is_enabled() && (h.requires_grad() || weight.requires_grad());
   return LinearCrossEntropyFunction::apply(h, weight, targets, std::max<int64_t>(1, chunk_tokens), need_grad,
-                                           expected_grad, expected_grad_exact);
+                                           expected_grad, expected_grad_exact, rows);
 }
 
 }  // namespace ftd::engine

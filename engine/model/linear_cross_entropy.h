@@ -20,8 +20,12 @@ namespace ftd::engine {
 // the default 1 the incoming gradient is always applied (and no host check is made).
 // `expected_grad_exact`: the caller guarantees the incoming gradient is expected_grad (its loss
 // is the sum times that constant), so backward makes no host check (no device sync).
+// `rows` (>= 0, < N): compute only that many rows, the rows with a target first (in order), so
+// the three GEMMs skip the ignored rows (a prompt's, padding); the ignored rows' dh is zero. The
+// caller guarantees rows >= the number of targets (a row with a target past `rows` would be
+// left out of the loss). -1: every row.
 at::Tensor LinearCrossEntropySum(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& targets,
                                  int64_t chunk_tokens = 1024, double expected_grad = 1.0,
-                                 bool expected_grad_exact = false);
+                                 bool expected_grad_exact = false, int64_t rows = -1);
 
 }  // namespace ftd::engine

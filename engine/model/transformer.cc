@@ -272,7 +272,7 @@ ForwardResult MoeTransformer::Forward(const Batch& batch, bool return_logits) {
         return_logits
             ? at::cross_entropy_loss(logits.view({B * S, -1}), targets, {}, at::Reduction::Sum, -100)
             : LinearCrossEntropySum(h.reshape({B * S, -1}), weights_.lm_head, targets, options_.loss_chunk_tokens,
-                                    batch.loss_grad_scale, batch.loss_grad_exact);
+                                    batch.loss_grad_scale, batch.loss_grad_exact, batch.loss_rows);
     result.num_targets = batch.num_targets >= 0 ? batch.num_targets : targets.ne(-100).sum().item<int64_t>();
   }
   if (config_.output_router_logits && config_.router_aux_loss_coef != 0 && !router_logits.empty()) {

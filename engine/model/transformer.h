@@ -76,6 +76,9 @@ struct Batch {
   // Valid targets when the caller knows them (>= 0): Forward then reads nothing back from the
   // device (required while a CUDA graph is captured); -1 counts them, with a host sync.
   int64_t num_targets = -1;
+  // The rows the fused loss computes (>= the valid targets; linear_cross_entropy.h): the rows
+  // with a target first, so lm_head's GEMMs skip ignored rows. -1: every row.
+  int64_t loss_rows = -1;
 };
 
 // HF's convention (labels = inputs, shifted inside the loss) as targets.

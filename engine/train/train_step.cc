@@ -33,15 +33,29 @@ namespace {
 // Index of the per-step device values (State::values).
 enum StepValue : int64_t { kLr = 0, kGradScale = 1, kAuxScale = 2, kInvTargets = 3, kNumValues = 4 };
 
-// The graph key of a micro-batch: 0 for rows without document boundaries, else the number of
-// varlen sequences rounded up to a power of two (cu_seqlens is padded to it with empty
-// sequences); -1 when there are too many documents for a graph.
+// A micro-batch's varlen bucket (its part of the graph key): 0 for rows without document
+// boundaries, else the number of varlen sequences rounded up to a power of two (cu_seqlens is
+// padded to it with empty sequences); -1 when there are too many documents for a graph.
 constexpr int64_t kMaxGraphSequences = 256;
-int64_t GraphKey(int64_t num_sequences, bool varlen) {
+int64_t VarlenBucket(int64_t num_sequences, bool varlen) {
   if (!varlen) return 0;
   int64_t bucket = 1;
   while (bucket < num_sequences) bucket <<= 1;
   return bucket > kMaxGraphSequences ? -1 : bucket;
+}
+
+// The fused loss's rows (Batch::loss_rows) for a micro-batch of `tokens` rows of which `targets`
+// have a target: the targets rounded up to an eighth of the rows, so that a few CUDA graphs (one
+// an eighth) serve batches of any prompt share; -1 (every row) when that is not fewer.
+int64_t LossRows(int64_t tokens, int64_t targets) {
+  const int64_t eighth = std::max<int64_t>(1, (tokens + 7) / 8);
+  const int64_t rows = (targets + eighth - 1) / eighth * eighth;
+  return rows >= tokens ? -1 : rows;
+}
+
+// Which eighth LossRows chose (0-7), or 8 for every row: the loss's part of the graph key.
+int64_t LossRowsKey(int64_t tokens, int64_t loss_rows) {
+  return loss_rows < 0 ? 8 : loss_rows / std::max<int64_t>(1, (tokens + 7) / 8);
 }
 
 // Host tensor -> device, without making the host wait (pinned staging, copied on the stream).
@@ -115,7 +129,7 @@ struct TrainStep::State {
   struct Graph {
     int64_t eager_steps = 0;
     std::unique_ptr<at::cuda::CUDAGraph> graph;
-    at::Tensor cu_seqlens;  // [key + 1] int32: this key's padded boundaries
+    at::Tensor cu_seqlens;  // [sequences + 1] int32: this bucket's padded boundaries
   };
   std::map<int64_t, Graph> graphs;
   std::optional<at::cuda::MempoolId_t> pool;
@@ -444,8 +458,9 @@ absl::Status TrainStep::Launch(const StepInput& input) {
                                       at::TensorOptions().dtype(at::kFloat));
   UploadInto(s.values, host_values);
 
-  // The graph this step can replay, if any.
-  int64_t key = -1;
+  // The graph this step can replay, if any: one per varlen bucket (`sequences`, the number of
+  // varlen sequences it takes; 0 without document boundaries) and share of loss rows.
+  int64_t key = -1, sequences = -1;
   std::vector<int32_t> cu;
   int64_t max_seqlen = 0;
   const MicroBatchTensors& first = input.micro[0];
@@ -465,8 +480,12 @@ absl::Status TrainStep::Launch(const StepInput& input) {
       seg.narrow(1, 0, first.segment_ids.size(1)).copy_(first.segment_ids);
       cu = CuSeqlensFromSegmentIds(seg.const_data_ptr<int64_t>(), s.o.micro_batch, s.o.seq_len, &max_seqlen);
     }
-    key = GraphKey(static_cast<int64_t>(cu.size()) - 1, varlen);
+    sequences = VarlenBucket(static_cast<int64_t>(cu.size()) - 1, varlen);
   }
+  const int64_t graph_tokens = s.o.micro_batch * s.o.seq_len;
+  const int64_t first_targets = first.targets.ne(-100).sum().item<int64_t>();  // a host (CPU) tensor
+  const int64_t graph_loss_rows = s.o.loss_skips_ignored_rows ? LossRows(graph_tokens, first_targets) : -1;
+  if (sequences >= 0) key = sequences * 9 + LossRowsKey(graph_tokens, graph_loss_rows);
 
   std::vector<Batch> batches;
   bool replay = false, first_replay_done = false;
@@ -487,18 +506,21 @@ absl::Status TrainStep::Launch(const StepInput& input) {
     UploadInto(s.static_positions, pos);
     Batch b{s.static_ids, s.static_targets, first.position_ids.defined() ? s.static_positions : at::Tensor(), {}};
     if (varlen) {
-      // cu_seqlens padded with empty sequences to the key, the longest sequence bounded by seq_len.
+      // cu_seqlens padded with empty sequences to the bucket, the longest sequence bounded by seq_len.
       std::vector<int32_t> padded = cu;
-      padded.resize(static_cast<size_t>(key) + 1, cu.back());
+      padded.resize(static_cast<size_t>(sequences) + 1, cu.back());
       at::Tensor host_cu = at::tensor(at::ArrayRef<int32_t>(padded), at::TensorOptions().dtype(at::kInt));
-      if (!graph->cu_seqlens.defined()) graph->cu_seqlens = at::empty({key + 1}, host_cu.options().device(s.device));
+      if (!graph->cu_seqlens.defined()) {
+        graph->cu_seqlens = at::empty({sequences + 1}, host_cu.options().device(s.device));
+      }
       UploadInto(graph->cu_seqlens, host_cu);
       b.varlen.cu_seqlens = graph->cu_seqlens;
       b.varlen.max_seqlen = s.o.seq_len;
-      b.varlen.num_sequences = key;
+      b.varlen.num_sequences = sequences;
       b.varlen.total_tokens = s.o.micro_batch * s.o.seq_len;
     }
-    b.num_targets = first.targets.ne(-100).sum().item<int64_t>();  // a host (CPU) tensor
+    b.num_targets = first_targets;
+    b.loss_rows = graph_loss_rows;
     b.loss_grad_scale = 1.0 / s.normaliser;
     b.loss_grad_exact = true;
     batches.push_back(std::move(b));
@@ -545,6 +567,7 @@ absl::Status TrainStep::Launch(const StepInput& input) {
             Upload(at::tensor(at::ArrayRef<int32_t>(c), at::TensorOptions().dtype(at::kInt)), s.device);
       }
       b.num_targets = mb.targets.ne(-100).sum().item<int64_t>();  // a host (CPU) tensor
+      if (s.o.loss_skips_ignored_rows) b.loss_rows = LossRows(mb.targets.numel(), b.num_targets);
       b.loss_grad_scale = 1.0 / s.normaliser;
       b.loss_grad_exact = true;
       batches.push_back(std::move(b));

@@ -50,6 +50,9 @@ struct TrainStepOptions {
   int64_t seq_len = 2048;        // tokens per row (CUDA graphs pad rows to it)
   bool cuda_graphs = true;       // capture and replay the step where it can be
   int64_t warmup_before_capture = 2;  // eager steps (per graph key) before capturing
+  // lm_head's GEMMs skip rows without a target (a prompt's, padding): the loss runs on the
+  // target rows rounded up to an eighth of the micro-batch (a CUDA graph per eighth).
+  bool loss_skips_ignored_rows = true;
   // Several ranks: the dense parameters are ZeRO-2 sharded (optimizer state and gradients);
   // 3 also shards the decoder layers' dense parameters, gathered per layer (engine/dist/zero3.h).
   int64_t zero_stage = 2;

@@ -6,7 +6,9 @@
 //   the same weights and the same gradient norm;
 // - gradient accumulation equals one micro-batch holding the same rows;
 // - on a GPU, a step replayed from a CUDA graph equals the eager step, for unpacked rows and for
-//   packed rows of varying document counts (one graph per bucket), in both optimizer modes.
+//   packed rows of varying document counts (one graph per bucket), in both optimizer modes;
+// - lm_head's GEMMs over the rows with a target only train as over every row, on the CPU and
+//   from CUDA graphs (one per share of loss rows).
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -178,6 +180,36 @@ TEST(TrainStep, AccumulationEqualsOneMicroBatchOfTheSameRows) {
   EXPECT_LT(((da - db).norm() / da.norm()).item<double>(), 1e-2);
 }
 
+// Rows whose first `prompt` targets are ignored (-100), as a chat row's prompt.
+MicroBatchTensors Prompted(MicroBatchTensors mb, int64_t prompt) {
+  mb.targets.narrow(1, 0, prompt).fill_(-100);
+  return mb;
+}
+
+// lm_head's GEMMs over the target rows only (the default) train as over every row: the loss's
+// rows are the targets rounded up to an eighth of the micro-batch, here 1 to 8 eighths.
+TEST(TrainStep, LossOverTargetRowsOnlyEqualsEveryRow) {
+  TrainStepOptions skip{.precision = PrecisionPolicy::kFp32Master, .grad_clip = 1.0, .micro_batch = 2, .seq_len = 64};
+  ASSERT_TRUE(skip.loss_skips_ignored_rows);
+  TrainStepOptions every = skip;
+  every.loss_skips_ignored_rows = false;
+  TrainRun a = MakeRun(at::kCPU, at::kFloat, skip), b = MakeRun(at::kCPU, at::kFloat, every);
+  const at::Tensor initial = Flat(Masters(a));
+  const int64_t prompts[] = {0, 40, 63, 10, 64};  // 64: a row of prompt only (the other has targets)
+  for (int s = 0; s < 5; ++s) {
+    MicroBatchTensors mb = Rows(2, 64, 60 + s);
+    mb.targets.narrow(0, 0, 1).narrow(1, 0, prompts[s]).fill_(-100);
+    mb.targets.narrow(0, 1, 1).narrow(1, 0, prompts[s] / 2).fill_(-100);
+    StepInput in = Input({mb}, 1e-3);
+    StepOutcome oa = Step(a, in), ob = Step(b, in);
+    EXPECT_NEAR(oa.loss, ob.loss, 1e-6 * std::abs(ob.loss)) << "step " << s;
+    EXPECT_NEAR(oa.grad_norm, ob.grad_norm, 1e-5 * ob.grad_norm) << "step " << s;
+  }
+  at::Tensor da = Flat(Masters(a)) - initial, db = Flat(Masters(b)) - initial;
+  EXPECT_GT(db.abs().max().item<double>(), 0.0);
+  EXPECT_LT(((da - db).norm() / db.norm()).item<double>(), 1e-4);
+}
+
 // GPU: a step replayed from a CUDA graph does what the eager step does. Rows vary every step
 // (the graph reads the static inputs refilled in place); packed rows with 3, 5 and 2 documents
 // use the graphs of buckets 4, 8 and 2 (cu_seqlens padded with empty sequences).
@@ -207,6 +239,31 @@ TEST(TrainStepCuda, GraphReplayEqualsEagerSteps) {
       EXPECT_TRUE(at::allclose(wg, we, 1e-3, 1e-5)) << (wg - we).abs().max().item<double>();
     }
   }
+}
+
+// GPU: steps of different prompt shares take a graph per share of loss rows (here 8, 5, 2 and
+// 5 eighths again), each replay equal to eager steps over every row.
+TEST(TrainStepCuda, GraphPerShareOfLossRowsEqualsEagerSteps) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  TrainStepOptions o{.precision = PrecisionPolicy::kCompact, .grad_clip = 1.0, .micro_batch = 2, .seq_len = 64};
+  o.warmup_before_capture = 1;
+  TrainStepOptions eager_o = o;
+  eager_o.cuda_graphs = false;
+  eager_o.loss_skips_ignored_rows = false;
+  TrainRun g = MakeRun(at::Device(at::kCUDA, 0), at::kBFloat16, o);
+  TrainRun e = MakeRun(at::Device(at::kCUDA, 0), at::kBFloat16, eager_o);
+  const int64_t prompts[] = {0, 30, 50, 0, 30, 50, 30, 0, 50, 30};
+  int replays = 0;
+  for (int s = 0; s < 10; ++s) {
+    StepInput in = Input({Prompted(Rows(2, 64, 700 + s), prompts[s])}, 1e-4);
+    StepOutcome og = Step(g, in), oe = Step(e, in);
+    replays += og.replayed;
+    EXPECT_NEAR(og.loss, oe.loss, 2e-3 * std::abs(oe.loss)) << "step " << s;
+    EXPECT_NEAR(og.grad_norm, oe.grad_norm, 1e-2 * oe.grad_norm) << "step " << s;
+  }
+  EXPECT_GE(replays, 4);  // each share's graph captured on its second step, replayed after
+  at::Tensor wg = Flat(Masters(g)), we = Flat(Masters(e));
+  EXPECT_TRUE(at::allclose(wg, we, 1e-3, 1e-5)) << (wg - we).abs().max().item<double>();
 }
 
 // A CUDA run (CUDA graphs as asked, captured after one eager step) and a CPU twin of the same
