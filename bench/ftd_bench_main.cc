@@ -167,6 +167,15 @@ int main(int argc, char** argv) {
   app.add_option("--loss-chunk", loss_chunk, "tokens per chunk of the fused linear cross-entropy")->capture_default_str();
   app.add_option("--profile", profile_out, "after the timed steps, profile one step and write a per-kernel table here");
   app.add_option("--trace", trace_out, "with --profile: also write the step's Chrome trace (kernels per stream) here");
+  double prompt_fraction = 0;
+  bool all_loss_rows = false;
+  app.add_option("--prompt-fraction", prompt_fraction,
+                 "labels of this leading fraction of each row ignored (-100), as a chat row's prompt; HF v5's "
+                 "baseline takes the same flag")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_flag("--all-loss-rows", all_loss_rows,
+               "lm_head's GEMMs over every row, also those without a target (TrainStepOptions::loss_skips_ignored_rows off)");
   bool report_unchanged = false;
   app.add_flag("--report-unchanged", report_unchanged,
                "report the fraction of parameters (as bf16 weights, and as the optimizer's masters) that all "
@@ -241,6 +250,7 @@ int main(int argc, char** argv) {
   o.grad_clip = grad_clip;
   o.micro_batch = batch;
   o.seq_len = seq;
+  o.loss_skips_ignored_rows = !all_loss_rows;
   // A LoRA rank not a multiple of 8 takes the per-expert loop (host reads): no graph capture.
   o.cuda_graphs = !no_cuda_graph && !(lora && lora_rank % 8 != 0);
   auto step = TrainStep::Create(model->get(), /*groups=*/nullptr, /*dispatch=*/nullptr, o);
@@ -250,7 +260,10 @@ int main(int argc, char** argv) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
   at::Tensor ids = at::randint(0, config->vocab_size, {batch, seq}, gen, at::kLong);
   StepInput input;
-  input.micro.push_back({ids, ShiftLabels(ids), {}, {}});
+  // With --prompt-fraction, HF labels -100 over each row's first positions (as the baseline's).
+  at::Tensor labels = ids.clone();
+  labels.narrow(1, 0, static_cast<int64_t>(prompt_fraction * static_cast<double>(seq))).fill_(-100);
+  input.micro.push_back({ids, ShiftLabels(labels), {}, {}});
   input.targets_total = input.micro[0].targets.ne(-100).sum().item<int64_t>();
   input.lr = lr;
 
@@ -326,6 +339,8 @@ int main(int argc, char** argv) {
                       {"allocator", ftd::engine::DeviceAllocatorSetting()},
                       {"optimizer_in_timer", true},
                       {"loss_chunk", loss_chunk},
+                      {"prompt_fraction", prompt_fraction},
+                      {"loss_skips_ignored_rows", !all_loss_rows},
                       {"unchanged", unchanged}};
   std::cout << j.dump() << std::endl;
   return 0;

@@ -164,7 +164,11 @@ def main():
     p.add_argument("--experts", default="", help="backends.experts of the jobs and ftd-bench (empty: the spec's default)")
     p.add_argument("--recompute-expert-grads", action="store_true",
                    help="also, per clip, a job with parallelism.recompute_expert_grads (and backends.experts ftd)")
+    p.add_argument("--prompt-fraction", type=float, default=0.0,
+                   help="labels of this leading fraction of the row ignored (-100), as a chat row's prompt: in the "
+                        "HF baseline, the jobs' data and ftd-bench alike")
     a = p.parse_args()
+    prompt = ["--prompt-fraction", a.prompt_fraction] if a.prompt_fraction else []
     work = os.path.join("/tmp", "ftd-service-work")
     subprocess.run(["rm", "-rf", work])
     # The roots: base models shared read-only, data and outputs in the tenant's namespace.
@@ -177,7 +181,7 @@ def main():
         for L in a.layers:
             init = os.path.join(models, f"init-{a.family}-{L}")
             hf = run([sys.executable, "bench/hf_v5_baseline.py", "--family", a.family, "--layers", L, "--seq", a.seq, "--steps",
-                      a.hf_steps, "--warmup", WARMUP, "--save-init", init], f"{a.out}/hf-{a.family}-{L}.err")
+                      a.hf_steps, "--warmup", WARMUP, "--save-init", init] + prompt, f"{a.out}/hf-{a.family}-{L}.err")
             hf = last_json(hf.stdout) or {}
             log(f"HF v5, {a.family}, {L} layers: {json.dumps(hf)}")
             if not os.path.exists(os.path.join(init, "config.json")):
@@ -187,9 +191,13 @@ def main():
             # The baseline's input every step: torch.randint(0, V, (1, S), generator seed 1234).
             ids = torch.randint(0, vocab, (1, a.seq), generator=torch.Generator().manual_seed(1234))[0].tolist()
             data = os.path.join(data_dir, f"data-{L}.jsonl")
+            record = {"input_ids": ids}
+            if a.prompt_fraction:
+                masked = int(a.prompt_fraction * a.seq)  # as the baseline's labels
+                record["labels"] = [-100] * masked + ids[masked:]
             with open(data, "w") as f:
                 for _ in range(a.steps):
-                    f.write(json.dumps({"input_ids": ids}) + "\n")
+                    f.write(json.dumps(record) + "\n")
             jobs = {}
             variants = [(clip, False) for clip in a.clips]
             if a.recompute_expert_grads:
@@ -214,7 +222,7 @@ def main():
             bench = {}
             for clip in a.clips:
                 r = run([f"{a.bin}/ftd-bench", "--model", init, "--seq", a.seq, "--steps", a.hf_steps,
-                         "--warmup", WARMUP, "--grad-clip", clip] + (["--experts", a.experts] if a.experts else []),
+                         "--warmup", WARMUP, "--grad-clip", clip] + (["--experts", a.experts] if a.experts else []) + prompt,
                         f"{a.out}/bench-{a.family}-{L}-clip{clip:g}.err")
                 bench[clip] = last_json(r.stdout) or {}
                 log(f"ftd-bench, {a.family}, {L} layers, clip {clip:g}: {json.dumps(bench[clip])}")
