@@ -510,6 +510,9 @@ absl::StatusOr<std::pair<double, int64_t>> Trainer::Evaluate() {
       Batch batch{mb.input_ids.to(mo_.device), mb.targets.to(mo_.device),
                   mb.position_ids.defined() ? mb.position_ids.to(mo_.device) : at::Tensor(),
                   mb.segment_ids};  // stays on the CPU: Forward builds the attention boundaries there
+      // Counted on the host (no device read); lm_head runs on exactly the rows with a target.
+      batch.num_targets = mb.targets.ne(-100).sum().item<int64_t>();
+      batch.loss_rows = batch.num_targets;
       ForwardResult fr = model_->Forward(batch, /*return_logits=*/false);
       sums[0] += fr.loss_sum.to(at::kDouble);
       sums[1] += static_cast<double>(fr.num_targets);
