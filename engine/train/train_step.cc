@@ -47,15 +47,16 @@ int64_t VarlenBucket(int64_t num_sequences, bool varlen) {
 // The fused loss's rows (Batch::loss_rows) for a micro-batch of `tokens` rows of which `targets`
 // have a target: the targets rounded up to an eighth of the rows, so that a few CUDA graphs (one
 // an eighth) serve batches of any prompt share; -1 (every row) when that is not fewer.
+int64_t LossRowsEighth(int64_t tokens) { return std::max<int64_t>(1, (tokens + 7) / 8); }
 int64_t LossRows(int64_t tokens, int64_t targets) {
-  const int64_t eighth = std::max<int64_t>(1, (tokens + 7) / 8);
+  const int64_t eighth = LossRowsEighth(tokens);
   const int64_t rows = (targets + eighth - 1) / eighth * eighth;
   return rows >= tokens ? -1 : rows;
 }
 
 // Which eighth LossRows chose (0-7), or 8 for every row: the loss's part of the graph key.
 int64_t LossRowsKey(int64_t tokens, int64_t loss_rows) {
-  return loss_rows < 0 ? 8 : loss_rows / std::max<int64_t>(1, (tokens + 7) / 8);
+  return loss_rows < 0 ? 8 : loss_rows / LossRowsEighth(tokens);
 }
 
 // Host tensor -> device, without making the host wait (pinned staging, copied on the stream).
@@ -482,10 +483,13 @@ absl::Status TrainStep::Launch(const StepInput& input) {
     }
     sequences = VarlenBucket(static_cast<int64_t>(cu.size()) - 1, varlen);
   }
-  const int64_t graph_tokens = s.o.micro_batch * s.o.seq_len;
-  const int64_t first_targets = first.targets.ne(-100).sum().item<int64_t>();  // a host (CPU) tensor
-  const int64_t graph_loss_rows = s.o.loss_skips_ignored_rows ? LossRows(graph_tokens, first_targets) : -1;
-  if (sequences >= 0) key = sequences * 9 + LossRowsKey(graph_tokens, graph_loss_rows);
+  int64_t first_targets = 0, graph_loss_rows = -1;
+  if (sequences >= 0) {
+    const int64_t graph_tokens = s.o.micro_batch * s.o.seq_len;
+    first_targets = first.targets.ne(-100).sum().item<int64_t>();  // a host (CPU) tensor
+    if (s.o.loss_skips_ignored_rows) graph_loss_rows = LossRows(graph_tokens, first_targets);
+    key = sequences * 9 + LossRowsKey(graph_tokens, graph_loss_rows);
+  }
 
   std::vector<Batch> batches;
   bool replay = false, first_replay_done = false;
