@@ -5,6 +5,10 @@
 //                int16 low half, and 8-bit moments (m/sqrt(v) and sqrt(v), blockwise scaled;
 //                kernels/adamw_compact.h). 6 bytes a parameter, as bf16 weights with bf16
 //                moments, with the updates of fp32 master weights.
+//   compact_sr   bf16 parameters that are their own weights, each update rounded stochastically
+//                (exact on average; kernels/stochastic_round.h), and compact's 8-bit moments.
+//                2 bytes a parameter, and 10 bytes of optimizer traffic against compact's 14:
+//                the faster update, at the numerics of an unbiased bf16 weight (opt-in).
 //   fp32_master  fp32 master weights and fp32 moments beside the parameters (14 bytes a bf16
 //                parameter): classic mixed precision.
 //   bf16_pure    bf16 weights and bf16 moments, no master (6 bytes): the HF/NeMo benchmark
@@ -21,9 +25,15 @@ namespace ftd {
 
 enum class PrecisionPolicy {
   kCompact,
+  kCompactSr,
   kFp32Master,
   kBf16Pure,
 };
+
+// compact and compact_sr: AdamW's moments as 8-bit codes (kernels/adamw_compact.h).
+inline bool UsesCompactMoments(PrecisionPolicy policy) {
+  return policy == PrecisionPolicy::kCompact || policy == PrecisionPolicy::kCompactSr;
+}
 
 // `name` as JobSpec.precision spells it; `fp32_params` says what "auto" resolves to. Errors name
 // the field and the accepted values.

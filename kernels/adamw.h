@@ -31,6 +31,11 @@ struct AdamWHyper {
   // the update adds the sum of squares of the scaled gradient it used, so that a step that never
   // holds all gradients still reports their norm.
   at::Tensor grad_sq_sum = {};
+  // Compact kernels, a bf16 parameter without a master's low half (precision compact_sr): the
+  // parameter's stochastic-rounding salt (kernels/stochastic_round.h SaltOf its name), and the
+  // offset in the whole parameter of the first element passed (a ZeRO shard's slice, a chunk).
+  uint32_t round_salt = 0;
+  int64_t round_index_base = 0;
 };
 
 // Whether `scalars` is usable as AdamWHyper::scalars for tensors on `device`.

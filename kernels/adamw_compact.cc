@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/stochastic_round.h"
+
 namespace ftd::kernels {
 namespace {
 
@@ -100,8 +102,11 @@ void CompactAdamWStepReference(const at::Tensor& param, const at::Tensor& master
                                const CompactMoments& moments, const at::Tensor& step, const AdamWHyper& h) {
   TORCH_CHECK(grad.numel() == param.numel() && moments.r_codes.numel() == param.numel(),
               "CompactAdamWStep: gradient and moments must have the parameter's ", param.numel(), " elements");
-  TORCH_CHECK(master_low.defined() ? param.scalar_type() == at::kBFloat16 : param.scalar_type() == at::kFloat,
-              "CompactAdamWStep: a bf16 parameter needs its master's low half, an fp32 one none");
+  TORCH_CHECK(master_low.defined() ? param.scalar_type() == at::kBFloat16
+                                    : (param.scalar_type() == at::kFloat || param.scalar_type() == at::kBFloat16),
+              "CompactAdamWStep: an fp32 parameter takes no master's low half, a bf16 one its low half or none "
+              "(stochastic rounding); got ", param.scalar_type(), master_low.defined() ? " with" : " without",
+              " a low half");
   // Per-step values as 0-dim fp32 tensors (device-side when given there: no host read).
   at::Tensor lr, grad_scale;
   if (h.scalars.defined()) {
@@ -132,9 +137,23 @@ void CompactAdamWStepReference(const at::Tensor& param, const at::Tensor& master
     auto [hi, low] = SplitMaster(w);
     param.view({-1}).copy_(hi);
     master_low.view({-1}).copy_(low);
+  } else if (param.scalar_type() == at::kBFloat16) {
+    param.view({-1}).copy_(StochasticRoundToBf16(w, step, h.round_salt, h.round_index_base));
   } else {
     param.view({-1}).copy_(w);
   }
+}
+
+at::Tensor StochasticRoundToBf16(const at::Tensor& values, const at::Tensor& step, uint32_t salt, int64_t index_base) {
+  namespace sr = stochastic_round;
+  // Element by element on the host: the reference for the kernels' rounding, bit for bit.
+  const at::Tensor bits = values.detach().to(at::kCPU, at::kFloat).contiguous().view(at::kInt);
+  const uint32_t key = sr::StepKey(salt, static_cast<uint32_t>(step.to(at::kCPU, at::kFloat).item<float>()));
+  at::Tensor out = at::empty(bits.sizes(), bits.options().dtype(at::kShort));
+  const auto* in = reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>());
+  auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<int16_t>());
+  for (int64_t i = 0; i < bits.numel(); ++i) o[i] = sr::RoundBits(in[i], sr::RandomBits(key, index_base + i));
+  return out.view(at::kBFloat16).to(values.device());
 }
 
 void CompactAdamWStep(const at::Tensor& param, const at::Tensor& master_low, const at::Tensor& grad,
@@ -158,7 +177,9 @@ CompactUpdateHyper MakeCompactUpdateHyper(const AdamWHyper& h) {
           h.beta1,
           h.beta2,
           h.scalars.defined() ? h.scalars.data_ptr<float>() : nullptr,
-          h.grad_sq_sum.defined() ? h.grad_sq_sum.data_ptr<float>() : nullptr};
+          h.grad_sq_sum.defined() ? h.grad_sq_sum.data_ptr<float>() : nullptr,
+          h.round_salt,
+          h.round_index_base};
 }
 
 bool CompactAdamWCudaSupports(const at::Tensor& param, const at::Tensor& master_low, const at::Tensor& grad,
@@ -170,7 +191,7 @@ bool CompactAdamWCudaSupports(const at::Tensor& param, const at::Tensor& master_
   if (master_low.defined()) {
     if (param.scalar_type() != at::kBFloat16 || master_low.scalar_type() != at::kShort) return false;
     if (!master_low.is_contiguous() || master_low.numel() != n || master_low.device() != dev) return false;
-  } else if (param.scalar_type() != at::kFloat) {
+  } else if (param.scalar_type() != at::kFloat && param.scalar_type() != at::kBFloat16) {
     return false;
   }
   if (!grad.is_contiguous() || grad.numel() != n || grad.device() != dev ||

@@ -18,6 +18,10 @@ struct CompactUpdateHyper {
   double beta1_d, beta2_d;
   const float* dev;    // (lr, grad_scale) on the device, or null
   float* grad_sq_sum;  // where to add the sum of squares of the scaled gradients, or null
+  // Stochastic rounding of a bf16 parameter without a low half (kernels/stochastic_round.h):
+  // the parameter's salt, and the index in the whole parameter of the first element updated.
+  uint32_t round_salt = 0;
+  int64_t round_index_base = 0;
 };
 
 // A bf16 parameter of n elements with its compact state, all on the device.

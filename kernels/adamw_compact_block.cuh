@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/adamw_compact_args.h"
+#include "kernels/stochastic_round.h"
 
 namespace ftd::kernels::compact_update {
 
@@ -19,6 +20,7 @@ constexpr unsigned kFull = 0xffffffffu;
 
 struct StepValues {
   float lr, grad_scale, step_size, inv_bc2_sqrt;
+  uint32_t round_key;  // stochastic rounding (bf16 parameters without a low half)
 };
 
 __device__ __forceinline__ StepValues Values(const float* step, const CompactUpdateHyper& h) {
@@ -27,7 +29,8 @@ __device__ __forceinline__ StepValues Values(const float* step, const CompactUpd
   const double st = static_cast<double>(*step);
   const double bc1 = 1.0 - pow(h.beta1_d, st);
   const double bc2 = 1.0 - pow(h.beta2_d, st);
-  return {lr, grad_scale, static_cast<float>(static_cast<double>(lr) / bc1), static_cast<float>(1.0 / sqrt(bc2))};
+  return {lr, grad_scale, static_cast<float>(static_cast<double>(lr) / bc1), static_cast<float>(1.0 / sqrt(bc2)),
+          stochastic_round::StepKey(h.round_salt, static_cast<uint32_t>(*step))};
 }
 
 // The update's square root, division and logarithm take the hardware approximations
@@ -46,8 +49,8 @@ __device__ __forceinline__ float WarpMax(float v) {
   return v;
 }
 
-// One lane's 8 elements of one block as loaded: the weights (a bf16 parameter and its low half,
-// or fp32), the gradient, the moment codes and the block's scales. Kept raw so that the next
+// One lane's 8 elements of one block as loaded: the weights (a bf16 parameter and its low half
+// (zero when there is none: compact_sr), or fp32), the gradient, the moment codes and the block's scales. Kept raw so that the next
 // block's loads can be in flight while this one is computed.
 template <typename P, typename G>
 struct LaneData {
@@ -62,7 +65,7 @@ struct LaneData {
                                            int64_t block, int64_t o) {
     if constexpr (sizeof(P) == 2) {
       w0 = *reinterpret_cast<const uint4*>(p + o);
-      w1 = *reinterpret_cast<const uint4*>(low + o);
+      w1 = low != nullptr ? *reinterpret_cast<const uint4*>(low + o) : make_uint4(0, 0, 0, 0);
     } else {
       w0 = *reinterpret_cast<const uint4*>(p + o);
       w1 = *reinterpret_cast<const uint4*>(p + o + 4);
@@ -90,7 +93,7 @@ struct LaneData {
       if (j >= valid) continue;
       if constexpr (sizeof(P) == 2) {
         reinterpret_cast<uint16_t*>(&w0)[j] = reinterpret_cast<const uint16_t*>(p)[o + j];
-        reinterpret_cast<int16_t*>(&w1)[j] = low[o + j];
+        reinterpret_cast<int16_t*>(&w1)[j] = low != nullptr ? low[o + j] : int16_t{0};
       } else {
         reinterpret_cast<float*>(j < 4 ? &w0 : &w1)[j & 3] = p[o + j];
       }
@@ -136,9 +139,29 @@ __device__ __forceinline__ bool IdleBlock(const LaneData<P, G>& d, bool skip_idl
 
 // Writes 8 fp32 masters back: bf16 parameter + int16 low half (the parameter rounded half away
 // from zero in magnitude, so that the remainder fits in int16), or fp32; the first `valid` only.
+// A bf16 parameter without a low half (low null: compact_sr) is rounded stochastically, element
+// o + j drawing the bits of index index_base + o + j under key (kernels/stochastic_round.h).
 template <typename P>
-__device__ __forceinline__ void StoreWeights(P* p, int16_t* low, int64_t o, int valid, const float* w) {
+__device__ __forceinline__ void StoreWeights(P* p, int16_t* low, int64_t o, int valid, const float* w,
+                                             int64_t index_base = 0, uint32_t key = 0) {
   if constexpr (sizeof(P) == 2) {
+    if (low == nullptr) {
+      uint4 hi4;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const uint32_t r = stochastic_round::RandomBits(key, index_base + o + j);
+        reinterpret_cast<uint16_t*>(&hi4)[j] = stochastic_round::RoundBits(__float_as_uint(w[j]), r);
+      }
+      if (valid == kPerLane) {
+        *reinterpret_cast<uint4*>(p + o) = hi4;
+        return;
+      }
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        if (j < valid) reinterpret_cast<uint16_t*>(p)[o + j] = reinterpret_cast<const uint16_t*>(&hi4)[j];
+      }
+      return;
+    }
     uint4 hi4, lo4;
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
@@ -224,7 +247,7 @@ __device__ __forceinline__ float UpdateBlock(const LaneData<P, G>& d, P* __restr
     w[j] -= __fdividef(sv.step_size * m[j], s[j] * sv.inv_bc2_sqrt + h.eps);
     lane_s_max = fmaxf(lane_s_max, s[j]);
   }
-  StoreWeights<P>(p, low, o, valid, w);
+  StoreWeights<P>(p, low, o, valid, w, h.round_index_base, sv.round_key);
   const float block_s_max = WarpMax(lane_s_max);
   const float inv_s_max = block_s_max > 0.0f ? 1.0f / block_s_max : 0.0f;
   uint2 sc, rc;

@@ -15,7 +15,7 @@
 //                                       GPU, grad_clip 0, one micro-batch a step)
 //   optimizer  b·(P_d/s_o + P_e/ep)     b = AdamW state bytes per parameter of spec.precision
 //                                       (common/precision_policy.h): 12 fp32_master, ~4.03
-//                                       compact (the default), 4 bf16_pure
+//                                       compact (the default), ~2.03 compact_sr, 4 bf16_pure
 //   activations per micro batch of T = micro_batch·seq_len tokens (Korthikanti et al. 2022,
 //     flash attention, no s² term): 34·H·T per layer; with activation checkpointing
 //     2·H·T per layer (the saved layer inputs) + 34·H·T for the layer being recomputed;

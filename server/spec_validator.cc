@@ -366,7 +366,7 @@ absl::Status SpecValidator::ValidateAndNormalize(const std::string& tenant, ftd:
     return FieldError("spec.lora", "only with spec.method lora");
   }
   FTD_RETURN_IF_ERROR(CheckChoice("spec.precision", spec->mutable_precision(),
-                                  {"auto", "compact", "fp32_master", "bf16_pure"}, notes));
+                                  {"auto", "compact", "compact_sr", "fp32_master", "bf16_pure"}, notes));
 
   // Resources first: batch divisibility and ep_size depend on the world size.
   auto* res = spec->mutable_resources();

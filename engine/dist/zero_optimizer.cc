@@ -9,6 +9,7 @@
 #include "common/status_macros.h"
 #include "engine/io/safetensors.h"
 #include "kernels/adamw.h"
+#include "kernels/stochastic_round.h"
 
 namespace ftd::engine {
 namespace {
@@ -63,10 +64,10 @@ absl::StatusOr<std::unique_ptr<ShardedAdamW>> ShardedAdamW::Create(std::vector<N
     opt->decay_.push_back(DecaysWeight(p.name));
     opt->total_numel_ += RoundUp(t.numel(), kAlign);
   }
-  if (policy == PrecisionPolicy::kCompact && first.scalar_type() != at::kBFloat16 &&
-      first.scalar_type() != at::kFloat) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("precision compact needs bf16 or fp32 parameters, not ", c10::toString(first.scalar_type())));
+  if (UsesCompactMoments(policy) && first.scalar_type() != at::kBFloat16 && first.scalar_type() != at::kFloat) {
+    return absl::InvalidArgumentError(absl::StrCat("precision ", PrecisionPolicyName(policy),
+                                                   " needs bf16 or fp32 parameters, not ",
+                                                   c10::toString(first.scalar_type())));
   }
   opt->params_ = std::move(params);
   opt->stepped_.assign(opt->params_.size(), false);
@@ -74,10 +75,13 @@ absl::StatusOr<std::unique_ptr<ShardedAdamW>> ShardedAdamW::Create(std::vector<N
   opt->slice_numel_ = RoundUp((opt->total_numel_ + W - 1) / W, kAlign);
   const int64_t begin = dp->rank() * opt->slice_numel_, end = begin + opt->slice_numel_;
 
-  const at::ScalarType state_dtype = policy == PrecisionPolicy::kBf16Pure ? first.scalar_type() : at::kFloat;
+  // The slice's weights: in the parameters' dtype where there is no master (bf16_pure, and
+  // compact_sr, whose bf16 weights are rounded stochastically), else fp32.
+  const at::ScalarType state_dtype =
+      policy == PrecisionPolicy::kBf16Pure || policy == PrecisionPolicy::kCompactSr ? first.scalar_type() : at::kFloat;
   auto state_opts = first.options().dtype(state_dtype).requires_grad(false);
   opt->master_ = at::zeros({opt->slice_numel_}, state_opts);
-  if (policy == PrecisionPolicy::kCompact) {
+  if (UsesCompactMoments(policy)) {
     opt->compact_ = kernels::CompactMoments::Zeros(opt->slice_numel_, first.device());
   } else {
     opt->exp_avg_ = at::zeros({opt->slice_numel_}, state_opts);
@@ -139,16 +143,23 @@ at::Tensor ShardedAdamW::SliceSquaredNorm() const {
 absl::Status ShardedAdamW::Step(bool gather) {
   c10::NoGradGuard no_grad;
   if (!grad_.defined()) return absl::FailedPreconditionError("ShardedAdamW::Step before ReduceGradients");
-  at::Tensor grad = grad_.scalar_type() == master_.scalar_type() ? grad_ : grad_.to(master_.scalar_type());
+  // The compact kernels take fp32 gradients beside bf16 weights; the others one dtype.
+  at::Tensor grad = grad_.scalar_type() == master_.scalar_type() || policy_ == PrecisionPolicy::kCompactSr
+                        ? grad_
+                        : grad_.to(master_.scalar_type());
   for (Segment& s : segments_) {
     if (!stepped_[s.param]) continue;
     s.step.add_(1.0);
     kernels::AdamWHyper hyper{/*lr: step_scalars()*/ 0.0, config_.beta1, config_.beta2, decay_[s.param] ? config_.weight_decay : 0.0,
                               config_.eps};
     hyper.scalars = scalars_;
+    // compact_sr: the rounding draws the bits of the elements' offsets in the whole parameter, so
+    // a shard rounds as the unsharded optimizer would.
+    hyper.round_salt = kernels::stochastic_round::SaltOf(params_[s.param].name.c_str());
+    hyper.round_index_base = s.param_offset;
     at::Tensor p = master_.narrow(0, s.slice_offset, s.length);
     at::Tensor g = grad.narrow(0, s.slice_offset, s.length);
-    if (policy_ == PrecisionPolicy::kCompact) {
+    if (UsesCompactMoments(policy_)) {
       kernels::CompactAdamWStep(p, at::Tensor(), g, compact_.Narrow(s.slice_offset, s.length), s.step, hyper);
       continue;
     }
@@ -219,7 +230,7 @@ at::Tensor ShardedAdamW::Layout() const {
 std::vector<std::pair<std::string, at::Tensor>> ShardedAdamW::StateTensors() const {
   std::vector<std::pair<std::string, at::Tensor>> out = {{prefix_ + "master", master_.to(at::kCPU)},
                                                          {prefix_ + "layout", Layout()}};
-  if (policy_ == PrecisionPolicy::kCompact) {
+  if (UsesCompactMoments(policy_)) {
     out.emplace_back(prefix_ + "moment_r", compact_.r_codes.to(at::kCPU));
     out.emplace_back(prefix_ + "moment_s", compact_.s_codes.to(at::kCPU));
     out.emplace_back(prefix_ + "moment_r_scale", compact_.r_scale.to(at::kCPU));
@@ -242,7 +253,7 @@ absl::Status ShardedAdamW::LoadState(const SafetensorsReader& reader, int64_t st
   const std::vector<int64_t> shape = {slice_numel_};
   FTD_ASSIGN_OR_RETURN(at::Tensor master, reader.Load(prefix_ + "master", shape, master_.scalar_type()));
   master_.copy_(master);
-  if (policy_ == PrecisionPolicy::kCompact) {
+  if (UsesCompactMoments(policy_)) {
     const std::vector<int64_t> blocks = {kernels::CompactBlocks(slice_numel_)};
     FTD_ASSIGN_OR_RETURN(at::Tensor r, reader.Load(prefix_ + "moment_r", shape, at::kChar));
     FTD_ASSIGN_OR_RETURN(at::Tensor sc, reader.Load(prefix_ + "moment_s", shape, at::kByte));
@@ -265,7 +276,7 @@ absl::Status ShardedAdamW::LoadState(const SafetensorsReader& reader, int64_t st
 }
 
 int64_t ShardedAdamW::StateBytes() const {
-  return master_.nbytes() + (policy_ == PrecisionPolicy::kCompact ? compact_.Bytes()
+  return master_.nbytes() + (UsesCompactMoments(policy_) ? compact_.Bytes()
                                                                    : exp_avg_.nbytes() + exp_avg_sq_.nbytes());
 }
 

@@ -103,7 +103,7 @@ class ShardedAdamW {
   std::vector<bool> stepped_;     // the parameter has a gradient on some rank this step
   int64_t total_numel_ = 0, slice_numel_ = 0;
   std::vector<Segment> segments_;
-  // [S] each: the fp32 master (the parameters' dtype with bf16_pure), the moments (fp32_master,
+  // [S] each: the fp32 master (the parameters' dtype with bf16_pure and compact_sr), the moments (fp32_master,
   // bf16_pure) or their compact codes, and the reduced gradient during a step.
   at::Tensor master_, exp_avg_, exp_avg_sq_, grad_;
   kernels::CompactMoments compact_;

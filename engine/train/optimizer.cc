@@ -18,6 +18,7 @@
 #include "kernels/grouped_gemm.h"
 #include "kernels/grouped_gemm_adamw.h"
 #include "kernels/squared_norm.h"
+#include "kernels/stochastic_round.h"
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
@@ -52,13 +53,18 @@ absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(std::vector<NamedParam> par
     Slot s;
     s.param = p;
     s.decay = DecaysWeight(p.name);
-    if (policy == PrecisionPolicy::kCompact) {
+    if (UsesCompactMoments(policy)) {
       if (t.scalar_type() == at::kBFloat16) {
-        s.master_low = at::zeros(t.sizes(), t.options().dtype(at::kShort).requires_grad(false));
+        // compact_sr: no low half, the parameter is the weight (rounded stochastically).
+        if (policy == PrecisionPolicy::kCompact) {
+          s.master_low = at::zeros(t.sizes(), t.options().dtype(at::kShort).requires_grad(false));
+        }
       } else if (t.scalar_type() != at::kFloat) {
-        return absl::InvalidArgumentError(absl::StrCat("precision compact needs bf16 or fp32 parameters; ", p.name,
-                                                       " is ", c10::toString(t.scalar_type())));
+        return absl::InvalidArgumentError(absl::StrCat("precision ", PrecisionPolicyName(policy),
+                                                       " needs bf16 or fp32 parameters; ", p.name, " is ",
+                                                       c10::toString(t.scalar_type())));
       }
+      s.round_salt = kernels::stochastic_round::SaltOf(p.name.c_str());
       s.moments = kernels::CompactMoments::Zeros(t.numel(), device);
     } else {
       const bool separate_master = policy == PrecisionPolicy::kFp32Master && t.scalar_type() != at::kFloat;
@@ -74,7 +80,7 @@ absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(std::vector<NamedParam> par
     opt->slots_.push_back(std::move(s));
   }
   opt->scalars_ = at::tensor({0.0f, 1.0f}, at::TensorOptions().dtype(at::kFloat)).to(device);
-  if (policy == PrecisionPolicy::kCompact) {
+  if (UsesCompactMoments(policy)) {
     opt->update_grad_sq_sum_ = at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(device));
   }
   return opt;
@@ -92,7 +98,18 @@ kernels::AdamWHyper AdamW::Hyper(const Slot& s) const {
   hyper.short_blocks = side_ != nullptr && step_in_backward_ && config_.side_stream_short_blocks;
   hyper.scalars = scalars_;
   hyper.grad_sq_sum = update_grad_sq_sum_;
+  hyper.round_salt = s.round_salt;
+  hyper.round_index_base = s.round_offset;
   return hyper;
+}
+
+absl::Status AdamW::SetRoundingOffset(const at::Tensor& param, int64_t offset) {
+  for (Slot& s : slots_) {
+    if (!s.param.tensor->is_same(param)) continue;
+    s.round_offset = offset;
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError("SetRoundingOffset: not a parameter of this optimizer");
 }
 
 bool AdamW::KernelStep(Slot& s, const at::Tensor& g) {
@@ -134,7 +151,7 @@ bool AdamW::BulkStep(Slot& s, const at::Tensor& param, const at::Tensor& grad) {
 void AdamW::UpdateSlot(Slot& s, const at::Tensor& grad) {
   at::Tensor param = s.param.tensor->detach();
   s.step.add_(1.0);
-  if (policy_ == PrecisionPolicy::kCompact) {
+  if (UsesCompactMoments(policy_)) {
     if (BulkStep(s, param, grad)) return;
     kernels::CompactAdamWStep(param, s.master_low, grad.contiguous(), s.moments, s.step, Hyper(s));
     return;
@@ -463,7 +480,7 @@ bool AdamW::LookupServes(const Slot& s, const at::Tensor& ids) const {
     return false;
   }
   const kernels::AdamWHyper hyper = Hyper(s);
-  if (policy_ == PrecisionPolicy::kCompact) {
+  if (UsesCompactMoments(policy_)) {
     return kernels::CompactAdamWRowsSupports(*s.param.tensor, s.master_low, s.moments, s.step, hyper);
   }
   // The fused update of kernels/adamw.h serves the in-backward step only.
@@ -491,7 +508,7 @@ void AdamW::LookupBackward(size_t index, const at::Tensor& ids, const at::Tensor
     return;
   }
   const kernels::AdamWHyper hyper = Hyper(s);
-  if (policy_ == PrecisionPolicy::kCompact) {
+  if (UsesCompactMoments(policy_)) {
     s.step.add_(1.0);
     const at::Tensor rows = kernels::EmbeddingTokenRowsCuda(ids, dy, s.slot_of);
     kernels::CompactAdamWRowsStepCuda(s.param.tensor->detach(), s.master_low, s.moments, s.step, rows, s.slot_of,
@@ -526,7 +543,7 @@ void AdamW::ZeroGrad() {
 int64_t AdamW::StateBytes() const {
   int64_t bytes = 0;
   for (const Slot& s : slots_) {
-    if (policy_ == PrecisionPolicy::kCompact) {
+    if (UsesCompactMoments(policy_)) {
       bytes += s.moments.Bytes() + (s.master_low.defined() ? s.master_low.nbytes() : 0);
     } else {
       bytes += s.exp_avg.nbytes() + s.exp_avg_sq.nbytes() + (s.master.is_same(*s.param.tensor) ? 0 : s.master.nbytes());
@@ -540,7 +557,7 @@ std::vector<std::pair<std::string, at::Tensor>> AdamW::StateTensors() const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const Slot& s : slots_) {
     const std::string& n = s.param.name;
-    if (policy_ == PrecisionPolicy::kCompact) {
+    if (UsesCompactMoments(policy_)) {
       if (s.master_low.defined()) out.emplace_back("master_low." + n, s.master_low.to(at::kCPU));
       out.emplace_back("moment_r." + n, s.moments.r_codes.to(at::kCPU));
       out.emplace_back("moment_s." + n, s.moments.s_codes.to(at::kCPU));
@@ -560,7 +577,7 @@ absl::Status AdamW::LoadState(const SafetensorsReader& reader, int64_t steps) {
   for (Slot& s : slots_) {
     const std::string& n = s.param.name;
     const std::vector<int64_t> shape = s.param.tensor->sizes().vec();
-    if (policy_ == PrecisionPolicy::kCompact) {
+    if (UsesCompactMoments(policy_)) {
       const int64_t numel = s.param.tensor->numel(), blocks = kernels::CompactBlocks(numel);
       if (s.master_low.defined()) {
         FTD_ASSIGN_OR_RETURN(at::Tensor low, reader.Load("master_low." + n, shape, at::kShort));

@@ -1,5 +1,5 @@
 // AdamW with a precision policy (common/precision_policy.h). On CUDA each parameter is stepped
-// by one fused kernel: kernels/adamw_compact.h for the compact policy, kernels/adamw.h for
+// by one fused kernel: kernels/adamw_compact.h for compact and compact_sr, kernels/adamw.h for
 // fp32_master and bf16_pure (the arithmetic of PyTorch's fused AdamW); elsewhere by the compact
 // reference or LibTorch's fused multi-tensor AdamW.
 //
@@ -29,6 +29,7 @@ namespace ftd::engine {
 using ftd::ParsePrecisionPolicy;
 using ftd::PrecisionPolicy;
 using ftd::PrecisionPolicyName;
+using ftd::UsesCompactMoments;
 
 class SafetensorsReader;
 
@@ -94,6 +95,12 @@ class AdamW {
   // [2] fp32 on the parameters' device: (lr, grad_scale), read by every update when it runs;
   // the gradients are multiplied by grad_scale first. Write it in place (it is never replaced).
   const at::Tensor& step_scalars() const { return scalars_; }
+
+  // compact_sr: the stochastic rounding of `param` draws the bits of element i + offset
+  // (kernels/stochastic_round.h), so that a rank holding a part of a parameter (its experts
+  // under expert parallelism) rounds it as one process holding the whole does. No effect under
+  // the other policies; an error for a tensor that is not one of the parameters.
+  absl::Status SetRoundingOffset(const at::Tensor& param, int64_t offset);
   void SetStepScalars(double lr, double grad_scale = 1.0);
 
   // One update from the parameters' .grad() (and the embedding rows its lookups held) with
@@ -171,7 +178,7 @@ class AdamW {
 
   // State for resumption, on CPU: "<kind>.<param name>": exp_avg, exp_avg_sq and master
   // (fp32_master, bf16_pure); master_low, moment_r, moment_s, moment_r_scale, moment_s_max
-  // (compact).
+  // (compact; compact_sr without master_low).
   std::vector<std::pair<std::string, at::Tensor>> StateTensors() const;
   absl::Status LoadState(const SafetensorsReader& reader, int64_t steps);
 
@@ -184,6 +191,8 @@ class AdamW {
     // compact: the low half of the master (bf16 parameters) and the 8-bit moments.
     at::Tensor master_low;
     kernels::CompactMoments moments;
+    uint32_t round_salt = 0;  // compact_sr: the stochastic rounding's salt (of the name)
+    int64_t round_offset = 0;  // and the offset of this tensor's elements in the whole parameter
     at::Tensor step;
     // Embedding tables on CUDA (fp32_master, bf16_pure): rows whose moments are nonzero [rows]
     // uint8 (the row-sparse update of kernels/adamw.h skips the others); undefined otherwise.

@@ -71,7 +71,7 @@ struct TrainSpec {
   std::string dispatcher = "alltoall";
   int64_t checkpoint_every = 0; // checkpointing.every_n_steps (0: only at the end)
   int64_t keep_last = 0;        // checkpointing.keep_last (0: keep all)
-  std::string precision = "auto";  // auto | compact | fp32_master | bf16_pure (common/precision_policy.h)
+  std::string precision = "auto";  // auto | compact | compact_sr | fp32_master | bf16_pure (common/precision_policy.h)
   // Engine-only: capture the step as a CUDA graph and replay it where the shapes allow
   // (engine/train/train_step.h); false runs every step eagerly.
   bool cuda_graphs = true;

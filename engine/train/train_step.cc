@@ -358,6 +358,15 @@ absl::StatusOr<std::unique_ptr<TrainStep>> TrainStep::Create(MoeTransformer* mod
     }
     if (!s->expert_params.empty()) {
       FTD_ASSIGN_OR_RETURN(s->adamw, AdamW::Create(s->expert_params, options.precision, options.adam));
+      // This rank's experts [begin, begin + count) of each stacked weight: compact_sr rounds them
+      // with the bits one process holding every expert would draw.
+      const int64_t begin = model->options().expert_begin, count = model->options().expert_count;
+      for (const NamedParam& p : s->expert_params) {
+        const at::Tensor& t = *p.tensor;
+        if (begin > 0 && count > 0 && t.dim() >= 1 && t.size(0) == count) {
+          FTD_RETURN_IF_ERROR(s->adamw->SetRoundingOffset(t, begin * (t.numel() / count)));
+        }
+      }
     }
   }
   if (s->in_backward) {
@@ -642,7 +651,7 @@ absl::StatusOr<StepOutcome> TrainStep::Wait() {
   const at::Tensor& r = slot.results_host;
   const float* v = r.const_data_ptr<float>();
   out.loss = v[0];
-  const bool norm_known = !s.in_backward || s.adamw->policy() == PrecisionPolicy::kCompact;
+  const bool norm_known = !s.in_backward || UsesCompactMoments(s.adamw->policy());
   out.grad_norm = norm_known ? v[1] : std::nan("");
   out.expert_load = r.narrow(0, 2, s.moe_layers * s.num_experts)
                         .reshape({s.moe_layers, s.num_experts})

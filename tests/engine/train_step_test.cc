@@ -1,7 +1,8 @@
 // engine/train/train_step.h, the step every training job runs:
 // - the default (compact) policy trains bf16 weights as fp32 masters do: on the tiny preset at
 //   lr 1e-5 for 20 steps with clipping, the trained delta is within 5% of fp32_master's, where
-//   bf16_pure leaves most weights unchanged;
+//   bf16_pure leaves most weights unchanged; compact_sr's stochastically rounded bf16 weights
+//   move as fp32_master's on average;
 // - the optimizer in backward (no clipping) and after backward (clipping that never bites) give
 //   the same weights and the same gradient norm;
 // - gradient accumulation equals one micro-batch holding the same rows;
@@ -110,7 +111,8 @@ TEST(TrainStep, CompactTrainsBf16WeightsLikeFp32Masters) {
   const TrainStepOptions base{.grad_clip = 1.0, .micro_batch = 2, .seq_len = 64};
   std::map<PrecisionPolicy, at::Tensor> delta;
   at::Tensor initial;
-  for (PrecisionPolicy policy : {PrecisionPolicy::kFp32Master, PrecisionPolicy::kCompact, PrecisionPolicy::kBf16Pure}) {
+  for (PrecisionPolicy policy : {PrecisionPolicy::kFp32Master, PrecisionPolicy::kCompact, PrecisionPolicy::kBf16Pure,
+                                 PrecisionPolicy::kCompactSr}) {
     TrainStepOptions o = base;
     o.precision = policy;
     TrainRun r = MakeRun(at::kCPU, at::kBFloat16, o);
@@ -126,7 +128,15 @@ TEST(TrainStep, CompactTrainsBf16WeightsLikeFp32Masters) {
   EXPECT_GT(pure, 0.5);
   EXPECT_GT(delta[PrecisionPolicy::kBf16Pure].eq(0).to(at::kFloat).mean().item<double>(), 0.5);
   EXPECT_LT(delta[PrecisionPolicy::kCompact].eq(0).to(at::kFloat).mean().item<double>(), 0.01);
-  std::cout << "trained delta vs fp32_master: compact " << compact << ", bf16_pure " << pure << "\n";
+  // compact_sr: each weight's delta is whole bf16 ulps at random, exact on average; the trained
+  // delta projected on fp32_master's is fp32_master's (bf16_pure's keeps a small part of it).
+  auto slope = [&](const at::Tensor& d) { return ((d * ref).sum() / ref.square().sum()).item<double>(); };
+  const double sr_slope = slope(delta[PrecisionPolicy::kCompactSr]), pure_slope = slope(delta[PrecisionPolicy::kBf16Pure]);
+  EXPECT_NEAR(sr_slope, 1.0, 0.1);
+  EXPECT_LT(pure_slope, 0.7);
+  std::cout << "trained delta vs fp32_master: compact " << compact << ", bf16_pure " << pure << " (slope "
+            << pure_slope << "), compact_sr slope " << sr_slope << " (relative L2 " << rel(delta[PrecisionPolicy::kCompactSr])
+            << ")\n";
 }
 
 TEST(TrainStep, OptimizerInBackwardEqualsAfterBackward) {

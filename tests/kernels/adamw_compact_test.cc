@@ -2,7 +2,9 @@
 // errors the header promises, the reference steps as fp32 AdamW does on its first step and stays
 // close after, and (on a GPU) the CUDA kernels equal the reference on random inputs: dense,
 // fp32 gradients and weights, a short last block, embedding rows, skipped idle blocks and the
-// gradient's sum of squares.
+// gradient's sum of squares. compact_sr's stochastic rounding (a bf16 parameter without a low
+// half) keeps updates below half an ulp on average, draws its bits from (salt, step, index), and
+// rounds on the GPU as the reference does.
 #include <cmath>
 #include <vector>
 
@@ -11,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "kernels/adamw.h"
 #include "kernels/adamw_compact.h"
+#include "kernels/stochastic_round.h"
 
 namespace ftd::kernels {
 namespace {
@@ -104,6 +107,49 @@ TEST(CompactAdamW, SplitWeightsKeepUpdatesBelowHalfAnUlp) {
   EXPECT_TRUE(at::allclose(w, at::full({n}, 1.0 - 20 * 1e-5), 0, 2e-6)) << w.min().item<float>();
 }
 
+TEST(CompactAdamW, StochasticRoundingKeepsUpdatesOnAverage) {
+  // bf16 weights of 1 with updates of 1e-5 (Adam's lr * sign(g) here), no low half: round to
+  // nearest would leave every weight at 1; stochastic rounding moves ~0.26% of them a step by an
+  // ulp (2^-8 below 1), so that the mean follows the exact 1 - 20e-5.
+  const int64_t n = 64 * kCompactBlock + 3;
+  at::Tensor p = at::ones({n}, at::kBFloat16);
+  CompactMoments mo = CompactMoments::Zeros(n, at::kCPU);
+  at::Tensor step = at::zeros({});
+  AdamWHyper h{1e-5, 0.9, 0.999, 0.0, 1e-8};
+  h.round_salt = stochastic_round::SaltOf("w");
+  for (int s = 0; s < 20; ++s) {
+    step.add_(1.0);
+    CompactAdamWStepReference(p, at::Tensor(), at::ones({n}, at::kBFloat16), mo, step, h);
+  }
+  at::Tensor w = p.to(at::kDouble);
+  const double moved = w.ne(1.0).to(at::kDouble).mean().item<double>();
+  EXPECT_GT(moved, 0.02);  // ~20 * 0.26%
+  EXPECT_LT(moved, 0.08);
+  EXPECT_TRUE(w.le(1.0).all().item<bool>() && w.ge(1.0 - 2 * std::ldexp(1.0, -8)).all().item<bool>());
+  // The mean's standard error here is ~4e-6 against the 2e-4 it must move.
+  EXPECT_NEAR(w.mean().item<double>(), 1.0 - 20 * 1e-5, 2e-5);
+}
+
+TEST(CompactAdamW, StochasticRoundingDrawsTheBitsOfItsSaltStepAndIndex) {
+  at::Tensor x = Randn({5000}, 12) * 0.03;
+  at::Tensor step = at::full({}, 7.0f);
+  const at::Tensor whole = StochasticRoundToBf16(x, step, 11, 0);
+  ASSERT_EQ(whole.scalar_type(), at::kBFloat16);
+  // Rounded down or up: one of the two bf16 neighbours of x (x itself where it is exact).
+  const at::Tensor down = x.view(at::kInt).bitwise_and(~0xFFFF).view(at::kFloat);
+  const at::Tensor w = whole.to(at::kFloat);
+  EXPECT_TRUE(w.abs().ge(down.abs()).all().item<bool>());
+  EXPECT_TRUE((w - down).abs().le(down.abs() * std::ldexp(1.0, -7) + 1e-30).all().item<bool>());
+  // A slice rounds as the whole does when it is told its offset (a ZeRO shard), not otherwise.
+  EXPECT_TRUE(StochasticRoundToBf16(x.narrow(0, 1234, 999), step, 11, 1234).equal(whole.narrow(0, 1234, 999)));
+  EXPECT_FALSE(StochasticRoundToBf16(x.narrow(0, 1234, 999), step, 11, 0).equal(whole.narrow(0, 1234, 999)));
+  // Another step, another salt: other bits.
+  EXPECT_FALSE(StochasticRoundToBf16(x, at::full({}, 8.0f), 11, 0).equal(whole));
+  EXPECT_FALSE(StochasticRoundToBf16(x, step, 12, 0).equal(whole));
+  // The same inputs: the same bits.
+  EXPECT_TRUE(StochasticRoundToBf16(x, step, 11, 0).equal(whole));
+}
+
 TEST(CompactAdamW, SumsTheGradientSquares) {
   const int64_t n = 700;
   at::Tensor p = Randn({n}, 9);
@@ -171,6 +217,61 @@ TEST(CompactAdamWCuda, MatchesTheReference) {
       EXPECT_TRUE(mo_gpu.s_max.narrow(0, 0, 2).eq(0).all().item<bool>());
     }
   }
+}
+
+// compact_sr on the GPU: from the same state, each step rounds as the reference does, bit for bit
+// but where the fp32 result lies within a few ulps of a rounding threshold (the kernel's
+// approximate sqrt and division) or a moment code rounded the other way; a short last block, a
+// base offset (a ZeRO shard) and embedding rows included.
+TEST(CompactAdamWCuda, StochasticRoundingMatchesTheReference) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  const int64_t n = 41 * kCompactBlock + 77;
+  at::Tensor p_ref = (Randn({n}, 13) * 0.05).to(at::kBFloat16);
+  CompactMoments mo_ref = CompactMoments::Zeros(n, at::kCPU);
+  at::Tensor st_ref = at::zeros({});
+  AdamWHyper h{3e-4, 0.9, 0.999, 0.1, 1e-8};
+  h.round_salt = stochastic_round::SaltOf("model.layers.0.mlp.experts.gate_up_proj");
+  h.round_index_base = 3 * 4096;
+  for (int s = 0; s < 4; ++s) {
+    at::Tensor g = (Randn({n}, 300 + s) * (s + 1)).to(at::kBFloat16);
+    at::Tensor p_gpu = p_ref.to(at::kCUDA);
+    CompactMoments mo_gpu{mo_ref.r_codes.to(at::kCUDA), mo_ref.s_codes.to(at::kCUDA), mo_ref.r_scale.to(at::kCUDA),
+                          mo_ref.s_max.to(at::kCUDA)};
+    st_ref.add_(1.0);
+    at::Tensor st_gpu = st_ref.to(at::kCUDA);
+    ASSERT_TRUE(CompactAdamWCudaSupports(p_gpu, at::Tensor(), g.to(at::kCUDA), mo_gpu, st_gpu, h));
+    const at::Tensor before = p_ref.clone();
+    CompactAdamWStepCuda(p_gpu, at::Tensor(), g.to(at::kCUDA), mo_gpu, st_gpu, h);
+    CompactAdamWStepReference(p_ref, at::Tensor(), g, mo_ref, st_ref, h);
+    const at::Tensor gpu = p_gpu.cpu();
+    const double equal = gpu.eq(p_ref).to(at::kDouble).mean().item<double>();
+    const double moved = p_ref.ne(before).to(at::kDouble).mean().item<double>();
+    EXPECT_GT(equal, 0.999) << "step " << s;
+    EXPECT_GT(moved, 0.5) << "step " << s;  // not vacuous: most weights moved
+    const at::Tensor diff = (gpu.to(at::kFloat) - p_ref.to(at::kFloat)).abs();
+    EXPECT_TRUE(diff.le(p_ref.to(at::kFloat).abs() * std::ldexp(1.0, -7) + 1e-30).all().item<bool>())
+        << "step " << s << ": more than one bf16 ulp apart";
+  }
+  // Embedding rows without a low half: the rows step equals the dense step bit for bit.
+  const int64_t rows = 700, cols = 2 * kCompactBlock;
+  at::Tensor p_rows = (Randn({rows, cols}, 14, cuda) * 0.02).to(at::kBFloat16), p_dense = p_rows.clone();
+  CompactMoments mo_rows = CompactMoments::Zeros(rows * cols, at::kCUDA);
+  CompactMoments mo_dense = CompactMoments::Zeros(rows * cols, at::kCUDA);
+  at::Tensor st_rows = at::ones({}, cuda.dtype(at::kFloat)), st_dense = st_rows.clone();
+  at::Tensor slot_of = at::full({rows}, -1, cuda.dtype(at::kInt));
+  at::manual_seed(40);
+  at::Tensor ids = at::randperm(rows, cuda.dtype(at::kLong)).narrow(0, 0, 64);  // distinct rows
+  at::Tensor dy = at::randn({64, cols}, cuda.dtype(at::kBFloat16));
+  at::Tensor token_rows = EmbeddingTokenRowsCuda(ids, dy, slot_of);
+  const at::Tensor dense = at::embedding_dense_backward(dy, ids, rows, -1, false);
+  AdamWHyper hr{1e-3, 0.9, 0.999, 0.0, 1e-8};
+  hr.round_salt = 5;
+  CompactAdamWRowsStepCuda(p_rows, at::Tensor(), mo_rows, st_rows, token_rows, slot_of, hr);
+  CompactAdamWStepCuda(p_dense, at::Tensor(), dense, mo_dense, st_dense, hr);
+  EXPECT_TRUE(at::equal(p_rows, p_dense));
+  EXPECT_GT(p_rows.ne((Randn({rows, cols}, 14, cuda) * 0.02).to(at::kBFloat16)).to(at::kFloat).mean().item<double>(),
+            0.05);
 }
 
 // The embedding's step from token rows equals the dense step on the dense gradient they sum to.

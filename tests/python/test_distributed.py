@@ -266,36 +266,39 @@ def test_resume_with_the_same_world_size(ftd_train, workdir, runs):
     assert "resuming needs the same layout" in res.stdout, res.stdout
 
 
-def test_compact_bf16_two_ranks_equal_one_process_and_resume(ftd_train, workdir):
-    """The default policy on bf16 parameters (compact: exact fp32 masters, 8-bit moments) with
-    2 ranks, ep 2 (dense masters and moments in ZeRO slices, each rank's experts in its own
-    AdamW) trains as one process does, and a run stopped at step 3 resumes to the same end."""
+@pytest.mark.parametrize("precision", ["compact", "compact_sr"])
+def test_compact_bf16_two_ranks_equal_one_process_and_resume(ftd_train, workdir, precision):
+    """The default policy on bf16 parameters (compact: exact fp32 masters, 8-bit moments), and
+    compact_sr (bf16 weights rounded stochastically, each element with the bits of its offset in
+    the whole parameter), with 2 ranks, ep 2 (dense weights and moments in ZeRO slices, each rank's
+    experts in its own AdamW) train as one process does, and a run stopped at step 3 resumes to
+    the same end."""
     def spec(name, **top):
-        s = json.loads(write_spec(workdir, name).read_text())
-        s.update(dtype="bf16", precision="compact", **top)
-        path = workdir / f"{name}.json"
+        s = json.loads(write_spec(workdir, f"{precision}_{name}").read_text())
+        s.update(dtype="bf16", precision=precision, **top)
+        path = workdir / f"{precision}_{name}.json"
         path.write_text(json.dumps(s))
         return path
 
-    one = train_single(ftd_train, spec("compact_one"))
-    two = train_launch(ftd_train, spec("compact_two", parallelism={"ep_size": 2}), nproc=2)
-    assert "precision compact" in two.stdout, two.stdout
+    one = train_single(ftd_train, spec("one"))
+    two = train_launch(ftd_train, spec("two", parallelism={"ep_size": 2}), nproc=2)
+    assert f"precision {precision}" in two.stdout, two.stdout
     ref, ours = losses(one.stdout), losses(two.stdout)
     assert len(ref) == len(ours) == STEPS, two.stdout
     # bf16 activations: the ranks sum the same gradients in another order.
     assert max(abs(a - b) for a, b in zip(ours, ref)) <= 2e-3 * max(ref), f"{ours}\n{ref}"
-    a = load_checkpoint(workdir / "compact_one" / f"checkpoint-{STEPS}")
-    b = load_checkpoint(workdir / "compact_two" / f"checkpoint-{STEPS}")
+    a = load_checkpoint(workdir / f"{precision}_one" / f"checkpoint-{STEPS}")
+    b = load_checkpoint(workdir / f"{precision}_two" / f"checkpoint-{STEPS}")
     init = load_checkpoint(workdir / "model")
     moved = sum(float((a[k].float() - init[k].float()).norm()) for k in a)
     differ = sum(float((a[k].float() - b[k].float()).norm()) for k in a)
     assert moved > 0 and differ <= 0.05 * moved, (differ, moved)
     # Stop after 3 steps, resume for the rest: the same checkpoint as the uninterrupted 2-rank run.
-    stopped = train_launch(ftd_train, spec("compact_resume", parallelism={"ep_size": 2}), "--stop-after", "3", nproc=2)
+    stopped = train_launch(ftd_train, spec("resume", parallelism={"ep_size": 2}), "--stop-after", "3", nproc=2)
     assert len(losses(stopped.stdout)) == 3, stopped.stdout
-    resumed = train_launch(ftd_train, workdir / "compact_resume.json", "--resume", nproc=2)
+    resumed = train_launch(ftd_train, workdir / f"{precision}_resume.json", "--resume", nproc=2)
     assert losses(resumed.stdout) == losses(two.stdout)[3:], resumed.stdout
-    c = load_checkpoint(workdir / "compact_resume" / f"checkpoint-{STEPS}")
+    c = load_checkpoint(workdir / f"{precision}_resume" / f"checkpoint-{STEPS}")
     assert all(torch.equal(b[k], c[k]) for k in b)
 
 

@@ -420,7 +420,7 @@ TEST_F(ValidatorTest, GradClipAndPrecisionDefaults) {
   EXPECT_THAT(json, HasSubstr("\"grad_clip\":0"));  // what the worker hands the engine
   spec = ftd::testing::ValidSpec(env_);
   spec.set_precision("fp8");
-  EXPECT_THAT(Error(spec), HasSubstr("spec.precision: must be one of auto, compact, fp32_master, bf16_pure"));
+  EXPECT_THAT(Error(spec), HasSubstr("spec.precision: must be one of auto, compact, compact_sr, fp32_master, bf16_pure"));
 }
 
 TEST_F(ValidatorTest, NamesTheFieldOfEveryViolation) {
@@ -672,9 +672,12 @@ TEST(JobPlanTest, CountsParametersAndEstimatesMemoryByTheDocumentedFormula) {
   spec.mutable_hyperparameters()->set_seq_len(4096);
   const double pd = double(size->dense_parameters), pe = double(size->expert_parameters) / 8;
   // AdamW state per parameter by precision: fp32 master and moments; compact (the default):
-  // a 16-bit low half, two 1-byte moments and 8 bytes of scales per 256.
-  for (const auto& [precision, state] : std::vector<std::pair<std::string, double>>{
-           {"fp32_master", 12.0}, {"", 4.0 + 8.0 / 256}, {"compact", 4.0 + 8.0 / 256}, {"bf16_pure", 4.0}}) {
+  // a 16-bit low half, two 1-byte moments and 8 bytes of scales per 256; compact_sr: no low half.
+  for (const auto& [precision, state] : std::vector<std::pair<std::string, double>>{{"fp32_master", 12.0},
+                                                                                     {"", 4.0 + 8.0 / 256},
+                                                                                     {"compact", 4.0 + 8.0 / 256},
+                                                                                     {"compact_sr", 2.0 + 8.0 / 256},
+                                                                                     {"bf16_pure", 4.0}}) {
     spec.set_precision(precision);
     const double expected = 2 * (pd + pe) + 2 * (pd / 8 + pe) + state * (pd / 8 + pe) +
                             48 * 2 * 2048.0 * 4096 + 34 * 2048.0 * 4096 + 4 * 151936.0 * 4096;
