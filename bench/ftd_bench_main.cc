@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
   app.add_option("--experts", experts, "backends.experts: grouped_mm | ftd | loop")->capture_default_str();
   app.add_option("--model", model_dir, "start from this HF checkpoint instead of a random init");
   app.add_option("--device", device, "auto | cpu | cuda")->capture_default_str();
-  app.add_option("--precision", precision, "auto | compact | fp32_master | bf16_pure")->capture_default_str();
+  app.add_option("--precision", precision, "auto | compact | compact_sr | fp32_master | bf16_pure")->capture_default_str();
   app.add_option("--grad-clip", grad_clip, "global-norm clipping; 0 steps the optimizer inside backward")
       ->capture_default_str();
   app.add_option("--weight-decay", weight_decay)->capture_default_str();

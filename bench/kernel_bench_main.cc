@@ -432,6 +432,12 @@ void RunLibraryOps() {
     const double legacy = MedianMs([&] { AdamWStepCuda(p2, g, m2, v2, step, AdamWHyper{1e-5, 0.9, 0.999, 0.01, 1e-8}); });
     Report("adamw_compact", "311M bf16 params (split master, 8-bit moments)", 14.0 * n + 16.0 * n / 256, ms, 0, 0,
            legacy);
+    // compact_sr: no low half, the bf16 weights rounded stochastically (10 bytes per element).
+    low = at::Tensor();
+    h.round_salt = 17;
+    const double sr_ms = MedianMs([&] { CompactAdamWStepCuda(p, low, g, mo, step, h); });
+    Report("adamw_compact_sr", "311M bf16 params (stochastically rounded, 8-bit moments)", 10.0 * n + 16.0 * n / 256,
+           sr_ms, 0, 0, ms);
   }
   {  // Row-sparse AdamW over the [V, H] embedding after a 4096-token step from fresh state: the
      // touched rows get the dense update, the rest are skipped after reading their gradient row.
@@ -700,6 +706,18 @@ void RunAdamWCompactCeiling() {
                       {"copy_ms", copy_ms},            {"copy_GB_s", gbps(copy_ms)},
                       {"update_of_copy", copy_ms / update_ms}};
   std::printf("%s\n", j.dump().c_str());
+  {  // compact_sr on the same parameter: no low half, stochastic rounding; 10 bytes an element.
+    const double sr_bytes = 10.0 * n + 16.0 * n / 256;
+    h.round_salt = 17;
+    const double sr_ms = MedianMs([&] { CompactAdamWStepCuda(p, at::Tensor(), g, mo, step, h); });
+    at::Tensor sr_dst = dst.narrow(0, 0, 5 * n), sr_src = src.narrow(0, 0, 5 * n);
+    const double sr_copy_ms = MedianMs([&] { sr_dst.copy_(sr_src); });
+    nlohmann::json sr = {{"op", "adamw_compact_sr_ceiling"},  {"shape", "604M bf16 params"},
+                         {"update_ms", sr_ms},                 {"update_GB_s", sr_bytes / (sr_ms * 1e-3) / 1e9},
+                         {"copy_ms", sr_copy_ms},              {"update_of_copy", sr_copy_ms / sr_ms},
+                         {"compact_update_ms", update_ms},     {"speedup_over_compact", update_ms / sr_ms}};
+    std::printf("%s\n", sr.dump().c_str());
+  }
 
   // The embedding table's step from its lookup's token rows (Qwen3-30B-A3B's table, 4096 tokens
   // of which ~3,900 distinct, three steps in so that their rows' moments are set): the kernel

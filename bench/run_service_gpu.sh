@@ -14,6 +14,7 @@
 #   FAMILY=mixtral LAYERS=2 CLIPS=1 bash bench/run_service_gpu.sh (Mixtral-8x7B layer shape, default spec only)
 #   EXPERTS=ftd ...   the jobs' backends.experts (and ftd-bench's --experts); unset: the spec's default
 #   RECOMPUTE=1 ...   also a job per clip with parallelism.recompute_expert_grads (backends.experts ftd)
+#   PRECISIONS="auto compact_sr" ...  a job and an ftd-bench run per clip under each precision
 #   PROMPT=0.5 ...    labels of the row's first half ignored (-100), as a chat row's prompt, in HF's
 #                     baseline, the jobs' data and ftd-bench alike
 # BIN=dir uses binaries already built for sm_90a (ftd, ftd-worker, ftctl, ftd-train, ftd-bench)
@@ -53,5 +54,5 @@ fi
 PYTHONUNBUFFERED=1 python3 bench/service_bench.py --bin "$BIN" --out "$OUT" --layers ${LAYERS:-4} \
   --steps "${STEPS:-11}" --seq "${SEQ:-4096}" --family "${FAMILY:-qwen3_moe}" --clips ${CLIPS:-1 0} $([ "${UNCHANGED:-0}" = 1 ] && echo --unchanged) \
   --experts "${EXPERTS:-}" $([ "${RECOMPUTE:-0}" = 1 ] && echo --recompute-expert-grads) \
-  --prompt-fraction "${PROMPT:-0}" || status=1
+  $([ -n "${PRECISIONS:-}" ] && echo --precisions $PRECISIONS) --prompt-fraction "${PROMPT:-0}" || status=1
 exit $status

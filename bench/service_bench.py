@@ -164,6 +164,8 @@ def main():
     p.add_argument("--experts", default="", help="backends.experts of the jobs and ftd-bench (empty: the spec's default)")
     p.add_argument("--recompute-expert-grads", action="store_true",
                    help="also, per clip, a job with parallelism.recompute_expert_grads (and backends.experts ftd)")
+    p.add_argument("--precisions", nargs="+", default=[""],
+                   help="the jobs' and ftd-bench's precision, one run of each per clip (empty: the spec's default)")
     p.add_argument("--prompt-fraction", type=float, default=0.0,
                    help="labels of this leading fraction of the row ignored (-100), as a chat row's prompt: in the "
                         "HF baseline, the jobs' data and ftd-bench alike")
@@ -199,12 +201,12 @@ def main():
                 for _ in range(a.steps):
                     f.write(json.dumps(record) + "\n")
             jobs = {}
-            variants = [(clip, False) for clip in a.clips]
+            variants = [(clip, False, prec) for prec in a.precisions for clip in a.clips]
             if a.recompute_expert_grads:
-                variants += [(clip, True) for clip in a.clips]
-            for clip, recompute in variants:
-                label = f"{clip:g}" + (", recompute_expert_grads" if recompute else "")
-                name = f"service-{a.family}-{L}-clip{clip:g}" + ("-recompute" if recompute else "")
+                variants += [(clip, True, "") for clip in a.clips]
+            for clip, recompute, prec in variants:
+                label = f"{clip:g}" + (", recompute_expert_grads" if recompute else "") + (f", precision {prec}" if prec else "")
+                name = f"service-{a.family}-{L}-clip{clip:g}" + ("-recompute" if recompute else "") + (f"-{prec}" if prec else "")
                 spec = {"base_model": init, "datasets": {"train": data, "format": "jsonl_tokens"},
                         "output": os.path.join(outputs, name),
                         "hyperparameters": {"max_steps": a.steps, "global_batch": 1, "micro_batch": 1,
@@ -218,26 +220,31 @@ def main():
                 if recompute:
                     spec["backends"] = {"experts": "ftd"}
                     spec["parallelism"] = {"recompute_expert_grads": True}
+                if prec:
+                    spec["precision"] = prec
                 jobs[label] = run_job(coord, name, spec, a.out)
             bench = {}
-            for clip in a.clips:
-                r = run([f"{a.bin}/ftd-bench", "--model", init, "--seq", a.seq, "--steps", a.hf_steps,
-                         "--warmup", WARMUP, "--grad-clip", clip] + (["--experts", a.experts] if a.experts else []) + prompt,
-                        f"{a.out}/bench-{a.family}-{L}-clip{clip:g}.err")
-                bench[clip] = last_json(r.stdout) or {}
-                log(f"ftd-bench, {a.family}, {L} layers, clip {clip:g}: {json.dumps(bench[clip])}")
+            for prec in a.precisions:
+                for clip in a.clips:
+                    key = f"{clip:g}" + (f", precision {prec}" if prec else "")
+                    r = run([f"{a.bin}/ftd-bench", "--model", init, "--seq", a.seq, "--steps", a.hf_steps,
+                             "--warmup", WARMUP, "--grad-clip", clip] + (["--experts", a.experts] if a.experts else []) +
+                            (["--precision", prec] if prec else []) + prompt,
+                            f"{a.out}/bench-{a.family}-{L}-clip{clip:g}{'-' + prec if prec else ''}.err")
+                    bench[key] = last_json(r.stdout) or {}
+                    log(f"ftd-bench, {a.family}, {L} layers, clip {key}: {json.dumps(bench[key])}")
             unchanged = {}
             if a.unchanged:
                 r = run([sys.executable, "bench/hf_v5_baseline.py", "--model", init, "--seq", a.seq, "--steps", 17,
                          "--warmup", 3, "--report-unchanged"], f"{a.out}/hf-unchanged-{L}.err")
                 unchanged["HF v5 (bf16 weights and moments)"] = (last_json(r.stdout) or {}).get("unchanged")
-                for policy in ("compact", "fp32_master", "bf16_pure"):
+                for policy in ("compact", "compact_sr", "fp32_master", "bf16_pure"):
                     r = run([f"{a.bin}/ftd-bench", "--model", init, "--seq", a.seq, "--steps", 17, "--warmup", 3,
                              "--precision", policy, "--report-unchanged"], f"{a.out}/unchanged-{L}-{policy}.err")
                     unchanged[f"ftd {policy}"] = (last_json(r.stdout) or {}).get("unchanged")
                 log(f"unchanged after 20 steps at lr 1e-5, {L} layers: {json.dumps(unchanged)}")
             rows.append(dict(family=a.family, layers=L, hf=hf, jobs=jobs,
-                             bench={f"{k:g}": v for k, v in bench.items()}, unchanged=unchanged))
+                             bench=bench, unchanged=unchanged))
             subprocess.run(["rm", "-rf", init])
     finally:
         coord.stop()
