@@ -134,7 +134,8 @@ TEST(TrainStep, CompactTrainsBf16WeightsLikeFp32Masters) {
   const double sr_slope = slope(delta[PrecisionPolicy::kCompactSr]), pure_slope = slope(delta[PrecisionPolicy::kBf16Pure]);
   EXPECT_NEAR(sr_slope, 1.0, 0.1);
   EXPECT_LT(pure_slope, 0.7);
-  std::cout << "trained delta vs fp32_master: compact " << compact << ", bf16_pure " << pure << " (slope "
+  std::cout << "trained delta vs fp32_master: compact " << compact << " (slope " << slope(delta[PrecisionPolicy::kCompact])
+            << "), bf16_pure " << pure << " (slope "
             << pure_slope << "), compact_sr slope " << sr_slope << " (relative L2 " << rel(delta[PrecisionPolicy::kCompactSr])
             << ")\n";
 }
