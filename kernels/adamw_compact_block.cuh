@@ -147,10 +147,20 @@ __device__ __forceinline__ void StoreWeights(P* p, int16_t* low, int64_t o, int 
   if constexpr (sizeof(P) == 2) {
     if (low == nullptr) {
       uint4 hi4;
+      const int64_t first = index_base + o;
+      if ((first & 1) == 0) {  // the usual case: one hash a pair of elements
 #pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        const uint32_t r = stochastic_round::RandomBits(key, index_base + o + j);
-        reinterpret_cast<uint16_t*>(&hi4)[j] = stochastic_round::RoundBits(__float_as_uint(w[j]), r);
+        for (int k = 0; k < kPerLane / 2; ++k) {
+          const uint32_t r = stochastic_round::PairBits(key, static_cast<uint64_t>(first >> 1) + k);
+          reinterpret_cast<uint16_t*>(&hi4)[2 * k] = stochastic_round::RoundBits(__float_as_uint(w[2 * k]), r & 0xffffu);
+          reinterpret_cast<uint16_t*>(&hi4)[2 * k + 1] = stochastic_round::RoundBits(__float_as_uint(w[2 * k + 1]), r >> 16);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j) {
+          const uint32_t r = stochastic_round::RandomBits(key, first + j);
+          reinterpret_cast<uint16_t*>(&hi4)[j] = stochastic_round::RoundBits(__float_as_uint(w[j]), r);
+        }
       }
       if (valid == kPerLane) {
         *reinterpret_cast<uint4*>(p + o) = hi4;

@@ -35,11 +35,15 @@ FTD_SR_HOST_DEVICE uint32_t Mix32(uint32_t x) {
 // optimizer's step count for it (already incremented).
 FTD_SR_HOST_DEVICE uint32_t StepKey(uint32_t salt, uint32_t step) { return Mix32(salt ^ Mix32(step + 0x9e3779b9u)); }
 
-// 16 random bits for element `index` of the parameter under `key`. One hash serves a pair of
-// elements (2i and 2i + 1 take its low and high halves).
+// 32 random bits for elements 2·pair and 2·pair + 1 of the parameter under `key`: the low half
+// is the first's, the high half the second's.
+FTD_SR_HOST_DEVICE uint32_t PairBits(uint32_t key, uint64_t pair) {
+  return Mix32(static_cast<uint32_t>(pair) ^ (key + static_cast<uint32_t>(pair >> 32) * 0x85ebca6bu));
+}
+
+// 16 random bits for element `index` of the parameter under `key` (its half of PairBits).
 FTD_SR_HOST_DEVICE uint32_t RandomBits(uint32_t key, int64_t index) {
-  const uint64_t pair = static_cast<uint64_t>(index) >> 1;
-  const uint32_t h = Mix32(static_cast<uint32_t>(pair) ^ (key + static_cast<uint32_t>(pair >> 32) * 0x85ebca6bu));
+  const uint32_t h = PairBits(key, static_cast<uint64_t>(index) >> 1);
   return (index & 1) ? (h >> 16) : (h & 0xffffu);
 }
 

@@ -221,8 +221,8 @@ TEST(CompactAdamWCuda, MatchesTheReference) {
 
 // compact_sr on the GPU: from the same state, each step rounds as the reference does, bit for bit
 // but where the fp32 result lies within a few ulps of a rounding threshold (the kernel's
-// approximate sqrt and division) or a moment code rounded the other way; a short last block, a
-// base offset (a ZeRO shard) and embedding rows included.
+// approximate sqrt and division) or a moment code rounded the other way; a short last block, even
+// and odd base offsets (a ZeRO shard) and embedding rows included.
 TEST(CompactAdamWCuda, StochasticRoundingMatchesTheReference) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   auto cuda = at::TensorOptions().device(at::kCUDA);
@@ -232,8 +232,8 @@ TEST(CompactAdamWCuda, StochasticRoundingMatchesTheReference) {
   at::Tensor st_ref = at::zeros({});
   AdamWHyper h{3e-4, 0.9, 0.999, 0.1, 1e-8};
   h.round_salt = stochastic_round::SaltOf("model.layers.0.mlp.experts.gate_up_proj");
-  h.round_index_base = 3 * 4096;
   for (int s = 0; s < 4; ++s) {
+    h.round_index_base = s % 2 == 0 ? 3 * 4096 : 4097;  // even (a hash a pair) and odd (a hash an element)
     at::Tensor g = (Randn({n}, 300 + s) * (s + 1)).to(at::kBFloat16);
     at::Tensor p_gpu = p_ref.to(at::kCUDA);
     CompactMoments mo_gpu{mo_ref.r_codes.to(at::kCUDA), mo_ref.s_codes.to(at::kCUDA), mo_ref.r_scale.to(at::kCUDA),
