@@ -49,9 +49,9 @@ __device__ __forceinline__ float WarpMax(float v) {
   return v;
 }
 
-// One lane's 8 elements of one block as loaded: the weights (a bf16 parameter and its low half
-// (zero when there is none: compact_sr), or fp32), the gradient, the moment codes and the block's scales. Kept raw so that the next
-// block's loads can be in flight while this one is computed.
+// One lane's 8 elements of one block as loaded: the weights (a bf16 parameter and its low half,
+// zero when there is none (compact_sr), or fp32), the gradient, the moment codes and the block's
+// scales. Kept raw so that the next block's loads can be in flight while this one is computed.
 template <typename P, typename G>
 struct LaneData {
   uint4 w0, w1;     // bf16: the parameter (w0) and its low half (w1); fp32: elements 0-3, 4-7

@@ -91,7 +91,8 @@ absl::StatusOr<std::unique_ptr<ShardedAdamW>> ShardedAdamW::Create(std::vector<N
     const int64_t lo = std::max(begin, opt->offsets_[i]);
     const int64_t hi = std::min(end, opt->offsets_[i] + opt->params_[i].tensor->numel());
     if (lo >= hi) continue;
-    Segment s{i, lo - begin, lo - opt->offsets_[i], hi - lo, at::zeros({}, first.options().dtype(at::kFloat))};
+    Segment s{i, lo - begin, lo - opt->offsets_[i], hi - lo, at::zeros({}, first.options().dtype(at::kFloat)),
+              kernels::stochastic_round::SaltOf(opt->params_[i].name.c_str())};
     opt->master_.narrow(0, s.slice_offset, s.length)
         .copy_(opt->params_[i].tensor->detach().reshape({-1}).narrow(0, s.param_offset, s.length));
     opt->segments_.push_back(std::move(s));
@@ -143,8 +144,8 @@ at::Tensor ShardedAdamW::SliceSquaredNorm() const {
 absl::Status ShardedAdamW::Step(bool gather) {
   c10::NoGradGuard no_grad;
   if (!grad_.defined()) return absl::FailedPreconditionError("ShardedAdamW::Step before ReduceGradients");
-  // The compact kernels take fp32 gradients beside bf16 weights; the others one dtype.
-  at::Tensor grad = grad_.scalar_type() == master_.scalar_type() || policy_ == PrecisionPolicy::kCompactSr
+  // The compact kernels take the fp32 gradient with weights of either dtype; the others one dtype.
+  at::Tensor grad = grad_.scalar_type() == master_.scalar_type() || UsesCompactMoments(policy_)
                         ? grad_
                         : grad_.to(master_.scalar_type());
   for (Segment& s : segments_) {
@@ -155,7 +156,7 @@ absl::Status ShardedAdamW::Step(bool gather) {
     hyper.scalars = scalars_;
     // compact_sr: the rounding draws the bits of the elements' offsets in the whole parameter, so
     // a shard rounds as the unsharded optimizer would.
-    hyper.round_salt = kernels::stochastic_round::SaltOf(params_[s.param].name.c_str());
+    hyper.round_salt = s.round_salt;
     hyper.round_index_base = s.param_offset;
     at::Tensor p = master_.narrow(0, s.slice_offset, s.length);
     at::Tensor g = grad.narrow(0, s.slice_offset, s.length);
@@ -276,8 +277,8 @@ absl::Status ShardedAdamW::LoadState(const SafetensorsReader& reader, int64_t st
 }
 
 int64_t ShardedAdamW::StateBytes() const {
-  return master_.nbytes() + (UsesCompactMoments(policy_) ? compact_.Bytes()
-                                                                   : exp_avg_.nbytes() + exp_avg_sq_.nbytes());
+  return master_.nbytes() +
+         (UsesCompactMoments(policy_) ? compact_.Bytes() : exp_avg_.nbytes() + exp_avg_sq_.nbytes());
 }
 
 }  // namespace ftd::engine

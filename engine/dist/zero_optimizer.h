@@ -85,6 +85,7 @@ class ShardedAdamW {
     int64_t param_offset;  // where in the flattened parameter
     int64_t length;
     at::Tensor step;       // AdamW's step count for this piece
+    uint32_t round_salt;   // compact_sr: the parameter's stochastic-rounding salt (of its name)
   };
   at::Tensor Layout() const;
   // All-gathers the slices into the parameters (those stepped this step, or all).
@@ -103,8 +104,8 @@ class ShardedAdamW {
   std::vector<bool> stepped_;     // the parameter has a gradient on some rank this step
   int64_t total_numel_ = 0, slice_numel_ = 0;
   std::vector<Segment> segments_;
-  // [S] each: the fp32 master (the parameters' dtype with bf16_pure and compact_sr), the moments (fp32_master,
-  // bf16_pure) or their compact codes, and the reduced gradient during a step.
+  // [S] each: the fp32 master (the parameters' dtype with bf16_pure and compact_sr), the moments
+  // (fp32_master, bf16_pure) or their compact codes, and the reduced gradient during a step.
   at::Tensor master_, exp_avg_, exp_avg_sq_, grad_;
   kernels::CompactMoments compact_;
   at::Tensor scalars_;  // [2] fp32: lr, grad_scale
